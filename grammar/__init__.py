@@ -1,0 +1,1 @@
+"""The grammar ships as package data: `importlib.resources.files("nldsl.grammar")`."""
