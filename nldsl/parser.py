@@ -228,8 +228,18 @@ class _ToAst(Transformer):
         return ast.Tuple(items=[c for c in children if c is not None], span=_span(meta))
 
 
+def _token_name(terminal: str) -> str:
+    if terminal in TOKEN_NAMES:
+        return TOKEN_NAMES[terminal]
+    try:
+        pattern = lark_parser().get_terminal(terminal).pattern
+    except KeyError:
+        return terminal.lower()
+    return f"`{pattern.value}`" if pattern.type == "str" else terminal.lower()
+
+
 def _expected(error: UnexpectedInput) -> str:
-    names = sorted({TOKEN_NAMES.get(t, t.lower()) for t in getattr(error, "expected", set()) or
+    names = sorted({_token_name(t) for t in getattr(error, "expected", set()) or
                     getattr(error, "allowed", set()) or set()})
     if not names:
         return "the end of the spec"
@@ -239,7 +249,9 @@ def _expected(error: UnexpectedInput) -> str:
 
 
 def _syntax_problem(error: UnexpectedInput, source: Source) -> Problem:
-    label = error.match_examples(lark_parser().parse, SYNTAX_ERRORS, use_accepts=True)
+    label = None
+    if not isinstance(error, UnexpectedCharacters):
+        label = error.match_examples(lark_parser().parse, SYNTAX_ERRORS, use_accepts=True)
     message, hint = label if label else (None, None)
     if isinstance(error, UnexpectedEOF):
         lines = source.text.splitlines() or [""]
@@ -250,7 +262,8 @@ def _syntax_problem(error: UnexpectedInput, source: Source) -> Problem:
         if isinstance(error, UnexpectedToken):
             found = "end of the text" if error.token.type == "$END" else repr(str(error.token))
         else:
-            found = repr(source.text[error.pos_in_stream]) if isinstance(error, UnexpectedCharacters) else "?"
+            found = f"character {source.text[error.pos_in_stream]!r}"
+            hint = hint or "only names, numbers, strings, operators, brackets and `#` comments are allowed"
     return Problem(message or f"unexpected {found}", max(line, 1), max(col, 1),
                    expected=_expected(error),
                    hint=hint or "see grammar/nldsl.lark and docs/language.md for the syntax",

@@ -89,10 +89,6 @@ SYNTAX_ERRORS: dict[tuple[str, str], list[str]] = {
     ("the module output is written `out = expr`", "e.g. `out = y @ Wo`"): [
         _MOD + "out y\n}",
     ],
-    ("unknown character", "only identifiers, numbers, strings, operators and brackets are allowed"): [
-        _HEAD + "level a every 1 step { W <- W $ lr }\n}",
-        _HEAD + "level a every 1 step { W <- W ; lr }\n}",
-    ],
 }
 
 TOKEN_NAMES = {
