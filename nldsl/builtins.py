@@ -1,0 +1,139 @@
+"""The fixed vocabulary of the language: built-in names, functions, objectives and learning rules.
+
+Expressions may call only these functions (plus a memory state applied to an input, `M(k)`).
+The validator checks names and arities against these tables; the compilers interpret them.
+Each entry says what it computes, so this file doubles as the reference for docs/language.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Names every spec of a kind may use without declaring them.
+IMPLICIT_NAMES = {
+    "optimizer": {
+        "W": "the parameter tensor being optimized (one per tensor the optimizer is given)",
+        "step": "the 1-based count of optimizer steps, including the current one",
+    },
+    "module": {
+        "x": "the input token stream [B, T, dim]; `dim` must be a hyper-parameter",
+        "t": "the 1-based index of the current token",
+    },
+}
+
+
+@dataclass(frozen=True)
+class Builtin:
+    """A built-in function: its parameter names (those after `min_args` are optional)."""
+
+    params: tuple[str, ...]
+    min_args: int
+    doc: str
+    role: str = "math"  # math | objective | init | context | aggregate
+    variadic: bool = False
+
+
+def _f(params: str, min_args: int | None, doc: str, role: str = "math", variadic: bool = False):
+    names = tuple(p for p in params.split() if p)
+    return Builtin(names, len(names) if min_args is None else min_args, doc, role, variadic)
+
+
+FUNCTIONS: dict[str, Builtin] = {
+    # elementwise and reductions
+    "sqrt": _f("a", None, "elementwise square root"),
+    "exp": _f("a", None, "elementwise exponential"),
+    "log": _f("a", None, "elementwise natural logarithm"),
+    "abs": _f("a", None, "elementwise absolute value"),
+    "sign": _f("a", None, "elementwise sign"),
+    "tanh": _f("a", None, "elementwise tanh"),
+    "sigmoid": _f("a", None, "elementwise logistic sigmoid"),
+    "softplus": _f("a", None, "elementwise log(1 + exp(a))"),
+    "relu": _f("a", None, "elementwise max(a, 0)"),
+    "gelu": _f("a", None, "elementwise GELU (erf form)"),
+    "silu": _f("a", None, "elementwise a * sigmoid(a)"),
+    "max": _f("a b", None, "elementwise maximum"),
+    "min": _f("a b", None, "elementwise minimum"),
+    "clamp": _f("a low high", None, "elementwise clamp to [low, high]"),
+    "softmax": _f("a", None, "softmax over the last dim"),
+    "norm": _f("a", None, "Euclidean norm over the last dim (keeps the dim, size 1)"),
+    "l2norm": _f("a", None, "a / ||a||_2 over the last dim"),
+    "rmsnorm": _f("a", None, "a / rms(a) over the last dim (no learned scale; multiply by a state)"),
+    "layernorm": _f("a", None, "(a - mean) / std over the last dim (no learned scale)"),
+    "sum": _f("a", None, "sum over the last dim (keeps the dim, size 1)"),
+    "mean": _f("a", None, "mean over the last dim (keeps the dim, size 1)"),
+    "transpose": _f("a", None, "swap the last two dims"),
+    "outer": _f("a b", None, "outer product a b^T over the last dims"),
+    "trace": _f("a", None, "trace of a matrix"),
+    # sequence mixing (modules)
+    "conv": _f("a width", None, "causal depthwise 1-D convolution over tokens with a learned kernel "
+               "of `width` taps per channel (a parameter of the outer level)"),
+    "attention": _f("q k v", None, "causal softmax attention over the sequence: the non-parametric "
+                    "memory of eq. 62 (frequency infinity)"),
+    "window_attention": _f("q k v width", None, "causal sliding-window softmax attention (eq. 63)"),
+    "concat": _f("a", 1, "concatenate along the last dim", variadic=True),
+    # gradients and gradient flow
+    "grad": _f("state", None, "the gradient of the task loss with respect to a state (for an "
+               "optimizer, `grad(W)`: the gradient it is given)", role="context"),
+    "stopgrad": _f("a", None, "a, with no gradient flowing back through it"),
+    "newton_schulz": _f("a steps polynomial", 1, "orthogonalize a matrix with `steps` Newton-Schulz "
+                        "iterations (polynomial \"cubic\" or \"quintic\"), eq. 44"),
+    # objectives (internal losses of a level)
+    "dot": _f("a b", None, "<a, b> summed over all elements", role="objective"),
+    "l2": _f("a b", None, "1/2 ||a - b||_2^2 (the 1/2 makes `l2` + `gd` the delta rule)",
+             role="objective"),
+    "lp": _f("a b p", None, "1/p sum |a - b|^p (Miras' l_p attentional bias, its factor p folded "
+             "into the learning rate)", role="objective"),
+    "huber": _f("a b delta", None, "coordinate-wise Huber: 1/2 r^2 if |r| <= delta else "
+                "delta (|r| - delta/2), r = a - b", role="objective"),
+    "window": _f("width loss gamma", 2, "Atlas' Omega rule: sum over the last `width` units of "
+                 "gamma_i * loss evaluated on unit i's context at the current state", role="objective"),
+    "orthogonality": _f("a", None, "1/2 ||a^T a - I||_F^2 (eq. 43)", role="objective"),
+    # initial values
+    "zeros": _f("", None, "all zeros", role="init"),
+    "ones": _f("", None, "all ones", role="init"),
+    "eye": _f("", None, "the identity matrix", role="init"),
+    "normal": _f("std", 0, "independent normal entries with standard deviation std "
+                 "(default 1 / sqrt(fan_in))", role="init"),
+    "uniform": _f("bound", 0, "uniform entries in [-bound, bound] (default 1 / sqrt(fan_in))",
+                  role="init"),
+    # aggregation of parallel branches (CMS independent variant, eq. 74)
+    "wsum": _f("weights a", 2, "sum_i weights[i] * a_i: a (learnable) weighted sum of branches",
+               role="aggregate", variadic=True),
+}
+
+#: Name of the objective that stands for the outer (task) loss.
+TASK = "task"
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """A learning rule: its parameters (positional order) with defaults, and its update."""
+
+    params: tuple[str, ...]
+    defaults: dict
+    doc: str
+    extra_state: tuple[str, ...] = ()
+
+
+RULES: dict[str, RuleSpec] = {
+    "gd": RuleSpec(("lr", "decay"), {"decay": 1},
+                   "S <- decay * S - lr * grad L(S) (eq. 2; decay = retention / weight decay)"),
+    "dgd": RuleSpec(("lr", "decay", "normalized"), {"decay": 1, "normalized": True},
+                    "delta gradient descent, eq. 57: S <- S (decay I - lr' k k^T) - lr' grad L(S), "
+                    "lr' = lr / (1 + lr ||k||^2) if normalized else lr (Hope's eq. 88 form)"),
+    "momentum": RuleSpec(("lr", "beta", "decay"), {"decay": 1},
+                         "Titans eqs. 13-14: m <- beta m - lr grad L(S); S <- decay S + m",
+                         extra_state=("momentum",)),
+    "ema": RuleSpec(("beta",), {},
+                    "S <- beta S - (1 - beta) grad L(S): with L = -dot(S, g) an exponential "
+                    "moving average of g"),
+    "newton_schulz": RuleSpec(("steps", "polynomial"), {"steps": 5, "polynomial": "quintic"},
+                              "S starts from its initial value each unit and takes `steps` "
+                              "Newton-Schulz steps on the orthogonality objective, eq. 44 "
+                              "(cubic: zeta = 1/4 GD; quintic: Muon's (3.4445, -4.7750, 2.0315))"),
+    "solve": RuleSpec((), {}, "the exact minimiser in closed form (e.g. Adam's eqs. 102-105); the "
+                      "compiler must know a closed form for the objective"),
+}
+
+#: In a chain `r1 then r2 ... then rn`, every rule but the last transforms the update direction
+#: u (starting from the gradient of the objective) and the last applies it to the state.
+TRANSFORM_RULES = {"momentum", "ema", "newton_schulz"}
