@@ -4,17 +4,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nldsl import ast
+from nldsl.build import build
 from nldsl.errors import Source
+from nldsl.graph import LevelGraph
 from nldsl.library import resolve
 from nldsl.parser import parse
+from nldsl.validate import validate
 
 
 @dataclass(frozen=True)
 class Spec:
-    """A valid spec: its source, its AST and its level graph."""
+    """A valid spec: its source text, its AST and its level graph."""
 
     source: Source
     decl: ast.SpecDecl
+    graph: LevelGraph
 
     @property
     def name(self) -> str:
@@ -24,9 +28,22 @@ class Spec:
     def kind(self) -> str:
         return self.decl.kind
 
+    @property
+    def text(self) -> str:
+        return self.source.text
+
+    def __str__(self) -> str:
+        from nldsl.printer import format_spec
+
+        return format_spec(self.decl)
+
 
 def load(name_or_path_or_text: str) -> Spec:
-    """Parse, build and validate a spec; raise `NLDSLError` listing every problem."""
+    """Parse, build and validate a spec (a stdlib name, a path, or spec text).
+
+    Raises `NLDSLError` listing every problem, each with file:line:col and a caret.
+    """
     text, filename = resolve(name_or_path_or_text)
+    source = Source(text, filename)
     decl = parse(text, filename)
-    return Spec(Source(text, filename), decl)
+    return Spec(source, decl, validate(build(decl), source))

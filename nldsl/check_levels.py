@@ -1,0 +1,147 @@
+"""Levels: frequencies and their nesting, same-unit conflicts, learned initial states, and what
+each objective and update acts on."""
+from __future__ import annotations
+
+import networkx as nx
+
+from nldsl import ast
+from nldsl.build import PARAMETER, _references
+from nldsl.builtins import TASK
+from nldsl.check_common import Checker
+from nldsl.consteval import hparam_values, try_evaluate
+from nldsl.graph import LevelInfo
+
+MSG_PERIOD = "a level's period must be a positive integer, got {value!r}"
+MSG_UNIT = "{kind} levels count {expected}, not {unit}s"
+MSG_ORDER = ("levels are listed slow to fast, but {fast!r} ({fast_freq}) comes before the slower "
+             "{slow!r} ({slow_freq})")
+MSG_NEST = "periods do not nest: {a!r} writes every {pa} {unit}s and {b!r} every {pb}"
+MSG_CONFLICT = "frequency conflict: these levels need each other's state in the same unit: {path}"
+MSG_NO_TEACHER = "state {name!r} has a learned initial state but no slower level learns it"
+MSG_BAD_TEACHER = "state {name!r} is learned by {teacher!r}, which is not a slower level"
+MSG_NO_STATE = "the objective does not depend on {state!r}, the state it trains"
+MSG_WHICH_STATE = "level {level!r} has {count} states; say which one this objective trains"
+
+
+def _positive_int(c: Checker, node: ast.Expr | None, what: str, env: dict) -> None:
+    value = try_evaluate(node, env)
+    if node is not None and value is not None and not (isinstance(value, int) and value >= 1):
+        c.report(node, f"{what} must be a positive integer, got {value!r}",
+                 expected="an integer >= 1", hint=f"e.g. `{what} 64`")
+
+
+def check_frequencies(c: Checker) -> None:
+    env = hparam_values(c.decl)
+    declared = [lv for lv in c.graph.levels.values() if not lv.implicit]
+    expected_unit = "step" if c.decl.kind == "optimizer" else "token"
+    for level in declared:
+        decl = level.decl
+        _positive_int(c, decl.every, "the period", env)
+        _positive_int(c, decl.chunk, "chunk", env)
+        _positive_int(c, decl.heads, "heads", env)
+        if c.decl.kind == "optimizer" and level.unit != "step":
+            c.report(decl.every, MSG_UNIT.format(kind="optimizer", expected="steps", unit=level.unit),
+                     expected="`every N steps`", hint="an optimizer's time unit is one step")
+        if decl.chunk is not None and level.unit != "token":
+            c.report(decl.chunk, "`chunk` applies to per-token levels only",
+                     expected="`every N tokens chunk C`", hint="remove `chunk` from a step level")
+    for earlier, later in zip(declared, declared[1:]):
+        if earlier.period and later.period and earlier.rank < later.rank:
+            c.report(later.decl, MSG_ORDER.format(fast=earlier.name, slow=later.name,
+                                                  fast_freq=earlier.frequency_label(),
+                                                  slow_freq=later.frequency_label()),
+                     expected="slower levels first", hint=f"move level {later.name!r} above "
+                     f"{earlier.name!r}")
+    _check_nesting(c, declared, expected_unit)
+    _check_conflicts(c)
+
+
+def _check_nesting(c: Checker, levels: list[LevelInfo], unit: str) -> None:
+    known = sorted({(lv.unit, lv.period): lv for lv in levels if lv.period}.values(),
+                   key=lambda lv: lv.rank)
+    for i, fast in enumerate(known):
+        for slow in known[i + 1:]:
+            if fast.unit == slow.unit and slow.period % fast.period:
+                c.report(slow.decl.every, MSG_NEST.format(a=slow.name, pa=slow.period, unit=slow.unit,
+                                                          b=fast.name, pb=fast.period),
+                         expected=f"a multiple of {fast.period}",
+                         hint="every slower period must be a multiple of every faster one, so "
+                              "each slow write lands on a fast write")
+
+
+def _check_conflicts(c: Checker) -> None:
+    for group in c.graph.levels_by_frequency():
+        deps = nx.DiGraph()
+        for name in group:
+            deps.add_edges_from((name, d) for d in c.graph.depends_on(name) if d in group)
+        for cycle in nx.simple_cycles(deps):
+            path = " -> ".join([*cycle, cycle[0]])
+            level = c.graph.levels[cycle[0]]
+            c.report(level.decl or c.decl, MSG_CONFLICT.format(path=path),
+                     expected="at most one direction of same-unit dependency",
+                     hint="read the other level's state before its write (`read ... before "
+                          "write`, or one of its contexts), or give the levels different "
+                          "frequencies")
+            break
+
+
+def check_learned_inits(c: Checker) -> None:
+    for state in c.graph.states():
+        init = state.decl.init
+        if not isinstance(init, ast.InitLearned):
+            continue
+        teacher = c.graph.levels.get(state.learned_by) if state.learned_by else None
+        student = c.graph.levels[state.level]
+        if teacher is None and init.by is None:
+            c.report(init, MSG_NO_TEACHER.format(name=state.name), expected="a slower level above "
+                     "this one", hint="add a slower level, or give the state a fixed initial value")
+        elif teacher is None:
+            c.report(init, f"unknown level {init.by!r}", expected="the name of a slower level",
+                     hint=c.suggest(init.by, c.graph.levels))
+        elif teacher.period and student.period and teacher.rank <= student.rank:
+            c.report(init, MSG_BAD_TEACHER.format(name=state.name, teacher=teacher.name),
+                     expected="a level that writes less often than " + repr(student.name),
+                     hint="meta-learning an initial state is the job of a slower level")
+
+
+def _trainable(level: LevelInfo) -> list[str]:
+    return list(level.states)
+
+
+def check_objectives(c: Checker) -> None:
+    for level in c.graph.levels.values():
+        states = _trainable(level)
+        for objective in level.objectives:
+            target = objective.state
+            if target is None:
+                if len(states) != 1:
+                    c.report(objective, MSG_WHICH_STATE.format(level=level.name, count=len(states)),
+                             expected="`NAME: minimize ...`", hint="prefix the objective with the "
+                             "state it trains, e.g. `M: minimize l2(M(k), v) by gd(lr)`")
+                    continue
+                target = states[0]
+            elif target not in level.states:
+                c.report(objective, f"{target!r} is not a state of level {level.name!r}",
+                         expected=f"one of: {', '.join(states) or '(no states)'}",
+                         hint="an objective trains a state of its own level")
+                continue
+            used = {name for name, _ in _references(objective.loss)}
+            if TASK not in used and target not in used:
+                c.report(objective.loss, MSG_NO_STATE.format(state=target),
+                         expected=f"a loss that uses {target!r}, e.g. l2({target}(k), v)",
+                         hint="the gradient of this loss with respect to the state is zero, so "
+                              "the state would never change")
+        for update in level.updates:
+            if update.target not in level.states:
+                owner = c.graph.owner(update.target)
+                where = f" (it belongs to level {owner!r})" if owner else ""
+                c.report(update, f"{update.target!r} is not a state of level {level.name!r}{where}",
+                         expected="a state declared in this level",
+                         hint="a level writes only its own states")
+    if c.decl.kind == "optimizer" and not any(
+            PARAMETER in [u.target for u in lv.updates] + [o.state for o in lv.objectives]
+            or (PARAMETER in lv.states and lv.objectives and not any(o.state for o in lv.objectives))
+            for lv in c.graph.levels.values()):
+        c.report(c.decl, "this optimizer never updates the parameter `W`",
+                 expected="a level with `W <- ...` or `W: minimize task by ...`",
+                 hint="add a level that writes W, e.g. `level weights every 1 step { W <- W - lr * m }`")

@@ -1,0 +1,177 @@
+"""Symbolic shapes: infer the feature dims of contexts and reads, and report the mismatches
+the spec determines statically (a matmul whose inner dims differ, a memory applied to an input
+of the wrong width, elementwise operands of different widths).
+
+A dim is an expression over hyper-parameters. Two dims are equal when they agree under several
+random assignments of prime numbers to the integer hyper-parameters (polynomial identity
+testing); `dim` and `heads * head_dim` are *different* dims, even if some configuration makes
+them coincide. Shapes track only trailing feature dims: batch and time dims never mismatch.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from nldsl import ast
+from nldsl.check_common import Checker
+from nldsl.consteval import hparam_values, try_evaluate
+from nldsl.printer import format_expr
+
+TRIALS = 3
+_PRIMES = [7919, 7927, 7933, 7937, 7949, 7951, 7963, 7993, 8009, 8011, 8017, 8039, 8053]
+_ELEMENTWISE = {"sqrt", "exp", "log", "abs", "sign", "tanh", "sigmoid", "softplus", "relu",
+                "gelu", "silu", "softmax", "l2norm", "rmsnorm", "layernorm", "conv", "stopgrad",
+                "newton_schulz", "clamp"}
+_REDUCE_LAST = {"norm", "sum", "mean"}
+
+
+@dataclass(frozen=True)
+class Dim:
+    text: str
+    values: tuple  # the dim under each trial assignment
+
+    def __eq__(self, other):
+        return isinstance(other, Dim) and self.values == other.values
+
+    def __hash__(self):
+        return hash(self.values)
+
+
+class ShapeChecker:
+    def __init__(self, c: Checker):
+        self.c = c
+        rng = random.Random(0)
+        defaults = hparam_values(c.decl)
+        self.trials = []
+        for _ in range(TRIALS):
+            env = dict(defaults)
+            for hparam in c.decl.hparams:
+                value = defaults.get(hparam.name)
+                if hparam.type == "int" or (isinstance(value, int) and not isinstance(value, bool)):
+                    env[hparam.name] = rng.choice(_PRIMES) * rng.randint(1, 7)
+            self.trials.append(env)
+        self.shapes: dict[str, tuple | None] = {}
+        self.states = {s.name: s for s in c.graph.states()}
+        self.heads = 1
+
+    def dim(self, expr: ast.Expr, divide_heads: bool = False) -> Dim | None:
+        values = []
+        for env in self.trials:
+            value = try_evaluate(expr, env)
+            if not isinstance(value, (int, float)):
+                return None
+            values.append(value)
+        return Dim(format_expr(expr), tuple(values))
+
+    def state_shape(self, name: str):
+        state = self.states[name]
+        shape = state.decl.shape
+        if isinstance(shape, ast.TensorShape):
+            dims = [self.dim(d) for d in shape.dims]
+            return None if None in dims else tuple(dims)
+        if isinstance(shape, ast.ScalarShape):
+            return ()
+        return None
+
+    def infer(self, node) -> tuple | None:
+        """Trailing dims of an expression, or None when unknown."""
+        if isinstance(node, ast.Name):
+            if node.id == "x" and self.c.decl.kind == "module" and "dim" in self.c.graph.hparams:
+                return (self.dim(ast.Name(id="dim")),)
+            if node.id in self.states:
+                return self.state_shape(node.id)
+            return self.shapes.get(node.id)
+        if isinstance(node, (ast.Number, ast.Bool)):
+            return ()
+        if isinstance(node, ast.Unary):
+            return self.infer(node.operand)
+        if isinstance(node, ast.Binary):
+            return self._binary(node)
+        if isinstance(node, ast.Conditional):
+            return self.infer(node.then)
+        if isinstance(node, ast.Call):
+            return self._call(node)
+        return None
+
+    def _binary(self, node: ast.Binary):
+        left, right = self.infer(node.left), self.infer(node.right)
+        if node.op == "@":
+            if not left or not right:
+                return None
+            if left[-1] != right[0 if len(right) == 1 else -2]:
+                inner = right[0 if len(right) == 1 else -2]
+                self.c.report(node, f"shape mismatch in `{format_expr(node)}`: the left side ends "
+                              f"in [{left[-1].text}] but the right side expects [{inner.text}]",
+                              expected="equal inner dims for @",
+                              hint="check the declared shapes of the states involved")
+                return None
+            return left[:-1] + right[-1:] if len(right) >= 2 else left[:-1]
+        if node.op in ("+", "-", "*", "/") and left and right and left[-1] != right[-1] and \
+                1 not in left[-1].values and 1 not in right[-1].values:
+            self.c.report(node, f"shape mismatch in `{format_expr(node)}`: [{left[-1].text}] vs "
+                          f"[{right[-1].text}]", expected="operands of the same width (or scalars)",
+                          hint="elementwise operators need matching trailing dims")
+            return None
+        if node.op in ("+", "-", "*", "/", "**"):
+            if left is None or right is None:
+                return None
+            return left if len(left) >= len(right) else right
+        return ()
+
+    def _call(self, node: ast.Call):
+        args = [self.infer(a) for a in node.args]
+        if node.func in self.states:
+            return self._apply_memory(node, args[0] if args else None)
+        if node.func in _ELEMENTWISE:
+            return args[0] if args else None
+        if node.func in _REDUCE_LAST:
+            return args[0][:-1] + (self.dim(ast.Number(value=1)),) if args and args[0] else None
+        if node.func in ("dot", "l2", "lp", "huber", "window", "orthogonality", "trace"):
+            return ()
+        if node.func == "grad" and node.args and isinstance(node.args[0], ast.Name):
+            return self.infer(node.args[0])
+        if node.func in ("attention", "window_attention") and len(args) >= 3:
+            return args[2]
+        return None
+
+    def _apply_memory(self, node: ast.Call, arg):
+        shape = self.states[node.func].decl.shape
+        if isinstance(shape, ast.MLPShape):
+            expects, gives = self.dim(shape.widths[0]), self.dim(shape.widths[-1])
+        elif isinstance(shape, ast.TensorShape) and len(shape.dims) == 2:
+            expects, gives = self.dim(shape.dims[1]), self.dim(shape.dims[0])
+        else:
+            return None
+        if arg and expects and arg[-1] != expects and self.heads_mismatch(arg[-1], expects):
+            self.c.report(node, f"shape mismatch: memory {node.func!r} takes inputs of width "
+                          f"[{expects.text}] but `{format_expr(node.args[0])}` has width "
+                          f"[{arg[-1].text}]", expected=f"an input of width [{expects.text}]",
+                          hint="check the key/query projection's output width")
+        return (gives,) if gives else None
+
+    def heads_mismatch(self, got: Dim, expects: Dim) -> bool:
+        """Inside a level with `heads H`, inputs of width H * d are split into H heads of d."""
+        if self.heads_dim is None:
+            return True
+        return tuple(g / h for g, h in zip(got.values, self.heads_dim.values)) != expects.values
+
+    heads_dim: Dim | None = None
+
+    def run(self) -> None:
+        for level in self.c.graph.levels.values():
+            self.heads_dim = self.dim(level.heads) if level.heads is not None else None
+            for name, context in level.contexts.items():
+                self.shapes[name] = self.infer(context.value)
+            for objective in level.objectives:
+                self.infer(objective.loss)
+            for update in level.updates:
+                self.infer(update.value)
+            for name, read in level.reads.items():
+                self.shapes[name] = self.infer(read.value)
+        self.heads_dim = None
+        if self.c.graph.output is not None:
+            self.infer(self.c.graph.output)
+
+
+def check_shapes(c: Checker) -> None:
+    ShapeChecker(c).run()

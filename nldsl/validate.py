@@ -1,0 +1,42 @@
+"""Validation: run every check over a built spec and report all problems at once.
+
+`validate(graph, source)` returns the graph unchanged when it is valid and raises
+`NLDSLValidationError` listing every problem (sorted by position) otherwise.
+"""
+from __future__ import annotations
+
+from nldsl.check_common import Checker
+from nldsl.check_levels import check_frequencies, check_learned_inits, check_objectives
+from nldsl.check_names import check_definition_cycles, check_duplicates, check_references
+from nldsl.check_shapes import check_shapes
+from nldsl.check_values import check_hparams, check_rules
+from nldsl.errors import NLDSLValidationError, Problem, Source
+from nldsl.graph import LevelGraph
+
+CHECKS = (
+    check_duplicates,
+    check_references,
+    check_definition_cycles,
+    check_hparams,
+    check_rules,
+    check_frequencies,
+    check_learned_inits,
+    check_objectives,
+    check_shapes,
+)
+
+
+def problems(graph: LevelGraph, source: Source) -> list[Problem]:
+    """Every problem in the spec, in source order, without duplicates."""
+    checker = Checker(graph, source)
+    for check in CHECKS:
+        check(checker)
+    unique = {(p.line, p.col, p.message): p for p in checker.problems}
+    return sorted(unique.values(), key=lambda p: (p.line, p.col))
+
+
+def validate(graph: LevelGraph, source: Source) -> LevelGraph:
+    found = problems(graph, source)
+    if found:
+        raise NLDSLValidationError(found)
+    return graph
