@@ -104,6 +104,20 @@ def check_learned_inits(c: Checker) -> None:
                      hint="meta-learning an initial state is the job of a slower level")
 
 
+def _transitive_names(expr: ast.Expr, level: LevelInfo) -> set[str]:
+    """Names `expr` uses, following the level's own definitions (`let w = f(A)` uses A)."""
+    used: set[str] = set()
+    pending = [name for name, _ in _references(expr)]
+    while pending:
+        name = pending.pop()
+        if name in used:
+            continue
+        used.add(name)
+        if name in level.contexts:
+            pending += [n for n, _ in _references(level.contexts[name].value)]
+    return used
+
+
 def _trainable(level: LevelInfo) -> list[str]:
     return list(level.states)
 
@@ -125,7 +139,7 @@ def check_objectives(c: Checker) -> None:
                          expected=f"one of: {', '.join(states) or '(no states)'}",
                          hint="an objective trains a state of its own level")
                 continue
-            used = {name for name, _ in _references(objective.loss)}
+            used = _transitive_names(objective.loss, level)
             if TASK not in used and target not in used:
                 c.report(objective.loss, MSG_NO_STATE.format(state=target),
                          expected=f"a loss that uses {target!r}, e.g. l2({target}(k), v)",

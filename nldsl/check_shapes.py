@@ -142,32 +142,43 @@ class ShapeChecker:
             expects, gives = self.dim(shape.dims[1]), self.dim(shape.dims[0])
         else:
             return None
-        if arg and expects and arg[-1] != expects and self.heads_mismatch(arg[-1], expects):
+        if arg and expects and arg[-1] != expects:
             self.c.report(node, f"shape mismatch: memory {node.func!r} takes inputs of width "
                           f"[{expects.text}] but `{format_expr(node.args[0])}` has width "
                           f"[{arg[-1].text}]", expected=f"an input of width [{expects.text}]",
                           hint="check the key/query projection's output width")
         return (gives,) if gives else None
 
-    def heads_mismatch(self, got: Dim, expects: Dim) -> bool:
-        """Inside a level with `heads H`, inputs of width H * d are split into H heads of d."""
-        if self.heads_dim is None:
-            return True
-        return tuple(g / h for g, h in zip(got.values, self.heads_dim.values)) != expects.values
-
     heads_dim: Dim | None = None
+
+    def _split_heads(self, shape):
+        """Inside a level with `heads H`, a context of width H * d is H heads of width d."""
+        if not shape or self.heads_dim is None:
+            return shape
+        split = tuple(d / h for d, h in zip(shape[-1].values, self.heads_dim.values))
+        if any(v != int(v) for v in split):
+            return shape
+        return shape[:-1] + (Dim(f"({shape[-1].text}) / {self.heads_dim.text}",
+                                 tuple(int(v) for v in split)),)
+
+    def _merge_heads(self, shape):
+        """A per-head read of width d is seen outside its level as width H * d."""
+        if not shape or self.heads_dim is None:
+            return shape
+        merged = tuple(d * h for d, h in zip(shape[-1].values, self.heads_dim.values))
+        return shape[:-1] + (Dim(f"{self.heads_dim.text} * {shape[-1].text}", merged),)
 
     def run(self) -> None:
         for level in self.c.graph.levels.values():
             self.heads_dim = self.dim(level.heads) if level.heads is not None else None
             for name, context in level.contexts.items():
-                self.shapes[name] = self.infer(context.value)
+                self.shapes[name] = self._split_heads(self.infer(context.value))
             for objective in level.objectives:
                 self.infer(objective.loss)
             for update in level.updates:
                 self.infer(update.value)
             for name, read in level.reads.items():
-                self.shapes[name] = self.infer(read.value)
+                self.shapes[name] = self._merge_heads(self.infer(read.value))
         self.heads_dim = None
         if self.c.graph.output is not None:
             self.infer(self.c.graph.output)
