@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from importlib import resources
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from nldsl import ast
@@ -251,7 +251,12 @@ def _expected(error: UnexpectedInput) -> str:
 def _syntax_problem(error: UnexpectedInput, source: Source) -> Problem:
     label = None
     if not isinstance(error, UnexpectedCharacters):
-        label = error.match_examples(lark_parser().parse, SYNTAX_ERRORS, use_accepts=True)
+        try:
+            label = error.match_examples(lark_parser().parse, SYNTAX_ERRORS, use_accepts=True)
+        except TypeError:
+            # lark 1.3.1 formats a debug message with `%d` on a ParserState when a catalogue
+            # snippet stops in the same state with other accepted tokens: no label, then.
+            label = None
     message, hint = label if label else (None, None)
     if isinstance(error, UnexpectedEOF):
         lines = source.text.splitlines() or [""]
@@ -270,6 +275,20 @@ def _syntax_problem(error: UnexpectedInput, source: Source) -> Problem:
                    source=source)
 
 
+def _too_deep_problem(tree: Tree, source: Source) -> Problem:
+    """Point at the most deeply nested node, found without recursion (the tree is too deep)."""
+    deepest_depth, deepest, stack = 0, tree, [(0, tree)]
+    while stack:
+        depth, node = stack.pop()
+        if depth > deepest_depth:
+            deepest_depth, deepest = depth, node
+        stack += [(depth + 1, child) for child in node.children if isinstance(child, Tree)]
+    meta = deepest.meta
+    line, col = (meta.line, meta.column) if not meta.empty else (1, 1)
+    return Problem(f"expression nested too deeply ({deepest_depth} levels)", line, col,
+                   hint="name the inner parts with `let` definitions", source=source)
+
+
 def parse(text: str, filename: str = "<string>") -> ast.SpecDecl:
     """Parse one spec. Raises `NLDSLSyntaxError` with a located, explained message."""
     source = Source(text, filename)
@@ -279,7 +298,11 @@ def parse(text: str, filename: str = "<string>") -> ast.SpecDecl:
         raise NLDSLSyntaxError([_syntax_problem(error, source)]) from None
     try:
         return _ToAst().transform(tree)
+    except RecursionError:
+        raise NLDSLSyntaxError([_too_deep_problem(tree, source)]) from None
     except VisitError as error:
+        if isinstance(error.orig_exc, RecursionError):
+            raise NLDSLSyntaxError([_too_deep_problem(tree, source)]) from None
         meta = getattr(error.obj, "meta", None)
         line, col = (meta.line, meta.column) if meta is not None and not meta.empty else (1, 1)
         raise NLDSLSyntaxError([Problem(f"malformed {error.rule}: {error.orig_exc}", line, col,
