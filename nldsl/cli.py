@@ -1,0 +1,166 @@
+"""The `nldsl` command line.
+
+    nldsl check FILE|NAME...     validate specs; every problem goes to stderr, exit 1 if any
+    nldsl show NAME [--canonical] print a stdlib spec's text (or its canonical form)
+    nldsl list                   every stdlib spec with its one-line description
+    nldsl demo                   check the whole stdlib and print a summary table
+
+Each subcommand is a small function registered in `COMMANDS` with the function that declares
+its arguments; a new stage (`render`, `compile`, `bench`) is one more entry. Exit status: 0 when
+all is well, 1 when a spec has problems or a file cannot be read, 2 for a malformed command
+line. A user's mistake is reported as a message, never as a Python traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+import nldsl
+from nldsl.errors import NLDSLError
+from nldsl.library import description, resolve, stdlib_names, stdlib_text
+from nldsl.parser import parse
+from nldsl.printer import format_spec
+
+DESCRIPTION_WIDTH = 72
+
+
+def report(err: Exception, target: str) -> None:
+    """Print a user-facing error to stderr: located problems as they are, others with the
+    target they concern."""
+    if isinstance(err, NLDSLError) and err.line >= 1:
+        print(err, file=sys.stderr)
+    elif isinstance(err, OSError):
+        reason = err.strerror or str(err)
+        print(f"{target}: error: cannot read {err.filename or target}: {reason}", file=sys.stderr)
+    elif isinstance(err, UnicodeDecodeError):
+        print(f"{target}: error: not a text file ({err.reason})", file=sys.stderr)
+    else:
+        print(f"{target}: error: {err}", file=sys.stderr)
+
+
+def load_or_report(target: str) -> nldsl.Spec | None:
+    """`nldsl.load(target)`, or None after reporting why it failed."""
+    try:
+        return nldsl.load(target)
+    except (NLDSLError, OSError, UnicodeDecodeError) as err:
+        report(err, target)
+        return None
+
+
+def format_table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in [headers] + rows) for i in range(len(headers))]
+    lines = [headers, ["-" * width for width in widths]] + rows
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
+                     for line in lines)
+
+
+def shorten(text: str, width: int = DESCRIPTION_WIDTH) -> str:
+    return text if len(text) <= width else text[: width - 3].rstrip() + "..."
+
+
+# ---------------------------------------------------------------- subcommands
+
+def check(args: argparse.Namespace) -> int:
+    failed = 0
+    for target in args.specs:
+        spec = load_or_report(target)
+        if spec is None:
+            failed += 1
+            continue
+        levels = len(spec.decl.levels)
+        print(f"ok  {target}: {spec.kind} {spec.name}, {levels} level{'s' * (levels != 1)}")
+    if failed:
+        print(f"{failed} of {len(args.specs)} specs have problems", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def show(args: argparse.Namespace) -> int:
+    text, filename = resolve(args.name)
+    print(format_spec(parse(text, filename)) if args.canonical else text, end="")
+    return 0
+
+
+def list_specs(args: argparse.Namespace) -> int:
+    names = stdlib_names()
+    width = max((len(name) for name in names), default=0)
+    for name in names:
+        print(f"{name.ljust(width)}  {description(stdlib_text(name))}".rstrip())
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    """Load every stdlib spec (parse, build, validate) and summarise them in a table."""
+    names = stdlib_names()
+    rows, failed = [], 0
+    for name in names:
+        spec = load_or_report(name)
+        if spec is None:
+            failed += 1
+            continue
+        levels = ", ".join(level.name for level in spec.decl.levels)
+        rows.append([name, spec.kind, levels, shorten(description(spec.text))])
+    if rows:
+        print(format_table(["name", "kind", "levels", "description"], rows))
+    print(f"\n{len(rows)} of {len(names)} standard-library specs are valid")
+    return 1 if failed else 0
+
+
+def _spec_targets(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("specs", nargs="+", metavar="FILE|NAME",
+                        help="a path to a .nl file or the name of a standard-library spec")
+
+
+def _show_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="NAME", help="a standard-library spec (or a .nl file)")
+    parser.add_argument("--canonical", action="store_true",
+                        help="print the canonical form (nldsl.printer) instead of the source")
+
+
+def _no_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    run: Callable[[argparse.Namespace], int]
+    arguments: Callable[[argparse.ArgumentParser], None] = _no_arguments
+
+
+COMMANDS = [
+    Command("check", "parse and validate specs; print every problem", check, _spec_targets),
+    Command("show", "print a standard-library spec", show, _show_arguments),
+    Command("list", "list the standard-library specs", list_specs),
+    Command("demo", "check every standard-library spec and summarise them", demo),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nldsl", description="nldsl: level specs for nested learning, checked and compiled.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
+        command.arguments(sub)
+        sub.set_defaults(run=command.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; return the exit status (argparse's own 2 for a bad command line)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 2
+    try:
+        return args.run(args)
+    except (NLDSLError, OSError, UnicodeDecodeError) as err:
+        report(err, getattr(args, "name", args.command))
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

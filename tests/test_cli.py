@@ -1,0 +1,164 @@
+"""nldsl/cli.py: exit statuses, where messages go, and no traceback for a user's mistake."""
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+import nldsl
+from nldsl.cli import COMMANDS, main
+from nldsl.library import description, stdlib_names, stdlib_text
+from nldsl.parser import parse
+from nldsl.printer import format_spec
+from nldsl.testing import EXAMPLE_SPECS
+
+BROKEN = "optimizer broken(lr = 0.1) {\n  level a every 1 step {\n    W <- W - lr *\n  }\n}\n"
+
+
+def loads(name_or_path: str) -> bool:
+    try:
+        nldsl.load(name_or_path)
+    except nldsl.NLDSLError:
+        return False
+    return True
+
+
+@pytest.fixture
+def spec_files(tmp_path):
+    """Every example spec as a file, plus one with a syntax error."""
+    files = {}
+    for name, text in {**EXAMPLE_SPECS, "broken": BROKEN}.items():
+        files[name] = tmp_path / f"{name}.nl"
+        files[name].write_text(text)
+    return files
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return status, out, err
+
+
+@pytest.mark.parametrize("name", list(EXAMPLE_SPECS))
+def test_check_valid_file(capsys, spec_files, name):
+    status, out, err = run(capsys, "check", str(spec_files[name]))
+    assert (status, err) == (0, "")
+    assert out.startswith(f"ok  {spec_files[name]}: ")
+
+
+def test_check_reports_location_of_syntax_error(capsys, spec_files):
+    status, out, err = run(capsys, "check", str(spec_files["broken"]))
+    assert status == 1 and out == ""
+    assert f"{spec_files['broken']}:4:3: error:" in err
+    assert "1 of 1 specs have problems" in err
+
+
+def test_check_reports_every_failing_target(capsys, spec_files, tmp_path):
+    missing = tmp_path / "missing.nl"
+    binary = tmp_path / "binary.nl"
+    binary.write_bytes(b"\xff\xfe\x00 not text")
+    targets = [spec_files["heavy_ball"], spec_files["broken"], missing, binary]
+    status, out, err = run(capsys, "check", *map(str, targets))
+    assert status == 1
+    assert out.startswith(f"ok  {spec_files['heavy_ball']}")
+    assert f"{spec_files['broken']}:4:3: error:" in err
+    assert f"{missing}: error: no spec file" in err
+    assert f"{binary}: error: not a text file" in err
+    assert "3 of 4 specs have problems" in err
+
+
+def test_check_unreadable_file(capsys, spec_files, monkeypatch):
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(pathlib.Path, "read_text", refuse)
+    target = str(spec_files["heavy_ball"])
+    status, out, err = run(capsys, "check", target)
+    assert status == 1
+    assert f"{target}: error: cannot read {target}: Permission denied" in err
+
+
+def test_check_stdlib_names(capsys):
+    names = stdlib_names()
+    valid = [name for name in names if loads(name)]
+    status, out, err = run(capsys, "check", *names, "no_such_spec")
+    assert status == 1
+    assert [line.split(":")[0] for line in out.splitlines()] == [f"ok  {n}" for n in valid]
+    for name in set(names) - set(valid):
+        assert f"{name}.nl:" in err
+    assert "no_such_spec: error: no standard-library spec named 'no_such_spec'" in err
+
+
+@pytest.mark.parametrize("name", stdlib_names()[:3])
+def test_show_prints_the_source(capsys, name):
+    status, out, err = run(capsys, "show", name)
+    assert (status, out, err) == (0, stdlib_text(name), "")
+
+
+def test_show_canonical(capsys, spec_files):
+    status, out, err = run(capsys, "show", str(spec_files["delta_memory"]), "--canonical")
+    assert (status, err) == (0, "")
+    assert out == format_spec(parse(EXAMPLE_SPECS["delta_memory"]))
+
+
+def test_show_unknown_name(capsys):
+    status, out, err = run(capsys, "show", "no_such_spec")
+    assert (status, out) == (1, "")
+    assert "no standard-library spec named 'no_such_spec'" in err
+
+
+def test_list_names_every_stdlib_spec_with_its_description(capsys):
+    status, out, err = run(capsys, "list")
+    assert (status, err) == (0, "")
+    rows = [line.split(maxsplit=1) for line in out.splitlines()]
+    assert [row[0] for row in rows] == stdlib_names()
+    for row in rows:
+        assert row[1:] == ([description(stdlib_text(row[0]))] if len(row) > 1 else [])
+
+
+def test_demo_tabulates_every_valid_stdlib_spec(capsys):
+    names = stdlib_names()
+    valid = [name for name in names if loads(name)]
+    status, out, err = run(capsys, "demo")
+    assert status == (0 if len(valid) == len(names) else 1)
+    table = out.splitlines()
+    if valid:
+        assert table[0].split() == ["name", "kind", "levels", "description"]
+        assert [line.split()[0] for line in table[2:2 + len(valid)]] == valid
+        for line, name in zip(table[2:], valid):
+            assert line.split()[1] == nldsl.load(name).kind
+    assert table[-1] == f"{len(valid)} of {len(names)} standard-library specs are valid"
+
+
+@pytest.mark.parametrize("argv, status", [
+    pytest.param([], 2, id="no-command"),
+    pytest.param(["frobnicate"], 2, id="unknown-command"),
+    pytest.param(["check"], 2, id="check-without-targets"),
+    pytest.param(["--help"], 0, id="help"),
+])
+def test_command_line_errors_are_argparse_statuses(capsys, argv, status):
+    assert main(argv) == status
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+
+
+def test_help_lists_every_registered_command(capsys):
+    main(["--help"])
+    out = capsys.readouterr().out
+    for command in COMMANDS:
+        assert command.name in out and command.help in out
+
+
+def test_installed_console_script(spec_files):
+    script = pathlib.Path(sys.executable).parent / "nldsl"
+    assert script.is_file(), "the `nldsl` console script is not installed in this environment"
+    ok = subprocess.run([str(script), "check", str(spec_files["heavy_ball"])],
+                        capture_output=True, text=True, timeout=120)
+    bad = subprocess.run([str(script), "check", str(spec_files["broken"])],
+                         capture_output=True, text=True, timeout=120)
+    assert (ok.returncode, bad.returncode) == (0, 1)
+    assert f"{spec_files['broken']}:4:3: error:" in bad.stderr
+    assert "Traceback" not in bad.stderr
