@@ -63,6 +63,9 @@ FUNCTIONS: dict[str, Builtin] = {
     "transpose": _f("a", None, "swap the last two dims"),
     "outer": _f("a b", None, "outer product a b^T over the last dims"),
     "trace": _f("a", None, "trace of a matrix"),
+    "size": _f("a dim", None, "the size of dim `dim` of a tensor (a number; negative dims count "
+               "from the end), e.g. Muon's shape-dependent learning-rate scale"),
+    "ndim": _f("a", None, "the number of dims of a tensor (a number), e.g. `ndim(W) == 2`"),
     # sequence mixing (modules)
     "conv": _f("a width", None, "causal depthwise 1-D convolution over tokens with a learned kernel "
                "of `width` taps per channel (a parameter of the outer level)"),
@@ -74,8 +77,10 @@ FUNCTIONS: dict[str, Builtin] = {
     "grad": _f("state", None, "the gradient of the task loss with respect to a state (for an "
                "optimizer, `grad(W)`: the gradient it is given)", role="context"),
     "stopgrad": _f("a", None, "a, with no gradient flowing back through it"),
-    "newton_schulz": _f("a steps polynomial", 1, "orthogonalize a matrix with `steps` Newton-Schulz "
-                        "iterations (polynomial \"cubic\" or \"quintic\"), eq. 44"),
+    "newton_schulz": _f("a steps polynomial eps precision", 1, "orthogonalize a matrix with `steps` "
+                        "Newton-Schulz iterations (polynomial \"cubic\", \"quintic\" or a tuple of "
+                        "quintic coefficients (a, b, c)) after dividing by max(||a||_F, eps), computed "
+                        "in `precision` (\"float32\" or \"bfloat16\"), eq. 44"),
     # objectives (internal losses of a level)
     "dot": _f("a b", None, "<a, b> summed over all elements", role="objective"),
     "l2": _f("a b", None, "1/2 ||a - b||_2^2 (the 1/2 makes `l2` + `gd` the delta rule)",
@@ -126,7 +131,9 @@ RULES: dict[str, RuleSpec] = {
     "ema": RuleSpec(("beta",), {},
                     "S <- beta S - (1 - beta) grad L(S): with L = -dot(S, g) an exponential "
                     "moving average of g"),
-    "newton_schulz": RuleSpec(("steps", "polynomial"), {"steps": 5, "polynomial": "quintic"},
+    "newton_schulz": RuleSpec(("steps", "polynomial", "eps", "precision"),
+                              {"steps": 5, "polynomial": "quintic", "eps": 1e-7,
+                               "precision": "float32"},
                               "S starts from its initial value each unit and takes `steps` "
                               "Newton-Schulz steps on the orthogonality objective, eq. 44 "
                               "(cubic: zeta = 1/4 GD; quintic: Muon's (3.4445, -4.7750, 2.0315))"),
