@@ -2,10 +2,13 @@
 (build + validate), and encodes the choices its header comment documents."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import nldsl
 from nldsl import ast
+from nldsl.builtins import FUNCTIONS, RULES
 from nldsl.library import description, stdlib_names, stdlib_text
 from nldsl.parser import parse
 from nldsl.printer import format_expr
@@ -186,3 +189,20 @@ def test_hope_attention_reads_multi_head_softmax_attention():
     assert format_expr(read.value) == "attention(q, k, v)"
     assert format_expr(attend.heads) == "heads"
     assert not [i for i in attend.items if isinstance(i, ast.State)]
+
+
+# ---- docs/language.md, the reference these specs are written against
+
+LANGUAGE_DOC = Path(__file__).resolve().parents[1] / "docs" / "language.md"
+
+
+@pytest.mark.parametrize("name", sorted(FUNCTIONS) + sorted(RULES))
+def test_language_reference_documents_every_builtin(name):
+    assert f"`{name}(" in LANGUAGE_DOC.read_text()
+
+
+@pytest.mark.parametrize("construct", [
+    "every N", "chunk C", "heads H", "backprop", "partial flush", "partial drop", "init learned by",
+    "before write", "then", "<-", "out =", "wsum(", "task", "outer"])
+def test_language_reference_explains_every_construct(construct):
+    assert construct in LANGUAGE_DOC.read_text()
