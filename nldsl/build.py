@@ -139,6 +139,15 @@ def _item_kind(item) -> str:
     return "reads" if isinstance(item, (ast.Update, ast.Read)) else "generates"
 
 
+def _gradient_source(names: list[str], level: str) -> str | None:
+    """Whose gradient flow a `backprop` level joins: the outer level, where the task loss is
+    minimised, or else the next slower declared level."""
+    if OUTER in names and level != OUTER:
+        return OUTER
+    index = names.index(level)
+    return names[index - 1] if index > 0 else None
+
+
 def _edges(decl: ast.SpecDecl, levels: dict[str, LevelInfo]):
     owners = _owners(levels)
     found: dict[tuple[str, str, str], tuple[list[str], ast.Span]] = {}
@@ -167,9 +176,9 @@ def _edges(decl: ast.SpecDecl, levels: dict[str, LevelInfo]):
             if state.learned_by in levels:
                 add(state.learned_by, level.name, "init", state.name, state.decl.span)
         if level.backprop:
-            index = names.index(level.name)
-            if index > 0:
-                add(names[index - 1], level.name, "backprop", level.name,
+            source = _gradient_source(names, level.name)
+            if source is not None:
+                add(source, level.name, "backprop", level.name,
                     level.decl.span if level.decl else ast.NO_SPAN)
     edges = [Edge(source=s, target=t, kind=k, via=tuple(v), span=span)
              for (s, t, k), (v, span) in found.items()]
