@@ -2,17 +2,24 @@
 each objective and update acts on."""
 from __future__ import annotations
 
+import re
+
 import networkx as nx
 
 from nldsl import ast
 from nldsl.build import PARAMETER, _references
 from nldsl.builtins import TASK
 from nldsl.check_common import Checker
+from nldsl.check_names import rotate_to_first
 from nldsl.consteval import hparam_values, try_evaluate
 from nldsl.graph import LevelInfo
 
-MSG_PERIOD = "a level's period must be a positive integer, got {value!r}"
+MSG_NOT_POSITIVE_INT = "{what} must be a positive integer, got {value!r}"
 MSG_UNIT = "{kind} levels count {expected}, not {unit}s"
+_UNIT_HINT = {"optimizer": "an optimizer's time unit is one step (one call of `step()`)",
+              "module": "a module's time unit is one token; the task optimizer's steps belong to "
+                        "the implicit outer level"}
+_UNIT_WORD = re.compile(r"\s*(steps|step|tokens|token)\b")
 MSG_ORDER = ("levels are listed slow to fast, but {fast!r} ({fast_freq}) comes before the slower "
              "{slow!r} ({slow_freq})")
 MSG_NEST = "periods do not nest: {a!r} writes every {pa} {unit}s and {b!r} every {pb}"
@@ -23,11 +30,20 @@ MSG_NO_STATE = "the objective does not depend on {state!r}, the state it trains"
 MSG_WHICH_STATE = "level {level!r} has {count} states; say which one this objective trains"
 
 
-def _positive_int(c: Checker, node: ast.Expr | None, what: str, env: dict) -> None:
+def _positive_int(c: Checker, node: ast.Expr | None, what: str, example: str, env: dict) -> None:
     value = try_evaluate(node, env)
-    if node is not None and value is not None and not (isinstance(value, int) and value >= 1):
-        c.report(node, f"{what} must be a positive integer, got {value!r}",
-                 expected="an integer >= 1", hint=f"e.g. `{what} 64`")
+    if node is not None and value is not None and (
+            isinstance(value, bool) or not (isinstance(value, int) and value >= 1)):
+        c.report(node, MSG_NOT_POSITIVE_INT.format(what=what, value=value),
+                 expected="an integer >= 1", hint=f"e.g. `{example}`")
+
+
+def _frequency_span(c: Checker, decl: ast.Level) -> ast.Span:
+    """`every N unit`: from N to the end of the unit word (the AST keeps no span for the unit)."""
+    start, end = decl.every.span, decl.every.span
+    match = _UNIT_WORD.match(c.source.line(end.end_line), end.end_col - 1)
+    end_col = match.end() + 1 if match else end.end_col
+    return ast.Span(line=start.line, col=start.col, end_line=end.end_line, end_col=end_col)
 
 
 def check_frequencies(c: Checker) -> None:
@@ -36,12 +52,13 @@ def check_frequencies(c: Checker) -> None:
     expected_unit = "step" if c.decl.kind == "optimizer" else "token"
     for level in declared:
         decl = level.decl
-        _positive_int(c, decl.every, "the period", env)
-        _positive_int(c, decl.chunk, "chunk", env)
-        _positive_int(c, decl.heads, "heads", env)
-        if c.decl.kind == "optimizer" and level.unit != "step":
-            c.report(decl.every, MSG_UNIT.format(kind="optimizer", expected="steps", unit=level.unit),
-                     expected="`every N steps`", hint="an optimizer's time unit is one step")
+        _positive_int(c, decl.every, "a level's period", f"every 4 {expected_unit}s", env)
+        _positive_int(c, decl.chunk, "chunk", "chunk 64", env)
+        _positive_int(c, decl.heads, "heads", "heads 4", env)
+        if level.unit != expected_unit:
+            c.report(_frequency_span(c, decl), MSG_UNIT.format(
+                kind=c.decl.kind, expected=expected_unit + "s", unit=level.unit),
+                expected=f"`every N {expected_unit}s`", hint=_UNIT_HINT[c.decl.kind])
         if decl.chunk is not None and level.unit != "token":
             c.report(decl.chunk, "`chunk` applies to per-token levels only",
                      expected="`every N tokens chunk C`", hint="remove `chunk` from a step level")
@@ -75,6 +92,7 @@ def _check_conflicts(c: Checker) -> None:
         for name in group:
             deps.add_edges_from((name, d) for d in c.graph.depends_on(name) if d in group)
         for cycle in nx.simple_cycles(deps):
+            cycle = rotate_to_first(cycle, list(c.graph.levels))
             path = " -> ".join([*cycle, cycle[0]])
             level = c.graph.levels[cycle[0]]
             c.report(level.decl or c.decl, MSG_CONFLICT.format(path=path),
@@ -97,7 +115,8 @@ def check_learned_inits(c: Checker) -> None:
                      "this one", hint="add a slower level, or give the state a fixed initial value")
         elif teacher is None:
             c.report(init, f"unknown level {init.by!r}", expected="the name of a slower level",
-                     hint=c.suggest(init.by, c.graph.levels))
+                     hint=c.suggest(init.by, c.graph.levels) or "write `init learned` to have the "
+                     "next slower level learn it")
         elif teacher.period and student.period and teacher.rank <= student.rank:
             c.report(init, MSG_BAD_TEACHER.format(name=state.name, teacher=teacher.name),
                      expected="a level that writes less often than " + repr(student.name),
@@ -116,6 +135,13 @@ def _transitive_names(expr: ast.Expr, level: LevelInfo) -> set[str]:
         if name in level.contexts:
             pending += [n for n, _ in _references(level.contexts[name].value)]
     return used
+
+
+def _example_loss(level: LevelInfo, state: str) -> str:
+    """A loss that trains `state`: a memory regresses values on keys, a buffer tracks a signal."""
+    if isinstance(level.states[state].decl.shape, (ast.TensorShape, ast.MLPShape)):
+        return f"l2({state}(k), v)"
+    return f"-dot({state}, g)"
 
 
 def _trainable(level: LevelInfo) -> list[str]:
@@ -142,7 +168,7 @@ def check_objectives(c: Checker) -> None:
             used = _transitive_names(objective.loss, level)
             if TASK not in used and target not in used:
                 c.report(objective.loss, MSG_NO_STATE.format(state=target),
-                         expected=f"a loss that uses {target!r}, e.g. l2({target}(k), v)",
+                         expected=f"a loss that uses {target!r}, e.g. {_example_loss(level, target)}",
                          hint="the gradient of this loss with respect to the state is zero, so "
                               "the state would never change")
         for update in level.updates:

@@ -104,8 +104,9 @@ def check_references(c: Checker) -> None:
 def _check_expr(c: Checker, node, defined, callable_states, task_allowed) -> None:
     if isinstance(node, ast.Name):
         if node.id == TASK and not task_allowed:
-            c.report(node, MSG_TASK_OUTSIDE, expected="an expression",
-                     hint="write `minimize task by gd(lr)` to train a level on the outer loss")
+            c.report(node, MSG_TASK_OUTSIDE, expected="`minimize task by <rule>`",
+                     hint="`task` is the loss of the outer training loop, not a value; write "
+                     "`minimize task by gd(lr)` to train a level's state on it")
         elif node.id not in defined and node.id != TASK:
             c.report(node, MSG_UNKNOWN.format(name=node.id),
                      expected="a hyper-parameter, state, context, read or built-in name",
@@ -133,20 +134,23 @@ def _check_call(c: Checker, call: ast.Call, defined, callable_states) -> None:
             if len(call.args) != 1 or call.kwargs:
                 c.report(call, MSG_ARITY.format(name=call.func, expected="exactly 1", s="",
                                                 got=len(call.args) + len(call.kwargs)),
-                         expected="a memory applied to one input: M(k)")
+                         expected="a memory applied to one input: M(k)",
+                         hint="a memory maps one input to one output, e.g. `M(k)`")
         elif call.func in defined:
             c.report(call, MSG_NOT_CALLABLE.format(name=call.func), expected="a memory state",
                      hint="only states with a tensor or mlp shape can be applied, e.g. `M(k)`")
         else:
             c.report(call, MSG_UNKNOWN_FUNCTION.format(name=call.func),
                      expected="a built-in function (docs/language.md) or a memory state",
-                     hint=c.suggest(call.func, set(FUNCTIONS) | callable_states))
+                     hint=c.suggest(call.func, set(FUNCTIONS) | callable_states) or
+                     "the built-in functions are listed in nldsl/builtins.py")
         return
     given = len(call.args) + len(call.kwargs)
     unknown = [k for k in call.kwargs if k.name not in builtin.params]
     for keyword in unknown:
         c.report(keyword, f"{call.func}() has no argument {keyword.name!r}",
-                 expected=f"one of: {', '.join(builtin.params) or '(none)'}")
+                 expected=f"one of: {', '.join(builtin.params) or '(none)'}",
+                 hint=c.suggest(keyword.name, builtin.params) or builtin.doc)
     if builtin.variadic:
         ok = given >= builtin.min_args
         expected = f"at least {builtin.min_args}"
@@ -158,6 +162,13 @@ def _check_call(c: Checker, call: ast.Call, defined, callable_states) -> None:
         c.report(call, MSG_ARITY.format(name=call.func, expected=expected,
                                         s="" if expected == "1" else "s", got=given),
                  expected=f"{call.func}({', '.join(builtin.params)})", hint=builtin.doc)
+
+
+def rotate_to_first(cycle: list[str], order: list[str]) -> list[str]:
+    """The cycle starting at its member that comes first in `order` (networkx starts anywhere,
+    and messages must not depend on hash order)."""
+    start = min(range(len(cycle)), key=lambda i: order.index(cycle[i]))
+    return cycle[start:] + cycle[:start]
 
 
 def check_definition_cycles(c: Checker) -> None:
@@ -177,6 +188,7 @@ def check_definition_cycles(c: Checker) -> None:
         if key in reported:
             continue
         reported.add(key)
+        cycle = rotate_to_first(cycle, list(nodes))
         path = " -> ".join([*cycle, cycle[0]])
         c.report(nodes[cycle[0]], MSG_CYCLE.format(path=path), expected="definitions that bottom "
                  "out in inputs, states or hyper-parameters",

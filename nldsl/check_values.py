@@ -13,6 +13,7 @@ from nldsl.printer import format_expr
 _OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
         "==": operator.eq, "!=": operator.ne}
 _TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+_ARTICLE = {"int": "an", "float": "a", "bool": "a", "str": "a"}
 
 #: Rule arguments that must lie in a range when they are constants: (low, high) inclusive.
 RULE_ARG_RANGES = {"lr": (0, None), "decay": (0, 1), "beta": (0, 1), "steps": (1, None)}
@@ -59,7 +60,7 @@ def check_hparams(c: Checker) -> None:
                 isinstance(value, _TYPES[hparam.type]) and not
                 (hparam.type != "bool" and isinstance(value, bool))):
             c.report(hparam.default, f"hyper-parameter {hparam.name!r} is declared {hparam.type} "
-                     f"but its default is {value!r}", expected=f"a {hparam.type} value",
+                     f"but its default is {value!r}", expected=f"{_ARTICLE[hparam.type]} {hparam.type} value",
                      hint="change the default or the declared type")
         for constraint in hparam.constraints:
             if value is not None and satisfies(value, constraint, env) is False:
@@ -80,20 +81,22 @@ def _check_rule(c: Checker, rule: ast.Rule, env: dict) -> None:
     spec = RULES.get(rule.name)
     if spec is None:
         c.report(rule, f"unknown learning rule {rule.name!r}",
-                 expected=f"one of: {', '.join(RULES)}", hint=c.suggest(rule.name, RULES))
+                 expected=f"one of: {', '.join(RULES)}", hint=c.suggest(rule.name, RULES) or
+                 "learning rules are built in; an optimizer spec such as `adam` is not a rule")
         return
     if len(rule.args) > len(spec.params):
         c.report(rule, f"{rule.name}() takes at most {len(spec.params)} arguments, got "
-                 f"{len(rule.args)}", expected=f"{rule.name}({', '.join(spec.params)})")
+                 f"{len(rule.args)}", expected=f"{rule.name}({', '.join(spec.params)})",
+                 hint=spec.doc)
     bound = dict(zip(spec.params, rule.args))
     for keyword in rule.kwargs:
         if keyword.name not in spec.params:
             c.report(keyword, f"{rule.name}() has no argument {keyword.name!r}",
                      expected=f"one of: {', '.join(spec.params) or '(none)'}",
-                     hint=c.suggest(keyword.name, spec.params))
+                     hint=c.suggest(keyword.name, spec.params) or spec.doc)
         elif keyword.name in bound:
             c.report(keyword, f"{rule.name}() got {keyword.name!r} twice",
-                     expected="each argument once")
+                     expected="each argument once", hint="remove the positional or the keyword one")
         bound[keyword.name] = keyword.value
     missing = [p for p in spec.params if p not in bound and p not in spec.defaults]
     if missing:

@@ -2,8 +2,8 @@
 
 `parse(text, filename)` returns an `ast.SpecDecl` or raises `NLDSLSyntaxError` whose message names
 `file:line:col`, shows the line with a caret, says what was expected and how to fix it. Known
-mistakes are recognised by re-parsing the catalogue in `syntax_catalogue.py` (lark's
-`match_examples`), so the message says "missing `by`" instead of "unexpected token".
+mistakes are recognised against the catalogue in `syntax_catalogue.py` (see `syntax_errors.py`),
+so the message says "missing `by`" instead of "unexpected token".
 """
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from functools import lru_cache
 from importlib import resources
 
 from lark import Lark, Token, Transformer, Tree, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+from lark.exceptions import UnexpectedInput, VisitError
 
 from nldsl import ast
 from nldsl.errors import NLDSLSyntaxError, Problem, Source
-from nldsl.syntax_catalogue import SYNTAX_ERRORS, TOKEN_NAMES
+from nldsl.syntax_catalogue import TOKEN_NAMES
+from nldsl.syntax_errors import syntax_problem
 
 
 def grammar_text() -> str:
@@ -248,33 +249,6 @@ def _expected(error: UnexpectedInput) -> str:
     return ", ".join(names)
 
 
-def _syntax_problem(error: UnexpectedInput, source: Source) -> Problem:
-    label = None
-    if not isinstance(error, UnexpectedCharacters):
-        try:
-            label = error.match_examples(lark_parser().parse, SYNTAX_ERRORS, use_accepts=True)
-        except TypeError:
-            # lark 1.3.1 formats a debug message with `%d` on a ParserState when a catalogue
-            # snippet stops in the same state with other accepted tokens: no label, then.
-            label = None
-    message, hint = label if label else (None, None)
-    if isinstance(error, UnexpectedEOF):
-        lines = source.text.splitlines() or [""]
-        line, col = len(lines), len(lines[-1]) + 1
-        found = "the end of the text"
-    else:
-        line, col = error.line, error.column
-        if isinstance(error, UnexpectedToken):
-            found = "end of the text" if error.token.type == "$END" else repr(str(error.token))
-        else:
-            found = f"character {source.text[error.pos_in_stream]!r}"
-            hint = hint or "only names, numbers, strings, operators, brackets and `#` comments are allowed"
-    return Problem(message or f"unexpected {found}", max(line, 1), max(col, 1),
-                   expected=_expected(error),
-                   hint=hint or "see grammar/nldsl.lark and docs/language.md for the syntax",
-                   source=source)
-
-
 def _too_deep_problem(tree: Tree, source: Source) -> Problem:
     """Point at the most deeply nested node, found without recursion (the tree is too deep)."""
     deepest_depth, deepest, stack = 0, tree, [(0, tree)]
@@ -295,7 +269,8 @@ def parse(text: str, filename: str = "<string>") -> ast.SpecDecl:
     try:
         tree = lark_parser().parse(text)
     except UnexpectedInput as error:
-        raise NLDSLSyntaxError([_syntax_problem(error, source)]) from None
+        raise NLDSLSyntaxError([syntax_problem(error, source, lark_parser().parse,
+                                               _expected(error))]) from None
     try:
         return _ToAst().transform(tree)
     except RecursionError:

@@ -1,6 +1,6 @@
 """Known syntax mistakes, as data: each (message, hint) label with snippets that make it.
 
-`parser._syntax_problem` re-parses these with lark's `match_examples`: when a user's error
+`syntax_errors.syntax_problem` re-parses these: when a user's error
 leaves the parser in the same state as one of the snippets, the user sees that label's message
 instead of a bare "unexpected token". tests/test_syntax_catalogue.py checks every snippet.
 """
@@ -9,8 +9,16 @@ from __future__ import annotations
 _HEAD = "optimizer o(lr = 0.1) {\n"
 _MOD = "module m(dim) {\n"
 
+MISSING_BY = "missing `by` and a learning rule after the objective"
+UNCLOSED_PAREN = "unclosed parenthesis"
+UNCLOSED_BRACE = "unclosed `{`: a level or spec body is not closed"
+JUXTAPOSED = "two expressions with no operator between them"
+NESTED_LEVEL = ("a level cannot be nested inside another level; levels are listed slow to fast at "
+                "the top")
+
+
 SYNTAX_ERRORS: dict[tuple[str, str], list[str]] = {
-    ("missing `by` and a learning rule after the objective",
+    (MISSING_BY,
      "write `minimize <loss> by <rule>`, e.g. `minimize l2(M(k), v) by gd(lr = 0.1)`"): [
         _HEAD + "level a every 1 step { state m like W = 0\n minimize -dot(m, g) }\n}",
         _HEAD + "level a every 1 step { minimize l2(M(k), v)\n state m like W }\n}",
@@ -30,18 +38,28 @@ SYNTAX_ERRORS: dict[tuple[str, str], list[str]] = {
         _HEAD + "level a every 1 step { state m = 0 }\n}",
         _HEAD + "level a every 1 step { state m }\n}",
     ],
-    ("`=` is a definition; an update of a state is written with `<-`",
-     "write `W <- W - lr * m` to update, or `let name = expr` to define"): [
-        _HEAD + "level a every 1 step { W = W - lr }\n}",
+    (JUXTAPOSED, "add an operator such as `*` or `+`; if a new definition starts here, give it a "
+     "role (`let`, `key`, ...) or write an update with `<-`"): [
+        _HEAD + "level a every 1 step { W <- W lr }\n}",
+        _HEAD + "level a every 1 step { W <- 2 W }\n}",
     ],
-    ("unclosed parenthesis", "add the missing `)`"): [
+    # `k = x` and `W = W - lr` leave the parser in the same state, so one label covers both.
+    ("a definition needs a role (key, value, query, gate or let); an update is written with `<-`",
+     "write `let h = relu(x)` or `key k = x @ Wk` to define a name, `W <- W - lr * m` to update "
+     "a state"): [
+        _HEAD + "level a every 1 step { W = W - lr }\n}",
+        _MOD + "level a every 1 token { k = x }\n}",
+        _MOD + "state Wk : [dim, dim]\nk = x @ Wk\n}",
+    ],
+    (UNCLOSED_PAREN, "add the missing `)`"): [
         _HEAD + "level a every 1 step { W <- (W - lr\n }\n}",
         _HEAD + "level a every 1 step { W <- f(W\n }\n}",
     ],
     ("unmatched closing parenthesis", "remove the extra `)` or add the matching `(`"): [
         _HEAD + "level a every 1 step { W <- W - lr) }\n}",
     ],
-    ("unclosed `{`: a level or spec body is not closed", "add the missing `}`"): [
+    (UNCLOSED_BRACE, "add the missing `}`; braces are matched by counting, so the missing one "
+     "may close a level inside this body"): [
         _HEAD + "level a every 1 step { W <- W\n",
         _HEAD + "level a every 1 step { W <- W }\n",
     ],
@@ -71,18 +89,10 @@ SYNTAX_ERRORS: dict[tuple[str, str], list[str]] = {
         _HEAD + "level a every 1 step { W <- W - }\n}",
         _HEAD + "level a every 1 step { W <- W * * lr }\n}",
     ],
-    ("two expressions with no operator between them", "add an operator such as `*` or `+`"): [
-        _HEAD + "level a every 1 step { W <- W lr }\n}",
-        _HEAD + "level a every 1 step { W <- 2 W }\n}",
-    ],
-    ("a definition needs a role: key, value, query, gate or let",
-     "e.g. `key k = x @ Wk` or `let h = relu(x)`"): [
-        _MOD + "level a every 1 token { k = x }\n}",
-    ],
     ("`read` defines a level's output: `read NAME = expr`", "e.g. `read y = M(q)`"): [
         _MOD + "level a every 1 token { read M(q) }\n}",
     ],
-    ("a level cannot be nested inside another level; levels are listed slow to fast at the top",
+    (NESTED_LEVEL,
      "move the inner level out of the outer level's braces"): [
         _HEAD + "level a every 2 steps { level b every 1 step { } }\n}",
     ],
@@ -98,3 +108,24 @@ TOKEN_NAMES = {
     "AT": "`@`", "CMP_OP": "a comparison", "SPEC_KIND": "`optimizer` or `module`",
     "TYPE_NAME": "a type (int, float, bool, str)", "$END": "the end of the text",
 }
+
+#: Where the caret goes for a label (default: at the token the parser stopped on).
+#: `after_previous`: something is missing right after the last token (the parser often stops on
+#: the next line); `previous`: the last token is the culprit (`W <- W lr }` stops at `}`, but the
+#: mistake is `lr`); `unclosed`: the opening bracket that is never closed.
+CARET = {
+    MISSING_BY: "after_previous",
+    "the frequency needs a unit": "after_previous",
+    "missing operand": "after_previous",
+    UNCLOSED_PAREN: "unclosed",
+    UNCLOSED_BRACE: "unclosed",
+    JUXTAPOSED: "previous",
+}
+
+#: When no snippet fails in the same parser state: a label chosen by a terminal the parser would
+#: have accepted (LALR stops in a different state for each way an expression can end, so these
+#: are more robust than snippets). `(` / `{` rules apply only when a bracket is really unclosed.
+ACCEPTED_LABELS = {"BY": MISSING_BY, "RPAR": UNCLOSED_PAREN, "RBRACE": UNCLOSED_BRACE}
+
+#: Tokens that are a mistake wherever the parser meets them unexpectedly (checked first).
+TOKEN_LABELS = {"LEVEL": NESTED_LEVEL}
