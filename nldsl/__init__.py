@@ -4,6 +4,7 @@
     print(spec)                        # canonical text
 """
 from nldsl.errors import NLDSLError
+from nldsl.render import render
 from nldsl.spec import Spec, load
 
-__all__ = ["NLDSLError", "Spec", "load"]
+__all__ = ["NLDSLError", "Spec", "load", "render"]

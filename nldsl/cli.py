@@ -4,6 +4,7 @@
     nldsl show NAME [--canonical] print a stdlib spec's text (or its canonical form)
     nldsl list                   every stdlib spec with its one-line description
     nldsl demo                   check the whole stdlib and print a summary table
+    nldsl render SPEC -o OUT     draw its nesting diagram (.svg/.png/.pdf/.dot) or --timeline
 
 Each subcommand is a small function registered in `COMMANDS` with the function that declares
 its arguments; a new stage (`render`, `compile`, `bench`) is one more entry. Exit status: 0 when
@@ -22,6 +23,7 @@ from nldsl.errors import NLDSLError
 from nldsl.library import description, resolve, stdlib_names, stdlib_text
 from nldsl.parser import parse
 from nldsl.printer import format_spec
+from nldsl.render.cli import render_arguments, run_render
 
 DESCRIPTION_WIDTH = 72
 
@@ -135,6 +137,8 @@ COMMANDS = [
     Command("show", "print a standard-library spec", show, _show_arguments),
     Command("list", "list the standard-library specs", list_specs),
     Command("demo", "check every standard-library spec and summarise them", demo),
+    Command("render", "draw a spec's nesting diagram (or its timeline)", run_render,
+            render_arguments),
 ]
 
 

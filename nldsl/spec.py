@@ -32,6 +32,12 @@ class Spec:
     def text(self) -> str:
         return self.source.text
 
+    def to_dot(self, detail: str = "compact", direction: str = "TB") -> str:
+        """The nesting diagram as DOT text (`nldsl.render.dot.to_dot`)."""
+        from nldsl.render.dot import to_dot
+
+        return to_dot(self, detail=detail, direction=direction)
+
     def __str__(self) -> str:
         from nldsl.printer import format_spec
 
