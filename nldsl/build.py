@@ -136,7 +136,7 @@ def _references(node, in_grad: bool = False):
 
 
 def _item_kind(item) -> str:
-    return "reads" if isinstance(item, (ast.Update, ast.Read)) else "generates"
+    return "reads" if isinstance(item, (ast.Update, ast.Read, ast.Output)) else "generates"
 
 
 def _gradient_source(names: list[str], level: str) -> str | None:
@@ -162,6 +162,8 @@ def _edges(decl: ast.SpecDecl, levels: dict[str, LevelInfo]):
     for level in levels.values():
         items = [*level.contexts.values(), *level.objectives, *level.updates, *level.reads.values()]
         items += [s.decl for s in level.states.values() if not s.implicit]
+        if level.name == OUTER:
+            items += [i for i in decl.items if isinstance(i, ast.Output)]  # `out` is the outer level's
         for item in items:
             for name, in_grad in _references(item):
                 if name not in owners or owners[name][0] == level.name:

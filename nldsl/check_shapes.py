@@ -142,7 +142,8 @@ class ShapeChecker:
             expects, gives = self.dim(shape.dims[1]), self.dim(shape.dims[0])
         else:
             return None
-        if arg and expects and arg[-1] != expects:
+        # an input written inline in a per-head level (`M(x @ Wk)`) is split like a context
+        if arg and expects and arg[-1] != expects and self._split_heads(arg)[-1] != expects:
             self.c.report(node, f"shape mismatch: memory {node.func!r} takes inputs of width "
                           f"[{expects.text}] but `{format_expr(node.args[0])}` has width "
                           f"[{arg[-1].text}]", expected=f"an input of width [{expects.text}]",
