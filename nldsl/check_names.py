@@ -160,7 +160,7 @@ def _check_call(c: Checker, call: ast.Call, defined, callable_states) -> None:
                     else f"{builtin.min_args} to {len(builtin.params)}")
     if not ok:
         c.report(call, MSG_ARITY.format(name=call.func, expected=expected,
-                                        s="" if expected == "1" else "s", got=given),
+                                        s="" if expected.split()[-1] == "1" else "s", got=given),
                  expected=f"{call.func}({', '.join(builtin.params)})", hint=builtin.doc)
 
 

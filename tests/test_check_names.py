@@ -1,0 +1,125 @@
+"""check_names: duplicates, unknown names and functions, arity, `task`, definition cycles."""
+from __future__ import annotations
+
+import pytest
+
+from nldsl.build import build
+from nldsl.builtins import FUNCTIONS
+from nldsl.check_common import Checker
+from nldsl.check_names import (check_definition_cycles, check_duplicates, check_references,
+                               rotate_to_first)
+from nldsl.errors import Source
+from nldsl.parser import parse
+
+
+def run(check, body: str, kind: str = "optimizer", hparams: str = "lr = 0.1, beta = 0.9"):
+    text = f"{kind} s({hparams}) {{\n{body}\n}}"
+    checker = Checker(build(parse(text)), Source(text))
+    check(checker)
+    return [(p.message, p.hint) for p in checker.problems]
+
+
+def messages(check, body, **kw):
+    return [m for m, _ in run(check, body, **kw)]
+
+
+VALID = [
+    pytest.param("level a every 1 step { key g = grad(W)\n state m like W = 0\n"
+                 " m: minimize -dot(m, g) by ema(beta) }\n level b every 1 step { W <- W - lr * m }",
+                 "optimizer", id="heavy-ball"),
+    pytest.param("state Wk : [dim, dim]\n level a every 1 token { state M : [dim, dim] = 0\n"
+                 " key k = l2norm(x @ Wk)\n minimize l2(M(k), x) by gd(lr = 0.1)\n"
+                 " read y = M(k) }\n out = y * t", "module", id="memory"),
+    pytest.param("level a every 1 step { W: minimize task by gd(lr) }", "optimizer",
+                 id="task-as-objective"),
+    pytest.param("level a every 1 step { W <- W - lr * clamp(grad(W), -1, 1) * step }",
+                 "optimizer", id="builtins"),
+]
+
+
+@pytest.mark.parametrize("body, kind", VALID)
+@pytest.mark.parametrize("check", [check_duplicates, check_references, check_definition_cycles],
+                         ids=["duplicates", "references", "cycles"])
+def test_valid_specs_have_no_problems(check, body, kind):
+    hparams = "dim" if kind == "module" else "lr = 0.1, beta = 0.9"
+    assert run(check, body, kind=kind, hparams=hparams) == []
+
+
+@pytest.mark.parametrize("body, expected", [
+    pytest.param("level a every 1 step { state m like W\n state m like W }",
+                 "state 'm' is defined twice", id="state"),
+    pytest.param("level a every 1 step { let h = 1\n key h = 2 }", "key 'h' is defined twice",
+                 id="context"),
+    pytest.param("level a every 1 step { }\n level a every 1 step { }",
+                 "level 'a' is defined twice", id="level"),
+    pytest.param("level a every 1 step { let lr = 1 }", "let 'lr' is defined twice",
+                 id="shadows-hyper-parameter"),
+    pytest.param("level a every 1 step { let sqrt = 1 }", "let 'sqrt' shadows a built-in name",
+                 id="shadows-function"),
+    pytest.param("level a every 1 step { state W like W }", "state 'W' shadows a built-in name",
+                 id="shadows-parameter"),
+    pytest.param("level a every 1 step { let task = 1 }", "let 'task' shadows a built-in name",
+                 id="shadows-task"),
+])
+def test_duplicates(body, expected):
+    assert messages(check_duplicates, body) == [expected]
+
+
+@pytest.mark.parametrize("body, expected", [
+    pytest.param("level a every 1 step { W <- W - lr * bta }",
+                 ("unknown name 'bta'", "did you mean 'beta'?"), id="suggestion"),
+    pytest.param("level a every 1 step { W <- W - zzz }",
+                 ("unknown name 'zzz'", "define it (e.g. `let name = ...`) or declare it as a "
+                  "hyper-parameter"), id="no-suggestion"),
+    pytest.param("level a every 1 step { W <- W - lr * rsqrt(W) }",
+                 ("unknown function 'rsqrt'", "did you mean 'sqrt'?"), id="unknown-function"),
+    pytest.param("level a every 1 step { W <- W - lr(W) }",
+                 ("'lr' is not a memory state, so it cannot be applied to an input",
+                  "only states with a tensor or mlp shape can be applied, e.g. `M(k)`"),
+                 id="not-a-memory"),
+])
+def test_unknown_names(body, expected):
+    assert run(check_references, body) == [expected]
+
+
+@pytest.mark.parametrize("call, expected", [
+    ("clamp(W, 1)", "clamp() takes 3 arguments, got 2"),
+    ("sqrt(W, W)", "sqrt() takes 1 argument, got 2"),
+    ("newton_schulz()",
+     f"newton_schulz() takes 1 to {len(FUNCTIONS['newton_schulz'].params)} arguments, got 0"),
+    ("concat()", "concat() takes at least 1 argument, got 0"),
+    ("normal(std = 1, mean = 0)", "normal() has no argument 'mean'"),
+], ids=["clamp", "sqrt", "optional-args", "variadic", "unknown-keyword"])
+def test_builtin_arity(call, expected):
+    assert expected in messages(check_references, f"level a every 1 step {{ W <- W - {call} }}")
+
+
+def test_memory_takes_exactly_one_input():
+    body = "state M : [d, d]\n level a every 1 step { W <- M(W, W) }"
+    assert messages(check_references, body, hparams="d") == ["M() takes exactly 1 argument, got 2"]
+
+
+def test_task_outside_an_objective():
+    assert messages(check_references, "level a every 1 step { W <- W - task }") == [
+        "`task` (the outer loss) can only be an objective"]
+
+
+def test_scalar_state_cannot_be_applied():
+    body = "level a every 1 step { state s : scalar = 1\n W <- W - s(W) }"
+    assert messages(check_references, body) == [
+        "'s' is not a memory state, so it cannot be applied to an input"]
+
+
+@pytest.mark.parametrize("body, path", [
+    ("let a = b\n let b = a", "a -> b -> a"),
+    ("let b = a\n let a = b", "b -> a -> b"),
+    ("let a = a + 1", "a -> a"),
+    ("let a = b\n let b = c\n let c = a", "a -> b -> c -> a"),
+], ids=["pair", "pair-declared-the-other-way", "self", "triangle"])
+def test_cycles_are_reported_once_from_the_first_definition(body, path):
+    found = messages(check_definition_cycles, f"level l every 1 step {{ {body}\n W <- W }}")
+    assert found == [f"definitions form a cycle: {path}"]
+
+
+def test_rotate_to_first():
+    assert rotate_to_first(["c", "a", "b"], ["a", "b", "c"]) == ["a", "b", "c"]
