@@ -50,17 +50,22 @@ def _draw_level(diagram: Diagram, parent: graphviz.Digraph, name: str) -> None:
     index = diagram.index[name]
     stops = diagram.stops_gradient(name)
     with parent.subgraph(name=f"cluster_{name}") as cluster:
-        cluster.attr(label=diagram.title(name), labeljust="l",
-                     fontname=style.FONT, fontsize=str(style.CLUSTER_SIZE),
-                     style="rounded,filled,dashed" if stops else "rounded,filled",
+        cluster.attr(label="", style="rounded,filled,dashed" if stops else "rounded,filled",
                      fillcolor=style.level_fill(index),
                      color=style.STOP if stops else style.level_ink(index),
                      penwidth="2" if stops else "1.2", margin="12")
+        # The title is a node, not the cluster's label: dot keeps edges off nodes and sizes the
+        # cluster to hold them, so no edge crosses a title and no title runs off its border.
+        title = f"{name}.title"
+        cluster.node(title, diagram.title(name), shape="plaintext", style="",
+                     fontname=style.FONT, fontsize=str(style.CLUSTER_SIZE), margin="0")
         boxes = diagram.boxes[name]
         for box in boxes:
             cluster.node(box.id, box_label(box), **_box_attrs(box))
+        for box in boxes[:1]:
+            cluster.edge(title, box.id, style="invis")
         upper = [b for b in boxes if b.kind in ("context", "input")]
-        lower = [b for b in boxes if b.kind not in ("context", "input")]
+        lower = [b for b in boxes if b.kind in ("state", "params")]
         rows = [lower[i:i + STATES_PER_ROW] for i in range(0, len(lower), STATES_PER_ROW)]
         for row in rows:
             if len(row) > 1:
@@ -86,8 +91,7 @@ def _box_attrs(box: Box) -> dict[str, str]:
 
 
 def _legend(diagram: Diagram) -> str | None:
-    entries = [(kind, *reversed(style.EDGE_STYLES[kind])) for kind in style.EDGE_STYLES
-               if diagram.graph.transfers(kind)]
+    entries = [(kind, *reversed(style.EDGE_STYLES[kind])) for kind in diagram.kinds_drawn()]
     if diagram.flows():
         entries.append(("flow", style.FLOW_STYLE[1], style.FLOW_STYLE[0]))
     rows = []
@@ -104,10 +108,15 @@ def _legend(diagram: Diagram) -> str | None:
             f'<tr><td align="left" colspan="2"><b>legend</b></td></tr>{"".join(rows)}</table>>')
 
 
-def _title(graph: LevelGraph, text: str) -> str:
+def _title(graph: LevelGraph, text: str, fixed: set[str]) -> str:
+    """`adam (optimizer) — description`, and which options a compact diagram fixed."""
     about = description(text)
-    tail = f"  —  {html(about)}" if about else ""
-    return f"<<b>{html(graph.name)}</b>  ({graph.kind}){tail}>"
+    title = f"<b>{html(graph.name)}</b>  ({graph.kind})" + (f"  —  {html(about)}" if about else "")
+    if fixed:
+        options = ", ".join(sorted(fixed))
+        note = f"shown at the defaults of {options} (--detail full shows every branch)"
+        title += f'<br align="left"/><font point-size="10" color="{style.MUTED}">{html(note)}</font>'
+    return f"<{title}<br align=\"left\"/>>"
 
 
 def to_dot(spec, detail: Detail = "compact", direction: Direction = "TB", legend: bool = True) -> str:
@@ -119,9 +128,9 @@ def to_dot(spec, detail: Detail = "compact", direction: Direction = "TB", legend
     graph = spec.graph
     diagram = Diagram(graph, full=detail == "full")
     dot = graphviz.Digraph(name=graph.name)
-    dot.attr(rankdir=direction, compound="true", label=_title(graph, spec.text), labelloc="t",
+    dot.attr(rankdir=direction, compound="true", label=_title(graph, spec.text, diagram.labeller.fixed), labelloc="t",
              labeljust="l", fontname=style.FONT, fontsize=str(style.TITLE_SIZE),
-             nodesep="0.3", ranksep="0.45", pad="0.2")
+             nodesep="0.3", ranksep="0.3", pad="0.2")
     dot.attr("node", shape="box", style="rounded,filled", fillcolor="white", color=style.INK,
              fontname=style.MONO, fontsize=str(style.BODY_SIZE), margin="0.12,0.06")
     dot.attr("edge", fontname=style.FONT, fontsize=str(style.EDGE_SIZE), arrowsize="0.7")

@@ -12,13 +12,17 @@ from __future__ import annotations
 
 from nldsl.graph import Edge, LevelGraph
 from nldsl.render import style
-from nldsl.render.labels import frequency_parts, level_boxes
+from nldsl.render.labels import OUT, Labeller, frequency_parts
 from nldsl.render.nesting import ancestors, children
 from nldsl.render.text import greek, html
 
 MAX_EDGE_NAMES = 3
 MERGE_AT = 3
 PRE_TRAINING = "pre-training: the task loss, once per training step"
+
+
+def _bool(value: bool) -> str:
+    return "true" if value else "false"
 
 
 class Diagram:
@@ -29,7 +33,8 @@ class Diagram:
         self.full = full
         self.tree = children(graph)
         self.index = {name: i for i, name in enumerate(graph.levels)}
-        self.boxes = {name: level_boxes(graph, level, full) for name, level in graph.levels.items()}
+        self.labeller = Labeller(graph, full)
+        self.boxes = {name: self.labeller.level_boxes(level) for name, level in graph.levels.items()}
 
     # ------------------------------------------------------------ levels
 
@@ -40,7 +45,8 @@ class Diagram:
         return (states or boxes)[0].id
 
     def top(self, level: str) -> str:
-        return self.boxes[level][0].id
+        """The first node of a level's cluster: its title."""
+        return f"{level}.title"
 
     def parent(self, level: str) -> str | None:
         found = ancestors(self.graph, level)
@@ -92,16 +98,22 @@ class Diagram:
                  for i in range(0, len(shown), MAX_EDGE_NAMES)]
         return ("init " if kind == "init" else "") + ",\n".join(lines)
 
+    def shown(self, edge: Edge) -> bool:
+        """Compact diagrams leave out the pre-training level's `init` and `backprop` edges: the
+        state boxes say `init learned by outer` and the level titles say `backprop`."""
+        implicit = self.graph.levels[edge.source].implicit
+        return self.full or not (implicit and edge.kind in ("init", "backprop"))
+
     def transfer_edges(self) -> list[tuple[str, str, dict[str, str]]]:
         drawn = []
-        for edge in self.graph.transfers():
+        for edge in filter(self.shown, self.graph.transfers()):
             attrs, _ = style.EDGE_STYLES[edge.kind]
             downward = edge.target != edge.source and self.is_inside(edge.target, edge.source)
             pairs, merged = self._pairs(edge)
             for tail, head, names in pairs:
                 extra = {"lhead": f"cluster_{edge.target}"} if merged else {}
                 drawn.append((tail, head, {"label": self.label(edge.kind, names),
-                                           "constraint": "true" if downward else "false",
+                                           "constraint": _bool(downward or head == OUT),
                                            **attrs, **extra}))
         return drawn
 
@@ -114,14 +126,19 @@ class Diagram:
         drawn = [("x", b.id, dict(attrs)) for b in boxes if b.id != "x" and "x" in b.uses]
         out = next((b for b in boxes if b.kind == "output"), None)
         if out is not None:
+            carried = {v for e in self.graph.transfers() if e.target == out.level for v in e.via}
             for box in boxes:
                 if box.level == out.level:
                     continue
-                names = sorted(box.defines & out.uses, key=lambda n: n)
+                names = sorted((box.defines & out.uses) - carried)
                 if names:
-                    drawn.append((box.id, out.id, {"label": self.label("reads", names),
-                                                   "constraint": "false", **attrs}))
+                    drawn.append((box.id, out.id, {"label": self.label("reads", names), **attrs}))
         return drawn
+
+    def kinds_drawn(self) -> list[str]:
+        """The transfer kinds that have at least one edge in this diagram, in legend order."""
+        drawn = {e.kind for e in self.graph.transfers() if self.shown(e)}
+        return [kind for kind in style.EDGE_STYLES if kind in drawn]
 
     def edges(self) -> list[tuple[str, str, dict[str, str]]]:
         return self.transfer_edges() + self.flows()

@@ -36,9 +36,15 @@ class Lane:
 
 
 def default_window(graph: LevelGraph) -> int:
-    """Two periods of the slowest level with a known period, at least 16 units."""
-    periods = [lv.period for lv in graph.levels.values() if lv.period and not lv.implicit]
-    return max(MIN_WINDOW, min(MAX_WINDOW, 2 * max(periods, default=1)))
+    """Two of the longest period or chunk of any level (a chunk is a period of its gradient
+    snapshots), at least 16 units."""
+    env = hparam_values(graph.decl)
+    spans = [1]
+    for level in graph.levels.values():
+        if not level.implicit:
+            chunk = try_evaluate(level.chunk, env)
+            spans += [level.period or 1, chunk if isinstance(chunk, int) else 1]
+    return max(MIN_WINDOW, min(MAX_WINDOW, 2 * max(spans)))
 
 
 def schedule(graph: LevelGraph, window: int) -> list[Lane]:
@@ -111,7 +117,7 @@ def _figure(graph: LevelGraph, lanes: list[Lane], window: int):
 
 
 def write_timeline(spec, path: str | Path, window: int | None = None) -> Path:
-    """Draw `spec`'s timeline over `window` units (default: two slowest periods) to `path`."""
+    """Draw `spec`'s timeline over `window` units (default: `default_window`) to `path`."""
     path = Path(path)
     suffix = path.suffix.lower().lstrip(".")
     if suffix not in TIMELINE_FORMATS:
