@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from nldsl import ast
 from nldsl.check_common import Checker
+from nldsl.errors import Source
+from nldsl.graph import LevelGraph
 from nldsl.consteval import hparam_values, try_evaluate
 from nldsl.printer import format_expr
 
@@ -53,6 +55,24 @@ class ShapeChecker:
         self.shapes: dict[str, tuple | None] = {}
         self.states = {s.name: s for s in c.graph.states()}
         self.heads = 1
+        self.known_texts = self._declared_dims()
+
+    def _declared_dims(self) -> dict[tuple, str]:
+        """Dims the spec writes down (hyper-parameters, state dims, MLP widths), so that an
+        inferred dim is named the way the user wrote it (`head_dim`, not `(heads * head_dim) / heads`)."""
+        exprs = [ast.Name(id=h.name) for h in self.c.decl.hparams]
+        for state in self.states.values():
+            exprs += getattr(state.decl.shape, "dims", []) + getattr(state.decl.shape, "widths", [])
+        known: dict[tuple, str] = {(1,) * TRIALS: "1"}
+        for expr in exprs:
+            found = self.dim(expr)
+            if found is not None:
+                known.setdefault(found.values, found.text)
+        return known
+
+    def named(self, values: tuple, fallback: str) -> Dim:
+        return Dim(self.known_texts.get(values, fallback), values) if hasattr(self, "known_texts") \
+            else Dim(fallback, values)
 
     def dim(self, expr: ast.Expr, divide_heads: bool = False) -> Dim | None:
         values = []
@@ -80,6 +100,8 @@ class ShapeChecker:
                 return (self.dim(ast.Name(id="dim")),)
             if node.id in self.states:
                 return self.state_shape(node.id)
+            if node.id in self.c.graph.hparams or node.id in ("step", "t"):
+                return ()
             return self.shapes.get(node.id)
         if isinstance(node, (ast.Number, ast.Bool)):
             return ()
@@ -159,15 +181,15 @@ class ShapeChecker:
         split = tuple(d / h for d, h in zip(shape[-1].values, self.heads_dim.values))
         if any(v != int(v) for v in split):
             return shape
-        return shape[:-1] + (Dim(f"({shape[-1].text}) / {self.heads_dim.text}",
-                                 tuple(int(v) for v in split)),)
+        values = tuple(int(v) for v in split)
+        return shape[:-1] + (self.named(values, f"({shape[-1].text}) / {self.heads_dim.text}"),)
 
     def _merge_heads(self, shape):
         """A per-head read of width d is seen outside its level as width H * d."""
         if not shape or self.heads_dim is None:
             return shape
         merged = tuple(d * h for d, h in zip(shape[-1].values, self.heads_dim.values))
-        return shape[:-1] + (Dim(f"{self.heads_dim.text} * {shape[-1].text}", merged),)
+        return shape[:-1] + (self.named(merged, f"{self.heads_dim.text} * {shape[-1].text}"),)
 
     def run(self) -> None:
         for level in self.c.graph.levels.values():
@@ -187,3 +209,12 @@ class ShapeChecker:
 
 def check_shapes(c: Checker) -> None:
     ShapeChecker(c).run()
+
+
+def infer_shapes(graph: LevelGraph) -> dict[str, tuple[str, ...] | None]:
+    """The trailing feature dims of every context and read, as text (None when the spec does
+    not determine them). A per-head context has its per-head width; a read its merged width."""
+    checker = ShapeChecker(Checker(graph, Source("")))
+    checker.run()
+    return {name: None if shape is None else tuple(d.text for d in shape)
+            for name, shape in checker.shapes.items()}

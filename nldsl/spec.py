@@ -38,6 +38,12 @@ class Spec:
 
         return to_dot(self, detail=detail, direction=direction)
 
+    def shapes(self) -> dict[str, tuple[str, ...] | None]:
+        """Inferred feature dims of every context and read (see `check_shapes.infer_shapes`)."""
+        from nldsl.check_shapes import infer_shapes
+
+        return infer_shapes(self.graph)
+
     def __str__(self) -> str:
         from nldsl.printer import format_spec
 

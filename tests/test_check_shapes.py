@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+import nldsl
+
 from nldsl.build import build
 from nldsl.check_common import Checker
 from nldsl.check_shapes import check_shapes
@@ -74,7 +76,7 @@ def test_valid_shapes(body):
     pytest.param("state Wk : [dim, heads * hidden]\n level a every 1 token heads heads {"
                  " state M : [head_dim, head_dim]\n key k = x @ Wk\n read y = M(k) }",
                  "shape mismatch: memory 'M' takes inputs of width [head_dim] but `k` has width "
-                 "[(heads * hidden) / heads]", id="per-head-key-of-the-wrong-width"),
+                 "[hidden]", id="per-head-key-of-the-wrong-width"),
 ])
 def test_shape_mismatch(body, expected):
     assert messages(body) == [expected]
@@ -87,3 +89,14 @@ def test_mismatch_points_at_the_operator_expression():
 
 def test_module_without_dim_leaves_x_unknown():
     assert messages("state A : [d, e]\n out = x @ A", hparams="d, e") == []
+
+
+@pytest.mark.parametrize("name, expected", [
+    pytest.param("titans", {"k": ("head_dim",), "theta": ("1",), "y": ("heads * head_dim",)},
+                 id="titans-per-head-contexts-and-merged-read"),
+    pytest.param("hope", {"k": ("dim",), "eta": ("1",), "o": ("dim",), "y": ("dim",)},
+                 id="hope-self-modifying-and-cms-chain"),
+])
+def test_infer_shapes_names_dims_as_the_spec_writes_them(name, expected):
+    shapes = nldsl.load(name).shapes()
+    assert {key: shapes[key] for key in expected} == expected
