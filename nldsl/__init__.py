@@ -4,7 +4,8 @@
     print(spec)                        # canonical text
 """
 from nldsl.errors import NLDSLError
+from nldsl.optim import optimizer
 from nldsl.render import render
 from nldsl.spec import Spec, load
 
-__all__ = ["NLDSLError", "Spec", "load", "render"]
+__all__ = ["NLDSLError", "Spec", "load", "optimizer", "render"]

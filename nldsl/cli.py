@@ -24,6 +24,7 @@ from nldsl.library import description, resolve, stdlib_names, stdlib_text
 from nldsl.parser import parse
 from nldsl.printer import format_spec
 from nldsl.render.cli import render_arguments, run_render
+from nldsl.optim.cli import compile_arguments, run_compile
 
 DESCRIPTION_WIDTH = 72
 
@@ -139,6 +140,8 @@ COMMANDS = [
     Command("demo", "check every standard-library spec and summarise them", demo),
     Command("render", "draw a spec's nesting diagram (or its timeline)", run_render,
             render_arguments),
+    Command("compile", "compile an optimizer spec; --show-code prints the generated code",
+            run_compile, compile_arguments),
 ]
 
 

@@ -1,0 +1,201 @@
+"""Plan -> readable Python source -> a step function (the `fused` schedule).
+
+Three shapes of program, chosen from the plan, never from the spec's name:
+  * `fused kernel`: the plan unifies with the plan of the Adam template (patterns.py) -> one call
+    to torch's fused Adam/AdamW kernel;
+  * `foreach`: every expression is elementwise -> torch `_foreach_*` ops over all tensors of a
+    param group at once (Newton-Schulz per tensor inside);
+  * `loop`: per-tensor code (shape-dependent values, slower levels, autograd steps).
+The source is compiled under a `<nldsl:NAME>` filename registered with `linecache`, so
+tracebacks and `inspect.getsource` show it. It is generated from the plan (validated names only).
+"""
+from __future__ import annotations
+
+import itertools
+import keyword
+import linecache
+import math
+
+import torch
+import torch.nn.functional as F
+
+from nldsl import ast
+from nldsl.errors import NLDSLError
+from nldsl.optim import kernels as K
+from nldsl.optim.ir import Plan, Write
+from nldsl.optim.patterns import match_adam
+from nldsl.optim.plan import PARAM
+from nldsl.optim.printer import NotVectorizable, Printer
+
+RESERVED = {"torch", "F", "K", "math", "grad", "grads", "state", "states", "hp", "step", "params",
+            "step_group", "step_tensor", "total", "change"}
+_counter = itertools.count()
+
+
+def _check_names(plan: Plan) -> None:
+    names = set(plan.states) | set(plan.hparams) | {n for lv in plan.levels for n in
+                                                      list(lv.contexts) + list(lv.reads)}
+    bad = sorted(n for n in names - {PARAM} if n in RESERVED or keyword.iskeyword(n))
+    if bad:
+        raise NLDSLError(f"{plan.name}: rename {', '.join(bad)}: reserved in generated code")
+
+
+def _tensor_names(plan: Plan) -> set[str]:
+    """W, grad, the states, and the contexts and reads whose value is a tensor (not a number)."""
+    names = {PARAM, "grad"} | set(plan.states)
+    probe = Printer(names, foreach=False)
+    for level in plan.levels:
+        for name, value in list(level.contexts.items()) + [(n, v) for n, (v, _) in level.reads.items()]:
+            if probe.expr(value)[1]:
+                names.add(name)
+    return names
+
+
+def _header(plan: Plan, mode: str) -> list[str]:
+    lines = [f"# nldsl optimizer {plan.name!r}, schedule fused ({mode}), generated from its plan"]
+    if plan.folded:
+        lines.append("# folded: " + ", ".join(f"{k} = {v!r}" for k, v in plan.folded.items()))
+    return lines
+
+
+def _hparam_lines(plan: Plan) -> list[str]:
+    return [f"    {h} = hp[{h!r}]" for h in plan.hparams]
+
+
+def generate_foreach(plan: Plan) -> str:
+    """Source of `step_group(params, grads, states, hp, step)` over lists of tensors."""
+    if any(not _period_one(lv) or any(w.autograd or w.restart or w.accumulate for w in lv.writes)
+           for lv in plan.levels) or any(isinstance(s.shape, ast.MLPShape) for s in plan.states.values()):
+        raise NotVectorizable("plan")
+    p = Printer(_tensor_names(plan), foreach=True)
+    body = _header(plan, "foreach") + ["def step_group(params, grads, states, hp, step):"]
+    body += ["    W = params", "    grad = grads"] + _hparam_lines(plan)
+    body += [f"    {s} = [st[{s!r}] for st in states]" for s, sp in plan.states.items()
+             if s != PARAM and sp.persistent]
+    for level in plan.levels:
+        body.append(f"    # level {level.name}, every 1 step")
+        body += [f"    {n} = {p.expr(v)[0]}" for n, v in level.contexts.items()]
+        for write in level.writes:
+            value = p.expr(write.value)[0]
+            if plan.states[write.target].persistent:
+                body.append(f"    torch._foreach_copy_({write.target}, {value})  # {write.derivation}")
+            else:
+                body.append(f"    {write.target} = {value}  # {write.derivation}")
+        body += [f"    {n} = {p.expr(v)[0]}" for n, (v, _) in level.reads.items()]
+    return "\n".join(body) + "\n"
+
+
+def _period_one(level) -> bool:
+    return isinstance(level.period, ast.Number) and level.period.value == 1
+
+
+def generate_loop(plan: Plan) -> str:
+    """Source of `step_tensor(W, state, hp, step)` for one tensor."""
+    p = Printer(_tensor_names(plan), foreach=False)
+    body = _header(plan, "loop") + ["def step_tensor(W, state, hp, step):", "    grad = W.grad"]
+    body += _hparam_lines(plan)
+    for s, sp in plan.states.items():
+        if s == PARAM or not sp.persistent:
+            continue
+        if isinstance(sp.shape, ast.MLPShape):
+            acts = [o for o in sp.shape.options if o in K.ACTIVATIONS] or ["gelu"]
+            body.append(f"    {s} = K.load_mlp(state, {s!r}, {acts[0]!r}, {'residual' in sp.shape.options})")
+        else:
+            body.append(f"    {s} = state[{s!r}]")
+    for level in plan.levels:
+        for name, (value, _) in level.reads.items():
+            if not _period_one(level):
+                body.append(f"    {name} = state.get({('read.' + name)!r})")
+                body.append(f"    if {name} is None:")
+                body.append(f"        {name} = state[{('read.' + name)!r}] = {p.expr(value)[0]}")
+    for level in plan.levels:
+        period = p.expr(level.period)[0]
+        body.append(f"    # level {level.name}, every {period} step(s)")
+        body += [f"    {n} = {p.expr(v)[0]}" for n, v in level.contexts.items()]
+        indent = "    "
+        if not _period_one(level):
+            body.append(f"    writing = step % int({period}) == 0")
+        for write in level.writes:
+            body += _loop_write(plan, p, level, write)
+        if _period_one(level):
+            body += [f"    {n} = {p.expr(v)[0]}" for n, (v, _) in level.reads.items()]
+        elif level.reads:
+            body.append(f"{indent}if writing:")
+            body += [f"        state[{('read.' + n)!r}] = {p.expr(v)[0]}" for n, (v, _) in level.reads.items()]
+    return "\n".join(body) + "\n"
+
+
+def _loop_write(plan: Plan, p: Printer, level, write: Write) -> list[str]:
+    t = write.target
+    if write.autograd is not None:
+        step = write.autograd
+        value = (f"K.autograd_step(lambda {t}: {p.expr(step.loss)[0]}, {t}, "
+                 f"{p.expr(step.lr)[0]}, {p.expr(step.decay)[0]})")
+    else:
+        value = p.expr(write.value)[0]
+    lines = []
+    if write.restart is not None:
+        lines += [f"    {t} = {p.expr(write.restart)[0]}",
+                  f"    for _ in range(int({p.expr(write.repeat)[0]})):"]
+        lines.append(f"        {t} = {value}  # {write.derivation}")
+        value = t
+    if write.accumulate:
+        key = "acc." + t
+        return lines + [f"    change = {value} - {t}  # {write.derivation}",
+                        f"    total = change if {key!r} not in state else state[{key!r}] + change",
+                        "    if writing:", f"        {t} = {t} + total",
+                        f"        state[{t!r}] = {t}", f"        state.pop({key!r}, None)",
+                        "    else:", f"        state[{key!r}] = total"]
+    guard = "" if _period_one(level) else "    if writing:\n    "
+    if t == PARAM:
+        return lines + [f"{guard}    W.copy_({value})  # {write.derivation}"]
+    sp = plan.states[t]
+    if isinstance(sp.shape, ast.MLPShape):
+        return lines + [f"{guard}    {t} = {value}  # {write.derivation}",
+                        f"{guard}    K.store_mlp(state, {t!r}, {t})"]
+    store = f"; state[{t!r}] = {t}" if sp.persistent else ""
+    return lines + [f"{guard}    {t} = {value}{store}  # {write.derivation}"]
+
+
+def generate(plan: Plan) -> tuple[str, str]:
+    """(mode, source) for the fastest program shape the plan allows."""
+    _check_names(plan)
+    adam = match_adam(plan)
+    if adam is not None:
+        return "fused kernel", adam
+    try:
+        return "foreach", generate_foreach(plan)
+    except NotVectorizable:
+        return "loop", generate_loop(plan)
+
+
+def _compile(source: str, name: str) -> dict:
+    filename = f"<nldsl:{name}:{next(_counter)}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    namespace = {"torch": torch, "F": F, "K": K, "math": math}
+    exec(compile(source, filename, "exec"), namespace)  # source generated from the plan
+    return namespace
+
+
+def compile_plan(plan: Plan):
+    """A callable (params, states, hparams) running one step of every tensor; `.source` holds
+    the generated code and `.mode` its shape."""
+    mode, source = generate(plan)
+    namespace = _compile(source, plan.name)
+
+    def run(params, states, hparams):
+        for state in states:
+            state["step"] += 1
+        if mode == "loop":
+            for param, state in zip(params, states):
+                namespace["step_tensor"](param, state, hparams, state["step"])
+            return
+        buckets: dict[int, list[int]] = {}
+        for i, state in enumerate(states):
+            buckets.setdefault(state["step"], []).append(i)
+        for step, index in buckets.items():
+            namespace["step_group"]([params[i] for i in index], [params[i].grad for i in index],
+                                    [states[i] for i in index], hparams, step)
+
+    run.source, run.mode = source, mode
+    return run

@@ -1,0 +1,163 @@
+"""The `reference` schedule: run a Plan on one tensor for one step, expression by expression.
+
+Per parameter and step: count the step, then run the levels in update order. A level of period
+N > 1 adds each step's change of its objective-trained states to an accumulator and writes their
+sum every N steps (frequency semantics, docs/optimizers.md); its reads are cached between writes.
+Contexts and reads are computed on first use within the step.
+"""
+from __future__ import annotations
+
+import torch
+from torch.func import grad as func_grad
+
+from nldsl import ast
+from nldsl.optim import kernels
+from nldsl.optim.evaluate import Evaluator
+from nldsl.optim.ir import Plan, Write
+from nldsl.optim.plan import PARAM
+
+
+def initial_state(plan: Plan, param: torch.Tensor, hparams: dict) -> dict:
+    """Fresh per-parameter state: step 0, every persistent state at its initial value."""
+    state: dict = {"step": 0}
+    env = Evaluator(lambda name: {PARAM: param, **hparams}[name])
+    for s in plan.states.values():
+        if s.name == PARAM or not s.persistent:
+            continue
+        if isinstance(s.shape, ast.MLPShape):
+            widths = [int(env(w)) for w in s.shape.widths]
+            acts = [o for o in s.shape.options if o in kernels.ACTIVATIONS] or ["gelu"]
+            mlp = kernels.mlp_init(widths, acts[0], "residual" in s.shape.options, param)
+            state.update({f"{s.name}.{i}": w for i, w in enumerate(mlp)})
+            continue
+        value = env(s.init) if s.init is not None else 0
+        state[s.name] = torch.zeros_like(param, memory_format=torch.preserve_format).add_(value)
+    return state
+
+
+class Step:
+    """Names visible to one parameter's step: hyper-parameters, W, grad(W), states, contexts."""
+
+    def __init__(self, plan: Plan, param, state: dict, hparams: dict):
+        self.plan, self.param, self.state, self.hparams = plan, param, state, hparams
+        self.values: dict = {}
+        self.evaluate = Evaluator(self.lookup)
+
+    def lookup(self, name: str):
+        if name in self.values:
+            return self.values[name]
+        if name == PARAM:
+            return self.param
+        if name == f"grad({PARAM})":
+            return self.param.grad
+        if name == "step":
+            return self.state["step"]
+        if name in self.hparams:
+            return self.hparams[name]
+        if name in self.state:
+            return self.state[name]
+        if f"{name}.0" in self.state:
+            return self.memory(name)
+        level = self.plan.level_of(name)
+        if level is None:
+            raise KeyError(f"{self.plan.name}: no value for {name!r}")
+        if name in level.contexts:
+            value = self.evaluate(level.contexts[name])
+        else:
+            value = self.read(level, name)
+        self.values[name] = value
+        return value
+
+    def memory(self, name: str) -> kernels.MLP:
+        shape = self.plan.states[name].shape
+        acts = [o for o in shape.options if o in kernels.ACTIVATIONS] or ["gelu"]
+        weights, i = [], 0
+        while f"{name}.{i}" in self.state:
+            weights.append(self.state[f"{name}.{i}"])
+            i += 1
+        return kernels.MLP(weights, acts[0], "residual" in shape.options)
+
+    def read(self, level, name: str):
+        value, _ = level.reads[name]
+        if self.period(level) == 1:
+            return self.evaluate(value)
+        key = f"read.{name}"
+        if key not in self.state:
+            self.state[key] = self.evaluate(value)
+        return self.state[key]
+
+    def period(self, level) -> int:
+        return int(self.evaluate(level.period))
+
+    def run(self) -> None:
+        self.state["step"] += 1
+        for level in self.plan.levels:
+            period = self.period(level)
+            writing = self.state["step"] % period == 0
+            for write in level.writes:
+                if period == 1:
+                    self.assign(write.target, self.compute(write))
+                elif write.accumulate:
+                    self.accumulate(write, writing)
+                elif writing:
+                    self.assign(write.target, self.compute(write))
+            if period > 1 and writing:
+                for name, (value, _) in level.reads.items():
+                    self.state[f"read.{name}"] = self.evaluate(value)
+
+    def accumulate(self, write: Write, writing: bool) -> None:
+        key = f"acc.{write.target}"
+        current = self.lookup(write.target)
+        change = self.compute(write) - current
+        total = self.state[key] + change if key in self.state else change
+        if writing:
+            self.assign(write.target, current + total)
+            self.state.pop(key, None)
+        else:
+            self.state[key] = total
+
+    def compute(self, write: Write):
+        if write.autograd is not None:
+            return self.autograd_step(write)
+        if write.restart is None:
+            return self.evaluate(write.value)
+        self.values[write.target] = self.evaluate(write.restart)
+        for _ in range(int(self.evaluate(write.repeat))):
+            self.values[write.target] = self.evaluate(write.value)
+        return self.values.pop(write.target)
+
+    def autograd_step(self, write: Write):
+        """S <- decay S - lr grad_S loss(S), the gradient by torch.func (any objective)."""
+        step = write.autograd
+        current = self.lookup(write.target)
+
+        def loss(value):
+            self.values[write.target] = current.like(value) if isinstance(current, kernels.MLP) else value
+            try:
+                return self.evaluate(step.loss)
+            finally:
+                del self.values[write.target]
+
+        primal = tuple(current) if isinstance(current, kernels.MLP) else current
+        with torch.enable_grad():
+            gradient = func_grad(loss)(primal)
+        lr, decay = self.evaluate(step.lr), self.evaluate(step.decay)
+        if isinstance(current, kernels.MLP):
+            return current.like([decay * w - lr * g for w, g in zip(current, gradient)])
+        return decay * current - lr * gradient
+
+    def assign(self, target: str, value) -> None:
+        if target == PARAM:
+            self.param.copy_(value)
+        elif isinstance(value, kernels.MLP):
+            self.state.update({f"{target}.{i}": w for i, w in enumerate(value)})
+        elif self.plan.states[target].persistent:
+            self.state[target] = value
+        else:
+            self.values[target] = value
+
+
+def reference_step(plan: Plan, params: list, states: list[dict], hparams: dict) -> None:
+    """One optimizer step of every parameter, one at a time."""
+    for param, state in zip(params, states):
+        Step(plan, param, state, hparams).run()

@@ -1,0 +1,181 @@
+"""Tensor kernels the optimizer compiler calls: the runtime of generated code and of the reference.
+
+Each is a few lines of torch with the math in its docstring; nothing here knows about specs.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+#: Muon's quintic coefficients (Keller Jordan), PyTorch's `torch.optim.Muon` defaults.
+QUINTIC = (3.4445, -4.7750, 2.0315)
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+def newton_schulz(x: torch.Tensor, steps: int = 5, polynomial="quintic", eps: float = 1e-7,
+                  precision: str = "float32") -> torch.Tensor:
+    """Orthogonalise a matrix: X0 = x / max(||x||_F, eps), then `steps` odd-polynomial steps
+    X <- a X + (b A + c A^2) X, A = X X^T, on the wide orientation (rows <= cols), in `precision`.
+
+    `quintic` (or a tuple (a, b, c)) is Muon's iteration, written op for op as PyTorch's Muon
+    writes it so the two agree bit for bit; `cubic` is (3/2, -1/2, 0), eq. 44 with zeta = 1/4 on
+    the orthogonality objective alone. The result has x's dtype.
+    """
+    if x.ndim != 2:
+        raise ValueError(f"newton_schulz needs a matrix, got shape {tuple(x.shape)}")
+    a, b, c = _coefficients(polynomial)
+    out = x.to(PRECISIONS[precision])                       # [rows, cols]
+    wide = x.size(0) <= x.size(1)
+    if not wide:
+        out = out.T
+    out = out.div(out.norm().clamp(min=eps))
+    for _ in range(int(steps)):
+        gram = out @ out.T                                  # [rows, rows]
+        poly = torch.addmm(gram, gram, gram, beta=b, alpha=c)
+        out = torch.addmm(out, poly, out, beta=a)
+    if not wide:
+        out = out.T
+    return out.to(x.dtype)
+
+
+def _coefficients(polynomial) -> tuple[float, float, float]:
+    if polynomial == "quintic":
+        return QUINTIC
+    if polynomial == "cubic":
+        return (1.5, -0.5, 0.0)
+    if isinstance(polynomial, (tuple, list)) and len(polynomial) == 3:
+        return tuple(float(v) for v in polynomial)
+    raise ValueError(f"newton_schulz polynomial must be 'cubic', 'quintic' or (a, b, c), got {polynomial!r}")
+
+
+ACTIVATIONS = {"relu": torch.relu, "gelu": torch.nn.functional.gelu, "silu": torch.nn.functional.silu,
+               "tanh": torch.tanh, "sigmoid": torch.sigmoid, "linear": lambda h: h}
+
+
+class MLP(tuple):
+    """An MLP memory's weights [w_{i+1}, w_i] per layer, with its activation and residual flag.
+
+    `m(x)` maps the last dim of x: h <- act(h @ W_i^T) between layers, no activation after the
+    last, plus x when residual. A tuple of tensors, so torch.func differentiates it directly.
+    """
+
+    activation: str = "gelu"
+    residual: bool = False
+
+    def __new__(cls, weights, activation="gelu", residual=False):
+        self = super().__new__(cls, weights)
+        self.activation, self.residual = activation, residual
+        return self
+
+    def like(self, weights) -> "MLP":
+        return MLP(weights, self.activation, self.residual)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return mlp_apply(tuple(self), x, self.activation, self.residual)
+
+
+def mlp_apply(weights, x: torch.Tensor, activation: str, residual: bool) -> torch.Tensor:
+    h = x                                                   # [..., d_in]
+    for i, weight in enumerate(weights):
+        h = h @ weight.T                                    # [..., d_{i+1}]
+        if i < len(weights) - 1:
+            h = ACTIVATIONS[activation](h)
+    return h + x if residual else h
+
+
+def mlp_init(widths: list[int], activation: str, residual: bool, like: torch.Tensor) -> MLP:
+    """Hidden layers N(0, 1/fan_in); the output layer zero, so a fresh memory outputs 0 (or x)."""
+    weights = []
+    for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+        if i == len(widths) - 2:
+            weights.append(torch.zeros(fan_out, fan_in, dtype=like.dtype, device=like.device))
+        else:
+            std = 1 / math.sqrt(fan_in)
+            weights.append(torch.randn(fan_out, fan_in, dtype=like.dtype, device=like.device) * std)
+    return MLP(weights, activation, residual)
+
+
+def l2norm(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """x / max(||x||, eps) over the last dim."""
+    return x / x.norm(dim=-1, keepdim=True).clamp(min=eps)
+
+
+def outer(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a b^T: vectors [n], [m] -> [n, m]; column matrices [n, 1], [m, 1] -> [n, m]."""
+    if a.ndim == 1 and b.ndim == 1:
+        return torch.outer(a, b)
+    return a @ b.mT
+
+
+def transpose(x):
+    return x.mT if isinstance(x, torch.Tensor) and x.ndim >= 2 else x
+
+
+def dot(a, b):
+    """<a, b> summed over all elements (a 0-d tensor)."""
+    return (a * b).sum()
+
+
+def l2(a, b):
+    """1/2 ||a - b||^2."""
+    return 0.5 * ((a - b) ** 2).sum()
+
+
+def orthogonality(x: torch.Tensor) -> torch.Tensor:
+    """1/2 ||x^T x - I||_F^2 (eq. 43)."""
+    gram = x.mT @ x                                        # [cols, cols]
+    return 0.5 * ((gram - torch.eye(gram.size(-1), dtype=x.dtype, device=x.device)) ** 2).sum()
+
+
+def autograd_step(loss, state, lr, decay):
+    """state <- decay state - lr grad loss(state), the gradient by torch.func (any objective)."""
+    from torch.func import grad as func_grad
+
+    if isinstance(state, MLP):
+        with torch.enable_grad():
+            grads = func_grad(lambda ws: loss(state.like(ws)))(tuple(state))
+        return state.like([decay * w - lr * g for w, g in zip(state, grads)])
+    with torch.enable_grad():
+        gradient = func_grad(loss)(state)
+    return decay * state - lr * gradient
+
+
+def load_mlp(state: dict, name: str, activation: str, residual: bool) -> MLP:
+    weights, i = [], 0
+    while f"{name}.{i}" in state:
+        weights.append(state[f"{name}.{i}"])
+        i += 1
+    return MLP(weights, activation, residual)
+
+
+def store_mlp(state: dict, name: str, mlp: MLP) -> None:
+    state.update({f"{name}.{i}": w for i, w in enumerate(mlp)})
+
+
+def size(x: torch.Tensor, dim) -> int:
+    return x.size(int(dim))
+
+
+def ndim(x: torch.Tensor) -> int:
+    return x.ndim
+
+
+def norm(x: torch.Tensor) -> torch.Tensor:
+    return x.norm(dim=-1, keepdim=True)
+
+
+def sum(x: torch.Tensor) -> torch.Tensor:  # noqa: A001 - the spec language's name
+    return x.sum(-1, keepdim=True)
+
+
+def mean(x: torch.Tensor) -> torch.Tensor:
+    return x.mean(-1, keepdim=True)
+
+
+def trace(x: torch.Tensor) -> torch.Tensor:
+    return x.diagonal(0, -2, -1).sum(-1)
+
+
+def softmax(x: torch.Tensor) -> torch.Tensor:
+    return x.softmax(-1)

@@ -1,0 +1,139 @@
+"""Lower an optimizer spec to a `Plan`: per level, its contexts, derived writes and reads, in
+update order; boolean and string hyper-parameters folded in, states nobody reads dropped.
+
+Pure data in, data out; no torch. `lower(spec, folded)` is cached per folded values.
+"""
+from __future__ import annotations
+
+from nldsl import ast
+from nldsl.consteval import NotConstant, evaluate, hparam_values, names_in
+from nldsl.errors import NLDSLError
+from nldsl.optim.derive import derive
+from nldsl.optim.ir import LevelPlan, Plan, StatePlan, Write
+
+PARAM = "W"
+
+
+def foldable(decl: ast.SpecDecl, values: dict) -> dict:
+    """The hyper-parameters baked into a plan: those whose value is a bool or a string."""
+    return {k: v for k, v in values.items() if isinstance(v, (bool, str)) or
+            isinstance(v, tuple) and v and all(isinstance(x, str) for x in v)}
+
+
+def fold(expr, consts: dict):
+    """Substitute the folded hyper-parameters and resolve the conditionals they decide."""
+    if expr is None or not isinstance(expr, ast.Node):
+        return expr
+    if isinstance(expr, ast.Name) and expr.id in consts:
+        value = consts[expr.id]
+        return ast.Bool(value=value) if isinstance(value, bool) else ast.String(value=value)
+    if isinstance(expr, ast.Conditional):
+        cond = fold(expr.cond, consts)
+        try:
+            decided = evaluate(cond, {})
+        except (NotConstant, TypeError, ValueError, ArithmeticError):
+            return ast.Conditional(cond=cond, then=fold(expr.then, consts),
+                                   otherwise=fold(expr.otherwise, consts))
+        return fold(expr.then if decided else expr.otherwise, consts)
+    updates = {}
+    for field, value in expr:
+        if isinstance(value, ast.Node):
+            updates[field] = fold(value, consts)
+        elif isinstance(value, list):
+            updates[field] = [fold(v, consts) for v in value]
+    return expr.model_copy(update=updates)
+
+
+def lower(spec, folded: dict | None = None) -> Plan:
+    """Spec -> Plan for the given bool/str hyper-parameter values (defaults otherwise)."""
+    decl = spec.decl
+    if decl.kind != "optimizer":
+        raise NLDSLError(f"{decl.name} is a module; nldsl.optimizer compiles optimizer specs")
+    consts = foldable(decl, hparam_values(decl))
+    consts.update(folded or {})
+    graph = spec.graph
+    states: dict[str, StatePlan] = {PARAM: StatePlan(PARAM, graph.owner(PARAM) or "", None, None)}
+    levels = []
+    for name in graph.update_order():
+        info = graph.levels[name]
+        inits = {s.name: fold(s.decl.init.value, consts) if isinstance(s.decl.init, ast.InitValue)
+                 else None for s in info.states.values()}
+        writes = []
+        for objective in info.objectives:
+            target = objective.state or _only_state(info)
+            objective = fold(objective, consts)
+            deep = target in info.states and isinstance(info.states[target].decl.shape, ast.MLPShape)
+            write = derive(objective, target, inits.get(target), deep)
+            if _period_is_one(info.every):
+                writes.append(write)
+            else:
+                writes.append(Write(**{**write.__dict__, "accumulate": True}))
+        writes += [Write(u.target, value=fold(u.value, consts)) for u in info.updates]
+        restarted = {w.target for w in writes if w.restart is not None or
+                     w.value is not None and _is_restart_call(w)}
+        for state in info.states.values():
+            states[state.name] = StatePlan(state.name, name, state.decl.shape, inits[state.name],
+                                           persistent=state.name not in restarted)
+        levels.append(LevelPlan(name, fold(info.every, consts),
+                                {c.name: fold(c.value, consts) for c in info.contexts.values()},
+                                writes, {r.name: (fold(r.value, consts), r.before_write)
+                                         for r in info.reads.values()}))
+    numeric = [h.name for h in decl.hparams if h.name not in consts]
+    return _drop_unread(Plan(decl.name, levels, states, numeric, consts))
+
+
+def _only_state(info) -> str:
+    if len(info.states) == 1:
+        return next(iter(info.states))
+    if not info.states:
+        return PARAM
+    raise NLDSLError(f"level {info.name}: say which state an objective trains (`m: minimize ...`)")
+
+
+def _period_is_one(every: ast.Expr) -> bool:
+    return isinstance(every, ast.Number) and every.value == 1
+
+
+def _is_restart_call(write: Write) -> bool:
+    return isinstance(write.value, ast.Call) and write.value.func == "newton_schulz"
+
+
+def _used_names(node) -> set[str]:
+    if node is None:
+        return set()
+    found = {n.id for n in names_in(node)}
+    from nldsl.consteval import calls_in
+    found |= {c.func for c in calls_in(node)}
+    return found
+
+
+def _drop_unread(plan: Plan) -> Plan:
+    """Keep the writes that W's update needs, transitively; drop states nothing reads."""
+    defs = {}
+    for level in plan.levels:
+        for write in level.writes:
+            defs.setdefault(write.target, []).append(write)
+        for name, value in level.contexts.items():
+            defs.setdefault(name, []).append(value)
+        for name, (value, _) in level.reads.items():
+            defs.setdefault(name, []).append(value)
+    live, todo = set(), [PARAM]
+    while todo:
+        name = todo.pop()
+        if name in live:
+            continue
+        live.add(name)
+        for d in defs.get(name, []):
+            parts = [d] if isinstance(d, ast.Node) else [d.value, d.restart, d.repeat] + (
+                [d.autograd.loss, d.autograd.lr, d.autograd.decay] if d.autograd else [])
+            for part in parts:
+                todo += [n for n in _used_names(part) if n not in live]
+        plan_state = plan.states.get(name)
+        if plan_state is not None and plan_state.init is not None:
+            todo += [n for n in _used_names(plan_state.init) if n not in live]
+    levels = [LevelPlan(lv.name, lv.period, {k: v for k, v in lv.contexts.items() if k in live},
+                        [w for w in lv.writes if w.target in live],
+                        {k: v for k, v in lv.reads.items() if k in live}) for lv in plan.levels]
+    states = {k: v for k, v in plan.states.items() if k in live}
+    return Plan(plan.name, [lv for lv in levels if lv.writes or lv.reads], states, plan.hparams,
+                plan.folded)
