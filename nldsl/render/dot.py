@@ -83,11 +83,8 @@ def _draw_level(diagram: Diagram, parent: graphviz.Digraph, name: str) -> None:
 
 
 def _box_attrs(box: Box) -> dict[str, str]:
-    if box.kind == "input":
-        return {"fillcolor": "#fff8dc"}
-    if box.kind == "output":
-        return {"fillcolor": "#fff8dc"}
-    return {}
+    """The module's input and output stand out from the states."""
+    return {"fillcolor": style.FLOW_FILL} if box.kind in ("input", "output") else {}
 
 
 def _legend(diagram: Diagram) -> str | None:

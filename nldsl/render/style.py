@@ -43,6 +43,8 @@ EDGE_STYLES: dict[str, tuple[dict[str, str], str]] = {
 FLOW_STYLE = ({"color": "#555555", "fontcolor": "#555555", "style": "solid", "penwidth": "1"},
               "context flow: the input tokens x in, level outputs into out")
 
+FLOW_FILL = "#fff8dc"
+
 #: How a legend row draws each edge kind in text (no edges can live inside a label).
 LEGEND_STROKES = {"reads": "———▶", "generates": "– – ▶", "init": "·····▷", "backprop": "◀━━━",
                   "flow": "——▶"}

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import re
 
-from nldsl import ast
-from nldsl.printer import format_expr
-
 GREEK = {
     "alpha": "α", "beta": "β", "gamma": "γ", "delta": "δ", "epsilon": "ε", "eps": "ε",
     "zeta": "ζ", "eta": "η", "theta": "θ", "lambda": "λ", "mu": "μ", "nu": "ν", "rho": "ρ",
@@ -37,10 +34,6 @@ def pretty(text: str) -> str:
         part = _IDENTIFIER.sub(lambda m: greek(m.group(1)), parts[i])
         parts[i] = part.replace("->", "→").replace("<-", "←")
     return "".join(parts)
-
-
-def expr(node: ast.Expr) -> str:
-    return pretty(format_expr(node))
 
 
 def _break_points(text: str) -> list[int]:
