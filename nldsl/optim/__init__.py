@@ -1,4 +1,14 @@
-"""The optimizer compiler: spec -> Plan (derived update rules) -> torch.optim.Optimizer."""
-from nldsl.optim.optimizer import SpecOptimizer, optimizer
+"""The optimizer compiler: spec -> Plan (derived update rules) -> torch.optim.Optimizer.
 
-__all__ = ["SpecOptimizer", "optimizer"]
+`import nldsl` stays free of torch: the compiler is imported on the first call.
+"""
+
+
+def optimizer(spec, params, schedule: str = "fused", **hparams):
+    """Compile an optimizer spec for `params`; see `nldsl.optim.optimizer.optimizer`."""
+    from nldsl.optim.optimizer import optimizer as compile_optimizer
+
+    return compile_optimizer(spec, params, schedule=schedule, **hparams)
+
+
+__all__ = ["optimizer"]

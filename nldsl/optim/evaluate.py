@@ -118,8 +118,8 @@ class Evaluator:
         return None
 
     def _fused(self, e: ast.Binary):
-        """`a + w * (b - a)` -> lerp;  `a +- s * b` (s a number) -> add with alpha;
-        `a +- s * b / c` -> addcdiv."""
+        """`a + w * (b - a)` -> lerp;  `a +- s * b` -> add with alpha (s a number) or addcmul
+        (s a tensor);  `a +- s * b / c` -> addcdiv."""
         if e.op not in "+-":
             return None
         right = e.right
@@ -141,7 +141,9 @@ class Evaluator:
         a, s, b = self(e.left), self(right.left), self(right.right)
         if is_tensor(a) and is_tensor(b) and not is_tensor(s) and a.dtype == b.dtype:
             return torch.add(a, b, alpha=s if e.op == "+" else -s)
-        if is_tensor(a) and is_tensor(b) and not is_tensor(s):
+        if is_tensor(a) and is_tensor(b) and is_tensor(s):
+            return torch.addcmul(a, s, b, value=1 if e.op == "+" else -1)
+        if is_tensor(a) and is_tensor(b):
             return a + s * b if e.op == "+" else a - s * b
         return _BINARY[e.op](a, s * b)
 

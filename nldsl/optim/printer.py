@@ -27,7 +27,8 @@ class Printer:
     def __init__(self, tensors: set[str], foreach: bool, mlps: set[str] = frozenset()):
         self.tensors, self.foreach, self.mlps = tensors, foreach, mlps
 
-    def expr(self, e: ast.Expr) -> tuple[str, bool]:
+    def expr(self, e: ast.Expr) -> tuple[str, bool | None]:
+        """(source, is_tensor); is_tensor is None when a conditional picks a tensor or a number."""
         return getattr(self, "_" + e.kind)(e)
 
     def _number(self, e): return repr(e.value), False
@@ -54,7 +55,7 @@ class Printer:
         (then, t1), (other, t2) = self.expr(e.then), self.expr(e.otherwise)
         if ctensor or (self.foreach and t1 != t2):
             raise NotVectorizable("conditional")
-        return f"({then} if {cond} else {other})", t1 or t2
+        return f"({then} if {cond} else {other})", True if t1 and t2 else (None if t1 or t2 else False)
 
     def _binary(self, e):
         if e.op in ("and", "or"):
@@ -114,8 +115,10 @@ class Printer:
                 return f"{fe}lerp({a}, {b}, {w})"
             return None
         (s, st), (b, bt) = self.expr(right.left), self.expr(right.right)
-        if at and bt and not st:
+        if at and bt and st is False:
             return f"{fe}add({a}, {b}, alpha={sign}({s}))"
+        if at and bt and st is True:
+            return f"{fe}addcmul({a}, {s}, {b}, value={sign}1)"
         return None
 
     def _call(self, e):

@@ -1,0 +1,47 @@
+"""Generated code: printed by `nldsl compile --show-code` for every optimizer, registered with
+linecache so a traceback from inside a compiled optimizer shows a readable line."""
+import linecache
+import traceback
+
+import pytest
+import torch
+
+import nldsl
+from nldsl.cli import main
+from nldsl.optim.codegen import compile_plan
+from nldsl.optim.plan import lower
+
+OPTIMIZERS = ["sgd", "momentum", "adam", "adamw", "adagrad", "rmsprop", "muon", "dgd",
+              "delta_momentum", "dmgd", "m3"]
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_show_code_prints_the_generated_source(name, capsys):
+    assert main(["compile", name, "--show-code"]) == 0
+    out = capsys.readouterr().out
+    assert f"nldsl optimizer {name!r}" in out and "def step_" in out
+    compile(out, "<shown>", "exec")
+
+
+def test_compile_without_show_code_prints_the_derived_rules(capsys):
+    assert main(["compile", "adam"]) == 0
+    out = capsys.readouterr().out
+    assert "m <- lerp(m, g, 1 - betas[0])" in out and "fused kernel" in out
+
+
+def test_compile_of_a_module_is_a_user_error(capsys):
+    assert main(["compile", "titans", "--show-code"]) == 1
+    assert "module" in capsys.readouterr().err
+
+
+def test_traceback_points_at_a_generated_line():
+    compiled = compile_plan(lower(nldsl.load("muon")))
+    vector = torch.nn.Parameter(torch.ones(3))          # Muon needs matrices: this one fails
+    vector.grad = torch.ones(3)
+    with pytest.raises(ValueError) as info:
+        compiled([vector], [{"step": 0, "buf": torch.zeros(3)}],
+                 {"lr": 1e-3, "weight_decay": 0.1, "momentum": 0.95,
+                  "ns_coefficients": (3.4445, -4.775, 2.0315), "eps": 1e-7, "ns_steps": 5})
+    frames = [f for f in traceback.extract_tb(info.tb) if f.filename.startswith("<nldsl:muon")]
+    assert frames and "K.newton_schulz(u" in frames[0].line
+    assert linecache.getline(frames[0].filename, frames[0].lineno).strip() == frames[0].line
