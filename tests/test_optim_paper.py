@@ -110,3 +110,18 @@ def test_m3_is_algorithm_1(form):
     for path in paths.values():
         for got, want in zip(path, expected):
             torch.testing.assert_close(got, want)
+
+
+def test_paper_form_adam_is_eq_105():
+    w0 = torch.randn(3, 2, dtype=torch.float64)
+    lr, b1, b2, eps = 0.01, 0.9, 0.999, 1e-8
+    w, big_m, h, expected = w0.clone(), torch.zeros_like(w0), torch.zeros_like(w0), []
+    for t in range(1, 11):
+        g = quadratic_grads(w.flatten(), t).reshape(3, 2)
+        big_m, h = big_m + b1 * g, h + b2 * g * g                    # eq. 102's sums
+        w = w - lr / b2 ** 0.5 * big_m / (h.sqrt() + eps)             # eq. 105
+        expected.append(w.clone())
+    grads_of = lambda w, t: quadratic_grads(w.flatten(), t).reshape(3, 2)
+    for path in run("examples/adam_paper.nl", w0, grads_of, 10, lr=lr).values():
+        for got, want in zip(path, expected):
+            torch.testing.assert_close(got, want)
