@@ -23,10 +23,10 @@ _ADAM = """optimizer adam_template(P_lr, P_b1, P_b2, P_eps, P_wd, P_keep) {{
     v: minimize -dot(v, g * g) by ema(P_b2)
   }}
 }}"""
-VARIANTS = {  # (weights kept as, gradient) -> torch kernel, whether weight decay is decoupled
-    ("W", "grad(W) + P_wd * W"): ("_fused_adam_", False),
-    ("W", "grad(W)"): ("_fused_adam_", False),
-    ("W * (1 - P_lr * P_wd)", "grad(W)"): ("_fused_adamw_", True),
+VARIANTS = {  # (weights kept as, gradient) -> the torch kernel that computes that plan
+    ("W", "grad(W) + P_wd * W"): "_fused_adam_",
+    ("W", "grad(W)"): "_fused_adam_",
+    ("W * (1 - P_lr * P_wd)", "grad(W)"): "_fused_adamw_",
 }
 
 
@@ -58,49 +58,44 @@ def unify(pattern, value, bound: dict) -> bool:
     return pattern == value
 
 
-def _rename(plan: Plan) -> dict:
+def _writes(plan: Plan) -> dict:
     """Each written state by role: its level position and write order, for unification."""
     return {(i, j): w for i, lv in enumerate(plan.levels) for j, w in enumerate(lv.writes)}
 
 
+def _matches(plan: Plan, template: Plan, bound: dict) -> bool:
+    """Unify `plan` with `template` after renaming the plan's moments and context to the
+    template's names, so `m2` and `grad_t` match `m` and `g`."""
+    mine, theirs = _writes(plan), _writes(template)
+    ctx_m, ctx_t = plan.levels[0].contexts, template.levels[0].contexts
+    if mine.keys() != theirs.keys() or len(ctx_m) != 1 or len(ctx_t) != 1:
+        return False
+    renaming = {w.target: t.target for w, t in zip(plan.levels[0].writes, template.levels[0].writes)}
+    renaming[next(iter(ctx_m))] = next(iter(ctx_t))
+    return all(unify(theirs[k].value, _rename(mine[k].value, renaming), bound) for k in theirs) \
+        and unify(next(iter(ctx_t.values())), next(iter(ctx_m.values())), bound)
+
+
 def match_adam(plan: Plan) -> str | None:
     """Source calling torch's fused Adam/AdamW kernel when `plan` is Adam's, else None."""
-    for template, (kernel, decoupled) in _templates():
+    if len(plan.states) != 3 or len(plan.levels) != 2:
+        return None
+    for template, kernel in _templates():
         bound: dict = {}
-        if len(plan.states) != 3 or len(plan.levels) != 2:
-            continue
-        names = dict(zip(sorted(set(template.states) - {"W"}), ()))
-        mine, theirs = _rename(plan), _rename(template)
-        if mine.keys() != theirs.keys():
-            continue
-        moments = [w.target for w in plan.levels[0].writes]
-        mapping = dict(zip(moments, [w.target for w in template.levels[0].writes]))
-        ok = all(unify(_subst(theirs[k].value, {}), _subst(mine[k].value, mapping), bound)
-                 for k in theirs)
-        ctx_t, ctx_m = template.levels[0].contexts, plan.levels[0].contexts
-        ok = ok and len(ctx_t) == len(ctx_m) == 1 and unify(
-            next(iter(ctx_t.values())), next(iter(ctx_m.values())), bound)
-        ok = ok and _subst_names_equal(plan, template, mapping)
-        if ok and all(_is_scalar(v, plan) for v in bound.values()):
-            return _fused_source(plan, kernel, decoupled, bound, moments, names)
+        if _matches(plan, template, bound) and all(_is_scalar(v, plan) for v in bound.values()):
+            moments = [w.target for w in plan.levels[0].writes]
+            return _fused_source(plan, kernel, bound, moments)
     return None
 
 
-def _subst(expr, mapping: dict):
+def _rename(expr, mapping: dict):
     if isinstance(expr, ast.Name) and expr.id in mapping:
         return ast.Name(id=mapping[expr.id])
     if isinstance(expr, ast.Node):
-        return expr.model_copy(update={f: _subst(v, mapping) if isinstance(v, ast.Node) else
-                                       [_subst(x, mapping) for x in v] if isinstance(v, list) else v
+        return expr.model_copy(update={f: _rename(v, mapping) if isinstance(v, ast.Node) else
+                                       [_rename(x, mapping) for x in v] if isinstance(v, list) else v
                                        for f, v in expr})
     return expr
-
-
-def _subst_names_equal(plan, template, mapping) -> bool:
-    context_m = next(iter(plan.levels[0].contexts))
-    context_t = next(iter(template.levels[0].contexts))
-    mapping[context_m] = context_t
-    return True
 
 
 def _is_scalar(expr, plan: Plan) -> bool:
@@ -108,7 +103,7 @@ def _is_scalar(expr, plan: Plan) -> bool:
     return all(n.id in plan.hparams or n.id == "step" for n in names_in(expr))
 
 
-def _fused_source(plan, kernel, decoupled, bound, moments, names) -> str:
+def _fused_source(plan, kernel, bound, moments) -> str:
     from nldsl.optim.printer import Printer
     p = Printer(set(), foreach=False)
     arg = {k: p.expr(v)[0] for k, v in bound.items()}
