@@ -123,8 +123,10 @@ RULES: dict[str, RuleSpec] = {
     "gd": RuleSpec(("lr", "decay"), {"decay": 1},
                    "S <- decay * S - lr * grad L(S) (eq. 2; decay = retention / weight decay)"),
     "dgd": RuleSpec(("lr", "decay", "normalized"), {"decay": 1, "normalized": True},
-                    "delta gradient descent, eq. 57: S <- S (decay I - lr' k k^T) - lr' grad L(S), "
-                    "lr' = lr / (1 + lr ||k||^2) if normalized else lr (Hope's eq. 88 form)"),
+                    "delta gradient descent: S <- decay S - lr' grad L(S), lr' = lr / (1 + lr ||k||^2) "
+                    "(lr if not normalized), k the key of the objective's l2(S(k), v) term; for "
+                    "that objective this is S (decay I - lr' k k^T) + lr' v k^T, the exact "
+                    "minimiser of eq. 56 by Sherman-Morrison (eq. 57)"),
     "momentum": RuleSpec(("lr", "beta", "decay"), {"decay": 1},
                          "Titans eqs. 13-14: m <- beta m - lr grad L(S); S <- decay S + m",
                          extra_state=("momentum",)),
