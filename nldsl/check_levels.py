@@ -22,6 +22,7 @@ _UNIT_HINT = {"optimizer": "an optimizer's time unit is one step (one call of `s
 _UNIT_WORD = re.compile(r"\s*(steps|step|tokens|token)\b")
 MSG_ORDER = ("levels are listed slow to fast, but {fast!r} ({fast_freq}) comes before the slower "
              "{slow!r} ({slow_freq})")
+MSG_CHUNK = "chunk {chunk} does not fit level {name!r}, which writes every {period} {unit}s"
 MSG_NEST = "periods do not nest: {a!r} writes every {pa} {unit}s and {b!r} every {pb}"
 MSG_CONFLICT = "frequency conflict: these levels need each other's state in the same unit: {path}"
 MSG_NO_TEACHER = "state {name!r} has a learned initial state but no slower level learns it"
@@ -46,6 +47,18 @@ def _frequency_span(c: Checker, decl: ast.Level) -> ast.Span:
     return ast.Span(line=start.line, col=start.col, end_line=end.end_line, end_col=end_col)
 
 
+def _check_chunk_multiple(c: Checker, level: LevelInfo, env: dict) -> None:
+    """A level written every N units takes its gradients at chunk starts that are write
+    boundaries, so its chunk must be a multiple of N (docs/language.md, chunk semantics)."""
+    chunk = try_evaluate(level.chunk, env)
+    if isinstance(chunk, int) and chunk >= 1 and level.period and chunk % level.period:
+        c.report(level.chunk, MSG_CHUNK.format(chunk=chunk, name=level.name, period=level.period,
+                                  unit=level.unit),
+                 expected=f"a multiple of {level.period}",
+                 hint=f"use `chunk {level.period * max(1, round(chunk / level.period))}`, or "
+                      f"leave `chunk` out: it defaults to the period")
+
+
 def check_frequencies(c: Checker) -> None:
     env = hparam_values(c.decl)
     declared = [lv for lv in c.graph.levels.values() if not lv.implicit]
@@ -62,6 +75,7 @@ def check_frequencies(c: Checker) -> None:
         if decl.chunk is not None and level.unit != "token":
             c.report(decl.chunk, "`chunk` applies to per-token levels only",
                      expected="`every N tokens chunk C`", hint="remove `chunk` from a step level")
+        _check_chunk_multiple(c, level, env)
     for earlier, later in zip(declared, declared[1:]):
         if earlier.period and later.period and earlier.rank < later.rank:
             c.report(later.decl, MSG_ORDER.format(fast=earlier.name, slow=later.name,
