@@ -13,6 +13,9 @@ MISSING_BY = "missing `by` and a learning rule after the objective"
 UNCLOSED_PAREN = "unclosed parenthesis"
 UNCLOSED_BRACE = "unclosed `{`: a level or spec body is not closed"
 JUXTAPOSED = "two expressions with no operator between them"
+MISSING_OPERAND = "missing operand"
+#: Operators that need an operand after them: ending an expression on one is a missing operand.
+OPERATORS = {"+", "-", "*", "/", "@", "**", "<", "<=", ">", ">=", "==", "!=", "and", "or", "not"}
 NESTED_LEVEL = ("a level cannot be nested inside another level; levels are listed slow to fast at "
                 "the top")
 
@@ -85,7 +88,7 @@ SYNTAX_ERRORS: dict[tuple[str, str], list[str]] = {
         "optimizer o(b = 0.9 in 0, 1) { }",
         "optimizer o(b = 0.9 in [0 1]) { }",
     ],
-    ("missing operand", "an operator needs an expression on both sides"): [
+    (MISSING_OPERAND, "an operator needs an expression on both sides"): [
         _HEAD + "level a every 1 step { W <- W - }\n}",
         _HEAD + "level a every 1 step { W <- W * * lr }\n}",
     ],
@@ -116,7 +119,7 @@ TOKEN_NAMES = {
 CARET = {
     MISSING_BY: "after_previous",
     "the frequency needs a unit": "after_previous",
-    "missing operand": "after_previous",
+    MISSING_OPERAND: "after_previous",
     UNCLOSED_PAREN: "unclosed",
     UNCLOSED_BRACE: "unclosed",
     JUXTAPOSED: "previous",

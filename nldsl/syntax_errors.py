@@ -15,10 +15,12 @@ from typing import Callable
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from nldsl.errors import Problem, Source
-from nldsl.syntax_catalogue import ACCEPTED_LABELS, CARET, SYNTAX_ERRORS, TOKEN_LABELS
+from nldsl.syntax_catalogue import (ACCEPTED_LABELS, CARET, MISSING_OPERAND, OPERATORS,
+                                     SYNTAX_ERRORS, TOKEN_LABELS)
 
 Label = tuple[str, str]
-_LEXEME = re.compile(r'"[^"\n]*"|#[^\n]*|[A-Za-z_][A-Za-z0-9_]*|[0-9.]+(?:[eE][+-]?[0-9]+)?|\S')
+_LEXEME = re.compile(r'"[^"\n]*"|#[^\n]*|[A-Za-z_][A-Za-z0-9_]*|[0-9.]+(?:[eE][+-]?[0-9]+)?'
+                     r'|\*\*|<-|->|[<>=!]=|\S')
 _BRACKETS = {"(": ")", "{": "}", "[": "]"}
 _HINTS = {label[0]: label[1] for label in SYNTAX_ERRORS}
 
@@ -84,6 +86,9 @@ def catalogue_label(error: UnexpectedInput, text: str, offset: int, at_end: bool
         return best
     if token_type in TOKEN_LABELS:
         return TOKEN_LABELS[token_type], _HINTS[TOKEN_LABELS[token_type]]
+    previous = (_lexemes(text, offset) or [("", 0, 0)])[-1][0]
+    if previous in OPERATORS and "NAME" in accepts:
+        return MISSING_OPERAND, _HINTS[MISSING_OPERAND]
     for terminal, message in ACCEPTED_LABELS.items():
         opener = {"RPAR": "(", "RBRACE": "{"}.get(terminal)
         if terminal not in accepts or (terminal == "RBRACE" and not at_end):
