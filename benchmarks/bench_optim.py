@@ -1,6 +1,7 @@
 """Optimizer step time: nldsl's compiled optimizers against torch.optim, side by side.
 
-    .venv/bin/python benchmarks/bench_optim.py [--reps 15] [--sizes 10M 50M]
+    .venv/bin/python benchmarks/bench_optim.py [--reps 15] [--sizes 10M 50M] [--muon-sizes 10M 50M]
+        [--suites adam muon]
 
 One process, contenders interleaved round-robin (one step each per round), medians reported,
 flush-to-zero on. Models are stacks of LayerNorm + Linear(d, 4d) + Linear(4d, d) with random
@@ -16,7 +17,7 @@ import torch
 
 import nldsl
 
-SIZES = {"10M": (512, 5), "50M": (1024, 6)}   # (d, blocks)
+SIZES = {"2M": (128, 16), "10M": (512, 5), "50M": (1024, 6)}   # (d, blocks)
 
 
 def model(d: int, blocks: int, bias: bool = True) -> torch.nn.Module:
@@ -69,14 +70,17 @@ def muon_contenders(d, blocks):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=15)
-    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--sizes", nargs="+", default=["10M", "50M"], choices=list(SIZES))
     parser.add_argument("--muon-sizes", nargs="+", default=["10M"], choices=list(SIZES))
+    parser.add_argument("--suites", nargs="+", default=["adam", "muon"], choices=["adam", "muon"])
     args = parser.parse_args()
     torch.set_flush_denormal(True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, reps {args.reps}")
     for suite, sizes, contenders, baseline in (
             ("adam", args.sizes, adam_contenders, "torch Adam fused=True"),
             ("muon", args.muon_sizes, muon_contenders, "torch Muon")):
+        if suite not in args.suites:
+            continue
         for size in sizes:
             d, blocks = SIZES[size]
             opts = contenders(d, blocks)

@@ -2,6 +2,11 @@
 
 Hyper-parameters are drawn by hypothesis; the error is the largest relative difference
 ||W_nldsl - W_torch|| / ||W_torch|| over the parameters, which must stay below 1e-6.
+
+Each twin runs the schedule whose arithmetic is torch's: `fused` for most; for Muon the
+`reference`, since the fused schedule orthogonalises equal-shape matrices in one batched product,
+which rounds differently in bfloat16 from torch's per-matrix one (tests/test_optim_schedules.py
+bounds that difference; docs/optimizers.md).
 """
 import copy
 
@@ -84,35 +89,18 @@ def check_twin(name, hparams, schedule):
     return relative_error(model, twin)
 
 
+#: The schedule whose arithmetic is torch's, where it is not `fused`.
+TORCH_ARITHMETIC = {"muon": "reference"}
+
+
 @pytest.mark.parametrize("name", list(TWINS))
 @settings(max_examples=4, deadline=None, derandomize=True)
 @given(data=st.data())
 def test_twin_matches_torch_with_drawn_hyperparameters(name, data):
     hparams = data.draw(TWINS[name][1], label="hparams")
-    assert check_twin(name, hparams, "fused") < 1e-6
+    assert check_twin(name, hparams, TORCH_ARITHMETIC.get(name, "fused")) < 1e-6
 
 
 @pytest.mark.parametrize("name", list(TWINS))
 def test_reference_schedule_matches_torch_with_defaults(name):
     assert check_twin(name, {"lr": 1e-2}, "reference") < 1e-6
-
-
-def test_unknown_hyperparameter_is_a_user_error():
-    with pytest.raises(nldsl.NLDSLError, match="no hyper-parameter 'momentum'"):
-        nldsl.optimizer("adam", mlp(False).parameters(), momentum=0.9)
-
-
-def test_works_with_lr_scheduler_and_param_groups():
-    model = mlp(False)
-    opt = nldsl.optimizer("adam", [{"params": model[0].parameters(), "lr": 1e-2},
-                                   {"params": model[2].parameters()}], lr=1e-3)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
-    before = model[2].weight.detach().clone()
-    for _ in range(3):
-        opt.zero_grad()
-        model(torch.randn(4, 6)).sum().backward()
-        opt.step()
-        sched.step()
-    assert opt.param_groups[0]["lr"] == pytest.approx(1e-2 / 8)
-    assert opt.param_groups[1]["lr"] == pytest.approx(1e-3 / 8)
-    assert not torch.equal(before, model[2].weight)

@@ -20,12 +20,14 @@ import torch
 import torch.nn.functional as F
 
 from nldsl import ast
+from nldsl.consteval import calls_in
 from nldsl.errors import NLDSLError
 from nldsl.optim import kernels as K
+from nldsl.optim.derive import mentions
 from nldsl.optim.ir import Plan, Write
 from nldsl.optim.patterns import match_adam
 from nldsl.optim.plan import PARAM
-from nldsl.optim.printer import NotVectorizable, Printer
+from nldsl.optim.printer import SHAPED, NotVectorizable, Printer
 
 RESERVED = {"torch", "F", "K", "math", "grad", "grads", "state", "states", "hp", "step", "params",
             "step_group", "step_tensor", "total", "change"}
@@ -63,26 +65,96 @@ def _hparam_lines(plan: Plan) -> list[str]:
 
 
 def generate_foreach(plan: Plan) -> str:
-    """Source of `step_group(params, grads, states, hp, step)` over lists of tensors."""
-    if any(not _period_one(lv) or any(w.autograd or w.restart or w.accumulate for w in lv.writes)
-           for lv in plan.levels) or any(isinstance(s.shape, ast.MLPShape) for s in plan.states.values()):
+    """Source of `step_group(params, grads, states, hp, step)` over lists of tensors that share
+    their step count, so every level writes on the same steps. When the plan reads a shape or
+    orthogonalises (`by_shape`), the lists also share one shape, dtype and device: a shape value
+    is the first tensor's and Newton-Schulz runs once on the stacked matrices."""
+    if any(w.autograd or w.restart for lv in plan.levels for w in lv.writes) or any(
+            isinstance(s.shape, ast.MLPShape) for s in plan.states.values()):
         raise NotVectorizable("plan")
-    p = Printer(_tensor_names(plan), foreach=True)
-    body = _header(plan, "foreach") + ["def step_group(params, grads, states, hp, step):"]
+    p = Printer(_tensor_names(plan), foreach=True, by_shape=by_shape(plan))
+    body = _header(plan, _foreach_mode(plan)) + ["def step_group(params, grads, states, hp, step):"]
     body += ["    W = params", "    grad = grads"] + _hparam_lines(plan)
     body += [f"    {s} = [st[{s!r}] for st in states]" for s, sp in plan.states.items()
              if s != PARAM and sp.persistent]
     for level in plan.levels:
-        body.append(f"    # level {level.name}, every 1 step")
+        for name, (value, _) in level.reads.items():
+            if not _period_one(level):
+                key = "read." + name
+                body += [f"    if any({key!r} not in st for st in states):  # first step",
+                         f"        for st, x in zip(states, {p.expr(value)[0]}):",
+                         f"            st.setdefault({key!r}, x)",
+                         f"    {name} = [st[{key!r}] for st in states]"]
+    for level in plan.levels:
+        period = p.expr(level.period)[0]
+        body.append(f"    # level {level.name}, every {period} step(s)")
         body += [f"    {n} = {p.expr(v)[0]}" for n, v in level.contexts.items()]
+        if not _period_one(level):
+            body.append(f"    writing = step % int({period}) == 0")
         for write in level.writes:
-            value = p.expr(write.value)[0]
-            if plan.states[write.target].persistent:
-                body.append(f"    torch._foreach_copy_({write.target}, {value})  # {write.derivation}")
-            else:
-                body.append(f"    {write.target} = {value}  # {write.derivation}")
-        body += [f"    {n} = {p.expr(v)[0]}" for n, (v, _) in level.reads.items()]
+            body += _foreach_write(plan, p, level, write)
+        if _period_one(level):
+            body += [f"    {n} = {p.expr(v)[0]}" for n, (v, _) in level.reads.items()]
+        elif level.reads:
+            body.append("    if writing:")
+            for name, (value, _) in level.reads.items():
+                body += [f"        for st, x in zip(states, {p.expr(value)[0]}):",
+                         f"            st[{('read.' + name)!r}] = x"]
     return "\n".join(body) + "\n"
+
+
+def by_shape(plan: Plan) -> bool:
+    """Does the plan's code depend on a tensor's shape (size, ndim) or stack it (newton_schulz)?"""
+    exprs = [w.value for lv in plan.levels for w in lv.writes] + [
+        v for lv in plan.levels for v in list(lv.contexts.values()) + [r for r, _ in lv.reads.values()]]
+    return any(c.func in SHAPED for e in exprs if e is not None for c in calls_in(e))
+
+
+def _foreach_mode(plan: Plan) -> str:
+    return "foreach by shape" if by_shape(plan) else "foreach"
+
+
+#: foreach ops with an in-place form: `target = op(target, ...)` becomes `op_(target, ...)`.
+_IN_PLACE = ("add", "sub", "mul", "div", "lerp", "addcdiv", "addcmul")
+
+
+def _store(target: str, value: str) -> str:
+    """Write `value` into the tensors of `target`: in place when it is an op on target itself."""
+    for op in _IN_PLACE:
+        head = f"torch._foreach_{op}({target}, "
+        if value.startswith(head):
+            return f"torch._foreach_{op}_({target}, {value[len(head):]}"
+    return f"torch._foreach_copy_({target}, {value})"
+
+
+def _store_lines(p: Printer, target: str, value: ast.Expr) -> list[str]:
+    """`target * c +- rest` (rest free of target) as two in-place ops, scaling then adding,
+    the order of torch's decoupled weight decay; anything else through `_store`."""
+    t = ast.Name(id=target)
+    left = value.left if isinstance(value, ast.Binary) and value.op in "+-" else None
+    if isinstance(left, ast.Binary) and left.op == "*" and not mentions(value.right, target):
+        factor = left.right if left.left == t else left.left if left.right == t else None
+        if factor is not None and p.expr(factor)[1] is False:
+            rest = ast.Binary(op=value.op, left=t, right=value.right)
+            return [f"torch._foreach_mul_({target}, {p.expr(factor)[0]})", _store(target, p.expr(rest)[0])]
+    return [_store(target, p.expr(value)[0])]
+
+
+def _foreach_write(plan: Plan, p: Printer, level, write: Write) -> list[str]:
+    t, value, note = write.target, p.expr(write.value)[0], f"  # {write.derivation}"
+    if write.accumulate:
+        key = "acc." + t
+        return [f"    change = torch._foreach_sub({value}, {t}){note}",
+                f"    total = [st[{key!r}] + c if {key!r} in st else c for st, c in zip(states, change)]",
+                "    if writing:", f"        torch._foreach_add_({t}, total)",
+                "        for st in states:", f"            st.pop({key!r}, None)",
+                "    else:", "        for st, c in zip(states, total):", f"            st[{key!r}] = c"]
+    indent = "    " if _period_one(level) else "        "
+    guard = [] if _period_one(level) else ["    if writing:"]
+    if t == PARAM or plan.states[t].persistent:
+        lines = _store_lines(p, t, write.value)
+        return guard + [indent + line for line in lines[:-1]] + [f"{indent}{lines[-1]}{note}"]
+    return guard + [f"{indent}{t} = {value}{note}"]
 
 
 def _period_one(level) -> bool:
@@ -164,7 +236,7 @@ def generate(plan: Plan) -> tuple[str, str]:
     if adam is not None:
         return "fused kernel", adam
     try:
-        return "foreach", generate_foreach(plan)
+        return _foreach_mode(plan), generate_foreach(plan)
     except NotVectorizable:
         return "loop", generate_loop(plan)
 
@@ -182,6 +254,7 @@ def compile_plan(plan: Plan):
     the generated code and `.mode` its shape."""
     mode, source = generate(plan)
     namespace = _compile(source, plan.name)
+    shaped = mode == "foreach by shape"
 
     def run(params, states, hparams):
         for state in states:
@@ -190,12 +263,13 @@ def compile_plan(plan: Plan):
             for param, state in zip(params, states):
                 namespace["step_tensor"](param, state, hparams, state["step"])
             return
-        buckets: dict[int, list[int]] = {}
-        for i, state in enumerate(states):
-            buckets.setdefault(state["step"], []).append(i)
-        for step, index in buckets.items():
+        buckets: dict[tuple, list[int]] = {}
+        for i, (param, state) in enumerate(zip(params, states)):
+            key = (state["step"], param.shape, param.dtype, param.device) if shaped else (state["step"],)
+            buckets.setdefault(key, []).append(i)
+        for key, index in buckets.items():
             namespace["step_group"]([params[i] for i in index], [params[i].grad for i in index],
-                                    [states[i] for i in index], hparams, step)
+                                    [states[i] for i in index], hparams, key[0])
 
     run.source, run.mode = source, mode
     return run

@@ -24,18 +24,42 @@ def newton_schulz(x: torch.Tensor, steps: int = 5, polynomial="quintic", eps: fl
     """
     if x.ndim != 2:
         raise ValueError(f"newton_schulz needs a matrix, got shape {tuple(x.shape)}")
+    return _iterate(x, steps, polynomial, eps, precision, torch.addmm)
+
+
+#: On a CPU one `baddbmm` over G large matrices is slower than G `addmm` calls (each of those is
+#: parallel inside; the batched kernel splits the batch over the cores): batch up to this size.
+CPU_BATCH_MAX_ELEMENTS = 2**18
+
+
+def newton_schulz_group(xs: list[torch.Tensor], steps: int = 5, polynomial="quintic",
+                        eps: float = 1e-7, precision: str = "float32") -> list[torch.Tensor]:
+    """`newton_schulz` of G matrices of one shape, dtype and device: stacked to [G, rows, cols]
+    and iterated once for all, each product one `torch.baddbmm`, where batching pays (on a GPU
+    always, on a CPU up to `CPU_BATCH_MAX_ELEMENTS` per matrix; docs/performance.md), else
+    matrix by matrix. Batched and per-matrix products may round differently."""
+    if not xs or any(x.ndim != 2 or x.shape != xs[0].shape for x in xs):
+        raise ValueError("newton_schulz_group needs matrices of one shape, got shapes "
+                         f"{[tuple(x.shape) for x in xs]}")
+    if xs[0].device.type == "cpu" and xs[0].numel() > CPU_BATCH_MAX_ELEMENTS:
+        return [newton_schulz(x, steps, polynomial, eps, precision) for x in xs]
+    return list(_iterate(torch.stack(xs), steps, polynomial, eps, precision, torch.baddbmm))
+
+
+def _iterate(x, steps, polynomial, eps, precision, multiply_add) -> torch.Tensor:
+    """The iteration on [rows, cols] (multiply_add = addmm) or [G, rows, cols] (baddbmm)."""
     a, b, c = _coefficients(polynomial)
-    out = x.to(PRECISIONS[precision])                       # [rows, cols]
-    wide = x.size(0) <= x.size(1)
+    out = x.to(PRECISIONS[precision])                       # [(G,) rows, cols]
+    wide = x.size(-2) <= x.size(-1)
     if not wide:
-        out = out.T
-    out = out.div(out.norm().clamp(min=eps))
+        out = out.mT                                        # [(G,) cols, rows]
+    out = out.div(torch.linalg.vector_norm(out, dim=(-2, -1), keepdim=True).clamp(min=eps))
     for _ in range(int(steps)):
-        gram = out @ out.T                                  # [rows, rows]
-        poly = torch.addmm(gram, gram, gram, beta=b, alpha=c)
-        out = torch.addmm(out, poly, out, beta=a)
+        gram = out @ out.mT                                 # [(G,) rows, rows]
+        poly = multiply_add(gram, gram, gram, beta=b, alpha=c)
+        out = multiply_add(out, poly, out, beta=a)
     if not wide:
-        out = out.T
+        out = out.mT
     return out.to(x.dtype)
 
 

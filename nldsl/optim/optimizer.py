@@ -14,7 +14,7 @@ import torch
 
 from nldsl import ast
 from nldsl.consteval import hparam_values
-from nldsl.errors import NLDSLError
+from nldsl.errors import NLDSLError, Problem
 from nldsl.optim.codegen import compile_plan
 from nldsl.optim.interpret import initial_state, reference_step
 from nldsl.optim.plan import foldable, lower
@@ -29,21 +29,34 @@ def _load(spec):
     return spec
 
 
-def check_hparams(decl: ast.SpecDecl, values: dict[str, Any]) -> None:
-    """Unknown names and values outside a `{...}` choice are user errors, reported as such."""
+def _problem(source, node, message: str, expected: str, hint: str) -> Problem:
+    span = node.span
+    return Problem(message, span.line, span.col, span.end_line, span.end_col, expected, hint, source)
+
+
+def check_hparams(decl: ast.SpecDecl, values: dict[str, Any], source=None) -> None:
+    """Unknown names, values outside a `{...}` choice and missing values are user errors,
+    anchored at the spec's declaration of its hyper-parameters."""
     known = {h.name: h for h in decl.hparams}
+    problems = []
     for name, value in values.items():
         if name not in known:
-            raise NLDSLError(f"{decl.name} has no hyper-parameter {name!r}; it takes: "
-                             f"{', '.join(known)}")
+            problems.append(_problem(source, decl, f"{decl.name} has no hyper-parameter {name!r}",
+                                     ", ".join(known), f"pass one of the names in `{decl.name}(...)`"))
+            continue
         for constraint in known[name].constraints:
             if isinstance(constraint, ast.Choice):
                 options = [getattr(o, "value", None) for o in constraint.options]
                 if value not in options:
-                    raise NLDSLError(f"{decl.name}: {name} = {value!r} is not one of {options}")
-    missing = [h.name for h in decl.hparams if h.default is None and h.name not in values]
-    if missing:
-        raise NLDSLError(f"{decl.name} needs a value for {', '.join(missing)}")
+                    problems.append(_problem(source, constraint, f"{decl.name}: {name} = {value!r} "
+                                             f"is not one of {options}", " or ".join(map(repr, options)),
+                                             f"pass {name}= one of the choices"))
+    for h in decl.hparams:
+        if h.default is None and h.name not in values:
+            problems.append(_problem(source, h, f"{decl.name} needs a value for {h.name}",
+                                     f"{h.name}=<value>", f"it has no default: pass {h.name}=..."))
+    if problems:
+        raise NLDSLError(problems)
 
 
 class SpecOptimizer(torch.optim.Optimizer):
@@ -55,7 +68,7 @@ class SpecOptimizer(torch.optim.Optimizer):
         self.spec, self.schedule = _load(spec), schedule
         decl = self.spec.decl
         given = {k: v for k, v in hparams.items() if v is not None}
-        check_hparams(decl, given)
+        check_hparams(decl, given, self.spec.source)
         defaults = hparam_values(decl, given)
         super().__init__(params, defaults)
         self._plans: dict = {}
@@ -78,7 +91,8 @@ class SpecOptimizer(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             check_hparams(self.spec.decl, {h.name: group[h.name] for h in self.spec.decl.hparams
-                                           if h.name in group and group[h.name] is not None})
+                                           if h.name in group and group[h.name] is not None},
+                          self.spec.source)
             plan, compiled = self.plan_for(group)
             hparams = {name: group[name] for name in plan.hparams}
             params = [p for p in group["params"] if p.grad is not None]

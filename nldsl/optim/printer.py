@@ -19,13 +19,18 @@ _KERNELS = {"l2norm", "outer", "transpose", "dot", "l2", "orthogonality", "newto
             "norm", "sum", "mean", "size", "ndim", "trace", "softmax"}
 
 
+#: Calls whose foreach code needs a list of tensors of one shape: shape values, grouped Newton-Schulz.
+SHAPED = ("size", "ndim", "newton_schulz")
+
+
 class NotVectorizable(Exception):
     """The expression needs per-tensor code (a shape-dependent value or a matrix op in foreach)."""
 
 
 class Printer:
-    def __init__(self, tensors: set[str], foreach: bool, mlps: set[str] = frozenset()):
-        self.tensors, self.foreach, self.mlps = tensors, foreach, mlps
+    def __init__(self, tensors: set[str], foreach: bool, by_shape: bool = False):
+        """`by_shape`: foreach code over tensors of one shape (`size(X, d)` is X[0]'s)."""
+        self.tensors, self.foreach, self.by_shape = tensors, foreach, by_shape
 
     def expr(self, e: ast.Expr) -> tuple[str, bool | None]:
         """(source, is_tensor); is_tensor is None when a conditional picks a tensor or a number."""
@@ -161,7 +166,9 @@ class Printer:
             return f"torch._foreach_lerp({', '.join(srcs)})", True
         if func == "addcmul":
             return f"torch._foreach_addcmul({srcs[0]}, {srcs[1]}, {srcs[2]}, value={srcs[3]})", True
-        if func == "newton_schulz" and args[0][1] and not any(t for _, t in args[1:]):
-            rest = "".join(", " + s for s in srcs[1:])
-            return f"[K.newton_schulz(x{rest}) for x in {srcs[0]}]", True
+        rest = "".join(", " + s for s in srcs[1:])
+        if func in SHAPED and self.by_shape and args[0][1] and not any(t for _, t in args[1:]):
+            if func == "newton_schulz":
+                return f"K.newton_schulz_group({srcs[0]}{rest})", True
+            return f"K.{func}({srcs[0]}[0]{rest})", False
         raise NotVectorizable(func)

@@ -1,0 +1,170 @@
+"""`nldsl.optimizer` is a real torch.optim.Optimizer: param groups, zero_grad, closures,
+state_dict round trips, lr schedulers, and hyper-parameter mistakes reported as NLDSLErrors."""
+import copy
+
+import pytest
+import torch
+
+import nldsl
+
+PLAIN = """optimizer plain(lr > 0, mode = "sgd" in {"sgd", "sign"}) {
+  level weights every 1 step {
+    W <- W - lr * grad(W) if mode == "sgd" else W - lr * sign(grad(W))
+  }
+}"""
+
+
+def network(matrices_only=False) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(5, 7, bias=not matrices_only), torch.nn.Tanh(),
+                               torch.nn.Linear(7, 3, bias=not matrices_only))
+
+
+def loss_of(model):
+    torch.manual_seed(1)
+    x, y = torch.randn(16, 5), torch.randn(16, 3)
+    return ((model(x) - y) ** 2).mean()
+
+
+def train(model, opt, steps):
+    for _ in range(steps):
+        opt.zero_grad()
+        loss_of(model).backward()
+        opt.step()
+
+
+def test_param_groups_take_their_own_hyperparameters():
+    """Each group steps with its own lr and momentum: the same as torch's SGD with those groups."""
+    model, twin = network(), network()
+    groups = lambda m: [{"params": m[0].parameters(), "lr": 0.1, "momentum": 0.5},
+                        {"params": m[2].parameters()}]
+    opt = nldsl.optimizer("sgd", groups(model), lr=0.01, momentum=0.9)
+    torch_opt = torch.optim.SGD(groups(twin), lr=0.01, momentum=0.9)
+    assert [g["lr"] for g in opt.param_groups] == [0.1, 0.01]
+    train(model, opt, 5)
+    train(twin, torch_opt, 5)
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_per_group_choice_compiles_its_own_plan():
+    """A bool/str hyper-parameter is folded into the plan: two values, two plans."""
+    a, b = torch.nn.Parameter(torch.tensor([1.0, -2.0])), torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = nldsl.optimizer(PLAIN, [{"params": [a]}, {"params": [b], "mode": "sign"}], lr=0.5)
+    a.grad, b.grad = torch.tensor([4.0, -0.5]), torch.tensor([4.0, -0.5])
+    opt.step()
+    assert a.tolist() == [1.0 - 0.5 * 4.0, -2.0 + 0.5 * 0.5]
+    assert b.tolist() == [1.0 - 0.5, -2.0 + 0.5]
+    assert len(opt._plans) == 2
+
+
+def test_zero_grad_clears_the_gradients_and_params_without_one_keep_their_value():
+    model = network()
+    opt = nldsl.optimizer("adam", model.parameters())
+    loss_of(model).backward()
+    opt.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.step()
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    assert not opt.state
+
+
+def test_step_with_a_closure_returns_its_loss_and_steps_on_its_gradients():
+    model = network()
+    opt = nldsl.optimizer("sgd", model.parameters(), lr=0.1)
+    expected = loss_of(model).item()
+    grads = torch.autograd.grad(loss_of(model), list(model.parameters()))
+    before = [p.detach().clone() for p in model.parameters()]
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_of(model)
+        loss.backward()
+        return loss
+
+    assert opt.step(closure).item() == expected
+    for p, b, g in zip(model.parameters(), before, grads):
+        assert torch.equal(p, b - 0.1 * g)
+
+
+ROUND_TRIPS = {
+    "sgd nesterov": ("sgd", dict(lr=0.05, momentum=0.9, nesterov=True)),
+    "adam (fused kernel)": ("adam", dict(lr=1e-2, weight_decay=0.1)),
+    "adam amsgrad (foreach)": ("adam", dict(amsgrad=True)),
+    "rmsprop centered": ("rmsprop", dict(centered=True, momentum=0.5)),
+    "muon (foreach by shape)": ("muon", {}),
+    "dmgd (loop, MLP memory)": ("dmgd", {}),
+    "m3 (slow level mid-period)": ("m3", dict(f=3)),
+}
+
+
+@pytest.mark.parametrize("schedule", ["fused", "reference"])
+@pytest.mark.parametrize("name, hparams", ROUND_TRIPS.values(), ids=ROUND_TRIPS.keys())
+def test_state_dict_round_trip_resumes_bit_identically(name, hparams, schedule):
+    """8 straight steps == 4 steps, save, a fresh optimizer loads the state, 4 more steps
+    (M3 saves after step 4 of f = 3: with a pending slow-level accumulator)."""
+    matrices_only = name in ("muon", "m3")
+    straight = network(matrices_only)
+    train(straight, nldsl.optimizer(name, straight.parameters(), schedule=schedule, **hparams), 8)
+    model = network(matrices_only)
+    opt = nldsl.optimizer(name, model.parameters(), schedule=schedule, **hparams)
+    train(model, opt, 4)
+    saved = copy.deepcopy(opt.state_dict())
+    resumed = nldsl.optimizer(name, model.parameters(), schedule=schedule, **hparams)
+    resumed.load_state_dict(saved)
+    train(model, resumed, 4)
+    for a, b in zip(straight.parameters(), model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_lr_scheduler_changes_the_step_size_of_every_group():
+    model = network()
+    opt = nldsl.optimizer("sgd", [{"params": model[0].parameters(), "lr": 1e-2},
+                                  {"params": model[2].parameters()}], lr=1e-3)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    for _ in range(3):
+        opt.zero_grad()
+        loss_of(model).backward()
+        opt.step()
+        sched.step()
+    assert [g["lr"] for g in opt.param_groups] == [1e-2 / 8, 1e-3 / 8]
+    before = model[2].weight.detach().clone()
+    opt.zero_grad()
+    loss_of(model).backward()
+    opt.step()
+    torch.testing.assert_close(model[2].weight, before - 1e-3 / 8 * model[2].weight.grad, rtol=0, atol=1e-9)
+
+
+def test_none_means_the_default():
+    opt = nldsl.optimizer("muon", network(True).parameters(), adjust_lr_fn=None)
+    assert opt.defaults["adjust_lr_fn"] == "original"
+
+
+@pytest.mark.parametrize("spec, hparams, message, caret_line", [
+    pytest.param("adam", dict(momentum=0.9), "adam has no hyper-parameter 'momentum'",
+                 "optimizer adam(", id="unknown-name"),
+    pytest.param(PLAIN, {}, "plain needs a value for lr", "optimizer plain(lr > 0", id="missing-required"),
+    pytest.param("muon", dict(adjust_lr_fn="bogus"),
+                 "adjust_lr_fn = 'bogus' is not one of ['original', 'match_rms_adamw']",
+                 'adjust_lr_fn = "original" in', id="choice-violation"),
+])
+def test_hyperparameter_mistakes_are_user_errors_at_the_declaration(spec, hparams, message, caret_line):
+    with pytest.raises(nldsl.NLDSLError) as info:
+        nldsl.optimizer(spec, network(True).parameters(), **hparams)
+    text = str(info.value)
+    assert message in text and caret_line in text and "^" in text and "hint:" in text
+    assert info.value.line > 0
+
+
+def test_a_choice_violation_in_a_param_group_is_reported_at_step():
+    model = network(True)
+    opt = nldsl.optimizer("muon", [{"params": model.parameters(), "adjust_lr_fn": "bogus"}])
+    loss_of(model).backward()
+    with pytest.raises(nldsl.NLDSLError, match="adjust_lr_fn = 'bogus'"):
+        opt.step()
+
+
+def test_unknown_schedule_is_a_user_error():
+    with pytest.raises(nldsl.NLDSLError, match="schedule must be one of"):
+        nldsl.optimizer("sgd", network().parameters(), schedule="fast")
