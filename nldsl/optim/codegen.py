@@ -1,11 +1,13 @@
 """Plan -> readable Python source -> a step function (the `fused` schedule).
 
-Three shapes of program, chosen from the plan, never from the spec's name:
+Four shapes of program, chosen from the plan, never from the spec's name:
   * `fused kernel`: the plan unifies with the plan of the Adam template (patterns.py) -> one call
     to torch's fused Adam/AdamW kernel;
-  * `foreach`: every expression is elementwise -> torch `_foreach_*` ops over all tensors of a
-    param group at once (Newton-Schulz per tensor inside);
-  * `loop`: per-tensor code (shape-dependent values, slower levels, autograd steps).
+  * `foreach`: every expression is elementwise -> torch `_foreach_*` ops over the tensors of a
+    param group that share a step count (slower levels included);
+  * `foreach by shape`: the same, grouped by shape too, when the plan reads a shape or calls
+    `newton_schulz` (one Newton-Schulz per group of equal-shape matrices);
+  * `loop`: per-tensor code (autograd steps, MLP memories, matrix products, cubic restarts).
 The source is compiled under a `<nldsl:NAME>` filename registered with `linecache`, so
 tracebacks and `inspect.getsource` show it. It is generated from the plan (validated names only).
 """
@@ -68,7 +70,7 @@ def generate_foreach(plan: Plan) -> str:
     """Source of `step_group(params, grads, states, hp, step)` over lists of tensors that share
     their step count, so every level writes on the same steps. When the plan reads a shape or
     orthogonalises (`by_shape`), the lists also share one shape, dtype and device: a shape value
-    is the first tensor's and Newton-Schulz runs once on the stacked matrices."""
+    is the first tensor's and Newton-Schulz runs once per group (`K.newton_schulz_group`)."""
     if any(w.autograd or w.restart for lv in plan.levels for w in lv.writes) or any(
             isinstance(s.shape, ast.MLPShape) for s in plan.states.values()):
         raise NotVectorizable("plan")
