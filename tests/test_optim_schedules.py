@@ -144,3 +144,52 @@ def test_equal_shapes_are_orthogonalised_together(monkeypatch):
     monkeypatch.setattr(kernels, "newton_schulz_group", spy)
     run("muon", {}, "fused", matrices_only=True, steps=1)
     assert sorted(groups) == [[(2, 7)], [(7, 5)], [(7, 7), (7, 7)]]
+
+
+# Contexts are computed before any write of the step (docs/language.md, ordering within a unit),
+# even when they are a state, a view of W, or use a read of an every-step level: both schedules.
+SNAPSHOT_SPEC = """
+optimizer snapshot(lr = 0.1 > 0) {
+  level weights every 1 step {
+    W <- W - lr * (m - transpose(m_t)) - lr * (W - w_old) - lr * 0.001 * o_now
+  }
+  level moments every 1 step {
+    key g = grad(W)
+    let w_old = W
+    let m_t = transpose(m)
+    let o_old = 2 * o_now
+    state m like W = 0
+    state o like W = 0
+    m: minimize -dot(m, g) by ema(0.9)
+    o <- o_old + g
+    read o_now = o
+  }
+}
+"""
+
+
+def snapshot_by_hand(w, grads, lr=0.1):
+    """m_t = 0.9 m + 0.1 g_t; o_t = 2 o_{t-1} + g_t; W_t = W_{t-1} - lr (m_t - m_{t-1}) - lr o_t / 1000:
+    `m_t` (a view of m), `w_old` (W itself) and `o_old` (a read) keep their values from before
+    the step's writes."""
+    m, o = torch.zeros_like(w), torch.zeros_like(w)
+    for g in grads:
+        m_new = 0.9 * m + 0.1 * g
+        o = 2 * o + g
+        w = w - lr * (m_new - m) - lr * 0.001 * o
+        m = m_new
+    return w, o
+
+
+@pytest.mark.parametrize("schedule", ["reference", "fused"])
+def test_contexts_see_the_states_before_the_step_writes(schedule):
+    torch.manual_seed(3)
+    w0, grads = torch.randn(5, 3), [torch.randn(5, 3) for _ in range(4)]
+    w = torch.nn.Parameter(w0.clone())
+    opt = nldsl.optimizer(SNAPSHOT_SPEC, [w], schedule=schedule)
+    for g in grads:
+        w.grad = g
+        opt.step()
+    expected_w, expected_o = snapshot_by_hand(w0, grads)
+    torch.testing.assert_close(w.detach(), expected_w)
+    torch.testing.assert_close(opt.state[w]["o"], expected_o)

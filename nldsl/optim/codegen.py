@@ -30,6 +30,7 @@ from nldsl.optim.ir import Plan, Write
 from nldsl.optim.patterns import match_adam
 from nldsl.optim.plan import PARAM
 from nldsl.optim.printer import SHAPED, NotVectorizable, Printer
+from nldsl.optim.snapshot import period_one, snapshot_lines
 
 RESERVED = {"torch", "F", "K", "math", "grad", "grads", "state", "states", "hp", "step", "params",
             "step_group", "step_tensor", "total", "change"}
@@ -81,22 +82,22 @@ def generate_foreach(plan: Plan) -> str:
              if s != PARAM and sp.persistent]
     for level in plan.levels:
         for name, (value, _) in level.reads.items():
-            if not _period_one(level):
+            if not period_one(level):
                 key = "read." + name
                 body += [f"    if any({key!r} not in st for st in states):  # first step",
                          f"        for st, x in zip(states, {p.expr(value)[0]}):",
                          f"            st.setdefault({key!r}, x)",
                          f"    {name} = [st[{key!r}] for st in states]"]
+    body += snapshot_lines(plan, p, foreach=True)
     for level in plan.levels:
         period = p.expr(level.period)[0]
         body.append(f"    # level {level.name}, every {period} step(s)")
-        body += [f"    {n} = {p.expr(v)[0]}" for n, v in level.contexts.items()]
-        if not _period_one(level):
+        if not period_one(level):
             body.append(f"    writing = step % int({period}) == 0")
         for write in level.writes:
             body += _foreach_write(plan, p, level, write)
-        if _period_one(level):
-            body += [f"    {n} = {p.expr(v)[0]}" for n, (v, _) in level.reads.items()]
+        if period_one(level):
+            body += [f"    {n} = {p.expr(v)[0]}" for n, (v, before) in level.reads.items() if not before]
         elif level.reads:
             body.append("    if writing:")
             for name, (value, _) in level.reads.items():
@@ -151,16 +152,12 @@ def _foreach_write(plan: Plan, p: Printer, level, write: Write) -> list[str]:
                 "    if writing:", f"        torch._foreach_add_({t}, total)",
                 "        for st in states:", f"            st.pop({key!r}, None)",
                 "    else:", "        for st, c in zip(states, total):", f"            st[{key!r}] = c"]
-    indent = "    " if _period_one(level) else "        "
-    guard = [] if _period_one(level) else ["    if writing:"]
+    indent = "    " if period_one(level) else "        "
+    guard = [] if period_one(level) else ["    if writing:"]
     if t == PARAM or plan.states[t].persistent:
         lines = _store_lines(p, t, write.value)
         return guard + [indent + line for line in lines[:-1]] + [f"{indent}{lines[-1]}{note}"]
     return guard + [f"{indent}{t} = {value}{note}"]
-
-
-def _period_one(level) -> bool:
-    return isinstance(level.period, ast.Number) and level.period.value == 1
 
 
 def generate_loop(plan: Plan) -> str:
@@ -178,21 +175,21 @@ def generate_loop(plan: Plan) -> str:
             body.append(f"    {s} = state[{s!r}]")
     for level in plan.levels:
         for name, (value, _) in level.reads.items():
-            if not _period_one(level):
+            if not period_one(level):
                 body.append(f"    {name} = state.get({('read.' + name)!r})")
                 body.append(f"    if {name} is None:")
                 body.append(f"        {name} = state[{('read.' + name)!r}] = {p.expr(value)[0]}")
+    body += snapshot_lines(plan, p, foreach=False)
     for level in plan.levels:
         period = p.expr(level.period)[0]
         body.append(f"    # level {level.name}, every {period} step(s)")
-        body += [f"    {n} = {p.expr(v)[0]}" for n, v in level.contexts.items()]
         indent = "    "
-        if not _period_one(level):
+        if not period_one(level):
             body.append(f"    writing = step % int({period}) == 0")
         for write in level.writes:
             body += _loop_write(plan, p, level, write)
-        if _period_one(level):
-            body += [f"    {n} = {p.expr(v)[0]}" for n, (v, _) in level.reads.items()]
+        if period_one(level):
+            body += [f"    {n} = {p.expr(v)[0]}" for n, (v, before) in level.reads.items() if not before]
         elif level.reads:
             body.append(f"{indent}if writing:")
             body += [f"        state[{('read.' + n)!r}] = {p.expr(v)[0]}" for n, (v, _) in level.reads.items()]
@@ -220,7 +217,7 @@ def _loop_write(plan: Plan, p: Printer, level, write: Write) -> list[str]:
                         "    if writing:", f"        {t} = {t} + total",
                         f"        state[{t!r}] = {t}", f"        state.pop({key!r}, None)",
                         "    else:", f"        state[{key!r}] = total"]
-    guard = "" if _period_one(level) else "    if writing:\n    "
+    guard = "" if period_one(level) else "    if writing:\n    "
     if t == PARAM:
         return lines + [f"{guard}    W.copy_({value})  # {write.derivation}"]
     sp = plan.states[t]

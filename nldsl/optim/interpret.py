@@ -3,7 +3,8 @@
 Per parameter and step: count the step, then run the levels in update order. A level of period
 N > 1 adds each step's change of its objective-trained states to an accumulator and writes their
 sum every N steps (frequency semantics, docs/optimizers.md); its reads are cached between writes.
-Contexts and reads are computed on first use within the step.
+Contexts and `before write` reads are computed before the step's first write; a level's
+other reads right after its writes.
 """
 from __future__ import annotations
 
@@ -89,8 +90,22 @@ class Step:
     def period(self, level) -> int:
         return int(self.evaluate(level.period))
 
+    def snapshot(self) -> None:
+        """Contexts and `before write` reads, computed before any write of the step
+        (docs/language.md, ordering within a unit). W is written in place, so a context that is
+        W itself, or a view of it, is copied."""
+        for level in self.plan.levels:
+            for name in level.contexts:
+                value = self.lookup(name)
+                if torch.is_tensor(value) and _shares_storage(value, self.param):
+                    self.values[name] = value.clone()
+            for name, (value, before_write) in level.reads.items():
+                if before_write and self.period(level) == 1:
+                    self.values[name] = self.evaluate(value)
+
     def run(self) -> None:
         self.state["step"] += 1
+        self.snapshot()
         for level in self.plan.levels:
             period = self.period(level)
             writing = self.state["step"] % period == 0
@@ -101,7 +116,11 @@ class Step:
                     self.accumulate(write, writing)
                 elif writing:
                     self.assign(write.target, self.compute(write))
-            if period > 1 and writing:
+            if period == 1:
+                for name, (value, before_write) in level.reads.items():
+                    if not before_write:
+                        self.values[name] = self.evaluate(value)
+            elif writing:
                 for name, (value, _) in level.reads.items():
                     self.state[f"read.{name}"] = self.evaluate(value)
 
@@ -155,6 +174,10 @@ class Step:
             self.state[target] = value
         else:
             self.values[target] = value
+
+
+def _shares_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 def reference_step(plan: Plan, params: list, states: list[dict], hparams: dict) -> None:

@@ -1,0 +1,66 @@
+"""What a step computes before its first write: every context, and the `before write` reads of
+every-step levels (docs/language.md, "Ordering within a unit"), in dependency order.
+
+Generated code writes states and W in place, so a context that *is* a state, or a view of one,
+is copied; a plain read that a context uses is taken at its pre-write value, as the reference
+schedule (interpret.py) does.
+"""
+from __future__ import annotations
+
+from nldsl import ast
+from nldsl.consteval import names_in
+from nldsl.optim.ir import Plan
+from nldsl.optim.plan import PARAM
+from nldsl.optim.printer import Printer
+
+
+def period_one(level) -> bool:
+    return isinstance(level.period, ast.Number) and level.period.value == 1
+
+
+#: Functions whose result is a view of their first argument (it shares the tensor's storage).
+_VIEWS = {"transpose", "stopgrad"}
+
+
+def _aliases_state(plan: Plan, expr) -> bool:
+    """Is `expr` a state (or W), or a view of one? Writes are in place, so such a context must
+    be copied to keep the value it had before the step's writes."""
+    if isinstance(expr, ast.Name):
+        return expr.id == PARAM or expr.id in plan.states
+    if isinstance(expr, ast.Index) or (isinstance(expr, ast.Call) and expr.func in _VIEWS):
+        inner = expr.value if isinstance(expr, ast.Index) else expr.args[0]
+        return _aliases_state(plan, inner)
+    if isinstance(expr, ast.Conditional):
+        return _aliases_state(plan, expr.then) or _aliases_state(plan, expr.otherwise)
+    return False
+
+
+def snapshot_lines(plan: Plan, p: Printer, foreach: bool) -> list[str]:
+    """Contexts and `before write` reads of every-step levels, computed before any write
+    (docs/language.md, ordering within a unit), as the reference schedule does."""
+    items = {n: v for lv in plan.levels for n, v in lv.contexts.items()}
+    items |= {n: v for lv in plan.levels if period_one(lv) for n, (v, before) in lv.reads.items()
+              if before}
+    plain_reads = {n: v for lv in plan.levels if period_one(lv)
+                   for n, (v, before) in lv.reads.items() if not before}
+    used = {name.id for value in items.values() for name in names_in(value)}
+    items = {n: v for n, v in plain_reads.items() if n in used} | items  # their pre-write value
+    lines = []
+    for name, value in _dependency_order(items):
+        text = p.expr(value)[0]
+        if _aliases_state(plan, value):
+            text = f"[t.clone() for t in {text}]" if foreach else f"{text}.clone()"
+        lines.append(f"    {name} = {text}")
+    return lines
+
+
+def _dependency_order(items: dict[str, ast.Expr]) -> list[tuple[str, ast.Expr]]:
+    """`items` ordered so each comes after the items it uses (the validator rejects cycles)."""
+    ordered: list[tuple[str, ast.Expr]] = []
+    pending = dict(items)
+    while pending:
+        ready = [n for n, v in pending.items()
+                 if not ({m.id for m in names_in(v)} & (set(pending) - {n}))]
+        for name in ready or list(pending)[:1]:
+            ordered.append((name, pending.pop(name)))
+    return ordered
