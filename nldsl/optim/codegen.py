@@ -89,21 +89,32 @@ def generate_foreach(plan: Plan) -> str:
                          f"            st.setdefault({key!r}, x)",
                          f"    {name} = [st[{key!r}] for st in states]"]
     body += snapshot_lines(plan, p, foreach=True)
+
+    def hold(name: str, value: str) -> list[str]:
+        return [f"        for st, x in zip(states, {value}):", f"            st[{('read.' + name)!r}] = x"]
+
+    body += _level_lines(plan, p, _foreach_write, hold)
+    return "\n".join(body) + "\n"
+
+
+def _level_lines(plan: Plan, p: Printer, write_lines, hold_lines) -> list[str]:
+    """Each level in update order: its writes (`write_lines`), then its reads: computed at once
+    for an every-step level, stored by `hold_lines` at the writes of a slower one."""
+    body = []
     for level in plan.levels:
         period = p.expr(level.period)[0]
         body.append(f"    # level {level.name}, every {period} step(s)")
         if not period_one(level):
             body.append(f"    writing = step % int({period}) == 0")
         for write in level.writes:
-            body += _foreach_write(plan, p, level, write)
+            body += write_lines(plan, p, level, write)
         if period_one(level):
             body += [f"    {n} = {p.expr(v)[0]}" for n, (v, before) in level.reads.items() if not before]
         elif level.reads:
             body.append("    if writing:")
             for name, (value, _) in level.reads.items():
-                body += [f"        for st, x in zip(states, {p.expr(value)[0]}):",
-                         f"            st[{('read.' + name)!r}] = x"]
-    return "\n".join(body) + "\n"
+                body += hold_lines(name, p.expr(value)[0])
+    return body
 
 
 def by_shape(plan: Plan) -> bool:
@@ -180,19 +191,8 @@ def generate_loop(plan: Plan) -> str:
                 body.append(f"    if {name} is None:")
                 body.append(f"        {name} = state[{('read.' + name)!r}] = {p.expr(value)[0]}")
     body += snapshot_lines(plan, p, foreach=False)
-    for level in plan.levels:
-        period = p.expr(level.period)[0]
-        body.append(f"    # level {level.name}, every {period} step(s)")
-        indent = "    "
-        if not period_one(level):
-            body.append(f"    writing = step % int({period}) == 0")
-        for write in level.writes:
-            body += _loop_write(plan, p, level, write)
-        if period_one(level):
-            body += [f"    {n} = {p.expr(v)[0]}" for n, (v, before) in level.reads.items() if not before]
-        elif level.reads:
-            body.append(f"{indent}if writing:")
-            body += [f"        state[{('read.' + n)!r}] = {p.expr(v)[0]}" for n, (v, _) in level.reads.items()]
+    body += _level_lines(plan, p, _loop_write,
+                         lambda name, value: [f"        state[{('read.' + name)!r}] = {value}"])
     return "\n".join(body) + "\n"
 
 
