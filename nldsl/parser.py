@@ -240,12 +240,14 @@ def _token_name(terminal: str) -> str:
 
 
 def _expected(error: UnexpectedInput) -> str:
-    names = sorted({_token_name(t) for t in getattr(error, "expected", set()) or
-                    getattr(error, "allowed", set()) or set()})
+    names = {_token_name(t) for t in getattr(error, "expected", set()) or
+             getattr(error, "allowed", set()) or set()}
+    # kinds of token ("a name", "a number") first, then keywords and punctuation
+    names = sorted(names, key=lambda n: (not n.startswith(("a ", "an ")), n))
     if not names:
         return "the end of the spec"
     if len(names) > 8:
-        names = names[:8] + ["..."]
+        names = names[:8] + [f"or one of {len(names) - 8} more"]
     return ", ".join(names)
 
 
