@@ -8,6 +8,10 @@ Every rule here is gradient-based, S <- decay S - lr grad L(S); the rules differ
     dgd(lr, decay, normalized) lr / (1 + lr ||k||^2)  (57)  decay     k: the key of l2(S @ k, v)
     newton_schulz(cubic)       1/4, `steps` times from the initial value (eq. 44)
 
+`solve` is not a gradient step: for w window(c, l2(S * k, v), gamma) + lam l2(S, 0) (eq. 101) it
+is the minimiser S* = w sum gamma k v / (w sum gamma k^2 + lam) (eq. 102), with hidden running
+sums; `solve.py` derives and lowers it (plan.py calls it instead of `derive`).
+
 grad L(S) comes from the table `closed_grad` when the objective is built from `dot`, `l2` and
 `orthogonality` of S, S @ k or S(k) (matrix memories), sums, and factors free of S:
 
@@ -199,6 +203,8 @@ def derive(objective: ast.Objective, state: str, init: ast.Expr | None, deep: bo
         lr, decay = binary("-", num(1), args["beta"]), args["beta"]
     elif rule.name in ("gd", "dgd"):
         lr, decay = args["lr"], args["decay"]
+    elif rule.name == "solve":
+        raise NLDSLError("`solve` writes hidden sums too: lower it with nldsl.optim.solve.lower_solve")
     else:
         raise NLDSLError(f"learning rule {rule.name!r} is not compiled for optimizers yet")
     if rule.name == "dgd":

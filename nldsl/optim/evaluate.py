@@ -35,7 +35,7 @@ _TENSOR_FUNCS: dict[str, Callable] = {
     "mean": lambda a: a.mean(-1, keepdim=True), "trace": lambda a: a.diagonal(0, -2, -1).sum(-1),
     "softmax": lambda a: a.softmax(-1), "size": lambda a, d: a.size(int(d)),
     "ndim": lambda a: a.ndim, "stopgrad": lambda a: a.detach(),
-    "newton_schulz": kernels.newton_schulz,
+    "newton_schulz": kernels.newton_schulz, "divide_or_zero": kernels.divide_or_zero,
     "addcmul": lambda s, a, b, w: torch.addcmul(s, a, b, value=w),
     "lerp": lambda a, b, w: torch.lerp(a, b, w) if is_tensor(a) else a + w * (b - a),
 }

@@ -165,6 +165,22 @@ def autograd_step(loss, state, lr, decay):
     return decay * state - lr * gradient
 
 
+def divide_or_zero(numerator, denominator):
+    """numerator / denominator, and 0 where the denominator is 0: `solve`'s S* = w A / (w B + lam)
+    (solve.py), where w B + lam = 0 only if the objective is flat in that coordinate (A = 0
+    then too) and 0 is its minimum-norm minimiser."""
+    if not torch.is_tensor(denominator):
+        return numerator / denominator if denominator != 0 else numerator * 0
+    return torch.where(denominator == 0, 0.0, numerator / denominator)
+
+
+def divide_or_zero_each(numerators, denominators) -> list:
+    """`divide_or_zero` over lists of tensors (the foreach schedule); a number divides them all."""
+    if not isinstance(denominators, (list, tuple)):
+        denominators = [denominators] * len(numerators)
+    return [divide_or_zero(n, d) for n, d in zip(numerators, denominators)]
+
+
 def load_mlp(state: dict, name: str, activation: str, residual: bool) -> MLP:
     weights, i = [], 0
     while f"{name}.{i}" in state:

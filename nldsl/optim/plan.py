@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from nldsl import ast
 from nldsl.consteval import NotConstant, evaluate, hparam_values, names_in
-from nldsl.errors import NLDSLError
-from nldsl.optim.derive import derive
+from nldsl.errors import NLDSLCompileError, NLDSLError, Problem
+from nldsl.optim.derive import derive, num
 from nldsl.optim.ir import LevelPlan, Plan, StatePlan, Write
+from nldsl.optim.solve import Names, lower_solve
 
 PARAM = "W"
 
@@ -53,15 +54,22 @@ def lower(spec, folded: dict | None = None) -> Plan:
     consts.update(folded or {})
     graph = spec.graph
     states: dict[str, StatePlan] = {PARAM: StatePlan(PARAM, graph.owner(PARAM) or "", None, None)}
+    names = _names(graph)
     levels = []
     for name in graph.update_order():
         info = graph.levels[name]
         inits = {s.name: fold(s.decl.init.value, consts) if isinstance(s.decl.init, ast.InitValue)
                  else None for s in info.states.values()}
-        writes = []
+        writes, hidden = [], []
         for objective in info.objectives:
             target = objective.state or _only_state(info)
             objective = fold(objective, consts)
+            if objective.rules[-1].name == "solve":
+                solved, sums = _solve(objective, target, info, names, spec.source)
+                writes += solved
+                hidden += [(s, info.states[target].decl.shape if target in info.states else None)
+                           for s in sums]
+                continue
             deep = target in info.states and isinstance(info.states[target].decl.shape, ast.MLPShape)
             write = derive(objective, target, inits.get(target), deep)
             if _period_is_one(info.every):
@@ -74,12 +82,41 @@ def lower(spec, folded: dict | None = None) -> Plan:
         for state in info.states.values():
             states[state.name] = StatePlan(state.name, name, state.decl.shape, inits[state.name],
                                            persistent=state.name not in restarted)
+        for sum_name, shape in hidden:
+            states[sum_name] = StatePlan(sum_name, name, shape, num(0))
         levels.append(LevelPlan(name, fold(info.every, consts),
                                 {c.name: fold(c.value, consts) for c in info.contexts.values()},
                                 writes, {r.name: (fold(r.value, consts), r.before_write)
                                          for r in info.reads.values()}))
     numeric = [h.name for h in decl.hparams if h.name not in consts]
     return _drop_unread(Plan(decl.name, levels, states, numeric, consts))
+
+
+def _names(graph) -> Names:
+    """States and reads (their current value) and contexts (per unit) of every level."""
+    levels = graph.levels.values()
+    current = {PARAM} | {s for lv in levels for s in lv.states} | {r for lv in levels for r in lv.reads}
+    return Names(frozenset(current), frozenset(c for lv in levels for c in lv.contexts))
+
+
+def _solve(objective: ast.Objective, target: str, info, names: Names, source):
+    """`by solve` (solve.py): in an every-step level, alone, on a tensor state."""
+    where = objective.rules[-1].span
+    problem = None
+    if len(objective.rules) != 1:
+        problem = ("`solve` ends a rule chain", "`by solve` alone", "drop the rules before it")
+    elif not _period_is_one(info.every):
+        problem = ("`solve` is compiled for levels every 1 step", "level ... every 1 step",
+                   "a slower level would sum the solutions' changes, which minimises nothing")
+    elif target in info.states and isinstance(info.states[target].decl.shape, ast.MLPShape):
+        problem = ("an mlp memory has no closed-form minimiser", "a tensor state (`like W`)",
+                   "use `gd` or `dgd` (an autograd step)")
+    if problem is not None:
+        message, expected, hint = problem
+        raise NLDSLCompileError([Problem(f"{target}: {message}", where.line, where.col,
+                                         where.end_line or None, where.end_col or None,
+                                         expected, hint, source)])
+    return lower_solve(objective, target, names, source)
 
 
 def _only_state(info) -> str:

@@ -16,7 +16,7 @@ _TORCH_UNARY = {"sqrt": "torch.sqrt", "exp": "torch.exp", "log": "torch.log", "a
                 "sign": "torch.sign", "tanh": "torch.tanh", "sigmoid": "torch.sigmoid",
                 "relu": "torch.relu", "gelu": "F.gelu", "silu": "F.silu", "softplus": "F.softplus"}
 _KERNELS = {"l2norm", "outer", "transpose", "dot", "l2", "orthogonality", "newton_schulz",
-            "norm", "sum", "mean", "size", "ndim", "trace", "softmax"}
+            "norm", "sum", "mean", "size", "ndim", "trace", "softmax", "divide_or_zero"}
 
 
 #: Calls whose foreach code needs a list of tensors of one shape: shape values, grouped Newton-Schulz.
@@ -166,6 +166,8 @@ class Printer:
             return f"torch._foreach_lerp({', '.join(srcs)})", True
         if func == "addcmul":
             return f"torch._foreach_addcmul({srcs[0]}, {srcs[1]}, {srcs[2]}, value={srcs[3]})", True
+        if func == "divide_or_zero":
+            return f"K.divide_or_zero_each({srcs[0]}, {srcs[1]})", True
         rest = "".join(", " + s for s in srcs[1:])
         if func in SHAPED and self.by_shape and args[0][1] and not any(t for _, t in args[1:]):
             if func == "newton_schulz":
