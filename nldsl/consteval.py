@@ -97,6 +97,17 @@ def calls_in(expr: ast.Node) -> list[ast.Call]:
     return found
 
 
+def children(node: ast.Node) -> list[ast.Node]:
+    """The AST nodes directly under `node` (list fields flattened, spans skipped)."""
+    found: list[ast.Node] = []
+    for _, value in node:
+        if isinstance(value, ast.Node):
+            found.append(value)
+        elif isinstance(value, list):
+            found += [v for v in value if isinstance(v, ast.Node)]
+    return found
+
+
 def _walk(node: Any, visit) -> None:
     if isinstance(node, ast.Node):
         visit(node)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from nldsl import ast
 from nldsl.builtins import RULES
+from nldsl.consteval import children
 from nldsl.errors import NLDSLError
 from nldsl.optim.ir import AutogradStep, Write
 
@@ -72,13 +73,7 @@ def mentions(expr: ast.Expr, name: str) -> bool:
         return expr.id == name
     if isinstance(expr, ast.Call) and expr.func == name:
         return True
-    children = []
-    for _, value in expr:
-        if isinstance(value, ast.Node):
-            children.append(value)
-        elif isinstance(value, list):
-            children += [v for v in value if isinstance(v, ast.Node)]
-    return any(mentions(child, name) for child in children)
+    return any(mentions(child, name) for child in children(expr))
 
 
 def _memory_key(expr: ast.Expr, state: str) -> ast.Expr | None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nldsl import ast
+from nldsl.consteval import children
 from nldsl.errors import NLDSLCompileError, Problem, Source
 from nldsl.optim.derive import binary, call, mentions, num
 from nldsl.optim.ir import Write
@@ -203,20 +204,10 @@ def _mentions_any(expr: ast.Expr, names: frozenset[str]) -> bool:
         return expr.id in names
     if isinstance(expr, ast.Call) and expr.func in names:
         return True
-    return any(_mentions_any(child, names) for child in _children(expr))
+    return any(_mentions_any(child, names) for child in children(expr))
 
 
 def _calls_grad(expr: ast.Expr) -> bool:
     if isinstance(expr, ast.Call) and expr.func == "grad":
         return True
-    return any(_calls_grad(child) for child in _children(expr))
-
-
-def _children(expr: ast.Node) -> list[ast.Node]:
-    found = []
-    for _, value in expr:
-        if isinstance(value, ast.Node):
-            found.append(value)
-        elif isinstance(value, list):
-            found += [v for v in value if isinstance(v, ast.Node)]
-    return found
+    return any(_calls_grad(child) for child in children(expr))
