@@ -1,0 +1,169 @@
+"""Lower a module spec to a `Program` for concrete hyper-parameter values. Pure data, no torch.
+
+What the module compiler does not support yet is a located `NLDSLCompileError` naming the
+construct, raised here, before any tensor exists (`unsupported.py` says which constructs).
+"""
+from __future__ import annotations
+
+from nldsl import ast
+from nldsl.consteval import calls_in, evaluate
+from nldsl.lower.program import ConvSite, FastState, ModuleWrite, Param, Program, TokenLevel
+from nldsl.lower.unsupported import check_supported, compile_error
+from nldsl.optim.derive import NoClosedForm, binary, closed_grad, key_norm_squared, mentions, num, \
+    rule_arguments
+from nldsl.graph import OUTER
+
+
+def lower_module(spec, values: dict) -> Program:
+    """Spec + complete hyper-parameter values -> Program (`values` already checked)."""
+    decl, graph = spec.decl, spec.graph
+    check_supported(spec)
+    const = lambda e: evaluate(e, values)
+    params: dict[str, Param] = {}
+    for state in graph.levels[OUTER].states.values():
+        params[state.name] = Param(state.name, _shape(state.decl.shape, const),
+                                   _init_value(state.decl.init))
+    levels = []
+    for name in graph.update_order():
+        info = graph.levels[name]
+        if name == OUTER:
+            continue
+        levels.append(_level(info, const, params, spec))
+    convs = _conv_sites(spec, const, params)
+    return Program(decl.name, int(values["dim"]), dict(values), params,
+                   {c.name: c.value for c in graph.levels[OUTER].contexts.values()},
+                   levels, graph.output, convs)
+
+
+def _level(info, const, params: dict, spec) -> TokenLevel:
+    period = int(const(info.every))
+    chunk = int(const(info.chunk)) if info.chunk is not None else period
+    heads = int(const(info.heads)) if info.heads is not None else None
+    states = {}
+    for state in info.states.values():
+        learned = None
+        if isinstance(state.decl.init, ast.InitLearned):
+            learned = f"{state.name}_init"
+            per_head = (heads,) if heads is not None else ()
+            params[learned] = Param(learned, per_head + _shape(state.decl.shape, const), None,
+                                    "initial", state.learned_by or OUTER)
+        states[state.name] = FastState(state.name, _shape(state.decl.shape, const),
+                                       _init_value(state.decl.init), learned)
+    own = _own_contexts(info)
+    writes, hidden = [], {}
+    for objective in info.objectives:
+        target = objective.state or next(iter(info.states))
+        write = _derive(objective, target, own, spec)
+        if write.kind == "momentum":
+            hidden[f"{target}_momentum"] = states[target].shape
+        writes.append(write)
+    writes += [ModuleWrite(u.target, "explicit", value=u.value) for u in info.updates]
+    return TokenLevel(info.name, period, chunk, heads, info.backprop, info.partial, states,
+                      {c.name: c.value for c in info.contexts.values()}, writes,
+                      {r.name: (r.value, r.before_write) for r in info.reads.values()}, hidden)
+
+
+def _derive(objective: ast.Objective, target: str, own: dict, spec) -> ModuleWrite:
+    """One objective + rule -> a ModuleWrite. Contexts that use the level's own states are
+    inlined into the loss, so its gradient sees them (Moneta's `let W = f(A)`)."""
+    loss = _inline(objective.loss, own)
+    rule = objective.rules[0]
+    args = rule_arguments(rule)
+    if rule.name == "ema":
+        lr, decay = binary("-", num(1), args["beta"]), args["beta"]
+    else:
+        lr, decay = args["lr"], args.get("decay", num(1))
+    if rule.name == "dgd":
+        norm2 = key_norm_squared(loss, target)
+        flag = args["normalized"]
+        if norm2 is not None and not (isinstance(flag, ast.Bool) and not flag.value):
+            normalized = binary("/", lr, binary("+", num(1), binary("*", lr, norm2)))
+            lr = normalized if isinstance(flag, ast.Bool) else \
+                ast.Conditional(cond=flag, then=normalized, otherwise=lr)
+    deep = isinstance(spec.graph.levels[_level_of(spec, target)].states[target].decl.shape,
+                      ast.MLPShape)
+    kind = "momentum" if rule.name == "momentum" else "gradient"
+    beta = args.get("beta") if kind == "momentum" else None
+    try:
+        grad = closed_grad(loss, target, deep)
+        return ModuleWrite(target, kind, grad=grad, lr=lr, decay=decay, beta=beta,
+                           derivation=f"{rule.name} closed form")
+    except NoClosedForm:
+        return ModuleWrite(target, kind, loss=loss, lr=lr, decay=decay, beta=beta,
+                           derivation=f"{rule.name} autograd")
+
+
+def _level_of(spec, state: str) -> str:
+    return next(n for n, lv in spec.graph.levels.items() if state in lv.states)
+
+
+def _own_contexts(info) -> dict[str, ast.Expr]:
+    """The level's contexts whose value depends on its own states (transitively)."""
+    contexts = {c.name: c.value for c in info.contexts.values()}
+    own: dict[str, ast.Expr] = {}
+    changed = True
+    while changed:
+        changed = False
+        for name, value in contexts.items():
+            if name not in own and any(mentions(value, s) for s in list(info.states) + list(own)):
+                own[name] = value
+                changed = True
+    return own
+
+
+def _inline(expr: ast.Expr, own: dict[str, ast.Expr], depth: int = 0) -> ast.Expr:
+    if isinstance(expr, ast.Name) and expr.id in own and depth < len(own) + 1:
+        return _inline(own[expr.id], own, depth + 1)
+    if not isinstance(expr, ast.Node):
+        return expr
+    updates = {}
+    for field, value in expr:
+        if isinstance(value, ast.Node):
+            updates[field] = _inline(value, own, depth)
+        elif isinstance(value, list):
+            updates[field] = [_inline(v, own, depth) if isinstance(v, ast.Node) else v for v in value]
+    return expr.model_copy(update=updates) if updates else expr
+
+
+def _shape(shape: ast.Shape, const) -> tuple[int, ...]:
+    if isinstance(shape, ast.ScalarShape):
+        return ()
+    return tuple(int(const(d)) for d in shape.dims)
+
+
+def _init_value(init) -> ast.Expr | None:
+    return init.value if isinstance(init, ast.InitValue) else None
+
+
+def _conv_sites(spec, const, params: dict) -> dict:
+    """One kernel per `conv` call, named after the definition it sits in: `k_conv` for
+    `key k = conv(...)`, `k_conv2` for a second call in the same definition. Its channel count
+    is known once a tensor flows (module.py fills the Param's shape at construction)."""
+    graph = spec.graph
+    sites = {}
+    definitions = []
+    for level in graph.levels.values():
+        definitions += [(c.name, c.value) for c in level.contexts.values()]
+        definitions += [(r.name, r.value) for r in level.reads.values()]
+        definitions += [(u.target, u.value) for u in level.updates]
+    if graph.output is not None:
+        definitions.append(("out", graph.output))
+    for owner, value in definitions:
+        calls = sorted((c for c in calls_in(value) if c.func == "conv"),
+                       key=lambda c: (c.span.line, c.span.col))
+        for index, call in enumerate(calls):
+            name = f"{owner}_conv" + (str(index + 1) if index else "")
+            if name in params or name in graph.levels[OUTER].contexts:
+                raise compile_error(call, f"the conv kernel's name {name!r} is taken",
+                                    "names free for the implicit parameters",
+                                    f"rename {name!r}: the kernel of this conv is called {name}",
+                                    spec.source)
+            width = const(call.args[1])
+            if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+                raise compile_error(call.args[1], f"conv width {width!r} is not a positive "
+                                    "integer", "a width >= 1", "the width counts taps", spec.source)
+            sites[(call.span.line, call.span.col)] = ConvSite(name, width, call.span.line,
+                                                              call.span.col)
+            params[name] = Param(name, (0, width), None, "conv")
+    return sites
+

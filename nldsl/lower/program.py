@@ -1,0 +1,102 @@
+"""The module program: a module spec lowered for concrete hyper-parameter values. Pure data.
+
+Everything the spec leaves implicit is explicit here: periods, chunks and heads as integers
+(evaluated from the values actually passed), the outer parameters with their shapes (conv
+kernels one per call site, learned initial states with their owner), each rule's hidden states
+(a momentum buffer), and each level's writes split into the parts the frequency semantics
+treat differently (docs/language.md, "Frequency and chunk semantics"):
+
+    gradient write   S <- decay * S - lr * G,   G = grad L at the chunk-start state
+    momentum write   m <- beta * m - lr * G;    S <- decay * S + m       (Titans eqs. 13-14)
+    explicit write   S <- value,                evaluated on S_{t-1}
+
+`lower/forms.py` recognises a level's writes as a known form for the fast schedules.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nldsl import ast
+
+
+@dataclass(frozen=True)
+class Param:
+    """An outer-level parameter: a state declared outside the levels, a conv kernel, or the
+    learned initial value of a fast state (`owner` is the level that learns it)."""
+
+    name: str
+    shape: tuple[int, ...]
+    init: ast.Expr | None          # None: the documented default for its role
+    role: str = "state"            # state | conv | initial
+    owner: str = "outer"
+
+
+@dataclass(frozen=True)
+class FastState:
+    """A state of a token level, once per sequence (and per head): [B, (H,) *shape]."""
+
+    name: str
+    shape: tuple[int, ...]
+    init: ast.Expr | None          # None with `learned`: starts from Param `initial`
+    learned: str | None = None     # the Param holding the learned initial value
+
+
+@dataclass(frozen=True)
+class ConvSite:
+    """`conv(a, width)` at one place in the spec: its kernel Param and where it is."""
+
+    param: str
+    width: int
+    line: int
+    col: int
+
+
+@dataclass(frozen=True)
+class ModuleWrite:
+    target: str
+    kind: str                      # gradient | momentum | explicit
+    value: ast.Expr | None = None  # explicit: the new value
+    grad: ast.Expr | None = None   # closed-form gradient (names the state: its chunk-start value)
+    loss: ast.Expr | None = None   # otherwise: the loss, differentiated by autograd
+    lr: ast.Expr | None = None
+    decay: ast.Expr | None = None
+    beta: ast.Expr | None = None   # momentum
+    derivation: str = "explicit"
+
+
+@dataclass(frozen=True)
+class TokenLevel:
+    name: str
+    period: int
+    chunk: int
+    heads: int | None
+    backprop: bool
+    partial: str                   # flush | drop
+    states: dict[str, FastState]
+    contexts: dict[str, ast.Expr]
+    writes: list[ModuleWrite]
+    reads: dict[str, tuple[ast.Expr, bool]]     # name -> (value, before_write)
+    hidden: dict[str, tuple[int, ...]] = field(default_factory=dict)  # momentum buffers
+
+
+@dataclass(frozen=True)
+class Program:
+    name: str
+    dim: int
+    hparams: dict[str, object]     # every hyper-parameter's value
+    params: dict[str, Param]
+    outer_contexts: dict[str, ast.Expr]
+    levels: list[TokenLevel]       # in update order: fastest first, dependencies first
+    output: ast.Expr
+    convs: dict[tuple[int, int], ConvSite]      # (line, col) of the call -> site
+
+    def level(self, name: str) -> TokenLevel:
+        return next(level for level in self.levels if level.name == name)
+
+    def owner(self, name: str) -> TokenLevel | None:
+        """The token level that defines `name` (state, hidden state, context or read)."""
+        for level in self.levels:
+            if (name in level.states or name in level.contexts or name in level.reads
+                    or name in level.hidden):
+                return level
+        return None

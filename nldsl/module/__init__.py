@@ -1,0 +1,31 @@
+"""Compile module specs to `torch.nn.Module`s (docs/modules.md).
+
+    m = nldsl.compile("deltanet", dim=256)          # schedule="chunked" by default
+    y, state = m(x)                                 # x: [B, T, dim]
+"""
+from __future__ import annotations
+
+from nldsl.errors import NLDSLError
+
+
+def compile(spec, schedule: str = "chunked", block_size: int = 64, **hparams):  # noqa: A001
+    """Spec (or stdlib name, path, text) + hyper-parameters -> CompiledModule.
+
+    `schedule` says how, never what: "reference" (token by token) or "chunked" (the fast
+    paths of docs/modules.md, block_size tokens at a time; a level without one runs token by
+    token). Changing either never changes a value beyond rounding."""
+    from nldsl.lower.module import lower_module
+    from nldsl.module.checks import resolve_hparams
+    from nldsl.module.module import SCHEDULES, CompiledModule
+    from nldsl.spec import Spec, load
+
+    spec = spec if isinstance(spec, Spec) else load(spec)
+    if spec.decl.kind != "module":
+        raise NLDSLError(f"{spec.decl.name} is an optimizer; nldsl.optimizer(spec, params) "
+                         "compiles it")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+    values = resolve_hparams(spec, hparams)
+    return CompiledModule(spec, lower_module(spec, values), schedule, block_size)

@@ -1,0 +1,68 @@
+"""Clear errors for bad input to a compiled module, before any tensor reaches torch."""
+from __future__ import annotations
+
+import difflib
+
+import torch
+
+from nldsl.consteval import hparam_values
+from nldsl.errors import NLDSLError
+
+STREAM = "_stream"
+
+
+def resolve_hparams(spec, given: dict) -> dict:
+    """Every hyper-parameter's value: the caller's, else the default. Unknown and missing names
+    are errors; declared types and ranges are checked by the validator's value check."""
+    decl = spec.decl
+    known = [h.name for h in decl.hparams]
+    for name in given:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise NLDSLError(f"{decl.name} has no hyper-parameter {name!r}{hint}; it has "
+                             f"{', '.join(known)}")
+    values = hparam_values(decl, given)
+    missing = [name for name in known if name not in values]
+    if missing:
+        raise NLDSLError(f"{decl.name} needs a value for {', '.join(missing)}: "
+                         f"nldsl.compile({decl.name!r}, {missing[0]}=...)")
+    return values
+
+
+def check_input(module, x) -> None:
+    dim = module.program.dim
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{module.program.name} takes a tensor x [B, T, {dim}], got {type(x).__name__}")
+    if x.ndim != 3 or x.shape[-1] != dim:
+        raise ValueError(f"{module.program.name} takes x of shape [B, T, {dim}] (dim={dim}), got "
+                         f"{list(x.shape)}")
+    ref = next(iter(module.parameters()), None)
+    if ref is not None and (x.dtype != ref.dtype or x.device != ref.device):
+        raise ValueError(f"x is {x.dtype} on {x.device} but the module's parameters are "
+                         f"{ref.dtype} on {ref.device}: call m.to(x) or convert x")
+
+
+def check_state(module, state, x) -> dict:
+    """The state must come from this module (same levels, names, shapes) and batch size."""
+    if not isinstance(state, dict):
+        raise TypeError(f"state must be the dict a previous call returned, got {type(state).__name__}")
+    expected = module.initial_state(x.shape[0])
+    if set(state) != set(expected):
+        raise ValueError(f"this state is not {module.program.name}'s: it has entries "
+                         f"{sorted(state)}, expected {sorted(expected)}")
+    for key, own in expected.items():
+        names = set(state[key]) - {n for n in state[key] if n.endswith((".pending", ".chunk_start"))}
+        if names != set(own):
+            raise ValueError(f"state[{key!r}] has {sorted(names)}, expected {sorted(own)}")
+        for name, value in own.items():
+            given = state[key][name]
+            if isinstance(value, torch.Tensor) and (not isinstance(given, torch.Tensor)
+                                                    or given.shape != value.shape):
+                shape = list(given.shape) if isinstance(given, torch.Tensor) else type(given).__name__
+                raise ValueError(f"state[{key!r}][{name!r}] has shape {shape}, expected "
+                                 f"{list(value.shape)} (batch {x.shape[0]}): a state from "
+                                 "another batch size or spec")
+    if not isinstance(state[STREAM]["t"], int) or state[STREAM]["t"] < 0:
+        raise ValueError("state['_stream']['t'] must be the non-negative count of tokens seen")
+    return state

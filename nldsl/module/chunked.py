@@ -1,0 +1,155 @@
+"""The `chunked` schedule: every token level whose update has a fast form runs over the whole
+call at once; a module with a level that has none runs the reference (same values, slower).
+
+Contexts, gates and `out` are evaluated once for all tokens (frame prefix [B, T]) by the same
+evaluator the reference uses per token; the recurrence of a linear memory (lower/forms.py) is
+`delta_chunk.linear_delta_blocks`. `plan_schedule` decides, at construction, which levels have
+a fast path; `CompiledModule.fast_paths` shows it.
+"""
+from __future__ import annotations
+
+import torch
+
+from nldsl import ast
+from nldsl.lower.forms import LinearForm, linear_form
+from nldsl.lower.program import Program, TokenLevel
+from nldsl.module.delta_chunk import linear_delta_blocks
+from nldsl.module.reference import STREAM, finish, run_reference
+from nldsl.runtime.evaluate import FrameEvaluator
+from nldsl.runtime.frame import Frame
+from nldsl.runtime.functions import causal_conv
+
+SEQUENCE = Frame(2)
+
+
+def plan_schedule(program: Program) -> dict[str, LinearForm]:
+    """level -> its fast form, for every level; {} when one level has none."""
+    forms = {level.name: linear_form(level, program) for level in program.levels}
+    return forms if all(forms.values()) else {}
+
+
+def run_chunked(program: Program, params: dict, x: torch.Tensor, state: dict, end: bool,
+                forms: dict[str, LinearForm], block: int):
+    if not forms or x.shape[1] == 0:
+        return run_reference(program, params, x, state, end)
+    values = _SequenceValues(program, params, x, state)
+    try:
+        for level in program.levels:
+            values.run_level(level, forms[level.name], block)
+    except _NotThisForm:
+        return run_reference(program, params, x, state, end)
+    y = values.evaluate(None, program.output)                     # [B, T, dim]
+    new_state = values.new_state
+    new_state[STREAM]["t"] = state[STREAM]["t"] + x.shape[1]
+    if end:
+        finish(program, new_state)
+    return y, new_state
+
+
+class _SequenceValues:
+    """Names over a whole call: x [B, T, dim], t [1, T], contexts, and the reads of the
+    levels already run."""
+
+    def __init__(self, program: Program, params: dict, x: torch.Tensor, state: dict):
+        self.program, self.params, self.x = program, params, x
+        self.new_state = {key: dict(value) for key, value in state.items()}
+        start = state[STREAM]["t"]
+        self.t = torch.arange(start + 1, start + 1 + x.shape[1], device=x.device).unsqueeze(0)
+        self.frames = {level.name: Frame(2, level.heads) for level in program.levels}
+        self.memo: dict[str, tuple[object, Frame]] = {}
+        self.bound: dict[str, object] = {}
+        self.convs: dict[str, torch.Tensor] = {}
+
+    def evaluate(self, level: TokenLevel | None, expr: ast.Expr):
+        frame = self.frames[level.name] if level is not None else SEQUENCE
+        lookup = lambda name: self._lookup(name, frame)
+        conv = lambda call, a, width: self._conv(call, a, frame)
+        return FrameEvaluator(frame, lookup, _no_memory, conv)(expr)
+
+    def run_level(self, level: TokenLevel, form: LinearForm, block: int) -> None:
+        frame = self.frames[level.name]
+        bsz, steps = self.x.shape[:2]
+        heads = level.heads or 1
+        per_head = lambda value, width: _heads_first(frame, value, self.x, heads, width)
+        s0 = self.new_state[level.name][form.state]               # [B, (H,) dv, dk]
+        dv, dk = s0.shape[-2:]
+        a = per_head(self.evaluate(level, form.decay), None)      # [B, H, T]
+        erase_is_zero = isinstance(form.erase, ast.Number) and form.erase.value == 0
+        c = None if erase_is_zero else per_head(self.evaluate(level, form.erase), None)
+        k = per_head(self.evaluate(level, form.key), dk)          # [B, H, T, dk]
+        w = per_head(self.evaluate(level, form.write), dv)        # [B, H, T, dv]
+        queries = [(per_head(self.evaluate(level, q), dk), before)
+                   for q, before in form.queries.values()]
+        s0 = s0 if level.heads is not None else s0.unsqueeze(1)
+        if not level.backprop:
+            a, k, w, s0 = a.detach(), k.detach(), w.detach(), s0.detach()
+            c = c.detach() if c is not None else None
+        ys, s_end = linear_delta_blocks(s0.transpose(-1, -2), a, c, k, w, queries, block)
+        s_end = s_end.transpose(-1, -2)                           # [B, H, dv, dk]
+        self.new_state[level.name][form.state] = s_end if level.heads is not None else s_end[:, 0]
+        for name, y in zip(form.queries, ys):
+            y = y.transpose(1, 2)                                 # [B, T, H, dv]
+            self.bound[name] = y if level.heads is not None else y[:, :, 0]
+        for name, expr in form.reads.items():
+            self.memo[name] = (self.evaluate(level, expr), frame)
+
+    def _lookup(self, name: str, frame: Frame):
+        program = self.program
+        if name in self.bound:
+            return self.bound[name]
+        if name == "x":
+            return SEQUENCE.merge(self.x, frame)
+        if name == "t":
+            return self.t if frame.heads is None else self.t.unsqueeze(-1)
+        if name in program.hparams:
+            return program.hparams[name]
+        if name in self.params:
+            return frame.lift(self.params[name])
+        if name in program.outer_contexts:
+            if name not in self.memo:
+                self.memo[name] = (self.evaluate(None, program.outer_contexts[name]), SEQUENCE)
+            return self._seen(name, frame)
+        owner = program.owner(name)
+        if owner is not None and name in owner.contexts and name not in self.memo:
+            self.memo[name] = (self.evaluate(owner, owner.contexts[name]), self.frames[owner.name])
+        if name not in self.memo:
+            raise KeyError(f"{name} is not available to the chunked schedule")
+        return self._seen(name, frame)
+
+    def _seen(self, name: str, frame: Frame):
+        value, source = self.memo[name]
+        return value if source == frame else source.merge(value, frame)
+
+    def _conv(self, call: ast.Call, a, frame: Frame):
+        site = self.program.convs[(call.span.line, call.span.col)]
+        if site.param not in self.convs:
+            merged = frame.merge(a, SEQUENCE)                     # [B, T, C]
+            cache = self.new_state[STREAM][site.param]            # [B, W-1, C]
+            y, self.new_state[STREAM][site.param] = causal_conv(merged, self.params[site.param], cache)
+            self.convs[site.param] = y
+        return SEQUENCE.merge(self.convs[site.param], frame)
+
+
+def _no_memory(name, u):
+    raise KeyError(f"memory {name} applied outside its fast path")
+
+
+def _heads_first(frame: Frame, value, x: torch.Tensor, heads: int, width: int | None):
+    """A per-head scalar (width None) or vector of the sequence frame as [B, H, T(, width)]."""
+    bsz, steps = x.shape[:2]
+    if not isinstance(value, torch.Tensor):
+        if width is not None:
+            raise _NotThisForm(value)
+        return x.new_full((bsz, heads, steps), float(value))
+    value = frame.split(value) if frame.heads is not None else value
+    rank = frame.rank(value)
+    if (width is None) != (rank == 0) or rank > 1:
+        raise _NotThisForm(value.shape)
+    if frame.heads is None:
+        value = value.unsqueeze(2)                                # [B, T, 1, ..]
+    shape = (bsz, steps, heads) + ((width,) if width is not None else ())
+    return value.expand(shape).movedim(2, 1)                     # [B, H, T, ..]
+
+
+class _NotThisForm(Exception):
+    """A gate turned out not to be one scalar per head (a channel-wise gate)."""

@@ -1,0 +1,102 @@
+"""`nldsl.compile(spec, schedule="chunked", **hparams) -> CompiledModule`, an `nn.Module`.
+
+    y, state = m(x, state=None)        x, y: [B, T, dim]
+
+The outer level's states are `nn.Parameter`s under the spec's names (`Wk`, `W_beta`, `Wo`); a
+conv kernel is `<definition>_conv` ([channels, width]); a learned initial state is
+`<state>_init` ([H, *shape] per head). The fast state is a dict, documented in docs/modules.md:
+
+    state[level][name]        a fast state, [B, (H,) *shape]
+    state[level][name + "_momentum"], [name + ".pending"], [name + ".chunk_start"]
+    state["_stream"]["t"]     tokens seen so far; state["_stream"][<conv kernel>] its cache
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nldsl.lower.module import lower_module
+from nldsl.lower.program import Program
+from nldsl.module.checks import check_input, check_state, resolve_hparams
+from nldsl.module.init import conv_kernel, draw
+from nldsl.module.reference import STREAM, run_reference
+
+SCHEDULES = ("reference", "chunked")
+
+
+class CompiledModule(nn.Module):
+    def __init__(self, spec, program: Program, schedule: str, block_size: int):
+        super().__init__()
+        self.spec, self.program, self.schedule, self.block_size = spec, program, schedule, block_size
+        for param in program.params.values():
+            if param.role == "conv":
+                continue
+            tensor = draw(param.init, param.shape, program.hparams)
+            self.register_parameter(param.name, nn.Parameter(tensor))
+        for level in program.levels:
+            for state in level.states.values():
+                if state.learned is None and _random(state.init):
+                    self.register_buffer(f"{state.name}_start", draw(state.init, state.shape,
+                                                                     program.hparams))
+        self._create_conv_kernels()
+        from nldsl.module.chunked import plan_schedule
+        self.fast_paths = plan_schedule(program) if schedule == "chunked" else {}
+
+    def _create_conv_kernels(self) -> None:
+        """Channel counts of conv kernels follow from the data flow: one token through the
+        reference finds them (no gradient, nothing kept; unit.py's conv creates a zero kernel
+        of the width that flows in when the kernel does not exist yet)."""
+        if not self.program.convs:
+            return
+        params = dict(self.named_parameters())
+        with torch.no_grad():
+            run_reference(self.program, params, torch.zeros(1, 1, self.program.dim),
+                          self.initial_state(1, probing=True))
+        for site in self.program.convs.values():
+            channels = params[site.param].shape[0]
+            self.register_parameter(site.param, nn.Parameter(conv_kernel(channels, site.width)))
+
+    # -- state -------------------------------------------------------------------------
+    def initial_state(self, batch: int, probing: bool = False) -> dict:
+        """The state at the start of a stream: every fast state at its initial value, expanded
+        to the batch (and heads); conv caches zero; t = 0."""
+        ref = next(iter(self.parameters()), torch.zeros(()))
+        state: dict = {STREAM: {"t": 0}}
+        for site in self.program.convs.values():
+            if not probing:
+                channels = self.get_parameter(site.param).shape[0]
+                state[STREAM][site.param] = ref.new_zeros(batch, site.width - 1, channels)
+        for level in self.program.levels:
+            own = {}
+            per_head = (level.heads,) if level.heads is not None else ()
+            for s in level.states.values():
+                if s.learned is not None:
+                    start = self.get_parameter(s.learned)
+                elif _random(s.init):
+                    start = self.get_buffer(f"{s.name}_start")
+                else:
+                    start = draw(s.init, s.shape, self.program.hparams, ref.dtype).to(ref.device)
+                if s.learned is None:
+                    start = start.expand(per_head + s.shape)
+                own[s.name] = start.expand((batch,) + per_head + s.shape)
+            for name, shape in level.hidden.items():
+                own[name] = ref.new_zeros((batch,) + per_head + shape)
+            state[level.name] = own
+        return state
+
+    def forward(self, x: torch.Tensor, state: dict | None = None, end: bool = True):
+        check_input(self, x)
+        state = self.initial_state(x.shape[0]) if state is None else check_state(self, state, x)
+        params = dict(self.named_parameters())
+        if self.schedule == "reference":
+            return run_reference(self.program, params, x, state, end)
+        from nldsl.module.chunked import run_chunked
+        return run_chunked(self.program, params, x, state, end, self.fast_paths, self.block_size)
+
+    def extra_repr(self) -> str:
+        values = ", ".join(f"{k}={v!r}" for k, v in self.program.hparams.items())
+        return f"spec={self.program.name}({values}), schedule={self.schedule!r}"
+
+
+def _random(init) -> bool:
+    return init is not None and getattr(init, "func", None) in ("normal", "uniform")

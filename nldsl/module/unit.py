@@ -1,0 +1,139 @@
+"""The values of one token in the reference schedule: what each name means, and when.
+
+A name is looked up from a *view* of a level:
+
+    view        a state of that level is          used for
+    snapshot    its chunk-start value             contexts, gradients (docs/language.md, Chunks)
+    current     its value now                     explicit updates, gates, plain reads, `out`
+    before      the value this token's write      `read ... before write`
+                started from (chunk-start under chunk C)
+
+Contexts and reads are computed once per token (memoised) in their own level's frame and seen
+from other frames merged over heads. A conv call site runs once per token, whoever asks.
+"""
+from __future__ import annotations
+
+import torch
+
+from nldsl import ast
+from nldsl.lower.program import ModuleWrite, Program, TokenLevel
+from nldsl.runtime.evaluate import FrameEvaluator
+from nldsl.runtime.frame import Frame
+from nldsl.runtime.functions import causal_conv, matmul
+
+STREAM = "_stream"
+BASE = Frame(1)
+
+
+class UnitValues:
+    def __init__(self, program: Program, params: dict, state: dict, x_t: torch.Tensor, t: int):
+        self.program, self.params, self.state, self.x, self.t = program, params, state, x_t, t
+        self.frames = {level.name: Frame(1, level.heads) for level in program.levels}
+        self.memo: dict[str, tuple[object, Frame]] = {}
+        self.convs: dict[tuple[int, int], torch.Tensor] = {}
+        self.before: dict[str, dict] = {}
+
+    # -- what the schedule asks for ------------------------------------------------------
+    def context(self, level: TokenLevel, name: str):
+        if name not in self.memo:
+            value = self.evaluate(level, "snapshot", level.contexts[name])
+            self.memo[name] = (value, self.frames[level.name])
+        return self.memo[name][0]
+
+    def outer_context(self, name: str):
+        if name not in self.memo:
+            self.memo[name] = (self._evaluator(None, "current")(self.program.outer_contexts[name]), BASE)
+        return self.memo[name][0]
+
+    def read(self, level: TokenLevel, name: str):
+        if name not in self.memo:
+            value, before = level.reads[name]
+            self.memo[name] = (self.evaluate(level, "before" if before else "current", value),
+                               self.frames[level.name])
+        return self.memo[name][0]
+
+    def output(self) -> torch.Tensor:
+        return self._evaluator(None, "current")(self.program.output)     # [B, dim]
+
+    def evaluate(self, level: TokenLevel, view: str, expr: ast.Expr, overrides=None):
+        return self._evaluator(level, view, overrides)(expr)
+
+    def gradient(self, level: TokenLevel, write: ModuleWrite):
+        """G = grad_S L at the chunk-start state: the closed form, or autograd on the loss
+        (per sequence and head: the states are separate tensors, so the gradient of the summed
+        loss is each unit's own gradient)."""
+        if write.grad is not None:
+            return self.evaluate(level, "snapshot", write.grad)
+        start = self._states(level, "snapshot")[write.target]
+        with torch.enable_grad():
+            leaf = start if start.requires_grad else start.detach().requires_grad_(True)
+            loss = self.evaluate(level, "snapshot", write.loss, {write.target: leaf})
+            keep = level.backprop and torch.is_grad_enabled()
+            (grad,) = torch.autograd.grad(loss.sum(), leaf, create_graph=keep)
+        return grad
+
+    # -- names -----------------------------------------------------------------------------
+    def _evaluator(self, level: TokenLevel | None, view: str, overrides=None) -> FrameEvaluator:
+        frame = self.frames[level.name] if level is not None else BASE
+        lookup = lambda name: self._lookup(name, level, view, frame, overrides or {})
+        apply = lambda name, u: self._apply(lookup(name), u, frame)
+        conv = lambda call, a, width: self._conv(call, a, frame)
+        return FrameEvaluator(frame, lookup, apply, conv)
+
+    def _lookup(self, name: str, level, view: str, frame: Frame, overrides: dict):
+        if name in overrides:
+            return overrides[name]
+        program = self.program
+        if name == "x":
+            return BASE.merge(self.x, frame)
+        if name == "t":
+            return self.t
+        if name in program.hparams:
+            return program.hparams[name]
+        if name in self.params:
+            return frame.lift(self.params[name])
+        if name in program.outer_contexts:
+            return BASE.merge(self.outer_context(name), frame)
+        owner = program.owner(name)
+        if owner is None:
+            raise KeyError(name)
+        if name in owner.contexts:
+            return self._seen(self.context(owner, name), owner, frame)
+        if name in owner.reads:
+            return self._seen(self.read(owner, name), owner, frame)
+        own_view = view if owner is level else "current"
+        return self._seen(self._states(owner, own_view)[name], owner, frame, state=True)
+
+    def _states(self, level: TokenLevel, view: str) -> dict:
+        own = self.state[level.name]
+        if view == "before":
+            return self.before[level.name]
+        if view == "snapshot" and level.chunk > 1:
+            return {name: own.get(f"{name}.chunk_start", own[name]) for name in level.states}
+        return own
+
+    def _seen(self, value, owner: TokenLevel, frame: Frame, state: bool = False):
+        source = self.frames[owner.name]
+        if source == frame:
+            return value
+        if state and source.heads is not None:
+            raise NotImplementedError("a per-head state read from another frame")
+        return source.merge(value, frame)
+
+    def _apply(self, memory, u, frame: Frame):
+        """M(u) for a matrix memory: M u."""
+        return matmul(memory, u, 2, 1)
+
+    def _conv(self, call: ast.Call, a, frame: Frame):
+        site = self.program.convs[(call.span.line, call.span.col)]
+        if site.param not in self.convs:
+            merged = frame.merge(a, BASE)                          # [B, C]
+            if site.param not in self.params:                      # construction's probe
+                self.params[site.param] = merged.new_zeros(merged.shape[-1], site.width)
+                self.state[STREAM][site.param] = merged.new_zeros(merged.shape[0], site.width - 1,
+                                                                  merged.shape[-1])
+            cache = self.state[STREAM][site.param]                 # [B, W-1, C]
+            y, self.state[STREAM][site.param] = causal_conv(merged[:, None], self.params[site.param],
+                                                            cache)
+            self.convs[site.param] = y[:, 0]                       # [B, C]
+        return BASE.merge(self.convs[site.param], frame)

@@ -1,0 +1,110 @@
+"""The vocabulary's tensor functions for batched values (nldsl/builtins.py names them).
+
+Each function takes the `nb` batch dims of its frame, so that reductions "over all elements"
+(`dot`, `l2`) reduce one unit's value dims and never the batch. Elementwise and last-dim
+functions ignore `nb`. Hyper-parameters and other Python numbers pass through `math`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+#: rmsnorm's and layernorm's epsilon inside the root, flash-linear-attention's default norm_eps.
+NORM_EPS = 1e-5
+#: l2norm divides by max(||a||, L2NORM_EPS), as the optimizer kernels do.
+L2NORM_EPS = 1e-12
+
+ELEMENTWISE = {
+    "sqrt": (torch.sqrt, math.sqrt), "exp": (torch.exp, math.exp), "log": (torch.log, math.log),
+    "abs": (torch.abs, abs), "sign": (torch.sign, lambda a: float((a > 0) - (a < 0))),
+    "tanh": (torch.tanh, math.tanh),
+    "sigmoid": (torch.sigmoid, lambda a: 1 / (1 + math.exp(-a))),
+    "softplus": (F.softplus, lambda a: math.log1p(math.exp(-abs(a))) + max(a, 0.0)),
+    "relu": (torch.relu, lambda a: max(a, 0.0)),
+    "gelu": (F.gelu, lambda a: 0.5 * a * (1 + math.erf(a / math.sqrt(2)))),
+    "silu": (F.silu, lambda a: a / (1 + math.exp(-a))),
+}
+
+
+def l2norm(a: torch.Tensor) -> torch.Tensor:
+    """a / max(||a||_2, eps) over the last dim."""
+    return a / a.norm(dim=-1, keepdim=True).clamp(min=L2NORM_EPS)
+
+
+def rmsnorm(a: torch.Tensor) -> torch.Tensor:
+    """a / sqrt(mean(a^2) + eps) over the last dim (no learned scale)."""
+    return a * torch.rsqrt(a.pow(2).mean(-1, keepdim=True) + NORM_EPS)
+
+
+def layernorm(a: torch.Tensor) -> torch.Tensor:
+    """(a - mean) / sqrt(var + eps) over the last dim (biased variance, no learned scale)."""
+    centred = a - a.mean(-1, keepdim=True)
+    return centred * torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + NORM_EPS)
+
+
+LAST_DIM = {
+    "l2norm": l2norm, "rmsnorm": rmsnorm, "layernorm": layernorm,
+    "softmax": lambda a: a.softmax(-1),
+    "norm": lambda a: a.norm(dim=-1, keepdim=True),
+    "sum": lambda a: a.sum(-1, keepdim=True),
+    "mean": lambda a: a.mean(-1, keepdim=True),
+    "transpose": lambda a: a.transpose(-1, -2),
+    "trace": lambda a: a.diagonal(0, -2, -1).sum(-1),
+    "stopgrad": lambda a: a.detach(),
+}
+
+
+def value_sum(a: torch.Tensor, nb: int) -> torch.Tensor:
+    """Sum over the value dims (everything after the `nb` batch dims)."""
+    return a.sum(tuple(range(nb, a.ndim))) if a.ndim > nb else a
+
+
+def dot(a, b, nb: int):
+    """<a, b> over one unit's elements."""
+    return value_sum(a * b, nb)
+
+
+def l2(a, b, nb: int):
+    """1/2 ||a - b||^2 over one unit's elements."""
+    return 0.5 * value_sum((a - b) ** 2, nb)
+
+
+def lp(a, b, p, nb: int):
+    """1/p sum |a - b|^p (Miras' l_p attentional bias)."""
+    return value_sum((a - b).abs() ** p, nb) / p
+
+
+def huber(a, b, delta, nb: int):
+    """sum of 1/2 r^2 where |r| <= delta, else delta (|r| - delta / 2); r = a - b."""
+    r = (a - b).abs()
+    return value_sum(torch.where(r <= delta, 0.5 * r * r, delta * (r - 0.5 * delta)), nb)
+
+
+def outer(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a b^T over the last dims: [.., n], [.., m] -> [.., n, m]."""
+    return a.unsqueeze(-1) * b.unsqueeze(-2)
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor, rank_a: int, rank_b: int) -> torch.Tensor:
+    """torch.matmul's rules on value dims, batch dims broadcast: x @ W, M @ k, A @ B, u @ w."""
+    if rank_a == 1 and rank_b == 1:
+        return (a * b).sum(-1)
+    if rank_a == 1:
+        return (a.unsqueeze(-2) @ b).squeeze(-2)
+    if rank_b == 1:
+        return (a @ b.unsqueeze(-1)).squeeze(-1)
+    return a @ b
+
+
+def causal_conv(a: torch.Tensor, kernel: torch.Tensor, cache: torch.Tensor):
+    """Depthwise causal convolution over time: y_t[c] = sum_j kernel[c, j] a_{t-W+1+j}[c].
+
+    a: [B, T, C], kernel: [C, W], cache: [B, W-1, C] (the inputs before a[:, 0], zeros at the
+    start of a stream). Returns (y [B, T, C], the new cache: the last W-1 inputs)."""
+    width = kernel.shape[1]
+    padded = torch.cat([cache, a], dim=1)                       # [B, W-1+T, C]
+    steps = a.shape[1]
+    y = sum(padded[:, j:j + steps] * kernel[:, j] for j in range(width))  # [B, T, C]
+    return y, padded[:, padded.shape[1] - (width - 1):]
