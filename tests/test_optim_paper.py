@@ -1,9 +1,15 @@
-"""The paper's optimizers against per-step references written here from the paper's equations."""
+"""The paper's optimizers against per-step references written here from the paper's equations.
+
+All in float64 (u = 2^-53): a reference and a schedule compute the same recurrence in another
+operation order, a few roundings per step over 7-20 steps of contracting or mildly growing
+dynamics (measured: under 1e-15 relative), far inside assert_close's float64 default
+(rtol = atol = 1e-7). M3's Newton-Schulz runs in float32: its own bound, below."""
 import pytest
 import torch
 
 import nldsl
 from nldsl.optim.kernels import newton_schulz
+from nldsl.testing import newton_schulz_error_bound
 
 
 def run(name, w0, grads_of, steps, **hparams):
@@ -86,11 +92,18 @@ def test_dmgd_is_eq_50_with_an_mlp_momentum():
 
 @pytest.mark.parametrize("form", ["sum", "ema"])
 def test_m3_is_algorithm_1(form):
+    """Everything in float64 but Newton-Schulz, which runs in float32 here and in the spec
+    (per matrix here and in `reference`, batched in `fused`): the two computed NS(M) are each
+    within `newton_schulz_error_bound` (float32, 3x5: 6.4e-3 in Frobenius norm, so in every
+    entry) of the exact iteration, so every step's W may differ by
+    lr (1 + alpha) 2 bound / (sqrt(v) + eps) per entry; the tolerance sums that over the steps,
+    plus assert_close's float64 default for the rest."""
     w0 = torch.randn(3, 5, dtype=torch.float64)
     lr, (b1, b2, b3), alpha, eps, f = 0.01, (0.9, 0.99, 0.8), 0.5, 1e-8, 3
     w = w0.clone()
     m1, v, m2 = (torch.zeros_like(w) for _ in range(3))
-    pending, o2, expected = [], newton_schulz(torch.zeros_like(w)), []
+    pending, o2, expected, tolerances = [], newton_schulz(torch.zeros_like(w)), [], []
+    ns_bound, drift = newton_schulz_error_bound((3, 5), 5, "quintic", "float32"), torch.zeros_like(w)
     for t in range(1, 13):
         g = quadratic_grads(w.flatten(), t).reshape(3, 5)
         if form == "sum":
@@ -98,6 +111,8 @@ def test_m3_is_algorithm_1(form):
         else:
             m1, v = b1 * m1 + (1 - b1) * g, b2 * v + (1 - b2) * g * g
         w = w - lr * (newton_schulz(m1) + alpha * o2) / (v.sqrt() + eps)   # lines 9-10
+        drift = drift + lr * (1 + alpha) * 2 * ns_bound / (v.sqrt() + eps)
+        tolerances.append(drift.clone())
         pending.append(g)
         if t % f == 0:                                              # line 3, next outer iteration
             total = sum(pending)
@@ -108,8 +123,8 @@ def test_m3_is_algorithm_1(form):
     paths = run("m3", w0, grads_of, 12, lr=lr, betas=(b1, b2, b3), alpha=alpha, eps=eps, f=f,
                 form=form)
     for path in paths.values():
-        for got, want in zip(path, expected):
-            torch.testing.assert_close(got, want)
+        for got, want, drift in zip(path, expected, tolerances):
+            assert ((got - want).abs() <= drift + 1e-7 + 1e-7 * want.abs()).all()
 
 
 def test_paper_form_adam_is_eq_105():
