@@ -2,10 +2,13 @@
 
     spec = nldsl.load("adam")          # a stdlib name, a path to a .nl file, or spec text
     print(spec)                        # canonical text
+    opt = nldsl.optimizer("adam", model.parameters())
+    m = nldsl.compile("deltanet", dim=256)  # an nn.Module: y, state = m(x)
 """
 from nldsl.errors import NLDSLError
+from nldsl.module import compile
 from nldsl.optim import optimizer
 from nldsl.render import render
 from nldsl.spec import Spec, load
 
-__all__ = ["NLDSLError", "Spec", "load", "optimizer", "render"]
+__all__ = ["NLDSLError", "Spec", "compile", "load", "optimizer", "render"]

@@ -128,7 +128,26 @@ def _is_free(terms: list[tuple]) -> bool:
 
 
 def _scale(term: tuple, factor: ast.Expr) -> tuple:
-    return (term[0], binary("*", factor, term[1])) + term[2:]
+    return (term[0], _times(factor, term[1])) + term[2:]
+
+
+def _negate(e: ast.Expr) -> ast.Expr:
+    if isinstance(e, ast.Unary) and e.op == "-":
+        return e.operand
+    if isinstance(e, ast.Number):
+        return num(-e.value)
+    return ast.Unary(op="-", operand=e)
+
+
+def _times(factor: ast.Expr, e: ast.Expr) -> ast.Expr:
+    """factor * e, with signs pulled out so that the printed coefficients read as written."""
+    if isinstance(factor, ast.Number) and factor.value == -1:
+        return _negate(e)
+    if isinstance(factor, ast.Unary) and factor.op == "-":
+        return _negate(_times(factor.operand, e))
+    if isinstance(e, ast.Unary) and e.op == "-":
+        return _negate(_times(factor, e.operand))
+    return binary("*", factor, e)
 
 
 def _collect(terms: list[tuple]):
@@ -137,7 +156,7 @@ def _collect(terms: list[tuple]):
         if term[0] == "S":
             decay = binary("+", decay, term[1])
         elif term[0] == "erase":
-            erase = binary("-", erase, term[1])
+            erase = _negate(term[1]) if erase == num(0) else binary("-", erase, term[1])
             keys += [term[2], term[3]]
         elif term[0] == "write":
             vector = binary("+", vector, term[1])

@@ -8,7 +8,7 @@ from nldsl.errors import NLDSLError
 
 
 def compile_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", metavar="FILE|NAME", help="an optimizer spec (stdlib name or .nl file)")
+    parser.add_argument("spec", metavar="FILE|NAME", help="an optimizer or module spec (stdlib name or .nl file)")
     parser.add_argument("--show-code", action="store_true",
                         help="print the generated Python/torch source of the fused schedule")
     parser.add_argument("--plan", action="store_true", help="print the derived update rules")
@@ -21,7 +21,10 @@ def run_compile(args: argparse.Namespace) -> int:
     from nldsl.spec import load
 
     try:
-        plan = lower(load(args.spec))
+        spec = load(args.spec)
+        if spec.decl.kind == "module":
+            return _run_module(spec, args)
+        plan = lower(spec)
         mode, source = generate(plan)
     except NLDSLError as err:
         print(err, file=sys.stderr)
@@ -37,4 +40,16 @@ def run_compile(args: argparse.Namespace) -> int:
         print(source, end="")
     else:
         print(f"fused schedule: {mode} (--show-code prints it)")
+    return 0
+
+
+def _run_module(spec, args) -> int:
+    """A module spec with its hyper-parameters' defaults (the required ones set to 8)."""
+    from nldsl.module import compile as compile_module
+    from nldsl.module.show import describe
+
+    needed = {h.name: 8 for h in spec.decl.hparams if h.default is None}
+    module = compile_module(spec, **needed)
+    print(describe(module.program, module.fast_paths,
+                   {n: tuple(p.shape) for n, p in module.named_parameters()}), end="")
     return 0
