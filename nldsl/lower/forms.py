@@ -80,10 +80,13 @@ def _terms(e: ast.Expr, s: str) -> list[tuple]:
     if isinstance(e, ast.Name) and e.id == s:
         return [("S", num(1))]
     if isinstance(e, ast.Unary) and e.op == "-":
-        return [_scale(t, num(-1)) for t in _terms(e.operand, s)]
+        operand = _terms(e.operand, s)
+        return [("free", e)] if _is_free(operand) else [_scale(t, num(-1)) for t in operand]
     if isinstance(e, ast.Binary) and e.op in "+-":
-        right = _terms(e.right, s)
-        return _terms(e.left, s) + (right if e.op == "+" else [_scale(t, num(-1)) for t in right])
+        left, right = _terms(e.left, s), _terms(e.right, s)
+        if _is_free(left) and _is_free(right):
+            return [("free", e)]
+        return left + (right if e.op == "+" else [_scale(t, num(-1)) for t in right])
     if isinstance(e, ast.Binary) and e.op in "*/":
         left, right = _terms(e.left, s), _terms(e.right, s)
         if e.op == "/":
