@@ -65,10 +65,12 @@ class UnitValues:
         if write.grad is not None:
             return self.evaluate(level, "snapshot", write.grad)
         start = self._states(level, "snapshot")[write.target]
+        keep = level.backprop and torch.is_grad_enabled()
         with torch.enable_grad():
-            leaf = start if start.requires_grad else start.detach().requires_grad_(True)
+            # a fresh node of the graph: the outer gradient still reaches `start` through it
+            leaf = start.clone() if keep and start.requires_grad else \
+                start.detach().requires_grad_(True)
             loss = self.evaluate(level, "snapshot", write.loss, {write.target: leaf})
-            keep = level.backprop and torch.is_grad_enabled()
             (grad,) = torch.autograd.grad(loss.sum(), leaf, create_graph=keep)
         return grad
 
