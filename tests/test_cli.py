@@ -142,7 +142,8 @@ def test_demo_tabulates_every_valid_stdlib_spec(capsys):
             assert line.split()[1] == nldsl.load(name).kind
     assert f"{len(valid)} of {len(names)} standard-library specs are valid" in table
     if len(valid) == len(names):
-        trained = table[table.index(next(t for t in table if t.startswith("spec "))) + 2:]
+        start = table.index(next(t for t in table if t.startswith("spec "))) + 2
+        trained = table[start:table.index("", start)]
         assert {line.split()[0] for line in trained} == set(RUNS)
 
 
