@@ -291,3 +291,262 @@ def newton_schulz_error_bound(shape, steps: int = 5, polynomial="quintic",
     per_step = (n + 2 * m + 4) * (abs(a) + abs(b) + abs(c)) + 2
     growth = sum(slope ** j for j in range(int(steps)))
     return UNIT_ROUNDOFF[precision] * per_step * growth * top * m ** 0.5
+
+
+# ---------------------------------------------------------------- valid-looking optimizer specs
+
+#: Names that collide with Python or with the generated code's own names (issue 8, §5), beside
+#: ordinary ones. Grammar keywords are left out (they are not names), `int` & co. are not.
+FUZZ_NAMES = ("int", "float", "zip", "any", "len", "range", "x", "st", "c", "writing", "spec",
+              "schedule", "lambda", "class", "None", "self", "torch", "math", "kernels", "group",
+              "p", "g", "m", "v", "k", "lr", "beta", "eps", "__debug__", "W_2", "_h", "sum_")
+
+#: Built-ins (nldsl.builtins.FUNCTIONS) by how an optimizer expression can call them on
+#: W-shaped tensors [r, c]; `optimizer_specs` asserts it covers the table.
+ELEMENTWISE = ("sqrt", "exp", "log", "abs", "sign", "tanh", "sigmoid", "softplus", "relu", "gelu",
+               "silu", "softmax", "l2norm", "rmsnorm", "layernorm", "stopgrad")
+LAST_DIM_REDUCTIONS = ("norm", "sum", "mean")                      # [r, 1], broadcasts with [r, c]
+MODULE_ONLY = ("conv", "attention", "window_attention", "concat", "wsum")
+INITIALISERS = ("zeros", "ones", "eye", "normal", "uniform")
+
+
+def fuzz_names() -> st.SearchStrategy[str]:
+    """A user name: one of FUZZ_NAMES, or a short identifier (never a grammar keyword)."""
+    return st.one_of(st.sampled_from(FUZZ_NAMES), names().filter(lambda n: len(n) <= 3))
+
+
+#: Constructs `optimizer_specs(exclude=...)` can leave out, each a family the fuzzer finds broken.
+CONSTRUCTS = frozenset({"python-names", "rule-chains", "tensor-conditionals", "clamp-stopgrad",
+                        "odd"})
+
+
+@st.composite
+def optimizer_specs(draw, max_levels: int = 3, exclude: frozenset = frozenset()) -> str:
+    """The text of an optimizer spec drawn from the vocabulary tables (nldsl.builtins FUNCTIONS
+    and RULES): hyper-parameters of every type (float, int, bool, str choice, tuple), levels
+    `every N steps` with keys/lets (also used before they are defined), states `like W` (initial
+    values 0, W, grad(W), an expression, another state, themselves, or an initialiser) and MLP
+    states, objectives `minimize ... by` every rule with positional and keyword arguments and
+    `then` chains, explicit updates, reads (also `before write`), every built-in (also the
+    module-only ones, the objectives used as values and `grad` of a non-parameter, which
+    nldsl must reject with a located error), conditionals on bools, strings, `step`, shapes
+    and tensors (`not` included), and names from FUZZ_NAMES. Mostly shape-correct for matrix
+    parameters, never guaranteed valid: the property is "runs alike in both schedules, or
+    fails with a located NLDSLError".
+
+    `exclude` leaves out constructs (CONSTRUCTS): "python-names" (FUZZ_NAMES: only short
+    generated names), "rule-chains" (`then`), "tensor-conditionals" (`a if tensor > x else b`,
+    `not tensor`), "clamp-stopgrad", "odd" (module-only built-ins, `grad` of a non-parameter,
+    initialisers and out-of-range numbers inside expressions, built-ins on numbers)."""
+    unknown = set(exclude) - CONSTRUCTS
+    if unknown:
+        raise ValueError(f"unknown constructs {sorted(unknown)}; known: {sorted(CONSTRUCTS)}")
+    pool = names().filter(lambda n: len(n) <= 3) if "python-names" in exclude else fuzz_names()
+    elementwise = tuple(f for f in ELEMENTWISE if f != "stopgrad" or "clamp-stopgrad" not in exclude)
+    from nldsl.builtins import FUNCTIONS, RULES
+
+    used: set[str] = {"W", "step"}
+
+    def fresh() -> str:
+        name = draw(pool.filter(lambda n: n not in used and n not in FUNCTIONS
+                                        and n not in RULES and n != "task"))
+        used.add(name)
+        return name
+
+    # hyper-parameters
+    lr = fresh()
+    hp_lines = [f"{lr} = {draw(st.sampled_from(['0.01', '1e-3', '0.1']))} > 0"]
+    floats, bools, strs, ints, tuples = [lr], [], [], [], []
+    for _ in range(draw(st.integers(0, 3))):
+        kind, name = draw(st.sampled_from(["float", "bool", "str", "int", "tuple"])), fresh()
+        if kind == "float":
+            hp_lines.append(f"{name} = {draw(st.sampled_from(['0.5', '0.9', '2.0', '1e-8']))}"
+                            + draw(st.sampled_from(["", " >= 0", " in [0, 10]"])))
+            floats.append(name)
+        elif kind == "bool":
+            hp_lines.append(f"{name} = {draw(st.sampled_from(['true', 'false']))}")
+            bools.append(name)
+        elif kind == "str":
+            hp_lines.append(f'{name} = "{draw(st.sampled_from(["a", "b"]))}" in {{"a", "b"}}')
+            strs.append(name)
+        elif kind == "int":
+            hp_lines.append(f"{name}: int = {draw(st.integers(1, 3))} >= 1")
+            ints.append(name)
+        else:
+            hp_lines.append(f"{name} = (0.9, 0.99) in [0, 1]")
+            tuples.append(name)
+
+    def scalar() -> str:
+        options = [draw(st.sampled_from(["0", "1", "0.5", "2", "0.001", "3.5", "1e-3"]))]
+        options += floats + [f"{t}[{draw(st.integers(0, 1))}]" for t in tuples]
+        options += ["step", "size(W, 0)", "size(W, -1)", "ndim(W)"] + ints
+        return draw(st.sampled_from(options))
+
+    def condition(tensors, depth) -> str:
+        options = ["step > 1", "step == 2", "ndim(W) == 2", "size(W, 0) >= size(W, 1)"]
+        options += bools + [f'{s} == "a"' for s in strs] + [f"{s} != \"b\"" for s in strs]
+        extra = ["and"] if "tensor-conditionals" in exclude else ["tensor", "not", "and"]
+        choice = draw(st.sampled_from(options + extra))
+        if choice == "tensor":
+            return f"{expr(tensors, depth - 1)} > {scalar()}"
+        if choice == "not":
+            return f"not ({condition(tensors, depth - 1)})"
+        if choice == "and":
+            return f"{condition(tensors, depth - 1)} and {condition(tensors, depth - 1)}"
+        return choice
+
+    def expr(tensors, depth=2) -> str:
+        """A W-shaped tensor (mostly)."""
+        leaves = ["W", "grad(W)"] + tensors
+        if depth <= 0:
+            return draw(st.sampled_from(leaves))
+        kinds = ["leaf", "leaf", "unary", "binary", "binary", "scaled", "maxmin", "clamp", "if",
+                 "ns", "reduce", "matmul", "scalar_of", "neg", "odd"]
+        kind = draw(st.sampled_from([k for k in kinds if k not in exclude
+                                     and not (k == "clamp" and "clamp-stopgrad" in exclude)]))
+        sub = lambda: expr(tensors, depth - 1)
+        if kind == "leaf":
+            return draw(st.sampled_from(leaves))
+        if kind == "unary":
+            return f"{draw(st.sampled_from(elementwise))}({sub()})"
+        if kind == "binary":
+            return f"({sub()} {draw(st.sampled_from(['+', '-', '*', '/']))} {sub()})"
+        if kind == "scaled":
+            return f"({scalar()} {draw(st.sampled_from(['*', '/', '+', '-', '**']))} {sub()})" \
+                if draw(st.booleans()) else f"({sub()} ** {draw(st.sampled_from(['2', '0.5', '3']))})"
+        if kind == "maxmin":
+            return f"{draw(st.sampled_from(['max', 'min']))}({sub()}, {draw(st.sampled_from([scalar(), sub()]))})"
+        if kind == "clamp":
+            return f"clamp({sub()}, {draw(st.sampled_from(['0 - 1', '0', '-0.5']))}, {draw(st.sampled_from(['1', '2']))})"
+        if kind == "if":
+            return f"({sub()} if {condition(tensors, depth)} else {sub()})"
+        if kind == "ns":
+            args = [sub()]
+            positional = draw(st.integers(0, 4))
+            values = [str(draw(st.integers(1, 5))), draw(st.sampled_from(['"cubic"', '"quintic"',
+                      "(3.4445, -4.7750, 2.0315)"])), draw(st.sampled_from(["1e-7", "1000.0"])),
+                      draw(st.sampled_from(['"float32"', '"bfloat16"', '"float64"']))]
+            keys = ["steps", "polynomial", "eps", "precision"]
+            args += values[:positional]
+            args += [f"{k} = {v}" for k, v in zip(keys[positional:], values[positional:])
+                     if draw(st.booleans())]
+            return f"newton_schulz({', '.join(args)})"
+        if kind == "reduce":
+            return f"({sub()} - {draw(st.sampled_from(LAST_DIM_REDUCTIONS))}({sub()}))"
+        if kind == "matmul":
+            return draw(st.sampled_from([f"(outer({sub()}, {sub()}) @ {sub()})",
+                                         f"({sub()} @ transpose({sub()}) @ {sub()})",
+                                         f"transpose(transpose({sub()}))"]))
+        if kind == "scalar_of":                            # a number times a tensor
+            return draw(st.sampled_from([
+                f"trace({sub()} @ transpose({sub()})) * {sub()}",
+                f"dot({sub()}, {sub()}) * {sub()}", f"l2({sub()}, {sub()}) * {sub()}",
+                f"lp({sub()}, {sub()}, 3) * {sub()}", f"huber({sub()}, {sub()}, 1.0) * {sub()}",
+                f"orthogonality({sub()}) * {sub()}"]))
+        if kind == "neg":
+            return f"-{sub()}" if draw(st.booleans()) else f"(0 - {sub()})"
+        # odd: what nldsl must reject with a located error, or run alike
+        return draw(st.sampled_from([
+            f"grad({draw(st.sampled_from(tensors + [lr, '3', 'W * 2', 'step']))})",
+            f"conv({sub()}, 2)", f"attention({sub()}, {sub()}, {sub()})",
+            f"window_attention({sub()}, {sub()}, {sub()}, 2)", f"concat({sub()}, {sub()})",
+            f"wsum((0.5, 0.5), {sub()}, {sub()})", f"{draw(st.sampled_from(INITIALISERS))}()",
+            f"{draw(st.sampled_from(['1e400', '10 ** 1000', '1e-400']))} * {sub()}",
+            f"{draw(st.sampled_from(ELEMENTWISE[:11]))}({scalar()}) * {sub()}",
+            f"(not {sub()}) * {sub()}", f"({sub()} if {sub()} > 0 else 0 - {sub()})",
+        ]))
+
+    # levels: declare names first so expressions can refer to states and reads anywhere
+    count = draw(st.integers(1, max_levels))
+    plans = []
+    for _ in range(count):
+        plans.append(dict(name=fresh(), every=draw(st.sampled_from(["1", "1", "2"] + ints)),
+                          states=[fresh() for _ in range(draw(st.integers(0, 2)))],
+                          mlp=fresh() if draw(st.integers(0, 5)) == 0 else None,
+                          contexts=[fresh() for _ in range(draw(st.integers(0, 2)))],
+                          reads=[fresh() for _ in range(draw(st.integers(0, 1)))]))
+    states = [s for plan in plans for s in plan["states"]]
+    reads = [r for plan in plans for r in plan["reads"]]
+
+    def rule_call(state_tensors) -> str:
+        name = draw(st.sampled_from(sorted(RULES)))
+        spec = RULES[name]
+        values = {"lr": draw(st.sampled_from([lr, "0.1", f"1 - {draw(st.sampled_from(floats))}"])),
+                  "decay": draw(st.sampled_from(["1", "0.9", "0"])),
+                  "normalized": draw(st.sampled_from(["true", "false"])),
+                  "beta": draw(st.sampled_from(["0.9", "0.5"] + [f"{t}[0]" for t in tuples])),
+                  "steps": str(draw(st.integers(1, 5))),
+                  "polynomial": draw(st.sampled_from(['"cubic"', '"quintic"'])),
+                  "eps": draw(st.sampled_from(["1e-7", "0.5"])),
+                  "precision": draw(st.sampled_from(['"float32"', '"float64"', '"bfloat16"']))}
+        required = [p for p in spec.params if p not in spec.defaults]
+        optional = [p for p in spec.params if p in spec.defaults and draw(st.booleans())]
+        positional = draw(st.integers(0, len(required)))
+        args = [values[p] for p in required[:positional]]
+        args += [f"{p} = {values[p]}" for p in required[positional:] + optional]
+        if not args and draw(st.booleans()):
+            return name
+        return f"{name}({', '.join(args)})"
+
+    def objective(state, tensors) -> str:
+        e = lambda: expr(tensors, 1)
+        loss = draw(st.sampled_from([
+            f"-dot({state}, {e()})", f"dot({state}, {e()})", f"l2({state}, {e()})",
+            f"l2({state} @ {draw(st.sampled_from(tensors))}, 0)",
+            f"orthogonality({state})", f"lp({state}, {e()}, 3)", f"huber({state}, {e()}, 1.0)",
+            f"l2({state}, {e()}) + 0.5 * orthogonality({state})",
+            f"window(step, l2({state} * {e()}, {e()}), 0.9) + 0.1 * l2({state}, 0)",
+            f"window(1, l2({state}, {e()}), 1)",
+            f"-dot({state}, {e()}) if {condition(tensors, 1)} else l2({state}, 0)",
+        ]))
+        links = 1 if "rule-chains" in exclude else draw(st.integers(1, 2))
+        chain = [rule_call(tensors) for _ in range(links)]
+        return f"{state}: minimize {loss} by {' then '.join(chain)}"
+
+    lines = []
+    for plan in plans:
+        body = []
+        visible = states + reads + plan["contexts"]
+        for name in plan["contexts"]:
+            role = draw(st.sampled_from(["key", "value", "gate", "let", "let"]))
+            body.append(f"{role} {name} = {expr([t for t in visible if t != name], 1)}")
+        for name in plan["states"]:
+            init = draw(st.sampled_from(["0", "0", "W", "grad(W)", "expr", "other", "self",
+                                         "init", "none"]))
+            if init == "expr":
+                init = expr([], 1)
+            elif init == "other":
+                init = draw(st.sampled_from(states))
+            elif init == "self":
+                init = name
+            elif init == "init":
+                fn = draw(st.sampled_from(INITIALISERS))
+                init = f"{fn}({'0.1' if fn in ('normal', 'uniform') and draw(st.booleans()) else ''})"
+            body.append(f"state {name} like W" + ("" if init == "none" else f" = {init}"))
+            if draw(st.booleans()):
+                body.append(objective(name, visible))
+            else:
+                body.append(f"{name} <- {expr(visible, 2)}")
+        if plan["mlp"]:
+            m = plan["mlp"]
+            act = draw(st.sampled_from(["silu", "gelu", "relu", "tanh", "linear", "bogus"]))
+            extra = ", residual" if draw(st.booleans()) else ""
+            body.append(f"state {m} : mlp(size(W, -1) -> 2 * size(W, -1) -> size(W, -1), {act}{extra})")
+            body.append(f"{m}: minimize {draw(st.sampled_from(['dot', 'l2']))}({m}(grad(W)), grad(W)) by "
+                        f"gd({lr}, decay = 0.9)")
+            body.append(f"read {plan['reads'][0] if plan['reads'] else fresh()} = {m}(grad(W))")
+            reads_here = plan["reads"][1:]
+        else:
+            reads_here = plan["reads"]
+        for name in reads_here:
+            before = " before write" if draw(st.booleans()) else ""
+            body.append(f"read {name} = {expr(visible, 1)}{before}")
+        body = draw(st.permutations(body))
+        lines.append(f"  level {plan['name']} every {plan['every']} steps {{")
+        lines += [f"    {line}" for line in body] + ["  }"]
+    update = draw(st.sampled_from([f"W - {lr} * {expr(states + reads, 2)}",
+                                   f"W - {lr} * tanh({expr(states + reads, 2)})",
+                                   expr(states + reads, 2)]))
+    weights = [f"  level {fresh()} every 1 step {{", f"    W <- {update}", "  }"]
+    lines = weights + lines if draw(st.booleans()) else lines + weights
+    return (f"optimizer {fresh()}({', '.join(hp_lines)}) {{\n" + "\n".join(lines) + "\n}\n")
