@@ -1,0 +1,151 @@
+"""Issue 9 §3: the `chunked` schedule equals the `reference` one, in float64, for outputs, final
+states (conv caches and the token count included) and gradients with respect to x and every
+parameter; the block size never changes a value beyond rounding.
+
+Every spec here must actually take the fast path (asserted first): a chunked module that fell
+back to the reference would pass the comparison trivially.
+
+Tolerances: `_module_cases.rounding_bound` derives them from the arithmetic (two float64
+evaluations of a norm-<=1 recurrence that associate their sums differently).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from _module_cases import SPECS, assert_close, build, flat_state, inputs, rounding_bound
+
+#: (spec, T, B, heads, block sizes). Blocks that divide T, that do not, block 1, and blocks
+#: longer than T; heads 1 (the frame's unsplit special case), 2 and 3. T = 256 only for the
+#: two full layers, the reference being a Python loop over tokens.
+CASES = [
+    (spec, 1, 1, 2, (1, 16)) for spec in SPECS
+] + [
+    (spec, 63, 3, 3, (16, 63, 64)) for spec in SPECS
+] + [
+    (spec, 100, 1, 2, (25, 64)) for spec in SPECS
+] + [
+    ("linear_attention", 100, 3, 1, (7, 100)),
+    ("deltanet_recurrence", 100, 3, 1, (1, 32)),
+    ("deltanet", 256, 3, 2, (64, 48)),
+    ("gated_deltanet", 256, 3, 2, (64, 96)),
+]
+
+_reference: dict = {}
+
+
+def _run(module, x, seed):
+    """(y, final state, {"x": dL/dx, name: dL/dparam}) for L = <y, r> + sum <state, r_s>: the
+    final state enters the loss too, so its gradient path (used when a stream is trained
+    across segments) is compared as well."""
+    x = x.clone().requires_grad_(True)
+    y, state = module(x)
+    generator = torch.Generator().manual_seed(7 + seed)
+    loss = (y * torch.randn(y.shape, generator=generator, dtype=y.dtype)).sum()
+    for value in flat_state(state).values():
+        if isinstance(value, torch.Tensor) and value.requires_grad:
+            loss = loss + (value * torch.randn(value.shape, generator=generator,
+                                               dtype=value.dtype)).sum()
+    names = [n for n, _ in module.named_parameters()]
+    grads = torch.autograd.grad(loss, [x] + [p for _, p in module.named_parameters()],
+                                allow_unused=True)
+    out = {"x": grads[0]}
+    for name, g, (_, p) in zip(names, grads[1:], module.named_parameters()):
+        out[name] = torch.zeros_like(p) if g is None else g
+    return y.detach(), {k: (v.detach() if isinstance(v, torch.Tensor) else v)
+                        for k, v in flat_state(state).items()}, out
+
+
+def reference(spec, steps, batch, heads):
+    key = (spec, steps, batch, heads)
+    if key not in _reference:
+        module = build(spec, "reference", heads=heads)
+        _reference[key] = _run(module, inputs(batch, steps, module.program.dim, 0), 0)
+    return _reference[key]
+
+
+def _width(spec, heads):
+    hparams = SPECS[spec][1]
+    return max(hparams.get("head_dim", 1), hparams.get("head_v_dim", 1))
+
+
+RUNS = [(spec, steps, batch, heads, block) for spec, steps, batch, heads, blocks in CASES
+        for block in blocks]
+
+
+def _run_id(run):
+    spec, steps, batch, heads, block = run
+    divides = "divides" if steps % block == 0 else "ragged"
+    return f"{spec}-T{steps}-B{batch}-H{heads}-block{block}-{divides}"
+
+
+@pytest.mark.parametrize("run", RUNS, ids=_run_id)
+def test_chunked_equals_reference(run):
+    spec, steps, batch, heads, block_size = run
+    module = build(spec, "chunked", block_size=block_size, heads=heads)
+    assert module.fast_paths, f"{spec} must take the fast path, or this test proves nothing"
+    y_ref, state_ref, grads_ref = reference(spec, steps, batch, heads)
+    y, state, grads = _run(module, inputs(batch, steps, module.program.dim, 0), 0)
+    width = _width(spec, heads)
+    bound = rounding_bound(steps, width, block_size)
+    assert_close(y, y_ref, bound, "y")
+    assert state.keys() == state_ref.keys()
+    for name, value in state_ref.items():
+        if isinstance(value, torch.Tensor):
+            assert_close(state[name], value, bound, f"state {name}")
+        else:
+            assert state[name] == value, name
+    assert grads.keys() == grads_ref.keys()
+    # Gradients are compared at the run's largest gradient magnitude: backward rounding errors
+    # enter through the cotangents of the shared recurrence, and a parameter's gradient can be
+    # a cancellation of such terms (T = 1 DeltaNet: rmsnorm(M q) = rmsnorm(beta (k.q) v) does
+    # not depend on the scale of k.q except through the norm's eps, so dL/dq_conv is an
+    # O(eps) remainder of O(1) terms).
+    scale = max(g.abs().max().item() for g in grads_ref.values())
+    for name, g in grads_ref.items():
+        # (at T = 1 the decay multiplies M_0 = 0, so A_log, dt_bias, W_a get no gradient)
+        assert steps == 1 or g.abs().max() > 0, f"d loss / d {name} is zero: untested"
+        error = (grads[name] - g).abs().max().item()
+        bound_g = rounding_bound(steps, width, block_size, passes=3)
+        assert error <= bound_g * scale, \
+            f"d loss / d {name}: max error {error:.3e} > {bound_g:.3e} x scale {scale:.3e}"
+
+
+@pytest.mark.parametrize("spec", list(SPECS))
+def test_block_size_never_changes_a_value(spec):
+    """Chunked with block sizes 1 (one token per block: the WY form degenerates to the token
+    recurrence), 5, 40 (= T) and 128 (> T, one padded block) on the same input: equal to each
+    other within the rounding bound of the largest block."""
+    steps, batch = 40, 2
+    runs = {}
+    for block_size in (1, 5, 40, 128):
+        module = build(spec, "chunked", block_size=block_size, heads=2)
+        assert module.fast_paths
+        runs[block_size] = module(inputs(batch, steps, module.program.dim, 3))
+    y1, s1 = runs[1]
+    bound = rounding_bound(steps, _width(spec, 2), 128)
+    for block_size, (y, state) in runs.items():
+        assert_close(y, y1, bound, f"y, block {block_size} vs 1")
+        for name, value in flat_state(s1).items():
+            if isinstance(value, torch.Tensor):
+                assert_close(flat_state(state)[name], value, bound, f"{name}, block {block_size}")
+
+
+def test_rounding_bound_is_not_vacuous():
+    """The bound used above is far below the size of a plausible bug: at T = 256, block 96,
+    width 5 it is below 1e-9 (relative), while a decay applied one token late changes a
+    Gated DeltaNet output by O(1 - alpha) ~ 1e-1."""
+    assert rounding_bound(256, 5, 96, passes=3) < 1e-9
+
+
+def test_a_wrong_decay_is_caught():
+    """The comparison detects a real difference: the same module with one A_log entry moved
+    by 1e-3 differs from the reference by far more than the bound."""
+    steps, batch = 63, 1
+    y_ref, _, _ = reference("gated_deltanet", steps, batch, 3)
+    module = build("gated_deltanet", "chunked", block_size=16, heads=3)
+    with torch.no_grad():
+        module.A_log[0] += 1e-3
+    y, _ = module(inputs(batch, steps, module.program.dim, 0))
+    error = (y - y_ref).abs().max() / y_ref.abs().max()
+    assert error > 1e3 * rounding_bound(steps, 5, 16)
