@@ -15,9 +15,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nldsl.lower.module import lower_module
+from nldsl.graph import OUTER
 from nldsl.lower.program import Program
-from nldsl.module.checks import check_input, check_state, resolve_hparams
+from nldsl.lower.unsupported import compile_error
+from nldsl.module.checks import check_input, check_state
+from nldsl.module.chunked import plan_schedule, run_chunked
 from nldsl.module.init import conv_kernel, draw
 from nldsl.module.reference import STREAM, run_reference
 
@@ -28,6 +30,7 @@ class CompiledModule(nn.Module):
     def __init__(self, spec, program: Program, schedule: str, block_size: int):
         super().__init__()
         self.spec, self.program, self.schedule, self.block_size = spec, program, schedule, block_size
+        _check_names(spec, program)
         for param in program.params.values():
             if param.role == "conv":
                 continue
@@ -39,7 +42,6 @@ class CompiledModule(nn.Module):
                     self.register_buffer(f"{state.name}_start", draw(state.init, state.shape,
                                                                      program.hparams))
         self._create_conv_kernels()
-        from nldsl.module.chunked import plan_schedule
         self.fast_paths = plan_schedule(program) if schedule == "chunked" else {}
 
     def _create_conv_kernels(self) -> None:
@@ -90,12 +92,23 @@ class CompiledModule(nn.Module):
         params = dict(self.named_parameters())
         if self.schedule == "reference":
             return run_reference(self.program, params, x, state, end)
-        from nldsl.module.chunked import run_chunked
         return run_chunked(self.program, params, x, state, end, self.fast_paths, self.block_size)
 
     def extra_repr(self) -> str:
         values = ", ".join(f"{k}={v!r}" for k, v in self.program.hparams.items())
         return f"spec={self.program.name}({values}), schedule={self.schedule!r}"
+
+
+def _check_names(spec, program: Program) -> None:
+    """A parameter is an attribute of the module: its name must not be one of nn.Module's."""
+    states = spec.graph.levels[OUTER].states
+    for name in program.params:
+        if hasattr(nn.Module, name) or name in ("training", "spec", "program", "schedule",
+                                                "block_size", "fast_paths"):
+            where = states[name].decl if name in states else spec.decl
+            raise compile_error(where, f"the parameter name {name!r} is taken by the module "
+                                "itself", "a name that is not an attribute of torch.nn.Module",
+                                f"rename {name!r} (e.g. {name}_w)", spec.source)
 
 
 def _random(init) -> bool:
