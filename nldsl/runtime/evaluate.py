@@ -22,6 +22,13 @@ _ARITH = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator
           ">=": operator.ge, "==": operator.eq, "!=": operator.ne}
 
 
+#: The built-ins `FrameEvaluator._call` computes besides fn.ELEMENTWISE and fn.LAST_DIM
+#: (lower/unsupported.py lists those the module compiler rejects; init built-ins are not
+#: expressions).
+SPECIAL = ("conv", "max", "min", "clamp", "dot", "l2", "outer", "lp", "huber", "orthogonality",
+           "concat", "size", "ndim", "wsum")
+
+
 def _tensor(value) -> bool:
     return isinstance(value, torch.Tensor)
 
@@ -94,7 +101,6 @@ class FrameEvaluator:
         if func == "conv":
             return self.conv(e, self(e.args[0]), int(self(e.args[1])))
         args = [self(a) for a in e.args]
-        kwargs = {k.name: self(k.value) for k in e.kwargs}
         f = self.frame
         if func in fn.ELEMENTWISE:
             torch_fn, math_fn = fn.ELEMENTWISE[func]
@@ -106,6 +112,8 @@ class FrameEvaluator:
         if func in ("dot", "l2", "outer"):
             a, b = f.align(f.split(args[0]), f.split(args[1]))
             return fn.outer(a, b) if func == "outer" else getattr(fn, func)(a, b, f.nb)
+        if func == "orthogonality":
+            return fn.orthogonality(f.split(args[0]), f.nb)
         if func in ("lp", "huber"):
             a, b = f.align(f.split(args[0]), f.split(args[1]))
             return getattr(fn, func)(a, b, args[2], f.nb)
@@ -122,7 +130,6 @@ class FrameEvaluator:
             for i, branch in enumerate(branches):
                 total = total + weights[..., i] * branch if _tensor(weights) else total + weights[i] * branch
             return total
-        del kwargs
         return self.apply(func, f.split(args[0]))
 
     def _extremum(self, func, args):

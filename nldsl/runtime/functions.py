@@ -82,6 +82,13 @@ def huber(a, b, delta, nb: int):
     return value_sum(torch.where(r <= delta, 0.5 * r * r, delta * (r - 0.5 * delta)), nb)
 
 
+def orthogonality(a, nb: int):
+    """1/2 ||a^T a - I||_F^2 of one unit's matrix (eq. 43)."""
+    gram = a.transpose(-1, -2) @ a
+    eye = torch.eye(gram.shape[-1], dtype=a.dtype, device=a.device)
+    return 0.5 * value_sum((gram - eye) ** 2, nb)
+
+
 def outer(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a b^T over the last dims: [.., n], [.., m] -> [.., n, m]."""
     return a.unsqueeze(-1) * b.unsqueeze(-2)
