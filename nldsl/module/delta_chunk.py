@@ -20,24 +20,56 @@ a unit lower-triangular system (I + N) Delta = W - (c gamma' K) S_0. With T = (I
     Y'    = gamma' Q S_0 + ((Q K^T) o D_prev) Delta     (`before write`: S_{t-1}^T q_t)
     S_end = gamma_L S_0 + (D[L-1, :] K)^T Delta
 
+Everything that does not involve S_0 is computed for all blocks at once; what does is
+regrouped so that the block-to-block pass is one product per block:
+
+    S_end = C S_0 + A,     C = gamma_L I - E^T V,   A = E^T U,   E = D[L-1, :] o K
+    Y     = P S_0 + R,     P = gamma o Q - ((Q K^T) o D) V,     R = ((Q K^T) o D) U
+
+(Y' likewise with gamma', D_prev). The pass S_0 -> S_end runs block by block (one batched
+product each); then every block's Y is one batched product with the stacked block-start states.
 Products of decays are cumulative products, never ratios, so a decay of exactly 0 is exact.
-Only the block-to-block pass is sequential. The block size is a schedule choice: any value
-gives the same numbers as the token loop up to rounding.
+The block size is a schedule choice: any value gives the same numbers as the token loop up to
+rounding. Layout: every block of every (batch, head) is one batch entry [G = B H n, L, ..]; the
+triangular solve is handed to LAPACK in the column-major layout it wants (no copies) and has a
+backward of one more solve and one product (`_unit_lower_solve`).
 """
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 
 def decay_products(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """a [.., L] -> D [.., L, L] with D[t, i] = prod_{i<j<=t} a_j (t >= i, else 0), and
     gamma [.., L] = prod_{j<=t} a_j."""
     length = a.shape[-1]
-    lower = torch.ones(length, length, dtype=torch.bool, device=a.device).tril(-1)
-    factors = torch.where(lower, a.unsqueeze(-1), torch.ones_like(a).unsqueeze(-1))  # [.., L, L]
-    products = factors.cumprod(dim=-2)
-    d = products * torch.ones(length, length, dtype=a.dtype, device=a.device).tril()
-    return d, a.cumprod(dim=-1)
+    ones = torch.ones(length, length, dtype=a.dtype, device=a.device)
+    if not a.requires_grad and bool((a == 1).all()):              # no decay: exact shortcut
+        return ones.tril().expand(*a.shape, length), torch.ones_like(a)
+    lower = ones.tril(-1).bool()
+    factors = torch.where(lower, a.unsqueeze(-1), 1.0)           # [.., L, L]: a_t below the diagonal
+    return factors.cumprod(dim=-2).tril(), a.cumprod(dim=-1)
+
+
+class _UnitLowerSolve(torch.autograd.Function):
+    """X = (I + N)^{-1} R for strictly lower N [G, L, L], R [G, L, m]. Backward (Z = A^{-T} G):
+    dR = Z, dN = -tril_{-1}(Z X^T)."""
+
+    @staticmethod
+    def forward(ctx, n, r):
+        a = n + torch.eye(n.shape[-1], dtype=n.dtype, device=n.device)
+        # X^T A^T = R^T: A^T and R^T are column-major views, as LAPACK's trsm wants them.
+        x = torch.linalg.solve_triangular(a.mT, r.mT, upper=True, left=False, unitriangular=True).mT
+        ctx.save_for_backward(a, x)
+        return x
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        a, x = ctx.saved_tensors
+        z = torch.linalg.solve_triangular(a, grad.mT, upper=False, left=False, unitriangular=True).mT
+        return torch.bmm(z, x.mT).neg_().tril_(-1), z
 
 
 def linear_delta_blocks(s0, a, c, k, w, queries, block: int):
@@ -56,33 +88,48 @@ def linear_delta_blocks(s0, a, c, k, w, queries, block: int):
         k = torch.nn.functional.pad(k, (0, 0, 0, pad))
         w = torch.nn.functional.pad(w, (0, 0, 0, pad))
         queries = [(torch.nn.functional.pad(q, (0, 0, 0, pad)), b) for q, b in queries]
-    blocks = lambda t: t.reshape(bsz, heads, n, block, *t.shape[3:])   # [B, H, n, L, ..]
-    a, k, w = blocks(a), blocks(k), blocks(w)
-    d, gamma = decay_products(a)                                  # [B, H, n, L, L], [.., L]
-    gamma_prev = torch.cat([torch.ones_like(gamma[..., :1]), gamma[..., :-1]], dim=-1)
-    d_prev = torch.cat([torch.zeros_like(d[..., :1, :]), d[..., :-1, :]], dim=-2)  # D[t-1, i]
+    g = bsz * heads * n
+    blocks = lambda t: t.reshape(g, block, *t.shape[3:])          # [G, L, ..], G = B H n
+    a, k, w = a.reshape(g, block), blocks(k), blocks(w)
+    d, gamma = decay_products(a)                                  # [G, L, L], [G, L]
+    gamma_prev = torch.cat([torch.ones_like(gamma[:, :1]), gamma[:, :-1]], dim=-1)
+    d_prev = torch.cat([torch.zeros_like(d[:, :1]), d[:, :-1]], dim=-2)   # D[t-1, i]
+    kt = k.mT                                                     # [G, dk, L]
+    edge = (d[:, -1, :].unsqueeze(-1) * k).mT                     # E^T [G, dk, L]
+    decay_end = gamma[:, -1]                                      # gamma_L [G]
     if c is None:
         u, v = w, None
     else:
-        c = blocks(c)
-        nmat = c.unsqueeze(-1) * d_prev * (k @ k.transpose(-1, -2))            # [.., L, L]
-        eye = torch.eye(block, dtype=k.dtype, device=k.device)
-        rhs = torch.cat([w, (c * gamma_prev).unsqueeze(-1) * k], dim=-1)       # [.., L, dv+dk]
-        solved = torch.linalg.solve_triangular(eye + nmat, rhs, upper=False, unitriangular=True)
-        u, v = solved[..., :dv], solved[..., dv:]                              # [.., L, dv], [.., L, dk]
-    q_blocks = [(blocks(q), before) for q, before in queries]
-    scores = [(q @ k.transpose(-1, -2)) * (d_prev if before else d) for q, before in q_blocks]
-    outputs = [[] for _ in queries]
-    state = s0
-    last = d[..., -1, :].unsqueeze(-1) * k                                      # [.., L, dk]
+        c = c.reshape(g, block)
+        nmat = (c.unsqueeze(-1) * d_prev) * torch.bmm(k, kt)                  # [G, L, L]
+        rhs = torch.cat([w, (c * gamma_prev).unsqueeze(-1) * k], dim=-1)      # [G, L, dv+dk]
+        solved = _UnitLowerSolve.apply(nmat, rhs)
+        u, v = solved[..., :dv], solved[..., dv:]                             # [G, L, dv], [G, L, dk]
+    # block-to-block pass: S_{j+1} = C_j S_j + A_j over the n blocks of each (batch, head)
+    per_seq = lambda t: t.reshape(bsz * heads, n, *t.shape[1:])
+    grow = per_seq(torch.bmm(edge, u))                                         # A [BH, n, dk, dv]
+    if v is not None:
+        eye = torch.eye(dk, dtype=k.dtype, device=k.device)
+        carry = per_seq(decay_end[:, None, None] * eye - torch.bmm(edge, v))   # C [BH, n, dk, dk]
+    else:
+        scale = per_seq(decay_end)[..., None, None]                            # [BH, n, 1, 1]
+    state = s0.reshape(bsz * heads, dk, dv)
+    starts = []
     for j in range(n):
-        delta = u[:, :, j] if v is None else u[:, :, j] - v[:, :, j] @ state   # [B, H, L, dv]
-        for out, (q, before), score in zip(outputs, q_blocks, scores):
-            g = (gamma_prev if before else gamma)[:, :, j].unsqueeze(-1)        # [B, H, L, 1]
-            out.append(g * (q[:, :, j] @ state) + score[:, :, j] @ delta)     # [B, H, L, dv]
-        state = gamma[:, :, j, -1, None, None] * state + last[:, :, j].transpose(-1, -2) @ delta
-    ys = [torch.cat(out, dim=2)[:, :, :steps] for out in outputs]
-    return ys, state
+        starts.append(state)
+        state = (torch.baddbmm(grow[:, j], carry[:, j], state) if v is not None
+                 else torch.addcmul(grow[:, j], scale[:, j], state))
+    start = torch.stack(starts, dim=1).reshape(g, dk, dv)                      # S_0 of each block
+    ys = []
+    for q, before in queries:
+        q = blocks(q)
+        score = torch.bmm(q, kt) * (d_prev if before else d)                   # [G, L, L]
+        p = (gamma_prev if before else gamma).unsqueeze(-1) * q                # [G, L, dk]
+        if v is not None:
+            p = p - torch.bmm(score, v)
+        y = torch.baddbmm(torch.bmm(score, u), p, start)                       # P S_0 + R
+        ys.append(y.reshape(bsz, heads, n * block, dv)[:, :, :steps])
+    return ys, state.reshape(bsz, heads, dk, dv)
 
 
 def linear_delta_loop(s0, a, c, k, w, queries):
