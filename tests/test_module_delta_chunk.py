@@ -50,8 +50,10 @@ def loop(s0, a, c, k, w, queries):
     return [torch.stack(o, dim=2) for o in outs], s
 
 
-def check(steps, block, seed=0, erase=True, zeros=(), erase_zeros=False):
+def check(steps, block, seed=0, erase=True, zeros=(), erase_zeros=False, unit_decay=False):
     s0, a, c, k, w, q = problem(steps, seed, erase, zeros, erase_zeros)
+    if unit_decay:
+        a = torch.ones_like(a)                      # DeltaNet, linear attention: a = 1
     queries = [(q, False), (q, True)]
     ys, s_end = linear_delta_blocks(s0, a, c, k, w, queries, block)
     ys_loop, s_loop = loop(s0, a, c, k, w, queries)
@@ -74,6 +76,13 @@ def test_blocks_equal_the_loop(steps, block):
 @pytest.mark.parametrize("steps, block", BLOCKS)
 def test_blocks_equal_the_loop_without_erase(steps, block):
     check(steps, block, erase=False)
+
+
+@pytest.mark.parametrize("erase", [True, False], ids=["delta", "hebbian"])
+@pytest.mark.parametrize("steps, block", BLOCKS)
+def test_blocks_equal_the_loop_with_unit_decay(steps, block, erase):
+    """a = 1 exactly (the no-decay shortcut of decay_products)."""
+    check(steps, block, erase=erase, unit_decay=True)
 
 
 def test_module_loop_equals_the_loop():
@@ -131,24 +140,37 @@ def test_no_queries():
     assert_close(s, s_loop, rounding_bound(10, max(DK, DV), 4), "S")
 
 
+@pytest.mark.parametrize("variant", ["decay", "unit-decay", "no-erase"])
 @pytest.mark.parametrize("block", [pytest.param(b, id=f"block{b}") for b in (1, 5, 8)])
-def test_gradients_equal_the_loop(block):
+def test_gradients_equal_the_loop(block, variant):
     """d/d(s0, a, c, k, w, q) of <y, r> + <S_T, r'>; the forward error feeds the backward
-    pass (rounding_bound's passes = 3)."""
-    s0, a, c, k, w, q = (t.requires_grad_(True) for t in problem(16, 4))
-    inputs = (s0, a, c, k, w, q)
+    pass (rounding_bound's passes = 3). `unit-decay`: a = 1 but requiring a gradient (the
+    shortcut must not drop d/da)."""
+    s0, a, c, k, w, q = problem(16, 4, erase=variant != "no-erase")
+    if variant == "unit-decay":
+        a = torch.ones_like(a)
+    if c is None:
+        c = torch.zeros_like(a)                      # a zero leaf, so the tuple stays aligned
+        erase_of = lambda c: None
+    else:
+        erase_of = lambda c: c
+    inputs = tuple(t.requires_grad_(True) for t in (s0, a, c, k, w, q))
+    s0, a, c, k, w, q = inputs
     g = torch.Generator().manual_seed(9)
     r = torch.randn(B, H, 16, DV, generator=g, dtype=torch.float64)
     r2 = torch.randn(B, H, DK, DV, generator=g, dtype=torch.float64)
 
     def grads(run):
-        ys, s = run(s0, a, c, k, w, [(q, False)])
-        return torch.autograd.grad((ys[0] * r).sum() + (s * r2).sum(), inputs)
+        ys, s = run(s0, a, erase_of(c), k, w, [(q, False)])
+        return torch.autograd.grad((ys[0] * r).sum() + (s * r2).sum(), inputs,
+                                   allow_unused=True, materialize_grads=True)
 
     blocked = grads(lambda *args: linear_delta_blocks(*args, block))
     looped = grads(loop)
     bound = rounding_bound(16, max(DK, DV), block, passes=3)
     for name, gb, gl in zip(("s0", "a", "c", "k", "w", "q"), blocked, looped):
+        if name == "c" and variant == "no-erase":
+            continue
         assert gl.abs().max() > 0
         assert_close(gb, gl, bound, f"d/d{name}")
 
@@ -170,3 +192,12 @@ def test_decay_products_batch_dims():
     d, gamma = decay_products(a)
     assert d.shape == (2, 3, 4, 6, 6) and gamma.shape == (2, 3, 4, 6)
     assert torch.equal(d[1, 2, 3], decay_products(a[1, 2, 3])[0])
+
+
+def test_decay_products_of_ones():
+    """The no-decay shortcut gives the general formula's values: D = lower triangle of ones."""
+    d, gamma = decay_products(torch.ones(3, 6, dtype=torch.float64))
+    assert torch.equal(d, torch.ones(6, 6, dtype=torch.float64).tril().expand(3, 6, 6))
+    assert torch.equal(gamma, torch.ones(3, 6, dtype=torch.float64))
+    general, _ = decay_products(torch.ones(3, 6, dtype=torch.float64).requires_grad_(True))
+    assert torch.equal(general.detach(), d)
