@@ -373,3 +373,20 @@ def test_unsupported_construct_is_located(name):
     col = text.splitlines()[line - 1].index(where) + 1
     assert f":{line}:{col}: error:" in str(info.value)
     assert construct in str(info.value)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("spec", list(SPECS))
+def test_sequences_of_a_batch_are_independent(spec, schedule):
+    """Each sequence of a batch gives what it gives alone (batch dims are never mixed); to
+    rounding, since batched products may associate differently."""
+    from _module_cases import assert_close, rounding_bound
+    m = build(spec, schedule, block_size=8, heads=2)
+    x = inputs(3, 12, 8, 4)
+    with torch.no_grad():
+        y, state = m(x)
+        for b in range(3):
+            alone, own = m(x[b:b + 1])
+            bound = rounding_bound(12, 5, 8)
+            assert_close(alone, y[b:b + 1], bound, f"y of sequence {b}")
+            assert_close(own["memory"]["M"], state["memory"]["M"][b:b + 1], bound, f"M of {b}")

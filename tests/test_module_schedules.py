@@ -153,33 +153,40 @@ def test_a_wrong_decay_is_caught():
 
 # -- user-written specs: the form is recognised by structure, not by name ---------------------
 
-_USER = '''module my_memory(dim: int >= 1, nh = 2 >= 1, width = 4 >= 1) {
-  state P : [dim, nh * width] = normal(0.02)
-  state Q : [dim, nh * width] = normal(0.02)
-  state R : [dim, nh * width] = normal(0.02)
+_USER = '''module my_memory(dim: int >= 1, nh = 2 >= 1, width = 4 >= 1, eta = 0.3 > 0) {
+  state P : [dim, PROJ] = normal(0.02)
+  state Q : [dim, PROJ] = normal(0.02)
+  state R : [dim, PROJ] = normal(0.02)
   state G : [dim, GATE_WIDTH] = normal(0.02)
-  state A : [dim, nh] = normal(0.02)
-  state O : [nh * width, dim] = normal(0.02)
+  state A : [dim, GATE_WIDTH] = normal(0.02)
+  state O : [PROJ, dim] = normal(0.02)
   level LEVEL {
-    state S : [width, width] = 0
+    state S : [width, width] INIT
     key kk = l2norm(x @ P)
     value vv = x @ Q
     query qq = l2norm(x @ R)
-    gate b = sigmoid(x @ G)
+    gate b = GATE
     gate a = sigmoid(x @ A)
     UPDATE
-    read r = S(qq)
+    READ
   }
-  out = r @ O
+  out = OUT
 }
 '''
 _EVERY_TOKEN = "fast every 1 token heads nh backprop"
 
 
-def user_spec(update, level=_EVERY_TOKEN, gate_width="nh"):
-    return (_USER.replace("UPDATE", update).replace("LEVEL", level)
-            .replace("GATE_WIDTH", gate_width))
+def user_spec(update, level=_EVERY_TOKEN, gate_width="nh", proj="nh * width",
+              gate="sigmoid(x @ G)", init="= 0", read="read r = S(qq)", out="r @ O"):
+    text = _USER
+    for key, value in (("UPDATE", update), ("LEVEL", level), ("GATE_WIDTH", gate_width),
+                       ("PROJ", proj), ("GATE", gate), ("INIT", init), ("READ", read),
+                       ("OUT", out)):                  # GATE_WIDTH before GATE
+        text = text.replace(key, value)
+    return text
 
+
+_DELTA = "S <- S - b * outer(S @ kk - vv, kk)"
 
 #: The delta rule and its relatives under other names (state S, level fast, contexts kk, vv,
 #: qq, b, a), written as explicit updates and as objectives: all must take the fast path.
@@ -190,13 +197,26 @@ FAST_USER_SPECS = {
     "gated-delta-explicit": user_spec("S <- a * S - b * outer(a * S(kk) - vv, kk)"),
     "hebbian-gd-decay": user_spec("minimize -dot(S(kk), vv) by gd(lr = b, decay = a)"),
     "delta-dgd": user_spec("minimize l2(S(kk), vv) by dgd(lr = b)"),
+    "overwrite-decay-0": user_spec("S <- outer(vv, kk)"),
+    "no-heads": user_spec(_DELTA, level="fast every 1 token backprop", proj="width",
+                          gate_width="1"),
+    "no-heads-indexed-gate": user_spec(_DELTA, level="fast every 1 token backprop",
+                                       proj="width", gate_width="2", gate="sigmoid(x @ G)[1]"),
+    "no-backprop": user_spec(_DELTA, level="fast every 1 token heads nh"),
+    "read-before-write": user_spec(_DELTA, read="read r = S(qq) before write"),
+    "two-reads": user_spec(_DELTA, read="read r = S(qq)\n    read r2 = rmsnorm(S(kk)) before write",
+                           out="r @ O + r2 @ O + x"),
+    "hyperparameter-gate": user_spec(_DELTA, gate="eta"),
+    "clamped-gate": user_spec(_DELTA, gate="clamp(sigmoid(x @ G), 0.2, 0.8)"),
+    "eye-initial-state": user_spec(_DELTA, init="= eye()"),
+    "random-initial-state": user_spec(_DELTA, init="= normal(0.3)"),
+    "learned-initial-state": user_spec(_DELTA, init="init learned"),
 }
 
 #: Not of the form: a channel-wise gate (b of width nh * width, not one scalar per head), the
 #: delta rule with gradients at chunk-start states (`chunk 4`), a level writing every 2 tokens.
 SLOW_USER_SPECS = {
-    "channel-wise-gate": user_spec("S <- S - b * outer(S @ kk - vv, kk)",
-                                   gate_width="nh * width"),
+    "channel-wise-gate": user_spec(_DELTA, gate_width="nh * width"),
     "delta-chunk-4": user_spec("minimize l2(S(kk), vv) by gd(lr = b)",
                                level="fast every 1 token chunk 4 heads nh backprop"),
     "delta-every-2": user_spec("minimize l2(S(kk), vv) by gd(lr = b)",
@@ -235,6 +255,14 @@ def test_users_delta_rule_takes_the_fast_path(name):
     fast = _compare_user(FAST_USER_SPECS[name])
     assert set(fast.fast_paths) == {"fast"}
     assert fast.fast_paths["fast"].state == "S"
+
+
+@pytest.mark.xfail(strict=True, reason="bug: the chunked schedule's t is an int64 arange, so "
+                   "1 / t is computed in the default dtype (float32) and a float64 module's "
+                   "gate is rounded to ~1e-8 (the reference's t is a Python int)")
+def test_a_gate_of_t_takes_the_fast_path():
+    fast = _compare_user(user_spec(_DELTA, gate="1 / t"))
+    assert fast.fast_paths
 
 
 @pytest.mark.parametrize("name", [n for n in SLOW_USER_SPECS if n != "channel-wise-gate"])
@@ -321,3 +349,17 @@ def test_stream_cut_inside_a_chunk_or_period(name, a):
             y_cut, state_cut = _cut(m, x, a)
         assert torch.equal(y_cut, y), schedule
         assert torch.equal(state_cut["fast"]["S"], state["fast"]["S"]), schedule
+
+
+@pytest.mark.parametrize("schedule", ["reference", "chunked"])
+def test_an_indexed_gate_is_per_sequence(schedule):
+    """`sigmoid(x @ G)[1]` indexes the value, never the batch: each sequence of a batch gets
+    its own gate (nldsl/runtime/evaluate.py indexed dim 0, the batch, before the fix)."""
+    text = FAST_USER_SPECS["no-heads-indexed-gate"]
+    m = _user_module(text, schedule)
+    x = inputs(3, 10, 6, 9)
+    with torch.no_grad():
+        y, _ = m(x)
+        for b in range(3):
+            alone, _ = m(x[b:b + 1])
+            assert_close(alone, y[b:b + 1], rounding_bound(10, 4, 8), f"sequence {b}")

@@ -50,7 +50,11 @@ class FrameEvaluator:
     def _string(self, e): return e.value
     def _name(self, e): return self.lookup(e.id)
     def _tuple(self, e): return tuple(self(item) for item in e.items)
-    def _index(self, e): return self(e.value)[int(self(e.index))]
+    def _index(self, e):
+        value, index = self(e.value), int(self(e.index))
+        if _tensor(value):                     # the first value dim (per head), never a batch dim
+            return self.frame.split(value).select(self.frame.nb, index)
+        return value[index]
 
     def _unary(self, e):
         value = self(e.operand)
