@@ -108,3 +108,14 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, bound: float, wha
 def flat_state(state: dict) -> dict[str, object]:
     """state[level][name] -> {"level.name": value}."""
     return {f"{level}.{name}": value for level, own in state.items() for name, value in own.items()}
+
+
+def forbid_fallback(monkeypatch) -> None:
+    """Make the chunked schedule's fallback to the token loop an error: `m.fast_paths` being
+    non-empty does not prove the fast path ran (run_chunked falls back at call time when a
+    gate turns out not to be one scalar per head)."""
+    import nldsl.module.chunked as chunked
+
+    def fallback(*args, **kwargs):
+        raise AssertionError("the chunked schedule fell back to the reference")
+    monkeypatch.setattr(chunked, "run_reference", fallback)

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _module_cases import U64, assert_close, build, inputs, rounding_bound
+from _module_cases import U64, assert_close, build, forbid_fallback, inputs, rounding_bound
 
 RMS_EPS = 1e-5
 
@@ -150,11 +150,12 @@ WIDTH = {"linear_attention": 3, "deltanet": 3, "gated_deltanet": 5, "deltanet_re
 
 @pytest.mark.parametrize("schedule", ["reference", "chunked"])
 @pytest.mark.parametrize("spec", list(PAPERS))
-def test_spec_is_its_papers_recurrence(spec, schedule):
+def test_spec_is_its_papers_recurrence(spec, schedule, monkeypatch):
     steps, batch, heads, block = 37, 2, 3, 16
     m = build(spec, schedule, block_size=block, heads=heads, seed=4)
     if schedule == "chunked":
         assert m.fast_paths
+        forbid_fallback(monkeypatch)
     x = inputs(batch, steps, m.program.dim, 4)
     with torch.no_grad():
         y, state = m(x)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _module_cases import SPECS, assert_close, build, flat_state, inputs, rounding_bound
+from _module_cases import SPECS, assert_close, build, flat_state, forbid_fallback, inputs, \
+    rounding_bound
 
 #: (spec, T, B, heads, block sizes). Blocks that divide T, that do not, block 1, and blocks
 #: longer than T; heads 1 (the frame's unsplit special case), 2 and 3. T = 256 only for the
@@ -27,6 +28,8 @@ CASES = [
 ] + [
     ("linear_attention", 100, 3, 1, (7, 100)),
     ("deltanet_recurrence", 100, 3, 1, (1, 32)),
+    ("gated_deltanet", 63, 1, 1, (16,)),
+    ("gated_deltanet_recurrence", 63, 3, 1, (10,)),
     ("deltanet", 256, 3, 2, (64, 48)),
     ("gated_deltanet", 256, 3, 2, (64, 96)),
 ]
@@ -80,11 +83,12 @@ def _run_id(run):
 
 
 @pytest.mark.parametrize("run", RUNS, ids=_run_id)
-def test_chunked_equals_reference(run):
+def test_chunked_equals_reference(run, monkeypatch):
     spec, steps, batch, heads, block_size = run
     module = build(spec, "chunked", block_size=block_size, heads=heads)
     assert module.fast_paths, f"{spec} must take the fast path, or this test proves nothing"
     y_ref, state_ref, grads_ref = reference(spec, steps, batch, heads)
+    forbid_fallback(monkeypatch)
     y, state, grads = _run(module, inputs(batch, steps, module.program.dim, 0), 0)
     width = _width(spec, heads)
     bound = rounding_bound(steps, width, block_size)
@@ -112,11 +116,12 @@ def test_chunked_equals_reference(run):
 
 
 @pytest.mark.parametrize("spec", list(SPECS))
-def test_block_size_never_changes_a_value(spec):
+def test_block_size_never_changes_a_value(spec, monkeypatch):
     """Chunked with block sizes 1 (one token per block: the WY form degenerates to the token
     recurrence), 5, 40 (= T) and 128 (> T, one padded block) on the same input: equal to each
     other within the rounding bound of the largest block."""
     steps, batch = 40, 2
+    forbid_fallback(monkeypatch)
     runs = {}
     for block_size in (1, 5, 40, 128):
         module = build(spec, "chunked", block_size=block_size, heads=2)
@@ -199,7 +204,7 @@ FAST_USER_SPECS = {
     "delta-dgd": user_spec("minimize l2(S(kk), vv) by dgd(lr = b)"),
     "overwrite-decay-0": user_spec("S <- outer(vv, kk)"),
     "no-heads": user_spec(_DELTA, level="fast every 1 token backprop", proj="width",
-                          gate_width="1"),
+                          gate_width="1", gate="sigmoid(dot(x, x) / dim - 1)"),
     "no-heads-indexed-gate": user_spec(_DELTA, level="fast every 1 token backprop",
                                        proj="width", gate_width="2", gate="sigmoid(x @ G)[1]"),
     "no-backprop": user_spec(_DELTA, level="fast every 1 token heads nh"),
@@ -232,11 +237,14 @@ def _user_module(text, schedule, block_size=8, seed=5):
                      .to(torch.float64), seed)
 
 
-def _compare_user(text, steps=45, batch=2, block_size=8):
+def _compare_user(text, steps=45, batch=2, block_size=8, monkeypatch=None):
+    """Chunked vs reference for a user spec; with `monkeypatch`, chunked must not fall back."""
     ref = _user_module(text, "reference")
     fast = _user_module(text, "chunked", block_size)
     x = inputs(batch, steps, 6, 5)
     y_ref, s_ref, g_ref = _run(ref, x, 5)
+    if monkeypatch is not None:
+        forbid_fallback(monkeypatch)
     y, s, g = _run(fast, x, 5)
     bound = rounding_bound(steps, 4, block_size)
     assert_close(y, y_ref, bound, "y")
@@ -251,8 +259,8 @@ def _compare_user(text, steps=45, batch=2, block_size=8):
 
 
 @pytest.mark.parametrize("name", list(FAST_USER_SPECS))
-def test_users_delta_rule_takes_the_fast_path(name):
-    fast = _compare_user(FAST_USER_SPECS[name])
+def test_users_delta_rule_takes_the_fast_path(name, monkeypatch):
+    fast = _compare_user(FAST_USER_SPECS[name], monkeypatch=monkeypatch)
     assert set(fast.fast_paths) == {"fast"}
     assert fast.fast_paths["fast"].state == "S"
 
@@ -260,8 +268,8 @@ def test_users_delta_rule_takes_the_fast_path(name):
 @pytest.mark.xfail(strict=True, reason="bug: the chunked schedule's t is an int64 arange, so "
                    "1 / t is computed in the default dtype (float32) and a float64 module's "
                    "gate is rounded to ~1e-8 (the reference's t is a Python int)")
-def test_a_gate_of_t_takes_the_fast_path():
-    fast = _compare_user(user_spec(_DELTA, gate="1 / t"))
+def test_a_gate_of_t_takes_the_fast_path(monkeypatch):
+    fast = _compare_user(user_spec(_DELTA, gate="1 / t"), monkeypatch=monkeypatch)
     assert fast.fast_paths
 
 

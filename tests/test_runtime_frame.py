@@ -75,6 +75,20 @@ def test_one_head_never_splits():
 
 
 @pytest.mark.parametrize("prefix", [1, 2], ids=["token", "sequence"])
+def test_one_head_gate_is_a_scalar(prefix):
+    """With heads 1, a gate of width H = 1 is one scalar per head, as for H > 1 (it stayed a
+    width-1 vector, so the chunked schedule fell back to the token loop for every heads-1
+    DeltaNet)."""
+    frame = Frame(prefix, 1)
+    batch = (B, T)[:prefix]
+    gate = arange(*batch, 1, 1)
+    split = frame.split(gate)
+    assert split.shape == batch + (1,) and frame.rank(split) == 0
+    matrix = arange(*batch, 1, 3, 1)                 # a rank-2 value of width 1 stays
+    assert frame.split(matrix) is matrix
+
+
+@pytest.mark.parametrize("prefix", [1, 2], ids=["token", "sequence"])
 def test_merge_inverts_split(prefix):
     frame = Frame(prefix, H)
     batch = (B, T)[:prefix]

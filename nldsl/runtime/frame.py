@@ -50,8 +50,10 @@ class Frame:
         h = self.heads
         if h is None or not isinstance(value, torch.Tensor) or self.rank(value) == 0:
             return value
-        if self.is_split(value) or h == 1 or value.shape[-1] % h:
+        if self.is_split(value) or value.shape[-1] % h:
             return value
+        if h == 1:                       # already [.., 1, ..., d]; a gate of width 1 is a scalar
+            return value.squeeze(-1) if value.shape[-1] == 1 and self.rank(value) == 1 else value
         width = value.shape[-1] // h
         shaped = value.reshape(*value.shape[:-1], h, width)           # [.., 1, V.., H, d]
         shaped = shaped.movedim(-2, self.prefix).squeeze(self.prefix + 1)  # [.., H, V.., d]
