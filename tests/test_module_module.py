@@ -271,9 +271,6 @@ def test_bad_state(small, state, message):
         small(torch.randn(2, 4, 8), state())
 
 
-@pytest.mark.xfail(strict=True, reason="bug: check_state does not check dtypes; a float64 "
-                   "state into a float32 module fails inside torch ('expected scalar type "
-                   "Double but found Float')")
 def test_state_of_another_dtype(small):
     state = _state_of("deltanet", 2, heads=2, head_dim=3)
     state["memory"]["M"] = state["memory"]["M"].double()

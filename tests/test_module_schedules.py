@@ -265,9 +265,6 @@ def test_users_delta_rule_takes_the_fast_path(name, monkeypatch):
     assert fast.fast_paths["fast"].state == "S"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the chunked schedule's t is an int64 arange, so "
-                   "1 / t is computed in the default dtype (float32) and a float64 module's "
-                   "gate is rounded to ~1e-8 (the reference's t is a Python int)")
 def test_a_gate_of_t_takes_the_fast_path(monkeypatch):
     fast = _compare_user(user_spec(_DELTA, gate="1 / t"), monkeypatch=monkeypatch)
     assert fast.fast_paths
@@ -283,10 +280,6 @@ def test_channel_wise_gate_runs_and_equals_the_reference():
     _compare_user(SLOW_USER_SPECS["channel-wise-gate"])
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a channel-wise gate is accepted by "
-                   "forms.linear_form (no shapes there), so m.fast_paths reports a fast path "
-                   "while run_chunked falls back to the reference at every call "
-                   "(_NotThisForm); fast_paths should be {} as documented")
 def test_channel_wise_gate_reports_no_fast_path():
     fast = _user_module(SLOW_USER_SPECS["channel-wise-gate"], "chunked")
     assert fast.fast_paths == {}

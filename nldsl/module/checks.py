@@ -57,6 +57,10 @@ def check_state(module, state, x) -> dict:
             raise ValueError(f"state[{key!r}] has {sorted(names)}, expected {sorted(own)}")
         for name, value in own.items():
             given = state[key][name]
+            if isinstance(given, torch.Tensor) and isinstance(value, torch.Tensor) and (
+                    given.dtype != value.dtype or given.device != value.device):
+                raise ValueError(f"state[{key!r}][{name!r}] is {given.dtype} on {given.device} "
+                                 f"but the module is {value.dtype} on {value.device}")
             if isinstance(value, torch.Tensor) and (not isinstance(given, torch.Tensor)
                                                     or given.shape != value.shape):
                 shape = list(given.shape) if isinstance(given, torch.Tensor) else type(given).__name__

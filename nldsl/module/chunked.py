@@ -28,6 +28,20 @@ def plan_schedule(program: Program) -> dict[str, LinearForm]:
     return forms if all(forms.values()) else {}
 
 
+def fits(program: Program, params: dict, x: torch.Tensor, state: dict,
+         forms: dict[str, LinearForm]) -> bool:
+    """Do the forms' gates turn out one scalar per head on these tensors? (A channel-wise
+    gate has the form's structure but not its shapes.) The module asks once, at construction."""
+    values = _SequenceValues(program, params, x, state)
+    try:
+        with torch.no_grad():
+            for level in program.levels:
+                values.run_level(level, forms[level.name], 1)
+    except _NotThisForm:
+        return False
+    return True
+
+
 def run_chunked(program: Program, params: dict, x: torch.Tensor, state: dict, end: bool,
                 forms: dict[str, LinearForm], block: int):
     if not forms or x.shape[1] == 0:
@@ -54,7 +68,9 @@ class _SequenceValues:
         self.program, self.params, self.x = program, params, x
         self.new_state = {key: dict(value) for key, value in state.items()}
         start = state[STREAM]["t"]
-        self.t = torch.arange(start + 1, start + 1 + x.shape[1], device=x.device).unsqueeze(0)
+        # in x's dtype, as the reference's Python int t meets a tensor (exact below 2^24 in float32)
+        self.t = torch.arange(start + 1, start + 1 + x.shape[1], dtype=x.dtype,
+                              device=x.device).unsqueeze(0)                     # [1, T]
         self.frames = {level.name: Frame(2, level.heads) for level in program.levels}
         self.memo: dict[str, tuple[object, Frame]] = {}
         self.bound: dict[str, object] = {}

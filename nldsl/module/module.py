@@ -19,7 +19,7 @@ from nldsl.graph import OUTER
 from nldsl.lower.program import Program
 from nldsl.lower.unsupported import compile_error
 from nldsl.module.checks import check_input, check_state
-from nldsl.module.chunked import plan_schedule, run_chunked
+from nldsl.module.chunked import fits, plan_schedule, run_chunked
 from nldsl.module.init import conv_kernel, draw
 from nldsl.module.reference import STREAM, run_reference
 
@@ -43,6 +43,10 @@ class CompiledModule(nn.Module):
                                                                      program.hparams))
         self._create_conv_kernels()
         self.fast_paths = plan_schedule(program) if schedule == "chunked" else {}
+        if self.fast_paths and not fits(program, dict(self.named_parameters()),
+                                        torch.zeros(1, 1, program.dim), self.initial_state(1),
+                                        self.fast_paths):
+            self.fast_paths = {}
 
     def _create_conv_kernels(self) -> None:
         """Channel counts of conv kernels follow from the data flow: one token through the
