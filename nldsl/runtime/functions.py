@@ -99,10 +99,21 @@ def matmul(a: torch.Tensor, b: torch.Tensor, rank_a: int, rank_b: int) -> torch.
     if rank_a == 1 and rank_b == 1:
         return (a * b).sum(-1)
     if rank_a == 1:
+        if _shared(b, rank_b, a.ndim - 1):                       # x @ W with W a parameter:
+            return a @ b.reshape(b.shape[-2:])                     # one GEMM, not one per unit
         return (a.unsqueeze(-2) @ b).squeeze(-2)
     if rank_b == 1:
+        if _shared(a, rank_a, b.ndim - 1):
+            return b @ a.reshape(a.shape[-2:]).mT
         return (a @ b.unsqueeze(-1)).squeeze(-1)
     return a @ b
+
+
+def _shared(matrix: torch.Tensor, rank: int, vector_batch_dims: int) -> bool:
+    """A matrix whose batch dims are all 1 (a lifted parameter), no more of them than the
+    vector's: the same for every unit, so the product broadcasts as one plain matmul."""
+    nb = matrix.ndim - rank
+    return rank == 2 and nb <= vector_batch_dims and all(s == 1 for s in matrix.shape[:nb])
 
 
 def causal_conv(a: torch.Tensor, kernel: torch.Tensor, cache: torch.Tensor):
