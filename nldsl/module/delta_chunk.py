@@ -109,8 +109,8 @@ def linear_delta_blocks(s0, a, c, k, w, queries, block: int):
     per_seq = lambda t: t.reshape(bsz * heads, n, *t.shape[1:])
     grow = per_seq(torch.bmm(edge, u))                                         # A [BH, n, dk, dv]
     if v is not None:
-        eye = torch.eye(dk, dtype=k.dtype, device=k.device)
-        carry = per_seq(decay_end[:, None, None] * eye - torch.bmm(edge, v))   # C [BH, n, dk, dk]
+        carry = per_seq(torch.baddbmm(torch.diag_embed(decay_end.unsqueeze(-1).expand(g, dk)),
+                                      edge, v, alpha=-1))                      # C [BH, n, dk, dk]
     else:
         scale = per_seq(decay_end)[..., None, None]                            # [BH, n, 1, 1]
     state = s0.reshape(bsz * heads, dk, dv)
@@ -126,7 +126,7 @@ def linear_delta_blocks(s0, a, c, k, w, queries, block: int):
         score = torch.bmm(q, kt) * (d_prev if before else d)                   # [G, L, L]
         p = (gamma_prev if before else gamma).unsqueeze(-1) * q                # [G, L, dk]
         if v is not None:
-            p = p - torch.bmm(score, v)
+            p = torch.baddbmm(p, score, v, alpha=-1)
         y = torch.baddbmm(torch.bmm(score, u), p, start)                       # P S_0 + R
         ys.append(y.reshape(bsz, heads, n * block, dv)[:, :, :steps])
     return ys, state.reshape(bsz, heads, dk, dv)
