@@ -14,7 +14,6 @@ tracebacks and `inspect.getsource` show it. It is generated from the plan (valid
 from __future__ import annotations
 
 import itertools
-import keyword
 import linecache
 import math
 
@@ -23,48 +22,41 @@ import torch.nn.functional as F
 
 from nldsl import ast
 from nldsl.consteval import calls_in
-from nldsl.errors import NLDSLError
+from nldsl.errors import NLDSLCompileError
+from nldsl.lower.timing import writes_at
 from nldsl.optim import kernels as K
 from nldsl.optim.derive import mentions
 from nldsl.optim.ir import Plan, Write
 from nldsl.optim.patterns import match_adam
 from nldsl.optim.plan import PARAM
-from nldsl.optim.printer import SHAPED, NotVectorizable, Printer
-from nldsl.optim.snapshot import period_one, snapshot_lines
+from nldsl.optim.printer import SHAPED, NotVectorizable, Printer, literal, user
+from nldsl.optim.snapshot import dependency_order, period_one, snapshot_lines
 
-RESERVED = {"torch", "F", "K", "math", "grad", "grads", "state", "states", "hp", "step", "params",
-            "step_group", "step_tensor", "total", "change"}
 _counter = itertools.count()
 
 
-def _check_names(plan: Plan) -> None:
-    names = set(plan.states) | set(plan.hparams) | {n for lv in plan.levels for n in
-                                                      list(lv.contexts) + list(lv.reads)}
-    bad = sorted(n for n in names - {PARAM} if n in RESERVED or keyword.iskeyword(n))
-    if bad:
-        raise NLDSLError(f"{plan.name}: rename {', '.join(bad)}: reserved in generated code")
-
-
 def _tensor_names(plan: Plan) -> set[str]:
-    """W, grad, the states, and the contexts and reads whose value is a tensor (not a number)."""
+    """W, grad, the states, and the contexts and reads whose value is a tensor (not a number),
+    probed in dependency order so a `let` that reads a later `let` sees whether it is one."""
     names = {PARAM, "grad"} | set(plan.states)
     probe = Printer(names, foreach=False)
-    for level in plan.levels:
-        for name, value in list(level.contexts.items()) + [(n, v) for n, (v, _) in level.reads.items()]:
-            if probe.expr(value)[1]:
-                names.add(name)
+    items = {n: v for lv in plan.levels for n, v in lv.contexts.items()}
+    items |= {n: v for lv in plan.levels for n, (v, _) in lv.reads.items()}
+    for name, value in dependency_order(items):
+        if probe.expr(value)[1]:
+            names.add(name)
     return names
 
 
 def _header(plan: Plan, mode: str) -> list[str]:
-    lines = [f"# nldsl optimizer {plan.name!r}, schedule fused ({mode}), generated from its plan"]
+    lines = [f"# nldsl optimizer {literal(plan.name)}, schedule fused ({mode}), generated from its plan"]
     if plan.folded:
-        lines.append("# folded: " + ", ".join(f"{k} = {v!r}" for k, v in plan.folded.items()))
+        lines.append("# folded: " + ", ".join(f"{k} = {literal(v)}" for k, v in plan.folded.items()))
     return lines
 
 
 def _hparam_lines(plan: Plan) -> list[str]:
-    return [f"    {h} = hp[{h!r}]" for h in plan.hparams]
+    return ["    u_step = step"] + [f"    {user(h)} = hp[{literal(h)}]" for h in plan.hparams]
 
 
 def generate_foreach(plan: Plan) -> str:
@@ -77,21 +69,22 @@ def generate_foreach(plan: Plan) -> str:
         raise NotVectorizable("plan")
     p = Printer(_tensor_names(plan), foreach=True, by_shape=by_shape(plan))
     body = _header(plan, _foreach_mode(plan)) + ["def step_group(params, grads, states, hp, step):"]
-    body += ["    W = params", "    grad = grads"] + _hparam_lines(plan)
-    body += [f"    {s} = [st[{s!r}] for st in states]" for s, sp in plan.states.items()
+    body += [f"    {user(PARAM)} = params", "    grad = grads"] + _hparam_lines(plan)
+    body += [f"    {user(s)} = [st[{literal(s)}] for st in states]" for s, sp in plan.states.items()
              if s != PARAM and sp.persistent]
     for level in plan.levels:
         for name, (value, _) in level.reads.items():
             if not period_one(level):
-                key = "read." + name
-                body += [f"    if any({key!r} not in st for st in states):  # first step",
-                         f"        for st, x in zip(states, {p.expr(value)[0]}):",
-                         f"            st.setdefault({key!r}, x)",
-                         f"    {name} = [st[{key!r}] for st in states]"]
+                key = literal("read." + name)
+                body += [f"    if any({key} not in st for st in states):  # first step"]
+                body += p.emit("        ", f"for st, x in zip(states, {p.expr(value)[0]}):")
+                body += [f"            st.setdefault({key}, x)",
+                         f"    {user(name)} = [st[{key}] for st in states]"]
     body += snapshot_lines(plan, p, foreach=True)
 
-    def hold(name: str, value: str) -> list[str]:
-        return [f"        for st, x in zip(states, {value}):", f"            st[{('read.' + name)!r}] = x"]
+    def hold(name: str, value: ast.Expr) -> list[str]:
+        return p.emit("        ", f"for st, x in zip(states, {p.expr(value)[0]}):") + [
+            f"            st[{literal('read.' + name)}] = x"]
 
     body += _level_lines(plan, p, _foreach_write, hold)
     return "\n".join(body) + "\n"
@@ -105,15 +98,17 @@ def _level_lines(plan: Plan, p: Printer, write_lines, hold_lines) -> list[str]:
         period = p.expr(level.period)[0]
         body.append(f"    # level {level.name}, every {period} step(s)")
         if not period_one(level):
-            body.append(f"    writing = step % int({period}) == 0")
+            body += p.emit("    ", f"writing = writes_at({period}, step)")
         for write in level.writes:
             body += write_lines(plan, p, level, write)
         if period_one(level):
-            body += [f"    {n} = {p.expr(v)[0]}" for n, (v, before) in level.reads.items() if not before]
+            for name, (value, before) in level.reads.items():
+                if not before:
+                    body += p.emit("    ", f"{user(name)} = {p.expr(value)[0]}")
         elif level.reads:
             body.append("    if writing:")
             for name, (value, _) in level.reads.items():
-                body += hold_lines(name, p.expr(value)[0])
+                body += hold_lines(name, value)
     return body
 
 
@@ -141,96 +136,97 @@ def _store(target: str, value: str) -> str:
     return f"torch._foreach_copy_({target}, {value})"
 
 
-def _store_lines(p: Printer, target: str, value: ast.Expr) -> list[str]:
+def _store_lines(p: Printer, indent: str, target: str, value: ast.Expr, note: str) -> list[str]:
     """`target * c +- rest` (rest free of target) as two in-place ops, scaling then adding,
     the order of torch's decoupled weight decay; anything else through `_store`."""
-    t = ast.Name(id=target)
+    t, name = ast.Name(id=target), user(target)
     left = value.left if isinstance(value, ast.Binary) and value.op in "+-" else None
     if isinstance(left, ast.Binary) and left.op == "*" and not mentions(value.right, target):
         factor = left.right if left.left == t else left.left if left.right == t else None
         if factor is not None and p.expr(factor)[1] is False:
             rest = ast.Binary(op=value.op, left=t, right=value.right)
-            return [f"torch._foreach_mul_({target}, {p.expr(factor)[0]})", _store(target, p.expr(rest)[0])]
-    return [_store(target, p.expr(value)[0])]
+            lines = p.emit(indent, f"torch._foreach_mul_({name}, {p.expr(factor)[0]})")
+            return lines + p.emit(indent, _store(name, p.expr(rest)[0]) + note)
+    return p.emit(indent, _store(name, p.expr(value)[0]) + note)
 
 
 def _foreach_write(plan: Plan, p: Printer, level, write: Write) -> list[str]:
-    t, value, note = write.target, p.expr(write.value)[0], f"  # {write.derivation}"
+    t, note = user(write.target), f"  # {write.derivation}"
     if write.accumulate:
-        key = "acc." + t
-        return [f"    change = torch._foreach_sub({value}, {t}){note}",
-                f"    total = [st[{key!r}] + c if {key!r} in st else c for st, c in zip(states, change)]",
-                "    if writing:", f"        torch._foreach_add_({t}, total)",
-                "        for st in states:", f"            st.pop({key!r}, None)",
-                "    else:", "        for st, c in zip(states, total):", f"            st[{key!r}] = c"]
+        key = literal("acc." + write.target)
+        return p.emit("    ", f"change = torch._foreach_sub({p.expr(write.value)[0]}, {t}){note}") + [
+            f"    total = [st[{key}] + c if {key} in st else c for st, c in zip(states, change)]",
+            "    if writing:", f"        torch._foreach_add_({t}, total)",
+            "        for st in states:", f"            st.pop({key}, None)",
+            "    else:", "        for st, c in zip(states, total):", f"            st[{key}] = c"]
     indent = "    " if period_one(level) else "        "
     guard = [] if period_one(level) else ["    if writing:"]
-    if t == PARAM or plan.states[t].persistent:
-        lines = _store_lines(p, t, write.value)
-        return guard + [indent + line for line in lines[:-1]] + [f"{indent}{lines[-1]}{note}"]
-    return guard + [f"{indent}{t} = {value}{note}"]
+    if write.target == PARAM or plan.states[write.target].persistent:
+        return guard + _store_lines(p, indent, write.target, write.value, note)
+    return guard + p.emit(indent, f"{t} = {p.expr(write.value)[0]}{note}")
 
 
 def generate_loop(plan: Plan) -> str:
     """Source of `step_tensor(W, state, hp, step)` for one tensor."""
     p = Printer(_tensor_names(plan), foreach=False)
-    body = _header(plan, "loop") + ["def step_tensor(W, state, hp, step):", "    grad = W.grad"]
+    w = user(PARAM)
+    body = _header(plan, "loop") + [f"def step_tensor({w}, state, hp, step):", f"    grad = {w}.grad"]
     body += _hparam_lines(plan)
     for s, sp in plan.states.items():
         if s == PARAM or not sp.persistent:
             continue
         if isinstance(sp.shape, ast.MLPShape):
             acts = [o for o in sp.shape.options if o in K.ACTIVATIONS] or ["gelu"]
-            body.append(f"    {s} = K.load_mlp(state, {s!r}, {acts[0]!r}, {'residual' in sp.shape.options})")
+            body.append(f"    {user(s)} = K.load_mlp(state, {literal(s)}, {literal(acts[0])}, "
+                        f"{literal('residual' in sp.shape.options)})")
         else:
-            body.append(f"    {s} = state[{s!r}]")
+            body.append(f"    {user(s)} = state[{literal(s)}]")
     for level in plan.levels:
         for name, (value, _) in level.reads.items():
             if not period_one(level):
-                body.append(f"    {name} = state.get({('read.' + name)!r})")
-                body.append(f"    if {name} is None:")
-                body.append(f"        {name} = state[{('read.' + name)!r}] = {p.expr(value)[0]}")
+                key = literal("read." + name)
+                body.append(f"    {user(name)} = state.get({key})")
+                body.append(f"    if {user(name)} is None:")
+                body += p.emit("        ", f"{user(name)} = state[{key}] = {p.expr(value)[0]}")
     body += snapshot_lines(plan, p, foreach=False)
-    body += _level_lines(plan, p, _loop_write,
-                         lambda name, value: [f"        state[{('read.' + name)!r}] = {value}"])
+    body += _level_lines(plan, p, _loop_write, lambda name, value: p.emit(
+        "        ", f"state[{literal('read.' + name)}] = {p.expr(value)[0]}"))
     return "\n".join(body) + "\n"
 
 
 def _loop_write(plan: Plan, p: Printer, level, write: Write) -> list[str]:
-    t = write.target
-    if write.autograd is not None:
+    t, key, note = user(write.target), literal(write.target), f"  # {write.derivation}"
+    indent = "    " if period_one(level) or write.accumulate else "        "
+    lines = [] if period_one(level) or write.accumulate else ["    if writing:"]
+    if write.restart is not None:
+        lines += p.emit(indent, f"{t} = {p.expr(write.restart)[0]}")
+        lines += p.emit(indent, f"for _ in range(int({p.expr(write.repeat)[0]})):")
+        lines += p.emit(indent + "    ", f"{t} = {p.expr(write.value)[0]}{note}")
+        value = t
+    elif write.autograd is not None:
         step = write.autograd
-        value = (f"K.autograd_step(lambda {t}: {p.expr(step.loss)[0]}, {t}, "
-                 f"{p.expr(step.lr)[0]}, {p.expr(step.decay)[0]})")
+        loss = p.inline(step.loss)[0]     # a lambda's body: nothing hoisted out of it
+        value = f"K.autograd_step(lambda {t}: {loss}, {t}, {p.expr(step.lr)[0]}, {p.expr(step.decay)[0]})"
     else:
         value = p.expr(write.value)[0]
-    lines = []
-    if write.restart is not None:
-        lines += [f"    {t} = {p.expr(write.restart)[0]}",
-                  f"    for _ in range(int({p.expr(write.repeat)[0]})):"]
-        lines.append(f"        {t} = {value}  # {write.derivation}")
-        value = t
     if write.accumulate:
-        key = "acc." + t
-        return lines + [f"    change = {value} - {t}  # {write.derivation}",
-                        f"    total = change if {key!r} not in state else state[{key!r}] + change",
-                        "    if writing:", f"        {t} = {t} + total",
-                        f"        state[{t!r}] = {t}", f"        state.pop({key!r}, None)",
-                        "    else:", f"        state[{key!r}] = total"]
-    guard = "" if period_one(level) else "    if writing:\n    "
-    if t == PARAM:
-        return lines + [f"{guard}    W.copy_({value})  # {write.derivation}"]
-    sp = plan.states[t]
+        acc = literal("acc." + write.target)
+        return lines + p.emit("    ", f"change = {value} - {t}{note}") + [
+            f"    total = change if {acc} not in state else state[{acc}] + change",
+            "    if writing:", f"        {t} = {t} + total",
+            f"        state[{key}] = {t}", f"        state.pop({acc}, None)",
+            "    else:", f"        state[{acc}] = total"]
+    if write.target == PARAM:
+        return lines + p.emit(indent, f"{t}.copy_({value}){note}")
+    sp = plan.states[write.target]
     if isinstance(sp.shape, ast.MLPShape):
-        return lines + [f"{guard}    {t} = {value}  # {write.derivation}",
-                        f"{guard}    K.store_mlp(state, {t!r}, {t})"]
-    store = f"; state[{t!r}] = {t}" if sp.persistent else ""
-    return lines + [f"{guard}    {t} = {value}{store}  # {write.derivation}"]
+        return lines + p.emit(indent, f"{t} = {value}{note}") + [f"{indent}K.store_mlp(state, {key}, {t})"]
+    store = f"; state[{key}] = {t}" if sp.persistent else ""
+    return lines + p.emit(indent, f"{t} = {value}{store}{note}")
 
 
 def generate(plan: Plan) -> tuple[str, str]:
     """(mode, source) for the fastest program shape the plan allows."""
-    _check_names(plan)
     adam = match_adam(plan)
     if adam is not None:
         return "fused kernel", adam
@@ -243,9 +239,23 @@ def generate(plan: Plan) -> tuple[str, str]:
 def _compile(source: str, name: str) -> dict:
     filename = f"<nldsl:{name}:{next(_counter)}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    namespace = {"torch": torch, "F": F, "K": K, "math": math}
-    exec(compile(source, filename, "exec"), namespace)  # source generated from the plan
+    namespace = {"torch": torch, "F": F, "K": K, "math": math, "writes_at": writes_at}
+    try:
+        code = compile(source, filename, "exec")
+    except (SyntaxError, RecursionError, MemoryError) as error:   # e.g. nesting beyond Python's
+        raise NLDSLCompileError(f"{name}: the generated step does not compile ({error})") from None
+    exec(code, namespace)  # source generated from the plan: nldsl's own text and grammar names
     return namespace
+
+
+def _kernel_applies(params, grads, states, moments) -> bool:
+    """torch's fused Adam kernel walks memory in order: it is exact only when a parameter, its
+    gradient and its moments are laid out alike (contiguous), and it is not traceable by
+    torch.compile; elsewhere the plan's foreach code computes the step."""
+    if torch.compiler.is_compiling():
+        return False
+    return all(t.is_contiguous() for t in params) and all(t.is_contiguous() for t in grads) and all(
+        st[m].is_contiguous() for st in states for m in moments)
 
 
 def compile_plan(plan: Plan):
@@ -254,6 +264,9 @@ def compile_plan(plan: Plan):
     mode, source = generate(plan)
     namespace = _compile(source, plan.name)
     shaped = mode == "foreach by shape"
+    if mode == "fused kernel":
+        fallback = _compile(generate_foreach(plan), plan.name)["step_group"]
+        moments = [w.target for w in plan.levels[0].writes]
 
     def run(params, states, hparams):
         for state in states:
@@ -267,8 +280,11 @@ def compile_plan(plan: Plan):
             key = (state["step"], param.shape, param.dtype, param.device) if shaped else (state["step"],)
             buckets.setdefault(key, []).append(i)
         for key, index in buckets.items():
-            namespace["step_group"]([params[i] for i in index], [params[i].grad for i in index],
-                                    [states[i] for i in index], hparams, key[0])
+            group = [params[i] for i in index], [params[i].grad for i in index], [states[i] for i in index]
+            step = namespace["step_group"]
+            if mode == "fused kernel" and not _kernel_applies(*group, moments):
+                step = fallback
+            step(*group, hparams, key[0])
 
     run.source, run.mode = source, mode
     return run

@@ -21,24 +21,16 @@ _BINARY = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operato
            "**": operator.pow, "<": operator.lt, "<=": operator.le, ">": operator.gt,
            ">=": operator.ge, "==": operator.eq, "!=": operator.ne}
 
-_TORCH_UNARY = {"sqrt": torch.sqrt, "exp": torch.exp, "log": torch.log, "abs": torch.abs,
-                "sign": torch.sign, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
-                "softplus": torch.nn.functional.softplus, "relu": torch.relu,
-                "gelu": torch.nn.functional.gelu, "silu": torch.nn.functional.silu}
-_MATH_UNARY = {"sqrt": math.sqrt, "exp": math.exp, "log": math.log, "abs": abs,
-               "tanh": math.tanh}
+_UNARY = {"sqrt", "exp", "log", "abs", "sign", "tanh", "sigmoid", "softplus", "relu", "gelu",
+          "silu"}
 
+#: The built-ins, each computed by the kernel generated code calls (kernels.py): the same ops.
 _TENSOR_FUNCS: dict[str, Callable] = {
-    "l2norm": kernels.l2norm, "outer": kernels.outer, "transpose": kernels.transpose,
-    "dot": kernels.dot, "l2": kernels.l2, "orthogonality": kernels.orthogonality,
-    "norm": lambda a: a.norm(dim=-1, keepdim=True), "sum": lambda a: a.sum(-1, keepdim=True),
-    "mean": lambda a: a.mean(-1, keepdim=True), "trace": lambda a: a.diagonal(0, -2, -1).sum(-1),
-    "softmax": lambda a: a.softmax(-1), "size": lambda a, d: a.size(int(d)),
-    "ndim": lambda a: a.ndim, "stopgrad": lambda a: a.detach(),
-    "newton_schulz": kernels.newton_schulz, "divide_or_zero": kernels.divide_or_zero,
-    "addcmul": lambda s, a, b, w: torch.addcmul(s, a, b, value=w),
-    "lerp": lambda a, b, w: torch.lerp(a, b, w) if is_tensor(a) else a + w * (b - a),
-}
+    name: getattr(kernels, name) for name in (
+        "l2norm", "outer", "transpose", "dot", "l2", "orthogonality", "norm", "sum", "mean",
+        "trace", "softmax", "size", "ndim", "stopgrad", "newton_schulz", "divide_or_zero",
+        "clamp", "rmsnorm", "layernorm", "lp", "huber", "concat", "lerp", "addcmul")}
+_TENSOR_FUNCS |= {"max": kernels.maximum, "min": kernels.minimum}
 
 
 def is_tensor(value: Any) -> bool:
@@ -51,32 +43,40 @@ def is_scalar_expr(expr: ast.Expr, scalar_names: set[str]) -> bool:
         return True
     if isinstance(expr, ast.Name):
         return expr.id in scalar_names
-    if isinstance(expr, ast.Unary):
-        return is_scalar_expr(expr.operand, scalar_names)
-    if isinstance(expr, ast.Binary):
-        return (expr.op != "@" and is_scalar_expr(expr.left, scalar_names)
-                and is_scalar_expr(expr.right, scalar_names))
-    if isinstance(expr, ast.Conditional):
-        return all(is_scalar_expr(e, scalar_names) for e in (expr.cond, expr.then, expr.otherwise))
-    if isinstance(expr, ast.Index):
-        return is_scalar_expr(expr.value, scalar_names)
-    if isinstance(expr, ast.Tuple):
-        return all(is_scalar_expr(e, scalar_names) for e in expr.items)
-    if isinstance(expr, ast.Call):
-        return expr.func in _MATH_UNARY or expr.func in ("max", "min") and all(
-            is_scalar_expr(a, scalar_names) for a in expr.args)
-    return False
+    parts = {ast.Unary: lambda: [expr.operand], ast.Binary: lambda: [expr.left, expr.right],
+             ast.Conditional: lambda: [expr.cond, expr.then, expr.otherwise],
+             ast.Index: lambda: [expr.value], ast.Tuple: lambda: expr.items,
+             ast.Call: lambda: expr.args}.get(type(expr))
+    if parts is None or getattr(expr, "op", None) == "@" or (
+            isinstance(expr, ast.Call) and expr.func not in _UNARY | {"max", "min"}):
+        return False
+    return all(is_scalar_expr(e, scalar_names) for e in parts())
 
 
 class Evaluator:
-    """evaluate(expr) with names from `lookup(name)`; `grad(X)` looks up "grad(X)"."""
+    """evaluate(expr) with names from `lookup(name)`; `grad(X)` looks up "grad(X)".
+
+    Within one top-level call each node is evaluated once (memoised by identity), so the fused
+    shapes that look at a subexpression before deciding cost nothing extra: linear in the size
+    of the expression. Names are looked up once per call, so a call sees one state."""
 
     def __init__(self, lookup: Callable[[str], Any]):
         self.lookup = lookup
+        self._memo: dict | None = None
 
     def __call__(self, expr: ast.Expr) -> Any:
-        method = getattr(self, "_" + expr.kind)
-        return method(expr)
+        if self._memo is None:
+            self._memo = {}
+            try:
+                return self(expr)
+            finally:
+                self._memo = None
+        hit = self._memo.get(id(expr))
+        if hit is not None and hit[0] is expr:
+            return hit[1]
+        value = getattr(self, "_" + expr.kind)(expr)
+        self._memo[id(expr)] = (expr, value)
+        return value
 
     def _number(self, e): return e.value
     def _bool(self, e): return e.value
@@ -87,16 +87,20 @@ class Evaluator:
 
     def _unary(self, e):
         value = self(e.operand)
-        return -value if e.op == "-" else not value
+        return -value if e.op == "-" else kernels.logical_not(value)
 
     def _conditional(self, e):
-        return self(e.then) if self(e.cond) else self(e.otherwise)
+        cond = self(e.cond)
+        if is_tensor(cond):                      # elementwise, as torch.where
+            return kernels.where(cond, self(e.then), self(e.otherwise))
+        return self(e.then) if cond else self(e.otherwise)
 
     def _binary(self, e):
-        if e.op == "and":
-            return self(e.left) and self(e.right)
-        if e.op == "or":
-            return self(e.left) or self(e.right)
+        if e.op in ("and", "or"):
+            left, right = self(e.left), self(e.right)
+            if is_tensor(left) or is_tensor(right):
+                return kernels.logical(e.op, left, right)
+            return (left and right) if e.op == "and" else (left or right)
         fused = self._fused(e)
         if fused is not None:
             return fused
@@ -148,28 +152,16 @@ class Evaluator:
         return _BINARY[e.op](a, s * b)
 
     def _call(self, e):
-        args = [self(a) for a in e.args]
-        kwargs = {k.name: self(k.value) for k in e.kwargs}
         if e.func == "grad":
             return self.lookup(f"grad({e.args[0].id})")
-        if e.func in ("max", "min"):
-            a, b = args
-            if not is_tensor(a) and not is_tensor(b):
-                return max(a, b) if e.func == "max" else min(a, b)
-            a, b = (x if is_tensor(x) else torch.tensor(x) for x in (a, b))
-            return torch.maximum(a, b) if e.func == "max" else torch.minimum(a, b)
-        if e.func == "clamp":
-            return torch.clamp(args[0], args[1], args[2])
         if e.func == "sqrt" and isinstance(e.args[0], ast.Binary) and e.args[0].op == "/":
             top, bottom = self(e.args[0].left), self(e.args[0].right)
             if is_tensor(top) and not is_tensor(bottom):
                 return torch.sqrt(top) / math.sqrt(bottom)
-        if e.func in _TORCH_UNARY:
-            value = args[0]
-            return _TORCH_UNARY[e.func](value) if is_tensor(value) else _MATH_UNARY[e.func](value)
+        args = [self(a) for a in e.args]
+        kwargs = {k.name: self(k.value) for k in e.kwargs}
+        if e.func in _UNARY:
+            return kernels.unary(e.func, args[0])
         if e.func in _TENSOR_FUNCS:
             return _TENSOR_FUNCS[e.func](*args, **kwargs)
-        memory = self.lookup(e.func)
-        if isinstance(memory, kernels.MLP):
-            return memory(*args)
-        return memory @ args[0]
+        return kernels.apply_memory(self.lookup(e.func), args[0])

@@ -12,6 +12,7 @@ import torch
 from torch.func import grad as func_grad
 
 from nldsl import ast
+from nldsl.lower import timing
 from nldsl.optim import kernels
 from nldsl.optim.evaluate import Evaluator
 from nldsl.optim.ir import Plan, Write
@@ -88,7 +89,7 @@ class Step:
         return self.state[key]
 
     def period(self, level) -> int:
-        return int(self.evaluate(level.period))
+        return timing.period(self.evaluate(level.period))
 
     def snapshot(self) -> None:
         """Contexts and `before write` reads, computed before any write of the step
@@ -108,7 +109,7 @@ class Step:
         self.snapshot()
         for level in self.plan.levels:
             period = self.period(level)
-            writing = self.state["step"] % period == 0
+            writing = timing.writes_at(period, self.state["step"])
             for write in level.writes:
                 if period == 1:
                     self.assign(write.target, self.compute(write))

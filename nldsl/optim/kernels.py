@@ -8,6 +8,8 @@ import math
 
 import torch
 
+from nldsl.runtime import functions as vocabulary
+
 #: Muon's quintic coefficients (Keller Jordan), PyTorch's `torch.optim.Muon` defaults.
 QUINTIC = (3.4445, -4.7750, 2.0315)
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
@@ -194,6 +196,11 @@ def store_mlp(state: dict, name: str, mlp: MLP) -> None:
 
 
 def size(x: torch.Tensor, dim) -> int:
+    """x.size(dim), and a ValueError naming the shape when x has no such dim (Muon's
+    `size(W, 1)` on a vector): torch's Muon refuses such parameters with a ValueError too."""
+    if not -x.ndim <= int(dim) < x.ndim:
+        raise ValueError(f"size(W, {int(dim)}): a tensor of shape {tuple(x.shape)} has no dim "
+                         f"{int(dim)} (this optimizer needs parameters with more dims)")
     return x.size(int(dim))
 
 
@@ -219,3 +226,87 @@ def trace(x: torch.Tensor) -> torch.Tensor:
 
 def softmax(x: torch.Tensor) -> torch.Tensor:
     return x.softmax(-1)
+
+
+def unary(name: str, a):
+    """An elementwise built-in of a tensor (torch) or of a Python number (math), as the module
+    runtime computes it (nldsl/runtime/functions.py), so `sigmoid(lr)` is a number."""
+    on_tensor, on_number = vocabulary.ELEMENTWISE[name]
+    return on_tensor(a) if torch.is_tensor(a) else on_number(a)
+
+
+def maximum(a, b):
+    """max(a, b) elementwise; numbers become 0-d tensors when the other side is a tensor."""
+    if not torch.is_tensor(a) and not torch.is_tensor(b):
+        return max(a, b)
+    return torch.maximum(torch.as_tensor(a), torch.as_tensor(b))
+
+
+def minimum(a, b):
+    if not torch.is_tensor(a) and not torch.is_tensor(b):
+        return min(a, b)
+    return torch.minimum(torch.as_tensor(a), torch.as_tensor(b))
+
+
+def clamp(a, low, high):
+    """min(max(a, low), high): torch.clamp for a tensor, the same for numbers."""
+    return torch.clamp(a, low, high) if torch.is_tensor(a) else min(max(a, low), high)
+
+
+def stopgrad(a):
+    return a.detach() if torch.is_tensor(a) else a
+
+
+def logical(op: str, a, b):
+    """`a and b` / `a or b` where a side is a tensor: elementwise, on bools."""
+    a, b = torch.as_tensor(a), torch.as_tensor(b)
+    return torch.logical_and(a, b) if op == "and" else torch.logical_or(a, b)
+
+
+def logical_not(a):
+    return torch.logical_not(a) if torch.is_tensor(a) else not a
+
+
+def where(cond, then, otherwise):
+    """`then if cond else otherwise`, elementwise (torch.where, both sides computed) for a
+    tensor condition."""
+    if not torch.is_tensor(cond):
+        return then if cond else otherwise
+    return torch.where(cond, then, otherwise)
+
+
+def apply_memory(memory, x):
+    """M(x): an MLP memory maps x; a matrix memory multiplies it (M @ x)."""
+    return memory(x) if isinstance(memory, MLP) else memory @ x
+
+
+def rmsnorm(x):
+    return vocabulary.rmsnorm(x)
+
+
+def layernorm(x):
+    return vocabulary.layernorm(x)
+
+
+def lp(a, b, p):
+    """1/p sum |a - b|^p over all elements."""
+    return vocabulary.lp(a, b, p, 0)
+
+
+def huber(a, b, delta):
+    """sum of 1/2 r^2 where |r| <= delta, else delta (|r| - delta / 2), r = a - b."""
+    return vocabulary.huber(a, b, delta, 0)
+
+
+def concat(*xs):
+    return torch.cat(xs, dim=-1)
+
+
+def lerp(a, b, w):
+    """a + w (b - a): torch.lerp for tensors (PyTorch's ema op)."""
+    return torch.lerp(a, b, w) if torch.is_tensor(a) else a + w * (b - a)
+
+
+def addcmul(s, a, b, w):
+    """s + w a b in one op."""
+    return torch.addcmul(s, a, b, value=w)

@@ -104,18 +104,19 @@ def _is_scalar(expr, plan: Plan) -> bool:
 
 
 def _fused_source(plan, kernel, bound, moments) -> str:
-    from nldsl.optim.printer import Printer
+    from nldsl.optim.printer import Printer, literal, user
     p = Printer(set(), foreach=False)
     arg = {k: p.expr(v)[0] for k, v in bound.items()}
     m, v = moments
     wd = arg.get("P_wd", "0")
-    lines = [f"# nldsl optimizer {plan.name!r}, schedule fused (fused kernel): its plan is Adam's",
+    lines = [f"# nldsl optimizer {literal(plan.name)}, schedule fused (fused kernel): its plan is Adam's",
              "# (eqs 101-105), which torch computes in one fused kernel: torch.{}".format(kernel),
-             "def step_group(params, grads, states, hp, step):"]
-    lines += [f"    {h} = hp[{h!r}]" for h in plan.hparams]
-    lines += [f"    {m} = [st[{m!r}] for st in states]", f"    {v} = [st[{v!r}] for st in states]",
+             "def step_group(params, grads, states, hp, step):", "    u_step = step"]
+    lines += [f"    {user(h)} = hp[{literal(h)}]" for h in plan.hparams] + ["    " + t for t in p.pending]
+    lines += [f"    {user(m)} = [st[{literal(m)}] for st in states]",
+              f"    {user(v)} = [st[{literal(v)}] for st in states]",
               "    steps = [torch.tensor(float(step))] * len(params)",
-              f"    torch.{kernel}(params, grads, {m}, {v}, [], steps, amsgrad=False,",
+              f"    torch.{kernel}(params, grads, {user(m)}, {user(v)}, [], steps, amsgrad=False,",
               f"        lr={arg['P_lr']}, beta1={arg['P_b1']}, beta2={arg['P_b2']},",
               f"        weight_decay={wd}, eps={arg['P_eps']}, maximize=False,",
               "        grad_scale=None, found_inf=None)"]

@@ -172,5 +172,6 @@ def _drop_unread(plan: Plan) -> Plan:
                         [w for w in lv.writes if w.target in live],
                         {k: v for k, v in lv.reads.items() if k in live}) for lv in plan.levels]
     states = {k: v for k, v in plan.states.items() if k in live}
-    return Plan(plan.name, [lv for lv in levels if lv.writes or lv.reads], states, plan.hparams,
+    return Plan(plan.name, [lv for lv in levels if lv.writes or lv.reads or lv.contexts], states,
+                plan.hparams,
                 plan.folded)

@@ -11,7 +11,7 @@ from nldsl import ast
 from nldsl.consteval import names_in
 from nldsl.optim.ir import Plan
 from nldsl.optim.plan import PARAM
-from nldsl.optim.printer import Printer
+from nldsl.optim.printer import Printer, user
 
 
 def period_one(level) -> bool:
@@ -46,21 +46,31 @@ def snapshot_lines(plan: Plan, p: Printer, foreach: bool) -> list[str]:
     used = {name.id for value in items.values() for name in names_in(value)}
     items = {n: v for n, v in plain_reads.items() if n in used} | items  # their pre-write value
     lines = []
-    for name, value in _dependency_order(items):
+    for name, value in dependency_order(items):
         text = p.expr(value)[0]
         if _aliases_state(plan, value):
             text = f"[t.clone() for t in {text}]" if foreach else f"{text}.clone()"
-        lines.append(f"    {name} = {text}")
+        lines += p.emit("    ", f"{user(name)} = {text}")
     return lines
 
 
-def _dependency_order(items: dict[str, ast.Expr]) -> list[tuple[str, ast.Expr]]:
-    """`items` ordered so each comes after the items it uses (the validator rejects cycles)."""
-    ordered: list[tuple[str, ast.Expr]] = []
-    pending = dict(items)
-    while pending:
-        ready = [n for n, v in pending.items()
-                 if not ({m.id for m in names_in(v)} & (set(pending) - {n}))]
-        for name in ready or list(pending)[:1]:
-            ordered.append((name, pending.pop(name)))
-    return ordered
+def dependency_order(items: dict[str, ast.Expr]) -> list[tuple[str, ast.Expr]]:
+    """`items` ordered so each comes after the items it uses (Kahn's algorithm, linear in the
+    size of the expressions; the validator rejects cycles, any left over keep their order)."""
+    uses = {n: {m.id for m in names_in(v)} & items.keys() - {n} for n, v in items.items()}
+    users: dict[str, list[str]] = {n: [] for n in items}
+    for name, used in uses.items():
+        for other in used:
+            users[other].append(name)
+    waiting = {n: len(used) for n, used in uses.items()}
+    ready = [n for n in items if not waiting[n]][::-1]
+    ordered: list[str] = []
+    while ready:
+        name = ready.pop()
+        ordered.append(name)
+        for user_ in users[name]:
+            waiting[user_] -= 1
+            if not waiting[user_]:
+                ready.append(user_)
+    ordered += [n for n in items if waiting[n] > 0]
+    return [(n, items[n]) for n in ordered]

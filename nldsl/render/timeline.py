@@ -14,6 +14,7 @@ from pathlib import Path
 from nldsl.consteval import hparam_values, try_evaluate
 from nldsl.errors import NLDSLError
 from nldsl.graph import LevelGraph
+from nldsl.lower.timing import write_units
 from nldsl.render import style
 from nldsl.render.labels import frequency_parts
 
@@ -60,7 +61,7 @@ def schedule(graph: LevelGraph, window: int) -> list[Lane]:
         elif level.period is None:
             writes, label = (), f"{level.name}\n{level.frequency_label()} (no default)"
         else:
-            writes = tuple(range(level.period, window + 1, level.period))
+            writes = tuple(write_units(level.period, window))
             label = f"{level.name}\n{', '.join(frequency_parts(graph, level))}"
         chunk = try_evaluate(level.chunk, env)
         lanes.append(Lane(level.name, label, writes, chunk if isinstance(chunk, int) else None,
