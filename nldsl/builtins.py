@@ -21,20 +21,63 @@ IMPLICIT_NAMES = {
 }
 
 
+#: The places an expression can sit in a spec: an ordinary expression (contexts, gates, rule
+#: arguments, updates, reads, `out`, shapes, periods, defaults), a `minimize` loss, or a
+#: state's initial value. Every built-in usable in expressions may also appear in the others.
+EXPRESSION, OBJECTIVE, INIT = "expression", "objective", "init"
+PLACES = frozenset({EXPRESSION, OBJECTIVE, INIT})
+KINDS = frozenset({"optimizer", "module"})
+
+#: What each role means for where a built-in may be used: (kinds, places).
+_ROLE_USE = {
+    "math": (KINDS, PLACES),
+    "context": (KINDS, PLACES),
+    "objective": (KINDS, PLACES),   # a loss is also a value: `dot(S(k), k)` in an update
+    "window": (KINDS, frozenset({OBJECTIVE})),
+    "init": (KINDS, frozenset({INIT})),
+    "sequence": (frozenset({"module"}), PLACES),
+    "aggregate": (frozenset({"module"}), PLACES),
+}
+
+#: Why a role is limited to some kinds or places: the validator's message for a use outside.
+ROLE_LIMITS = {
+    "window": "sums a loss over past units (Atlas' Omega rule): it can only appear in a "
+              "`minimize` loss",
+    "init": "is an initial-value built-in: it can only be a state's initial value",
+    "sequence": "is a sequence built-in: optimizers have no token axis",
+    "aggregate": "joins a module's parallel branches (eq. 74): optimizers have no branches",
+}
+
+
 @dataclass(frozen=True)
 class Builtin:
-    """A built-in function: its parameter names (those after `min_args` are optional)."""
+    """A built-in function: its parameter names (those after `min_args` are optional), the spec
+    kinds that may use it and where (`kinds`, `places`, from its role), and whether the
+    optimizer compiler computes it in both schedules (`optimizer_ok`: the validator rejects
+    an optimizer's use of a built-in whose flag is False, so flip it when both schedules
+    compute it)."""
 
     params: tuple[str, ...]
     min_args: int
     doc: str
-    role: str = "math"  # math | objective | init | context | aggregate
+    role: str = "math"  # math | objective | window | init | context | sequence | aggregate
     variadic: bool = False
+    optimizer_ok: bool = True
+
+    @property
+    def kinds(self) -> frozenset[str]:
+        return _ROLE_USE[self.role][0]
+
+    @property
+    def places(self) -> frozenset[str]:
+        return _ROLE_USE[self.role][1]
 
 
-def _f(params: str, min_args: int | None, doc: str, role: str = "math", variadic: bool = False):
+def _f(params: str, min_args: int | None, doc: str, role: str = "math", variadic: bool = False,
+       optimizer_ok: bool = True):
     names = tuple(p for p in params.split() if p)
-    return Builtin(names, len(names) if min_args is None else min_args, doc, role, variadic)
+    return Builtin(names, len(names) if min_args is None else min_args, doc, role, variadic,
+                   optimizer_ok)
 
 
 FUNCTIONS: dict[str, Builtin] = {
@@ -56,8 +99,10 @@ FUNCTIONS: dict[str, Builtin] = {
     "softmax": _f("a", None, "softmax over the last dim"),
     "norm": _f("a", None, "Euclidean norm over the last dim (keeps the dim, size 1)"),
     "l2norm": _f("a", None, "a / ||a||_2 over the last dim"),
-    "rmsnorm": _f("a", None, "a / rms(a) over the last dim (no learned scale; multiply by a state)"),
-    "layernorm": _f("a", None, "(a - mean) / std over the last dim (no learned scale)"),
+    "rmsnorm": _f("a", None, "a / rms(a) over the last dim (no learned scale; multiply by a state)",
+                  optimizer_ok=False),
+    "layernorm": _f("a", None, "(a - mean) / std over the last dim (no learned scale)",
+                    optimizer_ok=False),
     "sum": _f("a", None, "sum over the last dim (keeps the dim, size 1)"),
     "mean": _f("a", None, "mean over the last dim (keeps the dim, size 1)"),
     "transpose": _f("a", None, "swap the last two dims"),
@@ -68,11 +113,12 @@ FUNCTIONS: dict[str, Builtin] = {
     "ndim": _f("a", None, "the number of dims of a tensor (a number), e.g. `ndim(W) == 2`"),
     # sequence mixing (modules)
     "conv": _f("a width", None, "causal depthwise 1-D convolution over tokens with a learned kernel "
-               "of `width` taps per channel (a parameter of the outer level)"),
+               "of `width` taps per channel (a parameter of the outer level)", role="sequence"),
     "attention": _f("q k v", None, "causal softmax attention over the sequence: the non-parametric "
-                    "memory of eq. 62 (frequency infinity)"),
-    "window_attention": _f("q k v width", None, "causal sliding-window softmax attention (eq. 63)"),
-    "concat": _f("a", 1, "concatenate along the last dim", variadic=True),
+                    "memory of eq. 62 (frequency infinity)", role="sequence"),
+    "window_attention": _f("q k v width", None, "causal sliding-window softmax attention (eq. 63)",
+                           role="sequence"),
+    "concat": _f("a", 1, "concatenate along the last dim", variadic=True, optimizer_ok=False),
     # gradients and gradient flow
     "grad": _f("state", None, "the gradient of the task loss with respect to a state (for an "
                "optimizer, `grad(W)`: the gradient it is given)", role="context"),
@@ -88,22 +134,28 @@ FUNCTIONS: dict[str, Builtin] = {
     "lp": _f("a b p", None, "1/p sum |a - b|^p (Miras' l_p attentional bias, its factor p folded "
              "into the learning rate)", role="objective"),
     "huber": _f("a b delta", None, "coordinate-wise Huber: 1/2 r^2 if |r| <= delta else "
-                "delta (|r| - delta/2), r = a - b", role="objective"),
+                "delta (|r| - delta/2), r = a - b", role="objective", optimizer_ok=False),
     "window": _f("width loss gamma", 2, "Atlas' Omega rule: sum over the last `width` units of "
-                 "gamma_i * loss evaluated on unit i's context at the current state", role="objective"),
+                 "gamma_i * loss evaluated on unit i's context at the current state", role="window"),
     "orthogonality": _f("a", None, "1/2 ||a^T a - I||_F^2 (eq. 43)", role="objective"),
     # initial values
-    "zeros": _f("", None, "all zeros", role="init"),
-    "ones": _f("", None, "all ones", role="init"),
-    "eye": _f("", None, "the identity matrix", role="init"),
+    "zeros": _f("", None, "all zeros", role="init", optimizer_ok=False),
+    "ones": _f("", None, "all ones", role="init", optimizer_ok=False),
+    "eye": _f("", None, "the identity matrix", role="init", optimizer_ok=False),
     "normal": _f("std", 0, "independent normal entries with standard deviation std "
-                 "(default 1 / sqrt(fan_in))", role="init"),
+                 "(default 1 / sqrt(fan_in))", role="init", optimizer_ok=False),
     "uniform": _f("bound", 0, "uniform entries in [-bound, bound] (default 1 / sqrt(fan_in))",
-                  role="init"),
+                  role="init", optimizer_ok=False),
     # aggregation of parallel branches (CMS independent variant, eq. 74)
     "wsum": _f("weights a", 2, "sum_i weights[i] * a_i: a (learnable) weighted sum of branches",
                role="aggregate", variadic=True),
 }
+
+#: The activations an `mlp(...)` state may name between its layers, and its other options.
+MLP_ACTIVATIONS = {"gelu": "GELU (erf form), the default", "silu": "a * sigmoid(a)",
+                   "relu": "max(a, 0)", "tanh": "tanh"}
+MLP_OPTIONS = {"residual": "adds the input to the output, M(u) = u + MLP(u) (eq. 89); needs the "
+                           "first and last widths equal"}
 
 #: Name of the objective that stands for the outer (task) loss.
 TASK = "task"

@@ -5,7 +5,7 @@ import networkx as nx
 
 from nldsl import ast
 from nldsl.build import _references
-from nldsl.builtins import FUNCTIONS, TASK
+from nldsl.builtins import EXPRESSION, FUNCTIONS, INIT, OBJECTIVE, TASK
 from nldsl.check_common import Checker
 
 MSG_DUPLICATE = "{what} {name!r} is defined twice"
@@ -62,43 +62,44 @@ def check_duplicates(c: Checker) -> None:
             seen[name] = node
 
 
-def _expressions(c: Checker):
-    """(expression, where) for every expression a user wrote, with whether `task` is allowed."""
+def expressions(c: Checker):
+    """(expression, place) for every expression a user wrote; the place (builtins.EXPRESSION,
+    OBJECTIVE or INIT) says which built-ins it may use, and `task` is an objective."""
     for hparam in c.decl.hparams:
         if hparam.default is not None:
-            yield hparam.default, False
+            yield hparam.default, EXPRESSION
     for level in c.graph.levels.values():
         if level.decl is not None:
-            yield level.decl.every, False
+            yield level.decl.every, EXPRESSION
             for option in (level.decl.chunk, level.decl.heads):
                 if option is not None:
-                    yield option, False
+                    yield option, EXPRESSION
         for state in level.states.values():
             shape, init = state.decl.shape, state.decl.init
             for dim in getattr(shape, "dims", []) + getattr(shape, "widths", []):
-                yield dim, False
+                yield dim, EXPRESSION
             if isinstance(init, ast.InitValue):
-                yield init.value, False
+                yield init.value, INIT
         for context in level.contexts.values():
-            yield context.value, False
+            yield context.value, EXPRESSION
         for objective in level.objectives:
-            yield objective.loss, True
+            yield objective.loss, OBJECTIVE
             for rule in objective.rules:
                 for arg in [*rule.args, *(k.value for k in rule.kwargs)]:
-                    yield arg, False
+                    yield arg, EXPRESSION
         for update in level.updates:
-            yield update.value, False
+            yield update.value, EXPRESSION
         for read in level.reads.values():
-            yield read.value, False
+            yield read.value, EXPRESSION
     if c.graph.output is not None:
-        yield c.graph.output, False
+        yield c.graph.output, EXPRESSION
 
 
 def check_references(c: Checker) -> None:
     defined = c.defined_names()
     callable_states = {s.name for s in c.graph.states() if not isinstance(s.decl.shape, ast.ScalarShape)}
-    for expr, task_allowed in _expressions(c):
-        _check_expr(c, expr, defined, callable_states, task_allowed)
+    for expr, place in expressions(c):
+        _check_expr(c, expr, defined, callable_states, place == OBJECTIVE)
 
 
 def _check_expr(c: Checker, node, defined, callable_states, task_allowed) -> None:

@@ -10,6 +10,7 @@ from nldsl.check_levels import check_frequencies, check_learned_inits, check_obj
 from nldsl.check_names import check_definition_cycles, check_duplicates, check_references
 from nldsl.check_shapes import check_shapes
 from nldsl.check_values import check_hparams, check_rules
+from nldsl.check_vocabulary import check_grad_args, check_mlp_options, check_vocabulary
 from nldsl.errors import NLDSLValidationError, Problem, Source
 from nldsl.graph import LevelGraph
 
@@ -17,6 +18,9 @@ CHECKS = (
     check_duplicates,
     check_references,
     check_definition_cycles,
+    check_vocabulary,
+    check_grad_args,
+    check_mlp_options,
     check_hparams,
     check_rules,
     check_frequencies,

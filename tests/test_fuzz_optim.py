@@ -88,7 +88,7 @@ def run(spec, schedule: str):
     params = parameters()
     torch.manual_seed(0)                                    # initialisers such as normal()
     try:
-        opt = nldsl.optimizer(spec, params, schedule=schedule)
+        opt = nldsl.optimizer(spec, params, schedule)   # positional: a drawn hyper-parameter may be named `schedule`
     except nldsl.NLDSLError as err:
         assert_located(err)
         return "error", type(err).__name__
@@ -151,40 +151,8 @@ KNOWN: dict[str, tuple[str, str]] = {
         'unlocated NLDSLError: rule chains not compiled'),
     'momentum-rule': ('optimizer o(lr = 0.1 > 0) {\n  level w every 1 step {\n    W <- W - lr * m\n  }\n  level l0 every 1 step {\n    state m like W = 0\n    m: minimize l2(m, grad(W)) by momentum(0.1, beta = 0.9)\n  }\n}\n',
         'unlocated NLDSLError: momentum rule not compiled'),
-    'tensor-conditional': ('optimizer o(lr = 0.1 > 0) {\n  level w every 1 step {\n    W <- W - lr * (grad(W) if grad(W) > 0 else 0 - grad(W))\n  }\n}\n',
-        'NotVectorizable for the documented elementwise conditional'),
-    'not-tensor': ('optimizer o(lr = 0.1 > 0) {\n  level w every 1 step {\n    W <- W - lr * (not grad(W)) * grad(W)\n  }\n}\n',
-        'RuntimeError: `not` of a tensor'),
-    'clamp': ('optimizer o(lr = 0.1 > 0) {\n  level w every 1 step {\n    W <- W - lr * clamp(grad(W), 0 - 1, 1)\n  }\n}\n',
-        'NameError: clamp in fused'),
-    'stopgrad': ('optimizer o(lr = 0.1 > 0) {\n  level w every 1 step {\n    W <- W - lr * stopgrad(grad(W))\n  }\n}\n',
-        'NameError: stopgrad in fused'),
-    'debug-name': ('optimizer o(__debug__ = 0.1 > 0) {\n  level w every 1 step {\n    W <- W - __debug__ * grad(W)\n  }\n}\n',
-        'SyntaxError: __debug__ as a name'),
-    'F-state': ('optimizer o(lr = 0.1 > 0) {\n  level w every 1 step {\n    W <- W - lr * F\n  }\n  level l0 every 1 step {\n    state F like W = 0\n    F: minimize -dot(F, grad(W)) by ema(0.9)\n  }\n}\n',
-        'unlocated NLDSLError: state name F reserved in generated code'),
-    'self-init': ('optimizer o(lr = 0.1 > 0) {\n  level w every 1 step {\n    W <- W - lr * m\n  }\n  level l0 every 1 step {\n    state m like W = m\n    m <- m + grad(W)\n  }\n}\n',
-        'KeyError: state initialised from itself'),
-    'slow-self-init': ('optimizer o(lr = 0.1 > 0) {\n  level s every 2 steps {\n    state m like W = m\n    m <- W\n  }\n  level w every 1 step {\n    W <- W - lr * m\n  }\n}\n',
-        'KeyError: state initialised from itself, slow level'),
-    'grad-of-hparam': ('optimizer o(lr = 0.1 > 0) {\n  level w every 1 step {\n    W <- W - lr * grad(lr)\n  }\n}\n',
-        'KeyError: grad(lr) validates'),
-    'grad-of-state': ('optimizer o(lr = 0.1 > 0) {\n  level w every 1 step {\n    W <- W - lr * grad(m)\n  }\n  level l0 every 1 step {\n    state m like W = 0\n    m <- m + grad(W)\n  }\n}\n',
-        'KeyError: grad(m) of a state validates'),
-    'scalar-sigmoid': ('optimizer o(lr = 0.1 > 0) {\n  level w every 1 step {\n    W <- W - sigmoid(lr) * grad(W)\n  }\n}\n',
-        'KeyError: sigmoid of a number'),
-    'conv': ('optimizer o(lr = 0.1 > 0) {\n  level w every 1 step {\n    W <- W - lr * conv(grad(W), 2)\n  }\n}\n',
-        'KeyError: module-only conv in an optimizer validates'),
-    'rmsnorm': ('optimizer o(lr = 0.1 > 0) {\n  level w every 1 step {\n    W <- W - lr * rmsnorm(grad(W))\n  }\n}\n',
-        'KeyError: rmsnorm not compiled for optimizers'),
-    'zeros-in-expr': ('optimizer o(lr = 0.1 > 0) {\n  level w every 1 step {\n    W <- W - lr * (grad(W) + zeros())\n  }\n}\n',
-        'IndexError: zeros() in an expression'),
-    'huge-number': ('optimizer o(lr = 0.1 > 0) {\n  level w every 1 step {\n    W <- W - 1e400 * grad(W)\n  }\n}\n',
-        'NameError: inf from 1e400'),
     'ns-rule-no-closed-form': ('optimizer o(lr = 0.1 > 0) {\n  level w every 1 step {\n    W <- W - lr * S\n  }\n  level l0 every 1 step {\n    state S like W = W\n    S: minimize l2(S @ S, 0) by newton_schulz(steps = 5)\n  }\n}\n',
         'numbers differ: newton_schulz rule on l2(S @ S, 0)'),
-    'forward-let': ('optimizer o(lr = 0.1 > 0) {\n  level w every 1 step {\n    W <- W - lr * b\n  }\n  level l0 every 1 step {\n    let b = a * 2\n    let a = grad(W)\n  }\n}\n',
-        'TypeError: forward-referenced let in fused'),
 }
 
 

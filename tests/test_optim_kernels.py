@@ -107,7 +107,7 @@ def test_large_cpu_matrices_are_orthogonalised_one_by_one():
     pytest.param(lambda: newton_schulz(torch.ones(2, 3, 4)), "needs a matrix", id="3-d tensor"),
     pytest.param(lambda: newton_schulz_group([torch.ones(2, 3), torch.ones(3, 2)]), "one shape",
                  id="group of two shapes"),
-    pytest.param(lambda: newton_schulz_group([torch.ones(3)]), "one shape", id="group of vectors"),
+    pytest.param(lambda: newton_schulz_group([torch.ones(3)]), "needs matrices", id="group of vectors"),
     pytest.param(lambda: newton_schulz_group([]), "one shape", id="empty group"),
     pytest.param(lambda: newton_schulz(torch.ones(2, 2), polynomial="septic"), "polynomial must be",
                  id="unknown polynomial"),

@@ -4,11 +4,11 @@
 """
 
 
-def optimizer(spec, params, schedule: str = "fused", **hparams):
+def optimizer(spec, params, schedule=None, /, **hparams):
     """Compile an optimizer spec for `params`; see `nldsl.optim.optimizer.optimizer`."""
     from nldsl.optim.optimizer import optimizer as compile_optimizer
 
-    return compile_optimizer(spec, params, schedule=schedule, **hparams)
+    return compile_optimizer(spec, params, schedule, **hparams)
 
 
 __all__ = ["optimizer"]

@@ -17,15 +17,17 @@ from nldsl.optim import kernels
 from nldsl.optim.evaluate import Evaluator
 from nldsl.optim.ir import Plan, Write
 from nldsl.optim.plan import PARAM
+from nldsl.optim.snapshot import dependency_order
 
 
 def initial_state(plan: Plan, param: torch.Tensor, hparams: dict) -> dict:
     """Fresh per-parameter state: step 0, every persistent state at its initial value."""
     state: dict = {"step": 0}
-    env = Evaluator(lambda name: {PARAM: param, **hparams}[name])
-    for s in plan.states.values():
-        if s.name == PARAM or not s.persistent:
-            continue
+    env = Evaluator(lambda name: {PARAM: param, **hparams, **state}[name])
+    inits = {s.name: s.init if s.init is not None else ast.Number(value=0)
+             for s in plan.states.values() if s.name != PARAM and s.persistent}
+    for name, _ in dependency_order(inits):   # an initial value may be another state's (no cycle)
+        s = plan.states[name]
         if isinstance(s.shape, ast.MLPShape):
             widths = [int(env(w)) for w in s.shape.widths]
             acts = [o for o in s.shape.options if o in kernels.ACTIVATIONS] or ["gelu"]

@@ -40,7 +40,9 @@ def newton_schulz_group(xs: list[torch.Tensor], steps: int = 5, polynomial="quin
     and iterated once for all, each product one `torch.baddbmm`, where batching pays (on a GPU
     always, on a CPU up to `CPU_BATCH_MAX_ELEMENTS` per matrix; docs/performance.md), else
     matrix by matrix. Batched and per-matrix products may round differently."""
-    if not xs or any(x.ndim != 2 or x.shape != xs[0].shape for x in xs):
+    if any(x.ndim != 2 for x in xs):
+        raise ValueError(f"newton_schulz needs matrices, got shapes {[tuple(x.shape) for x in xs]}")
+    if not xs or any(x.shape != xs[0].shape for x in xs):
         raise ValueError("newton_schulz_group needs matrices of one shape, got shapes "
                          f"{[tuple(x.shape) for x in xs]}")
     if xs[0].device.type == "cpu" and xs[0].numel() > CPU_BATCH_MAX_ELEMENTS:

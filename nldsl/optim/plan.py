@@ -1,7 +1,7 @@
 """Lower an optimizer spec to a `Plan`: per level, its contexts, derived writes and reads, in
 update order; boolean and string hyper-parameters folded in, states nobody reads dropped.
 
-Pure data in, data out; no torch. `lower(spec, folded)` is cached per folded values.
+Pure data in, data out; no torch. The optimizer caches one plan per folded values.
 """
 from __future__ import annotations
 
@@ -45,8 +45,45 @@ def fold(expr, consts: dict):
     return expr.model_copy(update=updates)
 
 
-def lower(spec, folded: dict | None = None) -> Plan:
-    """Spec -> Plan for the given bool/str hyper-parameter values (defaults otherwise)."""
+def drop_zero_terms(expr, zeros: frozenset):
+    """`a + h * b`, `a - b * h`, `h * b + a` -> `a` for a hyper-parameter h that is 0 now:
+    PyTorch skips such a term (`if weight_decay != 0`), so 0 * inf never makes a NaN. Only the
+    expressions change; every state is still kept and written."""
+    if not zeros or not isinstance(expr, ast.Node):
+        return expr
+    if isinstance(expr, ast.Binary) and expr.op in "+-":
+        if _zero_product(expr.right, zeros):
+            return drop_zero_terms(expr.left, zeros)
+        if expr.op == "+" and _zero_product(expr.left, zeros):
+            return drop_zero_terms(expr.right, zeros)
+    updates = {}
+    for field, value in expr:
+        if isinstance(value, ast.Node):
+            updates[field] = drop_zero_terms(value, zeros)
+        elif isinstance(value, list):
+            updates[field] = [drop_zero_terms(v, zeros) for v in value]
+    return expr.model_copy(update=updates)
+
+
+def _zero_product(expr, zeros) -> bool:
+    return isinstance(expr, ast.Binary) and expr.op == "*" and any(
+        isinstance(side, ast.Name) and side.id in zeros for side in (expr.left, expr.right))
+
+
+def _without_zero_terms(plan: Plan, zeros: frozenset) -> Plan:
+    def write(w: Write) -> Write:
+        return Write(**{**w.__dict__, "value": drop_zero_terms(w.value, zeros),
+                        "restart": drop_zero_terms(w.restart, zeros)})
+    levels = [LevelPlan(lv.name, lv.period, {k: drop_zero_terms(v, zeros) for k, v in lv.contexts.items()},
+                        [write(w) for w in lv.writes],
+                        {k: (drop_zero_terms(v, zeros), b) for k, (v, b) in lv.reads.items()})
+              for lv in plan.levels]
+    return Plan(plan.name, levels, plan.states, plan.hparams, plan.folded)
+
+
+def lower(spec, folded: dict | None = None, zeros: frozenset = frozenset()) -> Plan:
+    """Spec -> Plan for the given bool/str hyper-parameter values (defaults otherwise); terms
+    scaled by a hyper-parameter in `zeros` (those that are 0 now) dropped (`drop_zero_terms`)."""
     decl = spec.decl
     if decl.kind != "optimizer":
         raise NLDSLError(f"{decl.name} is a module; nldsl.optimizer compiles optimizer specs")
@@ -88,8 +125,38 @@ def lower(spec, folded: dict | None = None) -> Plan:
                                 {c.name: fold(c.value, consts) for c in info.contexts.values()},
                                 writes, {r.name: (fold(r.value, consts), r.before_write)
                                          for r in info.reads.values()}))
+    _check_inits(states, spec.source)
     numeric = [h.name for h in decl.hparams if h.name not in consts]
-    return _drop_unread(Plan(decl.name, levels, states, numeric, consts))
+    return _without_zero_terms(_drop_unread(Plan(decl.name, levels, states, numeric, consts)),
+                               frozenset(zeros) & set(numeric))
+
+
+def _check_inits(states: dict[str, StatePlan], source) -> None:
+    """A state's initial value may use other states' initial values, not its own (`m = m`,
+    `m = v` with `v = m`): that has no value, a located compile error."""
+    uses = {s.name: {n.id for n in names_in(s.init)} & states.keys() - {PARAM}
+            for s in states.values() if s.init is not None}
+    done: set[str] = set()
+    for start in uses:
+        path, todo = [], [(start, iter(uses[start]))]
+        while todo:
+            name, rest = todo[-1]
+            path = path if path and path[-1] == name else path + [name]
+            nxt = next(rest, None)
+            if nxt is None:
+                done.add(name)
+                todo.pop()
+                path.pop()
+            elif nxt in path:
+                init = states[start].init
+                cycle = " -> ".join(path[path.index(nxt):] + [nxt])
+                raise NLDSLCompileError([Problem(
+                    f"state {start}: its initial value refers to itself ({cycle})", init.span.line,
+                    init.span.col, init.span.end_line or None, init.span.end_col or None,
+                    "an initial value from numbers, hyper-parameters, W or other states",
+                    "start it at 0 or at another state's value", source)])
+            elif nxt not in done and nxt in uses:
+                todo.append((nxt, iter(uses[nxt])))
 
 
 def _names(graph) -> Names:

@@ -112,7 +112,7 @@ class Printer:
         try:
             return literal(e.value), False
         except ValueError:
-            raise _located(e, f"the number {e.value} does not fit a float", "a finite number",
+            raise _located(e, "this number overflows a float (above 1.8e308)", "a finite number",
                            "write a number below 1.8e308") from None
 
     def _bool(self, e): return literal(e.value), False

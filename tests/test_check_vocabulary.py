@@ -1,0 +1,144 @@
+"""check_vocabulary: the built-ins table says which kinds of spec may use each built-in and
+where (builtins.Builtin.kinds / places / optimizer_ok); `grad(X)`; mlp options."""
+from __future__ import annotations
+
+import pytest
+
+from nldsl.build import build
+from nldsl.builtins import FUNCTIONS, MLP_ACTIVATIONS
+from nldsl.check_common import Checker
+from nldsl.check_vocabulary import check_grad_args, check_mlp_options, check_vocabulary
+from nldsl.errors import Source
+from nldsl.parser import parse
+
+OPT = "optimizer o(lr = 0.1) {{\n level a every 1 step {{\n  state m like W = 0\n  {body}\n }}\n}}"
+MOD = ("module s(dim) {{\n state Wk : [dim, dim] = normal(0.02)\n level a every 1 token {{\n"
+       "  state M : [dim, dim] = 0\n  {body}\n  read y = M(x)\n }}\n out = y\n}}")
+
+
+def run(check, template: str, body: str) -> list[str]:
+    text = template.format(body=body, options=body)
+    checker = Checker(build(parse(text)), Source(text))
+    check(checker)
+    return [p.message for p in checker.problems]
+
+
+def sample_call(name: str) -> str:
+    builtin = FUNCTIONS[name]
+    return f"{name}({', '.join(['W'] * builtin.min_args)})"
+
+
+@pytest.mark.parametrize("name", sorted(n for n, f in FUNCTIONS.items() if "optimizer" not in f.kinds))
+def test_module_only_builtins_are_rejected_in_optimizers(name):
+    messages = run(check_vocabulary, OPT, f"W <- W - lr * {sample_call(name)}")
+    assert len(messages) == 1 and messages[0].startswith(f"`{name}` ")
+    assert "optimizers have" in messages[0]
+
+
+@pytest.mark.parametrize("name", sorted(n for n, f in FUNCTIONS.items()
+                                        if "optimizer" in f.kinds and not f.optimizer_ok
+                                        and "expression" in f.places))
+def test_builtins_the_optimizer_compiler_lacks_are_rejected(name):
+    assert run(check_vocabulary, OPT, f"W <- W - lr * {sample_call(name)}") == [
+        f"`{name}` is not compiled for optimizers yet"]
+
+
+@pytest.mark.parametrize("template", [OPT, MOD], ids=["optimizer", "module"])
+def test_the_omega_rule_only_in_losses(template):
+    body = "let e = window(2, l2(W, 0))" + ("\n  W <- W - e" if template is OPT else "")
+    assert run(check_vocabulary, template, body) == [
+        "`window` sums a loss over past units (Atlas' Omega rule): it can only appear in a "
+        "`minimize` loss, not in an expression"]
+
+
+@pytest.mark.parametrize("name", ["dot", "l2", "lp", "orthogonality"])
+def test_losses_are_values_too(name):
+    """Both compilers compute a loss as a value (`dot(S(k), k)` in an explicit update)."""
+    assert run(check_vocabulary, MOD, f"let e = {sample_call(name).replace('W', 'x')}") == []
+
+
+@pytest.mark.parametrize("name", ["zeros", "ones", "eye", "normal", "uniform"])
+def test_init_builtins_only_as_initial_values(name):
+    assert run(check_vocabulary, MOD, f"let e = x + {name}()") == [
+        f"`{name}` is an initial-value built-in: it can only be a state's initial value, "
+        "not in an expression"]
+    assert run(check_vocabulary, MOD, f"state N : [dim] = {name}()\n  N <- N") == []
+
+
+@pytest.mark.parametrize("body", [
+    pytest.param("key k = conv(x @ Wk, 4)\n  minimize l2(M(k), x) by gd(0.1)", id="conv"),
+    pytest.param("let a = attention(x, x, x)\n  minimize -dot(M(x), a) by gd(0.1)", id="attention"),
+    pytest.param("minimize huber(M(x), x, 1) by gd(0.1)", id="huber-objective"),
+    pytest.param("let g = rmsnorm(x)\n  minimize l2(M(g), x) by gd(0.1)", id="rmsnorm"),
+])
+def test_module_uses_are_valid(body):
+    assert run(check_vocabulary, MOD, body) == []
+
+
+@pytest.mark.parametrize("body", [
+    pytest.param("m: minimize -dot(m, grad(W)) by ema(0.9)\n  W <- W - lr * m", id="dot-loss"),
+    pytest.param("W <- W - lr * sqrt(grad(W) * grad(W)) * max(lr, 2) / size(W, 0)", id="math"),
+])
+def test_optimizer_uses_are_valid(body):
+    assert run(check_vocabulary, OPT, body) == []
+
+
+@pytest.mark.parametrize("body, expected", [
+    pytest.param("W <- W - lr * grad(W * 2)", "`grad` takes the name of a parameter, not `W * 2`",
+                 id="expression"),
+    pytest.param("W <- W - lr * grad(3)", "`grad` takes the name of a parameter, not `3`",
+                 id="number"),
+    pytest.param("W <- W - grad(lr)",
+                 "an optimizer is given the gradient of `W` only, not of a hyper-parameter 'lr'",
+                 id="hyper-parameter"),
+    pytest.param("m <- m + grad(W)\n  W <- W - lr * grad(m)",
+                 "an optimizer is given the gradient of `W` only, not of its own state 'm'",
+                 id="own-state"),
+])
+def test_grad_in_optimizers(body, expected):
+    assert run(check_grad_args, OPT, body) == [expected]
+
+
+def test_grad_of_w_and_of_module_states_is_valid():
+    assert run(check_grad_args, OPT, "W <- W - lr * grad(W)") == []
+    assert run(check_grad_args, MOD, "let g = grad(Wk)\n  M <- M + outer(g @ x, x)") == []
+
+
+def test_grad_in_modules_takes_a_state():
+    assert run(check_grad_args, MOD, "let h = x\n  let g = grad(h)\n  M <- M") == [
+        "'h' is not a state: `grad` is the task loss's gradient with respect to a state"]
+
+
+MLP = ("module s(dim) {{\n level a every 1 token {{\n  state M : mlp(dim -> dim, {options})\n"
+       "  minimize l2(M(x), x) by gd(0.1)\n  read y = M(x)\n }}\n out = y\n}}")
+
+
+@pytest.mark.parametrize("options", [*MLP_ACTIVATIONS, "gelu, residual", "residual"])
+def test_known_mlp_options(options):
+    assert run(check_mlp_options, MLP, options) == []
+
+
+FIRST_OPTION = len("  state M : mlp(dim -> dim, ") + 1
+
+
+@pytest.mark.parametrize("options, expected, offset", [
+    ("gleu", "unknown mlp option 'gleu'", 0),
+    ("gelu, bogus", "unknown mlp option 'bogus'", 6),
+    ("layernorm", "unknown mlp option 'layernorm'", 0),
+    ("bias, residual", "unknown mlp option 'bias'", 0),
+    ("gelu, silu", "an mlp has one activation, but this one names 'gelu' and 'silu'", 6),
+    ("residual, residual", "mlp option 'residual' is given twice", 10),
+], ids=["gleu", "bogus", "layernorm", "bias", "two-activations", "repeated"])
+def test_unknown_mlp_options_are_located(options, expected, offset):
+    col = FIRST_OPTION + offset
+    text = MLP.format(options=options)
+    checker = Checker(build(parse(text)), Source(text))
+    check_mlp_options(checker)
+    assert [(p.message, p.line, p.col) for p in checker.problems] == [(expected, 3, col)]
+
+
+def test_a_misspelt_activation_gets_a_suggestion():
+    text = MLP.format(options="gleu")
+    checker = Checker(build(parse(text)), Source(text))
+    check_mlp_options(checker)
+    assert checker.problems[0].hint == "did you mean 'gelu'?"
