@@ -1,0 +1,146 @@
+"""One module token built from a drawn `Unit`, and each derived write of its Program set against
+the autograd step of the objective it came from.
+
+The module is the compiler's (`nldsl.compile(spec, schedule="reference")`, float64). Its
+parameters, every fast state (and momentum buffer, and conv cache) and the token x_t are drawn
+standard normal from the unit's seed, so keys, values and gates are what the spec computes from
+them (an `l2norm` key has norm 1, a `sigmoid` gate lies in (0, 1)). The compiled side is one
+token of the reference schedule, the state it writes; the expected side is the rule applied to
+torch.autograd's gradient of the level's objective, with the level's contexts that use its own
+states substituted into the loss (so the gradient flows through them, as lower/module.py does).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from nldsl import ast
+from nldsl.checking.optimizer_units import Comparison
+from nldsl.checking.rules import autograd_gradient, dgd_key, step_rule
+from nldsl.consteval import names_in
+from nldsl.module.reference import STREAM, run_reference
+from nldsl.module.unit import UnitValues
+from nldsl.optim.derive import rule_arguments
+from nldsl.printer import format_expr
+
+
+def drawn_module(spec, values: dict, seed: int, schedule: str = "reference", block_size: int = 64):
+    """The compiled module in float64 with every parameter drawn standard normal from `seed`,
+    scaled by 1/sqrt(fan in) for matrices (so products of drawn values stay O(1))."""
+    from nldsl.module import compile as compile_module
+
+    torch.manual_seed(seed)
+    module = compile_module(spec, schedule=schedule, block_size=block_size, **values).double()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in sorted(module.named_parameters()):
+            scale = p.shape[0] ** -0.5 if p.ndim == 2 else 1.0
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * scale)
+    return module
+
+
+def drawn_state(module, batch: int, t: int, gen) -> dict:
+    """The module's state after t tokens, its tensors drawn standard normal."""
+    state = module.initial_state(batch)
+    for key, own in state.items():
+        for name, value in own.items():
+            if isinstance(value, torch.Tensor):
+                own[name] = torch.randn(value.shape, generator=gen, dtype=value.dtype)
+    state[STREAM]["t"] = t
+    return state
+
+
+def own_inlined(loss: ast.Expr, info) -> ast.Expr:
+    """The loss with the level's contexts that use its own states (transitively) substituted."""
+    contexts = {c.name: c.value for c in info.contexts.values()}
+    owned: dict[str, ast.Expr] = {}
+    while True:
+        more = {n: v for n, v in contexts.items() if n not in owned and any(
+            m.id in set(info.states) | set(owned) for m in names_in(v))}
+        if not more:
+            break
+        owned.update(more)
+    return _substitute(loss, owned, len(owned) + 1)
+
+
+def _substitute(expr, names: dict, depth: int):
+    if isinstance(expr, ast.Name) and expr.id in names and depth > 0:
+        return _substitute(names[expr.id], names, depth - 1)
+    if not isinstance(expr, ast.Node):
+        return expr
+    updates = {f: (_substitute(v, names, depth) if isinstance(v, ast.Node) else
+                   [_substitute(x, names, depth) for x in v] if isinstance(v, list) else v)
+               for f, v in expr}
+    return expr.model_copy(update=updates)
+
+
+def compare_writes(spec, unit) -> list[Comparison]:
+    """Every gradient or momentum write of the module at the drawn token."""
+    module = drawn_module(spec, unit.hparams, unit.seed)
+    program, params = module.program, dict(module.named_parameters())
+    gen = torch.Generator().manual_seed(unit.seed + 1)
+    state = drawn_state(module, unit.batch, unit.step - 1, gen)
+    x_t = torch.randn(unit.batch, program.dim, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        _, after = run_reference(program, params, x_t[:, None], copy.deepcopy(state), end=False)
+    unit_at = lambda: UnitValues(program, params, copy.deepcopy(state), x_t, unit.step)
+    out = []
+    for level in program.levels:
+        info = spec.graph.levels[level.name]
+        objectives = {o.state or next(iter(info.states)): o for o in info.objectives}
+        for write in level.writes:
+            if write.kind == "explicit" or write.target not in objectives:
+                continue
+            own = after[level.name]
+            compiled = {"state": own[write.target] + own.get(f"{write.target}.pending", 0)}
+            if write.kind == "momentum":
+                compiled["momentum"] = own[f"{write.target}_momentum"]
+            objective = objectives[write.target]
+            loss = own_inlined(objective.loss, info)
+            with torch.no_grad():
+                expected = _expected(level, write.target, objective.rules[0], loss, unit_at, state)
+            out.append(Comparison(level.name, write.target, write.derivation, _formula(write),
+                                  compiled, expected, _inputs(level, write.target, loss, unit_at,
+                                                              state, unit),
+                                  [state[level.name][write.target]]))
+    return out
+
+
+def _expected(level, target: str, rule: ast.Rule, loss: ast.Expr, unit_at, state):
+    unit = unit_at()
+    frame = unit.frames[level.name]
+    args = {k: unit.evaluate(level, "current", v) for k, v in rule_arguments(rule).items()}
+    current = state[level.name][target]
+
+    def grad_at(value):
+        fresh = unit_at()
+        return autograd_gradient(lambda leaf: fresh.evaluate(level, "snapshot", loss,
+                                                             {target: leaf}), value)
+
+    key = dgd_key(loss, target) if rule.name == "dgd" else None
+    norm2 = unit.evaluate(level, "snapshot", ast.Call(func="dot", args=[key, key])) \
+        if key is not None else None
+    return step_rule(rule.name, args, current, grad_at, frame.align,
+                     momentum=state[level.name].get(f"{target}_momentum"), key_norm2=norm2)
+
+
+def _formula(write) -> str:
+    grad = format_expr(write.grad) if write.grad is not None else \
+        f"autograd of {format_expr(write.loss)}"
+    head = f"{write.target} <- {format_expr(write.decay)} * {write.target} - " \
+           f"({format_expr(write.lr)}) * G"
+    if write.kind == "momentum":
+        head = f"m <- {format_expr(write.beta)} * m - ({format_expr(write.lr)}) * G; " \
+               f"{write.target} <- {format_expr(write.decay)} * {write.target} + m"
+    return f"{head},  G = {grad}"
+
+
+def _inputs(level, target, loss, unit_at, state, unit) -> dict:
+    values = unit_at()
+    shown = {"hyper-parameters": unit.hparams, "batch": unit.batch, "token t": unit.step,
+             "seed": unit.seed, f"{target} (before)": state[level.name][target]}
+    for name in dict.fromkeys(n.id for n in names_in(loss)):
+        if name != target and name in level.contexts:
+            shown[name] = values.context(level, name)
+    return shown

@@ -1,0 +1,107 @@
+"""What a check returns or raises, and how it runs a property under a budget.
+
+A check either returns a `Report` (passed, or not applicable with the reason) or raises
+`CheckFailure`, an `AssertionError`, so that pytest shows it as a test failure; its message is the
+first counterexample written out (the drawn values, the formula, both results). Hypothesis shrinks
+the counterexample before it re-raises it, so the case printed is a small one.
+
+Comparisons are normwise, per tensor: ||got - want||_inf <= tol * scale, where the scale is the
+magnitude of what was computed (`scale_of`), so one tolerance serves values of any size. Each
+check derives its `tol` from the arithmetic it compares and says how in its docstring.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from hypothesis import HealthCheck, given, seed as hypothesis_seed, settings
+
+#: float64's unit roundoff, 2^-53: one rounding changes a value by at most this, relatively.
+EPS64 = 2.0 ** -53
+
+
+class CheckFailure(AssertionError):
+    """A check found a counterexample; the message is the readable case."""
+
+
+@dataclass
+class Report:
+    """The outcome of one check on one spec (a failure raises `CheckFailure` instead)."""
+
+    check: str
+    spec: str
+    status: str = "pass"                 # pass | not applicable
+    examples: int = 0                    # drawn cases run
+    checked: list[str] = field(default_factory=list)   # what was compared (writes, schedules)
+    reason: str = ""                     # why not applicable
+    seconds: float = 0.0
+
+    def __str__(self) -> str:
+        if self.status != "pass":
+            return f"{self.check} {self.spec}: {self.status} ({self.reason})"
+        return f"{self.check} {self.spec}: pass, {self.examples} examples ({', '.join(self.checked)})"
+
+
+def not_applicable(check: str, spec: str, reason: str) -> Report:
+    return Report(check, spec, "not applicable", reason=reason)
+
+
+def run_property(report: Report, strategy, body, examples: int, deadline, seed: int) -> Report:
+    """Run `body(drawn)` on `examples` draws of `strategy`; count them into `report`. `deadline`
+    is milliseconds per example (None: no deadline). The draws are fixed by `seed` and no
+    example database is written, so a run is reproducible from its arguments alone."""
+    start = time.perf_counter()
+
+    @hypothesis_seed(seed)
+    @settings(max_examples=examples, deadline=deadline, database=None, derandomize=False,
+              suppress_health_check=list(HealthCheck), print_blob=False)
+    @given(strategy)
+    def prop(drawn):
+        report.examples += 1
+        body(drawn)
+
+    report.examples = 0
+    prop()
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def scale_of(*tensors) -> float:
+    """The largest finite magnitude among the tensors (1 if none: an absolute floor)."""
+    values = [t.detach().abs()[torch.isfinite(t)].max().item() for t in tensors
+              if isinstance(t, torch.Tensor) and torch.isfinite(t).any()]
+    return max(values + [1.0])
+
+
+def mismatch(got: torch.Tensor, want: torch.Tensor, tol: float, scale: float) -> str | None:
+    """None when got and want agree (normwise, NaN where both are NaN), else a description of
+    the worst entry."""
+    got, want = torch.as_tensor(got).detach(), torch.as_tensor(want).detach()
+    if got.shape != want.shape:
+        return f"shapes differ: {list(got.shape)} vs {list(want.shape)}"
+    both_nan = torch.isnan(got) & torch.isnan(want)
+    diff = torch.where(both_nan, torch.zeros_like(got), (got - want).abs())
+    diff = torch.where(torch.isnan(diff), torch.full_like(diff, float("inf")), diff)
+    if diff.numel() == 0 or diff.max().item() <= tol * scale:
+        return None
+    worst = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape))
+    return (f"largest difference {diff.max().item():.3e} at index {list(worst)} "
+            f"(allowed {tol * scale:.3e} = {tol:.1e} x scale {scale:.3g}): "
+            f"{got[worst].item():.10g} vs {want[worst].item():.10g}")
+
+
+def show(value, width: int = 6) -> str:
+    """A tensor or number, short: small tensors in full (rounded), larger ones summarised."""
+    if not isinstance(value, torch.Tensor):
+        return repr(value)
+    value = value.detach()
+    if value.numel() <= width * width:
+        rounded = torch.round(value.double() * 1e4) / 1e4
+        return f"{list(value.shape)} {rounded.tolist()}"
+    return (f"{list(value.shape)} {value.dtype}, mean {value.double().mean().item():.4g}, "
+            f"max |.| {value.abs().max().item():.4g}")
+
+
+def fail(title: str, lines: list[str]) -> None:
+    raise CheckFailure("\n".join([title] + ["  " + line for line in lines]))
