@@ -13,122 +13,168 @@ gamma'_t = gamma_{t-1}. Inside a block that starts from S_0, unrolling (1) gives
     delta_t + sum_{i<t} c_t D[t-1, i] (k_t . k_i) delta_i = w_t - c_t gamma'_t S_0^T k_t
 
 a unit lower-triangular system (I + N) Delta = W - (c gamma' K) S_0. With T = (I + N)^{-1}
-(the UT transform, one triangular solve per block, all blocks at once):
+(the UT transform):
 
     Delta = U - V S_0,          U = T W,   V = T (c gamma' K)
     Y     = gamma Q S_0 + ((Q K^T) o D) Delta           (plain reads: S_t^T q_t)
     Y'    = gamma' Q S_0 + ((Q K^T) o D_prev) Delta     (`before write`: S_{t-1}^T q_t)
-    S_end = gamma_L S_0 + (D[L-1, :] K)^T Delta
+    S_end = gamma_L S_0 + E^T Delta,   E = D[L-1, :] o K
 
-Everything that does not involve S_0 is computed for all blocks at once; what does is
-regrouped so that the block-to-block pass is one product per block:
+Everything that does not involve S_0 (K K^T, T, U, V, E) is computed for all blocks at once.
+The block-to-block pass is two small products per block (Delta, then S_end), over the B H
+sequences at once; then every block's Y is two batched products (Q with the stacked block-start
+states, the masked scores with the stacked Deltas). This is flash-linear-attention's order of
+work: fewer products than precomputing S_end = C S_0 + A and Y = P S_0 + R for every block
+(seven [L, 64]-sized products per block instead of nine).
 
-    S_end = C S_0 + A,     C = gamma_L I - E^T V,   A = E^T U,   E = D[L-1, :] o K
-    Y     = P S_0 + R,     P = gamma o Q - ((Q K^T) o D) V,     R = ((Q K^T) o D) U
-
-(Y' likewise with gamma', D_prev). The pass S_0 -> S_end runs block by block (one batched
-product each); then every block's Y is one batched product with the stacked block-start states.
-Products of decays are cumulative products, never ratios, so a decay of exactly 0 is exact.
+T is computed, not solved for: LAPACK's triangular solve runs one small matrix at a time, at a
+fraction of GEMM speed, and T is what the backward needs anyway (`_UnitLowerInverse`: diagonal
+sub-blocks by a row sweep, then merged pairwise with batched products, TRTRI's recursion).
+Products of decays are cumulative products, never ratios, so a decay of exactly 0 is exact;
+`a=None` means no decay at all (DeltaNet, linear attention) and skips the decay products.
 The block size is a schedule choice: any value gives the same numbers as the token loop up to
-rounding. Layout: every block of every (batch, head) is one batch entry [G = B H n, L, ..]; the
-triangular solve is handed to LAPACK in the column-major layout it wants (no copies) and has a
-backward of one more solve and one product (`_unit_lower_solve`).
+rounding. Layout: every block of every (batch, head) is one batch entry [G = n B H, L, ..],
+block-major, so that one block of all sequences is a contiguous slice.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
+
+#: the row sweep inverts diagonal sub-blocks of this size; pairs are merged up to the block.
+SWEEP = 8
 
 
 def decay_products(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """a [.., L] -> D [.., L, L] with D[t, i] = prod_{i<j<=t} a_j (t >= i, else 0), and
     gamma [.., L] = prod_{j<=t} a_j."""
     length = a.shape[-1]
-    ones = torch.ones(length, length, dtype=a.dtype, device=a.device)
-    if not a.requires_grad and bool((a == 1).all()):              # no decay: exact shortcut
-        return ones.tril().expand(*a.shape, length), torch.ones_like(a)
-    lower = ones.tril(-1).bool()
+    lower = torch.ones(length, length, dtype=torch.bool, device=a.device).tril(-1)
     factors = torch.where(lower, a.unsqueeze(-1), 1.0)           # [.., L, L]: a_t below the diagonal
     return factors.cumprod(dim=-2).tril(), a.cumprod(dim=-1)
 
 
-class _UnitLowerSolve(torch.autograd.Function):
-    """X = (I + N)^{-1} R for strictly lower N [G, L, L], R [G, L, m]. Backward (Z = A^{-T} G):
-    dR = Z, dN = -tril_{-1}(Z X^T)."""
+def unit_lower_inverse(n: torch.Tensor) -> torch.Tensor:
+    """(I + N)^{-1} for strictly lower N [G, L, L], differentiable (dN = -tril_{-1}(T^T dT T^T))."""
+    return _UnitLowerInverse.apply(n)
 
+
+class _UnitLowerInverse(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, n, r):
-        a = n + torch.eye(n.shape[-1], dtype=n.dtype, device=n.device)
-        # X^T A^T = R^T: A^T and R^T are column-major views, as LAPACK's trsm wants them.
-        x = torch.linalg.solve_triangular(a.mT, r.mT, upper=True, left=False, unitriangular=True).mT
-        ctx.save_for_backward(a, x)
-        return x
+    def forward(ctx, n):
+        t = _invert(n)
+        ctx.save_for_backward(t)
+        return t
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        a, x = ctx.saved_tensors
-        z = torch.linalg.solve_triangular(a, grad.mT, upper=False, left=False, unitriangular=True).mT
-        return torch.bmm(z, x.mT).neg_().tril_(-1), z
+        (t,) = ctx.saved_tensors
+        return torch.bmm(t.mT, torch.bmm(grad, t.mT)).neg_().tril_(-1)
+
+
+def _invert(n: torch.Tensor) -> torch.Tensor:
+    """TRTRI's recursion, batched. With N padded to a power of two P (zeros: the inverse is
+    block-diagonal with I), the SWEEP-sized diagonal blocks are inverted row by row
+    (T[i, :i] = -N[i, :i] T[:i, :i]); then pairs of inverted blocks A, D of size s with the
+    block C of N between them merge into [[A, 0], [-D C A, D]] of size 2 s."""
+    g, length = n.shape[:2]
+    size = 1 << max(length - 1, 0).bit_length()                  # P >= L, a power of two
+    n = F.pad(n, (0, size - length, 0, size - length)) if size != length else n
+    base = min(size, SWEEP)
+    m = size // base
+    diag = _blocks(n, base).diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2).reshape(g * m, base, base)
+    inverse = torch.eye(base, dtype=n.dtype, device=n.device).repeat(g * m, 1, 1)
+    for i in range(1, base):                                      # [g m, b, b], row i from rows < i
+        inverse[:, i, :i] -= torch.bmm(diag[:, i:i + 1, :i], inverse[:, :i, :i]).squeeze(1)
+    t = n.new_zeros(g, size, size)
+    _pairs(t, base, 0, 0).copy_(inverse.reshape(g, m, base, base))
+    s = base
+    while s < size:
+        a, d, c = _pairs(t, s, 0, 0, 2), _pairs(t, s, 1, 1, 2), _pairs(n, s, 1, 0, 2)  # [g, p, s, s]
+        _pairs(t, s, 1, 0, 2).copy_(-(d @ (c @ a)))
+        s *= 2
+    return t[:, :length, :length] if size != length else t
+
+
+def _blocks(t: torch.Tensor, s: int) -> torch.Tensor:
+    """[G, P, P] as [G, P/s, s, P/s, s] sub-blocks (a view)."""
+    g, size = t.shape[:2]
+    return t.view(g, size // s, s, size // s, s)
+
+
+def _pairs(t: torch.Tensor, s: int, row: int, col: int, step: int = 1) -> torch.Tensor:
+    """The s-blocks (step j + row, step j + col) of [G, P, P] as a view [G, P/(s step), s, s]."""
+    b = _blocks(t, s)[:, row::step, :, col::step, :]
+    return b.diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2)
 
 
 def linear_delta_blocks(s0, a, c, k, w, queries, block: int):
     """Run (1) over a sequence in blocks.
 
-    s0 [B, H, dk, dv]; a, c [B, H, T] (c None: no erase term); k [B, H, T, dk];
-    w [B, H, T, dv]; queries: list of (q [B, H, T, dk], before_write).
+    s0 [B, H, dk, dv]; a, c [B, H, T] (a None: no decay, a = 1; c None: no erase term);
+    k [B, H, T, dk]; w [B, H, T, dv]; queries: list of (q [B, H, T, dk], before_write).
     Returns ([y [B, H, T, dv] per query], S_T [B, H, dk, dv])."""
     bsz, heads, steps, dk = k.shape
     dv = w.shape[-1]
     n = -(-steps // block)
     pad = n * block - steps
     if pad:
-        a = torch.nn.functional.pad(a, (0, pad), value=1.0)      # a = 1, k = 0: no change
-        c = torch.nn.functional.pad(c, (0, pad)) if c is not None else None
-        k = torch.nn.functional.pad(k, (0, 0, 0, pad))
-        w = torch.nn.functional.pad(w, (0, 0, 0, pad))
-        queries = [(torch.nn.functional.pad(q, (0, 0, 0, pad)), b) for q, b in queries]
-    g = bsz * heads * n
-    blocks = lambda t: t.reshape(g, block, *t.shape[3:])          # [G, L, ..], G = B H n
-    a, k, w = a.reshape(g, block), blocks(k), blocks(w)
-    d, gamma = decay_products(a)                                  # [G, L, L], [G, L]
-    gamma_prev = torch.cat([torch.ones_like(gamma[:, :1]), gamma[:, :-1]], dim=-1)
-    d_prev = torch.cat([torch.zeros_like(d[:, :1]), d[:, :-1]], dim=-2)   # D[t-1, i]
-    kt = k.mT                                                     # [G, dk, L]
-    edge = (d[:, -1, :].unsqueeze(-1) * k).mT                     # E^T [G, dk, L]
-    decay_end = gamma[:, -1]                                      # gamma_L [G]
+        a = F.pad(a, (0, pad), value=1.0) if a is not None else None   # a = 1, k = 0: no change
+        c = F.pad(c, (0, pad)) if c is not None else None
+        k, w = F.pad(k, (0, 0, 0, pad)), F.pad(w, (0, 0, 0, pad))
+        queries = [(F.pad(q, (0, 0, 0, pad)), b) for q, b in queries]
+    bh, g = bsz * heads, n * bsz * heads
+    split = lambda t: t.reshape(bsz, heads, n, block, *t.shape[3:]).movedim(2, 0)
+    blocks = lambda t: split(t).reshape(g, block, *t.shape[3:])           # [G, L, ..], one copy
+    k, w = blocks(k), blocks(w)
+    kt = k.mT                                                              # [G, dk, L]
+    if a is None:
+        d = None
+        edge = kt                                                          # E^T [G, dk, L]
+    else:
+        d, gamma = decay_products(blocks(a))                               # [G, L, L], [G, L]
+        gamma_prev = F.pad(gamma[:, :-1], (1, 0), value=1.0)
+        d_prev = F.pad(d[:, :-1], (0, 0, 1, 0))                           # D[t-1, i]
+        edge = (d[:, -1, :].unsqueeze(-1) * k).mT
+        decay_end = gamma[:, -1].reshape(n, bh, 1, 1)                      # gamma_L
     if c is None:
         u, v = w, None
     else:
-        c = c.reshape(g, block)
-        nmat = (c.unsqueeze(-1) * d_prev) * torch.bmm(k, kt)                  # [G, L, L]
-        rhs = torch.cat([w, (c * gamma_prev).unsqueeze(-1) * k], dim=-1)      # [G, L, dv+dk]
-        solved = _UnitLowerSolve.apply(nmat, rhs)
-        u, v = solved[..., :dv], solved[..., dv:]                             # [G, L, dv], [G, L, dk]
-    # block-to-block pass: S_{j+1} = C_j S_j + A_j over the n blocks of each (batch, head)
-    per_seq = lambda t: t.reshape(bsz * heads, n, *t.shape[1:])
-    grow = per_seq(torch.bmm(edge, u))                                         # A [BH, n, dk, dv]
-    if v is not None:
-        carry = per_seq(torch.baddbmm(torch.diag_embed(decay_end.unsqueeze(-1).expand(g, dk)),
-                                      edge, v, alpha=-1))                      # C [BH, n, dk, dk]
-    else:
-        scale = per_seq(decay_end)[..., None, None]                            # [BH, n, 1, 1]
-    state = s0.reshape(bsz * heads, dk, dv)
-    starts = []
-    for j in range(n):
+        c = blocks(c)                                                      # [G, L]
+        kk = torch.bmm(k, kt)                                              # [G, L, L]
+        if d is None:
+            nmat, scaled = kk.tril_(-1) * c.unsqueeze(-1), c.unsqueeze(-1) * k
+        else:
+            nmat, scaled = kk * (c.unsqueeze(-1) * d_prev), (c * gamma_prev).unsqueeze(-1) * k
+        uv = torch.bmm(unit_lower_inverse(nmat), torch.cat([w, scaled], dim=-1))  # [G, L, dv+dk]
+        u, v = uv[..., :dv], uv[..., dv:]
+    # block-to-block pass over the n blocks, all B H sequences at once
+    per_block = lambda t: t.reshape(n, bh, *t.shape[1:]).unbind(0)
+    state = s0.reshape(bh, dk, dv)
+    v_blocks = per_block(v) if v is not None else None
+    starts, deltas = [], []
+    for j, (u_j, edge_j) in enumerate(zip(per_block(u), per_block(edge))):
         starts.append(state)
-        state = (torch.baddbmm(grow[:, j], carry[:, j], state) if v is not None
-                 else torch.addcmul(grow[:, j], scale[:, j], state))
-    start = torch.stack(starts, dim=1).reshape(g, dk, dv)                      # S_0 of each block
+        delta = u_j if v is None else torch.baddbmm(u_j, v_blocks[j], state, alpha=-1)  # [BH, L, dv]
+        deltas.append(delta)
+        kept = state if d is None else decay_end[j] * state
+        state = torch.baddbmm(kept, edge_j, delta)                         # [BH, dk, dv]
+    start = torch.stack(starts).reshape(g, dk, dv)                        # S_0 of each block
+    delta = torch.stack(deltas).reshape(g, block, dv)
     ys = []
     for q, before in queries:
         q = blocks(q)
-        score = torch.bmm(q, kt) * (d_prev if before else d)                   # [G, L, L]
-        p = (gamma_prev if before else gamma).unsqueeze(-1) * q                # [G, L, dk]
-        if v is not None:
-            p = torch.baddbmm(p, score, v, alpha=-1)
-        y = torch.baddbmm(torch.bmm(score, u), p, start)                       # P S_0 + R
-        ys.append(y.reshape(bsz, heads, n * block, dv)[:, :, :steps])
+        score = torch.bmm(q, kt)                                           # [G, L, L]
+        if d is None:
+            score = score.tril_(-1 if before else 0)
+        else:
+            score = score * (d_prev if before else d)
+            q = (gamma_prev if before else gamma).unsqueeze(-1) * q
+        y = torch.baddbmm(torch.bmm(score, delta), q, start)              # [G, L, dv]
+        y = y.reshape(n, bsz, heads, block, dv).permute(1, 0, 3, 2, 4)     # [B, n, L, H, dv]
+        ys.append(y.reshape(bsz, n * block, heads, dv)[:, :steps].transpose(1, 2))
     return ys, state.reshape(bsz, heads, dk, dv)
 
 
@@ -140,7 +186,8 @@ def linear_delta_loop(s0, a, c, k, w, queries):
         previous = state
         erase = 0 if c is None else c[:, :, t, None, None] * kt.unsqueeze(-1) * (
             kt.unsqueeze(-2) @ state)
-        state = a[:, :, t, None, None] * state - erase + kt.unsqueeze(-1) * wt.unsqueeze(-2)
+        kept = state if a is None else a[:, :, t, None, None] * state
+        state = kept - erase + kt.unsqueeze(-1) * wt.unsqueeze(-2)
         for out, (q, before) in zip(outs, queries):
             seen = previous if before else state
             out.append((q[:, :, t].unsqueeze(-2) @ seen).squeeze(-2))
