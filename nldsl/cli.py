@@ -14,8 +14,10 @@ line. A user's mistake is reported as a message, never as a Python traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import nldsl
@@ -29,18 +31,27 @@ from nldsl.optim.cli import compile_arguments, run_compile
 DESCRIPTION_WIDTH = 72
 
 
-def report(err: Exception, target: str) -> None:
+def report(err: Exception, target: str, output: str | None = None) -> None:
     """Print a user-facing error to stderr: located problems as they are, others with the
-    target they concern."""
+    target they concern; a failed file operation says whether reading the spec or writing
+    `output` (the file a command writes, if any) failed."""
     if isinstance(err, NLDSLError) and err.line >= 1:
         print(err, file=sys.stderr)
     elif isinstance(err, OSError):
         reason = err.strerror or str(err)
-        print(f"{target}: error: cannot read {err.filename or target}: {reason}", file=sys.stderr)
+        path = err.filename or target
+        verb = "write" if output is not None and _is_within(output, path) else "read"
+        print(f"{target}: error: cannot {verb} {path}: {reason}", file=sys.stderr)
     elif isinstance(err, UnicodeDecodeError):
         print(f"{target}: error: not a text file ({err.reason})", file=sys.stderr)
     else:
         print(f"{target}: error: {err}", file=sys.stderr)
+
+
+def _is_within(output: str, path) -> bool:
+    """Whether the failing `path` is the output file or a folder on the way to it."""
+    output, path = Path(output).absolute(), Path(os.fsdecode(path)).absolute()
+    return path == output or path in output.parents
 
 
 def load_or_report(target: str) -> nldsl.Spec | None:
@@ -179,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except (NLDSLError, OSError, UnicodeDecodeError) as err:
-        report(err, getattr(args, "name", args.command))
+        report(err, getattr(args, "name", args.command), getattr(args, "output", None))
         return 1
 
 

@@ -1,6 +1,7 @@
 """`Spec`: a parsed, built and validated spec, the object every back end starts from."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from nldsl import ast
@@ -50,8 +51,9 @@ class Spec:
         return format_spec(self.decl)
 
 
-def load(name_or_path_or_text: str) -> Spec:
-    """Parse, build and validate a spec (a stdlib name, a path, or spec text).
+def load(name_or_path_or_text: str | os.PathLike) -> Spec:
+    """Parse, build and validate a spec: a stdlib name, a path (a `str` or a `pathlib.Path`),
+    or spec text; `library.resolve` says how a string is told apart.
 
     Raises `NLDSLError` listing every problem, each with file:line:col and a caret.
     """

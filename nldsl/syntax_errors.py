@@ -127,7 +127,7 @@ def syntax_problem(error: UnexpectedInput, source: Source, parse: Callable, expe
     label = catalogue_label(error, text, offset, at_end, parse)
     message, hint = label if label else (None, None)
     if at_end:
-        found = "the end of the text"
+        found = "end of the text"
     elif isinstance(error, UnexpectedCharacters):
         found = f"character {text[offset]!r}"
         hint = hint or "only names, numbers, strings, operators, brackets and `#` comments are allowed"

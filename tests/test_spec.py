@@ -51,3 +51,52 @@ def test_errors_are_syntax_or_validation_errors_with_the_filename():
     with pytest.raises(NLDSLValidationError) as caught:
         nldsl.load(TEXT.replace("decay = beta", "decay = 2"))
     assert str(caught.value).startswith("<string>:9:") and "decay outside [0, 1]" in str(caught.value)
+
+
+# ---------------------------------------------------------------- paths and kinds (issue 8 §6)
+
+@pytest.fixture
+def heavy_path(tmp_path):
+    path = tmp_path / "heavy.nl"
+    path.write_text(TEXT)
+    return path
+
+
+def test_load_takes_a_path_object(heavy_path):
+    spec = nldsl.load(heavy_path)
+    assert (spec.name, spec.source.filename) == ("heavy", str(heavy_path))
+
+
+def test_compile_takes_a_path_object(tmp_path):
+    from nldsl.library import stdlib_text
+
+    path = tmp_path / "deltanet.nl"
+    path.write_text(stdlib_text("deltanet"))
+    assert nldsl.compile(path, dim=8).spec.source.filename == str(path)
+
+
+def test_compile_of_an_optimizer_says_to_use_optimizer():
+    with pytest.raises(nldsl.NLDSLError, match=r"adam is an optimizer; nldsl\.optimizer\(spec, "
+                                                r"params\) compiles it"):
+        nldsl.compile("adam")
+
+
+OPTIMIZER_LOADS_PATHS = ("nldsl/optim/optimizer.py's _load passes a Path through unloaded "
+                         "(it loads only str)")
+OPTIMIZER_CHECKS_KIND = "nldsl.optimizer builds a module spec and fails only at step()"
+
+
+@pytest.mark.xfail(strict=True, reason=OPTIMIZER_LOADS_PATHS)
+def test_optimizer_takes_a_path_object(heavy_path):
+    import torch
+
+    opt = nldsl.optimizer(heavy_path, [torch.nn.Parameter(torch.zeros(2))])
+    assert opt.spec.source.filename == str(heavy_path)
+
+
+@pytest.mark.xfail(strict=True, reason=OPTIMIZER_CHECKS_KIND)
+def test_optimizer_of_a_module_fails_at_construction_and_says_to_use_compile():
+    import torch
+
+    with pytest.raises(nldsl.NLDSLError, match=r"titans is a module.*nldsl\.compile"):
+        nldsl.optimizer("titans", [torch.nn.Parameter(torch.zeros(2))], dim=8)

@@ -2,33 +2,28 @@
 from __future__ import annotations
 
 import argparse
-import sys
-
-from nldsl.errors import NLDSLError
 
 
 def compile_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", metavar="FILE|NAME", help="an optimizer or module spec (stdlib name or .nl file)")
+    parser.add_argument("name", metavar="FILE|NAME",
+                        help="an optimizer or module spec (stdlib name or .nl file)")
     parser.add_argument("--show-code", action="store_true",
                         help="print the generated Python/torch source of the fused schedule")
     parser.add_argument("--plan", action="store_true", help="print the derived update rules")
 
 
 def run_compile(args: argparse.Namespace) -> int:
+    """Errors propagate to `nldsl.cli.main`, which reports them naming the spec's file."""
     from nldsl.optim.codegen import generate
     from nldsl.optim.plan import lower
     from nldsl.printer import format_expr
     from nldsl.spec import load
 
-    try:
-        spec = load(args.spec)
-        if spec.decl.kind == "module":
-            return _run_module(spec, args)
-        plan = lower(spec)
-        mode, source = generate(plan)
-    except NLDSLError as err:
-        print(err, file=sys.stderr)
-        return 1
+    spec = load(args.name)
+    if spec.decl.kind == "module":
+        return _run_module(spec, args)
+    plan = lower(spec)
+    mode, source = generate(plan)
     if args.plan or not args.show_code:
         for level in plan.levels:
             print(f"level {level.name} every {format_expr(level.period)}:")
