@@ -58,8 +58,8 @@ def run_property(report: Report, strategy, body, examples: int, deadline, seed: 
               suppress_health_check=list(HealthCheck), print_blob=False)
     @given(strategy)
     def prop(drawn):
-        report.examples += 1
         body(drawn)
+        report.examples += 1             # a draw the body discards (hypothesis.assume) is not counted
 
     report.examples = 0
     prop()
@@ -75,13 +75,14 @@ def scale_of(*tensors) -> float:
 
 
 def mismatch(got: torch.Tensor, want: torch.Tensor, tol: float, scale: float) -> str | None:
-    """None when got and want agree (normwise, NaN where both are NaN), else a description of
-    the worst entry."""
+    """None when got and want agree (every entry within tol * scale; equal entries, infinities
+    included, and NaN where both are NaN agree), else a description of the worst entry."""
     got, want = torch.as_tensor(got).detach(), torch.as_tensor(want).detach()
     if got.shape != want.shape:
         return f"shapes differ: {list(got.shape)} vs {list(want.shape)}"
     both_nan = torch.isnan(got) & torch.isnan(want)
     diff = torch.where(both_nan, torch.zeros_like(got), (got - want).abs())
+    diff = torch.where(got == want, torch.zeros_like(diff), diff)       # equal infinities too
     diff = torch.where(torch.isnan(diff), torch.full_like(diff, float("inf")), diff)
     if diff.numel() == 0 or diff.max().item() <= tol * scale:
         return None

@@ -12,7 +12,9 @@ since a per-head width of 1 reads as one scalar per head, docs/language.md "Head
 other ints from an 8-wide window from their lower bound. A float is drawn from its declared
 interval; where a side is open-ended, from the default's neighbourhood (up to twice its
 distance from the bound, or +-10 % around a default with no bound at all: a spec that declares
-no range says nothing about other values). Bools are drawn, strings from their `{...}` choice.
+no range says nothing about other values; a tuple with no range, such as polynomial
+coefficients tuned together, is held at its default). Bools are drawn, strings from their
+`{...}` choice.
 """
 from __future__ import annotations
 
@@ -104,6 +106,8 @@ def _value(hparam: ast.HParam, default, env: dict, is_dim: bool):
     if hparam.type == "str" or isinstance(default, str):
         return st.just(default)
     if isinstance(default, tuple):
+        if not hparam.constraints:          # coefficients tuned together: held at the default
+            return st.just(default)
         return st.tuples(*[_number(hparam, d, env, is_dim) for d in default])
     return _number(hparam, default, env, is_dim)
 
