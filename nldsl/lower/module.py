@@ -5,9 +5,13 @@ construct, raised here, before any tensor exists (`unsupported.py` says which co
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from nldsl import ast
 from nldsl.consteval import calls_in, evaluate
+from nldsl.lower.heads import Unknown, head_steps
 from nldsl.lower.program import ConvSite, FastState, ModuleWrite, Param, Program, TokenLevel
+from nldsl.lower.timing import period, placements
 from nldsl.lower.unsupported import check_supported, compile_error
 from nldsl.optim.derive import NoClosedForm, binary, closed_grad, key_norm_squared, mentions, num, \
     rule_arguments
@@ -30,15 +34,39 @@ def lower_module(spec, values: dict) -> Program:
             continue
         levels.append(_level(info, const, params, spec))
     convs = _conv_sites(spec, const, params)
-    return Program(decl.name, int(values["dim"]), dict(values), params,
-                   {c.name: c.value for c in graph.levels[OUTER].contexts.values()},
-                   levels, graph.output, convs)
+    program = Program(decl.name, int(values["dim"]), dict(values), params,
+                      {c.name: c.value for c in graph.levels[OUTER].contexts.values()},
+                      levels, graph.output, convs)
+    return replace(program, levels=[_explicit(level, program, spec) for level in levels])
+
+
+def _explicit(level: TokenLevel, program: Program, spec) -> TokenLevel:
+    """The level with its head split and merge and its evaluation stages made explicit."""
+    try:
+        splits, merges = head_steps(level, program)
+    except Unknown as err:
+        info = spec.graph.levels[level.name]
+        raise compile_error(info.decl, f"the head split of level {level.name!r} cannot follow "
+                            f"{err}", "values whose widths the lowering can follow",
+                            "docs/language.md, Heads, lists the rules", spec.source) from None
+    return replace(level, splits=splits, merges=merges,
+                   placements=placements(level, program.levels, program.outer_contexts))
 
 
 def _level(info, const, params: dict, spec) -> TokenLevel:
-    period = int(const(info.every))
-    chunk = int(const(info.chunk)) if info.chunk is not None else period
-    heads = int(const(info.heads)) if info.heads is not None else None
+    """Period, chunk and heads are evaluated from the values passed (not the defaults): a
+    period or chunk must be a positive whole number, a chunk a multiple of the period (its
+    default), heads a positive whole number."""
+    every = _whole(info.every, const(info.every), "period", spec)
+    chunk = _whole(info.chunk, const(info.chunk), "chunk", spec) if info.chunk is not None \
+        else every
+    if chunk % every:
+        raise compile_error(info.chunk, f"chunk {chunk} of level {info.name!r} is not a multiple "
+                            f"of its period {every}", "a chunk that is a multiple of the period",
+                            "all gradients of a chunk are taken at its start: it spans whole "
+                            "periods", spec.source)
+    heads = _whole(info.heads, const(info.heads), "heads", spec) if info.heads is not None \
+        else None
     states = {}
     for state in info.states.values():
         learned = None
@@ -58,9 +86,18 @@ def _level(info, const, params: dict, spec) -> TokenLevel:
             hidden[f"{target}_momentum"] = states[target].shape
         writes.append(write)
     writes += [ModuleWrite(u.target, "explicit", value=u.value) for u in info.updates]
-    return TokenLevel(info.name, period, chunk, heads, info.backprop, info.partial, states,
+    return TokenLevel(info.name, every, chunk, heads, info.backprop, info.partial, states,
                       {c.name: c.value for c in info.contexts.values()}, writes,
                       {r.name: (r.value, r.before_write) for r in info.reads.values()}, hidden)
+
+
+def _whole(expr: ast.Expr, value, what: str, spec) -> int:
+    try:
+        return period(value)
+    except ValueError:
+        raise compile_error(expr, f"the level's {what} is {value!r} with these hyper-parameters",
+                            f"a positive whole number for the {what}", "check the value passed "
+                            "to nldsl.compile", spec.source) from None
 
 
 def _derive(objective: ast.Objective, target: str, own: dict, spec) -> ModuleWrite:

@@ -10,7 +10,11 @@ treat differently (docs/language.md, "Frequency and chunk semantics"):
     momentum write   m <- beta * m - lr * G;    S <- decay * S + m       (Titans eqs. 13-14)
     explicit write   S <- value,                evaluated on S_{t-1}
 
-`lower/forms.py` recognises a level's writes as a known form for the fast schedules.
+Two more things are explicit per token level: the head split and merge (`HeadSplit` for each
+context entering a `heads H` level, `HeadMerge` for each read leaving it, widths computed by
+`lower/heads.py`), and when within a token each context and read is evaluated (`Placement`,
+computed by `lower/timing.py`). `lower/forms.py` recognises a level's writes as a known form
+for the fast schedules.
 """
 from __future__ import annotations
 
@@ -65,6 +69,53 @@ class ModuleWrite:
 
 
 @dataclass(frozen=True)
+class HeadSplit:
+    """A context entering a `heads H` level: a value of width H * d seen as H heads of width d
+    (`width` None: a value of width H, one scalar per head). docs/language.md, "Heads": the
+    split happens where a function or memory first takes the value; a context that no split
+    lists (its width is not a multiple of H) is the same for every head."""
+
+    name: str
+    heads: int
+    width: int | None
+
+
+@dataclass(frozen=True)
+class HeadMerge:
+    """A read leaving a `heads H` level: H heads of width d seen outside as width H * d
+    (`width` None: one scalar per head, seen as width H)."""
+
+    read: str
+    heads: int
+    width: int | None
+
+    @property
+    def merged(self) -> int:
+        return self.heads * (self.width or 1)
+
+
+#: When, within one token, a level's context or read is evaluated (docs/language.md,
+#: "Frequency and chunk semantics"). A context is evaluated once per token, before any write,
+#: and a read that uses it sees that value: contexts are never re-evaluated after a write.
+INPUT = "input"                    # no state: from x, t, parameters and conv caches
+SNAPSHOT = "snapshot"              # the level's own states at the chunk-start snapshot (S_{t-1} under chunk 1)
+BEFORE_WRITES = "before writes"    # another level's states, as they were before this token's writes
+AFTER_WRITE = "after write"        # a plain read: the state this token's write produced
+BEFORE_WRITE = "before write"      # `read ... before write`: the state the write started from
+STAGES = (INPUT, SNAPSHOT, BEFORE_WRITES, AFTER_WRITE, BEFORE_WRITE)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a context or read is evaluated: its stage, the fast states its value depends on
+    (through contexts too) and the contexts it uses (each evaluated at its own stage)."""
+
+    stage: str
+    states: tuple[str, ...] = ()
+    contexts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class TokenLevel:
     name: str
     period: int
@@ -77,6 +128,9 @@ class TokenLevel:
     writes: list[ModuleWrite]
     reads: dict[str, tuple[ast.Expr, bool]]     # name -> (value, before_write)
     hidden: dict[str, tuple[int, ...]] = field(default_factory=dict)  # momentum buffers
+    splits: tuple[HeadSplit, ...] = ()          # contexts entering the heads (heads H only)
+    merges: tuple[HeadMerge, ...] = ()          # reads leaving them (heads H only)
+    placements: dict[str, Placement] = field(default_factory=dict)    # context or read -> when
 
 
 @dataclass(frozen=True)

@@ -1,70 +1,129 @@
 """`nldsl compile MODULE --show-code`: what the module compiler made of a spec, as text.
 
 The module compiler interprets its Program (no per-spec Python is generated): this prints the
-program per level and unit, in the order the reference runs it, the fast path each level takes
-in the chunked schedule (the recognised form's coefficients), and the source of the kernel.
+program per level and token in the order the reference runs it, with what the Program makes
+explicit (head split and merge, the stage each context and read is evaluated at), the fast path
+each level takes in the chunked schedule (the recognised form's coefficients), and the source
+of the kernel. Printed with one emitter (nldsl/lower/emit.py), so blocks nest by indentation.
 """
 from __future__ import annotations
 
 import inspect
 
-from nldsl.lower.program import ModuleWrite, Program
+from nldsl.lower.emit import Emitter
+from nldsl.lower.program import HeadMerge, HeadSplit, ModuleWrite, Program, TokenLevel
 from nldsl.printer import format_expr
+
+_ROLES = {"conv": "conv kernel", "state": "state"}
 
 
 def describe(program: Program, fast_paths: dict, shapes: dict | None = None) -> str:
     """The program as text; `shapes` are the built module's parameter shapes (conv kernels get
     their channel count at construction)."""
     shapes = shapes or {}
-    lines = [f"# module {program.name}: "
-             + ", ".join(f"{k}={v!r}" for k, v in program.hparams.items())]
-    lines.append("# parameters (outer level):")
-    for param in program.params.values():
-        shape = "[" + ", ".join(str(d) for d in shapes.get(param.name, param.shape)) + "]"
-        role = {"conv": "conv kernel", "initial": f"initial state, learned by {param.owner}"}.get(
-            param.role, "state")
-        lines.append(f"#   {param.name} {shape}  ({role})")
+    out = Emitter()
+    out.line(f"# module {program.name}: "
+             + ", ".join(f"{k}={v!r}" for k, v in program.hparams.items()))
+    with out.block("# parameters (outer level):"):
+        for param in program.params.values():
+            role = _ROLES.get(param.role, f"initial state, learned by {param.owner}")
+            out.line(f"# {param.name} {_dims(shapes.get(param.name, param.shape))}  ({role})")
     for name, value in program.outer_contexts.items():
-        lines.append(f"let {name} = {format_expr(value)}")
+        out.line(f"let {name} = {format_expr(value)}")
     for level in program.levels:
-        heads = f", {level.heads} heads" if level.heads is not None else ""
-        lines.append(f"\nlevel {level.name}: every {level.period} tokens, chunk {level.chunk}"
-                     f"{heads}, {'backprop' if level.backprop else 'writes detached'}, "
-                     f"partial {level.partial}")
-        for state in level.states.values():
-            start = state.learned or (format_expr(state.init) if state.init is not None else "0")
-            lines.append(f"  state {state.name} [{', '.join(map(str, state.shape))}] starts at {start}")
-        for name, value in level.contexts.items():
-            lines.append(f"  {name} = {format_expr(value)}    # before writes")
-        for write in level.writes:
-            lines.append("  " + _write(write))
-        for name, (value, before) in level.reads.items():
-            lines.append(f"  read {name} = {format_expr(value)}" + ("    # before write" if before else ""))
-        form = fast_paths.get(level.name)
-        if form is None:
-            lines.append("  # chunked schedule: no fast form, token by token")
-        else:
-            lines.append(f"  # chunked schedule: linear memory M_t = a M - c (M k) k^T + w k^T with")
-            for label, expr in (("a", form.decay), ("c", form.erase), ("k", form.key), ("w", form.write)):
-                lines.append(f"  #   {label} = {format_expr(expr)}")
-    lines.append(f"\nout = {format_expr(program.output)}")
+        out.line()
+        _level(out, level, fast_paths.get(level.name))
+    out.line()
+    out.line(f"out = {format_expr(program.output)}    # after every level's write")
     if fast_paths:
         from nldsl.module.delta_chunk import linear_delta_blocks
-        lines.append("\n# the chunked kernel (nldsl/module/delta_chunk.py):")
-        lines.append(inspect.getsource(linear_delta_blocks))
-    return "\n".join(lines) + "\n"
+        out.line()
+        out.line("# the chunked kernel (nldsl/module/delta_chunk.py):")
+        out.lines(inspect.getsource(linear_delta_blocks))
+    return out.text()
 
 
-def _write(write: ModuleWrite) -> str:
+def _level(out: Emitter, level: TokenLevel, form) -> None:
+    heads = f", {level.heads} heads" if level.heads is not None else ""
+    header = (f"level {level.name}: every {level.period} tokens, chunk {level.chunk}{heads}, "
+              f"{'backprop' if level.backprop else 'writes detached'}, partial {level.partial}")
+    with out.block(header):
+        for state in level.states.values():
+            start = state.learned or (format_expr(state.init) if state.init is not None else "0")
+            out.line(f"state {state.name} {_dims(state.shape)} starts at {start}")
+        for name, shape in level.hidden.items():
+            out.line(f"state {name} {_dims(shape)} starts at 0    # the rule's hidden state")
+        if level.splits or level.merges:
+            with out.block("# heads:"):
+                for split in level.splits:
+                    out.line(f"# {_split(split)}")
+                for merge in level.merges:
+                    out.line(f"# {_merge(merge)}")
+        with out.block("# every token, before the writes:"):
+            for name, value in level.contexts.items():
+                out.line(f"{name} = {format_expr(value)}    # {_stage(level, name)}")
+        when = "" if level.period == 1 else \
+            f" (each token's change, summed; written at t = {level.period}, {2 * level.period}, ...)"
+        with out.block(f"# the write{when}:"):
+            for write in level.writes:
+                _write(out, write)
+        with out.block("# reads:"):
+            for name, (value, _) in level.reads.items():
+                out.line(f"read {name} = {format_expr(value)}    # {_stage(level, name)}")
+        _form(out, form)
+
+
+def _stage(level: TokenLevel, name: str) -> str:
+    """The Placement in words: its stage, the states it sees, and for a read the contexts it
+    uses (evaluated before the write)."""
+    placement = level.placements[name]
+    seen = ", ".join(placement.states)
+    text = {"input": "input: no state",
+            "snapshot": f"snapshot: sees {seen} at the chunk start" if level.chunk > 1 else
+                        f"snapshot: sees {seen} before the write",
+            "before writes": f"sees {seen} before this token's writes",
+            "after write": f"after write: sees {seen} written",
+            "before write": f"before write: sees {seen} at the chunk start" if level.chunk > 1
+                            else f"before write: sees {seen} before the write"}[placement.stage]
+    if name in level.reads and placement.contexts:
+        text += "; " + ", ".join(placement.contexts) + " from before the write"
+    return text
+
+
+def _split(split: HeadSplit) -> str:
+    per_head = "one scalar" if split.width is None else f"width {split.width}"
+    return f"{split.name}: split into {split.heads} heads, {per_head} each"
+
+
+def _merge(merge: HeadMerge) -> str:
+    return f"{merge.read}: merged from {merge.heads} heads to width {merge.merged} outside"
+
+
+def _write(out: Emitter, write: ModuleWrite) -> None:
+    s = write.target
     if write.kind == "explicit":
-        return f"{write.target} <- {format_expr(write.value)}"
+        out.line(f"{s} <- {format_expr(write.value)}    [explicit, on {s} before the write]")
+        return
     grad = format_expr(write.grad) if write.grad is not None else \
         f"autograd of {format_expr(write.loss)}"
-    text = f"G = {grad}    # at the chunk start\n  "
+    out.line(f"G = {grad}    # at the chunk start")
+    lr, decay = format_expr(write.lr), format_expr(write.decay)
     if write.kind == "momentum":
-        text += (f"{write.target}_momentum <- {format_expr(write.beta)} * {write.target}_momentum"
-                 f" - {format_expr(write.lr)} * G\n  {write.target} <- {format_expr(write.decay)}"
-                 f" * {write.target} + {write.target}_momentum")
+        out.line(f"{s}_momentum <- {format_expr(write.beta)} * {s}_momentum - {lr} * G")
+        out.line(f"{s} <- {decay} * {s} + {s}_momentum    [{write.derivation}]")
     else:
-        text += f"{write.target} <- {format_expr(write.decay)} * {write.target} - {format_expr(write.lr)} * G"
-    return text + f"    [{write.derivation}]"
+        out.line(f"{s} <- {decay} * {s} - {lr} * G    [{write.derivation}]")
+
+
+def _form(out: Emitter, form) -> None:
+    if form is None:
+        out.line("# chunked schedule: no fast form, token by token")
+        return
+    with out.block("# chunked schedule: linear memory M_t = a M - c (M k) k^T + w k^T with"):
+        for label, expr in (("a", form.decay), ("c", form.erase), ("k", form.key),
+                            ("w", form.write)):
+            out.line(f"# {label} = {format_expr(expr)}")
+
+
+def _dims(shape) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"

@@ -8,15 +8,21 @@ A name is looked up from a *view* of a level:
     before      the value this token's write      `read ... before write`
                 started from (chunk-start under chunk C)
 
-Contexts and reads are computed once per token (memoised) in their own level's frame and seen
-from other frames merged over heads. A conv call site runs once per token, whoever asks.
+Contexts and reads are computed once per token (memoised) in their own level's frame, at the
+stage the program places them (`TokenLevel.placements`: a context's own states at the snapshot,
+a read after or before the write). The head steps are the program's too: a context its level
+lists in `splits` is split into heads when computed, a read in `merges` is merged when another
+frame sees it, and both are checked against the widths the lowering computed (a mismatch is a
+bug of the lowering or the runtime, never of the spec). A conv call site runs once per token,
+whoever asks.
 """
 from __future__ import annotations
 
 import torch
 
 from nldsl import ast
-from nldsl.lower.program import ModuleWrite, Program, TokenLevel
+from nldsl.lower.program import BEFORE_WRITE, SNAPSHOT, HeadMerge, HeadSplit, ModuleWrite, \
+    Program, TokenLevel
 from nldsl.runtime.evaluate import FrameEvaluator
 from nldsl.runtime.frame import Frame
 from nldsl.runtime.functions import causal_conv, matmul
@@ -29,6 +35,8 @@ class UnitValues:
     def __init__(self, program: Program, params: dict, state: dict, x_t: torch.Tensor, t: int):
         self.program, self.params, self.state, self.x, self.t = program, params, state, x_t, t
         self.frames = {level.name: Frame(1, level.heads) for level in program.levels}
+        self.splits = {level.name: {s.name: s for s in level.splits} for level in program.levels}
+        self.merges = {m.read: m for level in program.levels for m in level.merges}
         self.memo: dict[str, tuple[object, Frame]] = {}
         self.convs: dict[tuple[int, int], torch.Tensor] = {}
         self.before: dict[str, dict] = {}
@@ -36,8 +44,11 @@ class UnitValues:
     # -- what the schedule asks for ------------------------------------------------------
     def context(self, level: TokenLevel, name: str):
         if name not in self.memo:
-            value = self.evaluate(level, "snapshot", level.contexts[name])
-            self.memo[name] = (value, self.frames[level.name])
+            view = "snapshot" if level.placements[name].stage == SNAPSHOT else "current"
+            value = self.evaluate(level, view, level.contexts[name])
+            frame = self.frames[level.name]
+            step = self.splits[level.name].get(name)
+            self.memo[name] = (value if step is None else _split(frame, value, step), frame)
         return self.memo[name][0]
 
     def outer_context(self, name: str):
@@ -47,8 +58,8 @@ class UnitValues:
 
     def read(self, level: TokenLevel, name: str):
         if name not in self.memo:
-            value, before = level.reads[name]
-            self.memo[name] = (self.evaluate(level, "before" if before else "current", value),
+            view = "before" if level.placements[name].stage == BEFORE_WRITE else "current"
+            self.memo[name] = (self.evaluate(level, view, level.reads[name][0]),
                                self.frames[level.name])
         return self.memo[name][0]
 
@@ -102,7 +113,10 @@ class UnitValues:
         if name in owner.contexts:
             return self._seen(self.context(owner, name), owner, frame)
         if name in owner.reads:
-            return self._seen(self.read(owner, name), owner, frame)
+            seen = self._seen(self.read(owner, name), owner, frame)
+            if name in self.merges and self.frames[owner.name] != frame:
+                _check_merge(frame, seen, self.merges[name])
+            return seen
         own_view = view if owner is level else "current"
         return self._seen(self._states(owner, own_view)[name], owner, frame, state=True)
 
@@ -139,3 +153,25 @@ class UnitValues:
                                                             cache)
             self.convs[site.param] = y[:, 0]                       # [B, C]
         return BASE.merge(self.convs[site.param], frame)
+
+
+def _split(frame: Frame, value, step: HeadSplit):
+    """The program's head split of a context: [B, 1, H*d] -> [B, H, d] (width H: [B, H])."""
+    value = frame.split(value)
+    rank = frame.rank(value)
+    heads_ok = step.heads == 1 or (isinstance(value, torch.Tensor)
+                                       and value.shape[frame.prefix] == step.heads)
+    width_ok = rank == 0 if step.width is None else rank >= 1 and value.shape[-1] == step.width
+    if not (heads_ok and width_ok):
+        found = list(value.shape) if isinstance(value, torch.Tensor) else value
+        raise RuntimeError(f"the lowered head split of {step.name!r} ({step.heads} heads of width "
+                           f"{step.width}) disagrees with the runtime's value {found}")
+    return value
+
+
+def _check_merge(frame: Frame, value, step: HeadMerge) -> None:
+    """A per-head read seen from another frame has width H * d, as the program says."""
+    if not isinstance(value, torch.Tensor) or value.shape[-1] != step.merged:
+        found = list(value.shape) if isinstance(value, torch.Tensor) else value
+        raise RuntimeError(f"the lowered head merge of {step.read!r} (width {step.merged}) "
+                           f"disagrees with the runtime's value {found}")
