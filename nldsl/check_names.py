@@ -10,6 +10,7 @@ from nldsl.check_common import Checker
 
 MSG_DUPLICATE = "{what} {name!r} is defined twice"
 MSG_UNKNOWN = "unknown name {name!r}"
+MSG_NOT_HPARAM = "a constraint can name only hyper-parameters, and {name!r} is none"
 MSG_UNKNOWN_FUNCTION = "unknown function {name!r}"
 MSG_NOT_CALLABLE = "{name!r} is not a memory state, so it cannot be applied to an input"
 MSG_ARITY = "{name}() takes {expected} argument{s}, got {got}"
@@ -62,6 +63,14 @@ def check_duplicates(c: Checker) -> None:
             seen[name] = node
 
 
+def _constraint_values(constraint: ast.Constraint) -> list[ast.Expr]:
+    if isinstance(constraint, ast.Bound):
+        return [constraint.value]
+    if isinstance(constraint, ast.Interval):
+        return [constraint.low, constraint.high]
+    return list(constraint.options)
+
+
 def expressions(c: Checker):
     """(expression, place) for every expression a user wrote; the place (builtins.EXPRESSION,
     OBJECTIVE or INIT) says which built-ins it may use, and `task` is an objective."""
@@ -100,6 +109,64 @@ def check_references(c: Checker) -> None:
     callable_states = {s.name for s in c.graph.states() if not isinstance(s.decl.shape, ast.ScalarShape)}
     for expr, place in expressions(c):
         _check_expr(c, expr, defined, callable_states, place == OBJECTIVE)
+    _check_constraints(c)
+    _check_like_shapes(c)
+
+
+def _check_constraints(c: Checker) -> None:
+    """A constraint is checked against the hyper-parameters' values before anything runs, so
+    it may name only hyper-parameters (`lr = 0.1 >= min_lr`)."""
+    hparams, defined = set(c.graph.hparams), c.defined_names()
+    for hparam in c.decl.hparams:
+        for constraint in hparam.constraints:
+            for value in _constraint_values(constraint):
+                for node in _names_in(value):
+                    if node.id not in hparams:
+                        message = (MSG_NOT_HPARAM if node.id in defined else MSG_UNKNOWN)
+                        c.report(node, message.format(name=node.id), expected="a constant or "
+                                 "a hyper-parameter's name in a constraint",
+                                 hint=c.suggest(node.id, hparams) or
+                                 f"declare {node.id!r} as a hyper-parameter, or write a number")
+
+
+def _names_in(node):
+    """The `Name` nodes under a constraint's value, in source order."""
+    if isinstance(node, ast.Name):
+        yield node
+    elif isinstance(node, ast.Node):
+        for field in type(node).model_fields:
+            if field != "span":
+                yield from _names_in(getattr(node, field))
+    elif isinstance(node, list):
+        for item in node:
+            yield from _names_in(item)
+
+
+def _check_like_shapes(c: Checker) -> None:
+    """`state m like Q`: Q must be a state (an optimizer's `W` is one), and following `like`s
+    must end at a state with a shape of its own, not come back to where it started."""
+    likes = {s.name: s.decl.shape for s in c.graph.states() if isinstance(s.decl.shape, ast.LikeShape)
+             and not s.implicit}
+    states = {s.name for s in c.graph.states()}
+    circles: set[frozenset] = set()
+    for name, shape in likes.items():
+        if shape.name not in states:
+            c.report(shape, f"state {name!r} is shaped `like {shape.name}`, but {shape.name!r} is "
+                     "not a state", expected="`like` the name of a state" +
+                     (" (the parameter `W`, usually)" if c.decl.kind == "optimizer" else ""),
+                     hint=c.suggest(shape.name, states) or "declare that state, or give this "
+                     "one a shape of its own (`[d, d]`, `mlp(...)`, `scalar`)")
+            continue
+        seen, current = [name], shape.name
+        while current in likes and current not in seen:
+            seen.append(current)
+            current = likes[current].name
+        if current == name and frozenset(seen) not in circles:
+            circles.add(frozenset(seen))
+            path = " -> ".join([*seen, name])
+            c.report(shape, f"state shapes refer to each other in a circle: {path}",
+                     expected="`like` a state with a shape of its own",
+                     hint="give one of these states a shape (`like W`, `[d, d]`, `scalar`)")
 
 
 def _check_expr(c: Checker, node, defined, callable_states, task_allowed) -> None:

@@ -123,3 +123,54 @@ def test_cycles_are_reported_once_from_the_first_definition(body, path):
 
 def test_rotate_to_first():
     assert rotate_to_first(["c", "a", "b"], ["a", "b", "c"]) == ["a", "b", "c"]
+
+
+# ---------------------------------------------------------------- issue 8 §6
+
+@pytest.mark.parametrize("hparams, expected", [
+    pytest.param("lr = 0.1 >= undefined_x", "unknown name 'undefined_x'", id="bound"),
+    pytest.param("lr = 0.1 in [lo, 1]", "unknown name 'lo'", id="interval-low"),
+    pytest.param("lr = 0.1 in [0, hi)", "unknown name 'hi'", id="interval-high"),
+    pytest.param('mode = "a" in {"a", other}', "unknown name 'other'", id="choice"),
+])
+def test_an_unknown_name_in_a_constraint_is_reported(hparams, expected):
+    assert messages(check_references, "level a every 1 step { W <- W - 0.1 * grad(W) }",
+                    hparams=hparams) == [expected]
+
+
+@pytest.mark.parametrize("name", ["step", "W", "g"])
+def test_a_constraint_names_only_hyper_parameters(name):
+    body = "level a every 1 step { let g = grad(W)\n W <- W - 0.1 * g }"
+    assert run(check_references, body, hparams=f"lr = 0.1 > {name}") == [
+        (f"a constraint can name only hyper-parameters, and {name!r} is none",
+         f"declare {name!r} as a hyper-parameter, or write a number")]
+
+
+def test_a_constraint_may_name_another_hyper_parameter():
+    body = "level a every 1 step { W <- W - lr * grad(W) }"
+    assert run(check_references, body, hparams="lo = 0, lr = 0.1 > lo") == []
+
+
+@pytest.mark.parametrize("body, expected", [
+    pytest.param("state m like Q = 0", ("state 'm' is shaped `like Q`, but 'Q' is not a state",
+                                        "declare that state, or give this one a shape of its own "
+                                        "(`[d, d]`, `mlp(...)`, `scalar`)"), id="unknown"),
+    pytest.param("state m like Wx = 0", ("state 'm' is shaped `like Wx`, but 'Wx' is not a state",
+                                         "did you mean 'W'?"), id="suggestion"),
+    pytest.param("state m like lr = 0", ("state 'm' is shaped `like lr`, but 'lr' is not a state",
+                                         "declare that state, or give this one a shape of its own "
+                                         "(`[d, d]`, `mlp(...)`, `scalar`)"), id="hyper-parameter"),
+    pytest.param("state m like m = 0", ("state shapes refer to each other in a circle: m -> m",
+                                        "give one of these states a shape (`like W`, `[d, d]`, "
+                                        "`scalar`)"), id="itself"),
+    pytest.param("state a like b = 0\n state b like a = 0",
+                 ("state shapes refer to each other in a circle: a -> b -> a",
+                  "give one of these states a shape (`like W`, `[d, d]`, `scalar`)"), id="circle"),
+])
+def test_like_names_a_state(body, expected):
+    assert run(check_references, f"level a every 1 step {{ {body}\n W <- W }}") == [expected]
+
+
+def test_like_another_state_is_fine():
+    body = "level a every 1 step { state m like W = 0\n state v like m = 0\n W <- W - m - v }"
+    assert run(check_references, body) == []
