@@ -7,8 +7,8 @@ exception (at load, compile or step), never a hang (HANG_LIMIT_S per example, as
 tests/test_fuzz.py bounds its inputs).
 
 Nothing drawn is filtered out and no outcome is excused: the hypothesis test is the property as
-stated. Known failures found by it that other work is fixing are pinned as explicit,
-strict-xfail regression cases below (KNOWN), each one minimal spec.
+stated. Each failure it found is a minimal regression case below (FOUND); failures that other
+work is fixing would be pinned as strict-xfail cases (KNOWN, empty now).
 
 Numbers: float64 parameters (three matrices, two of one shape, so the fused schedule groups
 them), 4 steps on gradients that depend on W. The schedules evaluate the same expressions, in
@@ -21,18 +21,32 @@ allows rtol 1e-8, atol 1e-9: a thousand times that, for cancellation (a differen
 nearly equal operands loses their relative accuracy), while a wrong formula, a dropped
 argument or a swapped name gives differences of order 1e-3 or more. NaN must be NaN in both,
 inf the same inf.
+
+One kernel is swapped here: the fused schedule's batched Newton-Schulz
+(`kernels.newton_schulz_group`, `baddbmm` over the stacked matrices) runs matrix by matrix, as
+the reference does. A drawn spec computes Newton-Schulz in float32 or bfloat16 (its `precision`,
+float32 by default), where batched and per-matrix products round differently by 1e-7 (float32)
+to 4e-3 (bfloat16, one ulp) of the result, and the polynomial amplifies that (slope 3.4 per
+step): as large as the differences a dropped `steps` or `eps` makes, so no tolerance could tell
+them apart. The batched kernel is tested against the per-matrix one within its derived rounding
+bound in tests/test_optim_kernels.py; this test checks that both schedules pass Newton-Schulz
+the same matrices and arguments, and the swap still sees every call the fused code makes.
 """
 from __future__ import annotations
 
 import signal
 from contextlib import contextmanager
+from unittest import mock
 
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 
 import nldsl
+import nldsl.optim.optimizer  # noqa: F401  imports torch._dynamo (seconds): not in the first example's hang guard
 from nldsl.builtins import FUNCTIONS, RULES
+from nldsl.errors import NLDSLCompileError
+from nldsl.optim import kernels
 from nldsl.testing import (ELEMENTWISE, INITIALISERS, LAST_DIM_REDUCTIONS, MODULE_ONLY,
                            optimizer_specs)
 
@@ -105,9 +119,17 @@ def run(spec, schedule: str):
     return "ran", path
 
 
+def per_matrix_newton_schulz(xs, *args, **kwargs):
+    """`kernels.newton_schulz_group` computed matrix by matrix (module docstring): the same
+    preconditions (matrices of one shape, which the fused code's grouping guarantees)."""
+    assert xs and all(x.shape == xs[0].shape for x in xs), [tuple(x.shape) for x in xs]
+    return [kernels.newton_schulz(x, *args, **kwargs) for x in xs]
+
+
 def check(text: str) -> None:
     """The property: located error at load or compile (both schedules), or the same numbers."""
-    with hang_guard(HANG_LIMIT_S):
+    with hang_guard(HANG_LIMIT_S), mock.patch.object(kernels, "newton_schulz_group",
+                                                     per_matrix_newton_schulz):
         try:
             spec = nldsl.load(text)
         except nldsl.NLDSLError as err:
@@ -140,26 +162,111 @@ def test_drawn_optimizer_runs_alike_in_both_schedules_or_fails_located(text):
     check(text)
 
 
-#: Minimal specs the fuzzer found failing, fixed elsewhere (issue 8); strict: a fix makes them
-#: pass, and the mark must then go.
-KNOWN: dict[str, tuple[str, str]] = {
-    'ns-keyword-dropped': ('optimizer o(lr = 0.1 > 0) {\n  level w every 1 step {\n    W <- newton_schulz(grad(W), 3, eps = 1000.0)\n  }\n}\n',
-        "fused drops newton_schulz's eps keyword (numbers differ)"),
-    'ns-steps-keyword': ('optimizer o(lr = 0.1 > 0) {\n  level w every 1 step {\n    W <- newton_schulz(grad(W), steps = 1)\n  }\n}\n',
-        "fused drops newton_schulz's steps keyword (numbers differ)"),
-    'rule-chain': ('optimizer o(lr = 0.1 > 0) {\n  level w every 1 step {\n    W <- W - lr * m\n  }\n  level l0 every 1 step {\n    state m like W = 0\n    m: minimize -dot(m, grad(W)) by ema(0.9) then newton_schulz(2)\n  }\n}\n',
-        'unlocated NLDSLError: rule chains not compiled'),
-    'momentum-rule': ('optimizer o(lr = 0.1 > 0) {\n  level w every 1 step {\n    W <- W - lr * m\n  }\n  level l0 every 1 step {\n    state m like W = 0\n    m: minimize l2(m, grad(W)) by momentum(0.1, beta = 0.9)\n  }\n}\n',
-        'unlocated NLDSLError: momentum rule not compiled'),
-    'ns-rule-no-closed-form': ('optimizer o(lr = 0.1 > 0) {\n  level w every 1 step {\n    W <- W - lr * S\n  }\n  level l0 every 1 step {\n    state S like W = W\n    S: minimize l2(S @ S, 0) by newton_schulz(steps = 5)\n  }\n}\n',
-        'numbers differ: newton_schulz rule on l2(S @ S, 0)'),
+def spec(*lines: str) -> str:
+    """An optimizer spec `o(lr = 0.1 > 0)` with these lines in its body."""
+    return "optimizer o(lr = 0.1 > 0) {\n" + "".join(f"  {line}\n" for line in lines) + "}\n"
+
+
+SGD = "level w every 1 step { W <- W - lr * grad(W) }"
+
+#: Minimal specs the fuzzer found failing, each fixed (issue 8): kept as regression cases, with
+#: what went wrong.
+FOUND: dict[str, tuple[str, str]] = {
+    "ns-keyword": (spec("level w every 1 step { W <- newton_schulz(grad(W), 3, eps = 1000.0) }"),
+                   "fused dropped newton_schulz's keywords"),
+    "ns-steps-keyword": (spec("level w every 1 step { W <- newton_schulz(grad(W), steps = 1) }"),
+                         "fused dropped newton_schulz's steps keyword"),
+    "rule-chain": (spec("level w every 1 step { W <- W - lr * m }", "level l0 every 1 step {",
+                        "  state m like W = 0",
+                        "  m: minimize -dot(m, grad(W)) by momentum(0.5, beta = 0.9) then "
+                        "newton_schulz(2) then gd(lr, decay = 0.9)", "}"),
+                   "unlocated NLDSLError: rule chains were not compiled"),
+    "chain-ending-in-newton-schulz": (
+        spec("level w every 1 step { W <- W - lr * m }", "level l0 every 1 step {",
+             "  state m like W = 0", "  m: minimize -dot(m, grad(W)) by ema(0.9) then newton_schulz(2)",
+             "}"), "unlocated NLDSLError (now a located one: newton_schulz cannot end a chain)"),
+    "chain-autograd": (spec("level w every 1 step { W <- W - lr * m }", "level l0 every 1 step {",
+                            "  state m like W = 0",
+                            "  m: minimize lp(m, grad(W), 3) by ema(0.9) then momentum(0.1, beta = 0.5)",
+                            "}"), "rule chains on an objective outside the table"),
+    "momentum-rule": (spec("level w every 1 step { W <- W - lr * m }", "level l0 every 1 step {",
+                           "  state m like W = 0",
+                           "  m: minimize l2(m, grad(W)) by momentum(0.1, beta = 0.9)", "}"),
+                      "unlocated NLDSLError: the momentum rule was not compiled"),
+    "momentum-in-a-slower-level": (
+        spec("level l0 every 2 steps {", "  state m like W = 0",
+             "  m: minimize l2(m, grad(W)) by momentum(0.1, beta = 0.9)", "}",
+             "level w every 1 step { W <- W - lr * m }"),
+        "a located error: a buffer's updates would be summed over the period"),
+    "ns-rule-no-closed-form": (spec("level w every 1 step { W <- W - lr * S }",
+                                    "level l0 every 1 step {", "  state S like W = W",
+                                    "  S: minimize l2(S @ S, 0) by newton_schulz(steps = 5)", "}"),
+                               "batched float32 Newton-Schulz rounds unlike per-matrix (module docstring)"),
+    "cubic-ns-no-closed-form": (spec("level w every 1 step { W <- W - lr * S }",
+                                     "level l0 every 1 step {", "  state S like W = W",
+                                     '  S: minimize l2(S @ S, 0) by newton_schulz(2, "cubic")', "}"),
+                                "NoClosedForm escaped unlocated"),
+    "ns-without-start": (spec("level w every 1 step { W <- W - lr * S }", "level l0 every 1 step {",
+                              "  state S like W", "  S: minimize orthogonality(S) by newton_schulz(2)",
+                              "}"), "unlocated NLDSLError: newton_schulz needs a start"),
+    "grad-initial-value": (spec("level a every 2 steps { state T like W = grad(W)", "T <- grad(W) }",
+                                "level w every 1 step { W <- W - lr * T }"),
+                           "KeyError 'grad(W)': an initial value could not read the gradient"),
+    "write-uses-own-read": (spec("level a every 1 step {", "  state c like W = 0",
+                                 "  read r = trace(W @ transpose(c)) * c", "  c <- (0 - r) * 0.5", "}",
+                                 "level w every 1 step { W <- W - lr * c }"),
+                            "UnboundLocalError in fused (a same-unit cycle, now a located error)"),
+    "state-aliases-w": (spec("level a every 2 steps { c <- W", "state c like W = W }",
+                             "level w every 1 step { W <- W - lr * c }"),
+                        "reference and loop code kept W itself in c, then wrote W in place"),
+    "matmul-of-a-number": (spec("level w every 1 step { W <- W - lr * (outer(grad(W), W) @ l2(W, grad(W)) * W) }"),
+                           "RuntimeError from torch at the first step"),
+    "matmul-of-a-truth-value": (spec("level a every 1 step { read e = W - mean(W) before write }",
+                                     "level w every 1 step { W <- W - lr * (outer(W, W) @ (not e) * W) }"),
+                                "RuntimeError from torch (bool matmul) at the first step"),
+    "mlp-in-a-slower-level": (spec("level a every 2 steps {",
+                                   "  state M : mlp(size(W, -1) -> 2 * size(W, -1) -> size(W, -1), relu)",
+                                   "  M: minimize dot(M(grad(W)), grad(W)) by gd(lr, decay = 0.9)",
+                                   "  read y = M(grad(W)) }", "level w every 1 step { W <- W - lr * y }"),
+                              "TypeError: MLP - MLP when summing the period's changes"),
+    "explicit-newton-schulz-update": (
+        spec("level a every 1 step {", "  state c like W = W", "  state d like W", "  d <- 2 ** c",
+             '  c <- newton_schulz(d, 3, "cubic", 1e-7, precision = "float64") }',
+             "level w every 1 step { W <- W - lr * c }"),
+        "an explicit `c <- newton_schulz(...)` made c a restarted (stateless) state: KeyError"),
+    "solve-on-a-conditional": (spec("level a every 1 step {", "  state s like W = 0",
+                                    "  s: minimize -dot(s, grad(W)) if grad(W) > lr else l2(s, 0) by solve()",
+                                    "}", "level w every 1 step { W <- W - lr * s }"),
+                               "unlocated: folding a conditional dropped its span"),
+    "plain-sgd": (spec(SGD), "the property's simplest case"),
 }
+
+#: Minimal specs the fuzzer found failing that other work is fixing (issue 8); strict: a fix
+#: makes them pass, and the mark must then go. None are open.
+KNOWN: dict[str, tuple[str, str]] = {}
 
 
 @pytest.mark.parametrize("text", [
     pytest.param(text, id=name, marks=pytest.mark.xfail(strict=True, reason=f"issue 8: {why}"))
     for name, (text, why) in KNOWN.items()
-] + [pytest.param("optimizer o(lr = 0.1 > 0) {\n  level w every 1 step {\n"
-                     "    W <- W - lr * grad(W)\n  }\n}\n", id="plain-sgd")])
+] + [pytest.param(text, id=name) for name, (text, _) in FOUND.items()])
 def test_known_cases(text):
     check(text)
+
+
+@pytest.mark.parametrize("name", ["chain-ending-in-newton-schulz", "momentum-in-a-slower-level",
+                                  "cubic-ns-no-closed-form", "ns-without-start",
+                                  "write-uses-own-read", "matmul-of-a-number",
+                                  "matmul-of-a-truth-value", "mlp-in-a-slower-level",
+                                  "solve-on-a-conditional"])
+def test_refusals_are_located_compile_errors(name):
+    """These cases are refused (the property allows that only with a located error)."""
+    spec_ = nldsl.load(FOUND[name][0])
+    for schedule in ("reference", "fused"):
+        with pytest.raises(NLDSLCompileError) as caught:
+            opt = nldsl.optimizer(spec_, parameters(), schedule)
+            for p in opt.param_groups[0]["params"]:
+                p.grad = gradient(p.detach(), 1)
+            opt.step()
+        assert_located(caught.value)
+        assert "^" in str(caught.value) and "hint:" in str(caught.value)

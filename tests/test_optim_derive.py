@@ -115,3 +115,95 @@ def test_objective_outside_the_table_falls_back_to_autograd():
                               rules=[ast.Rule(name="gd", args=[ast.Number(value=1)])])
     write = derive(objective, "S", None)
     assert write.autograd is not None and write.value is None
+
+
+# ---------------------------------------------------------------- momentum and `then` chains
+
+def _trajectory(body: str, schedule: str, steps: int = 4) -> list[torch.Tensor]:
+    """W after each step of `optimizer o { <body> }` on two 3x4 matrices (fused groups them)
+    and a 5x2 one, with gradients W + sin(3 W + t)/10 that feed the trajectory back."""
+    import nldsl
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(*s, generator=gen, dtype=torch.float64))
+              for s in [(3, 4), (3, 4), (5, 2)]]
+    opt = nldsl.optimizer("optimizer o(lr = 0.1 > 0) {\n%s\n}\n" % body, params, schedule)
+    path = []
+    for t in range(1, steps + 1):
+        for p in params:
+            p.grad = p.detach() + 0.1 * torch.sin(3 * p.detach() + t)
+        opt.step()
+        path.append(torch.cat([p.detach().flatten() for p in params]))
+    return path
+
+
+def _by_hand(update, steps: int = 4) -> list[torch.Tensor]:
+    """The same run, each tensor's state advanced by `update(state, g) -> new W` in Python."""
+    gen = torch.Generator().manual_seed(0)
+    ws = [torch.randn(*s, generator=gen, dtype=torch.float64) for s in [(3, 4), (3, 4), (5, 2)]]
+    states = [{} for _ in ws]
+    path = []
+    for t in range(1, steps + 1):
+        ws = [update(st, w, w + 0.1 * torch.sin(3 * w + t)) for st, w in zip(states, ws)]
+        path.append(torch.cat([w.flatten() for w in ws]))
+    return path
+
+
+def _momentum(st, w, g):
+    """Titans eqs. 13-14 on l2(m, g): grad = m - g; buf <- 0.9 buf - 0.1 grad; m <- 0.95 m + buf."""
+    m, buf = st.get("m", torch.zeros_like(w)), st.get("buf", torch.zeros_like(w))
+    st["buf"] = 0.9 * buf - 0.1 * (m - g)
+    st["m"] = 0.95 * m + st["buf"]
+    return w - 0.1 * st["m"]
+
+
+def _ema_ns_gd(st, w, g):
+    """-dot(m, g): u = -g; ema: b <- 0.9 b + 0.1 u; newton_schulz: u <- NS(b); gd: m <- m - 0.5 u."""
+    from nldsl.optim.kernels import newton_schulz
+    b, m = st.get("b", torch.zeros_like(w)), st.get("m", torch.zeros_like(w))
+    st["b"] = 0.9 * b + 0.1 * -g
+    st["m"] = m - 0.5 * newton_schulz(st["b"], 3, precision="float64")
+    return w - 0.1 * st["m"]
+
+
+def _autograd_chain(st, w, g):
+    """lp(m, g, 3): grad = sign(m - g) |m - g|^2; momentum(0.2, 0.5): b <- 0.5 b + 0.2 grad;
+    gd(1, decay 0.9): m <- 0.9 m - b."""
+    b, m = st.get("b", torch.zeros_like(w)), st.get("m", torch.zeros_like(w))
+    st["b"] = 0.5 * b + 0.2 * torch.sign(m - g) * (m - g).abs() ** 2
+    st["m"] = 0.9 * m - st["b"]
+    return w - 0.1 * st["m"]
+
+
+CHAINS = {
+    "momentum(lr, beta, decay)": ("m: minimize l2(m, grad(W)) by momentum(0.1, beta = 0.9, decay = 0.95)",
+                                  _momentum),
+    "ema then newton_schulz then gd": (
+        'm: minimize -dot(m, grad(W)) by ema(0.9) then newton_schulz(3, precision = "float64") '
+        "then gd(0.5)", _ema_ns_gd),
+    "momentum then gd, autograd gradient": (
+        "m: minimize lp(m, grad(W), 3) by momentum(0.2, beta = 0.5) then gd(1, decay = 0.9)",
+        _autograd_chain),
+}
+
+
+@pytest.mark.parametrize("schedule", ["reference", "fused"])
+@pytest.mark.parametrize("objective, update", CHAINS.values(), ids=CHAINS.keys())
+def test_momentum_and_chains_follow_their_recurrences(objective, update, schedule):
+    """docs/language.md, "Chains": both schedules against the recurrence written by hand. The
+    same float64 operations in other orders (and batched Newton-Schulz in fused, whose float64
+    rounding bound is 3e-11 on these shapes): a few ulps per step, well inside 1e-10."""
+    body = ("  level m every 1 step {\n    state m like W = 0\n    %s\n  }\n"
+            "  level w every 1 step { W <- W - lr * m }" % objective)
+    for got, want in zip(_trajectory(body, schedule), _by_hand(update)):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_a_chained_momentum_then_gd_is_the_momentum_rule_with_its_decay():
+    """docs/language.md: `momentum(lr, beta) then gd(lr = 1, decay = d)` equals
+    `momentum(lr, beta, decay = d)`: the buffers are negatives of each other, exactly."""
+    level = ("  level m every 1 step {\n    state m like W = 0\n    m: minimize l2(m, grad(W)) by %s\n  }\n"
+             "  level w every 1 step { W <- W - lr * m }")
+    chained = _trajectory(level % "momentum(0.1, beta = 0.9) then gd(lr = 1, decay = 0.95)", "reference")
+    single = _trajectory(level % "momentum(0.1, beta = 0.9, decay = 0.95)", "reference")
+    for a, b in zip(chained, single):
+        assert torch.equal(a, b)

@@ -30,7 +30,7 @@ from nldsl.optim.ir import Plan, Write
 from nldsl.optim.patterns import match_adam
 from nldsl.optim.plan import PARAM
 from nldsl.optim.printer import SHAPED, NotVectorizable, Printer, literal, user
-from nldsl.optim.snapshot import dependency_order, period_one, snapshot_lines
+from nldsl.optim.snapshot import copied, dependency_order, period_one, snapshot_lines
 
 _counter = itertools.count()
 
@@ -77,13 +77,13 @@ def generate_foreach(plan: Plan) -> str:
             if not period_one(level):
                 key = literal("read." + name)
                 body += [f"    if any({key} not in st for st in states):  # first step"]
-                body += p.emit("        ", f"for st, x in zip(states, {p.expr(value)[0]}):")
+                body += p.emit("        ", f"for st, x in zip(states, {copied(plan, value, p.expr(value)[0], True)}):")
                 body += [f"            st.setdefault({key}, x)",
                          f"    {user(name)} = [st[{key}] for st in states]"]
     body += snapshot_lines(plan, p, foreach=True)
 
     def hold(name: str, value: ast.Expr) -> list[str]:
-        return p.emit("        ", f"for st, x in zip(states, {p.expr(value)[0]}):") + [
+        return p.emit("        ", f"for st, x in zip(states, {copied(plan, value, p.expr(value)[0], True)}):") + [
             f"            st[{literal('read.' + name)}] = x"]
 
     body += _level_lines(plan, p, _foreach_write, hold)
@@ -104,7 +104,8 @@ def _level_lines(plan: Plan, p: Printer, write_lines, hold_lines) -> list[str]:
         if period_one(level):
             for name, (value, before) in level.reads.items():
                 if not before:
-                    body += p.emit("    ", f"{user(name)} = {p.expr(value)[0]}")
+                    source = copied(plan, value, p.expr(value)[0], p.foreach)
+                    body += p.emit("    ", f"{user(name)} = {source}")
         elif level.reads:
             body.append("    if writing:")
             for name, (value, _) in level.reads.items():
@@ -187,10 +188,10 @@ def generate_loop(plan: Plan) -> str:
                 key = literal("read." + name)
                 body.append(f"    {user(name)} = state.get({key})")
                 body.append(f"    if {user(name)} is None:")
-                body += p.emit("        ", f"{user(name)} = state[{key}] = {p.expr(value)[0]}")
+                body += p.emit("        ", f"{user(name)} = state[{key}] = {copied(plan, value, p.expr(value)[0], False)}")
     body += snapshot_lines(plan, p, foreach=False)
     body += _level_lines(plan, p, _loop_write, lambda name, value: p.emit(
-        "        ", f"state[{literal('read.' + name)}] = {p.expr(value)[0]}"))
+        "        ", f"state[{literal('read.' + name)}] = {copied(plan, value, p.expr(value)[0], False)}"))
     return "\n".join(body) + "\n"
 
 
@@ -205,10 +206,12 @@ def _loop_write(plan: Plan, p: Printer, level, write: Write) -> list[str]:
         value = t
     elif write.autograd is not None:
         step = write.autograd
+        wrt = user(step.state or write.target)
         loss = p.inline(step.loss)[0]     # a lambda's body: nothing hoisted out of it
-        value = f"K.autograd_step(lambda {t}: {loss}, {t}, {p.expr(step.lr)[0]}, {p.expr(step.decay)[0]})"
+        value = f"K.gradient(lambda {wrt}: {loss}, {wrt})" if step.lr is None else \
+            f"K.autograd_step(lambda {wrt}: {loss}, {wrt}, {p.expr(step.lr)[0]}, {p.expr(step.decay)[0]})"
     else:
-        value = p.expr(write.value)[0]
+        value = copied(plan, write.value, p.expr(write.value)[0], foreach=False)
     if write.accumulate:
         acc = literal("acc." + write.target)
         return lines + p.emit("    ", f"change = {value} - {t}{note}") + [

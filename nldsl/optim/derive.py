@@ -7,6 +7,11 @@ Every rule here is gradient-based, S <- decay S - lr grad L(S); the rules differ
     ema(beta)                  1 - beta                     beta
     dgd(lr, decay, normalized) lr / (1 + lr ||k||^2)  (57)  decay     k: the key of l2(S @ k, v)
     newton_schulz(cubic)       1/4, `steps` times from the initial value (eq. 44)
+    momentum(lr, beta, decay)  m <- beta m - lr grad L(S); S <- decay S + m (Titans eqs. 13-14)
+
+`r1 then ... then rn` (docs/language.md, "Chains") transforms the gradient by every rule but the
+last (momentum and ema through a hidden buffer, newton_schulz by orthogonalising it) and applies
+the result by the last rule in place of the gradient (`derive_writes`).
 
 `solve` is not a gradient step: for w window(c, l2(S * k, v), gamma) + lam l2(S, 0) (eq. 101) it
 is the minimiser S* = w sum gamma k v / (w sum gamma k^2 + lam) (eq. 102), with hidden running
@@ -24,10 +29,12 @@ addcmul(S * beta, x, y, 1 - beta): the ops PyTorch's optimizers use, so twins ag
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from nldsl import ast
-from nldsl.builtins import RULES
+from nldsl.builtins import RULES, TRANSFORM_RULES
 from nldsl.consteval import children
-from nldsl.errors import NLDSLError
+from nldsl.errors import NLDSLCompileError, Problem
 from nldsl.optim.ir import AutogradStep, Write
 
 
@@ -186,29 +193,37 @@ def gd_value(state: str, grad: ast.Expr, lr: ast.Expr, decay: ast.Expr, ema: boo
     return binary("-", kept, binary("*", lr, grad))
 
 
-def derive(objective: ast.Objective, state: str, init: ast.Expr | None, deep: bool = False) -> Write:
-    """The update of `state` that one unit of `objective` makes."""
-    if len(objective.rules) != 1:
-        raise NLDSLError(f"rule chains (`then`) are not compiled for optimizers yet: {state}")
-    rule = objective.rules[0]
-    args = rule_arguments(rule)
-    if rule.name == "newton_schulz":
-        return _newton_schulz(objective.loss, state, args, init)
+def located(node: ast.Node, message: str, expected: str, hint: str, source=None) -> NLDSLCompileError:
+    """A compile error pointing at `node` (rules and objectives carry their spans)."""
+    span = node.span
+    return NLDSLCompileError([Problem(message, span.line, span.col, span.end_line or None,
+                                      span.end_col or None, expected, hint, source)])
+
+
+def _rate(rule: ast.Rule, args: dict, loss: ast.Expr, state: str) -> tuple[ast.Expr, ast.Expr]:
+    """(lr, decay) of a rule that applies an update direction: gd, dgd, ema (table above)."""
     if rule.name == "ema":
-        lr, decay = binary("-", num(1), args["beta"]), args["beta"]
-    elif rule.name in ("gd", "dgd"):
-        lr, decay = args["lr"], args["decay"]
-    elif rule.name == "solve":
-        raise NLDSLError("`solve` writes hidden sums too: lower it with nldsl.optim.solve.lower_solve")
-    else:
-        raise NLDSLError(f"learning rule {rule.name!r} is not compiled for optimizers yet")
+        return binary("-", num(1), args["beta"]), args["beta"]
+    lr, decay = args["lr"], args["decay"]
     if rule.name == "dgd":
-        norm2 = key_norm_squared(objective.loss, state)
+        norm2 = key_norm_squared(loss, state)
         if norm2 is not None:
             normalized = binary("/", lr, binary("+", num(1), binary("*", lr, norm2)))
             flag = args["normalized"]
             lr = (normalized if flag.value else lr) if isinstance(flag, ast.Bool) else \
                 ast.Conditional(cond=flag, then=normalized, otherwise=lr)
+    return lr, decay
+
+
+def derive(objective: ast.Objective, state: str, init: ast.Expr | None, deep: bool = False,
+           source=None) -> Write:
+    """The update of `state` that one unit of `objective` makes, for one rule of gd, dgd, ema or
+    newton_schulz (`derive_writes` lowers momentum and `then` chains)."""
+    rule = objective.rules[0]
+    args = rule_arguments(rule)
+    if rule.name == "newton_schulz":
+        return _newton_schulz(objective.loss, state, args, init, rule, source)
+    lr, decay = _rate(rule, args, objective.loss, state)
     try:
         grad = closed_grad(objective.loss, state, deep)
     except NoClosedForm:
@@ -216,12 +231,106 @@ def derive(objective: ast.Objective, state: str, init: ast.Expr | None, deep: bo
     return Write(state, value=gd_value(state, grad, lr, decay, rule.name == "ema"), derivation=f"{rule.name} closed form")
 
 
-def _newton_schulz(loss, state, args, init) -> Write:
+@dataclass(frozen=True)
+class Derived:
+    """What one objective lowers to: its writes in order (a chain's buffers and the gradient it
+    transforms first, the state last), the hidden states they keep between units (`buffers`,
+    zero at the start, shaped like the state) and the per-unit values (`temporaries`)."""
+
+    writes: list[Write]
+    buffers: list[str] = field(default_factory=list)
+    temporaries: list[str] = field(default_factory=list)
+
+
+APPLYING = ("gd", "dgd", "ema", "momentum")
+
+
+def derive_writes(objective: ast.Objective, state: str, init: ast.Expr | None, deep: bool = False,
+                  source=None) -> Derived:
+    """Lower `state: minimize L by r1 then ... then rn` (docs/language.md, "Chains"): u starts as
+    grad L(state); each rule but the last transforms it, `momentum(lr, beta)`: m <- beta m + lr u,
+    `ema(beta)`: m <- beta m + (1 - beta) u (then u <- m), `newton_schulz`: u <- NS(u); the last
+    applies u in place of the gradient: gd, dgd and ema as in the table, `momentum(lr, beta, decay)`
+    as m <- beta m - lr u; S <- decay S + m (Titans eqs. 13-14). Buffers are hidden states named
+    `_momentum_S` (the last rule's) and `_chain_S_i` (rule i's); the autograd gradient of an
+    objective outside the table is the per-unit value `_grad_S`."""
+    rules = objective.rules
+    last = rules[-1]
+    if len(rules) == 1 and last.name != "momentum":
+        return Derived([derive(objective, state, init, deep, source)])
+    for rule in rules[:-1]:
+        if rule.name not in TRANSFORM_RULES:
+            raise located(rule, f"`{rule.name}` cannot transform the update inside a rule chain",
+                          "momentum, ema or newton_schulz before `then`",
+                          f"put `{rule.name}` last: it applies the update to the state", source)
+    if last.name not in APPLYING:
+        raise located(last, f"`{last.name}` cannot end a rule chain", "gd, dgd, ema or momentum "
+                      "after the last `then`", "end the chain with `then gd(lr)`", source)
+    if deep:
+        raise located(rules[1] if len(rules) > 1 else last, f"{state}: momentum and rule chains "
+                      "are not compiled for mlp memories yet", "gd or dgd alone on an mlp state",
+                      "use a tensor state (`like W`), or gd", source)
+    writes, buffers, temporaries = [], [], []
+    try:
+        direction = closed_grad(objective.loss, state)
+    except NoClosedForm:
+        temporaries.append(f"_grad_{state}")
+        writes.append(Write(temporaries[0], autograd=AutogradStep(objective.loss, None, None, state),
+                            derivation="autograd gradient"))
+        direction = ast.Name(id=temporaries[0])
+    for position, rule in enumerate(rules[:-1], 1):
+        direction = _transform(rule, direction, f"_chain_{state}_{position}", writes, buffers, source)
+    args = rule_arguments(last)
+    if last.name != "momentum":
+        lr, decay = _rate(last, args, objective.loss, state)
+        writes.append(Write(state, value=gd_value(state, direction, lr, decay),
+                            derivation=f"{' then '.join(r.name for r in rules)}"))
+        return Derived(writes, buffers, temporaries)
+    buffer = ast.Name(id=f"_momentum_{state}")
+    buffers.append(buffer.id)
+    writes.append(Write(buffer.id, value=binary("-", binary("*", args["beta"], buffer),
+                                                 binary("*", args["lr"], direction)),
+                        derivation="momentum buffer (Titans eq. 13)"))
+    kept = ast.Name(id=state) if args["decay"] == num(1) else binary("*", args["decay"], ast.Name(id=state))
+    writes.append(Write(state, value=binary("+", kept, buffer),
+                        derivation=f"{' then '.join(r.name for r in rules)} (Titans eq. 14)"))
+    return Derived(writes, buffers, temporaries)
+
+
+def _transform(rule: ast.Rule, u: ast.Expr, name: str, writes: list, buffers: list, source) -> ast.Expr:
+    """The update direction after `rule` (not the last of its chain) transforms `u`."""
+    args = rule_arguments(rule)
+    if rule.name == "newton_schulz":
+        return ast.Call(func="newton_schulz", args=[u, args["steps"], args["polynomial"],
+                                                    args["eps"], args["precision"]])
+    if rule.name == "momentum" and args["decay"] != num(1):
+        raise located(rule, "a momentum inside a chain has no decay: it transforms the update, "
+                      "the last rule applies it", "momentum(lr, beta) before `then`",
+                      "give the decay to the last rule (`then gd(lr = 1, decay = d)`)", source)
+    m = ast.Name(id=name)
+    buffers.append(name)
+    if rule.name == "ema":
+        value = call("lerp", m, u, binary("-", num(1), args["beta"]))
+    else:
+        value = binary("+", binary("*", args["beta"], m), binary("*", args["lr"], u))
+    writes.append(Write(name, value=value, derivation=f"{rule.name} transform (`then`)"))
+    return m
+
+
+def _newton_schulz(loss, state, args, init, rule, source) -> Write:
     if init is None:
-        raise NLDSLError(f"newton_schulz needs a start: give `state {state} like W = <value>`")
+        raise located(rule, f"newton_schulz restarts {state} from its initial value each step, "
+                      f"and {state} has none", f"state {state} like W = <value>",
+                      "give the state a start, e.g. the update it orthogonalises", source)
     polynomial = args["polynomial"]
     if isinstance(polynomial, ast.String) and polynomial.value == "cubic":
-        grad = closed_grad(loss, state)
+        try:
+            grad = closed_grad(loss, state)
+        except NoClosedForm:
+            raise located(rule, "cubic newton_schulz takes gradient steps on a closed-form "
+                          "gradient, and this objective has none", "an objective of the "
+                          "derivation table, such as l2(S, u) + orthogonality(S)",
+                          "use the quintic polynomial, or gd (an autograd step)", source) from None
         step = binary("-", ast.Name(id=state), binary("*", num(0.25), grad))
         return Write(state, value=step, repeat=args["steps"], restart=init,
                      derivation="newton_schulz cubic: GD steps, zeta = 1/4 (eq. 44)")

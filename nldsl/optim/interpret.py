@@ -23,7 +23,7 @@ from nldsl.optim.snapshot import dependency_order
 def initial_state(plan: Plan, param: torch.Tensor, hparams: dict) -> dict:
     """Fresh per-parameter state: step 0, every persistent state at its initial value."""
     state: dict = {"step": 0}
-    env = Evaluator(lambda name: {PARAM: param, **hparams, **state}[name])
+    env = Evaluator(lambda name: {PARAM: param, f"grad({PARAM})": param.grad, **hparams, **state}[name])
     inits = {s.name: s.init if s.init is not None else ast.Number(value=0)
              for s in plan.states.values() if s.name != PARAM and s.persistent}
     for name, _ in dependency_order(inits):   # an initial value may be another state's (no cycle)
@@ -87,7 +87,7 @@ class Step:
             return self.evaluate(value)
         key = f"read.{name}"
         if key not in self.state:
-            self.state[key] = self.evaluate(value)
+            self.state[key] = self.owned(self.evaluate(value))
         return self.state[key]
 
     def period(self, level) -> int:
@@ -122,10 +122,17 @@ class Step:
             if period == 1:
                 for name, (value, before_write) in level.reads.items():
                     if not before_write:
-                        self.values[name] = self.evaluate(value)
+                        self.values[name] = self.owned(self.evaluate(value))
             elif writing:
                 for name, (value, _) in level.reads.items():
-                    self.state[f"read.{name}"] = self.evaluate(value)
+                    self.state[f"read.{name}"] = self.owned(self.evaluate(value))
+
+    def owned(self, value):
+        """value, copied when it shares W's storage (`c <- W`, `read r = W`): W is written in
+        place, and a state or read keeps the value it was given."""
+        if torch.is_tensor(value) and _shares_storage(value, self.param):
+            return value.clone()
+        return value
 
     def accumulate(self, write: Write, writing: bool) -> None:
         key = f"acc.{write.target}"
@@ -149,26 +156,31 @@ class Step:
         return self.values.pop(write.target)
 
     def autograd_step(self, write: Write):
-        """S <- decay S - lr grad_S loss(S), the gradient by torch.func (any objective)."""
+        """S <- decay S - lr grad_S loss(S), the gradient by torch.func (any objective); the
+        gradient itself when lr is None (of `step.state`, which a rule chain transforms)."""
         step = write.autograd
-        current = self.lookup(write.target)
+        wrt = step.state or write.target
+        current = self.lookup(wrt)
 
         def loss(value):
-            self.values[write.target] = current.like(value) if isinstance(current, kernels.MLP) else value
+            self.values[wrt] = current.like(value) if isinstance(current, kernels.MLP) else value
             try:
                 return self.evaluate(step.loss)
             finally:
-                del self.values[write.target]
+                del self.values[wrt]
 
         primal = tuple(current) if isinstance(current, kernels.MLP) else current
         with torch.enable_grad():
             gradient = func_grad(loss)(primal)
+        if step.lr is None:
+            return gradient
         lr, decay = self.evaluate(step.lr), self.evaluate(step.decay)
         if isinstance(current, kernels.MLP):
             return current.like([decay * w - lr * g for w, g in zip(current, gradient)])
         return decay * current - lr * gradient
 
     def assign(self, target: str, value) -> None:
+        value = self.owned(value)
         if target == PARAM:
             self.param.copy_(value)
         elif isinstance(value, kernels.MLP):

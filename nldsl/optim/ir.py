@@ -9,15 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from nldsl import ast
+from nldsl.errors import Source
 
 
 @dataclass(frozen=True)
 class AutogradStep:
-    """S <- decay * S - lr * grad_S loss(S): the generic fallback for any objective."""
+    """S <- decay * S - lr * grad_S loss(S): the generic fallback for any objective. With lr and
+    decay None it is the gradient itself, of `state` (a rule chain transforms it further)."""
 
     loss: ast.Expr
-    lr: ast.Expr
-    decay: ast.Expr
+    lr: ast.Expr | None
+    decay: ast.Expr | None
+    state: str | None = None            # the state differentiated; None: the write's target
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class Plan:
     states: dict[str, StatePlan]
     hparams: list[str]                  # numeric hyper-parameters, read from the param group
     folded: dict[str, object] = field(default_factory=dict)  # bool/str values baked in
+    source: Source | None = None        # the spec's text, for located compile errors
 
     def level_of(self, name: str) -> LevelPlan | None:
         for level in self.levels:

@@ -164,9 +164,15 @@ def autograd_step(loss, state, lr, decay):
         with torch.enable_grad():
             grads = func_grad(lambda ws: loss(state.like(ws)))(tuple(state))
         return state.like([decay * w - lr * g for w, g in zip(state, grads)])
+    return decay * state - lr * gradient(loss, state)
+
+
+def gradient(loss, state: torch.Tensor) -> torch.Tensor:
+    """grad loss(state) by torch.func: the update direction a rule chain transforms."""
+    from torch.func import grad as func_grad
+
     with torch.enable_grad():
-        gradient = func_grad(loss)(state)
-    return decay * state - lr * gradient
+        return func_grad(loss)(state)
 
 
 def divide_or_zero(numerator, denominator):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from nldsl import ast
 from nldsl.consteval import NotConstant, evaluate, hparam_values, names_in
 from nldsl.errors import NLDSLCompileError, NLDSLError, Problem
-from nldsl.optim.derive import derive, num
+from nldsl.optim.derive import derive_writes, located, num
 from nldsl.optim.ir import LevelPlan, Plan, StatePlan, Write
 from nldsl.optim.solve import Names, lower_solve
 
@@ -33,8 +33,8 @@ def fold(expr, consts: dict):
         try:
             decided = evaluate(cond, {})
         except (NotConstant, TypeError, ValueError, ArithmeticError):
-            return ast.Conditional(cond=cond, then=fold(expr.then, consts),
-                                   otherwise=fold(expr.otherwise, consts))
+            return expr.model_copy(update=dict(cond=cond, then=fold(expr.then, consts),
+                                               otherwise=fold(expr.otherwise, consts)))
         return fold(expr.then if decided else expr.otherwise, consts)
     updates = {}
     for field, value in expr:
@@ -78,7 +78,7 @@ def _without_zero_terms(plan: Plan, zeros: frozenset) -> Plan:
                         [write(w) for w in lv.writes],
                         {k: (drop_zero_terms(v, zeros), b) for k, (v, b) in lv.reads.items()})
               for lv in plan.levels]
-    return Plan(plan.name, levels, plan.states, plan.hparams, plan.folded)
+    return Plan(plan.name, levels, plan.states, plan.hparams, plan.folded, plan.source)
 
 
 def lower(spec, folded: dict | None = None, zeros: frozenset = frozenset()) -> Plan:
@@ -92,43 +92,75 @@ def lower(spec, folded: dict | None = None, zeros: frozenset = frozenset()) -> P
     graph = spec.graph
     states: dict[str, StatePlan] = {PARAM: StatePlan(PARAM, graph.owner(PARAM) or "", None, None)}
     names = _names(graph)
+    taken = names.current | names.contexts | {h.name for h in decl.hparams}
     levels = []
     for name in graph.update_order():
         info = graph.levels[name]
         inits = {s.name: fold(s.decl.init.value, consts) if isinstance(s.decl.init, ast.InitValue)
                  else None for s in info.states.values()}
-        writes, hidden = [], []
+        writes, hidden, restarted = [], [], set()
         for objective in info.objectives:
-            target = objective.state or _only_state(info)
+            target = objective.state or _only_state(info, objective, spec.source)
             objective = fold(objective, consts)
             if objective.rules[-1].name == "solve":
                 solved, sums = _solve(objective, target, info, names, spec.source)
                 writes += solved
-                hidden += [(s, info.states[target].decl.shape if target in info.states else None)
-                           for s in sums]
+                hidden += [(s, _shape_of(info, target), True) for s in sums]
                 continue
             deep = target in info.states and isinstance(info.states[target].decl.shape, ast.MLPShape)
-            write = derive(objective, target, inits.get(target), deep)
-            if _period_is_one(info.every):
-                writes.append(write)
-            else:
-                writes.append(Write(**{**write.__dict__, "accumulate": True}))
+            if deep and not _period_is_one(info.every):
+                raise located(objective, f"{target}: an mlp memory in a level slower than every "
+                              "step is not compiled yet (its per-step changes would be summed "
+                              "weight by weight)", f"level {info.name} every 1 step",
+                              "write the level every step, or use a tensor state", spec.source)
+            derived = derive_writes(objective, target, inits.get(target), deep, spec.source)
+            if [r.name for r in objective.rules] == ["newton_schulz"]:
+                restarted.add(target)          # from its initial value, each unit
+            _check_hidden(derived, objective, info, taken, spec.source)
+            hidden += [(s, _shape_of(info, target), True) for s in derived.buffers]
+            hidden += [(s, _shape_of(info, target), False) for s in derived.temporaries]
+            accumulate = not _period_is_one(info.every)
+            writes += [Write(**{**w.__dict__, "accumulate": accumulate and w.target == target})
+                       for w in derived.writes]
         writes += [Write(u.target, value=fold(u.value, consts)) for u in info.updates]
-        restarted = {w.target for w in writes if w.restart is not None or
-                     w.value is not None and _is_restart_call(w)}
         for state in info.states.values():
             states[state.name] = StatePlan(state.name, name, state.decl.shape, inits[state.name],
                                            persistent=state.name not in restarted)
-        for sum_name, shape in hidden:
-            states[sum_name] = StatePlan(sum_name, name, shape, num(0))
+        for hidden_name, shape, persistent in hidden:
+            states[hidden_name] = StatePlan(hidden_name, name, shape, num(0) if persistent else None,
+                                            persistent=persistent)
         levels.append(LevelPlan(name, fold(info.every, consts),
                                 {c.name: fold(c.value, consts) for c in info.contexts.values()},
                                 writes, {r.name: (fold(r.value, consts), r.before_write)
                                          for r in info.reads.values()}))
     _check_inits(states, spec.source)
     numeric = [h.name for h in decl.hparams if h.name not in consts]
-    return _without_zero_terms(_drop_unread(Plan(decl.name, levels, states, numeric, consts)),
-                               frozenset(zeros) & set(numeric))
+    plan = _drop_unread(Plan(decl.name, levels, states, numeric, consts, spec.source))
+    check_plan(plan)
+    return _without_zero_terms(plan, frozenset(zeros) & set(numeric))
+
+
+def _shape_of(info, target: str):
+    """The declared shape of a level's state (None for W): a hidden state is shaped like it."""
+    return info.states[target].decl.shape if target in info.states else None
+
+
+def _check_hidden(derived, objective: ast.Objective, info, taken: set, source) -> None:
+    """A rule's hidden states need names of their own, and a level that writes every step: in
+    a slower one the buffer's per-step updates would be summed over the period, which is no
+    rule's meaning (the module compiler refuses the same)."""
+    hidden = derived.buffers + derived.temporaries
+    where = objective.rules[1] if len(objective.rules) > 1 else objective.rules[0]
+    if hidden and not _period_is_one(info.every):
+        raise located(where, f"level {info.name}: momentum and rule chains that keep a buffer or "
+                      "an autograd gradient are compiled for levels every 1 step",
+                      f"level {info.name} every 1 step", "write the level every step, or write "
+                      "the update explicitly (`S <- ...`)", source)
+    collisions = sorted(set(hidden) & taken)
+    if collisions:
+        raise located(objective, f"the rule's hidden states need the names {collisions}",
+                      "no spec name starting with `_momentum_`, `_chain_` or `_grad_`",
+                      "rename the spec's name", source)
 
 
 def _check_inits(states: dict[str, StatePlan], source) -> None:
@@ -186,20 +218,18 @@ def _solve(objective: ast.Objective, target: str, info, names: Names, source):
     return lower_solve(objective, target, names, source)
 
 
-def _only_state(info) -> str:
+def _only_state(info, objective: ast.Objective, source) -> str:
     if len(info.states) == 1:
         return next(iter(info.states))
     if not info.states:
         return PARAM
-    raise NLDSLError(f"level {info.name}: say which state an objective trains (`m: minimize ...`)")
+    raise located(objective, f"level {info.name} has {len(info.states)} states: say which one "
+                  "this objective trains", f"{sorted(info.states)[0]}: minimize ...",
+                  "prefix the objective with the state's name and a colon", source)
 
 
 def _period_is_one(every: ast.Expr) -> bool:
     return isinstance(every, ast.Number) and every.value == 1
-
-
-def _is_restart_call(write: Write) -> bool:
-    return isinstance(write.value, ast.Call) and write.value.func == "newton_schulz"
 
 
 def _used_names(node) -> set[str]:
@@ -232,6 +262,8 @@ def _drop_unread(plan: Plan) -> Plan:
                 [d.autograd.loss, d.autograd.lr, d.autograd.decay] if d.autograd else [])
             for part in parts:
                 todo += [n for n in _used_names(part) if n not in live]
+            if not isinstance(d, ast.Node) and d.autograd and d.autograd.state:
+                todo.append(d.autograd.state)
         plan_state = plan.states.get(name)
         if plan_state is not None and plan_state.init is not None:
             todo += [n for n in _used_names(plan_state.init) if n not in live]
@@ -240,5 +272,126 @@ def _drop_unread(plan: Plan) -> Plan:
                         {k: v for k, v in lv.reads.items() if k in live}) for lv in plan.levels]
     states = {k: v for k, v in plan.states.items() if k in live}
     return Plan(plan.name, [lv for lv in levels if lv.writes or lv.reads or lv.contexts], states,
-                plan.hparams,
-                plan.folded)
+                plan.hparams, plan.folded, plan.source)
+
+
+#: Built-ins whose argument at these positions must be a tensor (a matrix or vector), and `@`.
+TENSOR_ARGUMENTS = {"outer": (0, 1), "trace": (0,), "newton_schulz": (0,), "size": (0,), "ndim": (0,)}
+#: Built-ins whose value is a number (a Python number or a 0-d tensor), whatever the arguments.
+NUMBER_CALLS = {"dot", "l2", "lp", "huber", "orthogonality", "trace", "size", "ndim"}
+
+
+def check_plan(plan: Plan) -> None:
+    """Refusals that do not depend on a parameter's shape, made once for both schedules: a
+    number where a matrix is needed (`X @ dot(a, b)`), and a write that uses a plain read of its
+    own level (reads come after the level's writes: a same-unit cycle, docs/language.md)."""
+    kinds = _kinds(plan)
+    for level in plan.levels:
+        own_reads = {n for n, (_, before) in level.reads.items() if not before}
+        for write in level.writes:
+            for part in _write_parts(write):
+                for name in names_in(part):
+                    if name.id in own_reads:
+                        raise located(name, f"the write of {write.target} uses {name.id}, a read "
+                                      f"of its own level {level.name}, computed after the "
+                                      "level's writes", f"`read {name.id} = ... before write`, or "
+                                      "a state or context", f"mark {name.id} `before write`, or "
+                                      "write its expression here", plan.source)
+        for part in _level_parts(level):
+            _check_tensor_arguments(part, kinds, plan.source)
+
+
+def _write_parts(write: Write) -> list:
+    parts = [write.value, write.restart, write.repeat]
+    if write.autograd is not None:
+        parts += [write.autograd.loss, write.autograd.lr, write.autograd.decay]
+    return [p for p in parts if p is not None]
+
+
+def _level_parts(level) -> list:
+    parts = [p for w in level.writes for p in _write_parts(w)]
+    return parts + list(level.contexts.values()) + [v for v, _ in level.reads.values()]
+
+
+def _kinds(plan: Plan) -> tuple[set[str], set[str]]:
+    """(numbers, truths): hyper-parameters and `step`, and the contexts and reads whose value is
+    a number; the contexts and reads whose value is a truth value (a comparison, `not`, ...)."""
+    from nldsl.optim.snapshot import dependency_order
+    numbers, truths = set(plan.hparams) | set(plan.folded) | {"step"}, set()
+    items = {n: v for lv in plan.levels for n, v in lv.contexts.items()}
+    items |= {n: v for lv in plan.levels for n, (v, _) in lv.reads.items()}
+    for name, value in dependency_order(items):
+        if is_number(value, numbers):
+            numbers.add(name)
+        if is_truth(value, truths):
+            truths.add(name)
+    return numbers, truths
+
+
+_LOGICAL = {"<", "<=", ">", ">=", "==", "!=", "and", "or"}
+
+
+def is_truth(expr: ast.Expr, truths: set[str]) -> bool:
+    """Is expr a truth value (torch: a bool tensor, which `@` does not promote)?"""
+    if isinstance(expr, ast.Bool):
+        return True
+    if isinstance(expr, ast.Name):
+        return expr.id in truths
+    if isinstance(expr, ast.Binary):
+        return expr.op in _LOGICAL
+    if isinstance(expr, ast.Unary):
+        return expr.op == "not" or is_truth(expr.operand, truths)
+    if isinstance(expr, ast.Conditional):
+        return is_truth(expr.then, truths) and is_truth(expr.otherwise, truths)
+    return False
+
+
+def is_number(expr: ast.Expr, numbers: set[str]) -> bool:
+    """Is expr a number on every parameter (never a tensor of W's shape)? Objectives, `trace`,
+    `size` and `ndim` are, and arithmetic of numbers; a memory applied or a tensor name is not."""
+    if isinstance(expr, (ast.Number, ast.Bool, ast.String)):
+        return True
+    if isinstance(expr, ast.Name):
+        return expr.id in numbers
+    if isinstance(expr, ast.Call):
+        return expr.func in NUMBER_CALLS
+    if isinstance(expr, ast.Binary) and expr.op != "@":
+        return is_number(expr.left, numbers) and is_number(expr.right, numbers)
+    if isinstance(expr, ast.Unary):
+        return is_number(expr.operand, numbers)
+    if isinstance(expr, ast.Conditional):
+        return all(is_number(e, numbers) for e in (expr.cond, expr.then, expr.otherwise))
+    if isinstance(expr, ast.Index):
+        return is_number(expr.value, numbers)
+    return isinstance(expr, ast.Tuple)
+
+
+def _check_tensor_arguments(expr: ast.Expr, kinds: tuple[set, set], source) -> None:
+    """`a @ b`, `outer(a, b)`, `trace(a)`, ... with a number, or a truth value for `@`, `outer`
+    and `trace`, for a or b: a located error (torch would raise at the first step, in both
+    schedules alike)."""
+    from nldsl.consteval import calls_in
+    numbers, truths = kinds
+    found = [(e, [e.left, e.right], "`@`") for e in _matmuls(expr)]
+    found += [(c, [c.args[i] for i in TENSOR_ARGUMENTS[c.func] if i < len(c.args)], f"`{c.func}`")
+              for c in calls_in(expr) if c.func in TENSOR_ARGUMENTS]
+    for node, operands, what in found:
+        for operand in operands:
+            number = is_number(operand, numbers)
+            if number or what in ("`@`", "`outer`", "`trace`") and is_truth(operand, truths):
+                where = next((e for e in (operand, node, expr) if e.span.line), operand)
+                kind = "a number" if number else "a truth value"
+                raise located(where, f"{what} needs a tensor of numbers here, and this is {kind}",
+                              "a matrix or vector (W, grad(W), a state, ...)",
+                              "scale by a number with `*`; parenthesise `a @ (s * b)`" if number
+                              else "select numbers with it: `(1 if a > b else 0)`", source)
+
+
+def _matmuls(expr):
+    from nldsl.consteval import children
+    todo = [expr]
+    while todo:
+        e = todo.pop()
+        if isinstance(e, ast.Binary) and e.op == "@":
+            yield e
+        todo += [c for c in children(e) if isinstance(c, ast.Node)]

@@ -22,17 +22,34 @@ def period_one(level) -> bool:
 _VIEWS = {"transpose", "stopgrad"}
 
 
-def _aliases_state(plan: Plan, expr) -> bool:
-    """Is `expr` a state (or W), or a view of one? Writes are in place, so such a context must
-    be copied to keep the value it had before the step's writes."""
+def aliases_state(plan: Plan, expr, seen: frozenset = frozenset()) -> bool:
+    """Is `expr` a state (or W), or a view of one, possibly through contexts and reads that are?
+    Writes are in place (W always, states in foreach code), so such a value must be copied to
+    keep the value it had when it was computed."""
     if isinstance(expr, ast.Name):
-        return expr.id == PARAM or expr.id in plan.states
+        if expr.id == PARAM or expr.id in plan.states:
+            return True
+        definition = _definitions(plan).get(expr.id)
+        return definition is not None and expr.id not in seen and \
+            aliases_state(plan, definition, seen | {expr.id})
     if isinstance(expr, ast.Index) or (isinstance(expr, ast.Call) and expr.func in _VIEWS):
         inner = expr.value if isinstance(expr, ast.Index) else expr.args[0]
-        return _aliases_state(plan, inner)
+        return aliases_state(plan, inner, seen)
     if isinstance(expr, ast.Conditional):
-        return _aliases_state(plan, expr.then) or _aliases_state(plan, expr.otherwise)
+        return aliases_state(plan, expr.then, seen) or aliases_state(plan, expr.otherwise, seen)
     return False
+
+
+def _definitions(plan: Plan) -> dict:
+    found = {n: v for lv in plan.levels for n, v in lv.contexts.items()}
+    return found | {n: v for lv in plan.levels for n, (v, _) in lv.reads.items()}
+
+
+def copied(plan: Plan, expr, text: str, foreach: bool) -> str:
+    """`text` (the source of expr), copied when it may share a state's or W's storage."""
+    if not aliases_state(plan, expr):
+        return text
+    return f"[t.clone() for t in {text}]" if foreach else f"{text}.clone()"
 
 
 def snapshot_lines(plan: Plan, p: Printer, foreach: bool) -> list[str]:
@@ -47,10 +64,7 @@ def snapshot_lines(plan: Plan, p: Printer, foreach: bool) -> list[str]:
     items = {n: v for n, v in plain_reads.items() if n in used} | items  # their pre-write value
     lines = []
     for name, value in dependency_order(items):
-        text = p.expr(value)[0]
-        if _aliases_state(plan, value):
-            text = f"[t.clone() for t in {text}]" if foreach else f"{text}.clone()"
-        lines += p.emit("    ", f"{user(name)} = {text}")
+        lines += p.emit("    ", f"{user(name)} = {copied(plan, value, p.expr(value)[0], foreach)}")
     return lines
 
 
