@@ -89,17 +89,17 @@ class _SequenceValues:
         per_head = lambda value, width: _heads_first(frame, value, self.x, heads, width)
         s0 = self.new_state[level.name][form.state]               # [B, (H,) dv, dk]
         dv, dk = s0.shape[-2:]
-        a = per_head(self.evaluate(level, form.decay), None)      # [B, H, T]
-        erase_is_zero = isinstance(form.erase, ast.Number) and form.erase.value == 0
-        c = None if erase_is_zero else per_head(self.evaluate(level, form.erase), None)
+        a, c = self.evaluate(level, form.decay), self.evaluate(level, form.erase)
+        a = None if _number(a, 1) else per_head(a, None)           # [B, H, T]; None: no decay
+        c = None if _number(c, 0) else per_head(c, None)           # None: no erase term
         k = per_head(self.evaluate(level, form.key), dk)          # [B, H, T, dk]
         w = per_head(self.evaluate(level, form.write), dv)        # [B, H, T, dv]
         queries = [(per_head(self.evaluate(level, q), dk), before)
                    for q, before in form.queries.values()]
         s0 = s0 if level.heads is not None else s0.unsqueeze(1)
         if not level.backprop:
-            a, k, w, s0 = a.detach(), k.detach(), w.detach(), s0.detach()
-            c = c.detach() if c is not None else None
+            detach = lambda t: t.detach() if t is not None else None
+            a, c, k, w, s0 = (detach(t) for t in (a, c, k, w, s0))
         ys, s_end = linear_delta_blocks(s0.transpose(-1, -2), a, c, k, w, queries, block)
         s_end = s_end.transpose(-1, -2)                           # [B, H, dv, dk]
         self.new_state[level.name][form.state] = s_end if level.heads is not None else s_end[:, 0]
@@ -144,6 +144,12 @@ class _SequenceValues:
             y, self.new_state[STREAM][site.param] = causal_conv(merged, self.params[site.param], cache)
             self.convs[site.param] = y
         return SEQUENCE.merge(self.convs[site.param], frame)
+
+
+def _number(value, number: float) -> bool:
+    """A gate that evaluated to this constant (a literal or hyper-parameter): decay 1 needs no
+    decay products, erase 0 no erase term."""
+    return not isinstance(value, torch.Tensor) and value == number
 
 
 def _no_memory(name, u):
