@@ -1,3 +1,5 @@
 """The torch-free middle shared by both compilers: the module program IR (`program.py`),
-lowering (`module.py`), the fast forms (`forms.py`), what modules cannot compile yet
-(`unsupported.py`)."""
+lowering (`module.py`) with each level's head split and merge (`heads.py`), the frequency rule
+and the stage within a unit each value is evaluated at (`timing.py`), the fast forms
+(`forms.py`), what modules cannot compile yet (`unsupported.py`), and the code emitter
+(`emit.py`)."""
