@@ -16,6 +16,7 @@ command line (cli.py). Needs `hypothesis` (the `test` extra).
 """
 from nldsl.checking.derivations import check_derivations
 from nldsl.checking.invariants import check_invariants
+from nldsl.checking import report
 from nldsl.checking.report import CheckFailure, Report
 from nldsl.checking.schedules import check_schedules
 from nldsl.checking.strategies import Stream, Unit, hparams, streams, tensors_for

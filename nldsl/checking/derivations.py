@@ -49,6 +49,7 @@ def check_derivations(spec, level: str | None = None, examples: int = 25, deadli
     CheckFailure with the first (shrunk) counterexample; returns a Report."""
     spec = spec_of(spec)
     report = Report("derivations", spec.name)
+    strategy = tensors_for(spec, level, fixed)          # an unknown level is a ValueError here
     writes = [w for w in derived_writes(spec) if level is None or w[0] == level]
     if not writes:
         where = f"level {level}" if level else spec.name
@@ -66,7 +67,7 @@ def check_derivations(spec, level: str | None = None, examples: int = 25, deadli
             checked.add(f"{c.target}: {c.derivation}")
             _compare(spec, c)
 
-    run_property(report, tensors_for(spec, level, fixed), body, examples, deadline, seed)
+    run_property(report, strategy, body, examples, deadline, seed)
     report.checked = sorted(checked) + [f"{s} (not a gradient step: not checked)" for s in sorted(skipped)]
     if not checked:
         report.status, report.reason = "not applicable", "; ".join(report.checked)

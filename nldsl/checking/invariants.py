@@ -37,7 +37,7 @@ def check_invariants(spec, examples: int = 10, deadline=None, seed: int = 0,
     schedules = schedules or (("reference", "chunked") if module else ("reference", "fused"))
     names = ["causality", "carried state", "state_dict", "determinism"] if module else \
         ["resume from state_dict", "determinism"]
-    report = Report("invariants", spec.name, checked=[f"{n} ({', '.join(schedules)})" for n in names])
+    report = Report("invariants", spec.name, checked=[f"{', '.join(names)} ({', '.join(schedules)})"])
     check = _module if module else _optimizer
     body = lambda stream: [check(spec, stream, schedule) for schedule in schedules]
     return run_property(report, streams(spec, fixed), body, examples, deadline, seed)

@@ -101,8 +101,8 @@ def compare_writes(spec, unit) -> list[Comparison]:
             with torch.no_grad():
                 expected = _expected(level, write.target, objective.rules[0], loss, unit_at, state)
             out.append(Comparison(level.name, write.target, write.derivation, _formula(write),
-                                  compiled, expected, _inputs(level, write.target, loss, unit_at,
-                                                              state, unit),
+                                  compiled, expected, _inputs(level, write.target, loss,
+                                                              objective.rules[0], unit_at, state, unit),
                                   [state[level.name][write.target]]))
     return out
 
@@ -128,19 +128,21 @@ def _expected(level, target: str, rule: ast.Rule, loss: ast.Expr, unit_at, state
 def _formula(write) -> str:
     grad = format_expr(write.grad) if write.grad is not None else \
         f"autograd of {format_expr(write.loss)}"
-    head = f"{write.target} <- {format_expr(write.decay)} * {write.target} - " \
-           f"({format_expr(write.lr)}) * G"
+    kept = lambda: write.target if write.decay == ast.Number(value=1) else \
+        f"{format_expr(write.decay)} * {write.target}"
+    head = f"{write.target} <- {kept()} - ({format_expr(write.lr)}) * G"
     if write.kind == "momentum":
         head = f"m <- {format_expr(write.beta)} * m - ({format_expr(write.lr)}) * G; " \
-               f"{write.target} <- {format_expr(write.decay)} * {write.target} + m"
+               f"{write.target} <- {kept()} + m"
     return f"{head},  G = {grad}"
 
 
-def _inputs(level, target, loss, unit_at, state, unit) -> dict:
+def _inputs(level, target, loss, rule, unit_at, state, unit) -> dict:
     values = unit_at()
     shown = {"hyper-parameters": unit.hparams, "batch": unit.batch, "token t": unit.step,
              "seed": unit.seed, f"{target} (before)": state[level.name][target]}
-    for name in dict.fromkeys(n.id for n in names_in(loss)):
+    used = [loss] + list(rule_arguments(rule).values())
+    for name in dict.fromkeys(n.id for e in used for n in names_in(e)):
         if name != target and name in level.contexts:
             shown[name] = values.context(level, name)
     return shown

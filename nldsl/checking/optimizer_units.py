@@ -114,7 +114,8 @@ def _inputs(objective, target, fresh, state, numeric, unit) -> dict:
              "seed": unit.seed}
     if target in state or target == PARAM:
         shown[f"{target} (before)"] = step.lookup(target)
-    for name in dict.fromkeys(n.id for n in names_in(objective.loss)):
+    used = [objective.loss] + list(rule_arguments(objective.rules[0]).values())
+    for name in dict.fromkeys(n.id for e in used for n in names_in(e)):
         if name not in (target, "step") and name not in numeric:
             shown[name] = step.lookup(name)
     return shown

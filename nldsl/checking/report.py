@@ -19,6 +19,8 @@ from hypothesis import HealthCheck, given, seed as hypothesis_seed, settings
 
 #: float64's unit roundoff, 2^-53: one rounding changes a value by at most this, relatively.
 EPS64 = 2.0 ** -53
+#: How long hypothesis may shrink a counterexample before the smallest one found is reported.
+SHRINK_SECONDS = 3.0
 
 
 class CheckFailure(AssertionError):
@@ -47,18 +49,36 @@ def not_applicable(check: str, spec: str, reason: str) -> Report:
     return Report(check, spec, "not applicable", reason=reason)
 
 
-def run_property(report: Report, strategy, body, examples: int, deadline, seed: int) -> Report:
+def run_property(report: Report, strategy, body, examples: int, deadline, seed: int,
+                 shrink_seconds: float | None = None) -> Report:
     """Run `body(drawn)` on `examples` draws of `strategy`; count them into `report`. `deadline`
     is milliseconds per example (None: no deadline). The draws are fixed by `seed` and no
-    example database is written, so a run is reproducible from its arguments alone."""
+    example database is written, so a run is reproducible from its arguments alone.
+
+    After a failure hypothesis shrinks the case; `shrink_seconds` (default: the module's
+    SHRINK_SECONDS, read at the call) after the first failure, the
+    candidates it still tries pass unchecked, so it stops with the smallest failing case found
+    by then (each candidate compiles a spec: unbounded shrinking can take minutes)."""
     start = time.perf_counter()
+    shrink_seconds = SHRINK_SECONDS if shrink_seconds is None else shrink_seconds
+    failing: set[str] = set()
+    first_failure: list[float] = []
 
     @hypothesis_seed(seed)
     @settings(max_examples=examples, deadline=deadline, database=None, derandomize=False,
               suppress_health_check=list(HealthCheck), print_blob=False)
     @given(strategy)
     def prop(drawn):
-        body(drawn)
+        key = repr(drawn)
+        if first_failure and key not in failing and \
+                time.perf_counter() - first_failure[0] > shrink_seconds:
+            return
+        try:
+            body(drawn)
+        except Exception:
+            failing.add(key)
+            first_failure[:] = first_failure or [time.perf_counter()]
+            raise
         report.examples += 1             # a draw the body discards (hypothesis.assume) is not counted
 
     report.examples = 0

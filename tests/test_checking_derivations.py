@@ -1,0 +1,90 @@
+"""check_derivations passes on stdlib specs and finds planted errors in the derivation table,
+reporting a readable counterexample (the formula as nldsl prints it, values, both results)."""
+import pytest
+
+from nldsl import ast
+from nldsl.checking import CheckFailure, check_derivations, report
+from nldsl.lower import module as lower_module
+from nldsl.optim import derive
+
+
+
+@pytest.fixture(autouse=True)
+def quick_shrinking(monkeypatch):
+    """Counterexamples shrink for half a second (the default is 3 s): enough for these."""
+    monkeypatch.setattr(report, "SHRINK_SECONDS", 0.5)
+
+
+SPECS = {
+    "adam (ema closed forms)": ("adam", ["m: ema closed form", "v: ema closed form"]),
+    "sgd (gd with step gates)": ("sgd", ["buf: gd closed form"]),
+    "muon (ema; quintic not a gradient step)": ("muon", ["buf: ema closed form"]),
+    "dgd (normalised rate, eq. 57)": ("dgd", ["W: dgd closed form"]),
+    "linear attention (Hebbian)": ("linear_attention", ["M: gd closed form"]),
+    "delta rule recurrence": ("examples/deltanet_recurrence.nl", ["M: gd closed form"]),
+    "huber delta (autograd: rule only)": ("examples/huber_delta.nl", ["M: gd autograd"]),
+}
+
+
+@pytest.mark.parametrize("name, writes", SPECS.values(), ids=SPECS.keys())
+def test_stdlib_derivations_pass(name, writes):
+    report = check_derivations(name, examples=5)
+    assert report.status == "pass" and report.examples == 5
+    assert set(writes) <= set(report.checked)
+
+
+def test_muon_lists_its_quintic_step_as_not_checked():
+    report = check_derivations("muon", examples=2)
+    assert "O: newton_schulz quintic polynomial (not a gradient step: not checked)" in report.checked
+
+
+def test_a_spec_without_derived_rules_is_not_applicable():
+    report = check_derivations("gated_deltanet", examples=2)
+    assert report.status == "not applicable" and "no derived update rule" in report.reason
+
+
+def test_an_unknown_level_is_a_clear_error():
+    with pytest.raises(ValueError, match="sgd has no level 'nope'; it has"):
+        check_derivations("sgd", level="nope", examples=1)
+
+
+def test_a_forgotten_decay_in_the_gd_closed_form_is_found(monkeypatch):
+    """Planted: gd_value drops the decay (S - lr G instead of decay S - lr G)."""
+    original = derive.gd_value
+    monkeypatch.setattr(derive, "gd_value", lambda state, grad, lr, decay, ema=False:
+                        original(state, grad, lr, decay if ema else derive.num(1), ema))
+    with pytest.raises(CheckFailure) as failure:
+        check_derivations("sgd", examples=20)
+    text = str(failure.value)
+    assert text.startswith("sgd: the derived update of buf (level momentum, gd closed form)")
+    assert "derived:   buf <- buf + (1 if step == 1 else 1 - dampening) * g" in text
+    for line in ("largest difference", "hyper-parameters = {", "buf (before) = [",
+                 "derived buf after the step = [", "autograd buf after the step = ["):
+        assert line in text
+
+
+def test_a_swapped_outer_product_in_the_delta_rule_is_found(monkeypatch):
+    """Planted: the module's delta-rule gradient is outer(k, M k - v), not outer(M k - v, k)."""
+    original = lower_module.closed_grad
+
+    def swapped(loss, state, deep=False):
+        grad = original(loss, state, deep)
+        if isinstance(grad, ast.Call) and grad.func == "outer":
+            return ast.Call(func="outer", args=grad.args[::-1])
+        return grad
+
+    monkeypatch.setattr(lower_module, "closed_grad", swapped)
+    with pytest.raises(CheckFailure) as failure:
+        check_derivations("examples/deltanet_recurrence.nl", examples=10)
+    text = str(failure.value)
+    assert "G = outer(k, M @ k - v)" in text
+    assert "k = [" in text and "v = [" in text and "beta = [" in text
+
+
+def test_a_missing_half_in_l2_is_found(monkeypatch):
+    """Planted: l2's gradient taken as 2 (S k - v) k^T (the 1/2 of `l2` forgotten)."""
+    original = lower_module.closed_grad
+    monkeypatch.setattr(lower_module, "closed_grad", lambda loss, state, deep=False: ast.Binary(
+        op="*", left=ast.Number(value=2), right=original(loss, state, deep)))
+    with pytest.raises(CheckFailure, match=r"G = 2 \* outer\(M @ k - v, k\)"):
+        check_derivations("deltanet", examples=10)
