@@ -148,8 +148,8 @@ def linear_delta_blocks(s0, a, c, k, w, queries, block: int):
             nmat, scaled = kk.tril_(-1) * c.unsqueeze(-1), c.unsqueeze(-1) * k
         else:
             nmat, scaled = kk * (c.unsqueeze(-1) * d_prev), (c * gamma_prev).unsqueeze(-1) * k
-        uv = torch.bmm(unit_lower_inverse(nmat), torch.cat([w, scaled], dim=-1))  # [G, L, dv+dk]
-        u, v = uv[..., :dv], uv[..., dv:]
+        inverse = unit_lower_inverse(nmat)                                 # T [G, L, L]
+        u, v = torch.bmm(inverse, w), torch.bmm(inverse, scaled)           # [G, L, dv], [G, L, dk]
     # block-to-block pass over the n blocks, all B H sequences at once
     per_block = lambda t: t.reshape(n, bh, *t.shape[1:]).unbind(0)
     state = s0.reshape(bh, dk, dv)

@@ -29,8 +29,9 @@ ELEMENTWISE = {
 
 
 def l2norm(a: torch.Tensor) -> torch.Tensor:
-    """a / max(||a||_2, eps) over the last dim."""
-    return a / a.norm(dim=-1, keepdim=True).clamp(min=L2NORM_EPS)
+    """a / max(||a||_2, eps) over the last dim, as a * rsqrt(max(||a||^2, eps^2)): products
+    instead of divisions, whose backward costs three more passes over `a`."""
+    return a * torch.rsqrt(a.pow(2).sum(-1, keepdim=True).clamp(min=L2NORM_EPS ** 2))
 
 
 def rmsnorm(a: torch.Tensor) -> torch.Tensor:
@@ -120,9 +121,16 @@ def causal_conv(a: torch.Tensor, kernel: torch.Tensor, cache: torch.Tensor):
     """Depthwise causal convolution over time: y_t[c] = sum_j kernel[c, j] a_{t-W+1+j}[c].
 
     a: [B, T, C], kernel: [C, W], cache: [B, W-1, C] (the inputs before a[:, 0], zeros at the
-    start of a stream). Returns (y [B, T, C], the new cache: the last W-1 inputs)."""
+    start of a stream). Returns (y [B, T, C], the new cache: the last W-1 inputs).
+
+    W shifted multiply-adds into one output (addcmul_ in place: autograd keeps only the shifted
+    inputs and the kernel). Measured at [2, 1024, 256], W 4, with the SiLU after it: level with
+    F.conv1d(groups=C) forward and faster with backward, and the output stays [B, T, C]
+    contiguous (conv1d's is channels-first, which the head split would copy)."""
     width = kernel.shape[1]
     padded = torch.cat([cache, a], dim=1)                       # [B, W-1+T, C]
     steps = a.shape[1]
-    y = sum(padded[:, j:j + steps] * kernel[:, j] for j in range(width))  # [B, T, C]
+    y = padded[:, :steps] * kernel[:, 0]                        # [B, T, C]
+    for j in range(1, width):
+        y = y.addcmul_(padded[:, j:j + steps], kernel[:, j])
     return y, padded[:, padded.shape[1] - (width - 1):]
