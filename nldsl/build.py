@@ -117,22 +117,25 @@ def _owners(levels: dict[str, LevelInfo]) -> dict[str, tuple[str, str]]:
 
 
 def _references(node, in_grad: bool = False):
-    """(name, inside grad()) for every name used under `node`, state calls included."""
-    if isinstance(node, ast.Name):
-        yield node.id, in_grad
-    elif isinstance(node, ast.Call):
-        if node.func not in FUNCTIONS:
-            yield node.func, in_grad
-        inner = in_grad or node.func == "grad"
-        for child in [*node.args, *(k.value for k in node.kwargs)]:
-            yield from _references(child, inner)
-    elif isinstance(node, ast.Node):
-        for field in type(node).model_fields:
-            if field != "span":
-                yield from _references(getattr(node, field), in_grad)
-    elif isinstance(node, (list, tuple)):
-        for item in node:
-            yield from _references(item, in_grad)
+    """(name, inside grad()) for every name used under `node`, state calls included, in source
+    order. An explicit stack, not recursive generators: a `yield from` chain costs its depth
+    per name, so a long sum (a deep left tree) took quadratic time."""
+    stack = [(node, in_grad)]
+    while stack:
+        node, in_grad = stack.pop()
+        if isinstance(node, ast.Name):
+            yield node.id, in_grad
+        elif isinstance(node, ast.Call):
+            if node.func not in FUNCTIONS:
+                yield node.func, in_grad
+            inner = in_grad or node.func == "grad"
+            children = [*node.args, *(k.value for k in node.kwargs)]
+            stack += [(child, inner) for child in reversed(children)]
+        elif isinstance(node, ast.Node):
+            fields = [getattr(node, f) for f in type(node).model_fields if f != "span"]
+            stack += [(child, in_grad) for child in reversed(fields)]
+        elif isinstance(node, (list, tuple)):
+            stack += [(item, in_grad) for item in reversed(node)]
 
 
 def _item_kind(item) -> str:

@@ -174,3 +174,21 @@ def test_like_names_a_state(body, expected):
 def test_like_another_state_is_fine():
     body = "level a every 1 step { state m like W = 0\n state v like m = 0\n W <- W - m - v }"
     assert run(check_references, body) == []
+
+
+def test_suggestions_stop_when_the_spec_s_budget_is_spent(monkeypatch):
+    """N unknown names among N definitions would cost N * N comparisons (47 s for 10,000):
+    suggestions stop after SUGGESTION_BUDGET comparisons, and the rest keep the generic hint."""
+    monkeypatch.setattr("nldsl.check_common.SUGGESTION_BUDGET", 10_000)
+    text = "optimizer s() { level a every 1 step { W <- W } }"
+    checker = Checker(build(parse(text)), Source(text))
+    candidates = {f"alpha{i}" for i in range(1000)}
+    hints = [checker.suggest("alpha1x", candidates) for _ in range(13)]
+    assert hints == ["did you mean 'alpha1'?"] * 10 + [None] * 3
+
+
+def test_many_unknown_names_are_all_reported():
+    lets = "\n".join(f" let a{i} = u{i}" for i in range(500))
+    body = f"level a every 1 step {{ W <- W - 0.1 * grad(W)\n{lets} }}"
+    found = run(check_references, body)
+    assert [m for m, _ in found] == [f"unknown name 'u{i}'" for i in range(500)]
