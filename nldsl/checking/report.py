@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from hypothesis import HealthCheck, given, seed as hypothesis_seed, settings
+from hypothesis import HealthCheck, Phase, given, seed as hypothesis_seed, settings
 
 #: float64's unit roundoff, 2^-53: one rounding changes a value by at most this, relatively.
 EPS64 = 2.0 ** -53
@@ -58,7 +58,9 @@ def run_property(report: Report, strategy, body, examples: int, deadline, seed: 
     After a failure hypothesis shrinks the case; `shrink_seconds` (default: the module's
     SHRINK_SECONDS, read at the call) after the first failure, the
     candidates it still tries pass unchecked, so it stops with the smallest failing case found
-    by then (each candidate compiles a spec: unbounded shrinking can take minutes)."""
+    by then (each candidate compiles a spec: unbounded shrinking can take minutes). The
+    `explain` phase (which lines only failing cases ran, by tracing) is skipped: it costs
+    seconds and the counterexample says more."""
     start = time.perf_counter()
     shrink_seconds = SHRINK_SECONDS if shrink_seconds is None else shrink_seconds
     failing: set[str] = set()
@@ -66,7 +68,8 @@ def run_property(report: Report, strategy, body, examples: int, deadline, seed: 
 
     @hypothesis_seed(seed)
     @settings(max_examples=examples, deadline=deadline, database=None, derandomize=False,
-              suppress_health_check=list(HealthCheck), print_blob=False)
+              suppress_health_check=list(HealthCheck), print_blob=False,
+              phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink])
     @given(strategy)
     def prop(drawn):
         key = repr(drawn)
