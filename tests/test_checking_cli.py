@@ -1,0 +1,85 @@
+"""`nldsl test` (nldsl/checking/cli.py): the summary table, exit 0 when every check passes or
+does not apply, exit 1 with the counterexample printed when one fails or a spec is bad."""
+import argparse
+
+import pytest
+
+from nldsl.checking import report
+from nldsl.checking import cli   # not `import test_arguments`: pytest would collect it
+from nldsl.optim import derive
+
+
+@pytest.fixture(autouse=True)
+def quick_shrinking(monkeypatch):
+    monkeypatch.setattr(report, "SHRINK_SECONDS", 0.5)
+
+
+def parse(*argv) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="nldsl test")
+    cli.test_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def rows(out: str) -> dict:
+    """(spec, check) -> result, from the table."""
+    table = out.split("\n\n")[0].splitlines()[2:]
+    return {tuple(line.split()[:2]): line.split()[2] for line in table}
+
+
+def test_passing_checks_and_not_applicable_ones_exit_0(capsys):
+    code = cli.run_test(parse("sgd", "examples/huber_delta.nl", "--examples", "2",
+                          "--checks", "derivations,twin"))
+    out = capsys.readouterr().out
+    assert code == 0
+    assert rows(out) == {("sgd", "derivations"): "pass", ("sgd", "twin"): "pass",
+                         ("examples/huber_delta.nl", "derivations"): "pass",
+                         ("examples/huber_delta.nl", "twin"): "n/a"}
+    assert "a module has no torch twin" in out
+    assert out.rstrip().endswith("4 of 4 checks passed or do not apply")
+
+
+def test_a_planted_wrong_closed_form_exits_1_with_the_counterexample(capsys, monkeypatch):
+    original = derive.gd_value
+    monkeypatch.setattr(derive, "gd_value", lambda state, grad, lr, decay, ema=False:
+                        original(state, grad, lr, decay if ema else derive.num(1), ema))
+    code = cli.run_test(parse("sgd", "--examples", "20", "--checks", "derivations"))
+    out = capsys.readouterr().out
+    assert code == 1
+    assert rows(out) == {("sgd", "derivations"): "FAIL"}
+    assert "sgd, derivations: sgd: the derived update of buf" in out
+    assert "autograd buf after the step" in out
+    assert out.rstrip().endswith("0 of 1 checks passed or do not apply; 1 failed")
+
+
+def test_a_spec_that_does_not_compile_is_an_error_once(capsys):
+    code = cli.run_test(parse("titans", "--examples", "1", "--checks", "derivations,invariants"))
+    out = capsys.readouterr().out
+    assert code == 1
+    assert rows(out) == {("titans", "derivations"): "error", ("titans", "invariants"): "error"}
+    assert out.count("mlp memories are not compiled") == 2      # the table row and one note
+    assert "as above" in out
+
+
+def test_a_missing_file_is_an_error(capsys):
+    assert cli.run_test(parse("no/such/spec.nl", "--checks", "schedules")) == 1
+    assert "no/such/spec.nl  (load)  error" in capsys.readouterr().out
+
+
+def test_an_explicit_twin_class_is_used(capsys):
+    code = cli.run_test(parse("adamw", "--examples", "2", "--checks", "twin", "--twin", "torch.optim.AdamW"))
+    assert code == 0 and "AdamW (reference schedule)" in capsys.readouterr().out
+
+
+def test_an_unknown_check_is_a_command_line_error(capsys):
+    with pytest.raises(SystemExit):
+        parse("sgd", "--checks", "derivations,speed")
+    assert "unknown check speed; choose from derivations,schedules,twin,invariants" in \
+        capsys.readouterr().err
+
+
+def test_twin_classes_resolve_by_name():
+    import torch
+
+    assert cli.twin_class("Adam") is torch.optim.Adam and cli.twin_class("torch.optim.SGD") is torch.optim.SGD
+    with pytest.raises(ValueError, match="no optimizer class 'Adamm'"):
+        cli.twin_class("Adamm")
