@@ -75,6 +75,10 @@ def check_frequencies(c: Checker) -> None:
         if decl.chunk is not None and level.unit != "token":
             c.report(decl.chunk, "`chunk` applies to per-token levels only",
                      expected="`every N tokens chunk C`", hint="remove `chunk` from a step level")
+        if decl.heads is not None and level.unit != "token":
+            c.report(decl.heads, "`heads` applies to per-token levels only",
+                     expected="`every N tokens heads H`", hint="an optimizer's step acts on one "
+                     "parameter tensor at a time; remove `heads` from a step level")
         _check_chunk_multiple(c, level, env)
     for earlier, later in zip(declared, declared[1:]):
         if earlier.period and later.period and earlier.rank < later.rank:

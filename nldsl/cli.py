@@ -84,7 +84,8 @@ def check(args: argparse.Namespace) -> int:
             failed += 1
             continue
         levels = len(spec.decl.levels)
-        print(f"ok  {target}: {spec.kind} {spec.name}, {levels} level{'s' * (levels != 1)}")
+        shown = spec.source.filename if spec.source.filename == "<string>" else target
+        print(f"ok  {shown}: {spec.kind} {spec.name}, {levels} level{'s' * (levels != 1)}")
     if failed:
         print(f"{failed} of {len(args.specs)} specs have problems", file=sys.stderr)
     return 1 if failed else 0

@@ -50,6 +50,8 @@ def test_examples_have_no_level_problems(check, name):
                  ["heads must be a positive integer, got 1.5"], id="fractional-heads"),
     pytest.param(opt("level a every 1 step chunk 4 { W <- W }"),
                  ["`chunk` applies to per-token levels only"], id="chunk-on-steps"),
+    pytest.param(opt("level a every 1 step heads 2 { W <- W }"),
+                 ["`heads` applies to per-token levels only"], id="heads-on-steps"),
     pytest.param(opt("level a every 1 token { W <- W }"),
                  ["optimizer levels count steps, not tokens"], id="tokens-in-optimizer"),
     pytest.param(mod("level a every 1 step { }"),

@@ -245,3 +245,9 @@ def test_window_must_be_a_positive_integer(capsys, tmp_path, window):
     out, err = capsys.readouterr()
     assert status == 2
     assert f"--window: must be a positive integer, got {window}" in err
+
+
+def test_check_of_spec_text_names_it_string(capsys):
+    text = "optimizer o(lr = 0.1) {\n  level w every 1 step { W <- W - lr * grad(W) }\n}"
+    status, out, err = run(capsys, "check", text)
+    assert (status, out, err) == (0, "ok  <string>: optimizer o, 1 level\n", "")
