@@ -83,3 +83,13 @@ def test_twin_classes_resolve_by_name():
     assert cli.twin_class("Adam") is torch.optim.Adam and cli.twin_class("torch.optim.SGD") is torch.optim.SGD
     with pytest.raises(ValueError, match="no optimizer class 'Adamm'"):
         cli.twin_class("Adamm")
+
+
+def test_against_adds_an_equivalence_row_per_module(capsys):
+    code = cli.run_test(parse("examples/huber_delta_wrong.nl", "sgd", "--against",
+                              "examples/huber_delta.nl", "--checks", "derivations", "--examples", "5"))
+    out = capsys.readouterr().out
+    assert code == 1
+    assert rows(out)[("examples/huber_delta_wrong.nl", "equivalent")] == "FAIL"
+    assert rows(out)[("sgd", "equivalent")] == "n/a"
+    assert "huber_delta and huber_delta_wrong differ in" in out

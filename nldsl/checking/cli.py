@@ -7,7 +7,8 @@ counterexample and error follows the table. Exit status 1 when any check fails o
 
 The twin check compares an optimizer with the torch class `--twin` names (`torch.optim.Adam`,
 or a bare class name in torch.optim); without it, a stdlib optimizer with a PyTorch twin is
-compared with that twin (`TWINS`), and other specs are n/a.
+compared with that twin (`TWINS`), and other specs are n/a. `--against SPEC` adds a row per
+module spec: it computes what SPEC computes (`check_equivalent(SPEC, spec)`).
 """
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ def test_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="the seed of the draws (default 0)")
     parser.add_argument("--twin", default=None, metavar="CLASS",
                         help="the torch optimizer class the twin check compares with")
+    parser.add_argument("--against", default=None, metavar="FILE|NAME",
+                        help="also check that each module spec computes what this one computes")
 
 
 def _checks(text: str) -> tuple[str, ...]:
@@ -61,6 +64,10 @@ def _run_one(spec, target: str, check: str, args):
     from nldsl import checking
 
     budget = dict(examples=args.examples, deadline=args.deadline, seed=args.seed)
+    if check == "equivalent":
+        if spec.kind != "module":
+            return None, "compares module specs"
+        return checking.check_equivalent(args.against, spec, **budget), ""
     if check == "twin":
         if spec.kind != "optimizer":
             return None, "a module has no torch twin"
@@ -84,7 +91,7 @@ def run_test(args: argparse.Namespace) -> int:
             rows.append([target, "(load)", "error", "", "", _first_line(err)])
             notes.append(f"{target}: {err}")
             continue
-        for check in args.checks:
+        for check in args.checks + (("equivalent",) if args.against else ()):
             start = time.perf_counter()
             try:
                 report, why = _run_one(spec, target, check, args)

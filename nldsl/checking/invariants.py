@@ -24,7 +24,8 @@ import io
 import torch
 
 from nldsl.checking.module_units import drawn_module
-from nldsl.checking.report import Report, fail, mismatch, run_property, scale_of, show
+from nldsl.checking.report import Report, fail, flat_outputs, mismatch, run_property, scale_of, \
+    show
 from nldsl.checking.schedules import SHAPES, TOLERANCE
 from nldsl.checking.strategies import spec_of, streams
 
@@ -55,13 +56,6 @@ def _same(what: str, spec, schedule: str, stream, got: dict, want: dict, tol: fl
                   f"expected {name} = {show(want[name])}", f"got      {name} = {show(got[name])}"])
 
 
-def _flat(y, state) -> dict:
-    values = {"out": y.detach()}
-    values.update({f"state[{lv!r}][{n!r}]": v.detach() for lv, own in state.items()
-                   for n, v in own.items() if isinstance(v, torch.Tensor)})
-    return values
-
-
 def _module(spec, stream, schedule: str) -> None:
     import nldsl
 
@@ -81,18 +75,19 @@ def _module(spec, stream, schedule: str) -> None:
         y2, carried = m(x[:, cut:], carried)
         tol = TOLERANCE if schedule == "chunked" else 0.0
         _same(f"state carried across calls (cut at token {cut})", spec, schedule, stream,
-              _flat(torch.cat([y1, y2], 1), carried), _flat(y, state), tol)
+              flat_outputs(torch.cat([y1, y2], 1), carried), flat_outputs(y, state), tol)
 
         twin = drawn_module(spec, stream.hparams, stream.seed + 7, schedule, stream.block_size)
         twin.load_state_dict(m.state_dict())
-        _same("state_dict round trip", spec, schedule, stream, _flat(*twin(x)), _flat(y, state))
+        _same("state_dict round trip", spec, schedule, stream, flat_outputs(*twin(x)),
+              flat_outputs(y, state))
         y1, middle = m(x[:, :c], end=False)
         buffer = io.BytesIO()
         torch.save(middle, buffer)
         buffer.seek(0)
         reloaded = torch.load(buffer, weights_only=False)
         _same(f"fast state saved and loaded at token {c}", spec, schedule, stream,
-              _flat(*m(x[:, c:], reloaded)), _flat(*m(x[:, c:], middle)))
+              flat_outputs(*m(x[:, c:], reloaded)), flat_outputs(*m(x[:, c:], middle)))
 
         runs = []
         for _ in range(2):
@@ -100,9 +95,10 @@ def _module(spec, stream, schedule: str) -> None:
             fresh = nldsl.compile(spec, schedule=schedule, block_size=stream.block_size,
                                   **stream.hparams).double()
             runs.append({**{f"parameter {n}": p.detach() for n, p in fresh.named_parameters()},
-                         **_flat(*fresh(x))})
+                         **flat_outputs(*fresh(x))})
         _same("determinism (compiled twice under one seed)", spec, schedule, stream, *runs)
-        _same("determinism (run twice)", spec, schedule, stream, _flat(*m(x)), _flat(y, state))
+        _same("determinism (run twice)", spec, schedule, stream, flat_outputs(*m(x)),
+              flat_outputs(y, state))
 
 
 def _optimizer(spec, stream, schedule: str) -> None:

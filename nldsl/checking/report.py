@@ -127,5 +127,13 @@ def show(value, width: int = 6) -> str:
             f"max |.| {value.abs().max().item():.4g}")
 
 
+def flat_outputs(y: torch.Tensor, state: dict) -> dict:
+    """A module call's results by name: "out" and every tensor of the fast state, detached."""
+    values = {"out": y.detach()}
+    values.update({f"state[{lv!r}][{n!r}]": v.detach() for lv, own in state.items()
+                   for n, v in own.items() if isinstance(v, torch.Tensor)})
+    return values
+
+
 def fail(title: str, lines: list[str]) -> None:
     raise CheckFailure("\n".join([title] + ["  " + line for line in lines]))

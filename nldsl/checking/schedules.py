@@ -26,7 +26,8 @@ import torch
 
 from nldsl import ast
 from nldsl.checking.module_units import drawn_module
-from nldsl.checking.report import EPS64, Report, fail, mismatch, run_property, scale_of, show
+from nldsl.checking.report import EPS64, Report, fail, flat_outputs, mismatch, run_property, \
+    scale_of, show
 from nldsl.checking.strategies import spec_of, streams
 
 TOLERANCE = 2 ** 24 * EPS64
@@ -131,9 +132,7 @@ def _module(spec, stream) -> None:
         named = dict(module.named_parameters())
         grads = torch.autograd.grad((y * weights).sum(), [x] + list(named.values()),
                                     allow_unused=True)
-        values = {"out": y.detach()}
-        values.update({f"state[{lv!r}][{n!r}]": v.detach() for lv, own in state.items()
-                       for n, v in own.items() if isinstance(v, torch.Tensor)})
+        values = flat_outputs(y, state)
         values.update({f"d(out)/d{name}": g for name, g in zip(["x"] + list(named), grads)
                        if g is not None})
         results[schedule] = (values, module.fast_paths)
