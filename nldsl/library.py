@@ -46,7 +46,8 @@ def resolve(spec: str | os.PathLike) -> tuple[str, str]:
     - a one-line string that ends in `.nl`, or has a `/` and no whitespace, is a path;
     - anything else is spec text, whose errors are located in `<string>` (a one-line spec,
       a comment, an empty string: none of them is looked up by name).
-    A directory is never read nor looked up by name: that is an error of its own.
+    A directory is an error of its own, never looked up as a stdlib name (though a stdlib
+    name still means the stdlib spec when a folder of that name sits in the working directory).
     """
     if isinstance(spec, os.PathLike):
         return _read(Path(spec))
