@@ -56,13 +56,14 @@ def _compare(spec, other, stream) -> None:
     with torch.no_grad():
         results = [flat_outputs(*m(x)) for m in (first, second)]
     want, got = results
-    for name in want:
+    for name in sorted(want, key=lambda n: n == "out"):      # the states first: what was written
         problem = mismatch(got[name], want[name], TOLERANCE, scale_of(want[name])) \
             if name in got else f"{other.name} has no {name}"
         if problem:
             fail(f"{spec.name} and {other.name} differ in {name}",
                  [problem, f"hyper-parameters = {stream.hparams}",
                   f"batch = {stream.batch}, length = {stream.length}, seed = {stream.seed}",
+                  f"x = {show(x)}",
                   f"{spec.name}: {name} = {show(want[name])}",
                   f"{other.name}: {name} = {show(got[name])}"])
 

@@ -75,9 +75,13 @@ def check_schedules(spec, examples: int = 10, deadline=None, seed: int = 0,
             ["Newton-Schulz in float64"] if variant is not spec else [])
         body = lambda stream: _optimizer(variant, stream)
     else:
-        report.checked = ["chunked = reference: outputs, final states, gradients"]
-        body = lambda stream: _module(spec, stream)
-    return run_property(report, streams(spec, fixed), body, examples, deadline, seed)
+        seen: set[str] = set()
+        body = lambda stream: seen.add(_module(spec, stream))
+    run_property(report, streams(spec, fixed), body, examples, deadline, seed)
+    if spec.kind == "module":
+        report.checked = ["chunked = reference: outputs, final states, gradients",
+                          "fast paths: " + " / ".join(sorted(seen))]
+    return report
 
 
 def _optimizer(spec, stream) -> None:
@@ -120,7 +124,8 @@ def _snapshot(params, opt) -> dict:
     return values
 
 
-def _module(spec, stream) -> None:
+def _module(spec, stream) -> str:
+    """Compare the schedules on one stream; return the fast paths the chunked one took."""
     results = {}
     for schedule in ("reference", "chunked"):
         module = drawn_module(spec, stream.hparams, stream.seed, schedule, stream.block_size)
@@ -137,15 +142,16 @@ def _module(spec, stream) -> None:
                        if g is not None})
         results[schedule] = (values, module.fast_paths)
     (want, _), (got, fast) = results["reference"], results["chunked"]
+    paths = ", ".join(f"{lv}: {type(form).__name__}" for lv, form in fast.items()) or \
+        "none (the token loop ran)"
     for name in want:
         problem = mismatch(got[name], want[name], TOLERANCE, scale_of(want[name])) \
             if name in got else "missing in the chunked schedule"
         if problem:
-            paths = ", ".join(f"{lv}: {form}" for lv, form in fast.items()) or \
-                "none (the token loop ran)"
             fail(f"{spec.name}: the chunked schedule differs from the reference in {name}",
                  [problem, f"hyper-parameters = {stream.hparams}",
                   f"batch = {stream.batch}, length = {stream.length}, "
                   f"block_size = {stream.block_size}, seed = {stream.seed}",
                   f"fast paths: {paths}",
                   f"reference {name} = {show(want[name])}", f"chunked   {name} = {show(got[name])}"])
+    return paths
