@@ -7,6 +7,7 @@ so the message says "missing `by`" instead of "unexpected token".
 """
 from __future__ import annotations
 
+import sys
 from functools import lru_cache
 from importlib import resources
 
@@ -251,17 +252,35 @@ def _expected(error: UnexpectedInput) -> str:
     return ", ".join(names)
 
 
-def _too_deep_problem(tree: Tree, source: Source) -> Problem:
-    """Point at the most deeply nested node, found without recursion (the tree is too deep)."""
+#: Every later stage (build, validate, lower, code generation) walks an expression recursively,
+#: a few Python frames per level of nesting; a spec may nest as deep as the interpreter's
+#: recursion limit allows at this many frames per level (125 levels by default, where the
+#: standard library needs 16), so no stage ever meets a RecursionError.
+FRAMES_PER_LEVEL = 8
+
+
+def max_depth() -> int:
+    return sys.getrecursionlimit() // FRAMES_PER_LEVEL
+
+
+def _deepest(tree: Tree) -> tuple[int, Tree]:
+    """(depth, node) of the most deeply nested node, found without recursion."""
     deepest_depth, deepest, stack = 0, tree, [(0, tree)]
     while stack:
         depth, node = stack.pop()
         if depth > deepest_depth:
             deepest_depth, deepest = depth, node
         stack += [(depth + 1, child) for child in node.children if isinstance(child, Tree)]
+    return deepest_depth, deepest
+
+
+def _too_deep_problem(tree: Tree, source: Source) -> Problem:
+    """Point at the most deeply nested node."""
+    depth, deepest = _deepest(tree)
     meta = deepest.meta
     line, col = (meta.line, meta.column) if not meta.empty else (1, 1)
-    return Problem(f"expression nested too deeply ({deepest_depth} levels)", line, col,
+    return Problem(f"expression nested too deeply ({depth} levels, at most {max_depth()})", line,
+                   col, expected=f"at most {max_depth()} levels of nesting",
                    hint="name the inner parts with `let` definitions", source=source)
 
 
@@ -273,6 +292,8 @@ def parse(text: str, filename: str = "<string>") -> ast.SpecDecl:
     except UnexpectedInput as error:
         raise NLDSLSyntaxError([syntax_problem(error, source, lark_parser().parse,
                                                _expected(error))]) from None
+    if _deepest(tree)[0] > max_depth():
+        raise NLDSLSyntaxError([_too_deep_problem(tree, source)])
     try:
         return _ToAst().transform(tree)
     except RecursionError:

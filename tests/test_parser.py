@@ -122,3 +122,24 @@ def test_an_expression_ending_on_an_operator_is_a_missing_operand(expression, co
     with pytest.raises(NLDSLSyntaxError) as caught:
         parse(f"module m(dim) {{\n  out = {expression}\n}}\n", "bad.nl")
     assert str(caught.value).startswith(f"bad.nl:2:{column}: error: missing operand")
+
+
+def _sum_spec(terms: int) -> str:
+    return ("optimizer s(lr = 0.1 > 0) {\n  level w every 1 step {\n"
+            f"    W <- W - lr * ({' + '.join(['grad(W)'] * terms)})\n  }}\n}}\n")
+
+
+def test_nesting_is_bounded_by_what_every_stage_can_walk(monkeypatch):
+    """A sum of N terms nests N deep, and every later stage walks it recursively: the parser
+    refuses what the recursion limit cannot carry (FRAMES_PER_LEVEL frames a level) with a
+    located error, so no stage raises RecursionError."""
+    from nldsl.parser import FRAMES_PER_LEVEL, max_depth
+
+    assert max_depth() == __import__("sys").getrecursionlimit() // FRAMES_PER_LEVEL
+    parse(_sum_spec(max_depth() - 10))
+    with pytest.raises(NLDSLSyntaxError) as caught:
+        parse(_sum_spec(max_depth()))
+    problem = caught.value.problems[0]
+    assert problem.message.startswith("expression nested too deeply (")
+    assert problem.message.endswith(f" levels, at most {max_depth()})")
+    assert (problem.line, problem.hint) == (3, "name the inner parts with `let` definitions")

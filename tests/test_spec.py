@@ -100,3 +100,20 @@ def test_optimizer_of_a_module_fails_at_construction_and_says_to_use_compile():
 
     with pytest.raises(nldsl.NLDSLError, match=r"titans is a module.*nldsl\.compile"):
         nldsl.optimizer("titans", [torch.nn.Parameter(torch.zeros(2))], dim=8)
+
+
+def test_the_deepest_spec_the_parser_accepts_runs_in_both_schedules():
+    """What parses must not overflow the stack in any later stage (issue 8 §3)."""
+    import torch
+
+    from nldsl.parser import max_depth
+
+    terms = max_depth() - 10
+    text = ("optimizer s(lr = 0.1 > 0) {\n  level w every 1 step {\n"
+            f"    W <- W - lr * ({' + '.join(['grad(W)'] * terms)})\n  }}\n}}\n")
+    spec = nldsl.load(text)
+    for schedule in ("reference", "fused"):
+        param = torch.nn.Parameter(torch.ones(3))
+        param.grad = torch.full((3,), 0.5)
+        nldsl.optimizer(spec, [param], schedule).step()
+        assert torch.allclose(param.detach(), torch.full((3,), 1 - 0.1 * 0.5 * terms))
