@@ -22,7 +22,8 @@ SPECS = {
     "dgd (normalised rate, eq. 57)": ("dgd", ["W: dgd closed form"]),
     "linear attention (Hebbian)": ("linear_attention", ["M: gd closed form"]),
     "delta rule recurrence": ("examples/deltanet_recurrence.nl", ["M: gd closed form"]),
-    "huber delta (autograd: rule only)": ("examples/huber_delta.nl", ["M: gd autograd"]),
+    "huber delta (autograd: rule only)": ("examples/huber_delta.nl",
+                                          ["M: gd autograd (rule only: no closed form)"]),
 }
 
 
