@@ -135,7 +135,7 @@ class HeadShapes:
         raise Unknown(name)
 
     def __call__(self, e: ast.Expr) -> Value:
-        if isinstance(e, (ast.Number, ast.Bool, ast.String)):
+        if isinstance(e, (ast.Number, ast.Bool, ast.String, ast.Tuple)):   # numbers
             return SCALAR_VALUE
         if isinstance(e, ast.Name):
             return self.name(e.id)

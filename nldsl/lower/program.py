@@ -98,7 +98,7 @@ class HeadMerge:
 #: "Frequency and chunk semantics"). A context is evaluated once per token, before any write,
 #: and a read that uses it sees that value: contexts are never re-evaluated after a write.
 INPUT = "input"                    # no state: from x, t, parameters and conv caches
-SNAPSHOT = "snapshot"              # the level's own states at the chunk-start snapshot (S_{t-1} under chunk 1)
+SNAPSHOT = "snapshot"              # the level's own states at the chunk start (chunk 1: S_{t-1})
 BEFORE_WRITES = "before writes"    # another level's states, as they were before this token's writes
 AFTER_WRITE = "after write"        # a plain read: the state this token's write produced
 BEFORE_WRITE = "before write"      # `read ... before write`: the state the write started from

@@ -62,8 +62,8 @@ def _level(out: Emitter, level: TokenLevel, form) -> None:
         with out.block("# every token, before the writes:"):
             for name, value in level.contexts.items():
                 out.line(f"{name} = {format_expr(value)}    # {_stage(level, name)}")
-        when = "" if level.period == 1 else \
-            f" (each token's change, summed; written at t = {level.period}, {2 * level.period}, ...)"
+        n = level.period
+        when = "" if n == 1 else f" (each token's change, summed; written at t = {n}, {2 * n}, ...)"
         with out.block(f"# the write{when}:"):
             for write in level.writes:
                 _write(out, write)

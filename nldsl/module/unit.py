@@ -115,7 +115,7 @@ class UnitValues:
         if name in owner.reads:
             seen = self._seen(self.read(owner, name), owner, frame)
             if name in self.merges and self.frames[owner.name] != frame:
-                _check_merge(frame, seen, self.merges[name])
+                _check_merge(seen, self.merges[name])
             return seen
         own_view = view if owner is level else "current"
         return self._seen(self._states(owner, own_view)[name], owner, frame, state=True)
@@ -160,7 +160,7 @@ def _split(frame: Frame, value, step: HeadSplit):
     value = frame.split(value)
     rank = frame.rank(value)
     heads_ok = step.heads == 1 or (isinstance(value, torch.Tensor)
-                                       and value.shape[frame.prefix] == step.heads)
+                                   and value.shape[frame.prefix] == step.heads)
     width_ok = rank == 0 if step.width is None else rank >= 1 and value.shape[-1] == step.width
     if not (heads_ok and width_ok):
         found = list(value.shape) if isinstance(value, torch.Tensor) else value
@@ -169,7 +169,7 @@ def _split(frame: Frame, value, step: HeadSplit):
     return value
 
 
-def _check_merge(frame: Frame, value, step: HeadMerge) -> None:
+def _check_merge(value, step: HeadMerge) -> None:
     """A per-head read seen from another frame has width H * d, as the program says."""
     if not isinstance(value, torch.Tensor) or value.shape[-1] != step.merged:
         found = list(value.shape) if isinstance(value, torch.Tensor) else value
