@@ -52,3 +52,10 @@ def test_fixed_values_are_kept():
         assert 0 <= stream.cut <= stream.length <= 12 and 1 <= stream.block_size <= 8
 
     check()
+
+
+def test_held_values_must_name_a_hyper_parameter_inside_its_range():
+    with pytest.raises(ValueError, match="adam has no hyper-parameter 'learning_rate'; it has lr"):
+        hparams("adam", {"learning_rate": 0.1})
+    with pytest.raises(ValueError, match=r"adam: lr = -1 is outside its declared range \(>= 0\)"):
+        hparams("adam", {"lr": -1})

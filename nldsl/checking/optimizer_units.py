@@ -5,7 +5,11 @@ The plan is the optimizer's own (`nldsl.optim.plan.lower` with the drawn bool/st
 and the terms of zero hyper-parameters dropped, as `nldsl.optimizer` lowers it); the closed
 form is evaluated by the reference interpreter (`interpret.Step`), so what is compared is
 exactly what the `reference` schedule computes. W, grad(W) and every tensor state are drawn
-standard normal in float64; the step count is the drawn one.
+standard normal in float64; the step count is the drawn one. Contexts are data, as in the
+optimizer compiler: computed at the drawn state and held fixed while the objective is
+differentiated (a context `g = grad(W) + weight_decay * W` does not add weight_decay * W to
+grad L(W)). Autograd writes (mlp memories) are the interpreter's own torch.func step: there
+is no derived formula to check.
 """
 from __future__ import annotations
 
@@ -15,10 +19,10 @@ import torch
 
 from nldsl import ast
 from nldsl.checking.rules import GRADIENT_RULES, autograd_gradient, dgd_key, step_rule
+from nldsl.consteval import names_in
 from nldsl.optim.derive import rule_arguments
 from nldsl.optim.interpret import Step, initial_state
 from nldsl.optim.plan import PARAM, fold, foldable, lower
-from nldsl.consteval import names_in
 from nldsl.printer import format_expr
 
 
@@ -30,10 +34,10 @@ class Comparison:
     target: str
     derivation: str
     formula: str
-    compiled: dict          # name -> tensor
-    expected: dict | None   # None: not a gradient step (the reason in `formula`)
-    inputs: dict            # name -> value, for the report
-    scale_inputs: list
+    compiled: dict          # "state" (and "momentum") -> the compiler's new value
+    expected: dict | None   # the same by the rule's definition; None: not a gradient step
+    inputs: dict            # name -> drawn value, for the report
+    scale_inputs: list      # tensors whose magnitude sets the comparison's scale
 
 
 def optimizer_plan(spec, values: dict):
@@ -92,12 +96,16 @@ def _expected(plan, objective: ast.Objective, target: str, fresh):
     args = {k: step.evaluate(v) for k, v in rule_arguments(rule).items()}
 
     def grad_at(value):
-        s = fresh()
+        unit = fresh()
         for name in dict.fromkeys(n.id for n in names_in(objective.loss)):
             if name != target:
-                s.lookup(name)          # contexts are data: taken at the drawn state, held fixed
-        return autograd_gradient(lambda leaf: (s.values.__setitem__(target, leaf),
-                                               s.evaluate(objective.loss))[1], value)
+                unit.lookup(name)       # contexts are data: taken at the drawn state, held fixed
+
+        def loss_at(leaf):
+            unit.values[target] = leaf
+            return unit.evaluate(objective.loss)
+
+        return autograd_gradient(loss_at, value)
 
     key = dgd_key(objective.loss, target) if rule.name == "dgd" else None
     norm2 = step.evaluate(ast.Call(func="dot", args=[key, key])) if key is not None else None

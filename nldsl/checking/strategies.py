@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from hypothesis import strategies as st
 
 from nldsl import ast
-from nldsl.check_values import satisfies
+from nldsl.check_values import describe, satisfies
 from nldsl.consteval import hparam_values, names_in, try_evaluate
 
 MAX_DIM = 4
@@ -118,6 +118,7 @@ def hparams(spec, fixed: dict | None = None) -> st.SearchStrategy[dict]:
     defaults = hparam_values(spec.decl)
     dims = dimensions(spec)
     fixed = fixed or {}
+    _check_fixed(spec, fixed, {**defaults, **fixed})
     parts = {h.name: st.just(fixed[h.name]) if h.name in fixed else
              _value(h, defaults.get(h.name), defaults, h.name in dims) for h in spec.decl.hparams}
 
@@ -126,6 +127,19 @@ def hparams(spec, fixed: dict | None = None) -> st.SearchStrategy[dict]:
                    for h in spec.decl.hparams for c in h.constraints)
 
     return st.fixed_dictionaries(parts).filter(inside)
+
+
+def _check_fixed(spec, fixed: dict, env: dict) -> None:
+    """A held value must name a hyper-parameter and meet its constraints (else no draw could)."""
+    known = {h.name: h for h in spec.decl.hparams}
+    for name, value in fixed.items():
+        if name not in known:
+            raise ValueError(f"{spec.name} has no hyper-parameter {name!r}; it has "
+                             f"{', '.join(known) or 'none'}")
+        for c in known[name].constraints:
+            if satisfies(value, c, env) is False:
+                raise ValueError(f"{spec.name}: {name} = {value!r} is outside its declared range "
+                                 f"({describe(c)})")
 
 
 @dataclass(frozen=True)
@@ -144,8 +158,9 @@ class Unit:
 def tensors_for(spec, level: str | None = None, fixed: dict | None = None) -> st.SearchStrategy[Unit]:
     """One unit's inputs: W a [rows, cols] matrix (1-4 each) with its gradient and states, at
     step 1-8 (so `step == 1` branches are taken); for a module, a token at t = 1-8 of 1-2
-    sequences with drawn states and parameters. The tensors themselves are standard normal,
-    drawn from `seed` (`Unit.tensors`-building is the check's: it knows the spec's layout)."""
+    sequences with drawn states and parameters. The tensors are standard normal, drawn from
+    `seed` by the check, which knows the spec's layout (optimizer_units.compare_writes,
+    module_units.compare_writes)."""
     spec = spec_of(spec)
     if level is not None and level not in spec.graph.levels:
         raise ValueError(f"{spec.name} has no level {level!r}; it has {', '.join(spec.graph.levels)}")
