@@ -550,3 +550,97 @@ def optimizer_specs(draw, max_levels: int = 3, exclude: frozenset = frozenset())
     weights = [f"  level {fresh()} every 1 step {{", f"    W <- {update}", "  }"]
     lines = weights + lines if draw(st.booleans()) else lines + weights
     return (f"optimizer {fresh()}({', '.join(hp_lines)}) {{\n" + "\n".join(lines) + "\n}\n")
+
+
+# ---------------------------------------------------------------- valid-looking module specs
+
+#: How a drawn level writes its memory: derived (objective + rule) or explicit, by kind.
+MODULE_UPDATES = ("hebbian", "delta", "dgd", "ema", "momentum", "autograd", "gated_delta",
+                  "explicit_hebbian")
+
+
+@st.composite
+def module_specs(draw, max_levels: int = 2) -> str:
+    """The text of a module spec from the linear family (docs/modules.md, "What compiles"):
+    small `dim`, `heads`, `head_dim`; per level a matrix memory `[head_dim, head_dim]` (or a
+    vector `[head_dim]`, written elementwise), keys, values and queries projected from `x`
+    (l2-normalised or not, through `silu` or a `conv`), gates `sigmoid(x @ W)` (one per head,
+    or channel-wise), constants or hyper-parameters, and a write that is derived (`-dot` or
+    `l2` objectives by gd, dgd, ema or momentum; an objective outside the derivation table) or
+    explicit (Gated DeltaNet's update, a Hebbian sum); `every N tokens`, `chunk C`,
+    `heads heads`, `backprop`, `partial flush|drop`; reads `M(q)`, normalised or gated, also
+    `before write`; `out` the sum of the levels' projected reads.
+
+    Mostly valid, never guaranteed: the property is "compiles and runs alike in both
+    schedules, or fails with a located NLDSLError". Keys of erasing rules (delta, dgd, Gated
+    DeltaNet) are l2-normalised and their rates sigmoid gates or constants in (0, 1], so every
+    transition a (I - c k k^T) has norm <= 1: rounding is not amplified along the stream, which
+    is what lets a comparison of the schedules use a tolerance derived from the arithmetic
+    (tests/test_fuzz_module.py)."""
+    dim, heads, head_dim = draw(st.integers(2, 5)), draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    hparams = [f"dim: int = {dim} >= 1", f"heads: int = {heads} >= 1",
+               f"head_dim: int = {head_dim} >= 1", "lr = 0.5 in (0, 1]", "decay = 0.9 in [0, 1]"]
+    params, levels, outs = [], [], []
+    for i in range(draw(st.integers(1, max_levels))):
+        per_head = draw(st.booleans())
+        width = "heads * head_dim" if per_head else "head_dim"
+        gate_width = "heads" if per_head else "1"
+        vector = draw(st.integers(0, 4)) == 0
+        update = draw(st.sampled_from(MODULE_UPDATES))
+        erasing = update in ("delta", "dgd", "gated_delta", "momentum", "autograd")
+        std = draw(st.sampled_from(["0.3", "0.5", "1.0"]))
+        params += [f"state Wk{i} : [dim, {width}] = normal({std})",
+                   f"state Wv{i} : [dim, {width}] = normal({std})",
+                   f"state Wq{i} : [dim, {width}] = normal({std})",
+                   f"state Wb{i} : [dim, {draw(st.sampled_from([gate_width, gate_width, width]))}] = normal(1.0)",
+                   f"state Wa{i} : [dim, {gate_width}] = normal(1.0)",
+                   f"state Wo{i} : [{width}, dim] = normal(0.5)"]
+        keys = ["l2norm(x @ Wk{i})", "l2norm(silu(x @ Wk{i}))", "l2norm(conv(x @ Wk{i}, 2))"]
+        if not erasing:
+            keys += ["x @ Wk{i}", "silu(x @ Wk{i})"]
+        key = draw(st.sampled_from(keys)).format(i=i)
+        value = draw(st.sampled_from(["x @ Wv{i}", "silu(x @ Wv{i})", "conv(x @ Wv{i}, 3)"])).format(i=i)
+        query = draw(st.sampled_from(["l2norm(x @ Wq{i})", "x @ Wq{i}"])).format(i=i)
+        beta = draw(st.sampled_from(["sigmoid(x @ Wb{i})", "lr", "0.5", "lr * sigmoid(x @ Wb{i})"])).format(i=i)
+        alpha = draw(st.sampled_from(["1", "decay", "sigmoid(x @ Wa{i})",
+                                      "exp(-softplus(x @ Wa{i}))"])).format(i=i)
+        m = f"M{i}"
+        apply = f"{m} * k{i}" if vector else f"{m}(k{i})"
+        body = [f"state {m} : [{'head_dim' if vector else 'head_dim, head_dim'}] = 0",
+                f"key k{i} = {key}", f"value v{i} = {value}", f"query q{i} = {query}",
+                f"gate beta{i} = {beta}", f"gate alpha{i} = {alpha}"]
+        rules = {
+            "hebbian": f"minimize -dot({apply}, v{i}) by gd(lr = beta{i}, decay = alpha{i})",
+            "delta": f"minimize l2({apply}, v{i}) by gd(lr = beta{i}, decay = alpha{i})",
+            "dgd": f"minimize l2({apply}, v{i}) by dgd(lr = beta{i}, decay = alpha{i}, "
+                   f"normalized = {draw(st.sampled_from(['true', 'false']))})",
+            "ema": f"minimize -dot({apply}, v{i}) by ema(alpha{i})",
+            "momentum": f"minimize l2({apply}, v{i}) by momentum(lr = beta{i}, beta = 0.5, decay = alpha{i})",
+            "autograd": f"minimize l2(tanh({apply}), v{i}) by gd(lr = beta{i}, decay = alpha{i})",
+            "gated_delta": (f"{m} <- alpha{i} * {m} - beta{i} * " + (
+                f"(alpha{i} * {apply} - v{i}) * k{i}" if vector else
+                f"outer(alpha{i} * {apply} - v{i}, k{i})")),
+            "explicit_hebbian": f"{m} <- alpha{i} * {m} + beta{i} * " + (
+                f"v{i} * k{i}" if vector else f"outer(v{i}, k{i})"),
+        }
+        body.append(rules[update])
+        body.append(f"gate g{i} = sigmoid(x @ Wv{i})")
+        read = draw(st.sampled_from(["{a}", "rmsnorm({a})", "{a} * g{i}"]))
+        read = read.format(a=f"{m} * q{i}" if vector else f"{m}(q{i})", i=i)
+        before = " before write" if draw(st.booleans()) else ""
+        body.append(f"read y{i} = {read}{before}")
+        every = draw(st.sampled_from([1, 1, 1, 2, 3]))
+        options = f"every {every} {'token' if every == 1 else 'tokens'}"
+        chunk = draw(st.sampled_from([None, None, every, 2 * every, 4 * every]))
+        options += f" chunk {chunk}" if chunk else ""
+        options += " heads heads" if per_head else ""
+        options += " backprop" if draw(st.booleans()) else ""
+        partial = draw(st.sampled_from([None, "flush", "drop"]))
+        options += f" partial {partial}" if partial else ""
+        levels.append((-every, [f"level mem{i} {options} {{"] +
+                       [f"  {line}" for line in draw(st.permutations(body))] + ["}"]))
+        outs.append(f"y{i} @ Wo{i}")
+    levels.sort(key=lambda level: level[0])                 # slower levels first
+    lines = params + [line for _, level in levels for line in level] + [f"out = {' + '.join(outs)}"]
+    return (f"module fuzzed({', '.join(hparams)}) {{\n" + "".join(f"  {line}\n" for line in lines)
+            + "}\n")

@@ -45,7 +45,7 @@ from hypothesis import HealthCheck, given, settings
 import nldsl
 import nldsl.optim.optimizer  # noqa: F401  imports torch._dynamo (seconds): not in the first example's hang guard
 from nldsl.builtins import FUNCTIONS, RULES
-from nldsl.errors import NLDSLCompileError
+from nldsl.errors import NLDSLCompileError, NLDSLValueError
 from nldsl.optim import kernels
 from nldsl.testing import (ELEMENTWISE, INITIALISERS, LAST_DIM_REDUCTIONS, MODULE_ONLY,
                            optimizer_specs)
@@ -238,6 +238,17 @@ FOUND: dict[str, tuple[str, str]] = {
                                     "  s: minimize -dot(s, grad(W)) if grad(W) > lr else l2(s, 0) by solve()",
                                     "}", "level w every 1 step { W <- W - lr * s }"),
                                "unlocated: folding a conditional dropped its span"),
+    "held-read-of-a-context": (spec("level a every 2 steps {", "  gate g = newton_schulz(W, steps = 4)",
+                                    "  read r = sign(g) before write }",
+                                    "level w every 1 step { W <- W - lr * tanh(r) }"),
+                               "UnboundLocalError in fused: a slower level's read was held before "
+                               "the context it uses was computed"),
+    "shape-error-at-the-first-step": (spec("level a every 1 step {", "  state s like W = 0",
+                                           "  state t like W = 0", "  t <- exp(s)",
+                                           "  s: minimize l2(s @ t, 0) by dgd(lr) }",
+                                           "level w every 1 step { W <- W - lr * s }"),
+                                      "RuntimeError from torch (3x4 @ 3x4), now a located "
+                                      "NLDSLValueError in both schedules"),
     "plain-sgd": (spec(SGD), "the property's simplest case"),
 }
 
@@ -260,7 +271,8 @@ def test_known_cases(text):
                                   "matmul-of-a-truth-value", "mlp-in-a-slower-level",
                                   "solve-on-a-conditional"])
 def test_refusals_are_located_compile_errors(name):
-    """These cases are refused (the property allows that only with a located error)."""
+    """These cases are refused, alike in both schedules (the property allows that only with a
+    located error)."""
     spec_ = nldsl.load(FOUND[name][0])
     for schedule in ("reference", "fused"):
         with pytest.raises(NLDSLCompileError) as caught:
@@ -270,3 +282,19 @@ def test_refusals_are_located_compile_errors(name):
             opt.step()
         assert_located(caught.value)
         assert "^" in str(caught.value) and "hint:" in str(caught.value)
+
+
+def test_a_shape_error_is_located_alike_in_both_schedules():
+    """An expression that cannot be computed for these parameters (`s @ t` of two 3x4 states)
+    is an NLDSLValueError (a ValueError) at the objective, with the same message in both
+    schedules: fused code reruns the failing step in the reference to locate it."""
+    messages = []
+    for schedule in ("reference", "fused"):
+        opt = nldsl.optimizer(FOUND["shape-error-at-the-first-step"][0], parameters(), schedule)
+        for p in opt.param_groups[0]["params"]:
+            p.grad = gradient(p.detach(), 1)
+        with pytest.raises(NLDSLValueError) as caught:
+            opt.step()
+        assert_located(caught.value)
+        messages.append(str(caught.value))
+    assert messages[0] == messages[1] and "3x4 and 3x4" in messages[0]

@@ -42,7 +42,12 @@ def placeholder(state: str, index: int) -> str:
 
 
 def linear_form(level: TokenLevel, program: Program) -> LinearForm | None:
-    if level.period != 1 or level.hidden or len(level.states) != 1 or len(level.writes) != 1:
+    """The level's form, or None. A `chunk C > 1` level is never the form: the reference keeps
+    its chunk-start state, which its `before write` reads see and its state carries between
+    calls (docs/language.md, "Frequency and chunk semantics"), and the block form computes
+    neither (tests/test_fuzz_module.py found both differences)."""
+    if level.period != 1 or level.chunk > 1 or level.hidden or len(level.states) != 1 or \
+            len(level.writes) != 1:
         return None
     (state,) = level.states.values()
     write = level.writes[0]
@@ -55,8 +60,6 @@ def linear_form(level: TokenLevel, program: Program) -> LinearForm | None:
     if write.kind == "explicit":
         value = write.value
     elif write.kind == "gradient" and write.grad is not None:
-        if level.chunk > 1 and mentions(write.grad, s):
-            return None                    # gradients at the chunk start: another form
         value = binary("-", binary("*", write.decay, ast.Name(id=s)), binary("*", write.lr, write.grad))
     else:
         return None

@@ -26,6 +26,8 @@ from nldsl.errors import NLDSLCompileError
 from nldsl.lower.timing import writes_at
 from nldsl.optim import kernels as K
 from nldsl.optim.derive import mentions
+from nldsl.optim.evaluate import FAILURES
+from nldsl.optim.interpret import locate_failure
 from nldsl.optim.ir import Plan, Write
 from nldsl.optim.patterns import match_adam
 from nldsl.optim.plan import PARAM
@@ -72,14 +74,6 @@ def generate_foreach(plan: Plan) -> str:
     body += [f"    {user(PARAM)} = params", "    grad = grads"] + _hparam_lines(plan)
     body += [f"    {user(s)} = [st[{literal(s)}] for st in states]" for s, sp in plan.states.items()
              if s != PARAM and sp.persistent]
-    for level in plan.levels:
-        for name, (value, _) in level.reads.items():
-            if not period_one(level):
-                key = literal("read." + name)
-                body += [f"    if any({key} not in st for st in states):  # first step"]
-                body += p.emit("        ", f"for st, x in zip(states, {copied(plan, value, p.expr(value)[0], True)}):")
-                body += [f"            st.setdefault({key}, x)",
-                         f"    {user(name)} = [st[{key}] for st in states]"]
     body += snapshot_lines(plan, p, foreach=True)
 
     def hold(name: str, value: ast.Expr) -> list[str]:
@@ -182,13 +176,6 @@ def generate_loop(plan: Plan) -> str:
                         f"{literal('residual' in sp.shape.options)})")
         else:
             body.append(f"    {user(s)} = state[{literal(s)}]")
-    for level in plan.levels:
-        for name, (value, _) in level.reads.items():
-            if not period_one(level):
-                key = literal("read." + name)
-                body.append(f"    {user(name)} = state.get({key})")
-                body.append(f"    if {user(name)} is None:")
-                body += p.emit("        ", f"{user(name)} = state[{key}] = {copied(plan, value, p.expr(value)[0], False)}")
     body += snapshot_lines(plan, p, foreach=False)
     body += _level_lines(plan, p, _loop_write, lambda name, value: p.emit(
         "        ", f"state[{literal('read.' + name)}] = {copied(plan, value, p.expr(value)[0], False)}"))
@@ -272,6 +259,15 @@ def compile_plan(plan: Plan):
         moments = [w.target for w in plan.levels[0].writes]
 
     def run(params, states, hparams):
+        try:
+            step(params, states, hparams)
+        except FAILURES:                    # values the spec's expressions cannot take
+            for state in states:
+                state["step"] -= 1
+            locate_failure(plan, params, states, hparams)
+            raise
+
+    def step(params, states, hparams):
         for state in states:
             state["step"] += 1
         if mode == "loop":

@@ -15,7 +15,12 @@ from typing import Any, Callable
 import torch
 
 from nldsl import ast
+from nldsl.errors import NLDSLError, NLDSLValueError, Problem, Source
 from nldsl.optim import kernels
+
+#: What torch and the kernels raise when values do not fit an expression (shapes, dims, an
+#: index): a located error. Anything else (TypeError, KeyError) is a bug of the compiler.
+FAILURES = (RuntimeError, ValueError, IndexError)
 
 _BINARY = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
            "**": operator.pow, "<": operator.lt, "<=": operator.le, ">": operator.gt,
@@ -60,8 +65,9 @@ class Evaluator:
     shapes that look at a subexpression before deciding cost nothing extra: linear in the size
     of the expression. Names are looked up once per call, so a call sees one state."""
 
-    def __init__(self, lookup: Callable[[str], Any]):
-        self.lookup = lookup
+    def __init__(self, lookup: Callable[[str], Any], source: Source | None = None, where: str = ""):
+        """`source` and `where` (e.g. "for a parameter of shape (3, 4)") locate a failure."""
+        self.lookup, self.source, self.where = lookup, source, where
         self._memo: dict | None = None
 
     def __call__(self, expr: ast.Expr) -> Any:
@@ -74,9 +80,24 @@ class Evaluator:
         hit = self._memo.get(id(expr))
         if hit is not None and hit[0] is expr:
             return hit[1]
-        value = getattr(self, "_" + expr.kind)(expr)
+        try:
+            value = getattr(self, "_" + expr.kind)(expr)
+        except FAILURES as error:
+            if isinstance(error, NLDSLError) or not expr.span.line:
+                raise
+            raise self.failure(expr, error) from error
         self._memo[id(expr)] = (expr, value)
         return value
+
+    def failure(self, expr: ast.Expr, error: Exception) -> NLDSLValueError:
+        """The innermost spec expression torch (or a kernel) could not compute: a located error
+        (a value of this parameter's shape the spec's expression cannot take)."""
+        span = expr.span
+        return NLDSLValueError([Problem(
+            f"cannot compute this {self.where}: {str(error).splitlines()[0]}", span.line,
+            span.col, span.end_line or None, span.end_col or None,
+            "operands whose shapes fit (matrices for @, a matrix for newton_schulz, ...)",
+            "check the shapes this expression combines for such parameters", self.source)])
 
     def _number(self, e): return e.value
     def _bool(self, e): return e.value

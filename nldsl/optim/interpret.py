@@ -14,7 +14,8 @@ from torch.func import grad as func_grad
 from nldsl import ast
 from nldsl.lower import timing
 from nldsl.optim import kernels
-from nldsl.optim.evaluate import Evaluator
+from nldsl.errors import NLDSLError
+from nldsl.optim.evaluate import FAILURES, Evaluator
 from nldsl.optim.ir import Plan, Write
 from nldsl.optim.plan import PARAM
 from nldsl.optim.snapshot import dependency_order
@@ -23,7 +24,8 @@ from nldsl.optim.snapshot import dependency_order
 def initial_state(plan: Plan, param: torch.Tensor, hparams: dict) -> dict:
     """Fresh per-parameter state: step 0, every persistent state at its initial value."""
     state: dict = {"step": 0}
-    env = Evaluator(lambda name: {PARAM: param, f"grad({PARAM})": param.grad, **hparams, **state}[name])
+    env = Evaluator(lambda name: {PARAM: param, f"grad({PARAM})": param.grad, **hparams, **state}[name],
+                    plan.source, f"for a parameter of shape {tuple(param.shape)}")
     inits = {s.name: s.init if s.init is not None else ast.Number(value=0)
              for s in plan.states.values() if s.name != PARAM and s.persistent}
     for name, _ in dependency_order(inits):   # an initial value may be another state's (no cycle)
@@ -45,7 +47,8 @@ class Step:
     def __init__(self, plan: Plan, param, state: dict, hparams: dict):
         self.plan, self.param, self.state, self.hparams = plan, param, state, hparams
         self.values: dict = {}
-        self.evaluate = Evaluator(self.lookup)
+        self.evaluate = Evaluator(self.lookup, plan.source,
+                                  f"for a parameter of shape {tuple(param.shape)}")
 
     def lookup(self, name: str):
         if name in self.values:
@@ -146,6 +149,16 @@ class Step:
             self.state[key] = total
 
     def compute(self, write: Write):
+        """The write's new value; a failure inside derived arithmetic (no span of its own) is
+        located at the objective or update it comes from."""
+        try:
+            return self._compute(write)
+        except FAILURES as error:
+            if isinstance(error, NLDSLError) or write.origin is None:
+                raise
+            raise self.evaluate.failure(write.origin, error) from error
+
+    def _compute(self, write: Write):
         if write.autograd is not None:
             return self.autograd_step(write)
         if write.restart is None:
@@ -199,3 +212,14 @@ def reference_step(plan: Plan, params: list, states: list[dict], hparams: dict) 
     """One optimizer step of every parameter, one at a time."""
     for param, state in zip(params, states):
         Step(plan, param, state, hparams).run()
+
+
+def locate_failure(plan: Plan, params: list, states: list[dict], hparams: dict) -> None:
+    """Rerun the step on copies in the reference schedule, which raises a located error at the
+    spec expression that cannot be computed (fused code calls this when its step fails, so a
+    failure reads the same in both schedules); returns when the copies step without one."""
+    for param, state in zip(params, states):
+        copy = param.detach().clone()
+        copy.grad = param.grad.detach().clone()
+        Step(plan, copy, {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()},
+             hparams).run()

@@ -34,6 +34,7 @@ class Write:
     restart: ast.Expr | None = None     # the value the state restarts from each unit
     accumulate: bool = False            # in a slower level: sum the per-unit changes, apply at writes
     derivation: str = "explicit"        # which row of the derivation table produced it
+    origin: ast.Node | None = field(default=None, compare=False)  # its objective or update, for errors
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,7 @@ def lower(spec, folded: dict | None = None, zeros: frozenset = frozenset()) -> P
             objective = fold(objective, consts)
             if objective.rules[-1].name == "solve":
                 solved, sums = _solve(objective, target, info, names, spec.source)
-                writes += solved
+                writes += [Write(**{**w.__dict__, "origin": objective}) for w in solved]
                 hidden += [(s, _shape_of(info, target), True) for s in sums]
                 continue
             deep = target in info.states and isinstance(info.states[target].decl.shape, ast.MLPShape)
@@ -120,9 +120,9 @@ def lower(spec, folded: dict | None = None, zeros: frozenset = frozenset()) -> P
             hidden += [(s, _shape_of(info, target), True) for s in derived.buffers]
             hidden += [(s, _shape_of(info, target), False) for s in derived.temporaries]
             accumulate = not _period_is_one(info.every)
-            writes += [Write(**{**w.__dict__, "accumulate": accumulate and w.target == target})
-                       for w in derived.writes]
-        writes += [Write(u.target, value=fold(u.value, consts)) for u in info.updates]
+            writes += [Write(**{**w.__dict__, "accumulate": accumulate and w.target == target,
+                                "origin": objective}) for w in derived.writes]
+        writes += [Write(u.target, value=fold(u.value, consts), origin=u) for u in info.updates]
         for state in info.states.values():
             states[state.name] = StatePlan(state.name, name, state.decl.shape, inits[state.name],
                                            persistent=state.name not in restarted)
