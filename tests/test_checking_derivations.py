@@ -34,6 +34,35 @@ def test_stdlib_derivations_pass(name, writes):
     assert set(writes) <= set(report.checked)
 
 
+MOMENTUM = """
+module chunked_momentum(dim: int >= 1, heads = 2 >= 1, head_dim = 4 >= 1, lr = 0.1 > 0,
+                        beta = 0.9 in [0, 1], decay = 1.0 in [0, 1]) {
+  state Wk : [dim, heads * head_dim] = normal(0.02)
+  state Wv : [dim, heads * head_dim] = normal(0.02)
+  state Wo : [heads * head_dim, dim] = normal(0.02)
+  level memory every 1 token chunk 2 heads heads {
+    state M : [head_dim, head_dim] = 0
+    key   k = l2norm(x @ Wk)
+    value v = x @ Wv
+    minimize l2(M(k), v) by momentum(lr = lr, beta = beta, decay = decay)
+    read y = M(k)
+  }
+  out = y @ Wo
+}
+"""
+
+
+def test_a_momentum_rule_under_chunk_2_checks_the_buffer_too(monkeypatch):
+    """Titans eqs. 13-14: m <- beta m - lr G; S <- decay S + m, both compared. Planted: the
+    buffer's beta dropped (m <- m - lr G); the drawn buffer m is not 0, so M shows it."""
+    assert check_derivations(MOMENTUM, examples=5).checked == ["M: momentum closed form"]
+    original = lower_module.ModuleWrite
+    monkeypatch.setattr(lower_module, "ModuleWrite", lambda *a, **k: original(
+        *a, **{**k, "beta": ast.Number(value=1)} if k.get("beta") is not None else k))
+    with pytest.raises(CheckFailure, match=r"derived:   m <- 1 \* m - \(lr\) \* G; M <- "):
+        check_derivations(MOMENTUM, examples=20)
+
+
 def test_muon_lists_its_quintic_step_as_not_checked():
     report = check_derivations("muon", examples=2)
     assert "O: newton_schulz quintic polynomial (not a gradient step: not checked)" in report.checked
