@@ -261,10 +261,10 @@ def peer_rows(peers, args, tokens):
     q = F.normalize(torch.randn(bsz, heads, steps, d, generator=g), dim=-1)
     k = F.normalize(torch.randn(bsz, heads, steps, d, generator=g), dim=-1)
     v = torch.randn(bsz, heads, steps, d, generator=g)
-    ones, rate, s0 = q.new_ones(bsz, heads, steps), q.new_full((bsz, heads, steps), lr), q.new_zeros(bsz, heads, d, d)
+    rate, s0 = q.new_full((bsz, heads, steps), lr), q.new_zeros(bsz, heads, d, d)
 
-    def nldsl_kernel(q, k, v, lr):        # M_t = M - lr (M k - v) k^T: a = 1, c = lr, w = lr v
-        (y,), _ = linear_delta_blocks(s0, ones, rate, k, lr * v, [(q, False)], args.block)
+    def nldsl_kernel(q, k, v, lr):        # M_t = M - lr (M k - v) k^T: no decay, c = lr, w = lr v
+        (y,), _ = linear_delta_blocks(s0, None, rate, k, lr * v, [(q, False)], args.block)
         return y
 
     with torch.no_grad():

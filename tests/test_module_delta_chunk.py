@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from _module_cases import assert_close, rounding_bound
-from nldsl.module.delta_chunk import decay_products, linear_delta_blocks, linear_delta_loop
+from nldsl.module.delta_chunk import (decay_products, linear_delta_blocks, linear_delta_loop,
+                                      unit_lower_inverse)
 
 B, H, DK, DV = 2, 3, 4, 5
 
@@ -50,12 +51,13 @@ def loop(s0, a, c, k, w, queries):
     return [torch.stack(o, dim=2) for o in outs], s
 
 
-def check(steps, block, seed=0, erase=True, zeros=(), erase_zeros=False, unit_decay=False):
+def check(steps, block, seed=0, erase=True, zeros=(), erase_zeros=False, unit_decay=False,
+          no_decay=False):
     s0, a, c, k, w, q = problem(steps, seed, erase, zeros, erase_zeros)
-    if unit_decay:
+    if unit_decay or no_decay:
         a = torch.ones_like(a)                      # DeltaNet, linear attention: a = 1
     queries = [(q, False), (q, True)]
-    ys, s_end = linear_delta_blocks(s0, a, c, k, w, queries, block)
+    ys, s_end = linear_delta_blocks(s0, None if no_decay else a, c, k, w, queries, block)
     ys_loop, s_loop = loop(s0, a, c, k, w, queries)
     bound = rounding_bound(steps, max(DK, DV), block)
     for y, y_loop, what in zip(ys, ys_loop, ("read", "read before write")):
@@ -81,8 +83,27 @@ def test_blocks_equal_the_loop_without_erase(steps, block):
 @pytest.mark.parametrize("erase", [True, False], ids=["delta", "hebbian"])
 @pytest.mark.parametrize("steps, block", BLOCKS)
 def test_blocks_equal_the_loop_with_unit_decay(steps, block, erase):
-    """a = 1 exactly (the no-decay shortcut of decay_products)."""
+    """a = 1 exactly, as a tensor (the general decay products) and as None (no decay)."""
     check(steps, block, erase=erase, unit_decay=True)
+    check(steps, block, erase=erase, no_decay=True)
+
+
+@pytest.mark.parametrize("length", [1, 2, 5, 8, 13, 64])
+def test_unit_lower_inverse(length):
+    """(I + N)^{-1} for every padding case (lengths that are and are not powers of two, below
+    and above the row sweep's size), and its gradient, against LAPACK and autograd of it."""
+    g = torch.Generator().manual_seed(length)
+    n = (0.5 * torch.randn(3, length, length, generator=g, dtype=torch.float64)).tril(-1)
+    eye = torch.eye(length, dtype=torch.float64)
+    solve = lambda n: torch.linalg.solve_triangular(n + eye, eye.expand(3, -1, -1), upper=False,
+                                                   unitriangular=True)
+    r = torch.randn(3, length, length, generator=g, dtype=torch.float64)
+    n1, n2 = n.clone().requires_grad_(True), n.clone().requires_grad_(True)
+    t = unit_lower_inverse(n1)
+    assert_close(t, solve(n2), 1e-12, "T")
+    (grad,) = torch.autograd.grad((t * r).sum(), n1)
+    (expected,) = torch.autograd.grad((solve(n2) * r).sum(), n2)
+    assert_close(grad, expected.tril(-1), 1e-12, "dN")
 
 
 def test_module_loop_equals_the_loop():
@@ -140,14 +161,14 @@ def test_no_queries():
     assert_close(s, s_loop, rounding_bound(10, max(DK, DV), 4), "S")
 
 
-@pytest.mark.parametrize("variant", ["decay", "unit-decay", "no-erase"])
+@pytest.mark.parametrize("variant", ["decay", "unit-decay", "no-decay", "no-erase"])
 @pytest.mark.parametrize("block", [pytest.param(b, id=f"block{b}") for b in (1, 5, 8)])
 def test_gradients_equal_the_loop(block, variant):
     """d/d(s0, a, c, k, w, q) of <y, r> + <S_T, r'>; the forward error feeds the backward
     pass (rounding_bound's passes = 3). `unit-decay`: a = 1 but requiring a gradient (the
     shortcut must not drop d/da)."""
     s0, a, c, k, w, q = problem(16, 4, erase=variant != "no-erase")
-    if variant == "unit-decay":
+    if variant in ("unit-decay", "no-decay"):
         a = torch.ones_like(a)
     if c is None:
         c = torch.zeros_like(a)                      # a zero leaf, so the tuple stays aligned
@@ -161,7 +182,8 @@ def test_gradients_equal_the_loop(block, variant):
     r2 = torch.randn(B, H, DK, DV, generator=g, dtype=torch.float64)
 
     def grads(run):
-        ys, s = run(s0, a, erase_of(c), k, w, [(q, False)])
+        decay = None if variant == "no-decay" and run is not loop else a
+        ys, s = run(s0, decay, erase_of(c), k, w, [(q, False)])
         return torch.autograd.grad((ys[0] * r).sum() + (s * r2).sum(), inputs,
                                    allow_unused=True, materialize_grads=True)
 
@@ -169,7 +191,7 @@ def test_gradients_equal_the_loop(block, variant):
     looped = grads(loop)
     bound = rounding_bound(16, max(DK, DV), block, passes=3)
     for name, gb, gl in zip(("s0", "a", "c", "k", "w", "q"), blocked, looped):
-        if name == "c" and variant == "no-erase":
+        if (name == "c" and variant == "no-erase") or (name == "a" and variant == "no-decay"):
             continue
         assert gl.abs().max() > 0
         assert_close(gb, gl, bound, f"d/d{name}")
