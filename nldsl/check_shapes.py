@@ -9,6 +9,7 @@ them coincide. Shapes track only trailing feature dims: batch and time dims neve
 """
 from __future__ import annotations
 
+import numbers
 import random
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ from nldsl import ast
 from nldsl.check_common import Checker
 from nldsl.errors import Source
 from nldsl.graph import LevelGraph
-from nldsl.consteval import hparam_values, try_evaluate
+from nldsl.consteval import hparam_values, names_in, try_evaluate
 from nldsl.printer import format_expr
 
 TRIALS = 3
@@ -178,6 +179,8 @@ class ShapeChecker:
         """Inside a level with `heads H`, a context of width H * d is H heads of width d."""
         if not shape or self.heads_dim is None:
             return shape
+        if not all(_positive_int(h) for h in self.heads_dim.values):
+            return shape    # `heads 0`, `heads 2.5`: check_frequencies reports the clause
         split = tuple(d / h for d, h in zip(shape[-1].values, self.heads_dim.values))
         if any(v != int(v) for v in split):
             return shape
@@ -208,7 +211,41 @@ class ShapeChecker:
 
 
 def check_shapes(c: Checker) -> None:
+    for node, message in dim_problems(c.decl, hparam_values(c.decl)):
+        c.report(node, message, expected="an integer >= 1", hint=DIM_HINT)
     ShapeChecker(c).run()
+
+
+DIM_HINT = ("a tensor cannot have an empty, negative or fractional dimension: fix the shape or "
+            "the hyper-parameters it uses")
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+
+
+def declared_states(decl: ast.SpecDecl) -> list[ast.State]:
+    """Every state the spec declares, outside levels and inside them."""
+    items = decl.items + [item for level in decl.levels for item in level.items]
+    return [item for item in items if isinstance(item, ast.State)]
+
+
+def dim_problems(decl: ast.SpecDecl, env: dict, names: set[str] | None = None) -> list[tuple]:
+    """(node, message) for each state dim or MLP width that `env` makes something other than a
+    positive integer (`[0]`, `[-3, 2]`, `[2.5]`, `mlp(d -> 0 -> d)`); with `names`, only the dims
+    that mention one of them (the values a caller passed)."""
+    found = []
+    for state in declared_states(decl):
+        shape = state.shape
+        what = "width" if isinstance(shape, ast.MLPShape) else "dimension"
+        for expr in getattr(shape, "dims", []) + getattr(shape, "widths", []):
+            if names is not None and not names & {n.id for n in names_in(expr)}:
+                continue
+            value = try_evaluate(expr, env)
+            if value is not None and not _positive_int(value):
+                found.append((expr, f"{what} `{format_expr(expr)}` of state {state.name!r} must "
+                                    f"be a positive integer, got {value!r}"))
+    return found
 
 
 def infer_shapes(graph: LevelGraph) -> dict[str, tuple[str, ...] | None]:

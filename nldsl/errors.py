@@ -99,3 +99,9 @@ class NLDSLValidationError(NLDSLError):
 
 class NLDSLCompileError(NLDSLError):
     """A valid spec that a compiler back end cannot (yet) lower."""
+
+
+class NLDSLValueError(NLDSLError, ValueError):
+    """A hyper-parameter value the caller passed breaks what the spec declares for it (its type,
+    its range, or a period it sets). Also a ValueError, as torch's optimizers raise for a bad lr,
+    so code written against `torch.optim` catches it unchanged."""

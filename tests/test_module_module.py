@@ -7,6 +7,7 @@ import re
 import pytest
 import torch
 
+import nldsl
 from _module_cases import SPECS, build, flat_state, inputs
 from nldsl.errors import NLDSLCompileError, NLDSLError
 from nldsl.module import compile as compile_module
@@ -288,18 +289,44 @@ def test_missing_hyperparameter():
         compile_module("deltanet")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: resolve_hparams does not check declared types and "
-                   "ranges (heads = 0 fails with ZeroDivisionError in frame code, dim = 8.5, "
-                   "decay = 1.5 and lr = 0 compile)")
-@pytest.mark.parametrize("spec, hparams", [
-    pytest.param("deltanet", dict(dim=8, heads=0), id="heads-0"),
-    pytest.param("deltanet", dict(dim=8.5), id="dim-not-int"),
-    pytest.param("linear_attention", dict(dim=8, decay=1.5), id="decay-above-range"),
-    pytest.param("linear_attention", dict(dim=8, lr=0.0), id="lr-not-positive"),
+@pytest.mark.parametrize("spec, hparams, message, caret", [
+    pytest.param("deltanet", dict(dim=8, heads=0),
+                 "deltanet: heads = 0 is outside its declared range (>= 1)", "heads = 4 >= 1", id="heads-0"),
+    pytest.param("deltanet", dict(dim=8.5), "deltanet: dim = 8.5 is not an int (declared `dim: int`)",
+                 "dim: int >= 1", id="dim-not-int"),
+    pytest.param("linear_attention", dict(dim=8, decay=1.5),
+                 "linear_attention: decay = 1.5 is outside its declared range (in [0, 1])",
+                 "decay = 1.0 in [0, 1]", id="decay-above-range"),
+    pytest.param("linear_attention", dict(dim=8, lr=0.0),
+                 "linear_attention: lr = 0.0 is outside its declared range (> 0)", "lr = 1.0 > 0",
+                 id="lr-not-positive"),
+    pytest.param("deltanet", dict(dim=True), "deltanet: dim = True is not an int", "dim: int",
+                 id="bool-is-no-int"),
+    pytest.param("deltanet", dict(dim=8, head_dim=float("nan")),
+                 "deltanet: head_dim = nan is outside its declared range (>= 1)", "head_dim = 64",
+                 id="nan"),
 ])
-def test_out_of_range_hyperparameter(spec, hparams):
-    with pytest.raises(NLDSLError):
+def test_out_of_range_hyperparameter(spec, hparams, message, caret):
+    """A value that breaks its declaration is refused before any code is generated, located at
+    the declaration it breaks, and a ValueError as torch raises for a bad value."""
+    with pytest.raises(NLDSLError) as caught:
         compile_module(spec, **hparams)
+    text = str(caught.value)
+    assert isinstance(caught.value, ValueError)
+    assert f"{spec}.nl:" in text and message in text and caret in text and "^" in text
+
+
+def test_a_period_set_by_a_passed_value_must_be_a_positive_integer():
+    spec = nldsl.load("""module m(dim: int >= 1, n = 2) {
+  level memory every n tokens {
+    state M : [dim, dim] = 0
+    read y = M(x)
+  }
+  out = y
+}""")
+    with pytest.raises(NLDSLError, match=r"m: a level's period \(`every n tokens` in level "
+                                         r"'memory'\) must be a positive integer, got 0 \(from n = 0\)"):
+        compile_module(spec, dim=4, n=0)
 
 
 def test_an_optimizer_spec_is_refused():

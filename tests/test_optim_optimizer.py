@@ -176,12 +176,115 @@ def test_hyperparameter_mistakes_are_user_errors_at_the_declaration(spec, hparam
     assert info.value.line > 0
 
 
-def test_a_choice_violation_in_a_param_group_is_reported_at_step():
+PERIODIC = """optimizer periodic(lr = 0.1 >= 0, n = 2) {
+  level slow every n steps {
+    state m like W = 0
+    m <- m + grad(W)
+  }
+  level weights every 1 step {
+    W <- W - lr * m
+  }
+}"""
+
+
+@pytest.mark.parametrize("spec, hparams, message, caret_line", [
+    pytest.param("adam", dict(lr=-1), "adam: lr = -1 is outside its declared range (>= 0)",
+                 "optimizer adam(lr = 1e-3 >= 0", id="negative-lr"),
+    pytest.param("adam", dict(lr=float("nan")), "adam: lr = nan is outside its declared range (>= 0)",
+                 "optimizer adam(lr = 1e-3 >= 0", id="nan-lr"),
+    pytest.param("adam", dict(betas=(0.9, 1.5)),
+                 "adam: betas = (0.9, 1.5) is outside its declared range (in [0, 1))",
+                 "betas = (0.9, 0.999) in [0, 1)", id="beta-above-range"),
+    pytest.param("adam", dict(betas=[0.9, 1.0]),
+                 "adam: betas = [0.9, 1.0] is outside its declared range (in [0, 1))",
+                 "betas = (0.9, 0.999) in [0, 1)", id="beta-list-at-open-end"),
+    pytest.param("adam", dict(eps=-1), "adam: eps = -1 is outside its declared range (>= 0)",
+                 "eps = 1e-8 >= 0", id="negative-eps"),
+    pytest.param("adam", dict(betas=(0.9, 0.99, 0.9)),
+                 "adam: betas = (0.9, 0.99, 0.9) is not a tuple of 2 numbers (its default is (0.9, 0.999))",
+                 "betas = (0.9, 0.999)", id="three-betas"),
+    pytest.param("adam", dict(betas=0.9),
+                 "adam: betas = 0.9 is not a tuple of 2 numbers", "betas = (0.9, 0.999)", id="one-beta"),
+    pytest.param("adam", dict(lr="0.1"), "adam: lr = '0.1' is not a number (its default is 0.001)",
+                 "optimizer adam(lr = 1e-3", id="string-lr"),
+    pytest.param("adam", dict(lr=True), "adam: lr = True is not a number", "optimizer adam(lr = 1e-3",
+                 id="bool-lr"),
+    pytest.param("adam", dict(amsgrad=1), "adam: amsgrad = 1 is not a bool (its default is False)",
+                 "amsgrad = false", id="int-for-a-flag"),
+    pytest.param("adam", dict(lr=torch.tensor(-0.1)),
+                 "adam: lr = tensor(-0.10000000149011612) is outside its declared range (>= 0)",
+                 "optimizer adam(lr = 1e-3 >= 0", id="tensor-lr"),
+    pytest.param("m3", dict(f=-1), "m3: f = -1 is outside its declared range (>= 1)", "f = 10 >= 1",
+                 id="period-below-range"),
+    pytest.param(PERIODIC, dict(n="2"), "periodic: n = '2' is not a number (its default is 2)",
+                 "optimizer periodic(lr = 0.1 >= 0, n = 2)", id="period-string"),
+    pytest.param(PERIODIC.replace("n = 2", "n"), dict(n="2"), "periodic: a level's period "
+                 "(`every n steps` in level 'slow') must be a positive integer, got '2' (from n = '2')",
+                 "level slow every n steps", id="period-string-without-a-default"),
+] + [pytest.param(PERIODIC, dict(n=n), f"periodic: a level's period (`every n steps` in level "
+                  f"'slow') must be a positive integer, got {n!r} (from n = {n!r})",
+                  "level slow every n steps", id=f"period-{n!r}") for n in (-1, 0, 2.7)])
+def test_a_passed_value_must_meet_its_declaration(spec, hparams, message, caret_line):
+    """torch.optim.Adam raises ValueError for lr=-1; the value is never run (it gave NaN, and
+    `every n steps` with n=0 a ZeroDivisionError, n=2.7 a period of 2)."""
+    with pytest.raises(ValueError) as info:
+        nldsl.optimizer(spec, network(True).parameters(), **hparams)
+    assert isinstance(info.value, nldsl.NLDSLError)
+    text = str(info.value)
+    assert message in text and caret_line in text and "^" in text and "hint:" in text
+
+
+def test_every_bad_value_is_reported_at_once():
+    with pytest.raises(nldsl.NLDSLError) as info:
+        nldsl.optimizer("adam", network(True).parameters(), lr=-1, eps=-1, betas=(0.9, 1.5))
+    assert [p.message.split(" is ")[0] for p in info.value.problems] == [
+        "adam: lr = -1", "adam: betas = (0.9, 1.5)", "adam: eps = -1"]
+
+
+def test_torch_refuses_the_same_lr():
+    with pytest.raises(ValueError, match="Invalid learning rate"):
+        torch.optim.Adam(network(True).parameters(), lr=-1)
+
+
+@pytest.mark.parametrize("hparams", [
+    dict(lr=0.0), dict(betas=[0.9, 0.99]), dict(lr=torch.tensor(0.01)), dict(weight_decay=float("inf")),
+    dict(lr=1), dict(amsgrad=True),
+], ids=["zero-lr", "betas-list", "tensor-lr", "inf-where-the-range-allows", "int-for-a-float", "flag"])
+def test_values_inside_their_declaration_are_taken(hparams):
+    nldsl.optimizer("adam", network(True).parameters(), **hparams)
+
+
+def test_a_bad_value_in_a_param_group_is_refused_with_the_group():
     model = network(True)
-    opt = nldsl.optimizer("muon", [{"params": model.parameters(), "adjust_lr_fn": "bogus"}])
-    loss_of(model).backward()
     with pytest.raises(nldsl.NLDSLError, match="adjust_lr_fn = 'bogus'"):
+        nldsl.optimizer("muon", [{"params": model.parameters(), "adjust_lr_fn": "bogus"}])
+
+
+def test_a_group_added_later_with_a_bad_value_leaves_the_optimizer_unchanged():
+    first, second = network(True), network(True)
+    opt = nldsl.optimizer("adam", first.parameters())
+    with pytest.raises(ValueError, match=r"adam: lr = -0.5 is outside its declared range"):
+        opt.add_param_group({"params": second.parameters(), "lr": -0.5})
+    assert len(opt.param_groups) == 1
+    opt.add_param_group({"params": second.parameters(), "lr": 0.5})
+    assert len(opt.param_groups) == 2
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("lr", -0.1, "adam: lr = -0.1 is outside its declared range (>= 0)"),
+    ("betas", (0.9, 1.0), "adam: betas = (0.9, 1.0) is outside its declared range (in [0, 1))"),
+], ids=["lr", "betas"])
+def test_a_value_changed_in_a_group_is_checked_at_the_next_step(key, value, message):
+    model = network(True)
+    opt = nldsl.optimizer("adam", model.parameters())
+    loss_of(model).backward()
+    opt.step()
+    opt.param_groups[0][key] = value
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError) as info:
         opt.step()
+    assert message in str(info.value)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
 def test_unknown_schedule_is_a_user_error():

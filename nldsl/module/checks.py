@@ -5,6 +5,7 @@ import difflib
 
 import torch
 
+from nldsl.check_values import check_hparam_values
 from nldsl.consteval import hparam_values
 from nldsl.errors import NLDSLError
 
@@ -13,7 +14,8 @@ STREAM = "_stream"
 
 def resolve_hparams(spec, given: dict) -> dict:
     """Every hyper-parameter's value: the caller's, else the default. Unknown and missing names
-    are errors; declared types and ranges are checked by the validator's value check."""
+    are errors, and so is a value that breaks its declared type or range or makes a period,
+    head count or dim no positive integer (check_hparam_values: located, a ValueError too)."""
     decl = spec.decl
     known = [h.name for h in decl.hparams]
     for name in given:
@@ -22,6 +24,7 @@ def resolve_hparams(spec, given: dict) -> dict:
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise NLDSLError(f"{decl.name} has no hyper-parameter {name!r}{hint}; it has "
                              f"{', '.join(known)}")
+    check_hparam_values(spec, given)
     values = hparam_values(decl, given)
     missing = [name for name in known if name not in values]
     if missing:

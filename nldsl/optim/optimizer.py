@@ -15,7 +15,8 @@ import torch
 
 from nldsl import ast
 from nldsl.consteval import hparam_values
-from nldsl.errors import NLDSLCompileError, NLDSLError, Problem
+from nldsl.check_values import ValueChecker
+from nldsl.errors import NLDSLCompileError, NLDSLError, NLDSLValueError, Problem
 from nldsl.optim.codegen import compile_plan
 from nldsl.optim.interpret import initial_state, reference_step
 from nldsl.optim.plan import foldable, lower
@@ -35,29 +36,33 @@ def _problem(source, node, message: str, expected: str, hint: str) -> Problem:
     return Problem(message, span.line, span.col, span.end_line, span.end_col, expected, hint, source)
 
 
-def check_hparams(decl: ast.SpecDecl, values: dict[str, Any], source=None) -> None:
-    """Unknown names, values outside a `{...}` choice and missing values are user errors,
-    anchored at the spec's declaration of its hyper-parameters."""
+def check_hparams(decl: ast.SpecDecl, values: dict[str, Any], source=None,
+                  checker: ValueChecker | None = None, changed: set[str] | None = None) -> None:
+    """Unknown names, missing values, and values that break their declared type or range (or
+    make a period, chunk or dim no positive integer) are user errors, all reported at once and
+    anchored at the spec's declarations; a ValueError too, as torch raises for a bad lr.
+    `checker` is the spec's ValueChecker when the caller keeps one, `changed` the names whose
+    values changed since `values` were last found good (ValueChecker.problems)."""
+    checker = checker or ValueChecker(decl, source)
     known = {h.name: h for h in decl.hparams}
-    problems = []
-    for name, value in values.items():
-        if name not in known:
-            problems.append(_problem(source, decl, f"{decl.name} has no hyper-parameter {name!r}",
-                                     ", ".join(known), f"pass one of the names in `{decl.name}(...)`"))
-            continue
-        for constraint in known[name].constraints:
-            if isinstance(constraint, ast.Choice):
-                options = [getattr(o, "value", None) for o in constraint.options]
-                if value not in options:
-                    problems.append(_problem(source, constraint, f"{decl.name}: {name} = {value!r} "
-                                             f"is not one of {options}", " or ".join(map(repr, options)),
-                                             f"pass {name}= one of the choices"))
-    for h in decl.hparams:
-        if h.default is None and h.name not in values:
-            problems.append(_problem(source, h, f"{decl.name} needs a value for {h.name}",
-                                     f"{h.name}=<value>", f"it has no default: pass {h.name}=..."))
+    problems = [_problem(source, decl, f"{decl.name} has no hyper-parameter {name!r}",
+                         ", ".join(known), f"pass one of the names in `{decl.name}(...)`")
+                for name in values if name not in known]
+    problems += checker.problems({k: v for k, v in values.items() if k in known}, changed)
+    problems += [_problem(source, h, f"{decl.name} needs a value for {h.name}", f"{h.name}=<value>",
+                          f"it has no default: pass {h.name}=...")
+                 for h in decl.hparams if h.default is None and h.name not in values]
     if problems:
-        raise NLDSLError(problems)
+        raise NLDSLValueError(sorted(problems, key=lambda p: (p.line, p.col)))
+
+
+def _same(a, b) -> bool:
+    """Whether a group's value is the one last checked: the same object, or an equal number,
+    string or tuple (a tensor lr is compared by identity: reading it would synchronise)."""
+    if a is b:
+        return True
+    plain = (bool, int, float, str, tuple, list)
+    return type(a) is type(b) and isinstance(a, plain) and a == b
 
 
 def _zeros(plan_hparams, group: dict) -> frozenset:
@@ -96,8 +101,33 @@ class SpecOptimizer(torch.optim.Optimizer):
                                               f"{h.name} has no value", "a constant default",
                                               f"write a number, or pass {h.name}=...")
                                      for h in unknown])
-        super().__init__(params, defaults)
         self._plans: dict = {}
+        self._values, self._checked = ValueChecker(self.spec), {}
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict) -> None:
+        """torch's, then the group's own values checked against the spec: a bad lr in a group
+        added later is refused here, the optimizer unchanged."""
+        super().add_param_group(param_group)
+        try:
+            self._check_group(self.param_groups[-1])
+        except NLDSLError:
+            self.param_groups.pop()
+            raise
+
+    def _check_group(self, group: dict) -> None:
+        """The group's values against the spec (a scheduler or the user may have changed them
+        since): only what changed since they were last found good is checked again."""
+        values = {h.name: group[h.name] for h in self.spec.decl.hparams
+                  if h.name in group and group[h.name] is not None}
+        last = self._checked.get(id(group))
+        changed = None
+        if last is not None and last.keys() == values.keys():
+            changed = {k for k, v in values.items() if not _same(v, last[k])}
+            if not changed:
+                return
+        check_hparams(self.spec.decl, values, self.spec.source, self._values, changed)
+        self._checked[id(group)] = values
 
     def __getstate__(self):
         state = super().__getstate__()
@@ -111,6 +141,7 @@ class SpecOptimizer(torch.optim.Optimizer):
         super().__setstate__(state)
         if text is not None:
             self.spec, self._plans = load(text), {}
+            self._values, self._checked = ValueChecker(self.spec), {}
 
     @torch.compiler.disable   # lowering and code generation run eagerly under torch.compile
     def plan_for(self, group: dict):
@@ -148,9 +179,7 @@ class SpecOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            check_hparams(self.spec.decl, {h.name: group[h.name] for h in self.spec.decl.hparams
-                                           if h.name in group and group[h.name] is not None},
-                          self.spec.source)
+            self._check_group(group)
             plan, compiled = self.plan_for(group)
             hparams = {name: group[name] for name in plan.hparams}
             params = [p for p in group["params"] if p.grad is not None]
