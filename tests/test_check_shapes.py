@@ -100,3 +100,49 @@ def test_module_without_dim_leaves_x_unknown():
 def test_infer_shapes_names_dims_as_the_spec_writes_them(name, expected):
     shapes = nldsl.load(name).shapes()
     assert {key: shapes[key] for key in expected} == expected
+
+
+@pytest.mark.parametrize("body, hparams, expected", [
+    pytest.param("state A : [0] = 0", HPARAMS,
+                 ["dimension `0` of state 'A' must be a positive integer, got 0"], id="zero"),
+    pytest.param("state A : [-3, 2] = 0", HPARAMS,
+                 ["dimension `-3` of state 'A' must be a positive integer, got -3"], id="negative"),
+    pytest.param("state A : [2.5] = 0", HPARAMS,
+                 ["dimension `2.5` of state 'A' must be a positive integer, got 2.5"], id="fraction"),
+    pytest.param("state A : [dim, d] = 0", "dim: int >= 1, d = 0",
+                 ["dimension `d` of state 'A' must be a positive integer, got 0"], id="from-a-default"),
+    pytest.param("state A : [dim, heads * head_dim] = 0", "dim: int >= 1, heads = 4, head_dim = -2",
+                 ["dimension `heads * head_dim` of state 'A' must be a positive integer, got -8"],
+                 id="product-of-defaults"),
+    pytest.param("level a every 1 token { state M : mlp(dim -> h -> dim, gelu)\n read y = M(x) }",
+                 "dim: int >= 1, h = -5",
+                 ["width `h` of state 'M' must be a positive integer, got -5"], id="mlp-width"),
+    pytest.param("level a every 1 token { state M : mlp(dim -> h -> dim, gelu)\n read y = M(x) }",
+                 "dim: int >= 1, h = 0",
+                 ["width `h` of state 'M' must be a positive integer, got 0"], id="mlp-width-zero"),
+])
+def test_a_dim_must_be_a_positive_integer(body, hparams, expected):
+    assert messages(body, hparams=hparams) == expected
+
+
+def test_a_dim_without_a_value_is_not_judged():
+    assert messages("state A : [dim, 4 * dim] = 0", hparams="dim: int >= 1") == []
+
+
+def test_a_dim_problem_is_located_at_the_dim():
+    text = "module m(dim: int >= 1) {\nstate A : [dim, -3] = 0\n}"
+    checker = Checker(build(parse(text)), Source(text))
+    check_shapes(checker)
+    (problem,) = checker.problems
+    assert (problem.line, problem.col, problem.end_col) == (2, 17, 19)
+
+
+@pytest.mark.parametrize("heads", ["0", "2.5", "-1"])
+def test_a_bad_head_count_leaves_widths_unsplit_instead_of_dividing_by_it(heads):
+    """`nldsl check` printed a ZeroDivisionError for `heads 0`; check_frequencies reports the
+    clause, and the shape check must not fail before it does."""
+    body = (f"level memory every 1 token heads {heads} {{\n key k = x\n state M : [dim, dim] = 0\n"
+            " M: minimize l2(M(k), k) by gd(0.1)\n read y = M(k)\n }\n out = y")
+    assert messages(body, hparams="dim: int >= 1") == []
+    with pytest.raises(nldsl.NLDSLError, match=f"heads must be a positive integer, got {heads}"):
+        nldsl.load(f"module m(dim: int >= 1) {{\n{body}\n}}")

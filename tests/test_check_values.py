@@ -7,8 +7,9 @@ import pytest
 from nldsl import ast
 from nldsl.build import build
 from nldsl.check_common import Checker
-from nldsl.check_values import check_hparams, check_rules, describe, satisfies
-from nldsl.errors import Source
+from nldsl.check_values import (ValueChecker, check_hparam_values, check_hparams, check_rules,
+                                describe, satisfies)
+from nldsl.errors import NLDSLError, NLDSLValueError, Source
 from nldsl.parser import parse
 
 
@@ -96,3 +97,126 @@ def test_rule_problems(text, expected):
 ], ids=["bound", "interval", "choice"])
 def test_describe(constraint, text):
     assert describe(constraint) == text
+
+
+@pytest.mark.parametrize("constraint", [
+    ast.Bound(op=">=", value=ast.Number(value=0)), ast.Bound(op="!=", value=ast.Number(value=0)),
+    ast.Interval(low=ast.Number(value=0), high=ast.Number(value=1), low_closed=True, high_closed=True),
+], ids=[">=", "!=", "interval"])
+def test_nan_never_satisfies_a_range(constraint):
+    assert satisfies(float("nan"), constraint, {}) is False
+    assert satisfies((0.5, float("nan")), constraint, {}) is False
+
+
+@pytest.mark.parametrize("hparams, expected", [
+    ("lr = 10 ** 1000", "`10 ** 1000` is too large for a float"),
+    ("s = \"a\", t = s * 2", "a string is used as a number in `s * 2` (s = 'a')"),
+], ids=["overflowing-default", "string-default-used-as-a-number"])
+def test_a_default_no_tensor_can_hold_is_reported(hparams, expected):
+    assert messages(check_hparams, header(hparams)) == [expected]
+
+
+def test_a_string_used_as_a_number_in_an_update_is_reported_where_it_is_used():
+    text = ('optimizer o(lr = 0.1, s = "a") {\n level w every 1 step {\n'
+            '  W <- W - grad(W) * lr * s\n }\n}')
+    checker = Checker(build(parse(text)), Source(text))
+    check_hparams(checker)
+    (problem,) = checker.problems
+    assert problem.message == "a string is used as a number in `grad(W) * lr * s` (s = 'a')"
+    assert (problem.line, problem.col) == (3, 12)
+
+
+SPEC = """optimizer o(lr = 0.1 > 0, betas = (0.9, 0.99) in [0, 1), n = 2, k: int = 3 >= 1,
+            flag = false, form = "a" in {"a", "b"}, free, low = 0, high = 1 >= low) {
+  level slow every n steps {
+    state m : [k] = 0
+    m <- m + 1
+  }
+  level w every 1 step {
+    W <- W - lr * grad(W) * free if form == "a" else W
+  }
+}"""
+
+
+def value_messages(**values) -> list[str]:
+    text = SPEC
+    try:
+        check_hparam_values(build(parse(text)).decl, values, Source(text))
+    except NLDSLValueError as error:
+        return [p.message for p in error.problems]
+    return []
+
+
+@pytest.mark.parametrize("values", [
+    dict(lr=1), dict(lr=1e-3), dict(betas=(0, 0.5)), dict(betas=[0.5, 0.5]), dict(n=3), dict(k=1),
+    dict(flag=True), dict(form="b"), dict(free=2), dict(low=-1, high=-1),
+], ids=lambda v: ", ".join(f"{k}={x!r}" for k, x in v.items()))
+def test_values_that_meet_their_declarations(values):
+    assert value_messages(**values) == []
+
+
+@pytest.mark.parametrize("values, expected", [
+    (dict(lr=0), ["o: lr = 0 is outside its declared range (> 0)"]),
+    (dict(lr=float("nan")), ["o: lr = nan is outside its declared range (> 0)"]),
+    (dict(lr=float("inf"), betas=(0.9, float("inf"))),
+     ["o: betas = (0.9, inf) is outside its declared range (in [0, 1))"]),
+    (dict(lr=True), ["o: lr = True is not a number (its default is 0.1)"]),
+    (dict(lr="0.1"), ["o: lr = '0.1' is not a number (its default is 0.1)"]),
+    (dict(betas=(0.9,)), ["o: betas = (0.9,) is not a tuple of 2 numbers (its default is (0.9, 0.99))"]),
+    (dict(betas=(0.9, "x")), ["o: betas = (0.9, 'x') is not a tuple of 2 numbers (its default is (0.9, 0.99))"]),
+    (dict(k=2.0), ["o: k = 2.0 is not an int (declared `k: int`)"]),
+    (dict(flag=0), ["o: flag = 0 is not a bool (its default is False)"]),
+    (dict(form="c"), ["o: form = 'c' is not one of ['a', 'b']"]),
+    (dict(form=1), ["o: form = 1 is not a string (its default is 'a')"]),
+    (dict(n=0), ["o: a level's period (`every n steps` in level 'slow') must be a positive "
+                 "integer, got 0 (from n = 0)"]),
+    (dict(n=2.5), ["o: a level's period (`every n steps` in level 'slow') must be a positive "
+                   "integer, got 2.5 (from n = 2.5)"]),
+    (dict(k=0), ["o: k = 0 is outside its declared range (>= 1)"]),
+    (dict(high=-1), ["o: high = -1 is outside its declared range (>= low)"]),
+    (dict(lr=-1, k=0, flag=1), ["o: lr = -1 is outside its declared range (> 0)",
+                                "o: k = 0 is outside its declared range (>= 1)",
+                                "o: flag = 1 is not a bool (its default is False)"]),
+], ids=["bound", "nan", "inf-outside-an-interval", "bool-for-a-number", "string-for-a-number",
+        "short-tuple", "string-in-a-tuple", "float-for-an-int", "int-for-a-bool", "choice",
+        "number-for-a-string", "period-zero", "period-fraction", "int-below-range",
+        "range-of-another-hparam", "all-at-once-in-source-order"])
+def test_values_that_break_their_declarations(values, expected):
+    assert value_messages(**values) == expected
+
+
+def test_a_dim_set_by_a_passed_value_is_checked():
+    text = "module m(dim: int >= 1, h = 4) {\n state A : [dim, h] = 0\n}"
+    with pytest.raises(NLDSLValueError, match=r"m: dimension `h` of state 'A' must be a positive "
+                                              r"integer, got -2 \(from h = -2\)"):
+        check_hparam_values(build(parse(text)).decl, {"dim": 3, "h": -2}, Source(text))
+
+
+def test_a_passed_string_used_as_a_number_is_located_where_it_is_used():
+    text = "optimizer o(s) {\n level w every 1 step {\n  W <- W - s * grad(W)\n }\n}"
+    with pytest.raises(NLDSLValueError) as caught:
+        check_hparam_values(build(parse(text)).decl, {"s": "x"}, Source(text))
+    (problem,) = caught.value.problems
+    assert problem.message == "o: a string is used as a number in `s * grad(W)` (s = 'x')"
+    assert (problem.line, problem.col) == (3, 12)
+
+
+def test_a_value_error_is_located_and_explained():
+    text = SPEC
+    with pytest.raises(ValueError) as caught:
+        check_hparam_values(build(parse(text)).decl, {"lr": -1}, Source(text, "o.nl"))
+    assert isinstance(caught.value, NLDSLError)
+    assert str(caught.value) == """o.nl:1:22: error: o: lr = -1 is outside its declared range (> 0)
+    |
+  1 | optimizer o(lr = 0.1 > 0, betas = (0.9, 0.99) in [0, 1), n = 2, k: int = 3 >= 1,
+    |                      ^~~
+  expected: a value > 0
+  hint: pass lr= a value > 0, or change the range in the spec if the value is meant"""
+
+
+def test_only_the_changed_values_are_checked_again():
+    checker = ValueChecker(build(parse(SPEC)).decl, Source(SPEC))
+    values = dict(lr=-1, n=2, high=1)
+    assert [p.message for p in checker.problems(values, changed={"n"})] == []
+    assert len(checker.problems(values, changed={"lr"})) == 1
+    assert len(checker.problems(dict(low=5, high=1), changed={"low"})) == 1
