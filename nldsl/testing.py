@@ -560,7 +560,7 @@ MODULE_UPDATES = ("hebbian", "delta", "dgd", "ema", "momentum", "autograd", "gat
 
 
 @st.composite
-def module_specs(draw, max_levels: int = 2) -> str:
+def module_specs(draw, max_levels: int = 2, min_head_dim: int = 1) -> str:
     """The text of a module spec from the linear family (docs/modules.md, "What compiles"):
     small `dim`, `heads`, `head_dim`; per level a matrix memory `[head_dim, head_dim]` (or a
     vector `[head_dim]`, written elementwise), keys, values and queries projected from `x`
@@ -576,8 +576,10 @@ def module_specs(draw, max_levels: int = 2) -> str:
     DeltaNet) are l2-normalised and their rates sigmoid gates or constants in (0, 1], so every
     transition a (I - c k k^T) has norm <= 1: rounding is not amplified along the stream, which
     is what lets a comparison of the schedules use a tolerance derived from the arithmetic
-    (tests/test_fuzz_module.py)."""
-    dim, heads, head_dim = draw(st.integers(2, 5)), draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    (tests/test_fuzz_module.py). `min_head_dim` > 1 leaves out head_dim = 1, where the head
+    width heads * head_dim equals the gate width heads."""
+    dim, heads = draw(st.integers(2, 5)), draw(st.integers(1, 3))
+    head_dim = draw(st.integers(min_head_dim, 4))
     hparams = [f"dim: int = {dim} >= 1", f"heads: int = {heads} >= 1",
                f"head_dim: int = {head_dim} >= 1", "lr = 0.5 in (0, 1]", "decay = 0.9 in [0, 1]"]
     params, levels, outs = [], [], []

@@ -249,6 +249,16 @@ FOUND: dict[str, tuple[str, str]] = {
                                            "level w every 1 step { W <- W - lr * s }"),
                                       "RuntimeError from torch (3x4 @ 3x4), now a located "
                                       "NLDSLValueError in both schedules"),
+    "period-of-a-hyper-parameter": (
+        "optimizer o(lr = 0.1 > 0, k: int = 1 >= 1) {\n  level a every k steps {\n"
+        "    value u = 0.5 * grad(W)\n    read c = trace(u @ transpose(grad(W))) * W before write\n"
+        "  }\n  level w every 1 step { W <- relu(c) }\n}\n",
+        "`every k steps` with k = 1: the reference ran the level as every-step, fused as slower"),
+    "newton-schulz-rule-in-a-slower-level": (
+        spec("level a every 2 steps {", "  state p like W = grad(W)",
+             "  p: minimize orthogonality(p) by newton_schulz(steps = 1) }",
+             "level w every 1 step { W <- W - lr * p }"),
+        "KeyError: the restarted state had no value between the level's writes"),
     "plain-sgd": (spec(SGD), "the property's simplest case"),
 }
 
@@ -269,6 +279,7 @@ def test_known_cases(text):
                                   "cubic-ns-no-closed-form", "ns-without-start",
                                   "write-uses-own-read", "matmul-of-a-number",
                                   "matmul-of-a-truth-value", "mlp-in-a-slower-level",
+                                  "newton-schulz-rule-in-a-slower-level",
                                   "solve-on-a-conditional"])
 def test_refusals_are_located_compile_errors(name):
     """These cases are refused, alike in both schedules (the property allows that only with a

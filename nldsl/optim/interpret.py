@@ -3,6 +3,8 @@
 Per parameter and step: count the step, then run the levels in update order. A level of period
 N > 1 adds each step's change of its objective-trained states to an accumulator and writes their
 sum every N steps (frequency semantics, docs/optimizers.md); its reads are cached between writes.
+A period that is not the literal 1 (`every k steps`) makes a level slower even where k is 1, as
+in the plan (`accumulate`) and in generated code (`snapshot.period_one`): the same program.
 Contexts and `before write` reads are computed before the step's first write; a level's
 other reads right after its writes.
 """
@@ -18,7 +20,7 @@ from nldsl.errors import NLDSLError
 from nldsl.optim.evaluate import FAILURES, Evaluator
 from nldsl.optim.ir import Plan, Write
 from nldsl.optim.plan import PARAM
-from nldsl.optim.snapshot import dependency_order
+from nldsl.optim.snapshot import dependency_order, period_one
 
 
 def initial_state(plan: Plan, param: torch.Tensor, hparams: dict) -> dict:
@@ -86,7 +88,7 @@ class Step:
 
     def read(self, level, name: str):
         value, _ = level.reads[name]
-        if self.period(level) == 1:
+        if period_one(level):
             return self.evaluate(value)
         key = f"read.{name}"
         if key not in self.state:
@@ -106,23 +108,21 @@ class Step:
                 if torch.is_tensor(value) and _shares_storage(value, self.param):
                     self.values[name] = value.clone()
             for name, (value, before_write) in level.reads.items():
-                if before_write and self.period(level) == 1:
+                if before_write and period_one(level):
                     self.values[name] = self.evaluate(value)
 
     def run(self) -> None:
         self.state["step"] += 1
         self.snapshot()
         for level in self.plan.levels:
-            period = self.period(level)
-            writing = timing.writes_at(period, self.state["step"])
+            every = period_one(level)
+            writing = every or timing.writes_at(self.period(level), self.state["step"])
             for write in level.writes:
-                if period == 1:
-                    self.assign(write.target, self.compute(write))
-                elif write.accumulate:
+                if write.accumulate:
                     self.accumulate(write, writing)
                 elif writing:
                     self.assign(write.target, self.compute(write))
-            if period == 1:
+            if every:
                 for name, (value, before_write) in level.reads.items():
                     if not before_write:
                         self.values[name] = self.owned(self.evaluate(value))

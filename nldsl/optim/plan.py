@@ -100,28 +100,10 @@ def lower(spec, folded: dict | None = None, zeros: frozenset = frozenset()) -> P
                  else None for s in info.states.values()}
         writes, hidden, restarted = [], [], set()
         for objective in info.objectives:
-            target = objective.state or _only_state(info, objective, spec.source)
-            objective = fold(objective, consts)
-            if objective.rules[-1].name == "solve":
-                solved, sums = _solve(objective, target, info, names, spec.source)
-                writes += [Write(**{**w.__dict__, "origin": objective}) for w in solved]
-                hidden += [(s, _shape_of(info, target), True) for s in sums]
-                continue
-            deep = target in info.states and isinstance(info.states[target].decl.shape, ast.MLPShape)
-            if deep and not _period_is_one(info.every):
-                raise located(objective, f"{target}: an mlp memory in a level slower than every "
-                              "step is not compiled yet (its per-step changes would be summed "
-                              "weight by weight)", f"level {info.name} every 1 step",
-                              "write the level every step, or use a tensor state", spec.source)
-            derived = derive_writes(objective, target, inits.get(target), deep, spec.source)
-            if [r.name for r in objective.rules] == ["newton_schulz"]:
-                restarted.add(target)          # from its initial value, each unit
-            _check_hidden(derived, objective, info, taken, spec.source)
-            hidden += [(s, _shape_of(info, target), True) for s in derived.buffers]
-            hidden += [(s, _shape_of(info, target), False) for s in derived.temporaries]
-            accumulate = not _period_is_one(info.every)
-            writes += [Write(**{**w.__dict__, "accumulate": accumulate and w.target == target,
-                                "origin": objective}) for w in derived.writes]
+            lowered = _lower_objective(objective, info, inits, consts, names, taken, spec.source)
+            writes += lowered[0]
+            hidden += lowered[1]
+            restarted |= lowered[2]
         writes += [Write(u.target, value=fold(u.value, consts), origin=u) for u in info.updates]
         for state in info.states.values():
             states[state.name] = StatePlan(state.name, name, state.decl.shape, inits[state.name],
@@ -138,6 +120,39 @@ def lower(spec, folded: dict | None = None, zeros: frozenset = frozenset()) -> P
     plan = _drop_unread(Plan(decl.name, levels, states, numeric, consts, spec.source))
     check_plan(plan)
     return _without_zero_terms(plan, frozenset(zeros) & set(numeric))
+
+
+def _lower_objective(objective: ast.Objective, info, inits: dict, consts: dict, names: Names,
+                     taken: set, source) -> tuple[list[Write], list[tuple], set[str]]:
+    """One objective's writes (each tagged with the objective, for errors), its hidden states
+    as (name, shape, persistent), and the state it restarts each unit (newton_schulz), if any."""
+    target = objective.state or _only_state(info, objective, source)
+    objective = fold(objective, consts)
+    if objective.rules[-1].name == "solve":
+        solved, sums = _solve(objective, target, info, names, source)
+        return ([Write(**{**w.__dict__, "origin": objective}) for w in solved],
+                [(s, _shape_of(info, target), True) for s in sums], set())
+    deep = target in info.states and isinstance(info.states[target].decl.shape, ast.MLPShape)
+    every = _period_is_one(info.every)
+    if deep and not every:
+        raise located(objective, f"{target}: an mlp memory in a level slower than every step is "
+                      "not compiled yet (its per-step changes would be summed weight by weight)",
+                      f"level {info.name} every 1 step", "write the level every step, or use a "
+                      "tensor state", source)
+    restarts = [r.name for r in objective.rules] == ["newton_schulz"]
+    if restarts and not every:
+        raise located(objective.rules[0], f"level {info.name}: a newton_schulz rule restarts its "
+                      "state every step; it is compiled for levels every 1 step",
+                      f"level {info.name} every 1 step", "move the state to a level every 1 "
+                      "step, or orthogonalise in an explicit update (`S <- newton_schulz(...)`)",
+                      source)
+    derived = derive_writes(objective, target, inits.get(target), deep, source)
+    _check_hidden(derived, objective, info, taken, source)
+    hidden = [(s, _shape_of(info, target), True) for s in derived.buffers]
+    hidden += [(s, _shape_of(info, target), False) for s in derived.temporaries]
+    writes = [Write(**{**w.__dict__, "accumulate": not every and w.target == target,
+                       "origin": objective}) for w in derived.writes]
+    return writes, hidden, {target} if restarts else set()
 
 
 def _shape_of(info, target: str):
