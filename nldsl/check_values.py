@@ -220,9 +220,10 @@ class ValueChecker:
         if kind is not None and not _fits(kind, value):
             like = f" (its default is {shown_value(self.defaults[name])})" if name in self.defaults else ""
             declared = f" (declared `{name}: {hparam.type}`)" if hparam.type else like
+            example = f", e.g. {name}={shown_value(self.defaults[name])}" if name in self.defaults else ""
             return [self._at(hparam, f"{decl.name}: {name} = {_shown_passed(value)} is not "
                              f"{_kind_text(kind)}{declared}", _kind_text(kind),
-                             f"pass {name}= {_kind_text(kind)}")]
+                             f"pass {name}= {_kind_text(kind)}{example}")]
         checked = _comparable(value)
         problems = []
         for constraint in hparam.constraints if checked is not None else ():
