@@ -111,3 +111,17 @@ def test_every_builtin_the_runtime_computes_has_a_width_rule():
         "conv", "transpose", "trace", "max", "min", "clamp", "outer", "concat", "wsum"}
     computed = set(functions.ELEMENTWISE) | set(functions.LAST_DIM) | set(evaluate.SPECIAL)
     assert computed <= rules
+
+
+@pytest.mark.parametrize("schedule", ["reference", "chunked"])
+def test_construction_checks_the_head_steps_whatever_the_schedule(schedule, monkeypatch):
+    """linear_attention has no conv: the probe token runs for the head check alone."""
+    import nldsl.lower.module as lowering
+
+    def wrong(level, program):
+        splits, merges = heads.head_steps(level, program)
+        return tuple(replace(s, width=(s.width or 1) + 1) for s in splits), merges
+
+    monkeypatch.setattr(lowering, "head_steps", wrong)
+    with pytest.raises(RuntimeError, match="lowered head split"):
+        compile_module("linear_attention", schedule=schedule, dim=4, heads=2, head_dim=3)

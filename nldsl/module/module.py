@@ -41,19 +41,19 @@ class CompiledModule(nn.Module):
                 if state.learned is None and _random(state.init):
                     self.register_buffer(f"{state.name}_start", draw(state.init, state.shape,
                                                                      program.hparams))
-        self._create_conv_kernels()
+        self._probe()
         self.fast_paths = plan_schedule(program) if schedule == "chunked" else {}
         if self.fast_paths and not fits(program, dict(self.named_parameters()),
                                         torch.zeros(1, 1, program.dim), self.initial_state(1),
                                         self.fast_paths):
             self.fast_paths = {}
 
-    def _create_conv_kernels(self) -> None:
-        """Channel counts of conv kernels follow from the data flow: one token through the
-        reference finds them (no gradient, nothing kept; unit.py's conv creates a zero kernel
-        of the width that flows in when the kernel does not exist yet)."""
-        if not self.program.convs:
-            return
+    def _probe(self) -> None:
+        """One token through the reference, no gradient, nothing kept. It finds the channel
+        counts of conv kernels, which follow from the data flow (unit.py's conv creates a zero
+        kernel of the width that flows in when the kernel does not exist yet), and checks the
+        Program's head splits and merges against the runtime's frames (unit.py raises on a
+        mismatch), whatever the schedule."""
         params = dict(self.named_parameters())
         with torch.no_grad():
             run_reference(self.program, params, torch.zeros(1, 1, self.program.dim),
