@@ -270,16 +270,30 @@ def test_a_group_added_later_with_a_bad_value_leaves_the_optimizer_unchanged():
     assert len(opt.param_groups) == 2
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("lr", -0.1, "adam: lr = -0.1 is outside its declared range (>= 0)"),
-    ("betas", (0.9, 1.0), "adam: betas = (0.9, 1.0) is outside its declared range (in [0, 1))"),
-], ids=["lr", "betas"])
-def test_a_value_changed_in_a_group_is_checked_at_the_next_step(key, value, message):
+def _set_lr(group):
+    group["lr"] = -0.1
+
+
+def _set_betas(group):
+    group["betas"] = (0.9, 1.0)
+
+
+def _change_a_list_in_place(group):
+    group["betas"][1] = 1.0
+
+
+@pytest.mark.parametrize("change, betas, message", [
+    (_set_lr, (0.9, 0.999), "adam: lr = -0.1 is outside its declared range (>= 0)"),
+    (_set_betas, (0.9, 0.999), "adam: betas = (0.9, 1.0) is outside its declared range (in [0, 1))"),
+    (_change_a_list_in_place, [0.9, 0.999],
+     "adam: betas = [0.9, 1.0] is outside its declared range (in [0, 1))"),
+], ids=["lr", "betas", "list-changed-in-place"])
+def test_a_value_changed_in_a_group_is_checked_at_the_next_step(change, betas, message):
     model = network(True)
-    opt = nldsl.optimizer("adam", model.parameters())
+    opt = nldsl.optimizer("adam", model.parameters(), betas=betas)
     loss_of(model).backward()
     opt.step()
-    opt.param_groups[0][key] = value
+    change(opt.param_groups[0])
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(ValueError) as info:
         opt.step()

@@ -93,7 +93,8 @@ class SpecOptimizer(torch.optim.Optimizer):
             raise NLDSLError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
         self.schedule = schedule
         given = {k: v for k, v in hparams.items() if v is not None}
-        check_hparams(decl, given, self.spec.source)
+        self._values, self._checked = ValueChecker(self.spec), {}
+        check_hparams(decl, given, self.spec.source, self._values)
         defaults = hparam_values(decl, given)
         unknown = [h for h in decl.hparams if h.name not in defaults]
         if unknown:     # a default that is no constant (`lr = lr`, `a = b` with b unknown)
@@ -102,7 +103,6 @@ class SpecOptimizer(torch.optim.Optimizer):
                                               f"write a number, or pass {h.name}=...")
                                      for h in unknown])
         self._plans: dict = {}
-        self._values, self._checked = ValueChecker(self.spec), {}
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict) -> None:
@@ -120,14 +120,15 @@ class SpecOptimizer(torch.optim.Optimizer):
         since): only what changed since they were last found good is checked again."""
         values = {h.name: group[h.name] for h in self.spec.decl.hparams
                   if h.name in group and group[h.name] is not None}
+        seen = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
         last = self._checked.get(id(group))
         changed = None
-        if last is not None and last.keys() == values.keys():
-            changed = {k for k, v in values.items() if not _same(v, last[k])}
+        if last is not None and last.keys() == seen.keys():
+            changed = {k for k, v in seen.items() if not _same(v, last[k])}
             if not changed:
                 return
         check_hparams(self.spec.decl, values, self.spec.source, self._values, changed)
-        self._checked[id(group)] = values
+        self._checked[id(group)] = seen     # lists copied: `group["betas"][1] = 2` is a change
 
     def __getstate__(self):
         state = super().__getstate__()
