@@ -13,6 +13,7 @@ module spec: it computes what SPEC computes (`check_equivalent(SPEC, spec)`).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 CHECKS = ("derivations", "schedules", "twin", "invariants")
@@ -79,9 +80,14 @@ def _run_one(spec, target: str, check: str, args):
 
 
 def run_test(args: argparse.Namespace) -> int:
-    from nldsl.checking.report import CheckFailure
     from nldsl.errors import NLDSLError
     from nldsl.spec import load
+
+    try:
+        from nldsl.checking.report import CheckFailure
+    except ImportError as err:
+        print(f"nldsl test needs hypothesis ({err}): pip install 'nldsl[test]'", file=sys.stderr)
+        return 1
 
     rows, notes = [], []
     for target in args.specs:
@@ -100,7 +106,9 @@ def run_test(args: argparse.Namespace) -> int:
                 rows.append([target, check, "FAIL", "", f"{seconds:.1f}s", "counterexample below"])
                 notes.append(f"{target}, {check}: {failure}")
                 continue
-            except (NLDSLError, ValueError, TypeError) as err:
+            except Exception as err:      # a spec that does not compile, or a bug: one row
+                if not isinstance(err, (NLDSLError, ValueError, TypeError)):
+                    err = RuntimeError(f"{type(err).__name__} inside the check: {err}")
                 repeated = f"{target}: {err}" in notes
                 rows.append([target, check, "error", "", "", "as above" if repeated else
                              _first_line(err)])

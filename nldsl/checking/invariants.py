@@ -110,6 +110,7 @@ def _optimizer(spec, stream, schedule: str) -> None:
              for _ in range(stream.length)]
 
     def run(resume_at=None, through_file=False) -> dict:
+        torch.manual_seed(stream.seed)        # what a spec draws itself (an mlp memory's start)
         params = [p.clone().requires_grad_(True) for p in start]
         make = lambda: nldsl.optimizer(spec, params, schedule=schedule, **stream.hparams)
         opt = make()

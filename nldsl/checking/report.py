@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 
 import torch
 from hypothesis import HealthCheck, Phase, given, seed as hypothesis_seed, settings
+from hypothesis.errors import HypothesisException
+
+from nldsl.errors import NLDSLError
 
 #: float64's unit roundoff, 2^-53: one rounding changes a value by at most this, relatively.
 EPS64 = 2.0 ** -53
@@ -53,7 +56,9 @@ def run_property(report: Report, strategy, body, examples: int, deadline, seed: 
                  shrink_seconds: float | None = None) -> Report:
     """Run `body(drawn)` on `examples` draws of `strategy`; count them into `report`. `deadline`
     is milliseconds per example (None: no deadline). The draws are fixed by `seed` and no
-    example database is written, so a run is reproducible from its arguments alone.
+    example database is written, so a run is reproducible from its arguments alone. An
+    exception other than CheckFailure and NLDSLError (a ZeroDivisionError at a hyper-parameter
+    the spec's range allows) is a failure too, reported with the drawn case.
 
     After a failure hypothesis shrinks the case; `shrink_seconds` (default: the module's
     SHRINK_SECONDS, read at the call) after the first failure, the
@@ -78,10 +83,16 @@ def run_property(report: Report, strategy, body, examples: int, deadline, seed: 
             return
         try:
             body(drawn)
-        except Exception:
+        except HypothesisException:
+            raise
+        except Exception as err:
             failing.add(key)
             first_failure[:] = first_failure or [time.perf_counter()]
-            raise
+            if isinstance(err, (CheckFailure, NLDSLError)):
+                raise
+            raise CheckFailure(f"{report.spec}: {type(err).__name__}: {err}\n  raised by the compiled "
+                               f"spec (or the check) on a case inside the declared ranges:\n"
+                               f"  {drawn}") from err
         report.examples += 1             # a draw the body discards (hypothesis.assume) is not counted
 
     report.examples = 0

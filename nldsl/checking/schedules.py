@@ -93,6 +93,7 @@ def _optimizer(spec, stream) -> None:
              for _ in range(stream.length)]
     runs = {}
     for schedule in ("reference", "fused"):
+        torch.manual_seed(stream.seed)        # what a spec draws itself (an mlp memory's start)
         params = [p.clone().requires_grad_(True) for p in start]
         opt = nldsl.optimizer(spec, params, schedule=schedule, **stream.hparams)
         runs[schedule] = (params, opt, [])
