@@ -168,14 +168,16 @@ class ValueChecker:
         self.defaults = hparam_values(decl)
         self.kinds = {h.name: _kind(h, self.defaults) for h in decl.hparams}
         self.hparams = {h.name: h for h in decl.hparams}
-        self.clauses = [(level, field, what, example, getattr(level, field))
+        self.clauses = [(level, what, example, getattr(level, field))
                         for level in decl.levels for field, what, example in _CLAUSES
                         if getattr(level, field) is not None]
         self.clause_names = [{n.id for n in names_in(expr)} for *_, expr in self.clauses]
         used = set().union(*self.clause_names)
         self.dim_names = {n.id for state in declared_states(decl) for n in names_in(state.shape)}
         self.derived_names = used | self.dim_names
-        self.computed_defaults = any(names_in(h.default) for h in decl.hparams if h.default is not None)
+        self.default_names = {h.name: {n.id for n in names_in(h.default)} for h in decl.hparams
+                              if h.default is not None and names_in(h.default)}
+        self.computed_defaults = bool(self.default_names)
         self.range_names = {h.name: {n.id for c in h.constraints for n in names_in(c)}
                             for h in decl.hparams}
 
@@ -200,6 +202,10 @@ class ValueChecker:
                 found += problems
                 bad |= {name} if problems else set()
         good = {n for n in values if n in self.hparams and (changed is None or n in changed)} - bad
+        for name, uses in self.default_names.items():     # `h = d * 2 <= 8` with d = 5 passed
+            if name not in values and name in env and uses & good:
+                found += self._value_problems(self.hparams[name], env[name], env,
+                                              _from(self.hparams[name].default, values))
         if good & self.derived_names:
             found += self._clause_problems(env, good, values)
             found += [self._at(node, f"{self.decl.name}: {message}{_from(node, values)}",
@@ -215,7 +221,8 @@ class ValueChecker:
         return Problem(message, span.line or 1, span.col or 1, span.end_line or None,
                        span.end_col or None, expected, hint, self.source)
 
-    def _value_problems(self, hparam: ast.HParam, value, env: dict) -> list[Problem]:
+    def _value_problems(self, hparam: ast.HParam, value, env: dict, cause: str = "") -> list[Problem]:
+        """The problems of one value; `cause` names the passed values a computed default used."""
         decl, name, kind = self.decl, hparam.name, self.kinds[hparam.name]
         if kind is not None and not _fits(kind, value):
             like = f" (its default is {shown_value(self.defaults[name])})" if name in self.defaults else ""
@@ -229,7 +236,7 @@ class ValueChecker:
         for constraint in hparam.constraints if checked is not None else ():
             if satisfies(checked, constraint, env) is not False:
                 continue
-            shown = _shown_passed(value)
+            shown = _shown_passed(value) + cause
             if isinstance(constraint, ast.Choice):
                 options = [try_evaluate(o, env) for o in constraint.options]
                 problems.append(self._at(constraint, f"{decl.name}: {name} = {shown} is not one "
@@ -248,7 +255,7 @@ class ValueChecker:
         other than a positive integer (`every n steps` with n = 0 would divide by zero, n = 2.7
         would act as 2). Clauses that use no passed value were checked with the defaults."""
         problems = []
-        for (level, _, what, example, expr), names in zip(self.clauses, self.clause_names):
+        for (level, what, example, expr), names in zip(self.clauses, self.clause_names):
             if not names & good:
                 continue
             value = try_evaluate(expr, env)

@@ -214,6 +214,14 @@ def test_a_value_error_is_located_and_explained():
   hint: pass lr= a value > 0, or change the range in the spec if the value is meant"""
 
 
+def test_a_default_computed_from_a_passed_value_meets_its_range():
+    text = "optimizer o(d = 4, h = d * 2 <= 8) { }"
+    with pytest.raises(NLDSLValueError, match=r"o: h = 10 \(from d = 5\) is outside its declared "
+                                              r"range \(<= 8\)"):
+        check_hparam_values(build(parse(text)).decl, {"d": 5}, Source(text))
+    check_hparam_values(build(parse(text)).decl, {"d": 5, "h": 8}, Source(text))
+
+
 def test_only_the_changed_values_are_checked_again():
     checker = ValueChecker(build(parse(SPEC)).decl, Source(SPEC))
     values = dict(lr=-1, n=2, high=1)
