@@ -76,3 +76,13 @@ def test_an_error_in_the_fused_optimizer_step_is_found(monkeypatch):
     with pytest.raises(CheckFailure, match=r"adam: the fused schedule differs from the reference "
                                            r"at step 1, in W2\n"):
         check_schedules("adam", examples=5)
+
+
+def test_an_exception_inside_the_declared_ranges_is_a_failure_with_the_case():
+    """`1 / lr` with lr in [0, 1]: the range allows what the update cannot compute."""
+    spec = "optimizer div(lr = 0.1 in [0, 1]) { level w every 1 step { W <- W - grad(W) * (1 / lr) } }"
+    with pytest.raises(CheckFailure) as failure:
+        check_schedules(spec, examples=20)
+    text = str(failure.value)
+    assert text.startswith("div: ZeroDivisionError: float division by zero")
+    assert "Stream(hparams={'lr': 0.0}" in text
