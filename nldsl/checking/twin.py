@@ -77,8 +77,9 @@ def _compare(spec, torch_cls, mapping, schedule, stream) -> None:
     make = {"nldsl": lambda p: nldsl.optimizer(spec, p, schedule=schedule, **ours_kwargs),
             torch_cls.__name__: lambda p: torch_cls(p, **theirs_kwargs)}
     params = {name: [p.clone().requires_grad_(True) for p in start] for name in make}
+    opts = {"nldsl": make["nldsl"](params["nldsl"])}
     try:
-        opts = {name: build(params[name]) for name, build in make.items()}
+        opts[torch_cls.__name__] = make[torch_cls.__name__](params[torch_cls.__name__])
     except ValueError:
         assume(False)             # torch refuses these values: not a case for the twin
     reload = 2 + stream.cut % (stream.length - 1)        # after step 1, before the last or sooner
