@@ -63,6 +63,29 @@ def test_a_momentum_rule_under_chunk_2_checks_the_buffer_too(monkeypatch):
         check_derivations(MOMENTUM, examples=20)
 
 
+CUBIC = """
+optimizer cubic(lr = 0.1 >= 0, steps = 3 >= 1) {
+  level weights every 1 step {
+    W <- W - lr * O
+  }
+  level orthogonalize every 1 step {
+    key g = grad(W)
+    state O like W = g / (norm(g) + 1)
+    O: minimize orthogonality(O) by newton_schulz(steps, "cubic")
+  }
+}
+"""
+
+
+def test_cubic_newton_schulz_is_steps_gradient_steps_from_the_restart(monkeypatch):
+    """eq. 44: `steps` times O <- O - grad/4 from O's initial value. Planted: zeta 1/2."""
+    report = check_derivations(CUBIC, examples=5)
+    assert report.checked == ["O: newton_schulz cubic: GD steps, zeta = 1/4 (eq. 44)"]
+    monkeypatch.setattr(derive, "num", lambda value: ast.Number(value=0.5 if value == 0.25 else value))
+    with pytest.raises(CheckFailure, match=r"derived:   O <- O - 0\.5 \* \(2 \* "):
+        check_derivations(CUBIC, examples=10)
+
+
 def test_muon_lists_its_quintic_step_as_not_checked():
     report = check_derivations("muon", examples=2)
     assert "O: newton_schulz quintic polynomial (not a gradient step: not checked)" in report.checked
