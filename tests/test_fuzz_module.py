@@ -142,6 +142,10 @@ FOUND: dict[str, tuple[str, str]] = {
     "chunk-2-state": (module(1, 2, "every 1 token chunk 2", "M <- 0.9 * M + 0.5 * outer(v, k)",
                              "read y = M(q)"),
                       "the block form's final state had no chunk-start snapshot"),
+    "channel-wise-write-gate": (module(2, 3, "every 1 token heads heads", "gate b = sigmoid(x @ Wv)",
+                                       "M <- 0.9 * M + b * outer(v, k)", "read y = M(q)"),
+                                "the block form took b * outer(v, k) as outer(b v, k) for a "
+                                "channel-wise b (it is outer(v, b k))"),
     "deltanet-like": (module(2, 2, "every 1 token heads heads",
                              "minimize l2(M(k), v) by gd(lr = 0.5)", "read y = M(q)"),
                       "the property's plain case"),

@@ -170,6 +170,7 @@ NOT_RECOGNISED = {
                              level="every 1 token chunk 4 heads nh backprop"),
     "chunk-2-explicit": user("S <- a * S + b * outer(vv, kk)", read="read r = S(kk) before write",
                              level="every 1 token chunk 2 heads nh backprop"),
+    "channel-wise-write-factor": user("S <- a * S + sigmoid(k2) * outer(vv, kk)"),
     "every-2": user("minimize l2(S(kk), vv) by gd(lr = b)",
                     level="every 2 tokens heads nh backprop"),
     "momentum": user("minimize l2(S(kk), vv) by momentum(lr = b, beta = 0.9)"),

@@ -64,10 +64,14 @@ def linear_form(level: TokenLevel, program: Program) -> LinearForm | None:
     else:
         return None
     try:
-        decay, erase, key, vector = _collect(_terms(value, s))
+        terms = _terms(value, s)
+        decay, erase, key, vector = _collect(terms)
         queries, reads = _queries(level, s)
     except NoForm:
         return None
+    factors = [f for term in terms if term[0] == "write" for f in term[3]]
+    if not all(one_per_head(f, level, program) for f in factors):
+        return None                        # f * outer(v, k) is outer(f v, k) for a scalar f only
     if any(mentions(e, n) for e in (decay, erase, key, vector) for n in fast):
         return None
     if mentions(program.output, s) or any(
@@ -120,7 +124,7 @@ def _terms(e: ast.Expr, s: str) -> list[tuple]:
             if term[0] == "Sk":
                 out.append(("erase", term[1], term[2], key))
             elif term[0] == "free":
-                out.append(("write", term[1], key))
+                out.append(("write", term[1], key, ()))
             else:
                 raise NoForm(e)
         return out
@@ -134,7 +138,53 @@ def _is_free(terms: list[tuple]) -> bool:
 
 
 def _scale(term: tuple, factor: ast.Expr) -> tuple:
+    """factor * term. A write term `outer(w, k)` keeps the factors applied outside the outer:
+    they must be one number per head (`linear_form` checks), since a channel-wise gate f
+    broadcasts over the key side, f * outer(w, k) = outer(w, f k), not outer(f w, k)."""
+    if term[0] == "write":
+        return ("write", _times(factor, term[1]), term[2], term[3] + (factor,))
     return (term[0], _times(factor, term[1])) + term[2:]
+
+
+#: Elementwise built-ins, and those whose value is one number per head whatever their input.
+_ELEMENTWISE = {"sigmoid", "exp", "log", "softplus", "tanh", "silu", "relu", "gelu", "abs",
+                "sqrt", "sign"}
+_REDUCING = {"dot", "l2", "norm", "sum", "mean"}
+
+
+def one_per_head(e: ast.Expr, level: TokenLevel, program: Program) -> bool:
+    """Is e surely one number per head (or per token without heads)? Numbers and numeric
+    hyper-parameters, reductions, an element `a[i]`, `x @ P` with P's last dim 1 (or the
+    level's heads), and elementwise functions, conditionals and arithmetic of such; contexts
+    by their definitions. Anything else
+    may be channel-wise: not the form (the level runs token by token, with the same values)."""
+    if isinstance(e, ast.Number):
+        return True
+    if isinstance(e, ast.Name):
+        if e.id == "t":                                  # the token count
+            return True
+        if e.id in program.params:
+            return program.params[e.id].shape in ((), (1,), (level.heads or 1,))
+        if e.id in program.hparams:
+            return isinstance(program.hparams[e.id], (int, float))
+        owner = program.owner(e.id)
+        definition = owner.contexts.get(e.id) if owner is not None else program.outer_contexts.get(e.id)
+        return definition is not None and one_per_head(definition, owner or level, program)
+    if isinstance(e, ast.Unary):
+        return e.op == "-" and one_per_head(e.operand, level, program)
+    if isinstance(e, ast.Binary) and e.op == "@":
+        param = program.params.get(e.right.id) if isinstance(e.right, ast.Name) else None
+        return param is not None and len(param.shape) == 2 and \
+            param.shape[-1] in (1, level.heads or 1)
+    if isinstance(e, ast.Binary) and e.op in ("+", "-", "*", "/", "**"):
+        return one_per_head(e.left, level, program) and one_per_head(e.right, level, program)
+    if isinstance(e, ast.Call) and e.func in _REDUCING:
+        return True
+    if isinstance(e, ast.Call) and e.func in _ELEMENTWISE | {"clamp", "max", "min"}:
+        return all(one_per_head(a, level, program) for a in e.args)
+    if isinstance(e, ast.Conditional):
+        return all(one_per_head(part, level, program) for part in (e.cond, e.then, e.otherwise))
+    return isinstance(e, ast.Index)                     # one element of a vector or a tuple
 
 
 def _negate(e: ast.Expr) -> ast.Expr:
