@@ -93,3 +93,11 @@ def test_against_adds_an_equivalence_row_per_module(capsys):
     assert rows(out)[("examples/huber_delta_wrong.nl", "equivalent")] == "FAIL"
     assert rows(out)[("sgd", "equivalent")] == "n/a"
     assert "huber_delta and huber_delta_wrong differ in" in out
+
+
+def test_a_case_over_the_deadline_fails_with_advice(capsys):
+    assert cli.run_test(parse("linear_attention", "--checks", "invariants", "--deadline", "1",
+                              "--examples", "2")) == 1
+    out = capsys.readouterr().out
+    assert rows(out) == {("linear_attention", "invariants"): "FAIL"}
+    assert "ms, over the deadline of 1 ms" in out and "nldsl test --deadline MS" in out
