@@ -41,7 +41,7 @@ MIN_HEAD_DIM = 2
 RMSNORM_GAIN = 1e-5 ** -0.5
 MAX_WIDTH = 12                        # heads * head_dim <= 3 * 4: the widest key or value
 
-FUZZ = settings(max_examples=40, deadline=None, derandomize=True, database=None,
+FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
