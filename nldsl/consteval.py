@@ -170,6 +170,7 @@ def constant_problems(root: ast.Node, env: dict[str, Any]) -> list[BadConstant]:
     def value_of(node: ast.Node) -> Any:
         if id(node) not in memo:
             try:
+                _finite_literal(node)
                 memo[id(node)] = (True, _value(node, value_of, env))
             except _FAILURES as error:
                 memo[id(node)] = (False, error)
@@ -192,6 +193,16 @@ def constant_problems(root: ast.Node, env: dict[str, Any]) -> list[BadConstant]:
 
     scan(root)
     return found
+
+
+def _finite_literal(node: ast.Node) -> None:
+    """A literal such as `1e400` reads as inf: in the spec text it is a mistake, never meant as
+    inf (the grammar has no inf; compilers may build an inf Number themselves, so `evaluate`
+    accepts one)."""
+    if isinstance(node, ast.Number) and isinstance(node.value, float) and math.isinf(node.value):
+        raise BadConstant(node, "a number too large for a float: it would silently be inf",
+                          expected=f"a value of at most {_FLOAT_MAX:.4g} in size",
+                          hint="write a smaller constant")
 
 
 def _misused_operands(node: ast.Node, memo: dict) -> list[BadConstant]:

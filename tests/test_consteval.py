@@ -113,8 +113,9 @@ def _bad_nodes(text: str, env: dict) -> list[str]:
     ("(10 ** 1000 if f == 1 else 0) * grad(W)", {"f": 1}, ["10 ** 1000"]),
     ("(10 ** 1000 if grad(W) > 0 else 0)", {}, ["10 ** 1000"]),
     ("lr * grad(W)", {"lr": 0.1}, []),
+    ("1e400 * grad(W)", {}, ["inf"]),
 ], ids=["string-times-a-tensor", "innermost-node", "every-one", "untaken-branch",
-        "taken-branch", "data-dependent-branch", "none"])
+        "taken-branch", "data-dependent-branch", "none", "literal-that-reads-as-inf"])
 def test_constant_problems_finds_each_at_its_innermost_node(text, env, nodes):
     assert _bad_nodes(text, env) == nodes
 
