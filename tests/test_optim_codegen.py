@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import nldsl
+from nldsl.errors import NLDSLValueError
 from nldsl.cli import main
 from nldsl.optim.codegen import compile_plan
 from nldsl.optim.plan import lower
@@ -35,13 +36,17 @@ def test_compile_of_a_module_is_a_user_error(capsys):
 
 
 def test_traceback_points_at_a_generated_line():
+    """A step that fails is a located error at the spec's expression (NLDSLValueError, a
+    ValueError); its cause, the error inside generated code, has the generated line."""
     compiled = compile_plan(lower(nldsl.load("muon")))
     vector = torch.nn.Parameter(torch.ones(3))          # Muon needs matrices: this one fails
     vector.grad = torch.ones(3)
-    with pytest.raises(ValueError, match="no dim 1") as info:   # its matrix shape, size(W, 1), fails
+    with pytest.raises(NLDSLValueError, match="no dim 1") as info:   # its matrix shape, size(W, 1), fails
         compiled([vector], [{"step": 0, "buf": torch.zeros(3)}],
                  {"lr": 1e-3, "weight_decay": 0.1, "momentum": 0.95,
                   "ns_coefficients": (3.4445, -4.775, 2.0315), "eps": 1e-7, "ns_steps": 5})
-    frames = [f for f in traceback.extract_tb(info.tb) if f.filename.startswith("<nldsl:muon")]
+    assert "muon.nl:" in str(info.value) and "size(W, 0) / size(W, 1)" in str(info.value)
+    cause = info.value.__cause__
+    frames = [f for f in traceback.extract_tb(cause.__traceback__) if f.filename.startswith("<nldsl:muon")]
     assert frames and "K.size(u_W[0], 1)" in frames[0].line
     assert linecache.getline(frames[0].filename, frames[0].lineno).strip() == frames[0].line

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from nldsl import ast
 from nldsl.consteval import calls_in
-from nldsl.errors import NLDSLCompileError
+from nldsl.errors import NLDSLCompileError, NLDSLError
 from nldsl.lower.timing import writes_at
 from nldsl.optim import kernels as K
 from nldsl.optim.derive import mentions
@@ -261,10 +261,13 @@ def compile_plan(plan: Plan):
     def run(params, states, hparams):
         try:
             step(params, states, hparams)
-        except FAILURES:                    # values the spec's expressions cannot take
+        except FAILURES as error:           # values the spec's expressions cannot take
             for state in states:
                 state["step"] -= 1
-            locate_failure(plan, params, states, hparams)
+            try:
+                locate_failure(plan, params, states, hparams)
+            except NLDSLError as located:    # its cause keeps the generated line's traceback
+                raise located from error
             raise
 
     def step(params, states, hparams):
