@@ -90,7 +90,7 @@ def _held_lines(p: Printer, name: str, source: str, foreach: bool) -> list[str]:
 def dependency_order(items: dict[str, ast.Expr]) -> list[tuple[str, ast.Expr]]:
     """`items` ordered so each comes after the items it uses (Kahn's algorithm, linear in the
     size of the expressions; the validator rejects cycles, any left over keep their order)."""
-    uses = {n: {m.id for m in names_in(v)} & items.keys() - {n} for n, v in items.items()}
+    uses = {n: {m.id for m in names_in(v) if m.id in items and m.id != n} for n, v in items.items()}
     users: dict[str, list[str]] = {n: [] for n in items}
     for name, used in uses.items():
         for other in used:
