@@ -238,7 +238,6 @@ def test_render_write_failure_says_cannot_write(capsys, tmp_path, output):
     assert "cannot read" not in err
 
 
-@pytest.mark.xfail(strict=True, reason="--window is declared in nldsl/render/cli.py with type=int")
 @pytest.mark.parametrize("window", ["0", "-3"])
 def test_window_must_be_a_positive_integer(capsys, tmp_path, window):
     status = main(["render", "sgd", "--timeline", "--window", window, "-o", str(tmp_path / "t.svg")])

@@ -9,7 +9,7 @@ import pytest
 
 import nldsl
 from nldsl.cli import main
-from nldsl.library import stdlib_names
+from nldsl.library import stdlib_names, stdlib_text
 from nldsl.render import images
 from nldsl.render.images import dot_to_image, format_of, write_diagram
 
@@ -109,3 +109,11 @@ def test_cli_timeline(tmp_path, capsys):
     assert main(["render", "cms", "--timeline", "--window", "64", "-o", str(out)]) == 0
     assert out.read_bytes().startswith(PNG_MAGIC)
     assert f"wrote {out}" in capsys.readouterr().out
+
+
+def test_render_takes_a_path(tmp_path):
+    """A `pathlib.Path` is a spec file, as it is for `nldsl.load`."""
+    source = tmp_path / "sgd.nl"
+    source.write_text(stdlib_text("sgd"))
+    out = nldsl.render(source, tmp_path / "sgd.dot")
+    assert out.read_text() == nldsl.load("sgd").to_dot()

@@ -9,6 +9,7 @@ import its modules with `from nldsl.render.dot import to_dot`.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from nldsl.render.dot import DETAILS, DIRECTIONS, to_dot
@@ -26,7 +27,7 @@ def render(spec, path: str | Path, *, detail: str = "compact", direction: str = 
     `.png`, `.pdf` (need Graphviz's `dot`). With `timeline=True`, draw instead which levels
     write at each step or token over `window` units, with matplotlib (`.png`, `.svg`, `.pdf`).
     """
-    if isinstance(spec, str):
+    if isinstance(spec, (str, os.PathLike)):
         from nldsl.spec import load
 
         spec = load(spec)

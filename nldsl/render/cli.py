@@ -23,9 +23,20 @@ def render_arguments(parser: argparse.ArgumentParser) -> None:
                         help="leave out the legend of edge styles")
     parser.add_argument("--timeline", action="store_true",
                         help="draw which levels write at each step or token instead")
-    parser.add_argument("--window", type=int, metavar="N",
+    parser.add_argument("--window", type=_positive_int, metavar="N",
                         help="with --timeline: how many steps or tokens to show (default: two "
                              "periods of the slowest level)")
+
+
+def _positive_int(text: str) -> int:
+    """argparse type of `--window`: a count of units to draw, so at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
 
 
 def run_render(args: argparse.Namespace) -> int:
