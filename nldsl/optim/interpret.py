@@ -100,16 +100,17 @@ class Step:
 
     def snapshot(self) -> None:
         """Contexts and `before write` reads, computed before any write of the step
-        (docs/language.md, ordering within a unit). W is written in place, so a context that is
-        W itself, or a view of it, is copied."""
-        for level in self.plan.levels:
-            for name in level.contexts:
-                value = self.lookup(name)
-                if torch.is_tensor(value) and _shares_storage(value, self.param):
-                    self.values[name] = value.clone()
-            for name, (value, before_write) in level.reads.items():
-                if before_write and period_one(level):
-                    self.values[name] = self.evaluate(value)
+        (docs/language.md, ordering within a unit), in dependency order (so a chain of `let`s
+        that refer forward is evaluated iteratively, never by a recursion as deep as the chain).
+        W is written in place, so a context that is W itself, or a view of it, is copied."""
+        before = {n: v for lv in self.plan.levels if period_one(lv)
+                  for n, (v, first) in lv.reads.items() if first}
+        items = {n: v for lv in self.plan.levels for n, v in lv.contexts.items()} | before
+        for name, value in dependency_order(items):
+            if name in before:
+                self.values[name] = self.owned(self.evaluate(value))
+            else:
+                self.values[name] = self.owned(self.lookup(name))
 
     def run(self) -> None:
         self.state["step"] += 1
