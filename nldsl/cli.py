@@ -5,6 +5,8 @@
     nldsl list                   every stdlib spec with its one-line description
     nldsl demo                   check the whole stdlib, then train with every optimizer spec
     nldsl render SPEC -o OUT     draw its nesting diagram (.svg/.png/.pdf/.dot) or --timeline
+    nldsl compile SPEC           compile it (--show-code prints the generated code)
+    nldsl test SPEC...           property-test what the compiler derived (docs/testing.md)
 
 Each subcommand is a small function registered in `COMMANDS` with the function that declares
 its arguments; a new stage (`render`, `compile`, `bench`) is one more entry. Exit status: 0 when
@@ -27,6 +29,7 @@ from nldsl.parser import parse
 from nldsl.printer import format_spec
 from nldsl.render.cli import render_arguments, run_render
 from nldsl.optim.cli import compile_arguments, run_compile
+from nldsl.checking.cli import run_test, test_arguments
 
 DESCRIPTION_WIDTH = 72
 
@@ -168,6 +171,8 @@ COMMANDS = [
             render_arguments),
     Command("compile", "compile an optimizer spec; --show-code prints the generated code",
             run_compile, compile_arguments),
+    Command("test", "property-test what the compiler derived for specs", run_test,
+            test_arguments),
 ]
 
 

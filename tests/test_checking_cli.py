@@ -101,3 +101,21 @@ def test_a_case_over_the_deadline_fails_with_advice(capsys):
     out = capsys.readouterr().out
     assert rows(out) == {("linear_attention", "invariants"): "FAIL"}
     assert "ms, over the deadline of 1 ms" in out and "nldsl test --deadline MS" in out
+
+
+def test_nldsl_test_is_a_registered_command(capsys):
+    """`nldsl test` goes through the same parser as every other subcommand."""
+    from nldsl.cli import main
+
+    assert main(["test", "sgd", "--examples", "2", "--checks", "twin"]) == 0
+    assert rows(capsys.readouterr().out) == {("sgd", "twin"): "pass"}
+
+
+def test_the_command_line_loads_no_torch_until_a_check_runs():
+    """Registering `nldsl test` must not make every `nldsl` call import torch and hypothesis."""
+    import subprocess
+    import sys
+
+    code = "import sys, nldsl.cli; print('torch' in sys.modules, 'hypothesis' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]

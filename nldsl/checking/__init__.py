@@ -15,14 +15,24 @@ out. The strategies are public for properties of your own: `hparams(spec)`,
 `tensors_for(spec, level)`, `streams(spec)`. `nldsl test SPEC...` runs the checks from the
 command line (cli.py). Needs `hypothesis` (the `test` extra).
 """
-from nldsl.checking import report
-from nldsl.checking.derivations import check_derivations
-from nldsl.checking.equivalence import check_equivalent
-from nldsl.checking.invariants import check_invariants
-from nldsl.checking.report import CheckFailure, Report
-from nldsl.checking.schedules import check_schedules
-from nldsl.checking.strategies import Stream, Unit, hparams, streams, tensors_for
-from nldsl.checking.twin import check_twin
+from importlib import import_module
 
-__all__ = ["CheckFailure", "Report", "Stream", "Unit", "check_derivations", "check_equivalent",
-           "check_invariants", "check_schedules", "check_twin", "hparams", "streams", "tensors_for"]
+#: Public name -> the module that defines it. Imported on first use (PEP 562), so that
+#: `nldsl test --help` and `import nldsl.checking.cli` load neither torch nor hypothesis.
+_HOMES = {
+    "check_derivations": "derivations", "check_equivalent": "equivalence",
+    "check_invariants": "invariants", "check_schedules": "schedules", "check_twin": "twin",
+    "CheckFailure": "report", "Report": "report",
+    "Stream": "strategies", "Unit": "strategies", "hparams": "strategies",
+    "streams": "strategies", "tensors_for": "strategies",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'nldsl.checking' has no attribute {name!r}")
+    value = getattr(import_module(f"nldsl.checking.{_HOMES[name]}"), name)
+    globals()[name] = value
+    return value
