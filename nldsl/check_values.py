@@ -63,9 +63,7 @@ def describe(constraint: ast.Constraint) -> str:
 
 
 def check_hparams(c: Checker) -> None:
-    """Defaults against their declared types and ranges; then `check_constants`, as every
-    default is a constant expression (validate.CHECKS may list it on its own: problems are
-    reported once)."""
+    """Defaults against their declared types and ranges."""
     env = hparam_values(c.decl)
     for hparam in c.decl.hparams:
         value = env.get(hparam.name)
@@ -82,7 +80,6 @@ def check_hparams(c: Checker) -> None:
                 c.report(hparam.default, f"the default of {hparam.name!r} ({value!r}) is outside "
                          f"its declared range ({describe(constraint)})",
                          expected=f"a value {describe(constraint)}", hint="fix the default or the range")
-    check_constants(c)
 
 
 def check_constants(c: Checker) -> None:

@@ -9,7 +9,7 @@ from nldsl.check_common import Checker
 from nldsl.check_levels import check_frequencies, check_learned_inits, check_objectives
 from nldsl.check_names import check_definition_cycles, check_duplicates, check_references
 from nldsl.check_shapes import check_shapes
-from nldsl.check_values import check_hparams, check_rules
+from nldsl.check_values import check_constants, check_hparams, check_rules
 from nldsl.check_vocabulary import check_grad_args, check_mlp_options, check_vocabulary
 from nldsl.errors import NLDSLValidationError, Problem, Source
 from nldsl.graph import LevelGraph
@@ -22,6 +22,7 @@ CHECKS = (
     check_grad_args,
     check_mlp_options,
     check_hparams,
+    check_constants,
     check_rules,
     check_frequencies,
     check_learned_inits,

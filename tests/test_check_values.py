@@ -7,8 +7,8 @@ import pytest
 from nldsl import ast
 from nldsl.build import build
 from nldsl.check_common import Checker
-from nldsl.check_values import (ValueChecker, check_hparam_values, check_hparams, check_rules,
-                                describe, satisfies)
+from nldsl.check_values import (ValueChecker, check_constants, check_hparam_values, check_hparams,
+                                check_rules, describe, satisfies)
 from nldsl.errors import NLDSLError, NLDSLValueError, Source
 from nldsl.parser import parse
 
@@ -113,14 +113,14 @@ def test_nan_never_satisfies_a_range(constraint):
     ("s = \"a\", t = s * 2", "a string is used as a number in `s * 2` (s = 'a')"),
 ], ids=["overflowing-default", "string-default-used-as-a-number"])
 def test_a_default_no_tensor_can_hold_is_reported(hparams, expected):
-    assert messages(check_hparams, header(hparams)) == [expected]
+    assert messages(check_constants, header(hparams)) == [expected]
 
 
 def test_a_string_used_as_a_number_in_an_update_is_reported_where_it_is_used():
     text = ('optimizer o(lr = 0.1, s = "a") {\n level w every 1 step {\n'
             '  W <- W - grad(W) * lr * s\n }\n}')
     checker = Checker(build(parse(text)), Source(text))
-    check_hparams(checker)
+    check_constants(checker)
     (problem,) = checker.problems
     assert problem.message == "a string is used as a number in `grad(W) * lr * s` (s = 'a')"
     assert (problem.line, problem.col) == (3, 12)

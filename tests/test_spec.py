@@ -81,12 +81,6 @@ def test_compile_of_an_optimizer_says_to_use_optimizer():
         nldsl.compile("adam")
 
 
-OPTIMIZER_LOADS_PATHS = ("nldsl/optim/optimizer.py's _load passes a Path through unloaded "
-                         "(it loads only str)")
-OPTIMIZER_CHECKS_KIND = "nldsl.optimizer builds a module spec and fails only at step()"
-
-
-@pytest.mark.xfail(strict=True, reason=OPTIMIZER_LOADS_PATHS)
 def test_optimizer_takes_a_path_object(heavy_path):
     import torch
 
@@ -94,7 +88,6 @@ def test_optimizer_takes_a_path_object(heavy_path):
     assert opt.spec.source.filename == str(heavy_path)
 
 
-@pytest.mark.xfail(strict=True, reason=OPTIMIZER_CHECKS_KIND)
 def test_optimizer_of_a_module_fails_at_construction_and_says_to_use_compile():
     import torch
 

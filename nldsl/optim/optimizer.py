@@ -25,9 +25,11 @@ SCHEDULES = ("reference", "fused")
 
 
 def _load(spec):
-    if isinstance(spec, str):
-        from nldsl.spec import load
-        return load(spec)
+    """A `Spec`, or a name, path (str or os.PathLike) or text for `nldsl.load`; an optimizer."""
+    from nldsl.spec import Spec, load
+    spec = spec if isinstance(spec, Spec) else load(spec)
+    if spec.kind != "optimizer":
+        raise NLDSLError(f"{spec.name} is a module; nldsl.compile(spec, **hparams) compiles it")
     return spec
 
 
