@@ -79,3 +79,24 @@ def test_every_context_and_read_is_placed():
     spec = load("gated_deltanet")
     (level,) = lower_module(spec, resolve_hparams(spec, dict(dim=8))).levels
     assert set(level.placements) == set(level.contexts) | set(level.reads)
+
+
+@pytest.mark.parametrize("declaration, shape", [
+    pytest.param("state N like M = 0", (4, 4), id="like-a-fast-state"),
+    pytest.param("state N like Wk = 0", (4, 4), id="like-an-outer-parameter"),
+    pytest.param("state P : [dim] = 0\n    state N like P = 0", (4,), id="like-a-vector"),
+])
+def test_a_like_state_takes_the_shape_it_names(declaration, shape):
+    text = """module likes(dim = 4) {
+  state Wk : [dim, dim] = normal(0.5)
+  level memory every 1 token {
+    key k = x @ Wk
+    state M : [dim, dim] = 0
+    DECLARATION
+    M: minimize -dot(M(k), x) by gd(0.1)
+    read y = M(x)
+  }
+  out = y
+}""".replace("DECLARATION", declaration)
+    (level,) = lowered(text).levels
+    assert level.states["N"].shape == shape

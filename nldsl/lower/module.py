@@ -22,7 +22,7 @@ def lower_module(spec, values: dict) -> Program:
     """Spec + complete hyper-parameter values -> Program (`values` already checked)."""
     decl, graph = spec.decl, spec.graph
     check_supported(spec)
-    const = lambda e: evaluate(e, values)
+    const = _shapes_of(graph, lambda e: evaluate(e, values))
     params: dict[str, Param] = {}
     for state in graph.levels[OUTER].states.values():
         params[state.name] = Param(state.name, _shape(state.decl.shape, const),
@@ -162,9 +162,26 @@ def _inline(expr: ast.Expr, own: dict[str, ast.Expr], depth: int = 0) -> ast.Exp
     return expr.model_copy(update=updates) if updates else expr
 
 
-def _shape(shape: ast.Shape, const) -> tuple[int, ...]:
+class _Const:
+    """Evaluates constant expressions, and knows every state's declaration so that
+    `state N like M` takes M's shape (the validator has refused unknown names and loops)."""
+
+    def __init__(self, evaluate, states: dict):
+        self.evaluate, self.states = evaluate, states
+
+    def __call__(self, expr):
+        return self.evaluate(expr)
+
+
+def _shapes_of(graph, evaluate) -> _Const:
+    return _Const(evaluate, {s.name: s.decl.shape for s in graph.states()})
+
+
+def _shape(shape: ast.Shape, const: _Const) -> tuple[int, ...]:
     if isinstance(shape, ast.ScalarShape):
         return ()
+    if isinstance(shape, ast.LikeShape):
+        return _shape(const.states[shape.name], const)
     return tuple(int(const(d)) for d in shape.dims)
 
 
