@@ -114,3 +114,14 @@ def test_installed_wheel_ships_grammar_and_stdlib(tmp_path):
 
 def parse_name(path: Path) -> str:
     return parse(path.read_text(), path.name).name
+
+
+def test_every_subpackage_is_declared():
+    """setuptools ships only the packages pyproject lists: a subpackage left out imports from a
+    source checkout (the editable install finds it) but not from an installed wheel."""
+    import tomllib
+
+    declared = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {".".join(init.parent.relative_to(ROOT).parts)
+               for init in (ROOT / "nldsl").rglob("__init__.py")}
+    assert on_disk - declared == set()
