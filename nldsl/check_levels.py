@@ -166,6 +166,25 @@ def _trainable(level: LevelInfo) -> list[str]:
     return list(level.states)
 
 
+def _check_one_write_per_state(c: Checker, level, trainable: list[str]) -> None:
+    """A state has one write per unit: an objective or an explicit update, never both or two
+    of one kind (the compilers would run one of them and silently drop the other)."""
+    first: dict[str, object] = {}
+    writes = [(o.state or (trainable[0] if len(trainable) == 1 else None), o) for o in level.objectives]
+    writes += [(u.target, u) for u in level.updates]
+    for target, node in writes:
+        if target is None:
+            continue
+        if target in first:
+            line = first[target].span.line
+            c.report(node, f"state {target!r} is written twice in level {level.name!r} (first at "
+                     f"line {line})", expected="one objective or one `<-` update per state",
+                     hint="combine them: add the losses in one `minimize`, or write the update "
+                     "out in one `<-`")
+        else:
+            first[target] = node
+
+
 def check_objectives(c: Checker) -> None:
     for level in c.graph.levels.values():
         states = _trainable(level)
@@ -189,6 +208,7 @@ def check_objectives(c: Checker) -> None:
                          expected=f"a loss that uses {target!r}, e.g. {_example_loss(level, target)}",
                          hint="the gradient of this loss with respect to the state is zero, so "
                               "the state would never change")
+        _check_one_write_per_state(c, level, states)
         for update in level.updates:
             if update.target not in level.states:
                 owner = c.graph.owner(update.target)
