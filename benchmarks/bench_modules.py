@@ -207,6 +207,7 @@ def main() -> None:
     rows = []
     hp = dict(dim=args.dim, heads=args.heads, head_dim=args.head_dim)
     x = torch.randn(bsz, steps, args.dim)
+    started = time.perf_counter()
     for spec in args.specs:
         fast = compile_module(SPECS[spec], schedule="chunked", block_size=args.block, **hp)
         ref = compile_module(SPECS[spec], schedule="reference", **hp)
@@ -237,6 +238,7 @@ def main() -> None:
                                  rel_err_chunked_vs_reference=err))
         fast.zero_grad(set_to_none=True)
         ref.zero_grad(set_to_none=True)
+        print(f"{spec}: measured ({time.perf_counter() - started:.0f} s)", flush=True)
 
     if peers is not None:
         rows += peer_rows(peers, args, tokens)

@@ -24,8 +24,9 @@ Everything that does not involve S_0 (K K^T, T, U, V, E) is computed for all blo
 The block-to-block pass is two small products per block (Delta, then S_end), over the B H
 sequences at once; then every block's Y is two batched products (Q with the stacked block-start
 states, the masked scores with the stacked Deltas). This is flash-linear-attention's order of
-work: fewer products than precomputing S_end = C S_0 + A and Y = P S_0 + R for every block
-(seven [L, 64]-sized products per block instead of nine).
+work: with L = d_k = d_v it is eight products of L d^2 multiply-adds per block besides T
+(K K^T, U, V, Delta, S_end, the scores, their product with Delta, Q S_0), one fewer than
+precomputing S_end = C S_0 + A and Y = P S_0 + R for every block.
 
 T is computed, not solved for: LAPACK's triangular solve runs one small matrix at a time, at a
 fraction of GEMM speed, and T is what the backward needs anyway (`_UnitLowerInverse`: diagonal
