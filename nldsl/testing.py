@@ -15,6 +15,11 @@ need not validate (it may use undefined names). Typical use::
     def test_round_trip(decl):
         assert parse(format_spec(decl)) == decl
 
+The property checks users point at their own specs (`check_derivations`, `check_schedules`,
+`check_twin`, `check_invariants`, `check_equivalent`) and the spec-aware strategies
+(`hparams(spec)`, `tensors_for(spec, level)`, `streams(spec)`) live in `nldsl.checking`
+(docs/testing.md) and are importable from here too, on first use.
+
 This module needs `hypothesis` (the `test` extra); nothing else in nldsl imports it.
 """
 from __future__ import annotations
@@ -27,6 +32,17 @@ from hypothesis import strategies as st
 
 from nldsl import ast
 from nldsl.parser import grammar_text
+
+#: nldsl.checking's public names, re-exported (PEP 562: imported with torch on first use).
+CHECKS = ("check_derivations", "check_schedules", "check_twin", "check_invariants",
+          "check_equivalent", "CheckFailure", "Report", "hparams", "tensors_for", "streams")
+
+
+def __getattr__(name: str):
+    if name in CHECKS:
+        import nldsl.checking
+        return getattr(nldsl.checking, name)
+    raise AttributeError(f"module 'nldsl.testing' has no attribute {name!r}")
 
 _COMPARISONS = ["<", "<=", ">", ">=", "==", "!="]
 _BINARY_OPS = ["+", "-", "*", "/", "@", "**", "and", "or"] + _COMPARISONS
@@ -94,7 +110,7 @@ def constraints() -> st.SearchStrategy[ast.Constraint]:
     )
 
 
-def hparams() -> st.SearchStrategy[ast.HParam]:
+def hparam_decls() -> st.SearchStrategy[ast.HParam]:
     """`name [: type] [= default] constraint*`."""
     return st.builds(
         ast.HParam, name=names(),
@@ -165,7 +181,7 @@ def specs() -> st.SearchStrategy[ast.SpecDecl]:
     """A whole grammatical spec: an optimizer or module with hyper-parameters and items."""
     return st.builds(
         ast.SpecDecl, kind=st.sampled_from(["optimizer", "module"]), name=names(),
-        hparams=st.lists(hparams(), max_size=4), items=st.lists(spec_items(), max_size=4),
+        hparams=st.lists(hparam_decls(), max_size=4), items=st.lists(spec_items(), max_size=4),
     )
 
 

@@ -59,3 +59,12 @@ def test_held_values_must_name_a_hyper_parameter_inside_its_range():
         hparams("adam", {"learning_rate": 0.1})
     with pytest.raises(ValueError, match=r"adam: lr = -1 is outside its declared range \(>= 0\)"):
         hparams("adam", {"lr": -1})
+
+
+def test_nldsl_testing_re_exports_the_checks():
+    """Issue 12 names them `nldsl.testing.*`; they are nldsl.checking's objects, not copies."""
+    import nldsl.checking
+    import nldsl.testing
+
+    for name in nldsl.testing.CHECKS:
+        assert getattr(nldsl.testing, name) is getattr(nldsl.checking, name)
