@@ -185,6 +185,23 @@ def _check_one_write_per_state(c: Checker, level, trainable: list[str]) -> None:
             first[target] = node
 
 
+def _check_own_reads(c: Checker, level: LevelInfo) -> None:
+    """A level's plain reads come after its writes (docs/language.md, ordering within a unit),
+    so a write that uses one, directly or through a context, is a same-unit cycle."""
+    after = {name for name, read in level.reads.items() if not read.before_write}
+    if not after:
+        return
+    writes = [(o, [o.loss, *(a for r in o.rules for a in [*r.args, *(k.value for k in r.kwargs)])])
+              for o in level.objectives] + [(u, [u.value]) for u in level.updates]
+    for node, parts in writes:
+        used = set().union(*(_transitive_names(p, level) for p in parts)) & after
+        for name in sorted(used):
+            c.report(node, f"this write uses {name!r}, a read of its own level {level.name!r}, "
+                     "which is computed after the level's writes", expected=f"`read {name} = ... "
+                     "before write`, a state or a context", hint=f"mark {name} `before write`, "
+                     "or write its expression here (a same-unit cycle otherwise)")
+
+
 def check_objectives(c: Checker) -> None:
     for level in c.graph.levels.values():
         states = _trainable(level)
@@ -209,6 +226,7 @@ def check_objectives(c: Checker) -> None:
                          hint="the gradient of this loss with respect to the state is zero, so "
                               "the state would never change")
         _check_one_write_per_state(c, level, states)
+        _check_own_reads(c, level)
         for update in level.updates:
             if update.target not in level.states:
                 owner = c.graph.owner(update.target)

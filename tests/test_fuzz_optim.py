@@ -45,7 +45,7 @@ from hypothesis import HealthCheck, given, settings
 import nldsl
 import nldsl.optim.optimizer  # noqa: F401  imports torch._dynamo (seconds): not in the first example's hang guard
 from nldsl.builtins import FUNCTIONS, RULES
-from nldsl.errors import NLDSLCompileError, NLDSLValueError
+from nldsl.errors import NLDSLCompileError, NLDSLValidationError, NLDSLValueError
 from nldsl.optim import kernels
 from nldsl.testing import (ELEMENTWISE, INITIALISERS, LAST_DIM_REDUCTIONS, MODULE_ONLY,
                            optimizer_specs)
@@ -277,7 +277,7 @@ def test_known_cases(text):
 
 @pytest.mark.parametrize("name", ["chain-ending-in-newton-schulz", "momentum-in-a-slower-level",
                                   "cubic-ns-no-closed-form", "ns-without-start",
-                                  "write-uses-own-read", "matmul-of-a-number",
+                                  "matmul-of-a-number",
                                   "matmul-of-a-truth-value", "mlp-in-a-slower-level",
                                   "newton-schulz-rule-in-a-slower-level",
                                   "solve-on-a-conditional"])
@@ -293,6 +293,15 @@ def test_refusals_are_located_compile_errors(name):
             opt.step()
         assert_located(caught.value)
         assert "^" in str(caught.value) and "hint:" in str(caught.value)
+
+
+def test_a_write_using_its_own_read_is_refused_by_the_validator():
+    """The compiler's refusal (plan.check_plan) is also the validator's, so `nldsl check` and
+    `load` say it first (check_levels._check_own_reads)."""
+    with pytest.raises(NLDSLValidationError) as caught:
+        nldsl.load(FOUND["write-uses-own-read"][0])
+    assert_located(caught.value)
+    assert "a read of its own level 'a'" in str(caught.value)
 
 
 def test_a_shape_error_is_located_alike_in_both_schedules():
