@@ -9,7 +9,7 @@ import torch
 import nldsl
 from nldsl.errors import NLDSLValueError
 from nldsl.cli import main
-from nldsl.optim.codegen import compile_plan
+from nldsl.optim.codegen import compile_plan, generate_foreach, generate_loop
 from nldsl.optim.plan import lower
 
 OPTIMIZERS = ["sgd", "momentum", "adam", "adamw", "adagrad", "rmsprop", "muon", "dgd",
@@ -50,3 +50,22 @@ def test_traceback_points_at_a_generated_line():
     frames = [f for f in traceback.extract_tb(cause.__traceback__) if f.filename.startswith("<nldsl:muon")]
     assert frames and "K.size(u_W[0], 1)" in frames[0].line
     assert linecache.getline(frames[0].filename, frames[0].lineno).strip() == frames[0].line
+
+
+DEEP = "grad(W)"
+for _ in range(45):                      # past the printer's MAX_PARENS: temporaries are hoisted
+    DEEP = f"abs({DEEP})"
+SLOW_DEEP = ("optimizer o(lr = 0.1 > 0) {\n  level a every 2 steps {\n    state s like W = 0\n"
+             f"    s <- {DEEP} - s\n  }}\n  level w every 1 step {{ W <- W - lr * s }}\n}}\n")
+
+
+@pytest.mark.parametrize("generate", [generate_foreach, generate_loop], ids=["foreach", "loop"])
+def test_hoisted_temporaries_sit_in_the_block_of_their_statement(generate):
+    """One emitter owns the indentation: a slower level's write and the temporaries it hoists
+    are both inside its `if writing:` block, and the source compiles."""
+    source = generate(lower(nldsl.load(SLOW_DEEP)))
+    compile(source, "<generated>", "exec")
+    lines = source.splitlines()
+    guard = lines.index("    if writing:")
+    assert lines[guard + 1].startswith("        _t1 = ")
+    assert all((len(line) - len(line.lstrip(" "))) % 4 == 0 for line in lines)

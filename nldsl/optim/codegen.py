@@ -10,12 +10,15 @@ Four shapes of program, chosen from the plan, never from the spec's name:
   * `loop`: per-tensor code (autograd steps, MLP memories, matrix products, cubic restarts).
 The source is compiled under a `<nldsl:NAME>` filename registered with `linecache`, so
 tracebacks and `inspect.getsource` show it. It is generated from the plan (validated names only).
+Statements go through one `Emitter` (nldsl/lower/emit.py): a write of a slower level sits in a
+`with out.block("if writing:")`, never behind a hard-coded indent.
 """
 from __future__ import annotations
 
 import itertools
 import linecache
 import math
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +26,7 @@ import torch.nn.functional as F
 from nldsl import ast
 from nldsl.consteval import calls_in
 from nldsl.errors import NLDSLCompileError, NLDSLError
+from nldsl.lower.emit import Emitter
 from nldsl.lower.timing import writes_at
 from nldsl.optim import kernels as K
 from nldsl.optim.derive import mentions
@@ -50,15 +54,29 @@ def _tensor_names(plan: Plan) -> set[str]:
     return names
 
 
-def _header(plan: Plan, mode: str) -> list[str]:
-    lines = [f"# nldsl optimizer {literal(plan.name)}, schedule fused ({mode}), generated from its plan"]
+def _header(out: Emitter, plan: Plan, mode: str) -> None:
+    out.line(f"# nldsl optimizer {literal(plan.name)}, schedule fused ({mode}), generated from its plan")
     if plan.folded:
-        lines.append("# folded: " + ", ".join(f"{k} = {literal(v)}" for k, v in plan.folded.items()))
-    return lines
+        out.line("# folded: " + ", ".join(f"{k} = {literal(v)}" for k, v in plan.folded.items()))
 
 
-def _hparam_lines(plan: Plan) -> list[str]:
-    return ["    u_step = step"] + [f"    {user(h)} = hp[{literal(h)}]" for h in plan.hparams]
+def _hparams(out: Emitter, plan: Plan) -> None:
+    out.line("u_step = step")
+    for h in plan.hparams:
+        out.line(f"{user(h)} = hp[{literal(h)}]")
+
+
+def _snapshot(out: Emitter, plan: Plan, p: Printer, foreach: bool) -> None:
+    """The snapshot's statements in the step's body: snapshot.py returns them as lines already
+    indented for a function body, so one indent comes off and the emitter puts it back."""
+    for text in snapshot_lines(plan, p, foreach=foreach):
+        out.line(text.removeprefix(out.indent))
+
+
+def _writing(out: Emitter, guarded: bool):
+    """The block of a write made only at a slower level's writes (`if writing:`), or, for one
+    made every step, no block: the same statements either way, at the right depth."""
+    return out.block("if writing:") if guarded else nullcontext()
 
 
 def generate_foreach(plan: Plan) -> str:
@@ -70,41 +88,44 @@ def generate_foreach(plan: Plan) -> str:
             isinstance(s.shape, ast.MLPShape) for s in plan.states.values()):
         raise NotVectorizable("plan")
     p = Printer(_tensor_names(plan), foreach=True, by_shape=by_shape(plan))
-    body = _header(plan, _foreach_mode(plan)) + ["def step_group(params, grads, states, hp, step):"]
-    body += [f"    {user(PARAM)} = params", "    grad = grads"] + _hparam_lines(plan)
-    body += [f"    {user(s)} = [st[{literal(s)}] for st in states]" for s, sp in plan.states.items()
-             if s != PARAM and sp.persistent]
-    body += snapshot_lines(plan, p, foreach=True)
+    out = Emitter()
+    _header(out, plan, _foreach_mode(plan))
+    with out.block("def step_group(params, grads, states, hp, step):"):
+        out.line(f"{user(PARAM)} = params")
+        out.line("grad = grads")
+        _hparams(out, plan)
+        for s, sp in plan.states.items():
+            if s != PARAM and sp.persistent:
+                out.line(f"{user(s)} = [st[{literal(s)}] for st in states]")
+        _snapshot(out, plan, p, foreach=True)
 
-    def hold(name: str, value: ast.Expr) -> list[str]:
-        return p.emit("        ", f"for st, x in zip(states, {copied(plan, value, p.expr(value)[0], True)}):") + [
-            f"            st[{literal('read.' + name)}] = x"]
+        def hold(name: str, value: ast.Expr) -> None:
+            p.emit(out, f"for st, x in zip(states, {copied(plan, value, p.expr(value)[0], True)}):")
+            with out.block():
+                out.line(f"st[{literal('read.' + name)}] = x")
 
-    body += _level_lines(plan, p, _foreach_write, hold)
-    return "\n".join(body) + "\n"
+        _levels(out, plan, p, _foreach_write, hold)
+    return out.text()
 
 
-def _level_lines(plan: Plan, p: Printer, write_lines, hold_lines) -> list[str]:
-    """Each level in update order: its writes (`write_lines`), then its reads: computed at once
-    for an every-step level, stored by `hold_lines` at the writes of a slower one."""
-    body = []
+def _levels(out: Emitter, plan: Plan, p: Printer, write, hold) -> None:
+    """Each level in update order: its writes (`write`), then its reads: computed at once for
+    an every-step level, stored by `hold` at the writes of a slower one."""
     for level in plan.levels:
         period = p.expr(level.period)[0]
-        body.append(f"    # level {level.name}, every {period} step(s)")
+        out.line(f"# level {level.name}, every {period} step(s)")
         if not period_one(level):
-            body += p.emit("    ", f"writing = writes_at({period}, step)")
-        for write in level.writes:
-            body += write_lines(plan, p, level, write)
+            p.emit(out, f"writing = writes_at({period}, step)")
+        for one in level.writes:
+            write(out, plan, p, level, one)
         if period_one(level):
             for name, (value, before) in level.reads.items():
                 if not before:
-                    source = copied(plan, value, p.expr(value)[0], p.foreach)
-                    body += p.emit("    ", f"{user(name)} = {source}")
+                    p.emit(out, f"{user(name)} = {copied(plan, value, p.expr(value)[0], p.foreach)}")
         elif level.reads:
-            body.append("    if writing:")
-            for name, (value, _) in level.reads.items():
-                body += hold_lines(name, value)
-    return body
+            with out.block("if writing:"):
+                for name, (value, _) in level.reads.items():
+                    hold(name, value)
 
 
 def by_shape(plan: Plan) -> bool:
@@ -131,7 +152,7 @@ def _store(target: str, value: str) -> str:
     return f"torch._foreach_copy_({target}, {value})"
 
 
-def _store_lines(p: Printer, indent: str, target: str, value: ast.Expr, note: str) -> list[str]:
+def _emit_store(out: Emitter, p: Printer, target: str, value: ast.Expr, note: str) -> None:
     """`target * c +- rest` (rest free of target) as two in-place ops, scaling then adding,
     the order of torch's decoupled weight decay; anything else through `_store`."""
     t, name = ast.Name(id=target), user(target)
@@ -140,79 +161,98 @@ def _store_lines(p: Printer, indent: str, target: str, value: ast.Expr, note: st
         factor = left.right if left.left == t else left.left if left.right == t else None
         if factor is not None and p.expr(factor)[1] is False:
             rest = ast.Binary(op=value.op, left=t, right=value.right)
-            lines = p.emit(indent, f"torch._foreach_mul_({name}, {p.expr(factor)[0]})")
-            return lines + p.emit(indent, _store(name, p.expr(rest)[0]) + note)
-    return p.emit(indent, _store(name, p.expr(value)[0]) + note)
+            p.emit(out, f"torch._foreach_mul_({name}, {p.expr(factor)[0]})")
+            p.emit(out, _store(name, p.expr(rest)[0]) + note)
+            return
+    p.emit(out, _store(name, p.expr(value)[0]) + note)
 
 
-def _foreach_write(plan: Plan, p: Printer, level, write: Write) -> list[str]:
+def _foreach_write(out: Emitter, plan: Plan, p: Printer, level, write: Write) -> None:
     t, note = user(write.target), f"  # {write.derivation}"
     if write.accumulate:
         key = literal("acc." + write.target)
-        return p.emit("    ", f"change = torch._foreach_sub({p.expr(write.value)[0]}, {t}){note}") + [
-            f"    total = [st[{key}] + c if {key} in st else c for st, c in zip(states, change)]",
-            "    if writing:", f"        torch._foreach_add_({t}, total)",
-            "        for st in states:", f"            st.pop({key}, None)",
-            "    else:", "        for st, c in zip(states, total):", f"            st[{key}] = c"]
-    indent = "    " if period_one(level) else "        "
-    guard = [] if period_one(level) else ["    if writing:"]
-    if write.target == PARAM or plan.states[write.target].persistent:
-        return guard + _store_lines(p, indent, write.target, write.value, note)
-    return guard + p.emit(indent, f"{t} = {p.expr(write.value)[0]}{note}")
+        p.emit(out, f"change = torch._foreach_sub({p.expr(write.value)[0]}, {t}){note}")
+        out.line(f"total = [st[{key}] + c if {key} in st else c for st, c in zip(states, change)]")
+        with out.block("if writing:"):
+            out.line(f"torch._foreach_add_({t}, total)")
+            with out.block("for st in states:"):
+                out.line(f"st.pop({key}, None)")
+        with out.block("else:"), out.block("for st, c in zip(states, total):"):
+            out.line(f"st[{key}] = c")
+        return
+    with _writing(out, not period_one(level)):
+        if write.target == PARAM or plan.states[write.target].persistent:
+            _emit_store(out, p, write.target, write.value, note)
+        else:
+            p.emit(out, f"{t} = {p.expr(write.value)[0]}{note}")
 
 
 def generate_loop(plan: Plan) -> str:
     """Source of `step_tensor(W, state, hp, step)` for one tensor."""
     p = Printer(_tensor_names(plan), foreach=False)
     w = user(PARAM)
-    body = _header(plan, "loop") + [f"def step_tensor({w}, state, hp, step):", f"    grad = {w}.grad"]
-    body += _hparam_lines(plan)
-    for s, sp in plan.states.items():
-        if s == PARAM or not sp.persistent:
-            continue
-        if isinstance(sp.shape, ast.MLPShape):
-            acts = [o for o in sp.shape.options if o in K.ACTIVATIONS] or ["gelu"]
-            body.append(f"    {user(s)} = K.load_mlp(state, {literal(s)}, {literal(acts[0])}, "
-                        f"{literal('residual' in sp.shape.options)})")
-        else:
-            body.append(f"    {user(s)} = state[{literal(s)}]")
-    body += snapshot_lines(plan, p, foreach=False)
-    body += _level_lines(plan, p, _loop_write, lambda name, value: p.emit(
-        "        ", f"state[{literal('read.' + name)}] = {copied(plan, value, p.expr(value)[0], False)}"))
-    return "\n".join(body) + "\n"
+    out = Emitter()
+    _header(out, plan, "loop")
+    with out.block(f"def step_tensor({w}, state, hp, step):"):
+        out.line(f"grad = {w}.grad")
+        _hparams(out, plan)
+        for s, sp in plan.states.items():
+            if s == PARAM or not sp.persistent:
+                continue
+            if isinstance(sp.shape, ast.MLPShape):
+                acts = [o for o in sp.shape.options if o in K.ACTIVATIONS] or ["gelu"]
+                out.line(f"{user(s)} = K.load_mlp(state, {literal(s)}, {literal(acts[0])}, "
+                         f"{literal('residual' in sp.shape.options)})")
+            else:
+                out.line(f"{user(s)} = state[{literal(s)}]")
+        _snapshot(out, plan, p, foreach=False)
+        _levels(out, plan, p, _loop_write, lambda name, value: p.emit(
+            out, f"state[{literal('read.' + name)}] = {copied(plan, value, p.expr(value)[0], False)}"))
+    return out.text()
 
 
-def _loop_write(plan: Plan, p: Printer, level, write: Write) -> list[str]:
+def _loop_write(out: Emitter, plan: Plan, p: Printer, level, write: Write) -> None:
+    """An accumulated write guards its own store (`_loop_accumulate`); any other write of a
+    slower level is made inside `if writing:`."""
     t, key, note = user(write.target), literal(write.target), f"  # {write.derivation}"
-    indent = "    " if period_one(level) or write.accumulate else "        "
-    lines = [] if period_one(level) or write.accumulate else ["    if writing:"]
-    if write.restart is not None:
-        lines += p.emit(indent, f"{t} = {p.expr(write.restart)[0]}")
-        lines += p.emit(indent, f"for _ in range(int({p.expr(write.repeat)[0]})):")
-        lines += p.emit(indent + "    ", f"{t} = {p.expr(write.value)[0]}{note}")
-        value = t
-    elif write.autograd is not None:
-        step = write.autograd
-        wrt = user(step.state or write.target)
-        loss = p.inline(step.loss)[0]     # a lambda's body: nothing hoisted out of it
-        value = f"K.gradient(lambda {wrt}: {loss}, {wrt})" if step.lr is None else \
-            f"K.autograd_step(lambda {wrt}: {loss}, {wrt}, {p.expr(step.lr)[0]}, {p.expr(step.decay)[0]})"
-    else:
-        value = copied(plan, write.value, p.expr(write.value)[0], foreach=False)
-    if write.accumulate:
-        acc = literal("acc." + write.target)
-        return lines + p.emit("    ", f"change = {value} - {t}{note}") + [
-            f"    total = change if {acc} not in state else state[{acc}] + change",
-            "    if writing:", f"        {t} = {t} + total",
-            f"        state[{key}] = {t}", f"        state.pop({acc}, None)",
-            "    else:", f"        state[{acc}] = total"]
-    if write.target == PARAM:
-        return lines + p.emit(indent, f"{t}.copy_({value}){note}")
-    sp = plan.states[write.target]
-    if isinstance(sp.shape, ast.MLPShape):
-        return lines + p.emit(indent, f"{t} = {value}{note}") + [f"{indent}K.store_mlp(state, {key}, {t})"]
-    store = f"; state[{key}] = {t}" if sp.persistent else ""
-    return lines + p.emit(indent, f"{t} = {value}{store}{note}")
+    with _writing(out, not (period_one(level) or write.accumulate)):
+        if write.restart is not None:
+            p.emit(out, f"{t} = {p.expr(write.restart)[0]}")
+            p.emit(out, f"for _ in range(int({p.expr(write.repeat)[0]})):")
+            with out.block():
+                p.emit(out, f"{t} = {p.expr(write.value)[0]}{note}")
+            value = t
+        elif write.autograd is not None:
+            step = write.autograd
+            wrt = user(step.state or write.target)
+            loss = p.inline(step.loss)[0]     # a lambda's body: nothing hoisted out of it
+            value = f"K.gradient(lambda {wrt}: {loss}, {wrt})" if step.lr is None else \
+                f"K.autograd_step(lambda {wrt}: {loss}, {wrt}, {p.expr(step.lr)[0]}, {p.expr(step.decay)[0]})"
+        else:
+            value = copied(plan, write.value, p.expr(write.value)[0], foreach=False)
+        if write.accumulate:
+            _loop_accumulate(out, p, write, value, note)
+        elif write.target == PARAM:
+            p.emit(out, f"{t}.copy_({value}){note}")
+        elif isinstance(plan.states[write.target].shape, ast.MLPShape):
+            p.emit(out, f"{t} = {value}{note}")
+            out.line(f"K.store_mlp(state, {key}, {t})")
+        else:
+            store = f"; state[{key}] = {t}" if plan.states[write.target].persistent else ""
+            p.emit(out, f"{t} = {value}{store}{note}")
+
+
+def _loop_accumulate(out: Emitter, p: Printer, write: Write, value: str, note: str) -> None:
+    """A slower level's change summed every step in `acc.<state>`, written at its writes."""
+    t, key, acc = user(write.target), literal(write.target), literal("acc." + write.target)
+    p.emit(out, f"change = {value} - {t}{note}")
+    out.line(f"total = change if {acc} not in state else state[{acc}] + change")
+    with out.block("if writing:"):
+        out.line(f"{t} = {t} + total")
+        out.line(f"state[{key}] = {t}")
+        out.line(f"state.pop({acc}, None)")
+    with out.block("else:"):
+        out.line(f"state[{acc}] = total")
 
 
 def generate(plan: Plan) -> tuple[str, str]:

@@ -11,7 +11,7 @@ builtin; numbers and strings are formatted here (`literal`). Each node is printe
 statement (memoised), so printing is linear in the expression's size; a subexpression with
 many parentheses is hoisted into a temporary (`_tN = ...`, in `pending`), because Python
 refuses source nested more than 200 parentheses deep. `codegen` emits each statement through
-`Printer.emit`, which puts the temporaries first.
+`Printer.emit` into an `Emitter` (nldsl/lower/emit.py), which puts the temporaries first.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import math
 from nldsl import ast
 from nldsl.builtins import FUNCTIONS
 from nldsl.errors import NLDSLCompileError, Problem
+from nldsl.lower.emit import Emitter
 
 _FOREACH_BINARY = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
 _FOREACH_UNARY = {"sqrt", "exp", "log", "abs", "sign", "sigmoid", "tanh"}
@@ -94,11 +95,16 @@ class Printer:
         self._memo[id(e)] = (e, (src, tensor))
         return src, tensor
 
-    def emit(self, indent: str, line: str) -> list[str]:
-        """One statement, after the temporaries its expressions hoisted; starts a new statement."""
-        lines = [indent + t for t in self.pending] + [indent + line]
-        self.pending, self._memo = [], {}
-        return lines
+    def emit(self, out: Emitter | str, line: str) -> list[str] | None:
+        """One statement into `out`, after the temporaries its expressions hoisted; starts a new
+        statement. A str `out` is an indent: the lines come back instead (snapshot.py's form,
+        until it writes to an Emitter too)."""
+        statement, self.pending, self._memo = self.pending + [line], [], {}
+        if isinstance(out, str):
+            return [out + text for text in statement]
+        for text in statement:
+            out.line(text)
+        return None
 
     def inline(self, e: ast.Expr) -> tuple[str, bool | None]:
         """`expr(e)` with nothing hoisted: for a lambda body or a branch evaluated lazily."""
