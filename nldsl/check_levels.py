@@ -187,14 +187,16 @@ def _check_one_write_per_state(c: Checker, level, trainable: list[str]) -> None:
 
 def _check_own_reads(c: Checker, level: LevelInfo) -> None:
     """A level's plain reads come after its writes (docs/language.md, ordering within a unit),
-    so a write that uses one, directly or through a context, is a same-unit cycle."""
+    so a write that uses one directly is a same-unit cycle. Through a context it is not: a
+    context is computed before the writes, so it sees the read's value from the states before
+    them (tests/test_optim_schedules.py, SNAPSHOT_SPEC)."""
     after = {name for name, read in level.reads.items() if not read.before_write}
     if not after:
         return
     writes = [(o, [o.loss, *(a for r in o.rules for a in [*r.args, *(k.value for k in r.kwargs)])])
               for o in level.objectives] + [(u, [u.value]) for u in level.updates]
     for node, parts in writes:
-        used = set().union(*(_transitive_names(p, level) for p in parts)) & after
+        used = {name for p in parts for name, _ in _references(p)} & after
         for name in sorted(used):
             c.report(node, f"this write uses {name!r}, a read of its own level {level.name!r}, "
                      "which is computed after the level's writes", expected=f"`read {name} = ... "
