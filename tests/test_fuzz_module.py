@@ -4,8 +4,8 @@ same outputs and final states in the `reference` and `chunked` schedules, or is 
 located `NLDSLError` (its message has `<string>:line:col`) by `nldsl.load` or `nldsl.compile`.
 Never another exception (at load, compile or the forward pass), never a hang (HANG_LIMIT_S per
 example). Nothing drawn is filtered out; the stream length, batch and block size are drawn too.
-One exception, while it is open: head_dim = 1 is not drawn (MIN_HEAD_DIM; its failures are the
-strict-xfail KNOWN cases, in nldsl/module).
+head_dim = 1 is drawn too: there a width heads * 1 is both heads of width 1 and one scalar per
+head, and the use decides (docs/language.md, "Heads"); the FOUND "head-dim-1" cases pin it.
 
 Numbers: float64 modules, the chunked one given the reference's parameters (conv kernels
 included). The chunked schedule runs each level either by its fast path (the WY/UT block form
@@ -35,9 +35,8 @@ from _module_cases import U64, assert_close, flat_state
 from nldsl.testing import module_specs
 
 HANG_LIMIT_S = 20
-#: head_dim = 1 fails in nldsl/module (the KNOWN cases below, reported): drawn from 2 until
-#: they pass, then from 1.
-MIN_HEAD_DIM = 2
+#: head_dim = 1 is drawn (the FOUND "head-dim-1" cases were its failures, fixed).
+MIN_HEAD_DIM = 1
 RMSNORM_GAIN = 1e-5 ** -0.5
 MAX_WIDTH = 12                        # heads * head_dim <= 3 * 4: the widest key or value
 
@@ -149,30 +148,20 @@ FOUND: dict[str, tuple[str, str]] = {
     "deltanet-like": (module(2, 2, "every 1 token heads heads",
                              "minimize l2(M(k), v) by gd(lr = 0.5)", "read y = M(q)"),
                       "the property's plain case"),
-}
-
-#: Minimal specs the fuzzer found failing in nldsl/module or nldsl/runtime (not fixed here,
-#: reported): strict xfails, so a fix makes them pass and the mark must then go. All have
-#: head_dim = 1, where a per-head width heads * head_dim equals the gate width heads.
-KNOWN: dict[str, tuple[str, str]] = {
     "heads-1-head-dim-1": (module(1, 1, "every 1 token heads heads", HEBBIAN, "read y = M(q)"),
-                           "RuntimeError in module/unit.py _check_merge: 'the lowered head merge "
-                           "of y (width 1) disagrees with the runtime's value'"),
+                           "head_dim 1: a width-1 key or query was squeezed to a scalar per head, "
+                           "so M(q) broadcast over the batch and the merge check failed"),
     "head-dim-1-every-2": (module(2, 1, "every 2 tokens heads heads", HEBBIAN, "read y = M(q)"),
-                           "RuntimeError in runtime/functions.py matmul (via module/unit.py "
-                           "_apply): batch2 of size [4, 2] where [4, 1] was expected"),
+                           "head_dim 1: M(q) took a per-head scalar q as a vector (matmul error)"),
     "head-dim-1-gated-read-every-2": (
         module(1, 1, "every 2 tokens heads heads", "gate b = sigmoid(x @ Wv)",
                "minimize l2(M(k), v) by gd(lr = b)", "read y = M(q) * b before write"),
-        "RuntimeError in module/reference.py run_reference: torch.stack of per-token reads of "
-        "shapes [1, 3] and [1, 1, 3]"),
+        "head_dim 1: M @ k against a per-head scalar k, and a merged per-head scalar of one head "
+        "lost its width (reads of shapes [1, 3] and [1, 1, 3])"),
 }
 
 
-@pytest.mark.parametrize("text", [
-    pytest.param(text, id=name, marks=pytest.mark.xfail(strict=True, reason=f"issue 8: {why}"))
-    for name, (text, why) in KNOWN.items()
-] + [pytest.param(text, id=name) for name, (text, _) in FOUND.items()])
+@pytest.mark.parametrize("text", [pytest.param(text, id=name) for name, (text, _) in FOUND.items()])
 @pytest.mark.parametrize("block", [1, 3])
 def test_known_cases(text, block):
     check(text, 2, 7, block)

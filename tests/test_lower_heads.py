@@ -125,3 +125,42 @@ def test_construction_checks_the_head_steps_whatever_the_schedule(schedule, monk
     monkeypatch.setattr(lowering, "head_steps", wrong)
     with pytest.raises(RuntimeError, match="lowered head split"):
         compile_module("linear_attention", schedule=schedule, dim=4, heads=2, head_dim=3)
+
+
+#: head_dim 1: a width h * 1 is both h heads of width 1 and one scalar per head. The use
+#: decides: a key through l2norm (a last-dim function) is a vector, a gate a scalar, a value
+#: used only by `l2` and `outer` a scalar that is a width-1 vector where one is needed.
+HEAD_DIM_1 = """module hd1(dim: int >= 1, h = 2 >= 1, hd = 1 >= 1) {
+  state Wk : [dim, h * hd] = normal(1.0)
+  state Wv : [dim, h * hd] = normal(1.0)
+  state Wb : [dim, h] = normal(1.0)
+  state Wo : [h * hd, dim] = normal(0.5)
+  level memory every 1 token heads h {
+    state M : [hd, hd] = 0
+    key   k = l2norm(x @ Wk)
+    value v = x @ Wv
+    gate  b = sigmoid(x @ Wb)
+    minimize l2(M(k), v) by gd(lr = b)
+    read y = M(k) * b
+  }
+  out = y @ Wo
+}"""
+
+
+def test_head_dim_1_splits_by_use():
+    _, level = level_of(HEAD_DIM_1)
+    assert level.splits == (HeadSplit("k", 2, 1), HeadSplit("v", 2, None), HeadSplit("b", 2, None))
+    assert level.merges == (HeadMerge("y", 2, 1),)
+
+
+@pytest.mark.parametrize("h", [1, 2, 3])
+def test_head_dim_1_runs_alike_in_both_schedules(h):
+    torch.manual_seed(0)
+    reference = compile_module(load(HEAD_DIM_1), schedule="reference", dim=3, h=h).double()
+    chunked = compile_module(load(HEAD_DIM_1), schedule="chunked", dim=3, h=h).double()
+    chunked.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 6, 3, dtype=torch.float64)
+    with torch.no_grad():
+        (y_ref, _), (y_fast, _) = reference(x), chunked(x)
+    assert y_ref.shape == (2, 6, 3)
+    torch.testing.assert_close(y_fast, y_ref, rtol=1e-10, atol=1e-12)

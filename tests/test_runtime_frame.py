@@ -169,3 +169,39 @@ def test_align_numbers_pass_through():
     assert frame.align(2.0, 3.0) == (2.0, 3.0)
     value = arange(B, 3)
     assert frame.align(2.0, value) == (2.0, value)
+
+
+def test_vector_sees_a_per_head_scalar_as_width_one():
+    """Where a vector is needed (a memory's input, outer, a last-dim function), one scalar per
+    head [B, H] is a vector of width 1 [B, H, 1]: with head_dim 1 the use decides."""
+    frame = Frame(1, H)
+    scalar = frame.split(arange(B, 1, H))                 # [B, H]
+    vector = frame.vector(scalar)
+    assert vector.shape == (B, H, 1) and torch.equal(vector[..., 0], scalar)
+    split = frame.split(arange(B, 1, H * D))
+    assert frame.vector(split) is split
+    assert frame.vector(2.5) == 2.5
+    plain = arange(B)
+    assert Frame(1).vector(plain) is plain                 # no heads: nothing to decide
+
+
+@pytest.mark.parametrize("heads", [1, H], ids=["one-head", "heads"])
+def test_split_as_follows_the_recorded_width(heads):
+    """HeadSplit(name, H, 1) is H heads of width 1, HeadSplit(name, H, None) one scalar per
+    head: the same width H * 1, told apart by the lowering, not by the runtime."""
+    frame = Frame(1, heads)
+    value = arange(B, 1, heads)
+    as_vector = frame.split_as(value, heads, 1)
+    as_scalar = frame.split_as(value, heads, None)
+    assert as_vector.shape == (B, heads, 1) and frame.rank(as_vector) == 1
+    assert as_scalar.shape == (B, heads) and frame.rank(as_scalar) == 0
+    assert torch.equal(as_vector[..., 0], as_scalar)
+    again = frame.split_as(as_vector, heads, 1)          # an already split value stays
+    assert again.shape == as_vector.shape and torch.equal(again, as_vector)
+
+
+def test_merge_of_one_head_scalar_keeps_its_width():
+    """One scalar per head of a heads-1 level is seen outside as width 1 (not as a number)."""
+    scalar = arange(B, 1)
+    assert Frame(1, 1).merge(scalar, Frame(1)).shape == (B, 1)
+    assert Frame(2, 1).merge(arange(B, T, 1), Frame(2)).shape == (B, T, 1)

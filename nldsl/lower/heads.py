@@ -8,6 +8,13 @@ between a split and an unsplit operand splits the unsplit one unless its width a
 the split one's; `@` splits a vector only against a per-head matrix or vector. Outside its level
 a per-head value is seen merged, width H * d.
 
+With d = 1 a width H * 1 is both H heads of width 1 and one scalar per head; the use decides.
+A split keeps the scalar reading (a gate), and where a vector is needed (a memory's input,
+`outer`, `concat`, an index, a last-dim function such as `l2norm`, a split operand of `@`, a
+vector against a matrix) a scalar per head is a vector of width 1 (`vector`). A context's
+`HeadSplit` records which (`width` 1 or None), and the runtime follows the record
+(`Frame.split_as`).
+
 `head_steps` follows these rules over the concrete shapes of one lowered level (widths from the
 hyper-parameter values passed) and returns the level's `HeadSplit`s (contexts entering the
 heads) and `HeadMerge`s (reads leaving them). The runtime's `Frame` applies the same rules to
@@ -26,6 +33,9 @@ SAME = {"sqrt", "exp", "log", "abs", "sign", "tanh", "sigmoid", "softplus", "rel
 LAST_TO_ONE = {"norm", "sum", "mean"}
 REDUCE_ALL = {"dot", "l2", "lp", "huber", "orthogonality"}
 SCALAR = {"size", "ndim"}
+#: Functions of the last dim: a per-head scalar is a vector of width 1 there (`vector`).
+LAST_DIM = {"l2norm", "rmsnorm", "layernorm", "softmax", "norm", "sum", "mean", "transpose",
+            "trace"}
 
 
 class Unknown(Exception):
@@ -73,12 +83,20 @@ class HeadShapes:
 
     def split(self, v: Value) -> Value:
         h = self.h
+        if h == 1 and v.dims == (1,):
+            return Value((), True)                       # heads 1: a width 1 is a scalar
         if h is None or not v.dims or v.split or v.dims[-1] % h:
             return v
         width = v.dims[-1] // h
         if width == 1 and len(v.dims) == 1:
             return Value((), True)                       # a gate of width H: a scalar per head
         return Value(v.dims[:-1] + (width,), True)
+
+    def vector(self, v: Value) -> Value:
+        """Where a vector is needed (a memory's input, `outer`, `concat`, an index, a last-dim
+        function, a split operand of `@`), one scalar per head is a vector of width 1: with
+        head_dim 1, the use decides between the two readings of a width H * 1."""
+        return Value((1,), v.split) if self.h is not None and not v.dims else v
 
     def split_like(self, v: Value, other: Value) -> Value:
         if not self.is_split(other) or self.is_split(v) or not v.dims:
@@ -142,7 +160,7 @@ class HeadShapes:
         if isinstance(e, ast.Unary):
             return self(e.operand)
         if isinstance(e, ast.Index):
-            value = self.split(self(e.value))
+            value = self.vector(self.split(self(e.value)))
             return Value(value.dims[1:], value.split) if value.dims else value
         if isinstance(e, ast.Conditional):
             return self.align(self.align(self(e.then), self(e.otherwise)), self(e.cond))
@@ -155,9 +173,13 @@ class HeadShapes:
 
     def _matmul(self, left: Value, right: Value) -> Value:
         if self.is_split(right) and not self.is_split(left) and len(left.dims) == 1:
-            left = self.split(left)
+            left = self.vector(self.split(left))
         if self.is_split(left) and not self.is_split(right) and len(right.dims) == 1:
-            right = self.split(right)
+            right = self.vector(self.split(right))
+        if len(left.dims) >= 2:                  # a per-head scalar against a matrix: width 1
+            right = self.vector(right)
+        if len(right.dims) >= 2:
+            left = self.vector(left)
         a, b, split = left.dims, right.dims, left.split or right.split
         if len(a) == 1 and len(b) == 1:
             return Value((), split)
@@ -182,6 +204,8 @@ class HeadShapes:
         if not args:
             raise Unknown(func)
         first = self.split(args[0])
+        if func in LAST_DIM:
+            first = self.vector(first)
         if func in SAME or (func == "clamp" and all(not a.dims for a in args[1:])):
             return first
         if func in LAST_TO_ONE:
@@ -198,10 +222,10 @@ class HeadShapes:
                 value = self.align(value, other)
             return value
         if func == "outer":
-            a, b = self.split(args[0]), self.split(args[1])
+            a, b = self.vector(self.split(args[0])), self.vector(self.split(args[1]))
             return Value(a.dims + b.dims[-1:], a.split or b.split)
         if func == "concat":
-            parts = [self.split(a) for a in args]
+            parts = [self.vector(self.split(a)) for a in args]
             return Value(parts[0].dims[:-1] + (sum(p.dims[-1] for p in parts),),
                          any(p.split for p in parts))
         if func == "wsum":

@@ -157,7 +157,7 @@ class UnitValues:
 
 def _split(frame: Frame, value, step: HeadSplit):
     """The program's head split of a context: [B, 1, H*d] -> [B, H, d] (width H: [B, H])."""
-    value = frame.split(value)
+    value = frame.split_as(value, step.heads, step.width)
     rank = frame.rank(value)
     heads_ok = step.heads == 1 or (isinstance(value, torch.Tensor)
                                    and value.shape[frame.prefix] == step.heads)

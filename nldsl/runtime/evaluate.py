@@ -53,7 +53,7 @@ class FrameEvaluator:
     def _index(self, e):
         value, index = self(e.value), int(self(e.index))
         if _tensor(value):                     # the first value dim (per head), never a batch dim
-            return self.frame.split(value).select(self.frame.nb, index)
+            return self.frame.vector(self.frame.split(value)).select(self.frame.nb, index)
         return value[index]
 
     def _unary(self, e):
@@ -95,9 +95,13 @@ class FrameEvaluator:
         """A per-head matrix or vector on one side makes the other side's vector per head."""
         f = self.frame
         if f.is_split(right) and not f.is_split(left) and f.rank(left) == 1:
-            left = f.split(left)
+            left = f.vector(f.split(left))
         if f.is_split(left) and not f.is_split(right) and f.rank(right) == 1:
-            right = f.split(right)
+            right = f.vector(f.split(right))
+        if f.rank(left) >= 2:                  # a per-head scalar against a matrix: width 1
+            right = f.vector(right)
+        if f.rank(right) >= 2:
+            left = f.vector(left)
         return left, right
 
     def _call(self, e: ast.Call):
@@ -109,20 +113,25 @@ class FrameEvaluator:
         if func in fn.ELEMENTWISE:
             torch_fn, math_fn = fn.ELEMENTWISE[func]
             return torch_fn(f.split(args[0])) if _tensor(args[0]) else math_fn(args[0])
-        if func in fn.LAST_DIM:
+        if func == "stopgrad":
             return fn.LAST_DIM[func](f.split(args[0]))
+        if func in fn.LAST_DIM:
+            return fn.LAST_DIM[func](f.vector(f.split(args[0])))
         if func in ("max", "min", "clamp"):
             return self._extremum(func, args)
-        if func in ("dot", "l2", "outer"):
+        if func == "outer":
+            a, b = f.align(f.vector(f.split(args[0])), f.vector(f.split(args[1])))
+            return fn.outer(a, b)
+        if func in ("dot", "l2"):
             a, b = f.align(f.split(args[0]), f.split(args[1]))
-            return fn.outer(a, b) if func == "outer" else getattr(fn, func)(a, b, f.nb)
+            return getattr(fn, func)(a, b, f.nb)
         if func == "orthogonality":
             return fn.orthogonality(f.split(args[0]), f.nb)
         if func in ("lp", "huber"):
             a, b = f.align(f.split(args[0]), f.split(args[1]))
             return getattr(fn, func)(a, b, args[2], f.nb)
         if func == "concat":
-            parts = torch.broadcast_tensors(*[f.split(a) for a in args])
+            parts = torch.broadcast_tensors(*[f.vector(f.split(a)) for a in args])
             return torch.cat(parts, dim=-1)
         if func == "size":
             return args[0].shape[f.nb:][int(args[1])]
@@ -134,7 +143,7 @@ class FrameEvaluator:
             for i, branch in enumerate(branches):
                 total = total + weights[..., i] * branch if _tensor(weights) else total + weights[i] * branch
             return total
-        return self.apply(func, f.split(args[0]))
+        return self.apply(func, f.vector(f.split(args[0])))
 
     def _extremum(self, func, args):
         if not any(_tensor(a) for a in args):

@@ -13,6 +13,9 @@ aligns them. In a per-head frame a value whose head axis has size 1 is *unsplit*
 every head: `x`, a projection `x @ Wk` before a function is applied to it); a value with a head
 axis of size H is split. docs/language.md, "Heads": a tensor of width H * d is seen as H heads of
 width d before a function is applied to it, and a gate of width H is one scalar per head.
+With head_dim 1 the two coincide: `split` gives the scalar, `vector` turns it back into width 1
+where a vector is needed, and `split_as` applies the lowering's recorded split of a context
+(nldsl/lower/heads.py decides by use, with the same rules).
 """
 from __future__ import annotations
 
@@ -59,6 +62,30 @@ class Frame:
         shaped = shaped.movedim(-2, self.prefix).squeeze(self.prefix + 1)  # [.., H, V.., d]
         return shaped.squeeze(-1) if width == 1 and self.rank(value) == 1 else shaped
 
+    def vector(self, value):
+        """A value where a vector is needed (a memory's input, `outer`, `concat`, an index, a
+        last-dim function, a split operand of `@`): in a per-head frame, one scalar per head is
+        a vector of width 1 there ([.., H] -> [.., H, 1]). With head_dim 1 a width H * 1 is
+        both H heads of width 1 and one scalar per head; the use decides, as in
+        nldsl/lower/heads.py."""
+        if self.heads is not None and isinstance(value, torch.Tensor) and self.rank(value) == 0 \
+                and value.ndim >= self.nb:
+            return value.unsqueeze(-1)
+        return value
+
+    def split_as(self, value, heads: int, width: int | None):
+        """The lowering's recorded split of a context (`HeadSplit(name, heads, width)`):
+        `width` None is one scalar per head, `width` 1 H heads of width 1."""
+        value = self.split(value)
+        if not isinstance(value, torch.Tensor) or self.heads is None:
+            return value
+        rank = self.rank(value)
+        if width is None and rank == 1 and value.shape[-1] == 1:
+            return value.squeeze(-1)
+        if width == 1 and rank == 0:
+            return value.unsqueeze(-1)
+        return value
+
     def split_like(self, value, other):
         """Split `value` if `other` is split and `value` is not, unless the widths already
         agree (a [head_dim] parameter broadcasts over the heads)."""
@@ -81,10 +108,10 @@ class Frame:
         return value
 
     def _merged(self, value: torch.Tensor) -> torch.Tensor:
+        if self.rank(value) == 0 and (self.heads == 1 or value.shape[self.prefix] == self.heads):
+            return value                                            # [.., H]: width H
         if value.shape[self.prefix] == 1:
             return value.squeeze(self.prefix)
-        if self.rank(value) == 0:
-            return value                                            # [.., H]: width H
         moved = value.movedim(self.prefix, -2)                      # [.., V.., H, d]
         return moved.reshape(*moved.shape[:-2], moved.shape[-2] * moved.shape[-1])
 
