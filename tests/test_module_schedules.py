@@ -399,3 +399,25 @@ def test_gradients_through_a_carried_state(spec):
         assert g.abs().max() > 0
         error = (grads["chunked"][name] - g).abs().max().item()
         assert error <= rounding_bound(20, 5, 8, passes=3) * scale, name
+
+
+@pytest.mark.parametrize("spec", list(SPECS))
+def test_head_dim_1_takes_the_fast_path_and_equals_reference(spec, monkeypatch):
+    """With head_dim 1 a width heads*1 reads as H heads of width 1 or as one scalar per head:
+    the chunked schedule follows the lowering's recorded split (Frame.split_as), as the
+    reference does, so keys and values stay width-1 vectors and the block form applies."""
+    overrides = dict(head_dim=1, heads=2)
+    if "head_v_dim" in SPECS[spec][1]:
+        overrides["head_v_dim"] = 1
+    module = build(spec, "chunked", block_size=4, **overrides)
+    expected = build(spec, "reference", **overrides)
+    x = inputs(2, 9, module.program.dim, 0)
+    y_ref, state_ref = expected(x)
+    forbid_fallback(monkeypatch)
+    y, state = module(x)
+    bound = rounding_bound(9, 2, 4)
+    assert_close(y, y_ref, bound, "y")
+    for level, states in state_ref.items():
+        for name, value in states.items():
+            if isinstance(value, torch.Tensor):
+                assert_close(state[level][name], value, bound, f"state {level}.{name}")

@@ -163,7 +163,7 @@ def _heads_first(frame: Frame, value, x: torch.Tensor, heads: int, width: int | 
         if width is not None:
             raise _NotThisForm(value)
         return x.new_full((bsz, heads, steps), float(value))
-    value = frame.split(value) if frame.heads is not None else value
+    value = frame.split_as(value, heads, width)   # width 1 vs one scalar per head: by use
     rank = frame.rank(value)
     if (width is None) != (rank == 0) or rank > 1:
         raise _NotThisForm(value.shape)
