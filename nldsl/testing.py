@@ -25,7 +25,9 @@ This module needs `hypothesis` (the `test` extra); nothing else in nldsl imports
 from __future__ import annotations
 
 import re
+import signal
 import string
+from contextlib import contextmanager
 from functools import lru_cache
 
 from hypothesis import strategies as st
@@ -46,6 +48,32 @@ def __getattr__(name: str):
 
 _COMPARISONS = ["<", "<=", ">", ">=", "==", "!="]
 _BINARY_OPS = ["+", "-", "*", "/", "@", "**", "and", "or"] + _COMPARISONS
+
+
+class Hang(Exception):
+    """An example that did not finish within `hang_guard`'s time."""
+
+
+@contextmanager
+def hang_guard(seconds: int):
+    """Turn an input that never finishes into a test failure instead of a stuck suite
+    (hypothesis' deadline only judges inputs that do finish). SIGALRM: main thread, POSIX."""
+    def on_alarm(signum, frame):
+        raise Hang(f"no answer after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def assert_located(err) -> None:
+    """An NLDSLError raised for spec text names `<string>:line:col` and has that position."""
+    assert err.line >= 1 and err.column >= 1, str(err)
+    assert f"<string>:{err.line}:{err.column}: error:" in str(err), str(err)
 
 
 @lru_cache(maxsize=1)

@@ -2,8 +2,6 @@
 never a hang. Seeds are every stdlib spec plus the hand-written examples in nldsl.testing."""
 from __future__ import annotations
 
-import signal
-from contextlib import contextmanager
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -11,7 +9,7 @@ from hypothesis import strategies as st
 
 import nldsl
 from nldsl.library import stdlib_names, stdlib_text
-from nldsl.testing import EXAMPLE_SPECS, corrupted_texts, tokenize
+from nldsl.testing import EXAMPLE_SPECS, corrupted_texts, hang_guard, tokenize
 
 SEEDS = {f"stdlib-{name}": stdlib_text(name) for name in stdlib_names()}
 SEEDS.update({f"example-{name}": text for name, text in EXAMPLE_SPECS.items()})
@@ -22,26 +20,6 @@ HANG_LIMIT_S = 10
 
 FUZZ = settings(max_examples=EXAMPLES_PER_SEED, deadline=2000, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-
-
-class Hang(Exception):
-    pass
-
-
-@contextmanager
-def hang_guard(seconds: int):
-    """Turn an input that never finishes into a test failure instead of a stuck suite
-    (hypothesis' deadline only judges inputs that do finish)."""
-    def on_alarm(signum, frame):
-        raise Hang(f"no answer after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def load_or_located_error(text: str) -> None:

@@ -22,8 +22,6 @@ by the size of a gate, 1e-2 or more.
 """
 from __future__ import annotations
 
-import signal
-from contextlib import contextmanager
 
 import pytest
 import torch
@@ -32,7 +30,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import nldsl
 import nldsl.module.module  # noqa: F401  imported here, not inside the first example's hang guard
 from _module_cases import U64, assert_close, flat_state
-from nldsl.testing import module_specs
+from nldsl.testing import assert_located, hang_guard, module_specs
 
 HANG_LIMIT_S = 20
 #: head_dim = 1 is drawn (the FOUND "head-dim-1" cases were its failures, fixed).
@@ -42,30 +40,6 @@ MAX_WIDTH = 12                        # heads * head_dim <= 3 * 4: the widest ke
 
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-
-
-class Hang(Exception):
-    pass
-
-
-@contextmanager
-def hang_guard(seconds: int):
-    """An example that never finishes fails instead of stalling the suite."""
-    def on_alarm(signum, frame):
-        raise Hang(f"no answer after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def assert_located(err: nldsl.NLDSLError) -> None:
-    assert err.line >= 1 and err.column >= 1, str(err)
-    assert f"<string>:{err.line}:{err.column}: error:" in str(err), str(err)
 
 
 def tolerance(steps: int, block: int) -> float:

@@ -34,8 +34,6 @@ the same matrices and arguments, and the swap still sees every call the fused co
 """
 from __future__ import annotations
 
-import signal
-from contextlib import contextmanager
 from unittest import mock
 
 import pytest
@@ -48,7 +46,7 @@ from nldsl.builtins import FUNCTIONS, RULES
 from nldsl.errors import NLDSLCompileError, NLDSLValidationError, NLDSLValueError
 from nldsl.optim import kernels
 from nldsl.testing import (ELEMENTWISE, INITIALISERS, LAST_DIM_REDUCTIONS, MODULE_ONLY,
-                           optimizer_specs)
+                           assert_located, hang_guard, optimizer_specs)
 
 HANG_LIMIT_S = 10
 STEPS = 4
@@ -58,31 +56,6 @@ RTOL, ATOL = 1e-8, 1e-9
 FUZZ = settings(max_examples=80, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.filter_too_much])
-
-
-class Hang(Exception):
-    pass
-
-
-@contextmanager
-def hang_guard(seconds: int):
-    """An example that never finishes fails instead of stalling the suite (hypothesis'
-    deadline only judges examples that do finish)."""
-    def on_alarm(signum, frame):
-        raise Hang(f"no answer after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def assert_located(err: nldsl.NLDSLError) -> None:
-    assert err.line >= 1 and err.column >= 1, str(err)
-    assert f"<string>:{err.line}:{err.column}: error:" in str(err), str(err)
 
 
 def parameters() -> list[torch.nn.Parameter]:
