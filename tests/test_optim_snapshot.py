@@ -6,7 +6,8 @@ import pytest
 import nldsl
 from nldsl.optim.plan import lower
 from nldsl.optim.printer import Printer
-from nldsl.optim.snapshot import snapshot_lines
+from nldsl.lower.emit import Emitter
+from nldsl.optim.snapshot import snapshot
 
 SPEC = """
 optimizer s(lr = 0.1 > 0) {
@@ -32,6 +33,14 @@ def lines() -> dict[str, str]:
     tensors = {"W", "grad", "m", "g", "a", "b", "c", "r"}
     out = snapshot_lines(plan, Printer(tensors, foreach=False), foreach=False)  # per tensor
     return {line.split(" = ")[0].strip().removeprefix("u_"): line.split(" = ", 1)[1] for line in out}
+
+
+def snapshot_lines(plan, printer: Printer, foreach: bool) -> list[str]:
+    """The snapshot as the lines of a step function's body."""
+    out = Emitter()
+    with out.block():
+        snapshot(out, plan, printer, foreach)
+    return out.text().splitlines()
 
 
 def test_a_state_or_a_view_of_one_is_copied(lines):

@@ -36,7 +36,7 @@ from nldsl.optim.ir import Plan, Write
 from nldsl.optim.patterns import match_adam
 from nldsl.optim.plan import PARAM
 from nldsl.optim.printer import SHAPED, NotVectorizable, Printer, literal, user
-from nldsl.optim.snapshot import copied, dependency_order, period_one, snapshot_lines
+from nldsl.optim.snapshot import copied, dependency_order, period_one, snapshot
 
 _counter = itertools.count()
 
@@ -66,13 +66,6 @@ def _hparams(out: Emitter, plan: Plan) -> None:
         out.line(f"{user(h)} = hp[{literal(h)}]")
 
 
-def _snapshot(out: Emitter, plan: Plan, p: Printer, foreach: bool) -> None:
-    """The snapshot's statements in the step's body: snapshot.py returns them as lines already
-    indented for a function body, so one indent comes off and the emitter puts it back."""
-    for text in snapshot_lines(plan, p, foreach=foreach):
-        out.line(text.removeprefix(out.indent))
-
-
 def _writing(out: Emitter, guarded: bool):
     """The block of a write made only at a slower level's writes (`if writing:`), or, for one
     made every step, no block: the same statements either way, at the right depth."""
@@ -97,7 +90,7 @@ def generate_foreach(plan: Plan) -> str:
         for s, sp in plan.states.items():
             if s != PARAM and sp.persistent:
                 out.line(f"{user(s)} = [st[{literal(s)}] for st in states]")
-        _snapshot(out, plan, p, foreach=True)
+        snapshot(out, plan, p, foreach=True)
 
         def hold(name: str, value: ast.Expr) -> None:
             p.emit(out, f"for st, x in zip(states, {copied(plan, value, p.expr(value)[0], True)}):")
@@ -205,7 +198,7 @@ def generate_loop(plan: Plan) -> str:
                          f"{literal('residual' in sp.shape.options)})")
             else:
                 out.line(f"{user(s)} = state[{literal(s)}]")
-        _snapshot(out, plan, p, foreach=False)
+        snapshot(out, plan, p, foreach=False)
         _levels(out, plan, p, _loop_write, lambda name, value: p.emit(
             out, f"state[{literal('read.' + name)}] = {copied(plan, value, p.expr(value)[0], False)}"))
     return out.text()

@@ -95,16 +95,12 @@ class Printer:
         self._memo[id(e)] = (e, (src, tensor))
         return src, tensor
 
-    def emit(self, out: Emitter | str, line: str) -> list[str] | None:
+    def emit(self, out: Emitter, line: str) -> None:
         """One statement into `out`, after the temporaries its expressions hoisted; starts a new
-        statement. A str `out` is an indent: the lines come back instead (snapshot.py's form,
-        until it writes to an Emitter too)."""
+        statement."""
         statement, self.pending, self._memo = self.pending + [line], [], {}
-        if isinstance(out, str):
-            return [out + text for text in statement]
         for text in statement:
             out.line(text)
-        return None
 
     def inline(self, e: ast.Expr) -> tuple[str, bool | None]:
         """`expr(e)` with nothing hoisted: for a lambda body or a branch evaluated lazily."""

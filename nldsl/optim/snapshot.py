@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from nldsl import ast
 from nldsl.consteval import names_in
+from nldsl.lower.emit import Emitter
 from nldsl.optim.ir import Plan
 from nldsl.optim.plan import PARAM
 from nldsl.optim.printer import Printer, literal, user
@@ -52,11 +53,12 @@ def copied(plan: Plan, expr, text: str, foreach: bool) -> str:
     return f"[t.clone() for t in {text}]" if foreach else f"{text}.clone()"
 
 
-def snapshot_lines(plan: Plan, p: Printer, foreach: bool) -> list[str]:
+def snapshot(out: Emitter, plan: Plan, p: Printer, foreach: bool) -> None:
     """Contexts and `before write` reads of every-step levels, computed before any write
     (docs/language.md, ordering within a unit), as the reference schedule does; and the reads
     slower levels hold (from the state, computed at the first step), all in dependency order:
-    a held read's first value may use a context, and a context a held read."""
+    a held read's first value may use a context, and a context a held read. Written into the
+    step function's body (`out`)."""
     items = {n: v for lv in plan.levels for n, v in lv.contexts.items()}
     items |= {n: v for lv in plan.levels if period_one(lv) for n, (v, before) in lv.reads.items()
               if before}
@@ -65,26 +67,28 @@ def snapshot_lines(plan: Plan, p: Printer, foreach: bool) -> list[str]:
     held = {n: v for lv in plan.levels if not period_one(lv) for n, (v, _) in lv.reads.items()}
     used = {name.id for value in items.values() for name in names_in(value)}
     items = {n: v for n, v in plain_reads.items() if n in used} | items  # their pre-write value
-    lines = []
     for name, value in dependency_order(items | held):
         source = copied(plan, value, p.expr(value)[0], foreach)
         if name in held:
-            lines += _held_lines(p, name, source, foreach)
+            _held(out, p, name, source, foreach)
         else:
-            lines += p.emit("    ", f"{user(name)} = {source}")
-    return lines
+            p.emit(out, f"{user(name)} = {source}")
 
 
-def _held_lines(p: Printer, name: str, source: str, foreach: bool) -> list[str]:
+def _held(out: Emitter, p: Printer, name: str, source: str, foreach: bool) -> None:
     """A slower level's read: the value stored at its last write, or computed now at the first
     step (before any write, as the reference computes it)."""
     key = literal("read." + name)
     if foreach:
-        return [f"    if any({key} not in st for st in states):  # first step"] + \
-            p.emit("        ", f"for st, x in zip(states, {source}):") + [
-            f"            st.setdefault({key}, x)", f"    {user(name)} = [st[{key}] for st in states]"]
-    return [f"    {user(name)} = state.get({key})", f"    if {user(name)} is None:"] + \
-        p.emit("        ", f"{user(name)} = state[{key}] = {source}")
+        with out.block(f"if any({key} not in st for st in states):  # first step"):
+            p.emit(out, f"for st, x in zip(states, {source}):")
+            with out.block():
+                out.line(f"st.setdefault({key}, x)")
+        out.line(f"{user(name)} = [st[{key}] for st in states]")
+        return
+    out.line(f"{user(name)} = state.get({key})")
+    with out.block(f"if {user(name)} is None:"):
+        p.emit(out, f"{user(name)} = state[{key}] = {source}")
 
 
 def dependency_order(items: dict[str, ast.Expr]) -> list[tuple[str, ast.Expr]]:
