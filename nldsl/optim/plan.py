@@ -10,6 +10,7 @@ from nldsl.consteval import NotConstant, evaluate, hparam_values, names_in
 from nldsl.errors import NLDSLCompileError, NLDSLError, Problem
 from nldsl.optim.derive import derive_writes, located, num
 from nldsl.optim.ir import LevelPlan, Plan, StatePlan, Write
+from nldsl.optim.plan_checks import check_plan
 from nldsl.optim.solve import Names, lower_solve
 
 PARAM = "W"
@@ -36,12 +37,17 @@ def fold(expr, consts: dict):
             return expr.model_copy(update=dict(cond=cond, then=fold(expr.then, consts),
                                                otherwise=fold(expr.otherwise, consts)))
         return fold(expr.then if decided else expr.otherwise, consts)
+    return map_children(expr, lambda child: fold(child, consts))
+
+
+def map_children(expr: ast.Node, f) -> ast.Node:
+    """A copy of `expr` with `f` applied to each child node (and to each node of a list field)."""
     updates = {}
     for field, value in expr:
         if isinstance(value, ast.Node):
-            updates[field] = fold(value, consts)
+            updates[field] = f(value)
         elif isinstance(value, list):
-            updates[field] = [fold(v, consts) for v in value]
+            updates[field] = [f(v) for v in value]
     return expr.model_copy(update=updates)
 
 
@@ -56,13 +62,7 @@ def drop_zero_terms(expr, zeros: frozenset):
             return drop_zero_terms(expr.left, zeros)
         if expr.op == "+" and _zero_product(expr.left, zeros):
             return drop_zero_terms(expr.right, zeros)
-    updates = {}
-    for field, value in expr:
-        if isinstance(value, ast.Node):
-            updates[field] = drop_zero_terms(value, zeros)
-        elif isinstance(value, list):
-            updates[field] = [drop_zero_terms(v, zeros) for v in value]
-    return expr.model_copy(update=updates)
+    return map_children(expr, lambda child: drop_zero_terms(child, zeros))
 
 
 def _zero_product(expr, zeros) -> bool:
@@ -288,125 +288,3 @@ def _drop_unread(plan: Plan) -> Plan:
     states = {k: v for k, v in plan.states.items() if k in live}
     return Plan(plan.name, [lv for lv in levels if lv.writes or lv.reads or lv.contexts], states,
                 plan.hparams, plan.folded, plan.source)
-
-
-#: Built-ins whose argument at these positions must be a tensor (a matrix or vector), and `@`.
-TENSOR_ARGUMENTS = {"outer": (0, 1), "trace": (0,), "newton_schulz": (0,), "size": (0,), "ndim": (0,)}
-#: Built-ins whose value is a number (a Python number or a 0-d tensor), whatever the arguments.
-NUMBER_CALLS = {"dot", "l2", "lp", "huber", "orthogonality", "trace", "size", "ndim"}
-
-
-def check_plan(plan: Plan) -> None:
-    """Refusals that do not depend on a parameter's shape, made once for both schedules: a
-    number where a matrix is needed (`X @ dot(a, b)`), and a write that uses a plain read of its
-    own level (reads come after the level's writes: a same-unit cycle, docs/language.md)."""
-    kinds = _kinds(plan)
-    for level in plan.levels:
-        own_reads = {n for n, (_, before) in level.reads.items() if not before}
-        for write in level.writes:
-            for part in _write_parts(write):
-                for name in names_in(part):
-                    if name.id in own_reads:
-                        raise located(name, f"the write of {write.target} uses {name.id}, a read "
-                                      f"of its own level {level.name}, computed after the "
-                                      "level's writes", f"`read {name.id} = ... before write`, or "
-                                      "a state or context", f"mark {name.id} `before write`, or "
-                                      "write its expression here", plan.source)
-        for part in _level_parts(level):
-            _check_tensor_arguments(part, kinds, plan.source)
-
-
-def _write_parts(write: Write) -> list:
-    parts = [write.value, write.restart, write.repeat]
-    if write.autograd is not None:
-        parts += [write.autograd.loss, write.autograd.lr, write.autograd.decay]
-    return [p for p in parts if p is not None]
-
-
-def _level_parts(level) -> list:
-    parts = [p for w in level.writes for p in _write_parts(w)]
-    return parts + list(level.contexts.values()) + [v for v, _ in level.reads.values()]
-
-
-def _kinds(plan: Plan) -> tuple[set[str], set[str]]:
-    """(numbers, truths): hyper-parameters and `step`, and the contexts and reads whose value is
-    a number; the contexts and reads whose value is a truth value (a comparison, `not`, ...)."""
-    from nldsl.optim.snapshot import dependency_order
-    numbers, truths = set(plan.hparams) | set(plan.folded) | {"step"}, set()
-    items = {n: v for lv in plan.levels for n, v in lv.contexts.items()}
-    items |= {n: v for lv in plan.levels for n, (v, _) in lv.reads.items()}
-    for name, value in dependency_order(items):
-        if is_number(value, numbers):
-            numbers.add(name)
-        if is_truth(value, truths):
-            truths.add(name)
-    return numbers, truths
-
-
-_LOGICAL = {"<", "<=", ">", ">=", "==", "!=", "and", "or"}
-
-
-def is_truth(expr: ast.Expr, truths: set[str]) -> bool:
-    """Is expr a truth value (torch: a bool tensor, which `@` does not promote)?"""
-    if isinstance(expr, ast.Bool):
-        return True
-    if isinstance(expr, ast.Name):
-        return expr.id in truths
-    if isinstance(expr, ast.Binary):
-        return expr.op in _LOGICAL
-    if isinstance(expr, ast.Unary):
-        return expr.op == "not" or is_truth(expr.operand, truths)
-    if isinstance(expr, ast.Conditional):
-        return is_truth(expr.then, truths) and is_truth(expr.otherwise, truths)
-    return False
-
-
-def is_number(expr: ast.Expr, numbers: set[str]) -> bool:
-    """Is expr a number on every parameter (never a tensor of W's shape)? Objectives, `trace`,
-    `size` and `ndim` are, and arithmetic of numbers; a memory applied or a tensor name is not."""
-    if isinstance(expr, (ast.Number, ast.Bool, ast.String)):
-        return True
-    if isinstance(expr, ast.Name):
-        return expr.id in numbers
-    if isinstance(expr, ast.Call):
-        return expr.func in NUMBER_CALLS
-    if isinstance(expr, ast.Binary) and expr.op != "@":
-        return is_number(expr.left, numbers) and is_number(expr.right, numbers)
-    if isinstance(expr, ast.Unary):
-        return is_number(expr.operand, numbers)
-    if isinstance(expr, ast.Conditional):
-        return all(is_number(e, numbers) for e in (expr.cond, expr.then, expr.otherwise))
-    if isinstance(expr, ast.Index):
-        return is_number(expr.value, numbers)
-    return isinstance(expr, ast.Tuple)
-
-
-def _check_tensor_arguments(expr: ast.Expr, kinds: tuple[set, set], source) -> None:
-    """`a @ b`, `outer(a, b)`, `trace(a)`, ... with a number, or a truth value for `@`, `outer`
-    and `trace`, for a or b: a located error (torch would raise at the first step, in both
-    schedules alike)."""
-    from nldsl.consteval import calls_in
-    numbers, truths = kinds
-    found = [(e, [e.left, e.right], "`@`") for e in _matmuls(expr)]
-    found += [(c, [c.args[i] for i in TENSOR_ARGUMENTS[c.func] if i < len(c.args)], f"`{c.func}`")
-              for c in calls_in(expr) if c.func in TENSOR_ARGUMENTS]
-    for node, operands, what in found:
-        for operand in operands:
-            number = is_number(operand, numbers)
-            if number or what in ("`@`", "`outer`", "`trace`") and is_truth(operand, truths):
-                where = next((e for e in (operand, node, expr) if e.span.line), operand)
-                kind = "a number" if number else "a truth value"
-                raise located(where, f"{what} needs a tensor of numbers here, and this is {kind}",
-                              "a matrix or vector (W, grad(W), a state, ...)",
-                              "scale by a number with `*`; parenthesise `a @ (s * b)`" if number
-                              else "select numbers with it: `(1 if a > b else 0)`", source)
-
-
-def _matmuls(expr):
-    from nldsl.consteval import children
-    todo = [expr]
-    while todo:
-        e = todo.pop()
-        if isinstance(e, ast.Binary) and e.op == "@":
-            yield e
-        todo += [c for c in children(e) if isinstance(c, ast.Node)]
