@@ -1,5 +1,5 @@
 """Differential fuzzing of the module compiler (issue 8, §7, extended to module specs): a module
-spec drawn from the linear family (`nldsl.testing.module_specs`) either compiles and gives the
+spec drawn from the linear family (`nldsl.fuzzing.module_specs`) either compiles and gives the
 same outputs and final states in the `reference` and `chunked` schedules, or is refused with a
 located `NLDSLError` (its message has `<string>:line:col`) by `nldsl.load` or `nldsl.compile`.
 Never another exception (at load, compile or the forward pass), never a hang (HANG_LIMIT_S per
@@ -30,7 +30,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import nldsl
 import nldsl.module.module  # noqa: F401  imported here, not inside the first example's hang guard
 from _module_cases import U64, assert_close, flat_state
-from nldsl.testing import assert_located, hang_guard, module_specs
+from nldsl.fuzzing import module_specs
+from nldsl.testing import assert_located, hang_guard
 
 HANG_LIMIT_S = 20
 #: head_dim = 1 is drawn (the FOUND "head-dim-1" cases were its failures, fixed).

@@ -1,5 +1,5 @@
 """Differential fuzzing of the optimizer compiler (issue 8, §7): an optimizer spec drawn from the
-vocabulary tables (`nldsl.testing.optimizer_specs`) either runs in both schedules with the same
+vocabulary tables (`nldsl.fuzzing.optimizer_specs`) either runs in both schedules with the same
 numbers, or is refused with a located `NLDSLError` (its message has `<string>:line:col`), by
 `nldsl.load`, or by the compiler (`nldsl.optimizer` or the first `step`, where plans are
 compiled: a located `NLDSLCompileError`, in both schedules alike). Never another
@@ -45,8 +45,9 @@ import nldsl.optim.optimizer  # noqa: F401  imports torch._dynamo (seconds): not
 from nldsl.builtins import FUNCTIONS, RULES
 from nldsl.errors import NLDSLCompileError, NLDSLValidationError, NLDSLValueError
 from nldsl.optim import kernels
-from nldsl.testing import (ELEMENTWISE, INITIALISERS, LAST_DIM_REDUCTIONS, MODULE_ONLY,
-                           assert_located, hang_guard, optimizer_specs)
+from nldsl.fuzzing import (ELEMENTWISE, INITIALISERS, LAST_DIM_REDUCTIONS, MODULE_ONLY,
+                           optimizer_specs)
+from nldsl.testing import assert_located, hang_guard
 
 HANG_LIMIT_S = 10
 STEPS = 4
