@@ -4,14 +4,11 @@ import argparse
 
 import pytest
 
-from nldsl.checking import report
 from nldsl.checking import cli   # not `import test_arguments`: pytest would collect it
 from nldsl.optim import derive
 
 
-@pytest.fixture(autouse=True)
-def quick_shrinking(monkeypatch):
-    monkeypatch.setattr(report, "SHRINK_SECONDS", 0.5)
+pytestmark = pytest.mark.usefixtures("quick_shrinking")
 
 
 def parse(*argv) -> argparse.Namespace:

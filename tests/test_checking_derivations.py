@@ -3,16 +3,13 @@ reporting a readable counterexample (the formula as nldsl prints it, values, bot
 import pytest
 
 from nldsl import ast
-from nldsl.checking import CheckFailure, check_derivations, report
+from nldsl.checking import CheckFailure, check_derivations
 from nldsl.lower import module as lower_module
 from nldsl.optim import derive
 
 
 
-@pytest.fixture(autouse=True)
-def quick_shrinking(monkeypatch):
-    """Counterexamples shrink for half a second (the default is 3 s): enough for these."""
-    monkeypatch.setattr(report, "SHRINK_SECONDS", 0.5)
+pytestmark = pytest.mark.usefixtures("quick_shrinking")
 
 
 SPECS = {

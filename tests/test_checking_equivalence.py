@@ -2,15 +2,13 @@
 that clips at 1 instead of delta is caught at a drawn delta; bad pairs are refused."""
 import pytest
 
-from nldsl.checking import CheckFailure, check_equivalent, report
+from nldsl.checking import CheckFailure, check_equivalent
 from nldsl.errors import NLDSLError
 
 OBJECTIVE = "examples/huber_delta.nl"
 
 
-@pytest.fixture(autouse=True)
-def quick_shrinking(monkeypatch):
-    monkeypatch.setattr(report, "SHRINK_SECONDS", 0.5)
+pytestmark = pytest.mark.usefixtures("quick_shrinking")
 
 
 def test_the_hand_derived_huber_update_equals_the_objective():

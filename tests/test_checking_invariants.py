@@ -4,15 +4,13 @@ import importlib
 
 import pytest
 
-from nldsl.checking import CheckFailure, check_invariants, report
+from nldsl.checking import CheckFailure, check_invariants
 
 module_module = importlib.import_module("nldsl.module.module")
 optimizer_module = importlib.import_module("nldsl.optim.optimizer")
 
 
-@pytest.fixture(autouse=True)
-def quick_shrinking(monkeypatch):
-    monkeypatch.setattr(report, "SHRINK_SECONDS", 0.5)
+pytestmark = pytest.mark.usefixtures("quick_shrinking")
 
 
 SPECS = {

@@ -5,7 +5,7 @@ import importlib
 import pytest
 import torch
 
-from nldsl.checking import CheckFailure, check_schedules, report
+from nldsl.checking import CheckFailure, check_schedules
 from nldsl.checking.schedules import float64_variant
 from nldsl.module import chunked
 from nldsl.spec import load
@@ -13,9 +13,7 @@ from nldsl.spec import load
 optimizer_module = importlib.import_module("nldsl.optim.optimizer")   # nldsl.optim.optimizer is also a function
 
 
-@pytest.fixture(autouse=True)
-def quick_shrinking(monkeypatch):
-    monkeypatch.setattr(report, "SHRINK_SECONDS", 0.5)
+pytestmark = pytest.mark.usefixtures("quick_shrinking")
 
 
 SPECS = {

@@ -3,13 +3,11 @@ with a wrong weight decay is caught, hyper-parameters can be renamed, bad input 
 import pytest
 import torch
 
-from nldsl.checking import CheckFailure, check_twin, report
+from nldsl.checking import CheckFailure, check_twin
 from nldsl.errors import NLDSLError
 
 
-@pytest.fixture(autouse=True)
-def quick_shrinking(monkeypatch):
-    monkeypatch.setattr(report, "SHRINK_SECONDS", 0.5)
+pytestmark = pytest.mark.usefixtures("quick_shrinking")
 
 
 TWINS = {
