@@ -80,15 +80,18 @@ def test_check_reports_every_failing_target(capsys, spec_files, tmp_path):
     assert "3 of 4 specs have problems" in err
 
 
-def test_check_unreadable_file(capsys, spec_files, monkeypatch):
+@pytest.mark.parametrize("command", ["check", "compile"])
+def test_an_unreadable_file_says_cannot_read(capsys, spec_files, monkeypatch, command):
     def refuse(path, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(path))
 
     monkeypatch.setattr(pathlib.Path, "read_text", refuse)
     target = str(spec_files["heavy_ball"])
-    status, out, err = run(capsys, "check", target)
-    assert status == 1
-    assert f"{target}: error: cannot read {target}: Permission denied" in err
+    status, out, err = run(capsys, command, target)
+    assert (status, out) == (1, "")
+    assert f"{target}: error: cannot read {target}: Permission denied\n" in err
+    if command == "compile":
+        assert err == f"{target}: error: cannot read {target}: Permission denied\n"
 
 
 def test_check_stdlib_names(capsys):
@@ -216,17 +219,6 @@ def test_compile_errors_name_the_file(capsys, spec_files, tmp_path):
     status, out, err = run(capsys, "compile", str(spec_files["broken"]))
     assert (status, out) == (1, "")
     assert err.startswith(error_head(spec_files["broken"]))
-
-
-def test_compile_of_an_unreadable_file_says_cannot_read(capsys, spec_files, monkeypatch):
-    def refuse(path, *args, **kwargs):
-        raise PermissionError(13, "Permission denied", str(path))
-
-    monkeypatch.setattr(pathlib.Path, "read_text", refuse)
-    target = str(spec_files["heavy_ball"])
-    status, out, err = run(capsys, "compile", target)
-    assert (status, out) == (1, "")
-    assert err == f"{target}: error: cannot read {target}: Permission denied\n"
 
 
 @pytest.mark.parametrize("output", ["missing_folder/out.dot", "missing_folder/deeper/out.svg"])

@@ -86,22 +86,18 @@ def test_the_reference_applies_and_checks_them(given):
     assert y.shape == (2, 5, 4)
 
 
-def test_a_wrong_split_width_is_caught_by_the_runtime():
+@pytest.mark.parametrize("steps, name", [
+    pytest.param("splits", "lowered head split of 'k'", id="split"),
+    pytest.param("merges", "lowered head merge of 'y'", id="merge"),
+])
+def test_a_wrong_head_step_width_is_caught_by_the_runtime(steps, name):
     module = compile_module(load(MIXED), schedule="reference", dim=4)
     level = module.program.levels[0]
-    broken = replace(level, splits=(replace(level.splits[0], width=2),) + level.splits[1:])
+    first, *rest = getattr(level, steps)
+    wrong = 2 if steps == "splits" else 1
+    broken = replace(level, **{steps: (replace(first, width=wrong), *rest)})
     program = replace(module.program, levels=[broken])
-    with pytest.raises(RuntimeError, match="lowered head split of 'k'"):
-        run_reference(program, dict(module.named_parameters()), torch.randn(1, 2, 4),
-                      module.initial_state(1))
-
-
-def test_a_wrong_merge_width_is_caught_by_the_runtime():
-    module = compile_module(load(MIXED), schedule="reference", dim=4)
-    level = module.program.levels[0]
-    broken = replace(level, merges=(replace(level.merges[0], width=1),) + level.merges[1:])
-    program = replace(module.program, levels=[broken])
-    with pytest.raises(RuntimeError, match="lowered head merge of 'y'"):
+    with pytest.raises(RuntimeError, match=name):
         run_reference(program, dict(module.named_parameters()), torch.randn(1, 2, 4),
                       module.initial_state(1))
 
