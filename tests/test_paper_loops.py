@@ -1,0 +1,251 @@
+"""The paper oracles of tests/paper_loops.py, checked on their own: each against a closed form
+written out by hand, a limit of its gates, or the library it copies.
+
+The oracles are what the compiled deep memories are tested against, so a bug here would hide a
+bug there. Float64, fixed seeds, odd sizes (T = 7 with chunk 3 leaves a partial chunk).
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import paper_loops as pl
+
+DT = torch.float64
+TOL = dict(rtol=1e-10, atol=1e-12)
+
+
+def draw(seed: int, batch=2, heads=3, steps=7, d=4, hidden=None, layers=2):
+    """k, q unit (as the specs l2-normalise them), v O(1), gates in (0, 1), and per-head MLP
+    weights [H, d_out, d_in] ~ N(0, 1/d_in)."""
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *s: torch.randn(*s, generator=g, dtype=DT)
+    k = F.normalize(rnd(batch, heads, steps, d), dim=-1)                # [B, H, T, d]
+    q = F.normalize(rnd(batch, heads, steps, d), dim=-1)
+    v = rnd(batch, heads, steps, d)
+    gate = lambda: torch.sigmoid(rnd(batch, heads, steps))              # [B, H, T]
+    widths = [d] + [hidden or 4 * d] * (layers - 1) + [d]
+    weights = [rnd(heads, o, i) / math.sqrt(i) for i, o in zip(widths, widths[1:])]
+    return dict(k=k, v=v, q=q, gates=[gate() for _ in range(4)], weights=weights)
+
+
+def matvec(w, u):                                                       # [B, H, o, i] x [B, H, i]
+    return torch.einsum("bhoi,bhi->bho", w, u)
+
+
+def outer(a, b):
+    return torch.einsum("bho,bhi->bhoi", a, b)
+
+
+# -- Titans ----------------------------------------------------------------------------------------
+
+def titans_linear_by_hand(k, v, q, theta, eta, alpha, w0, chunk):
+    """Titans eqs. 13-16 for the matrix memory M(u) = W u, the gradient of 1/2 ||W k - v||^2
+    written out: (W_{t'} k_t - v_t) k_t^T with W_{t'} the chunk-start matrix."""
+    w = w0.expand(k.shape[0], *w0.shape).clone()
+    s = torch.zeros_like(w)
+    ys = []
+    for t in range(k.shape[2]):
+        if t % chunk == 0:
+            w_start = w
+        g = outer(matvec(w_start, k[:, :, t]) - v[:, :, t], k[:, :, t])
+        s = eta[:, :, t, None, None] * s - theta[:, :, t, None, None] * g
+        w = (1 - alpha[:, :, t, None, None]) * w + s
+        ys.append(matvec(w, q[:, :, t]))
+    return torch.stack(ys, 2), w, s
+
+
+@pytest.mark.parametrize("chunk", [pytest.param(1, id="chunk1"), pytest.param(3, id="chunk3-T7"),
+                                   pytest.param(10, id="chunk-longer-than-T")])
+def test_titans_linear_memory_is_the_delta_rule_with_momentum(chunk):
+    c = draw(0, layers=1)
+    theta, eta, alpha, _ = c["gates"]
+    y, (w,), (s,) = pl.titans_loop(c["k"], c["v"], c["q"], theta, eta, alpha, c["weights"], chunk,
+                                   residual=False)
+    y_hand, w_hand, s_hand = titans_linear_by_hand(c["k"], c["v"], c["q"], theta, eta, alpha,
+                                                   c["weights"][0], chunk)
+    torch.testing.assert_close(y, y_hand, **TOL)
+    torch.testing.assert_close(w, w_hand, **TOL)
+    torch.testing.assert_close(s, s_hand, **TOL)
+
+
+def test_titans_mlp_step_is_the_hand_derived_gradient():
+    """One token, 2-layer residual MLP with tanh: M_1 = (1 - alpha) M_0 - theta g with
+    r = M_0(k) - v, g_2 = r tanh(h)^T, g_1 = ((W_2^T r) * (1 - tanh(h)^2)) k^T, h = W_1 k."""
+    c = draw(1, steps=1, d=3, hidden=5)
+    theta, eta, alpha, _ = c["gates"]
+    k, v, q = (c[n][:, :, 0] for n in "kvq")
+    w1, w2 = (w.expand(2, *w.shape) for w in c["weights"])
+    h = matvec(w1, k)
+    r = k + matvec(w2, torch.tanh(h)) - v
+    g2 = outer(r, torch.tanh(h))
+    g1 = outer(torch.einsum("bhoi,bho->bhi", w2, r) * (1 - torch.tanh(h) ** 2), k)
+    a, th = alpha[:, :, 0, None, None], theta[:, :, 0, None, None]
+    w1_new, w2_new = (1 - a) * w1 - th * g1, (1 - a) * w2 - th * g2
+    y, (o1, o2), _ = pl.titans_loop(c["k"], c["v"], c["q"], theta, eta, alpha, c["weights"], 1,
+                                    activation=torch.tanh)
+    torch.testing.assert_close(o1, w1_new, **TOL)
+    torch.testing.assert_close(o2, w2_new, **TOL)
+    torch.testing.assert_close(y[:, :, 0], q + matvec(w2_new, torch.tanh(matvec(w1_new, q))), **TOL)
+
+
+def test_titans_alpha_one_forgets_everything_but_the_momentum():
+    """alpha = 1: M_t = S_t (eq. 13), so the final memory is the final momentum."""
+    c = draw(2)
+    theta, eta, _, _ = c["gates"]
+    _, w, s = pl.titans_loop(c["k"], c["v"], c["q"], theta, eta, torch.ones_like(theta),
+                             c["weights"], 3)
+    for wi, si in zip(w, s):
+        torch.testing.assert_close(wi, si, rtol=0, atol=0)
+        assert si.abs().max() > 1e-3
+
+
+def test_titans_theta_zero_leaves_the_memory_at_its_initial_state():
+    c = draw(3)
+    _, eta, _, _ = c["gates"]
+    zero = torch.zeros_like(eta)
+    y, w, s = pl.titans_loop(c["k"], c["v"], c["q"], zero, eta, zero, c["weights"], 3)
+    w0 = pl.expand(c["weights"], 2)
+    for wi, w0i, si in zip(w, w0, s):
+        torch.testing.assert_close(wi, w0i, rtol=0, atol=0)
+        assert not si.any()
+    y0 = torch.stack([pl.mlp(w0, c["q"][:, :, t]) for t in range(7)], 2)
+    torch.testing.assert_close(y, y0, rtol=0, atol=0)
+
+
+def test_titans_chunk_start_snapshot_differs_from_chunk_1():
+    """chunk 3 (gradients at M_0, M_3, M_6) is not chunk 1 (gradients at M_{t-1}), by far more
+    than rounding; and the first token of each chunk agrees with chunk 1 only at t = 0."""
+    c = draw(4)
+    theta, eta, alpha, _ = c["gates"]
+    theta = theta * 4                                                   # large steps, visible lag
+    y1, w1, _ = pl.titans_loop(c["k"], c["v"], c["q"], theta, eta, alpha, c["weights"], 1)
+    y3, w3, _ = pl.titans_loop(c["k"], c["v"], c["q"], theta, eta, alpha, c["weights"], 3)
+    torch.testing.assert_close(y1[:, :, 0], y3[:, :, 0], **TOL)         # t = 0: both at M_0
+    assert (y1[:, :, 1:] - y3[:, :, 1:]).abs().amax(dim=(0, 1, 3)).min() > 1e-6
+    assert max((a - b).abs().max() for a, b in zip(w1, w3)) > 1e-4
+
+
+def test_titans_stream_continues_across_calls():
+    """Two calls split at a chunk boundary (the second from the first's weights [B, H, o, i] and
+    momentum) equal one call."""
+    c = draw(5, steps=9)
+    theta, eta, alpha, _ = c["gates"]
+    y, w, s = pl.titans_loop(c["k"], c["v"], c["q"], theta, eta, alpha, c["weights"], 3)
+    cut = lambda a, sl: a[:, :, sl]
+    ya, wa, sa = pl.titans_loop(*(cut(c[n], slice(0, 6)) for n in "kvq"),
+                                *(cut(g, slice(0, 6)) for g in (theta, eta, alpha)), c["weights"], 3)
+    yb, wb, sb = pl.titans_loop(*(cut(c[n], slice(6, 9)) for n in "kvq"),
+                                *(cut(g, slice(6, 9)) for g in (theta, eta, alpha)), wa, 3,
+                                momentum0=sa)
+    torch.testing.assert_close(torch.cat([ya, yb], 2), y, **TOL)
+    for a, b in zip(w + s, wb + sb):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+def test_titans_outer_gradients_flow_through_the_writes():
+    """The inner gradient is differentiable (create_graph): d y / d k exists through the write
+    and matches central differences."""
+    c = draw(6, batch=1, heads=1, steps=4, d=3, hidden=4)
+    theta, eta, alpha, _ = c["gates"]
+    k = c["k"].clone().requires_grad_()
+    probe = torch.randn(c["q"].shape, generator=torch.Generator().manual_seed(0), dtype=DT)
+    f = lambda kk: (pl.titans_loop(kk, c["v"], c["q"], theta, eta, alpha, c["weights"], 2)[0]
+                    * probe).sum()
+    (grad,) = torch.autograd.grad(f(k), k)
+    h = 1e-6
+    e = torch.zeros_like(k)
+    e[0, 0, 1, 2] = h                                                   # token 1: read at 1-3
+    numeric = (f(c["k"] + e) - f(c["k"] - e)) / (2 * h)
+    assert abs(grad[0, 0, 1, 2] - numeric) < 1e-7 * max(1.0, abs(numeric))
+    assert abs(grad[0, 0, 1, 2]) > 1e-4
+
+
+# -- titans-pytorch --------------------------------------------------------------------------------
+
+def _randomized_neural_memory(seed, dim, heads, dim_head, chunk, batch_size):
+    """A float64 titans_pytorch.NeuralMemory with every parameter redrawn at O(1) scale, so the
+    gates spread over (0, 1) and gamma, the biases and the norm weights are not at their init
+    (a wrong sign or a missing term shows)."""
+    from titans_pytorch import NeuralMemory
+
+    torch.manual_seed(seed)
+    mem = NeuralMemory(dim=dim, chunk_size=chunk, heads=heads, dim_head=dim_head,
+                       batch_size=batch_size).double()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in mem.named_parameters():
+            noise = torch.randn(p.shape, generator=g, dtype=DT)
+            if name.endswith("norm.weight"):
+                p.copy_(1 + 0.3 * noise)
+            elif name.endswith("bias") or "gamma" in name or name == "memory_model_parameters.0":
+                p.copy_(0.5 * noise)                                     # biases, LayerNorm gamma
+            else:
+                p.copy_(noise / math.sqrt(p.shape[-2] if name.startswith("memory_model") else
+                                          p.shape[-1]))
+    return mem
+
+
+TITANS_PYTORCH_CASES = [
+    # id, (B, T, dim, heads, dim_head, chunk, batch_size)
+    pytest.param((2, 7, 8, 2, 4, 3, None), id="default-T7-chunk3-partial"),
+    pytest.param((2, 7, 8, 2, 4, 3, 3), id="batch=chunk-T7-chunk3"),
+    pytest.param((1, 11, 9, 3, 3, 2, 4), id="batch=2chunks-T11-chunk2"),
+    pytest.param((2, 5, 6, 2, 3, 1, None), id="default-chunk1"),
+    pytest.param((1, 6, 4, 1, 4, 2, 2), id="heads1-no-gate-no-combine"),
+    pytest.param((1, 2, 6, 2, 3, 3, None), id="T-shorter-than-chunk"),
+]
+
+
+@pytest.mark.parametrize("case", TITANS_PYTORCH_CASES)
+def test_titans_pytorch_loop_is_neural_memory(case):
+    """titans_pytorch_loop, written from the semantics digest, matches the library's forward
+    (output, final memory, final momentum) and its gradients with respect to x and every
+    parameter, in float64."""
+    batch, steps, dim, heads, dim_head, chunk, batch_size = case
+    mem = _randomized_neural_memory(7, dim, heads, dim_head, chunk, batch_size)
+    x = torch.randn(batch, steps, dim, generator=torch.Generator().manual_seed(1),
+                    dtype=DT).requires_grad_()
+    y_lib, state = mem(x)
+    p = pl.titans_pytorch_params(mem)
+    y, memory, momentum = pl.titans_pytorch_loop(x, p, heads=heads, chunk_size=chunk,
+                                                 batch_size=batch_size)
+    torch.testing.assert_close(y, y_lib, rtol=1e-10, atol=1e-12)
+
+    last_update, last_momentum = state.states
+    names = mem.memory_model_parameter_names                    # ['norm.gamma', 'model.weights.i']
+    mine = lambda d, n: (d["gamma"] if n == "norm.gamma"
+                         else d["layers"][int(n.rsplit(".", 1)[1])].transpose(-1, -2))
+    for n in names:
+        lib_w, lib_m = last_update[n], last_momentum[n][0]      # [(b h), ...]; momentum [o, (b h), ...]
+        torch.testing.assert_close(mine(memory, n).flatten(0, 1), lib_w, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(mine(momentum, n).flatten(0, 1), lib_m, rtol=1e-10, atol=1e-12)
+
+    probe = torch.randn(y.shape, generator=torch.Generator().manual_seed(2), dtype=DT)
+    params = [x] + [q for q in mem.parameters()]
+    g_lib = torch.autograd.grad((y_lib * probe).sum(), params, allow_unused=True)
+    g_mine = torch.autograd.grad((y * probe).sum(), params, allow_unused=True)
+    used = 0
+    for (name, _), a, b in zip([("x", x)] + list(mem.named_parameters()), g_lib, g_mine):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            used += 1
+            torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11, msg=name)
+    assert used >= (8 if steps < chunk else 15)     # nothing is stored before a full chunk
+
+
+def test_titans_pytorch_default_mode_takes_every_gradient_at_the_initial_weights():
+    """The semantic gap the digest describes: by default the loop's chunks all see W_0, so
+    changing batch_size to the chunk size (eq. 16) changes the output."""
+    mem = _randomized_neural_memory(8, 8, 2, 4, 2, None)
+    x = torch.randn(1, 8, 8, generator=torch.Generator().manual_seed(3), dtype=DT)
+    p = pl.titans_pytorch_params(mem)
+    with torch.no_grad():
+        y_default, _, _ = pl.titans_pytorch_loop(x, p, heads=2, chunk_size=2)
+        y_eq16, _, _ = pl.titans_pytorch_loop(x, p, heads=2, chunk_size=2, batch_size=2)
+    # tokens 0..2 read W_0 or the first chunk's write, identical in both modes
+    torch.testing.assert_close(y_default[:, :3], y_eq16[:, :3], **TOL)
+    assert (y_default[:, 5:] - y_eq16[:, 5:]).abs().max() > 1e-4
