@@ -1,0 +1,36 @@
+"""The continual stream: tasks by step, conflicting labellings, evaluation of earlier tasks."""
+import numpy as np
+import pytest
+import torch
+
+from nldsl.tasks.continual import LabellingTask, Stream, labelling_stream
+
+
+def test_targets_are_the_task_s_labelling():
+    task = LabellingTask(1)
+    batch = task.train_batch(0, 0, 4)
+    table = task.labelling()
+    assert torch.equal(batch.targets, torch.from_numpy(table[batch.inputs.numpy()]))
+    assert batch.mask.all() and batch.inputs.shape == (4, 32)
+
+
+def test_tasks_conflict():
+    a, b = LabellingTask(0).labelling(), LabellingTask(1).labelling()
+    assert (a != b).mean() > 0.5
+
+
+@pytest.mark.parametrize("step,task,seen", [(0, 0, ["task0"]), (9, 0, ["task0"]),
+                                            (10, 1, ["task0", "task1"]),
+                                            (99, 2, ["task0", "task1", "task2"])],
+                         ids=["first", "last-of-first", "second", "past-the-end"])
+def test_stream_schedule(step, task, seen):
+    stream = labelling_stream(tasks=3, steps_per_task=10)
+    assert stream.task_at(step) == task
+    assert list(stream.eval_batches(0, step)) == seen
+    expected = stream.tasks[task].train_batch(0, step, 2)
+    assert torch.equal(stream.train_batch(0, step, 2).targets, expected.targets)
+
+
+def test_a_stream_needs_one_vocabulary():
+    with pytest.raises(ValueError, match="vocabulary"):
+        Stream((LabellingTask(0, symbols=8), LabellingTask(1, symbols=16)), 5)
