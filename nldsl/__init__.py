@@ -6,9 +6,10 @@
     m = nldsl.compile("deltanet", dim=256)  # an nn.Module: y, state = m(x)
 """
 from nldsl.errors import NLDSLError
+from nldsl.lm import lm
 from nldsl.module import compile
 from nldsl.optim import optimizer
 from nldsl.render import render
 from nldsl.spec import Spec, load
 
-__all__ = ["NLDSLError", "Spec", "compile", "load", "optimizer", "render"]
+__all__ = ["NLDSLError", "Spec", "compile", "lm", "load", "optimizer", "render"]
