@@ -5,7 +5,7 @@ import argparse
 import pytest
 
 from nldsl.checking import cli   # not `import test_arguments`: pytest would collect it
-from nldsl.optim import derive
+from nldsl.lower import derive
 
 
 pytestmark = pytest.mark.usefixtures("quick_shrinking")

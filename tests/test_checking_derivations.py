@@ -5,7 +5,7 @@ import pytest
 from nldsl import ast
 from nldsl.checking import CheckFailure, check_derivations
 from nldsl.lower import module as lower_module
-from nldsl.optim import derive
+from nldsl.lower import derive
 
 
 

@@ -6,7 +6,7 @@ from hypothesis import given, settings, strategies as st
 from torch.func import grad as func_grad
 
 from nldsl import ast
-from nldsl.optim.derive import closed_grad, derive
+from nldsl.lower.derive import closed_grad, derive
 from nldsl.optim.evaluate import Evaluator
 from nldsl.parser import parse
 

@@ -21,7 +21,7 @@ from nldsl.checking.rules import autograd_gradient, dgd_key, step_rule
 from nldsl.consteval import names_in
 from nldsl.module.reference import STREAM, run_reference
 from nldsl.module.unit import UnitValues
-from nldsl.optim.derive import rule_arguments
+from nldsl.lower.derive import rule_arguments
 from nldsl.printer import format_expr
 
 

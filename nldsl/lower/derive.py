@@ -15,7 +15,7 @@ the result by the last rule in place of the gradient (`derive_writes`).
 
 `solve` is not a gradient step: for w window(c, l2(S * k, v), gamma) + lam l2(S, 0) (eq. 101) it
 is the minimiser S* = w sum gamma k v / (w sum gamma k^2 + lam) (eq. 102), with hidden running
-sums; `solve.py` derives and lowers it (plan.py calls it instead of `derive`).
+sums; `nldsl/optim/solve.py` derives and lowers it (`optim/plan.py` calls it instead of `derive`).
 
 grad L(S) comes from the table `closed_grad` when the objective is built from `dot`, `l2` and
 `orthogonality` of S, S @ k or S(k) (matrix memories), sums, and factors free of S:

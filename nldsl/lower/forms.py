@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nldsl import ast
-from nldsl.optim.derive import binary, mentions, num
+from nldsl.lower.derive import binary, mentions, num
 from nldsl.lower.program import Program, TokenLevel
 
 

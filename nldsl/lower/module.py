@@ -13,7 +13,7 @@ from nldsl.lower.heads import Unknown, head_steps
 from nldsl.lower.program import ConvSite, FastState, ModuleWrite, Param, Program, TokenLevel
 from nldsl.lower.timing import period, placements
 from nldsl.lower.unsupported import check_supported, compile_error
-from nldsl.optim.derive import NoClosedForm, binary, closed_grad, key_norm_squared, mentions, num, \
+from nldsl.lower.derive import NoClosedForm, binary, closed_grad, key_norm_squared, mentions, num, \
     rule_arguments
 from nldsl.graph import OUTER
 

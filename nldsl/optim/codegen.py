@@ -29,7 +29,7 @@ from nldsl.errors import NLDSLCompileError, NLDSLError
 from nldsl.lower.emit import Emitter
 from nldsl.lower.timing import writes_at
 from nldsl.optim import kernels as K
-from nldsl.optim.derive import mentions
+from nldsl.lower.derive import mentions
 from nldsl.optim.evaluate import FAILURES
 from nldsl.optim.interpret import locate_failure
 from nldsl.optim.ir import Plan, Write

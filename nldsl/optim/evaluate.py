@@ -1,6 +1,6 @@
 """One small evaluator of spec expressions over torch tensors and Python numbers.
 
-The reference schedule (`interpret.py`) and the autograd fallback (`derive.py`) both evaluate
+The reference schedule (`interpret.py`) and the autograd fallback (`lower/derive.py`) both evaluate
 expressions with it, one tensor at a time. Names are looked up through a callable, so the caller
 decides when a context is computed (interpret.py: before the step's writes). A few arithmetic shapes are evaluated by the single torch op that
 computes them (`a + w (b - a)` by `torch.lerp`, `a - s b` by `torch.add(..., alpha=-s)`), the same

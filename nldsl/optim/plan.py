@@ -8,7 +8,7 @@ from __future__ import annotations
 from nldsl import ast
 from nldsl.consteval import NotConstant, evaluate, hparam_values, names_in
 from nldsl.errors import NLDSLCompileError, NLDSLError, Problem
-from nldsl.optim.derive import derive_writes, located, num
+from nldsl.lower.derive import derive_writes, located, num
 from nldsl.optim.ir import LevelPlan, Plan, StatePlan, Write
 from nldsl.optim.plan_checks import check_plan
 from nldsl.optim.solve import Names, lower_solve

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from nldsl import ast
 from nldsl.consteval import calls_in, children
-from nldsl.optim.derive import located
+from nldsl.lower.derive import located
 from nldsl.optim.ir import Plan, Write
 
 

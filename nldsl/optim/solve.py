@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from nldsl import ast
 from nldsl.consteval import children
 from nldsl.errors import NLDSLCompileError, Problem, Source
-from nldsl.optim.derive import binary, call, mentions, num
+from nldsl.lower.derive import binary, call, mentions, num
 from nldsl.optim.ir import Write
 
 WIDTHS = "`step` (the whole history, eq. 101) or 1 (the current unit)"
