@@ -7,6 +7,7 @@
     nldsl render SPEC -o OUT     draw its nesting diagram (.svg/.png/.pdf/.dot) or --timeline
     nldsl compile SPEC           compile it (--show-code prints the generated code)
     nldsl test SPEC...           property-test what the compiler derived (docs/testing.md)
+    nldsl train SPEC --task T    train it as a small language model (docs/training.md)
 
 Each subcommand is a small function registered in `COMMANDS` with the function that declares
 its arguments; a new stage (`render`, `compile`, `bench`) is one more entry. Exit status: 0 when
@@ -30,6 +31,7 @@ from nldsl.printer import format_spec
 from nldsl.render.cli import render_arguments, run_render
 from nldsl.optim.cli import compile_arguments, run_compile
 from nldsl.checking.cli import run_test, test_arguments
+from nldsl.train.cli import run_train, train_arguments
 
 DESCRIPTION_WIDTH = 72
 
@@ -173,6 +175,8 @@ COMMANDS = [
             run_compile, compile_arguments),
     Command("test", "property-test what the compiler derived for specs", run_test,
             test_arguments),
+    Command("train", "train a module spec on a generated task (docs/training.md)", run_train,
+            train_arguments),
 ]
 
 

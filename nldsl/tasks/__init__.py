@@ -36,9 +36,11 @@ def parse(text: str) -> tuple[str, dict[str, int | float]]:
     return name.strip(), options
 
 
-def make(text: str):
-    """The task `NAME[:key=value,...]` names; a ValueError lists the names when it is unknown."""
+def make(text: str, **defaults):
+    """The task `NAME[:key=value,...]` names, `defaults` under its options; a ValueError lists
+    the names when it is unknown."""
     name, options = parse(text)
+    options = {**defaults, **options}
     if name not in FACTORIES:
         raise ValueError(f"unknown task {name!r}; tasks: {', '.join(FACTORIES)}")
     try:

@@ -45,8 +45,9 @@ def rng_for(seed: int, step: int, salt: int) -> np.random.Generator:
     return np.random.default_rng([seed, step, salt])
 
 
-def loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """Mean loss over the masked positions (and, for sets, over the symbols)."""
+def loss(logits: torch.Tensor, batch: Batch, count=None) -> torch.Tensor:
+    """Mean loss over the masked positions (and, for sets, over the symbols); `count` divides
+    the sum instead of this batch's positions (a rank's share of a global mean)."""
     mask = batch.mask  # [B, T]
     if batch.kind == "sets":
         width = batch.targets.shape[-1]
@@ -54,7 +55,7 @@ def loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
             logits[..., :width], batch.targets, reduction="none").mean(-1)  # [B, T]
     else:
         per = F.cross_entropy(logits.transpose(1, 2), batch.targets, reduction="none")  # [B, T]
-    return (per * mask).sum() / mask.sum().clamp(min=1)
+    return (per * mask).sum() / (mask.sum().clamp(min=1) if count is None else count)
 
 
 def correct(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
