@@ -26,6 +26,7 @@ SPECS = {
     "deltanet_recurrence": ("examples/deltanet_recurrence.nl", dict(dim=8, head_dim=4)),
     "gated_deltanet_recurrence": ("examples/gated_deltanet_recurrence.nl",
                                   dict(dim=8, head_dim=4)),
+    "titans": ("titans", dict(dim=8, head_dim=4, chunk_size=3, max_lr=0.5)),
 }
 
 

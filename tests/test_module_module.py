@@ -348,7 +348,7 @@ def test_bad_schedule_arguments(kwargs, message):
 # -- what does not compile yet: a located NLDSLCompileError naming the construct --------------
 
 @pytest.mark.parametrize("spec, construct", [
-    pytest.param("titans", "mlp memories", id="titans-mlp-memory"),
+    pytest.param("atlas", "`window`", id="atlas-window"),
     pytest.param("cms", "`minimize task`", id="cms-minimize-task"),
     pytest.param("hope_attention", "`attention`", id="hope_attention-attention"),
 ])

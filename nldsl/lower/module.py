@@ -8,9 +8,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 from nldsl import ast
+from nldsl.builtins import MLP_ACTIVATIONS
 from nldsl.consteval import calls_in, evaluate
 from nldsl.lower.heads import Unknown, head_steps
-from nldsl.lower.program import ConvSite, FastState, ModuleWrite, Param, Program, TokenLevel
+from nldsl.lower.program import ConvSite, FastState, MLPLayout, ModuleWrite, Param, Program, \
+    TokenLevel
 from nldsl.lower.timing import period, placements
 from nldsl.lower.unsupported import check_supported, compile_error
 from nldsl.lower.derive import NoClosedForm, binary, closed_grad, key_norm_squared, mentions, num, \
@@ -68,15 +70,22 @@ def _level(info, const, params: dict, spec) -> TokenLevel:
     heads = _whole(info.heads, const(info.heads), "heads", spec) if info.heads is not None \
         else None
     states = {}
+    per_head = (heads,) if heads is not None else ()
     for state in info.states.values():
         learned = None
+        mlp = _mlp_layout(state.decl.shape, const)
         if isinstance(state.decl.init, ast.InitLearned):
             learned = f"{state.name}_init"
-            per_head = (heads,) if heads is not None else ()
-            params[learned] = Param(learned, per_head + _shape(state.decl.shape, const), None,
-                                    "initial", state.learned_by or OUTER)
+            owner = state.learned_by or OUTER
+            if mlp is None:
+                params[learned] = Param(learned, per_head + _shape(state.decl.shape, const), None,
+                                        "initial", owner)
+            for i, (d_out, d_in) in enumerate(mlp.layers if mlp else ()):
+                params[f"{learned}_w{i + 1}"] = Param(
+                    f"{learned}_w{i + 1}", per_head + (d_out, d_in),
+                    _normal(d_in ** -0.5), "initial", owner)
         states[state.name] = FastState(state.name, _shape(state.decl.shape, const),
-                                       _init_value(state.decl.init), learned)
+                                       _init_value(state.decl.init), learned, mlp)
     own = _own_contexts(info)
     writes, hidden = [], {}
     for objective in info.objectives:
@@ -182,7 +191,24 @@ def _shape(shape: ast.Shape, const: _Const) -> tuple[int, ...]:
         return ()
     if isinstance(shape, ast.LikeShape):
         return _shape(const.states[shape.name], const)
+    if isinstance(shape, ast.MLPShape):
+        return (_mlp_layout(shape, const).size,)
     return tuple(int(const(d)) for d in shape.dims)
+
+
+def _mlp_layout(shape: ast.Shape, const: _Const) -> MLPLayout | None:
+    """The layout of an `mlp(...)` state (through `like`), None for any other shape."""
+    if isinstance(shape, ast.LikeShape):
+        return _mlp_layout(const.states[shape.name], const)
+    if not isinstance(shape, ast.MLPShape):
+        return None
+    activation = next((o for o in shape.options if o in MLP_ACTIVATIONS), "gelu")
+    return MLPLayout(tuple(int(const(w)) for w in shape.widths), activation,
+                     "residual" in shape.options)
+
+
+def _normal(std: float) -> ast.Expr:
+    return ast.Call(func="normal", args=[ast.Number(value=std)])
 
 
 def _init_value(init) -> ast.Expr | None:

@@ -36,13 +36,48 @@ class Param:
 
 
 @dataclass(frozen=True)
+class MLPLayout:
+    """An `mlp(d_0 -> d_1 -> ... -> d_L, act, residual)` memory's weights, laid end to end.
+
+    The schedules keep an MLP state as one flat vector [B, (H,) P], P = sum d_{i+1} d_i, so the
+    rules' arithmetic (`decay S - lr G`, momentum, pending sums) is the same elementwise code as
+    for a matrix, and `a S + b N` on two MLP states of one layout is per weight (docs/modules.md).
+    Layer i is the slice offsets[i]:offsets[i+1] seen as [d_{i+1}, d_i]:
+    M(u) = W_L act(... act(W_1 u)) (+ u when residual).
+    """
+
+    widths: tuple[int, ...]
+    activation: str
+    residual: bool
+
+    @property
+    def layers(self) -> tuple[tuple[int, int], ...]:
+        """(d_out, d_in) per layer."""
+        return tuple(zip(self.widths[1:], self.widths[:-1]))
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        ends = [0]
+        for d_out, d_in in self.layers:
+            ends.append(ends[-1] + d_out * d_in)
+        return tuple(ends)
+
+    @property
+    def size(self) -> int:
+        return self.offsets[-1]
+
+
+@dataclass(frozen=True)
 class FastState:
-    """A state of a token level, once per sequence (and per head): [B, (H,) *shape]."""
+    """A state of a token level, once per sequence (and per head): [B, (H,) *shape]; an MLP
+    state's shape is (P,), its weights flat (`mlp` says how)."""
 
     name: str
     shape: tuple[int, ...]
     init: ast.Expr | None          # None with `learned`: starts from Param `initial`
-    learned: str | None = None     # the Param holding the learned initial value
+    learned: str | None = None     # the Param holding the learned initial value (MLP: its
+    #                                prefix; layer i is Param f"{learned}_w{i + 1}")
+    mlp: MLPLayout | None = None
 
 
 @dataclass(frozen=True)

@@ -46,10 +46,6 @@ def check_supported(spec) -> None:
             report(level.decl, f"level name {level.name!r} starts with '_'", "a name without a "
                    "leading underscore", "the module state keeps '_stream' for its own entries")
         for state in level.states.values():
-            if isinstance(state.decl.shape, ast.MLPShape):
-                report(state.decl, f"{state.name}: mlp memories are not compiled by the module "
-                       "compiler yet", "a matrix or tensor state", "deep memories are the next "
-                       "compiler stage (Titans, Miras); use a matrix memory `[d_v, d_k]`")
             init = state.decl.init
             if isinstance(init, ast.InitLearned) and (init.by or OUTER) != OUTER:
                 report(init, f"{state.name}: an initial state learned by a token level "

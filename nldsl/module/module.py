@@ -22,6 +22,8 @@ from nldsl.module.checks import check_input, check_state
 from nldsl.module.chunked import fits, plan_schedule, run_chunked
 from nldsl.module.init import conv_kernel, draw
 from nldsl.module.reference import STREAM, run_reference
+from nldsl.module.state import to_internal, to_public
+from nldsl.runtime import mlp
 
 SCHEDULES = ("reference", "chunked")
 
@@ -38,7 +40,10 @@ class CompiledModule(nn.Module):
             self.register_parameter(param.name, nn.Parameter(tensor))
         for level in program.levels:
             for state in level.states.values():
-                if state.learned is None and _random(state.init):
+                if state.learned is None and state.mlp is not None and state.init is None:
+                    self.register_buffer(f"{state.name}_start",
+                                         mlp.flatten(state.mlp, mlp.initial(state.mlp, ())))
+                elif state.learned is None and _random(state.init):
                     self.register_buffer(f"{state.name}_start", draw(state.init, state.shape,
                                                                      program.hparams))
         self._probe()
@@ -76,9 +81,12 @@ class CompiledModule(nn.Module):
             own = {}
             per_head = (level.heads,) if level.heads is not None else ()
             for s in level.states.values():
-                if s.learned is not None:
+                if s.learned is not None and s.mlp is not None:
+                    start = mlp.flatten(s.mlp, [self.get_parameter(f"{s.learned}_w{i + 1}")
+                                                for i in range(len(s.mlp.layers))])
+                elif s.learned is not None:
                     start = self.get_parameter(s.learned)
-                elif _random(s.init):
+                elif (s.mlp is not None and s.init is None) or _random(s.init):
                     start = self.get_buffer(f"{s.name}_start")
                 else:
                     start = draw(s.init, s.shape, self.program.hparams, ref.dtype).to(ref.device)
@@ -92,11 +100,15 @@ class CompiledModule(nn.Module):
 
     def forward(self, x: torch.Tensor, state: dict | None = None, end: bool = True):
         check_input(self, x)
-        state = self.initial_state(x.shape[0]) if state is None else check_state(self, state, x)
+        state = self.initial_state(x.shape[0]) if state is None else \
+            check_state(self, to_internal(self.program, state), x)
         params = dict(self.named_parameters())
         if self.schedule == "reference":
-            return run_reference(self.program, params, x, state, end)
-        return run_chunked(self.program, params, x, state, end, self.fast_paths, self.block_size)
+            y, state = run_reference(self.program, params, x, state, end)
+        else:
+            y, state = run_chunked(self.program, params, x, state, end, self.fast_paths,
+                                   self.block_size)
+        return y, to_public(self.program, state)
 
     def extra_repr(self) -> str:
         values = ", ".join(f"{k}={v!r}" for k, v in self.program.hparams.items())

@@ -23,6 +23,7 @@ import torch
 from nldsl import ast
 from nldsl.lower.program import BEFORE_WRITE, SNAPSHOT, HeadMerge, HeadSplit, ModuleWrite, \
     Program, TokenLevel
+from nldsl.runtime import mlp
 from nldsl.runtime.evaluate import FrameEvaluator
 from nldsl.runtime.frame import Frame
 from nldsl.runtime.functions import causal_conv, matmul
@@ -89,7 +90,7 @@ class UnitValues:
     def _evaluator(self, level: TokenLevel | None, view: str, overrides=None) -> FrameEvaluator:
         frame = self.frames[level.name] if level is not None else BASE
         lookup = lambda name: self._lookup(name, level, view, frame, overrides or {})
-        apply = lambda name, u: self._apply(lookup(name), u, frame)
+        apply = lambda name, u: self._apply(name, lookup(name), u)
         conv = lambda call, a, width: self._conv(call, a, frame)
         return FrameEvaluator(frame, lookup, apply, conv)
 
@@ -136,8 +137,11 @@ class UnitValues:
             raise NotImplementedError("a per-head state read from another frame")
         return source.merge(value, frame)
 
-    def _apply(self, memory, u, frame: Frame):
-        """M(u) for a matrix memory: M u."""
+    def _apply(self, name: str, memory, u):
+        """M(u): M u for a matrix memory, the forward pass for an MLP (runtime/mlp.py)."""
+        layout = memory_layout(self.program, name)
+        if layout is not None:
+            return mlp.apply(layout, memory, u)
         return matmul(memory, u, 2, 1)
 
     def _conv(self, call: ast.Call, a, frame: Frame):
@@ -153,6 +157,13 @@ class UnitValues:
                                                             cache)
             self.convs[site.param] = y[:, 0]                       # [B, C]
         return BASE.merge(self.convs[site.param], frame)
+
+
+def memory_layout(program: Program, name: str):
+    """The MLPLayout of the state `name`, None when it is not an MLP state."""
+    owner = program.owner(name)
+    state = owner.states.get(name) if owner is not None else None
+    return state.mlp if state is not None else None
 
 
 def _split(frame: Frame, value, step: HeadSplit):

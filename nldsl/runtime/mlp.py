@@ -1,0 +1,48 @@
+"""MLP memories at run time: the forward pass of a flat weight vector, and its layer views.
+
+A schedule keeps an `mlp(...)` state as one vector [..., P] (lower/program.py's `MLPLayout`):
+every rule's arithmetic is then elementwise on it, per weight, exactly as on a matrix. Users see
+the weights by layer (docs/modules.md, "State"): `layers` and `flatten` convert at the module's
+boundary, once per call.
+
+    M(u) = W_L act(W_{L-1} ... act(W_1 u))  (+ u with `residual`, eq. 89)
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from nldsl.lower.program import MLPLayout
+
+ACTIVATIONS = {"gelu": F.gelu, "silu": F.silu, "relu": torch.relu, "tanh": torch.tanh}
+
+
+def layers(layout: MLPLayout, flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """[..., P] -> one view [..., d_out, d_in] per layer."""
+    return tuple(flat[..., a:b].unflatten(-1, (d_out, d_in)) for (a, b), (d_out, d_in) in
+                 zip(zip(layout.offsets, layout.offsets[1:]), layout.layers))
+
+
+def flatten(layout: MLPLayout, weights) -> torch.Tensor:
+    """One tensor [..., d_out, d_in] per layer -> [..., P]."""
+    return torch.cat([w.flatten(-2) for w in weights], dim=-1)
+
+
+def apply(layout: MLPLayout, flat: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """M(u): flat [..., P] and u [..., d_0] broadcast over their leading dims -> [..., d_L]."""
+    h = u
+    weights = layers(layout, flat)
+    for i, weight in enumerate(weights):
+        h = torch.matmul(weight, h.unsqueeze(-1)).squeeze(-1)     # [..., d_{i+1}]
+        if i < len(weights) - 1:
+            h = ACTIVATIONS[layout.activation](h)
+    return h + u if layout.residual else h
+
+
+def initial(layout: MLPLayout, lead: tuple[int, ...], dtype=None) -> tuple[torch.Tensor, ...]:
+    """Fresh weights [*lead, d_out, d_in] per layer, each N(0, 1 / d_in) (docs/language.md,
+    "Initial values": std 1 / sqrt(fan_in))."""
+    return tuple(torch.randn(lead + (d_out, d_in), dtype=dtype) / math.sqrt(d_in)
+                 for d_out, d_in in layout.layers)
