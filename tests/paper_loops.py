@@ -28,8 +28,15 @@ Conventions shared by every loop
   momentum or dual state). Outer gradients flow through the writes: the inner gradient is taken
   with `create_graph=True` whenever autograd is recording and an input requires grad.
 
-`titans_pytorch_loop` is different: it reproduces the `titans_pytorch.NeuralMemory` module
-(v0.5.5) end to end from x, see ../shared/research/titans-pytorch-semantics.md.
+The loops: `titans_loop` (Titans LMM), `moneta_loop`, `yaad_loop`, `memora_loop` (Miras),
+`atlas_loop` (Atlas, with `newton_schulz` and `polynomial_features`). `titans_pytorch_loop` is
+different: it reproduces the `titans_pytorch.NeuralMemory` module (v0.5.5) end to end from x
+(`titans_pytorch_params` reads a module's tensors), see
+../shared/research/titans-pytorch-semantics.md.
+
+Not covered: channel-wise gates (Miras' per-channel eta, alpha): how a width-d gate broadcasts
+over an MLP's [4d, d] and [d, 4d] weights is for the language to define (issue 10, sec. 1); the
+loops take one gate per token and head.
 """
 from __future__ import annotations
 
@@ -317,3 +324,189 @@ def titans_pytorch_loop(x: Tensor, p: dict, *, heads: int, chunk_size: int,
     n_layers = len(p["layers"])
     pack = lambda ws: {"layers": ws[:n_layers], "gamma": ws[-1] if has_gamma else None}
     return out, pack(state), pack(momentum)
+
+
+# -- Miras (arXiv 2504.13173): Moneta, Yaad, Memora ----------------------------------------------
+#
+# Miras' own equation numbers were not available first-hand (../shared/research/paper-digest.md
+# sec. 5.2: the formulas come from the NL paper's restatement and a secondary extraction), so the
+# docstrings cite the model by name. All three are "gradient descent with a retention gate" on
+# the attentional bias, chunk-parallel as Titans eq. 16 (gradients at the chunk-start state).
+
+def _read_state(read: str, current: Weights, snapshot: Weights) -> Weights:
+    """`read="own_write"`: y_t = M_t(q_t) (the state after token t's write); `"chunk_start"`:
+    y_t = M_{t'}(q_t) (the chunk-start state: what a spec that reads through a chunk-start
+    `let` computes; Miras applies its non-linear retention at chunk boundaries only, per the
+    secondary source, which this reading follows)."""
+    assert read in ("own_write", "chunk_start"), read
+    return current if read == "own_write" else snapshot
+
+
+def lq_normalize(a: Tensor, retention_q: float, eps: float) -> Tensor:
+    """Moneta's map from the accumulated state to the memory, per weight matrix [..., o, i]:
+    W = A / (||A||_q^{q-2} + eps), ||A||_q = (sum_ij |A_ij|^q)^{1/q} entrywise over the matrix."""
+    norm = a.abs().pow(retention_q).sum(dim=(-2, -1), keepdim=True).pow(1 / retention_q)
+    return a / (norm.pow(retention_q - 2) + eps)
+
+
+def moneta_loop(k: Tensor, v: Tensor, q: Tensor, eta: Tensor, alpha: Tensor,
+                weights0: Sequence[Tensor], chunk_size: int, *, bias_p: float = 3,
+                retention_q: float = 4, eps: float = 1e-6, activation: Callable = F.gelu,
+                residual: bool = True, read: str = "own_write"):
+    """Moneta: l_p attentional bias (p = 3), l_q retention (q = 4), Miras sec. "Moneta":
+
+        A_t = alpha_t A_{t-1} - eta_t grad_W l_p(W_{t'}; k_t, v_t),   l_p = 1/p ||M_W(k) - v||_p^p
+        W_t = A_t / ||A_t||_q^{q-2}
+        y_t = M_{W_t}(q_t)
+
+    per weight matrix of the memory (A and W have the memory's shapes; the norm is entrywise
+    over each matrix). The gradient is taken with respect to the memory W (not through the
+    normalisation) at the chunk-start W_{t'} = normalize(A_{t'}), and accumulated in A.
+
+    Choices: 1/p in l_p (the paper's ||.||_p^p has gradient p sign(r)|r|^{p-1}: the factor p is
+    in eta, as nldsl's `lp`); eps in the denominator as moneta.nl writes it (the paper has none:
+    at A = 0 it is 0/0); weights0 is A_0 (W_0 = normalize(A_0)). The secondary source's general
+    l_q retention writes the dual exponent p = q/(q-1) and the Moneta equation q itself; this
+    follows the Moneta equation, as the spec does. `read` as `_read_state`.
+
+    k, v, q [B, H, T, d]; eta, alpha [B, H, T]. Returns (y [B, H, T, d_v], final W per layer,
+    final A per layer)."""
+    batch, _, steps, _ = k.shape
+    dual = expand(weights0, batch)                                         # A_0
+    norm = lambda a: [lq_normalize(x, retention_q, eps) for x in a]
+    graph = _records(k, v, q, eta, alpha, *dual)
+    ys, snapshot = [], norm(dual)
+    for t in range(steps):
+        if t % chunk_size == 0:
+            snapshot = norm(dual)                                          # W_{t'}
+        grads = inner_grad(
+            lambda w: ((mlp(w, k[:, :, t], activation, residual) - v[:, :, t])
+                       .abs().pow(bias_p).sum(-1) / bias_p).sum(), snapshot, graph)
+        dual = [_gate(alpha, t) * a - _gate(eta, t) * g for a, g in zip(dual, grads)]
+        ys.append(mlp(_read_state(read, norm(dual), snapshot), q[:, :, t], activation, residual))
+    return torch.stack(ys, dim=2), norm(dual), dual
+
+
+def yaad_loop(k: Tensor, v: Tensor, q: Tensor, eta: Tensor, alpha: Tensor, delta: Tensor,
+              weights0: Sequence[Tensor], chunk_size: int, *, activation: Callable = F.gelu,
+              residual: bool = True, read: str = "own_write"):
+    """Yaad: Huber-type attentional bias ("smooth mixture" of l2 and l1), l2 retention, Miras
+    sec. "Yaad":
+
+        W_t = alpha_t W_{t-1} - eta_t grad l2(W_{t'}; k_t, v_t)            if ||r_t|| <= delta_t
+        W_t = alpha_t W_{t-1} - eta_t delta_t grad l1(W_{t'}; k_t, v_t)    otherwise
+        r_t = M_{W_{t'}}(k_t) - v_t,  l2 = 1/2 ||r||_2^2,  l1 = ||r||_1,  y_t = M_{W_t}(q_t)
+
+    The branch is chosen per batch and head from the residual at the chunk-start state (the
+    state the gradient is taken at). l1's gradient at r_i = 0 is 0 (sign(0) = 0).
+    delta [B, H, T] > 0. Returns (y, final W per layer, None)."""
+    batch, _, steps, _ = k.shape
+    weights = expand(weights0, batch)
+    graph = _records(k, v, q, eta, alpha, delta, *weights)
+
+    def huber(w, t):
+        r = mlp(w, k[:, :, t], activation, residual) - v[:, :, t]           # [B, H, d]
+        d = delta[:, :, t]
+        small = r.detach().norm(dim=-1) <= d.detach()                       # [B, H]
+        return torch.where(small, 0.5 * r.pow(2).sum(-1), d * r.abs().sum(-1)).sum()
+
+    ys, snapshot = [], weights
+    for t in range(steps):
+        if t % chunk_size == 0:
+            snapshot = weights
+        grads = inner_grad(lambda w: huber(w, t), snapshot, graph)
+        weights = [_gate(alpha, t) * w - _gate(eta, t) * g for w, g in zip(weights, grads)]
+        ys.append(mlp(_read_state(read, weights, snapshot), q[:, :, t], activation, residual))
+    return torch.stack(ys, dim=2), weights, None
+
+
+def memora_loop(k: Tensor, v: Tensor, q: Tensor, eta: Tensor, alpha: Tensor,
+                weights0: Sequence[Tensor], chunk_size: int, *, c: float = 1.0,
+                simplex: str = "row", activation: Callable = F.gelu, residual: bool = True,
+                read: str = "own_write"):
+    """Memora: l2 attentional bias, KL retention on the scaled simplex, Miras sec. "Memora":
+
+        W_t = c Softmax(alpha_t log W_{t-1} - eta_t grad_W l2(W_{t'}; k_t, v_t)),
+        l2 = 1/2 ||M_W(k) - v||^2,  y_t = M_{W_t}(q_t)
+
+    written literally on W (no logits), per weight matrix. The retention is on the previous
+    token's W_{t-1}; only the gradient is at the chunk-start W_{t'}.
+
+    Choices: the simplex {W >= 0, ||W||_1 = c}: `simplex="row"` normalises each row of a
+    [d_out, d_in] weight (softmax over d_in), as memora.nl chooses; `"matrix"` normalises the
+    whole matrix (entrywise ||W||_1 = c, the paper's set read entrywise). weights0 must be on
+    that simplex (positive, summing to c): e.g. c softmax(L_0).
+    Returns (y, final W per layer, None)."""
+    assert simplex in ("row", "matrix"), simplex
+    batch, _, steps, _ = k.shape
+    weights = expand(weights0, batch)
+    graph = _records(k, v, q, eta, alpha, *weights)
+
+    def project(logits):                                                  # c Softmax(.)
+        if simplex == "row":
+            return c * torch.softmax(logits, dim=-1)
+        return c * torch.softmax(logits.flatten(-2), dim=-1).unflatten(-1, logits.shape[-2:])
+
+    ys, snapshot = [], weights
+    for t in range(steps):
+        if t % chunk_size == 0:
+            snapshot = weights
+        grads = inner_grad(lambda w: l2(mlp(w, k[:, :, t], activation, residual),
+                                        v[:, :, t]).sum(), snapshot, graph)
+        weights = [project(_gate(alpha, t) * torch.log(w) - _gate(eta, t) * g)
+                   for w, g in zip(weights, grads)]
+        ys.append(mlp(_read_state(read, weights, snapshot), q[:, :, t], activation, residual))
+    return torch.stack(ys, dim=2), weights, None
+
+
+# -- Atlas (arXiv 2505.23735) ----------------------------------------------------------------------
+
+def atlas_loop(k: Tensor, v: Tensor, q: Tensor, eta: Tensor, theta: Tensor, alpha: Tensor,
+               gamma: Tensor, weights0: Sequence[Tensor], chunk_size: int, *, window: int,
+               ns_steps: int = 5, ns_coefficients=MUON_COEFFICIENTS, ns_eps: float = 1e-7,
+               feature_map: Callable | None = None, activation: Callable = F.gelu,
+               residual: bool = True, momentum0: Sequence[Tensor] | None = None):
+    """Atlas: the Omega rule optimised with Muon (Atlas eqs. 9, 32-33; via the paper digest sec.
+    5.3, secondary extractions that agree):
+
+        l_Omega(M; t) = sum_{i = t-c+1}^{t} gamma_i 1/2 ||M(phi(k_i)) - v_i||^2          (eq. 9)
+        S_t = theta_t S_{t-1} + grad_M l_Omega(M_{t'}; t)                                 (eq. 33)
+        M_t = alpha_t M_{t-1} - eta_t NewtonSchulz_k(S_t)                                 (eq. 32)
+        y_t = M_t(phi(q_t))
+
+    per weight matrix of the memory (S and the Newton-Schulz map are per matrix, `newton_schulz`);
+    the window's terms are all evaluated at the chunk-start state M_{t'} (Atlas eq. 15: chunk-wise
+    gradients at the chunk start), including those of tokens i < t' from the previous chunk.
+
+    Choices: the descent signs (the secondary sources print S_t = theta S - grad with
+    M_t = alpha M - eta NS(S), which ascends; NS is odd, so the form above is the intended one,
+    as atlas.nl argues); gamma_i depends on token i only (Atlas' gamma_i^(t) may depend on t);
+    the window is truncated at the first token of the call (i >= 0); 1/2 in the loss; phi
+    (`feature_map`, e.g. `polynomial_features`) applies to keys and queries, identity by default
+    (as atlas.nl); Newton-Schulz in the inputs' dtype.
+
+    k, q [B, H, T, d_k]; v [B, H, T, d_v]; eta, theta, alpha, gamma [B, H, T].
+    Returns (y [B, H, T, d_v], final M per layer, final S per layer)."""
+    phi = feature_map or (lambda u: u)
+    batch, _, steps, _ = k.shape
+    fk, fq = phi(k), phi(q)                                               # [B, H, T, d_phi]
+    weights = expand(weights0, batch)
+    momentum = (expand(momentum0, batch) if momentum0 is not None
+                else [torch.zeros_like(w) for w in weights])
+    graph = _records(k, v, q, eta, theta, alpha, gamma, *weights, *momentum)
+
+    def omega(w, t):
+        return sum(gamma[:, :, i] * l2(mlp(w, fk[:, :, i], activation, residual), v[:, :, i])
+                   for i in range(max(0, t - window + 1), t + 1)).sum()
+
+    ys, snapshot = [], weights
+    for t in range(steps):
+        if t % chunk_size == 0:
+            snapshot = weights
+        grads = inner_grad(lambda w: omega(w, t), snapshot, graph)
+        momentum = [_gate(theta, t) * s + g for s, g in zip(momentum, grads)]
+        weights = [_gate(alpha, t) * w - _gate(eta, t) * newton_schulz(s, ns_steps, ns_coefficients,
+                                                                       ns_eps)
+                   for w, s in zip(weights, momentum)]
+        ys.append(mlp(weights, fq[:, :, t], activation, residual))
+    return torch.stack(ys, dim=2), weights, momentum

@@ -249,3 +249,260 @@ def test_titans_pytorch_default_mode_takes_every_gradient_at_the_initial_weights
     # tokens 0..2 read W_0 or the first chunk's write, identical in both modes
     torch.testing.assert_close(y_default[:, :3], y_eq16[:, :3], **TOL)
     assert (y_default[:, 5:] - y_eq16[:, 5:]).abs().max() > 1e-4
+
+
+# -- Miras: Moneta, Yaad, Memora ---------------------------------------------------------------------
+
+READS = [pytest.param("own_write", id="read-own-write"),
+         pytest.param("chunk_start", id="read-chunk-start")]
+
+
+@pytest.mark.parametrize("read", READS)
+@pytest.mark.parametrize("p, q", [pytest.param(3, 4, id="p3-q4"), pytest.param(2, 3, id="p2-q3")])
+def test_moneta_linear_memory_by_hand(p, q, read):
+    """Matrix memory, chunk 3, T = 7: A_t = alpha A_{t-1} - eta (sign(r)|r|^{p-1}) k^T with
+    r = W_{t'} k - v, W = A / (||A||_q^{q-2} + eps) (the l_p gradient written out)."""
+    c = draw(10, layers=1)
+    eta, alpha, _, _ = c["gates"]
+    eps = 1e-6
+    normalize = lambda a: a / (a.abs().pow(q).sum((-2, -1), keepdim=True) ** ((q - 2) / q) + eps)
+    a = c["weights"][0].expand(2, *c["weights"][0].shape).clone()
+    ys = []
+    for t in range(7):
+        if t % 3 == 0:
+            w_start = normalize(a)
+        r = matvec(w_start, c["k"][:, :, t]) - c["v"][:, :, t]
+        a = alpha[:, :, t, None, None] * a - eta[:, :, t, None, None] * outer(
+            torch.sign(r) * r.abs() ** (p - 1), c["k"][:, :, t])
+        ys.append(matvec(normalize(a) if read == "own_write" else w_start, c["q"][:, :, t]))
+    y, (w,), (a_out,) = pl.moneta_loop(c["k"], c["v"], c["q"], eta, alpha, c["weights"], 3,
+                                       bias_p=p, retention_q=q, eps=eps, residual=False, read=read)
+    torch.testing.assert_close(y, torch.stack(ys, 2), **TOL)
+    torch.testing.assert_close(a_out, a, **TOL)
+    torch.testing.assert_close(w, normalize(a), **TOL)
+
+
+def test_moneta_normalisation_is_scale_free_at_q2():
+    """q = 2 and eps = 0: ||A||^0 = 1, so W = A, and with p = 2 (l_p = l2) Moneta is l2 descent
+    with retention alpha on the MLP: Yaad with an infinite threshold (two oracles agree)."""
+    c = draw(11)
+    eta, alpha, _, _ = c["gates"]
+    y, w, _ = pl.moneta_loop(c["k"], c["v"], c["q"], eta, alpha, c["weights"], 3, bias_p=2,
+                             retention_q=2, eps=0.0)
+    y2, w2, _ = pl.yaad_loop(c["k"], c["v"], c["q"], eta, alpha, torch.full_like(eta, 1e9),
+                             c["weights"], 3)
+    torch.testing.assert_close(y, y2, **TOL)
+
+
+@pytest.mark.parametrize("read", READS)
+def test_yaad_linear_memory_by_hand_takes_both_branches(read):
+    """Matrix memory, chunk 3: W <- alpha W - eta r k^T where ||r|| <= delta, else
+    W <- alpha W - eta delta sign(r) k^T, r at the chunk-start W. delta is drawn around the
+    typical ||r|| so that both branches occur."""
+    c = draw(12, layers=1)
+    eta, alpha, _, _ = c["gates"]
+    delta = 2 * c["gates"][2]                                             # (0, 2), ||r|| ~ 1-2
+    w = c["weights"][0].expand(2, *c["weights"][0].shape).clone()
+    ys, branches = [], set()
+    for t in range(7):
+        if t % 3 == 0:
+            w_start = w
+        r = matvec(w_start, c["k"][:, :, t]) - c["v"][:, :, t]
+        small = r.norm(dim=-1, keepdim=True) <= delta[:, :, t, None]
+        branches |= set(small.flatten().tolist())
+        direction = torch.where(small, r, delta[:, :, t, None] * torch.sign(r))
+        w = alpha[:, :, t, None, None] * w - eta[:, :, t, None, None] * outer(direction,
+                                                                            c["k"][:, :, t])
+        ys.append(matvec(w if read == "own_write" else w_start, c["q"][:, :, t]))
+    assert branches == {True, False}
+    y, (w_out,), _ = pl.yaad_loop(c["k"], c["v"], c["q"], eta, alpha, delta, c["weights"], 3,
+                                  residual=False, read=read)
+    torch.testing.assert_close(y, torch.stack(ys, 2), **TOL)
+    torch.testing.assert_close(w_out, w, **TOL)
+
+
+def test_yaad_with_an_infinite_threshold_is_titans_without_momentum():
+    """delta -> inf: always the l2 branch, W_t = alpha W_{t-1} - eta grad l2: Titans with
+    theta = eta, momentum decay eta_Titans = 0 and forgetting 1 - alpha (two oracles agree)."""
+    c = draw(13)
+    eta, alpha, _, _ = c["gates"]
+    y, w, _ = pl.yaad_loop(c["k"], c["v"], c["q"], eta, alpha, torch.full_like(eta, 1e9),
+                           c["weights"], 3)
+    y2, w2, _ = pl.titans_loop(c["k"], c["v"], c["q"], eta, torch.zeros_like(eta), 1 - alpha,
+                               c["weights"], 3)
+    torch.testing.assert_close(y, y2, **TOL)
+    for a, b in zip(w, w2):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+def _simplex_weights(seed, heads=3, d=4, hidden=16, c=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return [c * torch.softmax(torch.randn(heads, o, i, generator=g, dtype=DT), dim=-1)
+            for i, o in ((d, hidden), (hidden, d))]
+
+
+@pytest.mark.parametrize("read", READS)
+def test_memora_linear_memory_by_hand(read):
+    """Matrix memory, chunk 3, c = 2: W_t = c softmax(alpha log W_{t-1} - eta (W_{t'} k - v) k^T)
+    row-wise."""
+    c = draw(14, layers=1)
+    eta, alpha, _, _ = c["gates"]
+    w0 = [2.0 * torch.softmax(c["weights"][0], dim=-1)]
+    w = w0[0].expand(2, *w0[0].shape).clone()
+    ys = []
+    for t in range(7):
+        if t % 3 == 0:
+            w_start = w
+        g = outer(matvec(w_start, c["k"][:, :, t]) - c["v"][:, :, t], c["k"][:, :, t])
+        w = 2.0 * torch.softmax(alpha[:, :, t, None, None] * torch.log(w)
+                                - eta[:, :, t, None, None] * g, dim=-1)
+        ys.append(matvec(w if read == "own_write" else w_start, c["q"][:, :, t]))
+    y, (w_out,), _ = pl.memora_loop(c["k"], c["v"], c["q"], eta, alpha, w0, 3, c=2.0,
+                                    residual=False, read=read)
+    torch.testing.assert_close(y, torch.stack(ys, 2), **TOL)
+    torch.testing.assert_close(w_out, w, **TOL)
+
+
+@pytest.mark.parametrize("simplex", ["row", "matrix"])
+def test_memora_stays_on_the_simplex(simplex):
+    c = draw(15)
+    eta, alpha, _, _ = c["gates"]
+    w0 = _simplex_weights(15, c=1.5)
+    if simplex == "matrix":
+        w0 = [1.5 * w / w.sum((-2, -1), keepdim=True) for w in w0]
+    _, w, _ = pl.memora_loop(c["k"], c["v"], c["q"], 4 * eta, alpha, w0, 3, c=1.5, simplex=simplex)
+    for wi, w0i in zip(w, pl.expand(w0, 2)):
+        assert (wi > 0).all()
+        sums = wi.sum(-1) if simplex == "row" else wi.sum((-2, -1))
+        torch.testing.assert_close(sums, torch.full_like(sums, 1.5), **TOL)
+        assert (wi - w0i).abs().max() > 1e-3
+
+
+def test_memora_eta_zero_alpha_one_keeps_the_initial_memory():
+    """c softmax(log W_0) = W_0 when W_0's rows sum to c."""
+    c = draw(16)
+    w0 = _simplex_weights(16, c=1.5)
+    ones = torch.ones_like(c["gates"][0])
+    _, w, _ = pl.memora_loop(c["k"], c["v"], c["q"], 0 * ones, ones, w0, 3, c=1.5)
+    for wi, w0i in zip(w, pl.expand(w0, 2)):
+        torch.testing.assert_close(wi, w0i, **TOL)
+
+
+def test_memora_equals_the_logit_form_of_the_spec():
+    """memora.nl keeps logits L, L_t = alpha L_{t-1} - eta g_t, W = c softmax(L): the same W_t
+    as the literal KL form (softmax ignores the row constant of log W = L - logsumexp(L))."""
+    c = draw(17)
+    eta, alpha, _, _ = c["gates"]
+    logits0 = [torch.log(w) for w in _simplex_weights(17)]
+    y, w, _ = pl.memora_loop(c["k"], c["v"], c["q"], eta, alpha,
+                             [torch.softmax(lg, -1) for lg in logits0], 3)
+    logits, ys = pl.expand(logits0, 2), []
+    for t in range(7):
+        if t % 3 == 0:
+            start = [torch.softmax(lg, -1) for lg in logits]
+        g = pl.inner_grad(lambda ws: pl.l2(pl.mlp(ws, c["k"][:, :, t]), c["v"][:, :, t]).sum(),
+                          start, False)
+        logits = [alpha[:, :, t, None, None] * lg - eta[:, :, t, None, None] * gi
+                  for lg, gi in zip(logits, g)]
+        ys.append(pl.mlp([torch.softmax(lg, -1) for lg in logits], c["q"][:, :, t]))
+    torch.testing.assert_close(y, torch.stack(ys, 2), **TOL)
+
+
+# -- Atlas ---------------------------------------------------------------------------------------------
+
+def test_newton_schulz_is_the_quintic_on_the_singular_values():
+    """NS(X) = U f(Sigma / ||X||_F) V^T with f the scalar quintic iterated 5 times: the matrix
+    iteration acts on singular values only. Tall and wide matrices."""
+    g = torch.Generator().manual_seed(20)
+    a, b, c = pl.MUON_COEFFICIENTS
+    for shape in ((2, 5, 3), (2, 3, 5)):
+        x = torch.randn(*shape, generator=g, dtype=DT)
+        u, s, vh = torch.linalg.svd(x, full_matrices=False)
+        s = s / torch.linalg.matrix_norm(x)[:, None]
+        for _ in range(5):
+            s = a * s + b * s ** 3 + c * s ** 5
+        torch.testing.assert_close(pl.newton_schulz(x), u @ torch.diag_embed(s) @ vh, **TOL)
+        assert s.min() > 0.6 and s.max() < 1.25                            # roughly orthogonal
+
+
+def atlas_linear_by_hand(k, v, q, eta, theta, alpha, gamma, w0, chunk, window):
+    w = w0.expand(k.shape[0], *w0.shape).clone()
+    s = torch.zeros_like(w)
+    ys = []
+    for t in range(k.shape[2]):
+        if t % chunk == 0:
+            w_start = w
+        g = sum(gamma[:, :, i, None, None] * outer(matvec(w_start, k[:, :, i]) - v[:, :, i],
+                                                   k[:, :, i])
+                for i in range(max(0, t - window + 1), t + 1))
+        s = theta[:, :, t, None, None] * s + g
+        w = alpha[:, :, t, None, None] * w - eta[:, :, t, None, None] * pl.newton_schulz(s)
+        ys.append(matvec(w, q[:, :, t]))
+    return torch.stack(ys, 2), w, s
+
+
+@pytest.mark.parametrize("window", [pytest.param(1, id="window1"), pytest.param(2, id="window2"),
+                                    pytest.param(5, id="window5-crosses-chunks")])
+def test_atlas_linear_memory_by_hand(window):
+    """Matrix memory, chunk 3, T = 7: S_t = theta S + sum_{window} gamma_i (W_{t'} k_i - v_i) k_i^T,
+    W_t = alpha W - eta NS5(S_t)."""
+    c = draw(21, layers=1)
+    eta, theta, alpha, gamma = c["gates"]
+    y, (w,), (s,) = pl.atlas_loop(c["k"], c["v"], c["q"], eta, theta, alpha, gamma, c["weights"],
+                                  3, window=window, residual=False)
+    y_hand, w_hand, s_hand = atlas_linear_by_hand(c["k"], c["v"], c["q"], eta, theta, alpha, gamma,
+                                                  c["weights"][0], 3, window)
+    torch.testing.assert_close(y, y_hand, **TOL)
+    torch.testing.assert_close(w, w_hand, **TOL)
+    torch.testing.assert_close(s, s_hand, **TOL)
+
+
+def test_atlas_window_beyond_the_prefix_is_the_whole_prefix():
+    c = draw(22)
+    gates = c["gates"]
+    run = lambda window: pl.atlas_loop(c["k"], c["v"], c["q"], *gates, c["weights"], 3,
+                                       window=window)[0]
+    torch.testing.assert_close(run(7), run(50), rtol=0, atol=0)
+    assert (run(2) - run(7)).abs().max() > 1e-6
+
+
+def test_atlas_gamma_masks_the_window():
+    """gamma_i weighs token i's term wherever the window holds it. With gamma = 0 on even tokens
+    (chunk 1): at t = 0, 1 windows 1 and 2 hold the same nonzero terms, so they agree; at t = 2
+    window 1 holds only the zero-weighted token 2 while window 2 also holds token 1, so they
+    differ from there on."""
+    c = draw(23)
+    eta, theta, alpha, _ = c["gates"]
+    zero_even = torch.ones_like(eta)
+    zero_even[:, :, 0::2] = 0
+    y1 = pl.atlas_loop(c["k"], c["v"], c["q"], eta, theta, alpha, zero_even, c["weights"], 1,
+                       window=1)[0]
+    y2 = pl.atlas_loop(c["k"], c["v"], c["q"], eta, theta, alpha, zero_even, c["weights"], 1,
+                       window=2)[0]
+    torch.testing.assert_close(y1[:, :, :2], y2[:, :, :2], **TOL)        # t = 0, 1 agree
+    assert (y1[:, :, 2:] - y2[:, :, 2:]).abs().max() > 1e-6
+
+
+def test_polynomial_features_kernel():
+    """<phi(x), phi(y)> = sum_i a_i^2 (x . y)^i for the tensor-power features."""
+    g = torch.Generator().manual_seed(24)
+    x, y = torch.randn(2, 3, 4, generator=g, dtype=DT)
+    fx, fy = pl.polynomial_features(x, 3), pl.polynomial_features(y, 3)
+    assert fx.shape == (3, 1 + 4 + 16 + 64)
+    dot = (x * y).sum(-1)
+    expected = sum((1 / math.factorial(i)) ** 2 * dot ** i for i in range(4))
+    torch.testing.assert_close((fx * fy).sum(-1), expected, **TOL)
+
+
+def test_atlas_with_polynomial_keys_runs_the_matrix_memory_on_features():
+    """phi applies to keys and queries: a [d_v, d_phi] matrix memory, degree 2 (1 + 4 + 16)."""
+    c = draw(25, layers=1)
+    phi = lambda u: pl.polynomial_features(u, 2)
+    g = torch.Generator().manual_seed(25)
+    w0 = [torch.randn(3, 4, 21, generator=g, dtype=DT) / math.sqrt(21)]
+    y, (w,), _ = pl.atlas_loop(c["k"], c["v"], c["q"], *c["gates"], w0, 3, window=2,
+                               feature_map=phi, residual=False)
+    y_hand, w_hand, _ = atlas_linear_by_hand(phi(c["k"]), c["v"], phi(c["q"]), *c["gates"], w0[0],
+                                             3, 2)
+    torch.testing.assert_close(y, y_hand, **TOL)
+    torch.testing.assert_close(w, w_hand, **TOL)
