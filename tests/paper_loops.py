@@ -40,6 +40,7 @@ loops take one gate per token and head.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Sequence
 
@@ -229,7 +230,7 @@ def titans_pytorch_params(memory) -> dict:
     for name in ("to_queries", "to_keys", "to_values"):
         assert isinstance(getattr(m, name), torch.nn.Linear), f"{name}: an activation is set"
     assert type(m.reduce_to_chunk_rep).__name__ == "AveragePool"
-    assert isinstance(m.adaptive_step_transform, __import__("functools").partial)
+    assert isinstance(m.adaptive_step_transform, functools.partial)
     named = dict(zip(m.memory_model_parameter_names, m.memory_model_parameters))
     layers = [named[f"model.weights.{i}"].transpose(-1, -2)
               for i in range(sum(n.startswith("model.weights.") for n in named))]
