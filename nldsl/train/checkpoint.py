@@ -2,7 +2,8 @@
 
 A checkpoint holds the model's and the optimizer's state dicts, the step (the data position:
 a task's batch is a function of seed and step, nldsl/tasks/batch.py), the random number
-generators' states (torch, numpy, Python), the configuration and the evaluations so far. It is
+generators' states (torch, numpy, Python), the configuration, the evaluations so far and the
+training sums since the last one. It is
 written to a temporary file and renamed, so a crash while writing leaves the previous one.
 """
 from __future__ import annotations
@@ -31,11 +32,15 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(out: Path, *, model, optimizer, step: int, config: dict, history: list) -> Path:
+def save(out: Path, *, model, optimizer, step: int, config: dict, history: list,
+         window: dict) -> Path:
+    """`window`: the training sums since the last evaluation (a run stopped between two
+    evaluations reports, after resuming, the averages it would have reported)."""
     path = Path(out) / NAME
     tmp = path.with_suffix(".tmp")
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "rng": rng_state(), "config": config, "history": history}, tmp)
+                "rng": rng_state(), "config": config, "history": history, "window": window},
+               tmp)
     os.replace(tmp, path)
     return path
 

@@ -85,18 +85,20 @@ def run(config: Config, group: Group = Group(), *, resume: bool = False,
     model = build_model(replace(config, device=device), task.vocab_size)
     optimizer = build_optimizer(config, model)
     step, history = 0, []
+    window = torch.zeros(3, dtype=torch.float64)  # since `start`: loss sum, hits, positions
+    start = 0
     if resume:
         state = checkpoint.load(out, device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, history = state["step"], state["history"]
+        window, start = state["window"]["sums"].clone(), state["window"]["start"]
         checkpoint.set_rng_state(state["rng"])
     if group.main:
         _write_metrics(out, history)  # drops evaluations after the checkpoint's step
     net = group.wrap(model)
-    period, start = config.evaluation_period, step
-    window = torch.zeros(4, dtype=torch.float64)  # loss sum, hits, positions, tokens
-    clock, status = time.perf_counter(), "done"
+    period = config.evaluation_period
+    clock, tokens, status = time.perf_counter(), 0, "done"  # tokens since `clock`
     bar = tqdm(total=config.steps, initial=step, disable=not (progress and group.main),
                dynamic_ncols=True, desc=f"{Path(config.out).name}")
     saved = step if resume else None  # the step of the last checkpoint
@@ -119,37 +121,41 @@ def run(config: Config, group: Group = Group(), *, resume: bool = False,
                 break
             optimizer.step()
             step += 1
-            window += torch.tensor([stats[0].item(), stats[1].item(), count.item(),
-                                    batch.inputs.numel()], dtype=torch.float64)
-            elapsed = time.perf_counter() - clock
+            window += torch.tensor([stats[0].item(), stats[1].item(), count.item()],
+                                   dtype=torch.float64)
+            tokens += batch.inputs.numel()
+            speed = tokens / max(time.perf_counter() - clock, 1e-9)
             bar.set_postfix(loss=f"{stats[0].item():.4f}", acc=f"{window[1] / window[2]:.3f}",
-                            tok_s=f"{window[3] / max(elapsed, 1e-9):.0f}")
+                            tok_s=f"{speed:.0f}")
             bar.update()
             if step % period == 0 or step == config.steps:
                 if group.main:
-                    record = {"step": step, "train/loss": window[0].item() / (step - start),
-                        "train/token": (window[1] / window[2]).item(),
-                        "tokens_per_s": window[3].item() / max(elapsed, 1e-9),
-                        **evaluate(model, task.eval_batches(config.seed, step), device)}
-                    history.append(record)
+                    history.append({"step": step, "train/loss": window[0].item() / (step - start),
+                                    "train/token": (window[1] / window[2]).item(),
+                                    "tokens_per_s": speed,
+                                    **evaluate(model, task.eval_batches(config.seed, step),
+                                               device)})
                     _write_metrics(out, history)
-                    checkpoint.save(out, model=model, optimizer=optimizer, step=step,
-                                    config=config.to_dict(), history=history)
-                    saved = step
                 window.zero_()
-                start, clock = step, time.perf_counter()
+                start, clock, tokens = step, time.perf_counter(), 0
+                if group.main:
+                    checkpoint.save(out, model=model, optimizer=optimizer, step=step,
+                                    config=config.to_dict(), history=history,
+                                    window={"sums": window, "start": start})
+                    saved = step
             if stats[2].item() > 0:
                 status = "interrupted"
                 break
     bar.close()
-    return _finish(config, group, model, optimizer, step, history, status, saved)
-
-
-def _finish(config, group, model, optimizer, step, history, status, saved) -> Outcome:
-    out = Path(config.out)
     if status == "interrupted" and group.main:
         checkpoint.save(out, model=model, optimizer=optimizer, step=step,
-                                config=config.to_dict(), history=history)
+                        config=config.to_dict(), history=history,
+                        window={"sums": window, "start": start})
+    return _finish(config, group, step, history, status, saved)
+
+
+def _finish(config, group, step, history, status, saved) -> Outcome:
+    out = Path(config.out)
     if group.main:
         from nldsl.train.report import write_report
 
