@@ -26,7 +26,12 @@ SPECS = {
     "deltanet_recurrence": ("examples/deltanet_recurrence.nl", dict(dim=8, head_dim=4)),
     "gated_deltanet_recurrence": ("examples/gated_deltanet_recurrence.nl",
                                   dict(dim=8, head_dim=4)),
+}
+#: The deep memories (MLP states) at small sizes; max_lr 0.5 so that writes move the memory by
+#: far more than rounding.
+DEEP_SPECS = {
     "titans": ("titans", dict(dim=8, head_dim=4, chunk_size=3, max_lr=0.5)),
+    "yaad": ("yaad", dict(dim=8, head_dim=4, chunk_size=3, max_lr=0.5)),
 }
 
 
@@ -55,9 +60,9 @@ def randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 
 def build(spec_id: str, schedule: str, block_size: int = 64, seed: int = 0, **overrides):
-    """A float64 module of SPECS[spec_id] with randomized parameters (same seed, same values
-    in both schedules)."""
-    spec, hparams = SPECS[spec_id]
+    """A float64 module of SPECS[spec_id] (or DEEP_SPECS') with randomized parameters (same
+    seed, same values in both schedules)."""
+    spec, hparams = {**SPECS, **DEEP_SPECS}[spec_id]
     torch.manual_seed(seed)
     module = compile_module(spec, schedule=schedule, block_size=block_size,
                             **{**hparams, **overrides}).to(torch.float64)

@@ -66,7 +66,7 @@ def linear_form(level: TokenLevel, program: Program) -> LinearForm | None:
     try:
         terms = _terms(value, s)
         decay, erase, key, vector = _collect(terms)
-        queries, reads = _queries(level, s)
+        queries, reads = read_queries(level, s)
     except NoForm:
         return None
     factors = [f for term in terms if term[0] == "write" for f in term[3]]
@@ -224,7 +224,9 @@ def _collect(terms: list[tuple]):
     return decay, erase, keys[0], vector
 
 
-def _queries(level: TokenLevel, s: str):
+def read_queries(level: TokenLevel, s: str):
+    """The level's reads with each application `s(q)` / `s @ q` replaced by a placeholder name,
+    and placeholder -> (q, before_write); NoForm when a read uses s otherwise."""
     queries: dict[str, tuple[ast.Expr, bool]] = {}
     reads = {}
     for name, (value, before) in level.reads.items():

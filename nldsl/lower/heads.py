@@ -200,6 +200,9 @@ class HeadShapes:
             return SCALAR_VALUE
         memory = self.name(func) if any(func in lv.states for lv in self.program.levels) else None
         if memory is not None:                   # M(u) = M u (per head in M's own level)
+            layout = next(lv.states[func].mlp for lv in self.program.levels if func in lv.states)
+            if layout is not None:               # an MLP maps d_0 to d_L
+                return Value(layout.widths[-1:], memory.split)
             return Value(memory.dims[:1], memory.split) if len(memory.dims) == 2 else _unknown(func)
         if not args:
             raise Unknown(func)

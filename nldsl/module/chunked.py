@@ -11,8 +11,10 @@ from __future__ import annotations
 import torch
 
 from nldsl import ast
+from nldsl.lower.deep_forms import DeepForm, deep_form
 from nldsl.lower.forms import LinearForm, linear_form
 from nldsl.lower.program import Program, TokenLevel
+from nldsl.module.deep_chunk import run_deep_level
 from nldsl.module.delta_chunk import linear_delta_blocks
 from nldsl.module.reference import STREAM, finish, run_reference
 from nldsl.runtime.evaluate import FrameEvaluator
@@ -22,9 +24,11 @@ from nldsl.runtime.functions import causal_conv
 SEQUENCE = Frame(2)
 
 
-def plan_schedule(program: Program) -> dict[str, LinearForm]:
-    """level -> its fast form, for every level; {} when one level has none."""
-    forms = {level.name: linear_form(level, program) for level in program.levels}
+def plan_schedule(program: Program) -> dict[str, LinearForm | DeepForm]:
+    """level -> its fast form (a linear memory, or a deep memory's chunk form), for every
+    level; {} when one level has none."""
+    forms = {level.name: linear_form(level, program) or deep_form(level, program)
+             for level in program.levels}
     return forms if all(forms.values()) else {}
 
 
@@ -82,11 +86,23 @@ class _SequenceValues:
         conv = lambda call, a, width: self._conv(call, a, frame)
         return FrameEvaluator(frame, lookup, _no_memory, conv)(expr)
 
-    def run_level(self, level: TokenLevel, form: LinearForm, block: int) -> None:
+    def evaluate_window(self, level: TokenLevel, expr: ast.Expr, start: int, stop: int, apply):
+        """expr over the tokens [start, stop) of the call only, `apply(name, u)` computing a
+        memory application (deep_chunk.py's loss at a chunk's snapshot)."""
+        frame, steps = self.frames[level.name], self.x.shape[1]
+        window = lambda v: v[:, start:stop] if isinstance(v, torch.Tensor) and v.ndim >= 2 \
+            and v.shape[1] == steps else v
+        lookup = lambda name: window(self._lookup(name, frame))
+        return FrameEvaluator(frame, lookup, apply, _no_conv)(expr)
+
+    def run_level(self, level: TokenLevel, form: LinearForm | DeepForm, block: int) -> None:
         frame = self.frames[level.name]
         bsz, steps = self.x.shape[:2]
         heads = level.heads or 1
         per_head = lambda value, width: _heads_first(frame, value, self.x, heads, width)
+        if isinstance(form, DeepForm):
+            run_deep_level(self, level, form, per_head)
+            return
         s0 = self.new_state[level.name][form.state]               # [B, (H,) dv, dk]
         dv, dk = s0.shape[-2:]
         a, c = self.evaluate(level, form.decay), self.evaluate(level, form.erase)
@@ -154,6 +170,10 @@ def _number(value, number: float) -> bool:
 
 def _no_memory(name, u):
     raise KeyError(f"memory {name} applied outside its fast path")
+
+
+def _no_conv(call, a, width):
+    raise KeyError("a conv inside a windowed expression (its cache follows the whole call)")
 
 
 def _heads_first(frame: Frame, value, x: torch.Tensor, heads: int, width: int | None):

@@ -1,0 +1,175 @@
+"""The chunk form of a deep memory (lower/deep_forms.py), one Python iteration per chunk.
+
+All gradients of a chunk of L tokens are taken at its snapshot M_g (Titans eq. 16), so one
+batched forward of the loss at M_g and one backward give every token's per-layer factors:
+
+    G_t = sum_i delta_{i,t} a_{i-1,t}^T        layer i: z_i = W_i a_{i-1}, delta_i = dl_t / dz_i
+
+(a bias-free layer's gradient is delta a^T whatever the loss). The rule is linear in the G's:
+
+    M_t = A_t M_0 + B_t S_0 + sum_{s<=t} K_ts G_s,    S_t = E_t S_0 + sum_{s<=t} F_ts G_s
+
+with P^g_tr = prod_{r<i<=t} g_i (`_products`) for a gate g:
+    gradient rule  M_t = d_t M_{t-1} - lr_t G_t:   A_t = P^d_t0, K_ts = -lr_s P^d_ts
+    momentum rule  S_t = b_t S_{t-1} - lr_t G_t, M_t = d_t M_{t-1} + S_t (Titans eqs. 13-14):
+                   F_ts = -lr_s P^b_ts, E_t = P^b_t0, K = P^d F, B_t = sum_r P^d_tr E_r
+A read M_t(u_t) is computed layer by layer without forming M_t:
+
+    W_{i,t} h_t = A_t W_{i,0} h_t + B_t S_{i,0} h_t + sum_{s<=t} K_ts (a_{i-1,s} . h_t) delta_{i,s}
+
+a causally masked [L, L] matmul per layer, as linear attention's intra-chunk part; the chunk's
+end state is the same sums at t = L. Memory for the backward pass grows as T (d_0 + ... + d_L)
+per head plus L^2 per chunk and head, never as T times the weight count.
+"""
+from __future__ import annotations
+
+import torch
+
+from nldsl.lower.deep_forms import DeepForm
+from nldsl.lower.program import MLPLayout, TokenLevel
+from nldsl.runtime import mlp
+
+
+def run_deep_level(values, level: TokenLevel, form: DeepForm, per_head) -> None:
+    """Write the level's state and bind its reads over the whole call. `values` is the chunked
+    schedule's sequence values; `per_head(value, width)` gives [B, H, T(, width)]."""
+    layout = level.states[form.state].mlp
+    own = values.new_state[level.name]
+    steps = values.x.shape[1]
+    heads = level.heads
+    head_first = (lambda a: a) if heads is not None else (lambda a: a.unsqueeze(1))
+    keep = level.backprop and torch.is_grad_enabled()
+    lr = per_head(values.evaluate(level, form.lr), None)                   # [B, H, T]
+    decay = per_head(values.evaluate(level, form.decay), None)             # [B, H, T]
+    beta = per_head(values.evaluate(level, form.beta), None) if form.beta is not None else None
+    queries = {name: (per_head(values.evaluate(level, u), layout.widths[0]), before)
+               for name, (u, before) in form.queries.items()}              # [B, H, T, d_0]
+    if not keep:
+        lr, decay = lr.detach(), decay.detach()
+        beta = beta.detach() if beta is not None else None
+    m = head_first(own[form.state])                                        # [B, H, P]
+    s = head_first(own[f"{form.state}_momentum"]) if beta is not None else None
+    snapshot = head_first(own.get(f"{form.state}.chunk_start", own[form.state]))
+    if not keep:            # written states are constants; `before write` reads see the start
+        first, m = m, m.detach()
+        s = s.detach() if s is not None else None
+    start = values.new_state["_stream"]["t"]
+    reads = {name: [] for name in queries}
+    t0 = 0
+    while t0 < steps:
+        offset = (start + t0) % level.chunk                                # tokens already in it
+        t1 = min(steps, t0 + level.chunk - offset)
+        if offset == 0:
+            snapshot = m if keep or t0 else first
+        deltas, inputs = _factors(values, level, form, layout, snapshot, t0, t1, keep)
+        coefficients = _coefficients(lr[..., t0:t1], decay[..., t0:t1],
+                                     beta[..., t0:t1] if beta is not None else None)
+        for name, (u, before) in queries.items():
+            u = u[:, :, t0:t1]                                             # [B, H, L, d_0]
+            reads[name].append(mlp.apply(layout, snapshot.unsqueeze(2), u) if before else
+                               _read(layout, m, s, coefficients, deltas, inputs, u))
+        m, s = _end(layout, m, s, coefficients, deltas, inputs)
+        t0 = t1
+    unhead = (lambda a: a) if heads is not None else (lambda a: a.squeeze(1))
+    own[form.state] = unhead(m)
+    if s is not None:
+        own[f"{form.state}_momentum"] = unhead(s)
+    own[f"{form.state}.chunk_start"] = unhead(snapshot)
+    for name, parts in reads.items():
+        y = torch.cat(parts, dim=2).transpose(1, 2)                        # [B, T, H, d_L]
+        values.bound[name] = y if heads is not None else y[:, :, 0]
+    for name, expr in form.reads.items():
+        values.memo[name] = (values.evaluate(level, expr), values.frames[level.name])
+
+
+def _factors(values, level, form: DeepForm, layout: MLPLayout, snapshot, t0: int, t1: int,
+             keep: bool):
+    """delta_i [B, H, L, d_i] and a_{i-1} [B, H, L, d_{i-1}] per layer, from one forward of the
+    loss over tokens [t0, t1) at `snapshot` [B, H, P] and one backward to the pre-activations.
+    Each token's loss depends on its own pre-activations only, so the gradient of the summed
+    loss is every token's own."""
+    frame = values.frames[level.name]
+    inputs, pre = [], []
+    weights = snapshot if level.heads is not None else snapshot[:, 0]
+
+    def apply(name, u):
+        if inputs:                  # the loss names M(u) again, for the same u (deep_forms.py)
+            return outputs[0]
+        h = u
+        for i, w in enumerate(mlp.layers(layout, weights.unsqueeze(1))):  # [B, 1, (H,) o, i]
+            inputs.append(h)
+            z = torch.matmul(w, h.unsqueeze(-1)).squeeze(-1)               # [B, L, (H,) o]
+            if not z.requires_grad:
+                z.requires_grad_()
+            pre.append(z)
+            h = mlp.ACTIVATIONS[layout.activation](z) if i < len(layout.layers) - 1 else z
+        outputs.append(h + u if layout.residual else h)
+        return outputs[0]
+
+    outputs = []
+    with torch.enable_grad():
+        loss = values.evaluate_window(level, form.loss, t0, t1, apply)    # [B, L, (H)]
+        grads = torch.autograd.grad(loss.sum(), pre, create_graph=keep)
+    lead = pre[0].shape[:-1]                                              # [B, L, (H)]
+    as_heads = (lambda a: a.movedim(2, 1)) if level.heads is not None else \
+        (lambda a: a.unsqueeze(1))
+    deltas = [as_heads(g) for g in grads]
+    inputs = [as_heads(a.expand(lead + a.shape[-1:])) for a in inputs]
+    if not keep:
+        deltas, inputs = [d.detach() for d in deltas], [a.detach() for a in inputs]
+    return deltas, inputs
+
+
+def _products(g: torch.Tensor) -> torch.Tensor:
+    """g [B, H, L] -> P [B, H, L+1, L+1], P[t, r] = prod_{r < i <= t} g_i for t >= r (index 0:
+    the chunk's start), 0 above the diagonal. A cumulative product of a masked matrix: exact
+    for gates that are 0, unlike differences of cumulative log sums."""
+    n = g.shape[-1] + 1
+    gi = torch.cat([g.new_ones(g.shape[:-1] + (1,)), g], dim=-1)           # [B, H, L+1]
+    index = torch.arange(n, device=g.device)
+    after = index[None, :] > index[:, None]                                # [r, i]: i > r
+    q = torch.where(after, gi.unsqueeze(-2), torch.ones_like(gi).unsqueeze(-2)).cumprod(-1)
+    return q.transpose(-1, -2).tril()                                      # [B, H, t, r]
+
+
+def _coefficients(lr, decay, beta):
+    """(A, B, K, E, F) of the module docstring for one chunk; B, E, F are None for the
+    gradient rule. A, B, E [B, H, L]; K, F [B, H, L, L]."""
+    pd = _products(decay)                                                  # [B, H, L+1, L+1]
+    if beta is None:
+        return pd[..., 1:, 0], None, pd[..., 1:, 1:] * -lr.unsqueeze(-2), None, None
+    pb = _products(beta)
+    f = pb[..., 1:, 1:] * -lr.unsqueeze(-2)                                # [B, H, L, L]
+    e = pb[..., 1:, 0]                                                     # [B, H, L]
+    k = pd[..., 1:, 1:] @ f
+    b = (pd[..., 1:, 1:] @ e.unsqueeze(-1)).squeeze(-1)
+    return pd[..., 1:, 0], b, k, e, f
+
+
+def _read(layout: MLPLayout, m, s, coefficients, deltas, inputs, u):
+    """M_t(u_t) for the chunk's tokens: u [B, H, L, d_0] -> [B, H, L, d_L]."""
+    a, b, k, _, _ = coefficients
+    h = u
+    for i, (w, delta, x) in enumerate(zip(mlp.layers(layout, m), deltas, inputs)):
+        z = a.unsqueeze(-1) * (h @ w.mT)                                   # [B, H, L, o]
+        if b is not None:
+            z = z + b.unsqueeze(-1) * (h @ mlp.layers(layout, s)[i].mT)
+        z = z + ((h @ x.mT) * k) @ delta                                   # [L, L] @ [L, o]
+        h = mlp.ACTIVATIONS[layout.activation](z) if i < len(layout.layers) - 1 else z
+    return h + u if layout.residual else h
+
+
+def _end(layout: MLPLayout, m, s, coefficients, deltas, inputs):
+    """The state and momentum after the chunk's last token: the sums at t = L."""
+    a, b, k, e, f = coefficients
+    m_layers, s_layers = mlp.layers(layout, m), mlp.layers(layout, s) if s is not None else None
+    new_m, new_s = [], []
+    for i, (delta, x) in enumerate(zip(deltas, inputs)):
+        update = (delta * k[..., -1, :].unsqueeze(-1)).mT @ x               # [B, H, o, i]
+        w = a[..., -1, None, None] * m_layers[i] + update
+        if s is not None:
+            w = w + b[..., -1, None, None] * s_layers[i]
+            new_s.append(e[..., -1, None, None] * s_layers[i]
+                         + (delta * f[..., -1, :].unsqueeze(-1)).mT @ x)
+        new_m.append(w)
+    return mlp.flatten(layout, new_m), mlp.flatten(layout, new_s) if s is not None else None
