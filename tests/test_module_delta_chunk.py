@@ -4,6 +4,7 @@
 
 against a token loop written here (and the module's own `linear_delta_loop`), for block sizes
 that divide T, that do not, 1 and > T; decays of exactly 0; no erase term (c None); gradients.
+And the chunked schedule's one GEMM for a level's input projections.
 Tolerance: tests/_module_cases.rounding_bound, the same derivation as for the modules (unit
 keys, 0 < c < 1, 0 <= a <= 1 keep the transition's norm <= 1).
 """
@@ -12,7 +13,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+import nldsl
 from _module_cases import assert_close, rounding_bound
+from nldsl import ast
+from nldsl.consteval import children
+from nldsl.module.chunked import _SequenceValues
 from nldsl.module.delta_chunk import (decay_products, linear_delta_blocks, linear_delta_loop,
                                       unit_lower_inverse)
 
@@ -223,3 +228,26 @@ def test_decay_products_of_ones():
     assert torch.equal(gamma, torch.ones(3, 6, dtype=torch.float64))
     general, _ = decay_products(torch.ones(3, 6, dtype=torch.float64).requires_grad_(True))
     assert torch.equal(general.detach(), d)
+
+
+def test_chunked_projects_the_input_in_one_gemm():
+    """The chunked schedule computes a level's `x @ W` contexts as one product with the weights
+    side by side; each piece equals its own product (float64, to the GEMM's rounding)."""
+    m = nldsl.compile("deltanet", dim=8, heads=2, head_dim=3).double()
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    params = dict(m.named_parameters())
+    values = _SequenceValues(m.program, params, x, m.initial_state(2))
+    level = m.program.levels[0]
+    values.project(level)
+    nodes = {node.right.id: node for expr in level.contexts.values() for node in _walk(expr)
+             if isinstance(node, ast.Binary) and node.op == "@"}
+    assert set(nodes) == {"Wk", "Wv", "Wq", "W_beta"}
+    for name, node in nodes.items():
+        product = values.products[id(node)]                          # [B, T, 1, width]
+        assert_close(product.squeeze(2), x @ params[name], 1e-14, name)
+
+
+def _walk(expr):
+    yield expr
+    for child in children(expr):
+        yield from _walk(child)

@@ -2,8 +2,10 @@
 call at once; a module with a level that has none runs the reference (same values, slower).
 
 Contexts, gates and `out` are evaluated once for all tokens (frame prefix [B, T]) by the same
-evaluator the reference uses per token; the recurrence of a linear memory (lower/forms.py) is
-`delta_chunk.linear_delta_blocks`. `plan_schedule` decides, at construction, which levels have
+evaluator the reference uses per token, except that a level's projections of the input
+(`x @ W` with W a parameter) are one GEMM with the weights side by side (the same products up to
+the GEMM's rounding: one call instead of one per weight, and one for their backward); the
+recurrence of a linear memory (lower/forms.py) is `delta_chunk.linear_delta_blocks`. `plan_schedule` decides, at construction, which levels have
 a fast path; `CompiledModule.fast_paths` shows it.
 """
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from nldsl import ast
+from nldsl.consteval import children
 from nldsl.lower.deep_forms import DeepForm, deep_form
 from nldsl.lower.forms import LinearForm, linear_form
 from nldsl.lower.program import Program, TokenLevel
@@ -79,12 +82,31 @@ class _SequenceValues:
         self.memo: dict[str, tuple[object, Frame]] = {}
         self.bound: dict[str, object] = {}
         self.convs: dict[str, torch.Tensor] = {}
+        self.products: dict[int, torch.Tensor] = {}               # id of an `x @ W` node -> value
 
     def evaluate(self, level: TokenLevel | None, expr: ast.Expr):
         frame = self.frames[level.name] if level is not None else SEQUENCE
         lookup = lambda name: self._lookup(name, frame)
         conv = lambda call, a, width: self._conv(call, a, frame)
-        return FrameEvaluator(frame, lookup, _no_memory, conv)(expr)
+        return _Evaluator(frame, lookup, _no_memory, conv, self.products)(expr)
+
+    def project(self, level: TokenLevel) -> None:
+        """The level's contexts' `x @ W` products (W a 2-D parameter) as one GEMM, when there
+        are several weights: x [.., dim] @ [W_1 .. W_n] [dim, sum of widths], split."""
+        nodes: dict[str, list[ast.Binary]] = {}
+        for expr in level.contexts.values():
+            for node in _nodes(expr):
+                if (isinstance(node, ast.Binary) and node.op == "@" and _is_name(node.left, "x")
+                        and isinstance(node.right, ast.Name) and node.right.id in self.params
+                        and self.params[node.right.id].ndim == 2):
+                    nodes.setdefault(node.right.id, []).append(node)
+        if len(nodes) < 2 or "x" in self.bound:
+            return
+        weights = [self.params[name] for name in nodes]
+        x = self._lookup("x", self.frames[level.name])                        # [B, T, (1,) dim]
+        products = (x @ torch.cat(weights, dim=1)).split([w.shape[1] for w in weights], dim=-1)
+        for same, product in zip(nodes.values(), products):
+            self.products.update((id(node), product) for node in same)
 
     def evaluate_window(self, level: TokenLevel, expr: ast.Expr, start: int, stop: int, apply):
         """expr over the tokens [start, stop) of the call only, `apply(name, u)` computing a
@@ -100,6 +122,7 @@ class _SequenceValues:
         bsz, steps = self.x.shape[:2]
         heads = level.heads or 1
         per_head = lambda value, width: _heads_first(frame, value, self.x, heads, width)
+        self.project(level)
         if isinstance(form, DeepForm):
             run_deep_level(self, level, form, per_head)
             return
@@ -160,6 +183,28 @@ class _SequenceValues:
             y, self.new_state[STREAM][site.param] = causal_conv(merged, self.params[site.param], cache)
             self.convs[site.param] = y
         return SEQUENCE.merge(self.convs[site.param], frame)
+
+
+class _Evaluator(FrameEvaluator):
+    """FrameEvaluator that takes the value of an `x @ W` node from `products` when it is there."""
+
+    def __init__(self, frame, lookup, apply, conv, products: dict[int, torch.Tensor]):
+        super().__init__(frame, lookup, apply, conv)
+        self.products = products
+
+    def __call__(self, expr: ast.Expr):
+        product = self.products.get(id(expr))
+        return product if product is not None else super().__call__(expr)
+
+
+def _nodes(expr: ast.Node):
+    yield expr
+    for child in children(expr):
+        yield from _nodes(child)
+
+
+def _is_name(expr: ast.Expr, name: str) -> bool:
+    return isinstance(expr, ast.Name) and expr.id == name
 
 
 def _number(value, number: float) -> bool:

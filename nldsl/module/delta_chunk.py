@@ -79,36 +79,37 @@ def _invert(n: torch.Tensor) -> torch.Tensor:
     """TRTRI's recursion, batched. With N padded to a power of two P (zeros: the inverse is
     block-diagonal with I), the SWEEP-sized diagonal blocks are inverted row by row
     (T[i, :i] = -N[i, :i] T[:i, :i]); then pairs of inverted blocks A, D of size s with the
-    block C of N between them merge into [[A, 0], [-D C A, D]] of size 2 s."""
+    block C of N between them merge into [[A, 0], [-D C A, D]] of size 2 s. The blocks of a
+    size are one contiguous [G P / s, s, s] tensor, so that A and D are strided batches that
+    the products read in place."""
     g, length = n.shape[:2]
     size = 1 << max(length - 1, 0).bit_length()                  # P >= L, a power of two
     n = F.pad(n, (0, size - length, 0, size - length)) if size != length else n
-    base = min(size, SWEEP)
-    m = size // base
-    diag = _blocks(n, base).diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2).reshape(g * m, base, base)
-    inverse = torch.eye(base, dtype=n.dtype, device=n.device).repeat(g * m, 1, 1)
-    for i in range(1, base):                                      # [g m, b, b], row i from rows < i
-        inverse[:, i, :i] -= torch.bmm(diag[:, i:i + 1, :i], inverse[:, :i, :i]).squeeze(1)
-    t = n.new_zeros(g, size, size)
-    _pairs(t, base, 0, 0).copy_(inverse.reshape(g, m, base, base))
-    s = base
+    s = min(size, SWEEP)
+    diag = _sub_blocks(n, s, 0)                                   # [G P/s, s, s]
+    t = torch.eye(s, dtype=n.dtype, device=n.device).repeat(diag.shape[0], 1, 1)
+    for i in range(1, s):                                         # row i from rows < i
+        t[:, i, :i] -= torch.bmm(diag[:, i:i + 1, :i], t[:, :i, :i]).squeeze(1)
     while s < size:
-        a, d, c = _pairs(t, s, 0, 0, 2), _pairs(t, s, 1, 1, 2), _pairs(n, s, 1, 0, 2)  # [g, p, s, s]
-        _pairs(t, s, 1, 0, 2).copy_(-(d @ (c @ a)))
-        s *= 2
+        pairs = t.view(-1, 2, s, s)                               # [G P/2s, 2, s, s]: A, D
+        a, d = pairs[:, 0], pairs[:, 1]
+        merged = t.new_zeros(pairs.shape[0], 2, s, 2, s)
+        merged[:, 0, :, 0] = a
+        merged[:, 1, :, 1] = d
+        merged[:, 1, :, 0] = torch.bmm(d, torch.bmm(_sub_blocks(n, s, 1), a)).neg_()
+        t, s = merged.view(-1, 2 * s, 2 * s), 2 * s
+    t = t.view(g, size, size)
     return t[:, :length, :length] if size != length else t
 
 
-def _blocks(t: torch.Tensor, s: int) -> torch.Tensor:
-    """[G, P, P] as [G, P/s, s, P/s, s] sub-blocks (a view)."""
-    g, size = t.shape[:2]
-    return t.view(g, size // s, s, size // s, s)
-
-
-def _pairs(t: torch.Tensor, s: int, row: int, col: int, step: int = 1) -> torch.Tensor:
-    """The s-blocks (step j + row, step j + col) of [G, P, P] as a view [G, P/(s step), s, s]."""
-    b = _blocks(t, s)[:, row::step, :, col::step, :]
-    return b.diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2)
+def _sub_blocks(n: torch.Tensor, s: int, below: int) -> torch.Tensor:
+    """The s-blocks of N [G, P, P] on the diagonal (below 0: blocks (i, i)) or just below the
+    diagonal of each 2s-block (below 1: blocks (2j + 1, 2j)), as [G P / s / (1 + below), s, s]."""
+    g, size = n.shape[:2]
+    m = size // s
+    blocks = n.view(g, m, s, m, s).diagonal(offset=-below, dim1=1, dim2=3)  # [G, s, s, m - below]
+    blocks = blocks[..., ::2] if below else blocks
+    return blocks.permute(0, 3, 1, 2).reshape(-1, s, s)
 
 
 def linear_delta_blocks(s0, a, c, k, w, queries, block: int):
