@@ -6,6 +6,7 @@ Exit status: 0 when the run finishes, 1 when it diverges or cannot start, 130 af
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -94,5 +95,6 @@ def run_train(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"nldsl train: error: {err}", file=sys.stderr)
         return 1
-    print(outcome.message, file=sys.stderr if outcome.status != "done" else sys.stdout)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, every rank returns here
+        print(outcome.message, file=sys.stderr if outcome.status != "done" else sys.stdout)
     return EXIT[outcome.status]

@@ -11,8 +11,10 @@ from pathlib import Path
 
 from nldsl.errors import NLDSLError
 
-STATUS = {"done": "finished", "interrupted": "interrupted (Ctrl-C); continue with --resume",
-          "diverged": "stopped: the training loss was not finite"}
+STATUS = {"done": "finished at step {step} of {steps}.",
+          "interrupted": "interrupted (Ctrl-C) at step {step} of {steps}; continue with --resume.",
+          "diverged": "stopped before step {next}: the training loss was not finite; the "
+                      "checkpoint is the last good one."}
 
 
 def plot(history: list[dict], suffix: str, path: Path, ylabel: str) -> Path | None:
@@ -63,7 +65,7 @@ def write_report(out: Path, config, history: list[dict], status: str, step: int)
     final = history[-1] if history else {}
     numbers = [(k, f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in final.items()]
     lines = [f"# {Path(config.spec).stem} on {config.task}", "",
-             f"Status: {STATUS[status]} at step {step} of {config.steps}.", "",
+             "Status: " + STATUS[status].format(step=step, steps=config.steps, next=step + 1), "",
              "## Configuration", "", _table(settings), "",
              "## Final evaluation", "",
              _table(numbers) if numbers else "No evaluation was reached.", "", "## Curves", ""]

@@ -1,0 +1,95 @@
+"""Issue 13 §3's small table: module specs trained as language models on the formal languages
+(Bin0/Bin1 sequence accuracy) and MQAR, with `nldsl train`'s loop.
+
+    .venv/bin/python benchmarks/train_table.py [--specs linear_attention deltanet gated_deltanet]
+        [--tasks parity aa anbn mqar] [--steps 400] [--batch 32] [--lr 3e-3] [--dim 32]
+        [--depth 2] [--heads 2] [--head-dim 16] [--seq 12] [--threads 1] [--out runs/table]
+        [--json table.json]
+
+Every run is `nldsl train SPEC --task TASK` with these options (its report in OUT/SPEC-TASK),
+one after the other, each on `--threads` threads. Formal languages train on words of lengths
+1..seq and report the fraction of words recognised at every position (Bhattamishra et al.
+2020's criterion) on fresh words of those lengths (Bin0) and of lengths seq+1..2 seq (Bin1);
+MQAR (4 pairs in 32 tokens, 64-token vocabulary) reports the fraction of queries answered.
+The numbers are the last evaluation's, at the last step. Specs that do not compile yet (titans,
+hope, attention) are reported as such, with the compiler's reason.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from nldsl.errors import NLDSLError
+from nldsl.tasks.languages import LANGUAGES
+from nldsl.train.config import Config
+from nldsl.train.loop import run
+
+MQAR = "mqar:pairs=4,seq_len=32,vocab_size=64"
+
+
+def one_run(spec: str, task: str, args) -> dict:
+    name = task.partition(":")[0]
+    config = Config(spec, MQAR if name == "mqar" else task, steps=args.steps, batch=args.batch,
+                    seq=args.seq if name in LANGUAGES else None, lr=args.lr, dim=args.dim,
+                    depth=args.depth, hparams={"heads": args.heads, "head_dim": args.head_dim},
+                    seed=args.seed, out=str(Path(args.out) / f"{spec}-{name}"))
+    started = time.perf_counter()
+    try:
+        outcome = run(config, progress=False)
+    except NLDSLError as err:
+        return {"spec": spec, "task": name, "error": str(err).splitlines()[0]}
+    last = json.loads((Path(config.out) / "metrics.jsonl").read_text().splitlines()[-1])
+    scores = ({"bin0": last["bin0/sequence"], "bin1": last["bin1/sequence"]}
+              if name in LANGUAGES else {"eval": last["eval/token"]})
+    return {"spec": spec, "task": name, "status": outcome.status, "step": outcome.step,
+            "seconds": time.perf_counter() - started, **scores}
+
+
+def table(results: list[dict], tasks: list[str]) -> str:
+    head = ["spec"] + [f"{t} Bin0 / Bin1" if t in LANGUAGES else f"{t} acc" for t in tasks]
+    rows = []
+    for spec in dict.fromkeys(r["spec"] for r in results):
+        cells = [spec]
+        for task in tasks:
+            r = next(r for r in results if r["spec"] == spec and r["task"] == task)
+            if "error" in r:
+                cells.append("does not compile")
+            elif task in LANGUAGES:
+                cells.append(f"{r['bin0']:.2f} / {r['bin1']:.2f}")
+            else:
+                cells.append(f"{r['eval']:.2f}")
+        rows.append(cells)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in rows])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--specs", nargs="+",
+                        default=["linear_attention", "deltanet", "gated_deltanet"])
+    parser.add_argument("--tasks", nargs="+", default=["parity", "aa", "anbn", "mqar"])
+    for flag, kind, default in [("--steps", int, 400), ("--batch", int, 32), ("--lr", float, 3e-3),
+                                ("--dim", int, 32), ("--depth", int, 2), ("--heads", int, 2),
+                                ("--head-dim", int, 16), ("--seq", int, 12),
+                                ("--threads", int, 1), ("--seed", int, 0)]:
+        parser.add_argument(flag, type=kind, default=default)
+    parser.add_argument("--out", default="runs/table")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    results = []
+    for spec in args.specs:
+        for task in args.tasks:
+            results.append(one_run(spec, task, args))
+            print(json.dumps(results[-1]), flush=True)
+    print(table(results, args.tasks))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
