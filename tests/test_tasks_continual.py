@@ -19,16 +19,22 @@ def test_tasks_conflict():
     assert (a != b).mean() > 0.5
 
 
-@pytest.mark.parametrize("step,task,seen", [(0, 0, ["task0"]), (9, 0, ["task0"]),
-                                            (10, 1, ["task0", "task1"]),
-                                            (99, 2, ["task0", "task1", "task2"])],
+@pytest.mark.parametrize("step,task", [(0, 0), (9, 0), (10, 1), (99, 2)],
                          ids=["first", "last-of-first", "second", "past-the-end"])
-def test_stream_schedule(step, task, seen):
+def test_the_task_of_a_step(step, task):
     stream = labelling_stream(tasks=3, steps_per_task=10)
     assert stream.task_at(step) == task
-    assert list(stream.eval_batches(0, step)) == seen
     expected = stream.tasks[task].train_batch(0, step, 2)
     assert torch.equal(stream.train_batch(0, step, 2).targets, expected.targets)
+
+
+@pytest.mark.parametrize("steps,seen", [(0, ["task0"]), (10, ["task0"]),
+                                        (11, ["task0", "task1"]),
+                                        (99, ["task0", "task1", "task2"])],
+                         ids=["start", "end-of-first", "into-second", "past-the-end"])
+def test_evaluation_after_steps_covers_the_tasks_trained(steps, seen):
+    stream = labelling_stream(tasks=3, steps_per_task=10)
+    assert list(stream.eval_batches(0, steps)) == seen
 
 
 def test_a_stream_needs_one_vocabulary():

@@ -133,3 +133,12 @@ def test_a_batch_that_does_not_split_is_an_error(tmp_path):
 
     with pytest.raises(ValueError, match="does not split"):
         loop.run(tiny(tmp_path, batch=5), Group(0, 2), progress=False)
+
+
+def test_a_continual_stream_evaluates_every_task_trained_so_far(tmp_path):
+    config = tiny(tmp_path, task="continual:tasks=2,steps_per_task=2,seq_len=8", steps=4,
+                  eval_every=2)
+    loop.run(config, progress=False)
+    history = saved(config)["history"]
+    assert [sorted(k for k in r if k.endswith("/token") and k != "train/token")
+            for r in history] == [["task0/token"], ["task0/token", "task1/token"]]

@@ -9,7 +9,7 @@ learns in its weights forgets task i while it learns task i + 1; how much it kee
 measure.
 
 `Stream` cuts a run into `steps_per_task` steps per task (the last task runs to the end) and,
-at step s, evaluates every task begun by s. Any tasks with one vocabulary can make a stream.
+after s steps, evaluates every task trained in them. Any tasks with one vocabulary can make a stream.
 """
 from __future__ import annotations
 
@@ -83,9 +83,9 @@ class Stream:
         return self.tasks[self.task_at(step)].train_batch(seed, step, batch_size)
 
     def eval_batches(self, seed: int, step: int = 0) -> dict[str, Batch]:
-        """Every task begun by `step`, each under its own name."""
+        """After `step` steps: every task trained in them, each under its own name."""
         out = {}
-        for task in self.tasks[: self.task_at(step) + 1]:
+        for task in self.tasks[: self.task_at(max(step - 1, 0)) + 1]:
             batches = task.eval_batches(seed)
             for split, batch in batches.items():
                 out[task.name if len(batches) == 1 else f"{task.name}/{split}"] = batch

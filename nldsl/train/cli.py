@@ -1,5 +1,6 @@
 """`nldsl train SPEC --task TASK [options]`: the command line of nldsl/train (docs/training.md).
 
+Declaring the arguments imports no torch (`nldsl.cli` is front end); running them does.
 Exit status: 0 when the run finishes, 1 when it diverges or cannot start, 130 after Ctrl-C
 (the checkpoint is saved; `--resume` continues it).
 """
@@ -9,8 +10,6 @@ import argparse
 import os
 import sys
 from pathlib import Path
-
-from nldsl.train.config import Config
 
 RESUMABLE = ("steps", "device", "nproc", "eval_every")  # what --resume may change
 EXIT = {"done": 0, "diverged": 1, "interrupted": 130}
@@ -62,9 +61,11 @@ def train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
-def config_from(args: argparse.Namespace) -> Config:
+def config_from(args: argparse.Namespace):
     """The run's Config: the options given, Config's defaults for the rest; with --resume,
     the checkpoint's, of which only RESUMABLE options may change."""
+    from nldsl.train.config import Config
+
     given = {k: v for k, v in vars(args).items()
              if k in Config.__dataclass_fields__ and v is not None}
     given["hparams"] = dict(given.get("hparams", []))
