@@ -4,7 +4,7 @@
 
 against a token loop written here (and the module's own `linear_delta_loop`), for block sizes
 that divide T, that do not, 1 and > T; decays of exactly 0; no erase term (c None); gradients.
-And the chunked schedule's one GEMM for a level's input projections.
+And the chunked schedule's one GEMM for a level's input projections (no gradients).
 Tolerance: tests/_module_cases.rounding_bound, the same derivation as for the modules (unit
 keys, 0 < c < 1, 0 <= a <= 1 keep the transition's norm <= 1).
 """
@@ -231,20 +231,27 @@ def test_decay_products_of_ones():
 
 
 def test_chunked_projects_the_input_in_one_gemm():
-    """The chunked schedule computes a level's `x @ W` contexts as one product with the weights
-    side by side; each piece equals its own product (float64, to the GEMM's rounding)."""
+    """Without gradients the chunked schedule computes a level's `x @ W` contexts as one
+    product with the weights side by side; each piece equals its own product (float64, to the
+    GEMM's rounding). With gradients it does not (a weight cut from the loss keeps grad None)."""
     m = nldsl.compile("deltanet", dim=8, heads=2, head_dim=3).double()
     x = torch.randn(2, 5, 8, dtype=torch.float64)
     params = dict(m.named_parameters())
     values = _SequenceValues(m.program, params, x, m.initial_state(2))
     level = m.program.levels[0]
     values.project(level)
+    assert values.products == {}
+    with torch.no_grad():
+        values.project(level)
     nodes = {node.right.id: node for expr in level.contexts.values() for node in _walk(expr)
              if isinstance(node, ast.Binary) and node.op == "@"}
     assert set(nodes) == {"Wk", "Wv", "Wq", "W_beta"}
     for name, node in nodes.items():
         product = values.products[id(node)]                          # [B, T, 1, width]
         assert_close(product.squeeze(2), x @ params[name], 1e-14, name)
+    with torch.no_grad():
+        fused, _ = m(x)
+    assert_close(fused, m(x)[0], 1e-14, "y without gradients")
 
 
 def _walk(expr):

@@ -2,11 +2,11 @@
 call at once; a module with a level that has none runs the reference (same values, slower).
 
 Contexts, gates and `out` are evaluated once for all tokens (frame prefix [B, T]) by the same
-evaluator the reference uses per token, except that a level's projections of the input
-(`x @ W` with W a parameter) are one GEMM with the weights side by side (the same products up to
-the GEMM's rounding: one call instead of one per weight, and one for their backward); the
-recurrence of a linear memory (lower/forms.py) is `delta_chunk.linear_delta_blocks`. `plan_schedule` decides, at construction, which levels have
-a fast path; `CompiledModule.fast_paths` shows it.
+evaluator the reference uses per token, except that without gradients a level's projections of
+the input (`x @ W` with W a parameter) are one GEMM with the weights side by side (the same
+products up to the GEMM's rounding, in one call). The recurrence of a linear memory
+(lower/forms.py) is `delta_chunk.linear_delta_blocks`. `plan_schedule` decides, at
+construction, which levels have a fast path; `CompiledModule.fast_paths` shows it.
 """
 from __future__ import annotations
 
@@ -92,7 +92,11 @@ class _SequenceValues:
 
     def project(self, level: TokenLevel) -> None:
         """The level's contexts' `x @ W` products (W a 2-D parameter) as one GEMM, when there
-        are several weights: x [.., dim] @ [W_1 .. W_n] [dim, sum of widths], split."""
+        are several weights and no gradient: x [.., dim] @ [W_1 .. W_n] [dim, sum of widths],
+        split. (With gradients each weight keeps its own product: through the concatenation a
+        weight whose product the loss does not use would get a zero gradient instead of None.)"""
+        if torch.is_grad_enabled():
+            return
         nodes: dict[str, list[ast.Binary]] = {}
         for expr in level.contexts.values():
             for node in _nodes(expr):
