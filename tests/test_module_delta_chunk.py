@@ -63,11 +63,16 @@ def check(steps, block, seed=0, erase=True, zeros=(), erase_zeros=False, unit_de
         a = torch.ones_like(a)                      # DeltaNet, linear attention: a = 1
     queries = [(q, False), (q, True)]
     ys, s_end = linear_delta_blocks(s0, None if no_decay else a, c, k, w, queries, block)
+    with torch.no_grad():                       # the block pass into preallocated results
+        ys_in_place, s_in_place = linear_delta_blocks(s0, None if no_decay else a, c, k, w,
+                                                      queries, block)
     ys_loop, s_loop = loop(s0, a, c, k, w, queries)
     bound = rounding_bound(steps, max(DK, DV), block)
-    for y, y_loop, what in zip(ys, ys_loop, ("read", "read before write")):
+    for y, y_in_place, y_loop, what in zip(ys, ys_in_place, ys_loop, ("read", "read before write")):
         assert_close(y, y_loop, bound, what)
+        assert_close(y_in_place, y_loop, bound, what + " (no grad)")
     assert_close(s_end, s_loop, bound, "S_T")
+    assert_close(s_in_place, s_loop, bound, "S_T (no grad)")
     return ys, s_end
 
 

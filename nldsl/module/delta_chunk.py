@@ -154,17 +154,13 @@ def linear_delta_blocks(s0, a, c, k, w, queries, block: int):
         u, v = torch.bmm(inverse, w), torch.bmm(inverse, scaled)           # [G, L, dv], [G, L, dk]
     # block-to-block pass over the n blocks, all B H sequences at once
     per_block = lambda t: t.reshape(n, bh, *t.shape[1:]).unbind(0)
-    state = s0.reshape(bh, dk, dv)
-    v_blocks = per_block(v) if v is not None else None
-    starts, deltas = [], []
-    for j, (u_j, edge_j) in enumerate(zip(per_block(u), per_block(edge))):
-        starts.append(state)
-        delta = u_j if v is None else torch.baddbmm(u_j, v_blocks[j], state, alpha=-1)  # [BH, L, dv]
-        deltas.append(delta)
-        kept = state if d is None else decay_end[j] * state
-        state = torch.baddbmm(kept, edge_j, delta)                         # [BH, dk, dv]
-    start = torch.stack(starts).reshape(g, dk, dv)                        # S_0 of each block
-    delta = torch.stack(deltas).reshape(g, block, dv)
+    decays = decay_end.unbind(0) if d is not None else [None] * n
+    pass_ = _block_pass if torch.is_grad_enabled() else _block_pass_in_place
+    starts, deltas, state = pass_(s0.reshape(bh, dk, dv), per_block(u),
+                                  per_block(v) if v is not None else [None] * n,
+                                  per_block(edge), decays)
+    start = starts.reshape(g, dk, dv)                                      # S_0 of each block
+    delta = deltas.reshape(g, block, dv)
     ys = []
     for q, before in queries:
         q = blocks(q)
@@ -178,6 +174,35 @@ def linear_delta_blocks(s0, a, c, k, w, queries, block: int):
         y = y.reshape(n, bsz, heads, block, dv).permute(1, 0, 3, 2, 4)     # [B, n, L, H, dv]
         ys.append(y.reshape(bsz, n * block, heads, dv)[:, :steps].transpose(1, 2))
     return ys, state.reshape(bsz, heads, dk, dv)
+
+
+def _block_pass(state, us, vs, edges, decays):
+    """Delta_j = U_j - V_j S_j, S_{j+1} = gamma_L S_j + E_j^T Delta_j over the blocks j, each
+    argument one [BH, ..] tensor per block (vs, decays: None for no erase term, no decay).
+    Returns the block-start states [n, BH, dk, dv], the Deltas [n, BH, L, dv] and S_n."""
+    starts, deltas = [], []
+    for u, v, edge, decay in zip(us, vs, edges, decays):
+        starts.append(state)
+        delta = u if v is None else torch.baddbmm(u, v, state, alpha=-1)          # [BH, L, dv]
+        deltas.append(delta)
+        state = torch.baddbmm(state if decay is None else decay * state, edge, delta)
+    return torch.stack(starts), torch.stack(deltas), state
+
+
+def _block_pass_in_place(state, us, vs, edges, decays):
+    """_block_pass without autograd: the products write into the stacked results (no copies)."""
+    n = len(us)
+    starts = state.new_empty(n, *state.shape)                            # S_0 .. S_{n-1}
+    deltas = us[0].new_empty(n, *us[0].shape)
+    starts[0] = state
+    for j, (u, v, edge, decay) in enumerate(zip(us, vs, edges, decays)):
+        if v is None:
+            deltas[j] = u
+        else:
+            torch.baddbmm(u, v, state, alpha=-1, out=deltas[j])
+        kept = state if decay is None else decay * state
+        state = torch.baddbmm(kept, edge, deltas[j], out=starts[j + 1] if j + 1 < n else None)
+    return starts, deltas, state
 
 
 def linear_delta_loop(s0, a, c, k, w, queries):
