@@ -47,12 +47,13 @@ def run_deep_level(values, level: TokenLevel, form: DeepForm, per_head) -> None:
     if not keep:
         lr, decay = lr.detach(), decay.detach()
         beta = beta.detach() if beta is not None else None
-    m = head_first(own[form.state])                                        # [B, H, P]
-    s = head_first(own[f"{form.state}_momentum"]) if beta is not None else None
-    snapshot = head_first(own.get(f"{form.state}.chunk_start", own[form.state]))
+    by_layer = lambda flat: mlp.layers(layout, head_first(flat))           # [B, H, o, i] each
+    m = by_layer(own[form.state])
+    s = by_layer(own[f"{form.state}_momentum"]) if beta is not None else None
+    snapshot = by_layer(own.get(f"{form.state}.chunk_start", own[form.state]))
     if not keep:            # written states are constants; `before write` reads see the start
-        first, m = m, m.detach()
-        s = s.detach() if s is not None else None
+        first, m = m, tuple(w.detach() for w in m)
+        s = tuple(w.detach() for w in s) if s is not None else None
     start = values.new_state["_stream"]["t"]
     reads = {name: [] for name in queries}
     t0 = 0
@@ -66,15 +67,16 @@ def run_deep_level(values, level: TokenLevel, form: DeepForm, per_head) -> None:
                                      beta[..., t0:t1] if beta is not None else None)
         for name, (u, before) in queries.items():
             u = u[:, :, t0:t1]                                             # [B, H, L, d_0]
-            reads[name].append(mlp.apply(layout, snapshot.unsqueeze(2), u) if before else
+            reads[name].append(_forward(layout, snapshot, u) if before else
                                _read(layout, m, s, coefficients, deltas, inputs, u))
-        m, s = _end(layout, m, s, coefficients, deltas, inputs)
+        m, s = _end(m, s, coefficients, deltas, inputs)
         t0 = t1
-    unhead = (lambda a: a) if heads is not None else (lambda a: a.squeeze(1))
-    own[form.state] = unhead(m)
+    flat = (lambda ws: mlp.flatten(layout, ws)) if heads is not None else \
+        (lambda ws: mlp.flatten(layout, ws).squeeze(1))
+    own[form.state] = flat(m)
     if s is not None:
-        own[f"{form.state}_momentum"] = unhead(s)
-    own[f"{form.state}.chunk_start"] = unhead(snapshot)
+        own[f"{form.state}_momentum"] = flat(s)
+    own[f"{form.state}.chunk_start"] = flat(snapshot)
     for name, parts in reads.items():
         y = torch.cat(parts, dim=2).transpose(1, 2)                        # [B, T, H, d_L]
         values.bound[name] = y if heads is not None else y[:, :, 0]
@@ -85,39 +87,46 @@ def run_deep_level(values, level: TokenLevel, form: DeepForm, per_head) -> None:
 def _factors(values, level, form: DeepForm, layout: MLPLayout, snapshot, t0: int, t1: int,
              keep: bool):
     """delta_i [B, H, L, d_i] and a_{i-1} [B, H, L, d_{i-1}] per layer, from one forward of the
-    loss over tokens [t0, t1) at `snapshot` [B, H, P] and one backward to the pre-activations.
+    loss over tokens [t0, t1) at `snapshot` ([B, H, o, i] per layer) and one backward to the
+    pre-activations.
     Each token's loss depends on its own pre-activations only, so the gradient of the summed
     loss is every token's own."""
-    frame = values.frames[level.name]
-    inputs, pre = [], []
-    weights = snapshot if level.heads is not None else snapshot[:, 0]
+    heads = level.heads
+    to_heads = (lambda a: a.movedim(1, 2)) if heads is not None else (lambda a: a.unsqueeze(1))
+    to_frame = (lambda a: a.movedim(2, 1)) if heads is not None else (lambda a: a.squeeze(1))
+    inputs, pre, outputs = [], [], []
 
     def apply(name, u):
-        if inputs:                  # the loss names M(u) again, for the same u (deep_forms.py)
-            return outputs[0]
-        h = u
-        for i, w in enumerate(mlp.layers(layout, weights.unsqueeze(1))):  # [B, 1, (H,) o, i]
-            inputs.append(h)
-            z = torch.matmul(w, h.unsqueeze(-1)).squeeze(-1)               # [B, L, (H,) o]
-            if not z.requires_grad:
-                z.requires_grad_()
-            pre.append(z)
-            h = mlp.ACTIVATIONS[layout.activation](z) if i < len(layout.layers) - 1 else z
-        outputs.append(h + u if layout.residual else h)
+        if not outputs:             # the loss may name M(u) again, for the same u (deep_forms.py)
+            h = to_heads(u)                                                # [B, H|1, L, d_0]
+            h = h.expand(snapshot[0].shape[:2] + h.shape[2:])             # [B, H, L, d_0]
+            outputs.append(to_frame(_forward(layout, snapshot, h, inputs, pre)))
         return outputs[0]
 
-    outputs = []
     with torch.enable_grad():
         loss = values.evaluate_window(level, form.loss, t0, t1, apply)    # [B, L, (H)]
-        grads = torch.autograd.grad(loss.sum(), pre, create_graph=keep)
-    lead = pre[0].shape[:-1]                                              # [B, L, (H)]
-    as_heads = (lambda a: a.movedim(2, 1)) if level.heads is not None else \
-        (lambda a: a.unsqueeze(1))
-    deltas = [as_heads(g) for g in grads]
-    inputs = [as_heads(a.expand(lead + a.shape[-1:])) for a in inputs]
+        deltas = list(torch.autograd.grad(loss.sum(), pre, create_graph=keep))
     if not keep:
         deltas, inputs = [d.detach() for d in deltas], [a.detach() for a in inputs]
     return deltas, inputs
+
+
+def _forward(layout: MLPLayout, weights, h, inputs=None, pre=None):
+    """M(h) for h [B, H, L, d_0] and weights [B, H, d_out, d_in] per layer: one batched matmul
+    per layer and head (never the weights broadcast over the tokens). With `inputs` and `pre`,
+    each layer's input and pre-activation are recorded, the latter as a node autograd can
+    differentiate to."""
+    u = h
+    for i, w in enumerate(weights):
+        if inputs is not None:
+            inputs.append(h)
+        z = h @ w.mT                                                       # [B, H, L, d_out]
+        if pre is not None:
+            if not z.requires_grad:
+                z.requires_grad_()
+            pre.append(z)
+        h = mlp.ACTIVATIONS[layout.activation](z) if i < len(weights) - 1 else z
+    return h + u if layout.residual else h
 
 
 def _products(g: torch.Tensor) -> torch.Tensor:
@@ -147,29 +156,28 @@ def _coefficients(lr, decay, beta):
 
 
 def _read(layout: MLPLayout, m, s, coefficients, deltas, inputs, u):
-    """M_t(u_t) for the chunk's tokens: u [B, H, L, d_0] -> [B, H, L, d_L]."""
+    """M_t(u_t) for the chunk's tokens: u [B, H, L, d_0] -> [B, H, L, d_L]; m, s by layer."""
     a, b, k, _, _ = coefficients
     h = u
-    for i, (w, delta, x) in enumerate(zip(mlp.layers(layout, m), deltas, inputs)):
+    for i, (w, delta, x) in enumerate(zip(m, deltas, inputs)):
         z = a.unsqueeze(-1) * (h @ w.mT)                                   # [B, H, L, o]
         if b is not None:
-            z = z + b.unsqueeze(-1) * (h @ mlp.layers(layout, s)[i].mT)
+            z = z + b.unsqueeze(-1) * (h @ s[i].mT)
         z = z + ((h @ x.mT) * k) @ delta                                   # [L, L] @ [L, o]
         h = mlp.ACTIVATIONS[layout.activation](z) if i < len(layout.layers) - 1 else z
     return h + u if layout.residual else h
 
 
-def _end(layout: MLPLayout, m, s, coefficients, deltas, inputs):
-    """The state and momentum after the chunk's last token: the sums at t = L."""
+def _end(m, s, coefficients, deltas, inputs):
+    """The state and momentum after the chunk's last token (by layer): the sums at t = L."""
     a, b, k, e, f = coefficients
-    m_layers, s_layers = mlp.layers(layout, m), mlp.layers(layout, s) if s is not None else None
     new_m, new_s = [], []
     for i, (delta, x) in enumerate(zip(deltas, inputs)):
         update = (delta * k[..., -1, :].unsqueeze(-1)).mT @ x               # [B, H, o, i]
-        w = a[..., -1, None, None] * m_layers[i] + update
+        w = a[..., -1, None, None] * m[i] + update
         if s is not None:
-            w = w + b[..., -1, None, None] * s_layers[i]
-            new_s.append(e[..., -1, None, None] * s_layers[i]
+            w = w + b[..., -1, None, None] * s[i]
+            new_s.append(e[..., -1, None, None] * s[i]
                          + (delta * f[..., -1, :].unsqueeze(-1)).mT @ x)
         new_m.append(w)
-    return mlp.flatten(layout, new_m), mlp.flatten(layout, new_s) if s is not None else None
+    return tuple(new_m), tuple(new_s) if s is not None else None
