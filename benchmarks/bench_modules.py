@@ -15,7 +15,12 @@ and forward+backward (y.sum().backward()), tokens/s = batch * tokens / median ca
   loop        delta_chunk.linear_delta_loop (a token loop of the same recurrence), same tensors
 
 and the `delta` section of ../shared/bench/peers.py (imported at run time): its plain WY delta
-rule and its token loop, beside nldsl's kernel on the same q, k, v (M_t = M - lr (M k - v) k^T).
+rule and its token loop, beside nldsl's kernel on the same q, k, v (M_t = M - lr (M k - v) k^T),
+and, beside the deltanet_recurrence module (same group, round-robin):
+
+  WY layer    the module's projections, l2norms and output projection, in plain torch, around
+              peers.py's WY recurrence: the layer minus its beta projection, as the peer's rule
+              has one constant rate (lr 0.1) where the module's beta_t is per token and head
 Contenders of a group are timed round-robin (one call each per round) after warm-up, so drift of
 the host hits them alike; medians reported. Matmul FLOPs are counted on one warm-up call
 (mm/bmm/baddbmm/... with torch's formulas, a triangular solve with m right-hand sides of size n
@@ -40,6 +45,7 @@ from torch.utils.flop_counter import flop_registry
 import nldsl.module.chunked as chunked
 from nldsl.module import compile as compile_module
 from nldsl.module.delta_chunk import linear_delta_blocks, linear_delta_loop
+from nldsl.runtime import functions as nldsl_functions
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = {"deltanet_recurrence": str(ROOT / "examples" / "deltanet_recurrence.nl"),
@@ -224,12 +230,17 @@ def main() -> None:
 
         inputs = capture_kernel_inputs(fast, x)
         kernel_fwd, kernel_fb = kernel_contenders(inputs)
+        layers = {}
+        if peers is not None and spec == "deltanet_recurrence":
+            layer = wy_layer(peers, fast, args.heads, args.head_dim)
+            layers = {"fwd": {"WY layer": forward(lambda: layer(x))},
+                      "fwd+bwd": {"WY layer": lambda: layer(x).sum().backward()}}
         dv = inputs[4].shape[-1]
         desc = f"{spec} (dk {args.head_dim}, dv {dv})"
         for mode, module_fn, kernels in (("fwd", lambda m: forward(lambda: m(x)), kernel_fwd),
                                          ("fwd+bwd", fb, kernel_fb)):
-            quick = time_group({"chunked": module_fn(fast), "kernel": kernels["kernel"]},
-                               args.reps, warmup=2)
+            quick = time_group({"chunked": module_fn(fast), "kernel": kernels["kernel"],
+                                **layers.get(mode, {})}, args.reps, warmup=2)
             slow = time_group({"reference": module_fn(ref), "loop": kernels["loop"]},
                               args.slow_reps, warmup=1)
             for name, r in {**quick, **slow}.items():
@@ -254,6 +265,21 @@ def main() -> None:
                    cpu=_cpu_name(), flush_denormal=True, peak_gflops=peak, args=vars(args))
         with open(args.json, "w") as f:
             json.dump(dict(env=env, rows=rows), f, indent=1)
+
+
+def wy_layer(peers, module, heads: int, head_dim: int):
+    """x -> l2norm(x Wq), l2norm(x Wk), x Wv per head -> peers.delta_wy (lr 0.1) -> merged @ Wo,
+    on the module's own parameters (so its backward reaches them, as the module's does)."""
+    p = dict(module.named_parameters())
+    l2norm = nldsl_functions.l2norm
+
+    def layer(x):
+        bsz, steps = x.shape[:2]
+        split = lambda t: t.view(bsz, steps, heads, head_dim).transpose(1, 2)  # [B, H, T, d]
+        q, k = l2norm(split(x @ p["Wq"])), l2norm(split(x @ p["Wk"]))
+        y = peers.delta_wy(q, k, split(x @ p["Wv"]), 0.1)                      # [B, H, T, d]
+        return y.transpose(1, 2).reshape(bsz, steps, heads * head_dim) @ p["Wo"]
+    return layer
 
 
 def peer_rows(peers, args, tokens):
@@ -316,6 +342,10 @@ def report(rows, peak):
             line += (f", deltanet_recurrence module {at[('deltanet_recurrence', mode, 'chunked')] / wy:.2f}x"
                      f", its kernel {at[('deltanet_recurrence', mode, 'kernel')] / wy:.2f}x")
         print(line)
+        if ("deltanet_recurrence", mode, "WY layer") in at:
+            layer = at[("deltanet_recurrence", mode, "WY layer")]
+            print(f"  (c) {mode:<8} vs the WY layer {layer:,.0f} tok/s: deltanet_recurrence module "
+                  f"{at[('deltanet_recurrence', mode, 'chunked')] / layer:.2f}x")
 
 
 def _cpu_name() -> str:
