@@ -73,6 +73,11 @@ def _write_metrics(out: Path, history: list[dict]) -> None:
     (out / METRICS).write_text("".join(json.dumps(record) + "\n" for record in history))
 
 
+def _append_metrics(out: Path, record: dict) -> None:
+    with (out / METRICS).open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def run(config: Config, group: Group = Group(), *, resume: bool = False,
         progress: bool = True) -> Outcome:
     from tqdm import tqdm
@@ -135,7 +140,7 @@ def run(config: Config, group: Group = Group(), *, resume: bool = False,
                                     "tokens_per_s": speed,
                                     **evaluate(model, task.eval_batches(config.seed, step),
                                                device)})
-                    _write_metrics(out, history)
+                    _append_metrics(out, history[-1])
                 window.zero_()
                 start, clock, tokens = step, time.perf_counter(), 0
                 if group.main:
