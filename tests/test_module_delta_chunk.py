@@ -19,7 +19,7 @@ from nldsl import ast
 from nldsl.consteval import children
 from nldsl.module.chunked import _SequenceValues
 from nldsl.module.delta_chunk import (decay_products, linear_delta_blocks, linear_delta_loop,
-                                      unit_lower_inverse)
+                                      unit_lower_inverse, unit_lower_solve)
 
 B, H, DK, DV = 2, 3, 4, 5
 
@@ -77,7 +77,7 @@ def check(steps, block, seed=0, erase=True, zeros=(), erase_zeros=False, unit_de
 
 
 BLOCKS = [pytest.param(steps, block, id=f"T{steps}-block{block}") for steps, block in
-          ((24, 1), (24, 8), (24, 24), (24, 7), (24, 32), (1, 4), (50, 16))]
+          ((24, 1), (24, 8), (24, 24), (24, 7), (24, 32), (1, 4), (50, 16), (100, 64))]
 
 
 @pytest.mark.parametrize("steps, block", BLOCKS)
@@ -114,6 +114,27 @@ def test_unit_lower_inverse(length):
     (grad,) = torch.autograd.grad((t * r).sum(), n1)
     (expected,) = torch.autograd.grad((solve(n2) * r).sum(), n2)
     assert_close(grad, expected.tril(-1), 1e-12, "dN")
+
+
+@pytest.mark.parametrize("length", [1, 2, 7, 8, 16, 24, 64, 80, 128])
+def test_unit_lower_solve(length):
+    """(I + N)^{-1} R, by T R (odd lengths, below HALVES) and by the halves (even lengths from
+    HALVES on), and its gradients, against LAPACK and autograd of it."""
+    g = torch.Generator().manual_seed(length)
+    n = (0.5 * torch.randn(3, length, length, generator=g, dtype=torch.float64)).tril(-1)
+    rhs = torch.randn(3, length, 5, generator=g, dtype=torch.float64)
+    eye = torch.eye(length, dtype=torch.float64)
+    solve = lambda n, rhs: torch.linalg.solve_triangular(n + eye, rhs, upper=False,
+                                                         unitriangular=True)
+    r = torch.randn(3, length, 5, generator=g, dtype=torch.float64)
+    ours = [t.clone().requires_grad_(True) for t in (n, rhs)]
+    lapack = [t.clone().requires_grad_(True) for t in (n, rhs)]
+    x = unit_lower_solve(*ours)
+    assert_close(x, solve(*lapack), 1e-12, "X")
+    grads = torch.autograd.grad((x * r).sum(), ours)
+    expected = torch.autograd.grad((solve(*lapack) * r).sum(), lapack)
+    assert_close(grads[0], expected[0].tril(-1), 1e-12, "dN")
+    assert_close(grads[1], expected[1], 1e-12, "dR")
 
 
 def test_module_loop_equals_the_loop():

@@ -28,9 +28,12 @@ work: with L = d_k = d_v it is eight products of L d^2 multiply-adds per block b
 (K K^T, U, V, Delta, S_end, the scores, their product with Delta, Q S_0), one fewer than
 precomputing S_end = C S_0 + A and Y = P S_0 + R for every block.
 
-T is computed, not solved for: LAPACK's triangular solve runs one small matrix at a time, at a
-fraction of GEMM speed, and T is what the backward needs anyway (`_UnitLowerInverse`: diagonal
-sub-blocks by a row sweep, then merged pairwise with batched products, TRTRI's recursion).
+T is computed with batched products, not by LAPACK's triangular solve, which runs one small
+matrix at a time at a fraction of GEMM speed (`_UnitLowerInverse`: diagonal sub-blocks by a row
+sweep, then merged pairwise, TRTRI's recursion; its backward is two products). U and V are one
+product with [W, c gamma' K] side by side; from L = HALVES on, by halves of the block
+(`unit_lower_solve`), which never forms T's largest merge. Without autograd the block-to-block
+pass writes into preallocated results.
 Products of decays are cumulative products, never ratios, so a decay of exactly 0 is exact;
 `a=None` means no decay at all (DeltaNet, linear attention) and skips the decay products.
 The block size is a schedule choice: any value gives the same numbers as the token loop up to
@@ -45,6 +48,9 @@ from torch.autograd.function import once_differentiable
 
 #: the row sweep inverts diagonal sub-blocks of this size; pairs are merged up to the block.
 SWEEP = 8
+#: blocks from this size on are solved by halves (at 32 the halves' copies cost more than the
+#: merge they save: 1 thread, deltanet_recurrence's kernel).
+HALVES = 64
 
 
 def decay_products(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,6 +60,22 @@ def decay_products(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     lower = torch.ones(length, length, dtype=torch.bool, device=a.device).tril(-1)
     factors = torch.where(lower, a.unsqueeze(-1), 1.0)           # [.., L, L]: a_t below the diagonal
     return factors.cumprod(dim=-2).tril(), a.cumprod(dim=-1)
+
+
+def unit_lower_solve(n: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """X = (I + N)^{-1} R for strictly lower N [G, L, L], R [G, L, m], differentiable. For an
+    even L >= HALVES, one step of block forward substitution over the halves,
+    N = [[N1, 0], [C, N2]]: X1 = T1 R1, X2 = T2 (R2 - C X1), with T1 and T2 inverted in one
+    batch: 3/4 of the multiply-adds of T R, and T's last (largest) merge is never formed."""
+    length = n.shape[1]
+    if length % 2 or length < HALVES:
+        return torch.bmm(unit_lower_inverse(n), r)
+    half = length // 2
+    (n1, _), (c, n2) = (rows.split(half, dim=2) for rows in n.split(half, dim=1))
+    t1, t2 = unit_lower_inverse(torch.cat((n1, n2))).chunk(2)             # [G, L/2, L/2] each
+    r1, r2 = r.split(half, dim=1)
+    x1 = torch.bmm(t1, r1)                                                 # [G, L/2, m]
+    return torch.cat((x1, torch.bmm(t2, torch.baddbmm(r2, c, x1, alpha=-1))), dim=1)
 
 
 def unit_lower_inverse(n: torch.Tensor) -> torch.Tensor:
@@ -128,9 +150,9 @@ def linear_delta_blocks(s0, a, c, k, w, queries, block: int):
         k, w = F.pad(k, (0, 0, 0, pad)), F.pad(w, (0, 0, 0, pad))
         queries = [(F.pad(q, (0, 0, 0, pad)), b) for q, b in queries]
     bh, g = bsz * heads, n * bsz * heads
-    split = lambda t: t.reshape(bsz, heads, n, block, *t.shape[3:]).movedim(2, 0)
+    split = lambda t: t.reshape(bsz, heads, n, block, *t.shape[3:]).movedim(2, 0)  # a view
     blocks = lambda t: split(t).reshape(g, block, *t.shape[3:])           # [G, L, ..], one copy
-    k, w = blocks(k), blocks(w)
+    k = blocks(k)
     kt = k.mT                                                              # [G, dk, L]
     if a is None:
         d = None
@@ -142,7 +164,7 @@ def linear_delta_blocks(s0, a, c, k, w, queries, block: int):
         edge = (d[:, -1, :].unsqueeze(-1) * k).mT
         decay_end = gamma[:, -1].reshape(n, bh, 1, 1)                      # gamma_L
     if c is None:
-        u, v = w, None
+        u, v = blocks(w), None
     else:
         c = blocks(c)                                                      # [G, L]
         kk = torch.bmm(k, kt)                                              # [G, L, L]
@@ -150,8 +172,8 @@ def linear_delta_blocks(s0, a, c, k, w, queries, block: int):
             nmat, scaled = kk.tril_(-1) * c.unsqueeze(-1), c.unsqueeze(-1) * k
         else:
             nmat, scaled = kk * (c.unsqueeze(-1) * d_prev), (c * gamma_prev).unsqueeze(-1) * k
-        inverse = unit_lower_inverse(nmat)                                 # T [G, L, L]
-        u, v = torch.bmm(inverse, w), torch.bmm(inverse, scaled)           # [G, L, dv], [G, L, dk]
+        rhs = torch.cat((split(w), scaled.view(n, bsz, heads, block, dk)), dim=-1)  # W, c gamma' K
+        u, v = unit_lower_solve(nmat, rhs.view(g, block, dv + dk)).split((dv, dk), dim=-1)  # U, V
     # block-to-block pass over the n blocks, all B H sequences at once
     per_block = lambda t: t.reshape(n, bh, *t.shape[1:]).unbind(0)
     decays = decay_end.unbind(0) if d is not None else [None] * n
