@@ -88,3 +88,15 @@ def test_show_code_prints_the_module_and_its_kernel(name, capsys):
     assert out.startswith(f"# module {name}: dim=8")
     assert "def linear_delta_blocks(" in out
     assert not any(line != line.rstrip() for line in out.splitlines())
+
+
+def test_titans_shows_its_mlp_memory_and_its_deep_chunk_form():
+    text = shown("titans", dim=8, heads=2, head_dim=3, chunk_size=4)
+    assert "state M mlp 3 -> 12 -> 3 (gelu, residual): weights [12, 3], [3, 12], flat [72], " \
+           "starts at M_init_w1.." in text
+    assert "M <- (1 - alpha) * M + M_momentum    [momentum autograd]" in text
+    form = block(text, "# chunked schedule: deep memory M, chunk form (momentum rule; all "
+                       "gradients of a chunk at its start, one pass per chunk) with")
+    assert form == ["# loss = l2(M(k), v)", "# lr = theta", "# decay = 1 - alpha", "# beta = eta"]
+    assert "# the deep-memory chunk loop (nldsl/module/deep_chunk.py):" in text
+    assert "linear_delta_blocks" not in text

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import inspect
 
+from nldsl import ast
+from nldsl.lower.deep_forms import DeepForm
 from nldsl.lower.emit import Emitter
 from nldsl.lower.program import HeadMerge, HeadSplit, ModuleWrite, Program, TokenLevel
 from nldsl.printer import format_expr
@@ -35,11 +37,16 @@ def describe(program: Program, fast_paths: dict, shapes: dict | None = None) -> 
         _level(out, level, fast_paths.get(level.name))
     out.line()
     out.line(f"out = {format_expr(program.output)}    # after every level's write")
-    if fast_paths:
+    if any(not isinstance(form, DeepForm) for form in fast_paths.values()):
         from nldsl.module.delta_chunk import linear_delta_blocks
         out.line()
         out.line("# the chunked kernel (nldsl/module/delta_chunk.py):")
         out.lines(inspect.getsource(linear_delta_blocks))
+    if any(isinstance(form, DeepForm) for form in fast_paths.values()):
+        from nldsl.module.deep_chunk import run_deep_level
+        out.line()
+        out.line("# the deep-memory chunk loop (nldsl/module/deep_chunk.py):")
+        out.lines(inspect.getsource(run_deep_level))
     return out.text()
 
 
@@ -50,6 +57,13 @@ def _level(out: Emitter, level: TokenLevel, form) -> None:
     with out.block(header):
         for state in level.states.values():
             start = state.learned or (format_expr(state.init) if state.init is not None else "0")
+            if state.mlp is not None:
+                layers = ", ".join(_dims(layer) for layer in state.mlp.layers)
+                start = f"{start}_w1.." if state.learned else start
+                out.line(f"state {state.name} mlp {' -> '.join(map(str, state.mlp.widths))} "
+                         f"({state.mlp.activation}{', residual' if state.mlp.residual else ''}): "
+                         f"weights {layers}, flat {_dims(state.shape)}, starts at {start}")
+                continue
             out.line(f"state {state.name} {_dims(state.shape)} starts at {start}")
         for name, shape in level.hidden.items():
             out.line(f"state {name} {_dims(shape)} starts at 0    # the rule's hidden state")
@@ -107,17 +121,33 @@ def _write(out: Emitter, write: ModuleWrite) -> None:
     grad = format_expr(write.grad) if write.grad is not None else \
         f"autograd of {format_expr(write.loss)}"
     out.line(f"G = {grad}    # at the chunk start")
-    lr, decay = format_expr(write.lr), format_expr(write.decay)
+    lr, decay = _factor(write.lr), _factor(write.decay)
     if write.kind == "momentum":
-        out.line(f"{s}_momentum <- {format_expr(write.beta)} * {s}_momentum - {lr} * G")
+        out.line(f"{s}_momentum <- {_factor(write.beta)} * {s}_momentum - {lr} * G")
         out.line(f"{s} <- {decay} * {s} + {s}_momentum    [{write.derivation}]")
     else:
         out.line(f"{s} <- {decay} * {s} - {lr} * G    [{write.derivation}]")
 
 
+def _factor(expr) -> str:
+    """expr as the left factor of a product: a sum or difference in parentheses."""
+    text = format_expr(expr)
+    return f"({text})" if isinstance(expr, ast.Binary) and expr.op in "+-" else text
+
+
 def _form(out: Emitter, form) -> None:
     if form is None:
         out.line("# chunked schedule: no fast form, token by token")
+        return
+    if isinstance(form, DeepForm):
+        rule = "momentum" if form.beta is not None else "gradient"
+        with out.block(f"# chunked schedule: deep memory {form.state}, chunk form ({rule} rule; "
+                       "all gradients of a chunk at its start, one pass per chunk) with"):
+            out.line(f"# loss = {format_expr(form.loss)}")
+            gates = (("lr", form.lr), ("decay", form.decay)) + \
+                ((("beta", form.beta),) if form.beta is not None else ())
+            for label, expr in gates:
+                out.line(f"# {label} = {format_expr(expr)}")
         return
     with out.block("# chunked schedule: linear memory M_t = a M - c (M k) k^T + w k^T with"):
         for label, expr in (("a", form.decay), ("c", form.erase), ("k", form.key),
