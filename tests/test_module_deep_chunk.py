@@ -147,3 +147,12 @@ def test_what_is_not_the_form_runs_the_reference(tmp_path, change, why):
     path.write_text(USER_SPEC.replace(*change))
     m = compile_module(str(path), schedule="chunked", dim=5)
     assert m.fast_paths == {}, why
+
+
+def test_the_documented_titans_variant_takes_the_fast_path():
+    """docs/modules.md, "Writing a deep memory": examples/titans_huber.nl."""
+    m = compile_module("examples/titans_huber.nl", dim=8, heads=2, head_dim=4, chunk_size=4)
+    form = m.fast_paths["memory"]
+    assert isinstance(form, DeepForm) and form.beta is not None
+    y, _ = m(torch.randn(1, 6, 8))
+    assert y.shape == (1, 6, 8) and torch.isfinite(y).all()
