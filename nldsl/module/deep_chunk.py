@@ -55,30 +55,25 @@ def run_deep_level(values, level: TokenLevel, form: DeepForm, per_head) -> None:
         first, m = m, tuple(w.detach() for w in m)
         s = tuple(w.detach() for w in s) if s is not None else None
     start = values.new_state["_stream"]["t"]
-    reads = {name: [] for name in queries}
-    t0 = 0
-    while t0 < steps:
-        offset = (start + t0) % level.chunk                                # tokens already in it
-        t1 = min(steps, t0 + level.chunk - offset)
-        if offset == 0:
+    segments = _segments(start, steps, level.chunk)
+    by_chunk = lambda g, fill: _by_chunk(g, segments, level.chunk, fill) if g is not None else None
+    coefficients = _coefficients(by_chunk(lr, 0.0), by_chunk(decay, 1.0), by_chunk(beta, 1.0))
+    kept = []                       # per chunk: its start state, snapshot and gradient factors
+    for n, (t0, t1) in enumerate(segments):
+        if (start + t0) % level.chunk == 0:
             snapshot = m if keep or t0 else first
         deltas, inputs = _factors(values, level, form, layout, snapshot, t0, t1, keep)
-        coefficients = _coefficients(lr[..., t0:t1], decay[..., t0:t1],
-                                     beta[..., t0:t1] if beta is not None else None)
-        for name, (u, before) in queries.items():
-            u = u[:, :, t0:t1]                                             # [B, H, L, d_0]
-            reads[name].append(_forward(layout, snapshot, u) if before else
-                               _read(layout, m, s, coefficients, deltas, inputs, u))
-        m, s = _end(m, s, coefficients, deltas, inputs)
-        t0 = t1
+        kept.append((m, s, snapshot, deltas, inputs))
+        m, s = _end(m, s, _last_row(coefficients, n, t1 - t0), deltas, inputs)
+    reads = _reads(layout, queries, segments, level.chunk, kept, coefficients)
     flat = (lambda ws: mlp.flatten(layout, ws)) if heads is not None else \
         (lambda ws: mlp.flatten(layout, ws).squeeze(1))
     own[form.state] = flat(m)
     if s is not None:
         own[f"{form.state}_momentum"] = flat(s)
     own[f"{form.state}.chunk_start"] = flat(snapshot)
-    for name, parts in reads.items():
-        y = torch.cat(parts, dim=2).transpose(1, 2)                        # [B, T, H, d_L]
+    for name, y in reads.items():
+        y = y.transpose(1, 2)                                              # [B, T, H, d_L]
         values.bound[name] = y if heads is not None else y[:, :, 0]
     for name, expr in form.reads.items():
         values.memo[name] = (values.evaluate(level, expr), values.frames[level.name])
@@ -130,7 +125,7 @@ def _forward(layout: MLPLayout, weights, h, inputs=None, pre=None):
 
 
 def _products(g: torch.Tensor) -> torch.Tensor:
-    """g [B, H, L] -> P [B, H, L+1, L+1], P[t, r] = prod_{r < i <= t} g_i for t >= r (index 0:
+    """g [..., L] -> P [..., L+1, L+1], P[t, r] = prod_{r < i <= t} g_i for t >= r (index 0:
     the chunk's start), 0 above the diagonal. A cumulative product of a masked matrix: exact
     for gates that are 0, unlike differences of cumulative log sums."""
     n = g.shape[-1] + 1
@@ -142,8 +137,8 @@ def _products(g: torch.Tensor) -> torch.Tensor:
 
 
 def _coefficients(lr, decay, beta):
-    """(A, B, K, E, F) of the module docstring for one chunk; B, E, F are None for the
-    gradient rule. A, B, E [B, H, L]; K, F [B, H, L, L]."""
+    """(A, B, K, E, F) of the module docstring for every chunk at once; B, E, F are None for
+    the gradient rule. Gates [B, H, N, L] -> A, B, E [B, H, N, L]; K, F [B, H, N, L, L]."""
     pd = _products(decay)                                                  # [B, H, L+1, L+1]
     if beta is None:
         return pd[..., 1:, 0], None, pd[..., 1:, 1:] * -lr.unsqueeze(-2), None, None
@@ -156,7 +151,8 @@ def _coefficients(lr, decay, beta):
 
 
 def _read(layout: MLPLayout, m, s, coefficients, deltas, inputs, u):
-    """M_t(u_t) for the chunk's tokens: u [B, H, L, d_0] -> [B, H, L, d_L]; m, s by layer."""
+    """M_t(u_t) for the chunks' tokens: u [B, H, N, L, d_0] -> [B, H, N, L, d_L], with m, s (by
+    layer), the coefficients and the factors of each chunk on the same leading dims."""
     a, b, k, _, _ = coefficients
     h = u
     for i, (w, delta, x) in enumerate(zip(m, deltas, inputs)):
@@ -168,16 +164,69 @@ def _read(layout: MLPLayout, m, s, coefficients, deltas, inputs, u):
     return h + u if layout.residual else h
 
 
-def _end(m, s, coefficients, deltas, inputs):
-    """The state and momentum after the chunk's last token (by layer): the sums at t = L."""
-    a, b, k, e, f = coefficients
+def _end(m, s, rows, deltas, inputs):
+    """The state and momentum after the chunk's last token (by layer): the sums at t = L, from
+    the coefficients' last rows (`_last_row`)."""
+    a, b, k, e, f = rows
     new_m, new_s = [], []
     for i, (delta, x) in enumerate(zip(deltas, inputs)):
-        update = (delta * k[..., -1, :].unsqueeze(-1)).mT @ x               # [B, H, o, i]
-        w = a[..., -1, None, None] * m[i] + update
+        w = a[..., None, None] * m[i] + (delta * k.unsqueeze(-1)).mT @ x    # [B, H, o, i]
         if s is not None:
-            w = w + b[..., -1, None, None] * s[i]
-            new_s.append(e[..., -1, None, None] * s[i]
-                         + (delta * f[..., -1, :].unsqueeze(-1)).mT @ x)
+            w = w + b[..., None, None] * s[i]
+            new_s.append(e[..., None, None] * s[i] + (delta * f.unsqueeze(-1)).mT @ x)
         new_m.append(w)
     return tuple(new_m), tuple(new_s) if s is not None else None
+
+
+def _segments(start: int, steps: int, chunk: int) -> list[tuple[int, int]]:
+    """The call's tokens [0, steps) cut at the stream's chunk boundaries (t counts from 1, so
+    a chunk starts where (start + t0) % chunk == 0): the first may continue a chunk, the last
+    may end early."""
+    cuts, t0 = [], 0
+    while t0 < steps:
+        t1 = min(steps, t0 + chunk - (start + t0) % chunk)
+        cuts.append((t0, t1))
+        t0 = t1
+    return cuts
+
+
+def _pad(a: torch.Tensor, dim: int, size: int, fill: float = 0.0) -> torch.Tensor:
+    """a padded with `fill` at the end of `dim` (a negative dim) to `size`."""
+    missing = size - a.shape[dim]
+    return torch.nn.functional.pad(a, (0, 0) * (-dim - 1) + (0, missing), value=fill) \
+        if missing else a
+
+
+def _by_chunk(g: torch.Tensor, segments, chunk: int, fill: float) -> torch.Tensor:
+    """A gate [B, H, T] as [B, H, N, C], each chunk padded at its end with `fill` (lr 0, decay
+    and beta 1: padded tokens never reach a real token, the causal masks see to it)."""
+    return torch.stack([_pad(g[..., t0:t1], -1, chunk, fill) for t0, t1 in segments], dim=2)
+
+
+def _last_row(coefficients, n: int, length: int):
+    """Chunk n's coefficients at its last real token: A, B, E [B, H]; K, F [B, H, L]."""
+    a, b, k, e, f = coefficients
+    row = lambda c: c[:, :, n, length - 1] if c is not None else None
+    cols = lambda c: c[:, :, n, length - 1, :length] if c is not None else None
+    return row(a), row(b), cols(k), row(e), cols(f)
+
+
+def _reads(layout: MLPLayout, queries: dict, segments, chunk: int, kept, coefficients) -> dict:
+    """Every read M_t(u_t) of the call, all chunks at once: the per-chunk start states, factors
+    and inputs stacked on a chunk axis [B, H, N, C, ...] (padded tokens have zero factors), so
+    each layer is one batched matmul over the call instead of one per chunk."""
+    stack = lambda parts: torch.stack(parts, dim=2)
+    per_layer = lambda j: [stack([c[j][i] for c in kept]) for i in range(len(layout.layers))] \
+        if kept[0][j] is not None else None
+    m, s, snapshot = per_layer(0), per_layer(1), per_layer(2)             # [B, H, N, o, i]
+    factors = lambda j: [stack([_pad(c[j][i], -2, chunk) for c in kept])
+                         for i in range(len(layout.layers))]              # [B, H, N, C, d]
+    deltas, inputs = factors(3), factors(4)
+    reads = {}
+    for name, (u, before) in queries.items():
+        u = stack([_pad(u[:, :, t0:t1], -2, chunk) for t0, t1 in segments])  # [B, H, N, C, d_0]
+        y = _forward(layout, snapshot, u) if before else \
+            _read(layout, m, s, coefficients, deltas, inputs, u)
+        reads[name] = torch.cat([y[:, :, n, :t1 - t0] for n, (t0, t1) in enumerate(segments)],
+                                dim=2)                                     # [B, H, T, d_L]
+    return reads
