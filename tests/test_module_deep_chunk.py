@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
-from _module_cases import assert_close, build, forbid_fallback, inputs
+from _module_cases import U64, assert_close, build, forbid_fallback, inputs
 from nldsl.lower.deep_forms import DeepForm
+from nldsl.lower.program import MLPLayout
+from nldsl.module.deep_chunk import _forward
 from nldsl.module import compile as compile_module
+from nldsl.runtime import mlp
 from test_module_deep_memories import deep_bound
 
 CASES = [
@@ -156,3 +160,55 @@ def test_the_documented_titans_variant_takes_the_fast_path():
     assert isinstance(form, DeepForm) and form.beta is not None
     y, _ = m(torch.randn(1, 6, 8))
     assert y.shape == (1, 6, 8) and torch.isfinite(y).all()
+
+
+# -- the per-token gradients of one chunk against torch.func's vmap of grad -------------------
+
+
+LOSSES = {"l2": lambda y, v: 0.5 * (y - v).pow(2).sum(-1),
+          "lp3": lambda y, v: (y - v).abs().pow(3).sum(-1) / 3,
+          "dot": lambda y, v: -(y * v).sum(-1)}
+
+
+@st.composite
+def chunk_cases(draw):
+    widths = draw(st.lists(st.integers(1, 5), min_size=2, max_size=4))
+    residual = widths[0] == widths[-1] and draw(st.booleans())
+    layout = MLPLayout(tuple(widths), draw(st.sampled_from(sorted(mlp.ACTIVATIONS))), residual)
+    return layout, draw(st.integers(1, 6)), draw(st.integers(1, 2)), \
+        draw(st.sampled_from(sorted(LOSSES))), draw(st.integers(0, 2 ** 16))
+
+
+@settings(max_examples=40, deadline=None)
+@given(chunk_cases())
+def test_per_token_gradients_are_delta_times_input(case):
+    """G_t = sum_i delta_{i,t} a_{i-1,t}^T from one backward of the summed loss to the
+    pre-activations equals each token's own gradient (torch.func.vmap of grad) at the same
+    weights. Same products, summed in other orders: a few u relative to the terms' size."""
+    from torch.func import grad, vmap
+
+    layout, steps, heads, loss_name, seed = case
+    loss = LOSSES[loss_name]
+    g = torch.Generator().manual_seed(seed)
+    weights = tuple(torch.randn(2, heads, o, i, generator=g, dtype=torch.float64)
+                    for o, i in layout.layers)
+    u = torch.randn(2, heads, steps, layout.widths[0], generator=g, dtype=torch.float64)
+    v = torch.randn(2, heads, steps, layout.widths[-1], generator=g, dtype=torch.float64)
+    inputs, pre = [], []
+    y = _forward(layout, weights, u, inputs, pre)
+    deltas = torch.autograd.grad(loss(y, v).sum(), pre)
+    ours = [d.unsqueeze(-1) * a.unsqueeze(-2) for d, a in zip(deltas, inputs)]  # [B, H, L, o, i]
+
+    def one(ws, u_t, v_t):                # one token, one head: ws [o, i] per layer
+        h = u_t
+        for i, w in enumerate(ws):
+            h = w @ h
+            h = mlp.ACTIVATIONS[layout.activation](h) if i < len(ws) - 1 else h
+        return loss(h + u_t if layout.residual else h, v_t)
+
+    per_token = vmap(grad(one), in_dims=(None, 0, 0))                    # over the tokens
+    per_head = vmap(per_token, in_dims=(0, 0, 0))                        # over the heads
+    theirs = vmap(per_head, in_dims=(0, 0, 0))(weights, u, v)            # over the batch
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        scale = max(b.abs().max().item(), 1.0)
+        assert (a - b).abs().max().item() <= 64 * U64 * scale * max(layout.widths), f"layer {i}"
