@@ -35,7 +35,7 @@ def test_readme_opens_with_exactly_two_one_line_commands():
     for command in (demo, tests):
         assert command.startswith('python3 -m venv .venv && .venv/bin/pip install "torch==2.13.*" && ')
     assert demo.endswith(".venv/bin/pip install -e . && .venv/bin/nldsl demo")
-    assert tests.endswith('.venv/bin/pip install -e ".[test]" && .venv/bin/python -m pytest')
+    assert tests.endswith('.venv/bin/pip install -e ".[test,peers]" && .venv/bin/python -m pytest')
 
 
 def test_ci_runs_readme_command():
