@@ -11,8 +11,8 @@ one after the other, each on `--threads` threads. Formal languages train on word
 1..seq and report the fraction of words recognised at every position (Bhattamishra et al.
 2020's criterion) on fresh words of those lengths (Bin0) and of lengths seq+1..2 seq (Bin1);
 MQAR (4 pairs in 32 tokens, 64-token vocabulary) reports the fraction of queries answered.
-The numbers are the last evaluation's, at the last step. Specs that do not compile yet (titans,
-hope, attention) are reported as such, with the compiler's reason.
+The numbers are the last evaluation's, at the last step. Specs that do not compile yet (hope,
+cms, hope_attention) are reported as such, with the compiler's reason.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+import nldsl
 from nldsl.errors import NLDSLError
 from nldsl.tasks.languages import LANGUAGES
 from nldsl.train.config import Config
@@ -33,15 +34,20 @@ MQAR = "mqar:pairs=4,seq_len=32,vocab_size=64"
 
 def one_run(spec: str, task: str, args) -> dict:
     name = task.partition(":")[0]
+    declared = {h.name for h in nldsl.load(spec).decl.hparams}
+    sizes = {k: v for k, v in {"heads": args.heads, "head_dim": args.head_dim}.items()
+             if k in declared}  # a spec without heads (hope, cms) keeps its own shapes
     config = Config(spec, MQAR if name == "mqar" else task, steps=args.steps, batch=args.batch,
                     seq=args.seq if name in LANGUAGES else None, lr=args.lr, dim=args.dim,
-                    depth=args.depth, hparams={"heads": args.heads, "head_dim": args.head_dim},
+                    depth=args.depth, hparams=sizes,
                     seed=args.seed, out=str(Path(args.out) / f"{spec}-{name}"))
     started = time.perf_counter()
     try:
         outcome = run(config, progress=False)
     except NLDSLError as err:
-        return {"spec": spec, "task": name, "error": str(err).splitlines()[0]}
+        lines = str(err).splitlines()
+        return {"spec": spec, "task": name,
+                "error": next((line for line in lines if "error:" in line), lines[0])}
     last = json.loads((Path(config.out) / "metrics.jsonl").read_text().splitlines()[-1])
     scores = ({"bin0": last["bin0/sequence"], "bin1": last["bin1/sequence"]}
               if name in LANGUAGES else {"eval": last["eval/token"]})
