@@ -7,6 +7,7 @@ import time
 import torch
 
 from nldsl.errors import NLDSLCompileError
+from nldsl.lower.deep_forms import DeepForm
 from nldsl.library import stdlib_names
 from nldsl.spec import load
 
@@ -38,10 +39,19 @@ def module_rows() -> list[list[str]]:
         with torch.no_grad():
             y_fast, fast_seconds = _timed(chunked, x)
             y_ref, ref_seconds = _timed(reference, x)
-        rows.append([name, "linear memory (WY/UT)" if chunked.fast_paths else "token by token",
+        rows.append([name, _fast_path(chunked.fast_paths),
                      f"{(y_fast - y_ref).abs().max().item():.1e}",
                      f"{BATCH * TOKENS / fast_seconds:,.0f}", f"{BATCH * TOKENS / ref_seconds:,.0f}"])
     return rows
+
+
+def _fast_path(forms: dict) -> str:
+    """The chunked schedule's path in words: by the forms its levels take."""
+    if not forms:
+        return "token by token"
+    kinds = {"deep memory (chunk form)" if isinstance(f, DeepForm) else "linear memory (WY/UT)"
+             for f in forms.values()}
+    return " + ".join(sorted(kinds))
 
 
 def _timed(module, x):
