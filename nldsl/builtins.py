@@ -49,16 +49,46 @@ ROLE_LIMITS = {
 }
 
 
+#: What a built-in does to the value dims of its arguments (one unit's dims: no batch, time or
+#: head dims), the `shape` column of FUNCTIONS. The shape checker (check_shapes.py), the head
+#: rules (lower/heads.py), the fast-form recogniser (lower/forms.py), the runtime
+#: (runtime/functions.py) and the fuzzers read their lists of built-ins from this column.
+SHAPES = {
+    "elementwise": "f(a) entry by entry, a number for a number: [..] -> [..]",
+    "broadcast": "entry by entry over its operands broadcast together: [..], [..] -> [..]",
+    "identity": "the value itself (what differs is its gradient): [..] -> [..]",
+    "last_dim_keep": "a function of each vector along the last dim: [.., n] -> [.., n]",
+    "last_dim_reduce": "the last dim reduced, kept with size 1: [.., n] -> [.., 1]",
+    "transpose": "the last two dims swapped: [.., n, m] -> [.., m, n]",
+    "trace": "the last two dims reduced: [.., n, n] -> [..]",
+    "outer": "two vectors to a matrix: [n], [m] -> [n, m]",
+    "matrix": "a matrix to one of its shape: [n, m] -> [n, m]",
+    "reduce_all": "every element reduced (a loss): [..] -> []",
+    "number": "a Python number about the tensor's shape",
+    "concat": "vectors joined along the last dim: [.., n], [.., m] -> [.., n + m]",
+    "sequence_keep": "mixes tokens, keeps the width: [T, n] -> [T, n]",
+    "attention": "mixes tokens, to the width of the values: [T, n], [T, n], [T, m] -> [T, m]",
+    "branches": "the shape of its branches: weights, [..], .., [..] -> [..]",
+    "gradient": "the shape of the state it is the gradient of",
+    "init": "not a value of an expression: the shape of the state it initialises",
+}
+
+#: The shape classes that act along the last dim(s): where a per-head level holds one scalar
+#: per head, such a function sees a vector of width 1 (docs/language.md, "Heads").
+LAST_DIM_SHAPES = ("last_dim_keep", "last_dim_reduce", "transpose", "trace")
+
+
 @dataclass(frozen=True)
 class Builtin:
-    """A built-in function: its parameter names (those after `min_args` are optional), the spec
-    kinds that may use it and where (`kinds`, `places`, from its role), and whether the
-    optimizer compiler computes it in both schedules (`optimizer_ok`: the validator rejects
-    an optimizer's use of a built-in whose flag is False, so flip it when both schedules
-    compute it)."""
+    """A built-in function: its parameter names (those after `min_args` are optional), what it
+    does to value dims (`shape`, a key of SHAPES), the spec kinds that may use it and where
+    (`kinds`, `places`, from its role), and whether the optimizer compiler computes it in both
+    schedules (`optimizer_ok`: the validator rejects an optimizer's use of a built-in whose flag
+    is False, so flip it when both schedules compute it)."""
 
     params: tuple[str, ...]
     min_args: int
+    shape: str
     doc: str
     role: str = "math"  # math | objective | window | init | context | sequence | aggregate
     variadic: bool = False
@@ -73,83 +103,99 @@ class Builtin:
         return _ROLE_USE[self.role][1]
 
 
-def _f(params: str, min_args: int | None, doc: str, role: str = "math", variadic: bool = False,
-       optimizer_ok: bool = True):
+def _f(params: str, min_args: int | None, shape: str, doc: str, role: str = "math",
+       variadic: bool = False, optimizer_ok: bool = True):
     names = tuple(p for p in params.split() if p)
-    return Builtin(names, len(names) if min_args is None else min_args, doc, role, variadic,
-                   optimizer_ok)
+    return Builtin(names, len(names) if min_args is None else min_args, shape, doc, role,
+                   variadic, optimizer_ok)
 
 
 FUNCTIONS: dict[str, Builtin] = {
     # elementwise and reductions
-    "sqrt": _f("a", None, "elementwise square root"),
-    "exp": _f("a", None, "elementwise exponential"),
-    "log": _f("a", None, "elementwise natural logarithm"),
-    "abs": _f("a", None, "elementwise absolute value"),
-    "sign": _f("a", None, "elementwise sign"),
-    "tanh": _f("a", None, "elementwise tanh"),
-    "sigmoid": _f("a", None, "elementwise logistic sigmoid"),
-    "softplus": _f("a", None, "elementwise log(1 + exp(a))"),
-    "relu": _f("a", None, "elementwise max(a, 0)"),
-    "gelu": _f("a", None, "elementwise GELU (erf form)"),
-    "silu": _f("a", None, "elementwise a * sigmoid(a)"),
-    "max": _f("a b", None, "elementwise maximum"),
-    "min": _f("a b", None, "elementwise minimum"),
-    "clamp": _f("a low high", None, "elementwise clamp to [low, high]"),
-    "softmax": _f("a", None, "softmax over the last dim"),
-    "norm": _f("a", None, "Euclidean norm over the last dim (keeps the dim, size 1)"),
-    "l2norm": _f("a", None, "a / ||a||_2 over the last dim"),
-    "rmsnorm": _f("a", None, "a / rms(a) over the last dim (no learned scale; multiply by a state)",
-                  optimizer_ok=False),
-    "layernorm": _f("a", None, "(a - mean) / std over the last dim (no learned scale)",
-                    optimizer_ok=False),
-    "sum": _f("a", None, "sum over the last dim (keeps the dim, size 1)"),
-    "mean": _f("a", None, "mean over the last dim (keeps the dim, size 1)"),
-    "transpose": _f("a", None, "swap the last two dims"),
-    "outer": _f("a b", None, "outer product a b^T over the last dims"),
-    "trace": _f("a", None, "trace of a matrix"),
-    "size": _f("a dim", None, "the size of dim `dim` of a tensor (a number; negative dims count "
-               "from the end), e.g. Muon's shape-dependent learning-rate scale"),
-    "ndim": _f("a", None, "the number of dims of a tensor (a number), e.g. `ndim(W) == 2`"),
+    "sqrt": _f("a", None, "elementwise", "elementwise square root"),
+    "exp": _f("a", None, "elementwise", "elementwise exponential"),
+    "log": _f("a", None, "elementwise", "elementwise natural logarithm"),
+    "abs": _f("a", None, "elementwise", "elementwise absolute value"),
+    "sign": _f("a", None, "elementwise", "elementwise sign"),
+    "tanh": _f("a", None, "elementwise", "elementwise tanh"),
+    "sigmoid": _f("a", None, "elementwise", "elementwise logistic sigmoid"),
+    "softplus": _f("a", None, "elementwise", "elementwise log(1 + exp(a))"),
+    "relu": _f("a", None, "elementwise", "elementwise max(a, 0)"),
+    "gelu": _f("a", None, "elementwise", "elementwise GELU (erf form)"),
+    "silu": _f("a", None, "elementwise", "elementwise a * sigmoid(a)"),
+    "max": _f("a b", None, "broadcast", "elementwise maximum"),
+    "min": _f("a b", None, "broadcast", "elementwise minimum"),
+    "clamp": _f("a low high", None, "broadcast", "elementwise clamp to [low, high]"),
+    "softmax": _f("a", None, "last_dim_keep", "softmax over the last dim"),
+    "norm": _f("a", None, "last_dim_reduce", "Euclidean norm over the last dim (keeps the dim, "
+               "size 1)"),
+    "l2norm": _f("a", None, "last_dim_keep", "a / ||a||_2 over the last dim"),
+    "rmsnorm": _f("a", None, "last_dim_keep", "a / rms(a) over the last dim (no learned scale; "
+                  "multiply by a state)", optimizer_ok=False),
+    "layernorm": _f("a", None, "last_dim_keep", "(a - mean) / std over the last dim (no learned "
+                    "scale)", optimizer_ok=False),
+    "sum": _f("a", None, "last_dim_reduce", "sum over the last dim (keeps the dim, size 1)"),
+    "mean": _f("a", None, "last_dim_reduce", "mean over the last dim (keeps the dim, size 1)"),
+    "transpose": _f("a", None, "transpose", "swap the last two dims"),
+    "outer": _f("a b", None, "outer", "outer product a b^T over the last dims"),
+    "trace": _f("a", None, "trace", "trace of a matrix"),
+    "size": _f("a dim", None, "number", "the size of dim `dim` of a tensor (a number; negative "
+               "dims count from the end), e.g. Muon's shape-dependent learning-rate scale"),
+    "ndim": _f("a", None, "number", "the number of dims of a tensor (a number), e.g. "
+               "`ndim(W) == 2`"),
     # sequence mixing (modules)
-    "conv": _f("a width", None, "causal depthwise 1-D convolution over tokens with a learned kernel "
-               "of `width` taps per channel (a parameter of the outer level)", role="sequence"),
-    "attention": _f("q k v", None, "causal softmax attention over the sequence: the non-parametric "
-                    "memory of eq. 62 (frequency infinity)", role="sequence"),
-    "window_attention": _f("q k v width", None, "causal sliding-window softmax attention (eq. 63)",
-                           role="sequence"),
-    "concat": _f("a", 1, "concatenate along the last dim", variadic=True, optimizer_ok=False),
+    "conv": _f("a width", None, "sequence_keep", "causal depthwise 1-D convolution over tokens "
+               "with a learned kernel of `width` taps per channel (a parameter of the outer "
+               "level)", role="sequence"),
+    "attention": _f("q k v", None, "attention", "causal softmax attention over the sequence: "
+                    "the non-parametric memory of eq. 62 (frequency infinity)", role="sequence"),
+    "window_attention": _f("q k v width", None, "attention", "causal sliding-window softmax "
+                           "attention (eq. 63)", role="sequence"),
+    "concat": _f("a", 1, "concat", "concatenate along the last dim", variadic=True,
+                 optimizer_ok=False),
     # gradients and gradient flow
-    "grad": _f("state", None, "the gradient of the task loss with respect to a state (for an "
-               "optimizer, `grad(W)`: the gradient it is given)", role="context"),
-    "stopgrad": _f("a", None, "a, with no gradient flowing back through it"),
-    "newton_schulz": _f("a steps polynomial eps precision", 1, "orthogonalize a matrix with `steps` "
-                        "Newton-Schulz iterations (polynomial \"cubic\", \"quintic\" or a tuple of "
-                        "quintic coefficients (a, b, c)) after dividing by max(||a||_F, eps), computed "
-                        "in `precision` (\"float32\" or \"bfloat16\"), eq. 44"),
+    "grad": _f("state", None, "gradient", "the gradient of the task loss with respect to a state "
+               "(for an optimizer, `grad(W)`: the gradient it is given)", role="context"),
+    "stopgrad": _f("a", None, "identity", "a, with no gradient flowing back through it"),
+    "newton_schulz": _f("a steps polynomial eps precision", 1, "matrix", "orthogonalize a matrix "
+                        "with `steps` Newton-Schulz iterations (polynomial \"cubic\", \"quintic\" "
+                        "or a tuple of quintic coefficients (a, b, c)) after dividing by "
+                        "max(||a||_F, eps), computed in `precision` (\"float32\" or \"bfloat16\"), "
+                        "eq. 44"),
     # objectives (internal losses of a level)
-    "dot": _f("a b", None, "<a, b> summed over all elements", role="objective"),
-    "l2": _f("a b", None, "1/2 ||a - b||_2^2 (the 1/2 makes `l2` + `gd` the delta rule)",
-             role="objective"),
-    "lp": _f("a b p", None, "1/p sum |a - b|^p (Miras' l_p attentional bias, its factor p folded "
-             "into the learning rate)", role="objective"),
-    "huber": _f("a b delta", None, "coordinate-wise Huber: 1/2 r^2 if |r| <= delta else "
-                "delta (|r| - delta/2), r = a - b", role="objective", optimizer_ok=False),
-    "window": _f("width loss gamma", 2, "Atlas' Omega rule: sum over the last `width` units of "
-                 "gamma_i * loss evaluated on unit i's context at the current state", role="window"),
-    "orthogonality": _f("a", None, "1/2 ||a^T a - I||_F^2 (eq. 43)", role="objective"),
+    "dot": _f("a b", None, "reduce_all", "<a, b> summed over all elements", role="objective"),
+    "l2": _f("a b", None, "reduce_all", "1/2 ||a - b||_2^2 (the 1/2 makes `l2` + `gd` the delta "
+             "rule)", role="objective"),
+    "lp": _f("a b p", None, "reduce_all", "1/p sum |a - b|^p (Miras' l_p attentional bias, its "
+             "factor p folded into the learning rate)", role="objective"),
+    "huber": _f("a b delta", None, "reduce_all", "coordinate-wise Huber: 1/2 r^2 if |r| <= delta "
+                "else delta (|r| - delta/2), r = a - b", role="objective", optimizer_ok=False),
+    "window": _f("width loss gamma", 2, "reduce_all", "Atlas' Omega rule: sum over the last "
+                 "`width` units of gamma_i * loss evaluated on unit i's context at the current "
+                 "state", role="window"),
+    "orthogonality": _f("a", None, "reduce_all", "1/2 ||a^T a - I||_F^2 (eq. 43)",
+                        role="objective"),
     # initial values
-    "zeros": _f("", None, "all zeros", role="init", optimizer_ok=False),
-    "ones": _f("", None, "all ones", role="init", optimizer_ok=False),
-    "eye": _f("", None, "the identity matrix", role="init", optimizer_ok=False),
-    "normal": _f("std", 0, "independent normal entries with standard deviation std "
+    "zeros": _f("", None, "init", "all zeros", role="init", optimizer_ok=False),
+    "ones": _f("", None, "init", "all ones", role="init", optimizer_ok=False),
+    "eye": _f("", None, "init", "the identity matrix", role="init", optimizer_ok=False),
+    "normal": _f("std", 0, "init", "independent normal entries with standard deviation std "
                  "(default 1 / sqrt(fan_in))", role="init", optimizer_ok=False),
-    "uniform": _f("bound", 0, "uniform entries in [-bound, bound] (default 1 / sqrt(fan_in))",
-                  role="init", optimizer_ok=False),
+    "uniform": _f("bound", 0, "init", "uniform entries in [-bound, bound] (default 1 / "
+                  "sqrt(fan_in))", role="init", optimizer_ok=False),
     # aggregation of parallel branches (CMS independent variant, eq. 74)
-    "wsum": _f("weights a", 2, "sum_i weights[i] * a_i: a (learnable) weighted sum of branches",
-               role="aggregate", variadic=True),
+    "wsum": _f("weights a", 2, "branches", "sum_i weights[i] * a_i: a (learnable) weighted sum "
+               "of branches", role="aggregate", variadic=True),
 }
+
+
+def shaped(*shapes: str) -> tuple[str, ...]:
+    """The built-ins of these shape classes (SHAPES), in table order."""
+    unknown = set(shapes) - set(SHAPES)
+    if unknown:
+        raise ValueError(f"unknown shape classes {sorted(unknown)}")
+    return tuple(name for name, f in FUNCTIONS.items() if f.shape in shapes)
+
 
 #: The activations an `mlp(...)` state may name between its layers, and its other options.
 MLP_ACTIVATIONS = {"gelu": "GELU (erf form), the default", "silu": "a * sigmoid(a)",

@@ -14,6 +14,7 @@ import random
 from dataclasses import dataclass
 
 from nldsl import ast
+from nldsl.builtins import FUNCTIONS
 from nldsl.check_common import Checker
 from nldsl.errors import Source
 from nldsl.graph import LevelGraph
@@ -22,10 +23,8 @@ from nldsl.printer import format_expr
 
 TRIALS = 3
 _PRIMES = [7919, 7927, 7933, 7937, 7949, 7951, 7963, 7993, 8009, 8011, 8017, 8039, 8053]
-_ELEMENTWISE = {"sqrt", "exp", "log", "abs", "sign", "tanh", "sigmoid", "softplus", "relu",
-                "gelu", "silu", "softmax", "l2norm", "rmsnorm", "layernorm", "conv", "stopgrad",
-                "newton_schulz", "clamp"}
-_REDUCE_LAST = {"norm", "sum", "mean"}
+#: The shape classes (nldsl/builtins.py SHAPES) whose result has the first argument's dims.
+_KEEPS_DIMS = frozenset({"elementwise", "identity", "last_dim_keep", "matrix", "sequence_keep"})
 
 
 @dataclass(frozen=True)
@@ -145,15 +144,18 @@ class ShapeChecker:
         args = [self.infer(a) for a in node.args]
         if node.func in self.states:
             return self._apply_memory(node, args[0] if args else None)
-        if node.func in _ELEMENTWISE:
+        shape = FUNCTIONS[node.func].shape if node.func in FUNCTIONS else None
+        if shape in _KEEPS_DIMS:
             return args[0] if args else None
-        if node.func in _REDUCE_LAST:
+        if shape == "broadcast":                 # against numbers: the tensor's dims
+            return args[0] if args and all(a == () for a in args[1:]) else None
+        if shape == "last_dim_reduce":
             return args[0][:-1] + (self.dim(ast.Number(value=1)),) if args and args[0] else None
-        if node.func in ("dot", "l2", "lp", "huber", "window", "orthogonality", "trace"):
+        if shape in ("reduce_all", "trace"):
             return ()
-        if node.func == "grad" and node.args and isinstance(node.args[0], ast.Name):
+        if shape == "gradient" and node.args and isinstance(node.args[0], ast.Name):
             return self.infer(node.args[0])
-        if node.func in ("attention", "window_attention") and len(args) >= 3:
+        if shape == "attention" and len(args) >= 3:
             return args[2]
         return None
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
+from nldsl.builtins import shaped
 from nldsl.testing import names
 
 
@@ -19,12 +20,13 @@ FUZZ_NAMES = ("int", "float", "zip", "any", "len", "range", "x", "st", "c", "wri
               "p", "g", "m", "v", "k", "lr", "beta", "eps", "__debug__", "W_2", "_h", "sum_")
 
 #: Built-ins (nldsl.builtins.FUNCTIONS) by how an optimizer expression can call them on
-#: W-shaped tensors [r, c]; `optimizer_specs` asserts it covers the table.
-ELEMENTWISE = ("sqrt", "exp", "log", "abs", "sign", "tanh", "sigmoid", "softplus", "relu", "gelu",
-               "silu", "softmax", "l2norm", "rmsnorm", "layernorm", "stopgrad")
-LAST_DIM_REDUCTIONS = ("norm", "sum", "mean")                      # [r, 1], broadcasts with [r, c]
+#: W-shaped tensors [r, c], from the table's shape column; `optimizer_specs` asserts it covers
+#: the table. POINTWISE ones also take a number.
+POINTWISE = shaped("elementwise")
+ELEMENTWISE = POINTWISE + shaped("last_dim_keep", "identity")    # [r, c] -> [r, c]
+LAST_DIM_REDUCTIONS = shaped("last_dim_reduce")                 # [r, 1], broadcasts with [r, c]
 MODULE_ONLY = ("conv", "attention", "window_attention", "concat", "wsum")
-INITIALISERS = ("zeros", "ones", "eye", "normal", "uniform")
+INITIALISERS = shaped("init")
 
 
 def fuzz_names() -> st.SearchStrategy[str]:
@@ -169,7 +171,7 @@ def optimizer_specs(draw, max_levels: int = 3, exclude: frozenset = frozenset())
             f"window_attention({sub()}, {sub()}, {sub()}, 2)", f"concat({sub()}, {sub()})",
             f"wsum((0.5, 0.5), {sub()}, {sub()})", f"{draw(st.sampled_from(INITIALISERS))}()",
             f"{draw(st.sampled_from(['1e400', '10 ** 1000', '1e-400']))} * {sub()}",
-            f"{draw(st.sampled_from(ELEMENTWISE[:11]))}({scalar()}) * {sub()}",
+            f"{draw(st.sampled_from(POINTWISE))}({scalar()}) * {sub()}",
             f"(not {sub()}) * {sub()}", f"({sub()} if {sub()} > 0 else 0 - {sub()})",
         ]))
 

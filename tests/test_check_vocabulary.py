@@ -1,14 +1,17 @@
 """check_vocabulary: the built-ins table says which kinds of spec may use each built-in and
-where (builtins.Builtin.kinds / places / optimizer_ok); `grad(X)`; mlp options."""
+where (builtins.Builtin.kinds / places / optimizer_ok); `grad(X)`; mlp options. The table's
+shape column is the one source of every list of built-ins by shape class."""
 from __future__ import annotations
 
 import pytest
 
+from nldsl import check_shapes, fuzzing
 from nldsl.build import build
-from nldsl.builtins import FUNCTIONS, MLP_ACTIVATIONS
+from nldsl.builtins import FUNCTIONS, LAST_DIM_SHAPES, MLP_ACTIVATIONS, SHAPES, shaped
 from nldsl.check_common import Checker
 from nldsl.check_vocabulary import check_grad_args, check_mlp_options, check_vocabulary
 from nldsl.errors import Source
+from nldsl.lower import forms, heads
 from nldsl.parser import parse
 
 OPT = "optimizer o(lr = 0.1) {{\n level a every 1 step {{\n  state m like W = 0\n  {body}\n }}\n}}"
@@ -142,3 +145,36 @@ def test_a_misspelt_activation_gets_a_suggestion():
     checker = Checker(build(parse(text)), Source(text))
     check_mlp_options(checker)
     assert checker.problems[0].hint == "did you mean 'gelu'?"
+
+
+def test_every_builtin_has_a_known_shape_class():
+    """The shape column (builtins.SHAPES) classifies every built-in, and every class is used."""
+    assert {f.shape for f in FUNCTIONS.values()} == set(SHAPES)
+    assert set(LAST_DIM_SHAPES) | check_shapes._KEEPS_DIMS <= set(SHAPES)
+
+
+@pytest.mark.parametrize("table, shapes", [
+    (forms._ELEMENTWISE, ("elementwise", "broadcast")),
+    (forms._REDUCING, ("reduce_all", "last_dim_reduce")),
+    (heads.SAME, ("elementwise", "identity", "last_dim_keep")),
+    (heads.LAST_TO_ONE, ("last_dim_reduce",)),
+    (heads.REDUCE_ALL, ("reduce_all",)),
+    (heads.SCALAR, ("number",)),
+    (heads.BROADCAST, ("broadcast",)),
+    (heads.LAST_DIM, LAST_DIM_SHAPES),
+    (fuzzing.POINTWISE, ("elementwise",)),
+    (fuzzing.ELEMENTWISE, ("elementwise", "last_dim_keep", "identity")),
+    (fuzzing.LAST_DIM_REDUCTIONS, ("last_dim_reduce",)),
+    (fuzzing.INITIALISERS, ("init",)),
+], ids=["forms-elementwise", "forms-reducing", "heads-same",
+        "heads-last-to-one", "heads-reduce-all", "heads-scalar", "heads-broadcast",
+        "heads-last-dim", "fuzzing-pointwise", "fuzzing-elementwise", "fuzzing-reductions",
+        "fuzzing-initialisers"])
+def test_each_table_of_builtins_is_exactly_its_shape_classes(table, shapes):
+    assert set(table) == set(shaped(*shapes))
+    assert len(table) == len(set(table))
+
+
+def test_shaped_refuses_an_unknown_class():
+    with pytest.raises(ValueError, match="unknown shape classes"):
+        shaped("pointwise")

@@ -1,8 +1,13 @@
 """Every built-in of the vocabulary is computed by the module runtime or rejected, located, by
-the module compiler: nothing validates and then fails inside a module's forward pass."""
-import pytest
+the module compiler: nothing validates and then fails inside a module's forward pass. The
+runtime's tables hold exactly the built-ins of their shape class (nldsl/builtins.py), and each
+function gives the value dims its class says."""
+import math
 
-from nldsl.builtins import FUNCTIONS
+import pytest
+import torch
+
+from nldsl.builtins import FUNCTIONS, LAST_DIM_SHAPES, shaped
 from nldsl.lower.unsupported import UNSUPPORTED_CALLS
 from nldsl.runtime import functions as fn
 from nldsl.runtime.evaluate import SPECIAL
@@ -13,3 +18,33 @@ def test_builtin_is_computed_or_rejected(name):
     computed = set(fn.ELEMENTWISE) | set(fn.LAST_DIM) | set(SPECIAL)
     is_init = FUNCTIONS[name].role == "init"
     assert (name in computed) + (name in UNSUPPORTED_CALLS) + is_init == 1
+
+
+def test_runtime_tables_are_exactly_their_shape_classes():
+    assert set(fn.ELEMENTWISE) == set(shaped("elementwise"))
+    assert set(fn.LAST_DIM) == set(shaped(*LAST_DIM_SHAPES))
+    assert not set(SPECIAL) & (set(fn.ELEMENTWISE) | set(fn.LAST_DIM))
+
+
+#: What each shape class makes of value dims [3, 4] (docs: builtins.SHAPES).
+EXPECTED_DIMS = {"elementwise": (3, 4), "last_dim_keep": (3, 4), "last_dim_reduce": (3, 1),
+                 "transpose": (4, 3), "trace": ()}
+
+
+@pytest.mark.parametrize("name", shaped("elementwise", *LAST_DIM_SHAPES))
+def test_runtime_functions_give_the_dims_of_their_shape_class(name):
+    a = torch.rand(2, 3, 4, dtype=torch.float64) + 0.5          # batch 2; value dims [3, 4]
+    if name == "trace":
+        a = a[..., :3]                                          # a square matrix [3, 3]
+    value = fn.ELEMENTWISE[name][0](a) if name in fn.ELEMENTWISE else fn.LAST_DIM[name](a)
+    assert tuple(value.shape[1:]) == EXPECTED_DIMS[FUNCTIONS[name].shape]
+
+
+@pytest.mark.parametrize("name", shaped("elementwise"))
+def test_elementwise_functions_agree_on_tensors_and_numbers(name):
+    on_tensor, on_number = fn.ELEMENTWISE[name]
+    for x in (-1.5, 0.25, 2.0):
+        if name in ("sqrt", "log") and x < 0:
+            continue
+        expected = on_tensor(torch.tensor(x, dtype=torch.float64)).item()
+        assert math.isclose(on_number(x), expected, rel_tol=1e-12, abs_tol=1e-15)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nldsl import ast
+from nldsl.builtins import shaped
 from nldsl.lower.derive import binary, mentions, num
 from nldsl.lower.program import Program, TokenLevel
 
@@ -146,10 +147,10 @@ def _scale(term: tuple, factor: ast.Expr) -> tuple:
     return (term[0], _times(factor, term[1])) + term[2:]
 
 
-#: Elementwise built-ins, and those whose value is one number per head whatever their input.
-_ELEMENTWISE = {"sigmoid", "exp", "log", "softplus", "tanh", "silu", "relu", "gelu", "abs",
-                "sqrt", "sign"}
-_REDUCING = {"dot", "l2", "norm", "sum", "mean"}
+#: Built-ins one number per head of such numbers (elementwise ones, max, min, clamp), and those
+#: one number per head whatever their input (reductions: dot, l2, norm, sum, mean, ...).
+_ELEMENTWISE = frozenset(shaped("elementwise", "broadcast"))
+_REDUCING = frozenset(shaped("reduce_all", "last_dim_reduce"))
 
 
 def one_per_head(e: ast.Expr, level: TokenLevel, program: Program) -> bool:
@@ -180,7 +181,7 @@ def one_per_head(e: ast.Expr, level: TokenLevel, program: Program) -> bool:
         return one_per_head(e.left, level, program) and one_per_head(e.right, level, program)
     if isinstance(e, ast.Call) and e.func in _REDUCING:
         return True
-    if isinstance(e, ast.Call) and e.func in _ELEMENTWISE | {"clamp", "max", "min"}:
+    if isinstance(e, ast.Call) and e.func in _ELEMENTWISE:
         return all(one_per_head(a, level, program) for a in e.args)
     if isinstance(e, ast.Conditional):
         return all(one_per_head(part, level, program) for part in (e.cond, e.then, e.otherwise))

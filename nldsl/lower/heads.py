@@ -25,17 +25,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nldsl import ast
+from nldsl.builtins import LAST_DIM_SHAPES, shaped
 from nldsl.lower.program import HeadMerge, HeadSplit
 
-#: Built-ins by what they do to value dims (nldsl/runtime/functions.py computes them).
-SAME = {"sqrt", "exp", "log", "abs", "sign", "tanh", "sigmoid", "softplus", "relu", "gelu",
-        "silu", "l2norm", "rmsnorm", "layernorm", "softmax", "stopgrad"}
-LAST_TO_ONE = {"norm", "sum", "mean"}
-REDUCE_ALL = {"dot", "l2", "lp", "huber", "orthogonality"}
-SCALAR = {"size", "ndim"}
+#: Built-ins by what they do to value dims (the shape column of nldsl/builtins.py;
+#: nldsl/runtime/functions.py computes them).
+SAME = frozenset(shaped("elementwise", "identity", "last_dim_keep"))
+LAST_TO_ONE = frozenset(shaped("last_dim_reduce"))
+REDUCE_ALL = frozenset(shaped("reduce_all"))
+SCALAR = frozenset(shaped("number"))
+BROADCAST = frozenset(shaped("broadcast"))
 #: Functions of the last dim: a per-head scalar is a vector of width 1 there (`vector`).
-LAST_DIM = {"l2norm", "rmsnorm", "layernorm", "softmax", "norm", "sum", "mean", "transpose",
-            "trace"}
+LAST_DIM = frozenset(shaped(*LAST_DIM_SHAPES))
 
 
 class Unknown(Exception):
@@ -219,7 +220,7 @@ class HeadShapes:
             return Value(first.dims[:-2], first.split)
         if func in REDUCE_ALL:
             return Value((), any(self.split(a).split for a in args[:2]))
-        if func in ("max", "min", "clamp"):
+        if func in BROADCAST:
             value = args[0]
             for other in args[1:]:
                 value = self.align(value, other)

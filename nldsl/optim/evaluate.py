@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 
 from nldsl import ast
+from nldsl.builtins import shaped
 from nldsl.errors import NLDSLError, NLDSLValueError, Problem, Source
 from nldsl.optim import kernels
 
@@ -26,8 +27,7 @@ _BINARY = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operato
            "**": operator.pow, "<": operator.lt, "<=": operator.le, ">": operator.gt,
            ">=": operator.ge, "==": operator.eq, "!=": operator.ne}
 
-_UNARY = {"sqrt", "exp", "log", "abs", "sign", "tanh", "sigmoid", "softplus", "relu", "gelu",
-          "silu"}
+_UNARY = frozenset(shaped("elementwise"))
 
 #: The built-ins, each computed by the kernel generated code calls (kernels.py): the same ops.
 _TENSOR_FUNCS: dict[str, Callable] = {

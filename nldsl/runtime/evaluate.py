@@ -25,8 +25,8 @@ _ARITH = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator
 #: The built-ins `FrameEvaluator._call` computes besides fn.ELEMENTWISE and fn.LAST_DIM
 #: (lower/unsupported.py lists those the module compiler rejects; init built-ins are not
 #: expressions).
-SPECIAL = ("conv", "max", "min", "clamp", "dot", "l2", "outer", "lp", "huber", "orthogonality",
-           "concat", "size", "ndim", "wsum")
+SPECIAL = ("conv", "stopgrad", "max", "min", "clamp", "dot", "l2", "outer", "lp", "huber",
+           "orthogonality", "concat", "size", "ndim", "wsum")
 
 
 def _tensor(value) -> bool:
@@ -114,7 +114,7 @@ class FrameEvaluator:
             torch_fn, math_fn = fn.ELEMENTWISE[func]
             return torch_fn(f.split(args[0])) if _tensor(args[0]) else math_fn(args[0])
         if func == "stopgrad":
-            return fn.LAST_DIM[func](f.split(args[0]))
+            return fn.stopgrad(f.split(args[0]))
         if func in fn.LAST_DIM:
             return fn.LAST_DIM[func](f.vector(f.split(args[0])))
         if func in ("max", "min", "clamp"):

@@ -16,6 +16,7 @@ NORM_EPS = 1e-5
 #: l2norm divides by max(||a||, L2NORM_EPS), as the optimizer kernels do.
 L2NORM_EPS = 1e-12
 
+#: The built-ins of shape class "elementwise" (nldsl/builtins.py): (on a tensor, on a number).
 ELEMENTWISE = {
     "sqrt": (torch.sqrt, math.sqrt), "exp": (torch.exp, math.exp), "log": (torch.log, math.log),
     "abs": (torch.abs, abs), "sign": (torch.sign, lambda a: float((a > 0) - (a < 0))),
@@ -45,6 +46,7 @@ def layernorm(a: torch.Tensor) -> torch.Tensor:
     return centred * torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + NORM_EPS)
 
 
+#: The built-ins of the shape classes builtins.LAST_DIM_SHAPES: functions of the last dim(s).
 LAST_DIM = {
     "l2norm": l2norm, "rmsnorm": rmsnorm, "layernorm": layernorm,
     "softmax": lambda a: a.softmax(-1),
@@ -53,8 +55,12 @@ LAST_DIM = {
     "mean": lambda a: a.mean(-1, keepdim=True),
     "transpose": lambda a: a.transpose(-1, -2),
     "trace": lambda a: a.diagonal(0, -2, -1).sum(-1),
-    "stopgrad": lambda a: a.detach(),
 }
+
+
+def stopgrad(a):
+    """a, cut from the autograd graph (a number is a constant already)."""
+    return a.detach() if isinstance(a, torch.Tensor) else a
 
 
 def value_sum(a: torch.Tensor, nb: int) -> torch.Tensor:
