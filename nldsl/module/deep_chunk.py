@@ -218,10 +218,12 @@ def _reads(layout: MLPLayout, queries: dict, segments, chunk: int, kept, coeffic
     stack = lambda parts: torch.stack(parts, dim=2)
     per_layer = lambda j: [stack([c[j][i] for c in kept]) for i in range(len(layout.layers))] \
         if kept[0][j] is not None else None
-    m, s, snapshot = per_layer(0), per_layer(1), per_layer(2)             # [B, H, N, o, i]
+    befores = {before for _, before in queries.values()}
+    m, s = (per_layer(0), per_layer(1)) if False in befores else (None, None)  # [B, H, N, o, i]
+    snapshot = per_layer(2) if True in befores else None
     factors = lambda j: [stack([_pad(c[j][i], -2, chunk) for c in kept])
-                         for i in range(len(layout.layers))]              # [B, H, N, C, d]
-    deltas, inputs = factors(3), factors(4)
+                         for i in range(len(layout.layers))] if False in befores else None
+    deltas, inputs = factors(3), factors(4)                                # [B, H, N, C, d]
     reads = {}
     for name, (u, before) in queries.items():
         u = stack([_pad(u[:, :, t0:t1], -2, chunk) for t0, t1 in segments])  # [B, H, N, C, d_0]
