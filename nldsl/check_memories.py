@@ -74,8 +74,7 @@ def _layout(shape, c: Checker):
 class _Walker:
     def __init__(self, c: Checker, layouts: dict):
         self.c, self.layouts = c, layouts
-        self.shapes = ShapeChecker(c)
-        self.shapes.run()           # infers the contexts' widths (its reports are check_shapes')
+        self.shapes = _shape_checker(c)
         self.one = {(1,) * len(self.shapes.trials)}     # the widths of one number
 
     def value(self, e, where: str) -> None:
@@ -128,3 +127,45 @@ class _Walker:
                         hint="make the factor one number per head (a gate `x @ W` of width "
                              "heads, or a reduction)")
         return layout
+
+
+def check_channel_gates(c: Checker) -> None:
+    """A rule's `lr`, `decay` or `beta` on a matrix memory M [d_v, d_k] is one number (per head
+    and token) or a vector of width d_k, which scales M's columns: M diag(g), the per-key-channel
+    gate of Gated Linear Attention (docs/language.md, "Channel-wise gates"). Any other width has
+    no defined broadcast."""
+    shapes = None
+    for level in c.graph.levels.values():
+        for objective in level.objectives:
+            target = objective.state or next(iter(level.states), None)
+            state = level.states.get(target)
+            dims = getattr(state.decl.shape, "dims", None) if state is not None else None
+            if dims is None or len(dims) != 2:
+                continue
+            shapes = shapes or _shape_checker(c)
+            d_k = shapes.dim(dims[1])
+            heads = shapes.dim(level.heads) if getattr(level, "heads", None) is not None else None
+            allowed = {(1,) * len(shapes.trials)} | ({heads.values} if heads is not None else set())
+            if d_k is not None:
+                allowed.add(d_k.values)
+                if heads is not None:
+                    allowed.add(tuple(a * b for a, b in zip(d_k.values, heads.values)))
+            for rule in objective.rules:
+                for arg in list(rule.args) + [k.value for k in rule.kwargs]:
+                    found = shapes.infer(arg)
+                    if not found or found[-1] is None or (len(found) == 1 and
+                                                          found[-1].values in allowed):
+                        continue
+                    c.report(arg, f"`{format_expr(arg)}` gates the matrix memory {target} "
+                             f"[{format_expr(dims[0])}, {format_expr(dims[1])}] with "
+                             f"width [{found[-1].text}]: a channel-wise gate scales the key side",
+                             expected=f"one number per head, or a vector of width "
+                                      f"[{format_expr(dims[1])}] (d_k)",
+                             hint="project the gate to the key width (x @ W of width d_k), or to "
+                                  "one number per head")
+
+
+def _shape_checker(c: Checker) -> ShapeChecker:
+    shapes = ShapeChecker(c)
+    shapes.run()                    # infers the contexts' widths (its reports are check_shapes')
+    return shapes

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from nldsl.check_common import Checker
 from nldsl.check_levels import check_frequencies, check_learned_inits, check_objectives
-from nldsl.check_memories import check_mlp_algebra
+from nldsl.check_memories import check_channel_gates, check_mlp_algebra
 from nldsl.check_names import check_definition_cycles, check_duplicates, check_references
 from nldsl.check_shapes import check_shapes
 from nldsl.check_values import check_constants, check_hparams, check_rules
@@ -30,6 +30,7 @@ CHECKS = (
     check_objectives,
     check_shapes,
     check_mlp_algebra,
+    check_channel_gates,
 )
 
 

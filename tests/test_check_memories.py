@@ -51,3 +51,40 @@ def test_per_weight_algebra_is_per_weight(tmp_path):
                            mlp.layers(layout, start["N"])):
         expected = g * w_m + (1 - g) * w_n / 2 + w_n
         assert torch.allclose(w, expected, rtol=0, atol=1e-15)
+
+
+CHANNEL_GATE = '''module gla_like(dim: int >= 1, dk = 3 >= 1, dv = 5 >= 1) {
+  state Wk : [dim, dk] = normal(0.3)
+  state Wv : [dim, dv] = normal(0.3)
+  state Wg : [dim, dk] = normal(0.3)
+  state Wo : [dv, dim] = normal(0.3)
+  level memory every 1 token {
+    state M : [dv, dk]
+    key k = x @ Wk
+    value v = x @ Wv
+    gate g = sigmoid(x @ Wg)
+    minimize l2(M(k), v) by gd(lr = 0.5, decay = g)
+    read y = M(k)
+  }
+  out = y @ Wo
+}
+'''
+
+
+@pytest.mark.parametrize("schedule", ["reference", "chunked"])
+def test_a_key_width_gate_scales_the_columns(tmp_path, schedule):
+    """decay of width d_k: M_t = M_{t-1} diag(g_t) - lr (M_{t-1} k - v) k^T, written out."""
+    path = tmp_path / "gla.nl"
+    path.write_text(CHANNEL_GATE)
+    torch.manual_seed(0)
+    m = compile_module(str(path), schedule=schedule, dim=4).double()
+    x = torch.randn(2, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        _, state = m(x)
+        s = torch.zeros(2, 5, 3, dtype=torch.float64)
+        for t in range(4):
+            k, v, g = x[:, t] @ m.Wk, x[:, t] @ m.Wv, torch.sigmoid(x[:, t] @ m.Wg)
+            error = torch.einsum("bvk,bk->bv", s, k) - v
+            s = s * g[:, None, :] - 0.5 * torch.einsum("bv,bk->bvk", error, k)
+    # the same products in another order: a few roundings of O(1) terms over 4 tokens
+    assert torch.allclose(state["memory"]["M"], s, rtol=0, atol=1e-13)
