@@ -212,3 +212,20 @@ def test_per_token_gradients_are_delta_times_input(case):
     for i, (a, b) in enumerate(zip(ours, theirs)):
         scale = max(b.abs().max().item(), 1.0)
         assert (a - b).abs().max().item() <= 64 * U64 * scale * max(layout.widths), f"layer {i}"
+
+
+@pytest.mark.parametrize("autocast", [pytest.param(False, id="float32"),
+                                      pytest.param(True, id="bfloat16-autocast")])
+def test_titans_stays_finite_over_4096_tokens(autocast):
+    """Default initialisation and hyper-parameters (titans-pytorch turns NaN at this length):
+    outputs, the final memory and every gradient finite."""
+    torch.manual_seed(0)
+    m = compile_module("titans", dim=16, heads=2, head_dim=8)
+    x = torch.randn(1, 4096, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y, state = m(x)
+        loss = y.float().square().mean()
+    loss.backward()
+    assert torch.isfinite(y).all()
+    assert all(torch.isfinite(w).all() for w in state["memory"]["M"])
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters())
