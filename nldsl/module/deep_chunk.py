@@ -18,8 +18,9 @@ A read M_t(u_t) is computed layer by layer without forming M_t:
     W_{i,t} h_t = A_t W_{i,0} h_t + B_t S_{i,0} h_t + sum_{s<=t} K_ts (a_{i-1,s} . h_t) delta_{i,s}
 
 a causally masked [L, L] matmul per layer, as linear attention's intra-chunk part; the chunk's
-end state is the same sums at t = L. Memory for the backward pass grows as T (d_0 + ... + d_L)
-per head plus L^2 per chunk and head, never as T times the weight count.
+end state is the same sums at t = L. Memory for the backward pass, per sequence and head: the
+factors, a few T (d_0 + ... + d_L) numbers; the chunk-start weights (and momentum), (T / L) P;
+the gate products, T L: linear in T, with P (the weight count) once per chunk, never per token.
 """
 from __future__ import annotations
 
