@@ -7,7 +7,7 @@ from torch.func import grad as func_grad
 
 from nldsl import ast
 from nldsl.lower.derive import closed_grad, derive
-from nldsl.optim.evaluate import Evaluator
+from nldsl.optim.evaluate import TensorEvaluator
 from nldsl.parser import parse
 
 dims = st.integers(1, 5)
@@ -28,7 +28,7 @@ def tensors(seed, rows, cols):
 
 def autograd_gradient(loss, env):
     def f(s):
-        return Evaluator(lambda n: s if n == "S" else env[n])(loss)
+        return TensorEvaluator(lambda n: s if n == "S" else env[n])(loss)
     return func_grad(f)(env["S"])
 
 
@@ -53,14 +53,14 @@ def test_closed_gradient_equals_autograd(text):
     @given(seeds, dims, dims)
     def check(seed, rows, cols):
         env = tensors(seed, rows, cols)
-        closed = Evaluator(env.__getitem__)(derived)
+        closed = TensorEvaluator(env.__getitem__)(derived)
         torch.testing.assert_close(closed + 0 * env["S"], autograd_gradient(loss, env))
 
     check()
 
 
 def _step(write, env):
-    evaluate = Evaluator(env.__getitem__)
+    evaluate = TensorEvaluator(env.__getitem__)
     return evaluate(write.value)
 
 
@@ -93,7 +93,7 @@ def test_dgd_is_the_exact_proximal_step_of_eq_56(seed, rows, cols, lr):
     objective = ast.Objective(state="S", loss=loss_of("l2(S @ k, y)"),
                               rules=[ast.Rule(name="dgd", args=[ast.Name(id="lr")])])
     new = _step(derive(objective, "S", None), env)
-    prox = lambda s: Evaluator(lambda n: s if n == "S" else env[n])(objective.loss) + \
+    prox = lambda s: TensorEvaluator(lambda n: s if n == "S" else env[n])(objective.loss) + \
         ((s - env["S"]) ** 2).sum() / (2 * lr)
     assert func_grad(prox)(new).abs().max() < 1e-9
 

@@ -14,7 +14,7 @@ from nldsl.lower.program import HeadMerge, HeadSplit
 from nldsl.module import compile as compile_module
 from nldsl.module.checks import resolve_hparams
 from nldsl.module.reference import run_reference
-from nldsl.runtime import evaluate, functions
+from nldsl.runtime import evaluate
 from nldsl.spec import load
 
 #: heads 2 of width 3; the gate `g` has width 3, not a multiple of 2: it is shared by the heads.
@@ -105,7 +105,7 @@ def test_a_wrong_head_step_width_is_caught_by_the_runtime(steps, name):
 def test_every_builtin_the_runtime_computes_has_a_width_rule():
     rules = heads.SAME | heads.LAST_TO_ONE | heads.REDUCE_ALL | heads.SCALAR | {
         "conv", "transpose", "trace", "max", "min", "clamp", "outer", "concat", "wsum"}
-    computed = set(functions.ELEMENTWISE) | set(functions.LAST_DIM) | set(evaluate.SPECIAL)
+    computed = evaluate.COMPUTED
     assert computed <= rules
 
 

@@ -17,7 +17,7 @@ from nldsl import ast
 from nldsl.lower import timing
 from nldsl.optim import kernels
 from nldsl.errors import NLDSLError
-from nldsl.optim.evaluate import FAILURES, Evaluator
+from nldsl.optim.evaluate import FAILURES, TensorEvaluator
 from nldsl.optim.ir import Plan, Write
 from nldsl.optim.plan import PARAM
 from nldsl.optim.snapshot import dependency_order, period_one
@@ -26,8 +26,9 @@ from nldsl.optim.snapshot import dependency_order, period_one
 def initial_state(plan: Plan, param: torch.Tensor, hparams: dict) -> dict:
     """Fresh per-parameter state: step 0, every persistent state at its initial value."""
     state: dict = {"step": 0}
-    env = Evaluator(lambda name: {PARAM: param, f"grad({PARAM})": param.grad, **hparams, **state}[name],
-                    plan.source, f"for a parameter of shape {tuple(param.shape)}")
+    env = TensorEvaluator(lambda name: {PARAM: param, f"grad({PARAM})": param.grad, **hparams,
+                                        **state}[name],
+                          plan.source, f"for a parameter of shape {tuple(param.shape)}")
     inits = {s.name: s.init if s.init is not None else ast.Number(value=0)
              for s in plan.states.values() if s.name != PARAM and s.persistent}
     for name, _ in dependency_order(inits):   # an initial value may be another state's (no cycle)
@@ -49,8 +50,8 @@ class Step:
     def __init__(self, plan: Plan, param, state: dict, hparams: dict):
         self.plan, self.param, self.state, self.hparams = plan, param, state, hparams
         self.values: dict = {}
-        self.evaluate = Evaluator(self.lookup, plan.source,
-                                  f"for a parameter of shape {tuple(param.shape)}")
+        self.evaluate = TensorEvaluator(self.lookup, plan.source,
+                                        f"for a parameter of shape {tuple(param.shape)}")
 
     def lookup(self, name: str):
         if name in self.values:

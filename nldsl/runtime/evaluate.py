@@ -1,10 +1,20 @@
-"""Evaluate a spec expression for many units at once, in a `Frame` (batch, time, heads).
+"""One evaluator of spec expressions, for an optimizer's tensors and a module's frames.
 
-The caller decides what a name means (`lookup`: a context, a state, a read, `x`, `t`) and what
-a sequence built-in does (`conv`: the caller owns kernels and caches). Numbers stay Python
-numbers; tensors follow frame.py's layout. Nothing here knows which schedule is running: the
-reference interpreter evaluates one token (frame prefix [B]), the chunked schedule a whole
-sequence (prefix [B, T]), with the same code and so the same operations.
+An expression describes one unit: one parameter tensor at one step (an optimizer), one token of
+one head (a module). `Evaluator` computes it for many units at once in a `Frame` (frame.py: `nb`
+batch dims before the value dims): a module's reference schedule in frame [B] (one token), its
+chunked schedule in [B, T] (a whole call), an optimizer in `TENSOR`, the empty prefix (one
+tensor: no batch dims, no heads, so that broadcasting and `@` are exactly torch's). The caller
+decides what a name means (`lookup`: a context, a state, a read, `x`, `t`, `W`, `grad(W)`) and
+what a memory applied to an input gives (`apply`).
+
+The node kinds, arithmetic, logic, conditionals, indexing and the elementwise built-ins are
+evaluated here, once for both compilers. Every other built-in comes from the subclass's table
+`functions` (name -> f(frame, *args, **kwargs)): `FrameEvaluator` below has the module
+runtime's (runtime/functions.py: per head, reductions over one unit's elements);
+optim/evaluate.py's `TensorEvaluator` has the kernels generated optimizer code calls, so that
+the optimizer's reference and fused schedules compute with the same ops. Numbers stay Python
+numbers.
 """
 from __future__ import annotations
 
@@ -17,30 +27,27 @@ from nldsl import ast
 from nldsl.runtime import functions as fn
 from nldsl.runtime.frame import Frame
 
+#: One tensor as a frame: the optimizer's unit (no batch dims, no heads).
+TENSOR = Frame(0)
+
 _ARITH = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
           "**": operator.pow, "<": operator.lt, "<=": operator.le, ">": operator.gt,
           ">=": operator.ge, "==": operator.eq, "!=": operator.ne}
-
-
-#: The built-ins `FrameEvaluator._call` computes besides fn.ELEMENTWISE and fn.LAST_DIM
-#: (lower/unsupported.py lists those the module compiler rejects; init built-ins are not
-#: expressions).
-SPECIAL = ("conv", "stopgrad", "max", "min", "clamp", "dot", "l2", "outer", "lp", "huber",
-           "orthogonality", "concat", "size", "ndim", "wsum")
 
 
 def _tensor(value) -> bool:
     return isinstance(value, torch.Tensor)
 
 
-class FrameEvaluator:
-    """evaluate(expr) in `frame`. `lookup(name)` gives a value of this frame; `apply(name, u)`
-    applies a memory state to an input; `conv(call, a, width)` is the causal convolution at
-    that call site."""
+class Evaluator:
+    """evaluate(expr) in `frame`: `lookup(name)` gives a value of this frame (`grad(X)` looks up
+    "grad(X)"), `apply(name, u)` applies a memory state to an input, `functions` computes the
+    built-ins that are not elementwise."""
 
-    def __init__(self, frame: Frame, lookup: Callable[[str], Any],
-                 apply: Callable[[str, Any], Any], conv: Callable[[ast.Call, Any, int], Any]):
-        self.frame, self.lookup, self.apply, self.conv = frame, lookup, apply, conv
+    functions: dict[str, Callable] = {}
+
+    def __init__(self, frame: Frame, lookup: Callable[[str], Any], apply: Callable[[str, Any], Any]):
+        self.frame, self.lookup, self.apply = frame, lookup, apply
 
     def __call__(self, expr: ast.Expr) -> Any:
         return getattr(self, "_" + expr.kind)(expr)
@@ -50,6 +57,7 @@ class FrameEvaluator:
     def _string(self, e): return e.value
     def _name(self, e): return self.lookup(e.id)
     def _tuple(self, e): return tuple(self(item) for item in e.items)
+
     def _index(self, e):
         value, index = self(e.value), int(self(e.index))
         if _tensor(value):                     # the first value dim (per head), never a batch dim
@@ -63,37 +71,37 @@ class FrameEvaluator:
         return torch.logical_not(value) if _tensor(value) else not value
 
     def _conditional(self, e):
+        """Python's conditional on a number; elementwise (torch.where, both sides computed) on a
+        tensor. Numbers stay numbers, so they take the dtype of the tensor they meet."""
         cond = self(e.cond)
         if not _tensor(cond):
             return self(e.then) if cond else self(e.otherwise)
-        then, otherwise = self.frame.align(*self._tensors(self(e.then), self(e.otherwise), cond))
-        cond, then = self.frame.align(cond, then)
-        cond, otherwise = self.frame.align(cond, otherwise)
+        f = self.frame
+        then, otherwise = f.align(self(e.then), self(e.otherwise))
+        cond, then = f.align(cond, then)
+        cond, otherwise = f.align(cond, otherwise)
         return torch.where(cond, then, otherwise)
-
-    def _tensors(self, a, b, like):
-        """Numbers as tensors of `like`'s dtype and device, so torch.where can take them."""
-        as_tensor = lambda v: v if _tensor(v) else torch.tensor(v, dtype=torch.get_default_dtype()
-                                                                 if isinstance(v, float) else None,
-                                                                 device=like.device)
-        return as_tensor(a), as_tensor(b)
 
     def _binary(self, e):
         left, right = self(e.left), self(e.right)
         if e.op in ("and", "or"):
-            if _tensor(left) or _tensor(right):
-                left, right = self.frame.align(*self._tensors(left, right, _first_tensor(left, right)))
-                return (torch.logical_and if e.op == "and" else torch.logical_or)(left, right)
-            return (left and right) if e.op == "and" else (left or right)
+            if not (_tensor(left) or _tensor(right)):
+                return (left and right) if e.op == "and" else (left or right)
+            like = left if _tensor(left) else right
+            left, right = self.frame.align(torch.as_tensor(left, device=like.device),
+                                           torch.as_tensor(right, device=like.device))
+            return (torch.logical_and if e.op == "and" else torch.logical_or)(left, right)
         if e.op == "@":
-            left, right = self._matmul_operands(left, right)
-            return fn.matmul(left, right, self.frame.rank(left), self.frame.rank(right))
+            return self._matmul(left, right)
         left, right = self.frame.align(left, right)
         return _ARITH[e.op](left, right)
 
-    def _matmul_operands(self, left, right):
-        """A per-head matrix or vector on one side makes the other side's vector per head."""
+    def _matmul(self, left, right):
+        """torch.matmul's rules on value dims; a per-head matrix or vector on one side makes the
+        other side's vector per head."""
         f = self.frame
+        if f.nb == 0:                          # one tensor: torch's own matmul
+            return left @ right
         if f.is_split(right) and not f.is_split(left) and f.rank(left) == 1:
             left = f.vector(f.split(left))
         if f.is_split(left) and not f.is_split(right) and f.rank(right) == 1:
@@ -102,66 +110,117 @@ class FrameEvaluator:
             right = f.vector(right)
         if f.rank(right) >= 2:
             left = f.vector(left)
-        return left, right
+        return fn.matmul(left, right, f.rank(left), f.rank(right))
 
     def _call(self, e: ast.Call):
         func = e.func
-        if func == "conv":
-            return self.conv(e, self(e.args[0]), int(self(e.args[1])))
+        if func == "grad":                     # the gradient the caller was given
+            return self.lookup(f"grad({e.args[0].id})")
         args = [self(a) for a in e.args]
+        kwargs = {k.name: self(k.value) for k in e.kwargs}
         f = self.frame
         if func in fn.ELEMENTWISE:
-            torch_fn, math_fn = fn.ELEMENTWISE[func]
-            return torch_fn(f.split(args[0])) if _tensor(args[0]) else math_fn(args[0])
-        if func == "stopgrad":
-            return fn.stopgrad(f.split(args[0]))
-        if func in fn.LAST_DIM:
-            return fn.LAST_DIM[func](f.vector(f.split(args[0])))
-        if func in ("max", "min", "clamp"):
-            return self._extremum(func, args)
-        if func == "outer":
-            a, b = f.align(f.vector(f.split(args[0])), f.vector(f.split(args[1])))
-            return fn.outer(a, b)
-        if func in ("dot", "l2"):
-            a, b = f.align(f.split(args[0]), f.split(args[1]))
-            return getattr(fn, func)(a, b, f.nb)
-        if func == "orthogonality":
-            return fn.orthogonality(f.split(args[0]), f.nb)
-        if func in ("lp", "huber"):
-            a, b = f.align(f.split(args[0]), f.split(args[1]))
-            return getattr(fn, func)(a, b, args[2], f.nb)
-        if func == "concat":
-            parts = torch.broadcast_tensors(*[f.vector(f.split(a)) for a in args])
-            return torch.cat(parts, dim=-1)
-        if func == "size":
-            return args[0].shape[f.nb:][int(args[1])]
-        if func == "ndim":
-            return f.rank(args[0])
-        if func == "wsum":
-            weights, branches = args[0], args[1:]
-            total = 0
-            for i, branch in enumerate(branches):
-                total = total + weights[..., i] * branch if _tensor(weights) else total + weights[i] * branch
-            return total
+            on_tensor, on_number = fn.ELEMENTWISE[func]
+            return on_tensor(f.split(args[0])) if _tensor(args[0]) else on_number(args[0])
+        function = self.functions.get(func)
+        if function is not None:
+            return function(f, *args, **kwargs)
         return self.apply(func, f.vector(f.split(args[0])))
 
-    def _extremum(self, func, args):
-        if not any(_tensor(a) for a in args):
-            if func == "clamp":
-                return min(max(args[0], args[1]), args[2])
-            return max(args) if func == "max" else min(args)
-        f = self.frame
-        if func == "clamp":
-            low = args[1] if not _tensor(args[1]) else None
-            high = args[2] if not _tensor(args[2]) else None
-            if low is not None and high is not None:
-                return torch.clamp(f.split(args[0]), low, high)
-            a, lo = f.align(*self._tensors(args[0], args[1], _first_tensor(*args)))
-            a, hi = f.align(a, self._tensors(args[2], args[2], a)[0])
-            return torch.minimum(torch.maximum(a, lo), hi)
-        a, b = f.align(*self._tensors(args[0], args[1], _first_tensor(*args)))
-        return torch.maximum(a, b) if func == "max" else torch.minimum(a, b)
+
+# -- the module runtime's built-ins: one unit per head, batch dims never reduced ----------------
+
+def _as_tensors(a, b, like):
+    """Numbers as tensors of the default dtype on `like`'s device, so torch can take them."""
+    as_tensor = lambda v: v if _tensor(v) else torch.tensor(
+        v, dtype=torch.get_default_dtype() if isinstance(v, float) else None, device=like.device)
+    return as_tensor(a), as_tensor(b)
 
 
 def _first_tensor(*values) -> torch.Tensor:
     return next(v for v in values if _tensor(v))
+
+
+def _last_dim(function):
+    """A function of the last dim: a per-head scalar is a vector of width 1 there."""
+    return lambda f, a: function(f.vector(f.split(a)))
+
+
+def _extremum(pick, on_numbers):
+    def extremum(f, a, b):
+        if not (_tensor(a) or _tensor(b)):
+            return on_numbers(a, b)
+        return pick(*f.align(*_as_tensors(a, b, _first_tensor(a, b))))
+    return extremum
+
+
+def _clamp(f, a, low, high):
+    if not any(_tensor(v) for v in (a, low, high)):
+        return min(max(a, low), high)
+    if not (_tensor(low) or _tensor(high)):
+        return torch.clamp(f.split(a), low, high)
+    a, lo = f.align(*_as_tensors(a, low, _first_tensor(a, low, high)))
+    a, hi = f.align(a, _as_tensors(high, high, a)[0])
+    return torch.minimum(torch.maximum(a, lo), hi)
+
+
+def _outer(f, a, b):
+    return fn.outer(*f.align(f.vector(f.split(a)), f.vector(f.split(b))))
+
+
+def _loss(function):
+    """dot, l2: over one unit's elements, each operand per head."""
+    return lambda f, a, b: function(*f.align(f.split(a), f.split(b)), f.nb)
+
+
+def _lp(f, a, b, p):
+    return fn.lp(*f.align(f.split(a), f.split(b)), p, f.nb)
+
+
+def _huber(f, a, b, delta):
+    return fn.huber(*f.align(f.split(a), f.split(b)), delta, f.nb)
+
+
+def _concat(f, *parts):
+    return torch.cat(torch.broadcast_tensors(*[f.vector(f.split(a)) for a in parts]), dim=-1)
+
+
+def _wsum(f, weights, *branches):
+    """sum_i weights[i] branch_i; tensor weights carry the branch index last."""
+    total = 0
+    for i, branch in enumerate(branches):
+        total = total + (weights[..., i] if _tensor(weights) else weights[i]) * branch
+    return total
+
+
+_MODULE_FUNCTIONS: dict[str, Callable] = {
+    **{name: _last_dim(function) for name, function in fn.LAST_DIM.items()},
+    "stopgrad": lambda f, a: fn.stopgrad(f.split(a)),
+    "max": _extremum(torch.maximum, max), "min": _extremum(torch.minimum, min), "clamp": _clamp,
+    "outer": _outer, "dot": _loss(fn.dot), "l2": _loss(fn.l2), "lp": _lp, "huber": _huber,
+    "orthogonality": lambda f, a: fn.orthogonality(f.split(a), f.nb),
+    "concat": _concat, "wsum": _wsum,
+    "size": lambda f, a, dim: a.shape[f.nb:][int(dim)],
+    "ndim": lambda f, a: f.rank(a),
+}
+
+#: The built-ins the module runtime computes (lower/unsupported.py lists those the module
+#: compiler rejects; init built-ins are not expressions).
+COMPUTED = frozenset(fn.ELEMENTWISE) | frozenset(_MODULE_FUNCTIONS) | {"conv"}
+
+
+class FrameEvaluator(Evaluator):
+    """The module schedules' evaluator; `conv(call, a, width)` is the causal convolution at that
+    call site (the caller owns kernels and caches)."""
+
+    functions = _MODULE_FUNCTIONS
+
+    def __init__(self, frame: Frame, lookup: Callable[[str], Any],
+                 apply: Callable[[str, Any], Any], conv: Callable[[ast.Call, Any, int], Any]):
+        super().__init__(frame, lookup, apply)
+        self.conv = conv
+
+    def _call(self, e: ast.Call):
+        if e.func == "conv":
+            return self.conv(e, self(e.args[0]), int(self(e.args[1])))
+        return super()._call(e)
