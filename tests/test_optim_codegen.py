@@ -30,9 +30,9 @@ def test_compile_without_show_code_prints_the_derived_rules(capsys):
     assert "m <- lerp(m, g, 1 - betas[0])" in out and "fused kernel" in out
 
 
-def test_compile_of_a_module_is_a_user_error(capsys):
-    assert main(["compile", "titans", "--show-code"]) == 1
-    assert "module" in capsys.readouterr().err
+def test_compile_of_a_module_the_compiler_cannot_run_is_a_located_error(capsys):
+    assert main(["compile", "cms", "--show-code"]) == 1
+    assert "cms.nl:26:14: error: `minimize task` inside a module" in capsys.readouterr().err
 
 
 def test_traceback_points_at_a_generated_line():
