@@ -132,10 +132,10 @@ def test_list_names_every_stdlib_spec_with_its_description(capsys):
         assert row[1:] == ([description(stdlib_text(row[0]))] if len(row) > 1 else [])
 
 
-def test_demo_tabulates_every_valid_stdlib_spec(capsys):
+def test_demo_tabulates_every_valid_stdlib_spec_and_trains_one(capsys, tmp_path):
     names = stdlib_names()
     valid = [name for name in names if loads(name)]
-    status, out, err = run(capsys, "demo")
+    status, out, err = run(capsys, "demo", "--out", str(tmp_path))
     assert status == (0 if len(valid) == len(names) else 1)
     table = out.splitlines()
     if valid:
@@ -148,6 +148,9 @@ def test_demo_tabulates_every_valid_stdlib_spec(capsys):
         start = table.index(next(t for t in table if t.startswith("spec "))) + 2
         trained = table[start:table.index("", start)]
         assert {line.split()[0] for line in trained} == set(RUNS)
+        assert f"trained 150 steps; report: {tmp_path / 'report.md'}" in out
+        assert {"report.md", "loss.png", "metrics.jsonl", "spec.svg"} <= \
+            {p.name for p in tmp_path.iterdir()}
 
 
 @pytest.mark.parametrize("argv, status", [
