@@ -171,10 +171,11 @@ def _end(m, s, rows, deltas, inputs):
     a, b, k, e, f = rows
     new_m, new_s = [], []
     for i, (delta, x) in enumerate(zip(deltas, inputs)):
-        w = a[..., None, None] * m[i] + (delta * k.unsqueeze(-1)).mT @ x    # [B, H, o, i]
+        # addcmul: one pass over the weights per term (each a fresh [B, H, o, i] tensor)
+        w = torch.addcmul((delta * k.unsqueeze(-1)).mT @ x, a[..., None, None], m[i])
         if s is not None:
-            w = w + b[..., None, None] * s[i]
-            new_s.append(e[..., None, None] * s[i] + (delta * f.unsqueeze(-1)).mT @ x)
+            w = torch.addcmul(w, b[..., None, None], s[i])                # [B, H, o, i]
+            new_s.append(torch.addcmul((delta * f.unsqueeze(-1)).mT @ x, e[..., None, None], s[i]))
         new_m.append(w)
     return tuple(new_m), tuple(new_s) if s is not None else None
 
