@@ -70,47 +70,42 @@ def yaad(m, x, heads):
     return merged_out(m, x, y), weights, None
 
 
+def compare_with_paper(spec, schedule, paper, steps, seed, monkeypatch, **overrides):
+    """Build `spec` (fast path asserted in the chunked schedule when its chunk is > 1), run it
+    on 2 sequences, and compare the output, final weights and momentum with `paper`'s loop."""
+    heads = 2
+    m = build(spec, schedule, heads=heads, seed=seed, **overrides)
+    if schedule == "chunked" and m.program.levels[0].chunk > 1:
+        assert m.fast_paths
+        forbid_fallback(monkeypatch)
+    x = inputs(2, steps, m.program.dim, seed)
+    with torch.no_grad():
+        y, state = m(x)
+        y_paper, weights, momentum = paper(m, x, heads)
+    bound = deep_bound(steps, 4 * 4)
+    assert_close(y, y_paper, bound, f"{spec} {schedule} y")
+    for i, (w, w_paper) in enumerate(zip(state["memory"]["M"], weights)):
+        assert_close(w, w_paper, bound, f"{spec} {schedule} final layer {i + 1}")
+    for i, (s, s_paper) in enumerate(zip(state["memory"].get("M_momentum", ()), momentum or ())):
+        assert_close(s, s_paper, bound, f"{spec} {schedule} final momentum layer {i + 1}")
+    return m, x
+
+
 @pytest.mark.parametrize("schedule", ["reference", "chunked"])
 @pytest.mark.parametrize("steps, chunk", [pytest.param(7, 3, id="T7-chunk3"),
                                           pytest.param(8, 4, id="T8-chunk4"),
                                           pytest.param(5, 1, id="T5-chunk1")])
 def test_titans_is_its_papers_recurrence(schedule, steps, chunk, monkeypatch):
-    heads = 2
-    m = build("titans", schedule, heads=heads, chunk_size=chunk, seed=3)
-    if schedule == "chunked" and chunk > 1:
-        assert m.fast_paths
-        forbid_fallback(monkeypatch)
-    x = inputs(2, steps, m.program.dim, 3)
-    with torch.no_grad():
-        y, state = m(x)
-        y_paper, weights, momentum = titans(m, x, heads)
-    bound = deep_bound(steps, 4 * 4)
-    assert_close(y, y_paper, bound, f"titans {schedule} y")
-    for i, (w, w_paper) in enumerate(zip(state["memory"]["M"], weights)):
-        assert_close(w, w_paper, bound, f"titans {schedule} final layer {i + 1}")
-    for i, (s, s_paper) in enumerate(zip(state["memory"]["M_momentum"], momentum)):
-        assert_close(s, s_paper, bound, f"titans {schedule} final momentum layer {i + 1}")
+    compare_with_paper("titans", schedule, titans, steps, 3, monkeypatch, chunk_size=chunk)
 
 
 @pytest.mark.parametrize("schedule", ["reference", "chunked"])
 def test_yaad_is_its_papers_recurrence(schedule, monkeypatch):
     """T 7, chunk 3; delta = softplus(.) around 0.7 and O(1) residuals, so both Huber branches
     are taken (asserted), and the l1 branch's gradient delta sign(r) is checked too."""
-    heads, steps = 2, 7
-    m = build("yaad", schedule, heads=heads, seed=2)
-    if schedule == "chunked":
-        assert m.fast_paths
-        forbid_fallback(monkeypatch)
-    x = inputs(2, steps, m.program.dim, 2)
-    with torch.no_grad():
-        y, state = m(x)
-        y_paper, weights, _ = yaad(m, x, heads)
-    k, v, _, _, _, _ = titans_inputs(m, x, heads, lr="W_eta", momentum="W_alpha")
+    m, x = compare_with_paper("yaad", schedule, yaad, 7, 2, monkeypatch)
+    k, v, _, _, _, _ = titans_inputs(m, x, 2, lr="W_eta", momentum="W_alpha")
     delta = F.softplus(x @ m.W_delta).transpose(1, 2)                   # [B, H, T]
     first = mlp(expand([m.M_init_w1, m.M_init_w2], 2), k[:, :, 0]) - v[:, :, 0]
     small = first.norm(dim=-1) <= delta[:, :, 0]                         # the first chunk's start
     assert small.any() and not small.all(), "the seed must take both Huber branches"
-    bound = deep_bound(steps, 4 * 4)
-    assert_close(y, y_paper, bound, f"yaad {schedule} y")
-    for i, (w, w_paper) in enumerate(zip(state["memory"]["M"], weights)):
-        assert_close(w, w_paper, bound, f"yaad {schedule} final layer {i + 1}")
