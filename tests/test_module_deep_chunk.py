@@ -21,10 +21,12 @@ from nldsl.runtime import mlp
 from test_module_deep_memories import deep_bound
 
 CASES = [
-    pytest.param("titans", 7, 3, 2, id="titans-T7-chunk3-B2"),
-    pytest.param("titans", 10, 4, 3, id="titans-T10-chunk4-B3"),
-    pytest.param("titans", 1, 3, 1, id="titans-T1-B1"),
-    pytest.param("yaad", 8, 3, 2, id="yaad-T8-chunk3-B2"),
+    pytest.param("titans", 7, 3, 2, False, id="titans-T7-chunk3-B2"),
+    pytest.param("titans", 10, 4, 3, False, id="titans-T10-chunk4-B3"),
+    pytest.param("titans", 1, 3, 1, False, id="titans-T1-B1"),
+    pytest.param("yaad", 8, 3, 2, False, id="yaad-T8-chunk3-B2"),
+    pytest.param("titans", 10, 4, 3, True, id="titans-T10-chunk4-B3-checkpoint"),
+    pytest.param("yaad", 8, 3, 2, True, id="yaad-T8-chunk3-B2-checkpoint"),
 ]
 
 
@@ -42,9 +44,11 @@ def flat(state):
     return out
 
 
-@pytest.mark.parametrize("spec, steps, chunk, batch", CASES)
-def test_chunked_equals_reference(spec, steps, chunk, batch, monkeypatch):
-    reference, chunked = both(spec, chunk)
+@pytest.mark.parametrize("spec, steps, chunk, batch, checkpoint", CASES)
+def test_chunked_equals_reference(spec, steps, chunk, batch, checkpoint, monkeypatch):
+    """With `checkpoint` the chunked schedule recomputes each chunk in the backward pass: the
+    same values (its reads per chunk instead of batched over chunks: the same sums)."""
+    reference, chunked = both(spec, chunk, checkpoint=checkpoint)
     assert isinstance(chunked.fast_paths["memory"], DeepForm)
     forbid_fallback(monkeypatch)
     x = inputs(batch, steps, 8, 1).requires_grad_()
@@ -229,3 +233,20 @@ def test_titans_stays_finite_over_4096_tokens(autocast):
     assert torch.isfinite(y).all()
     assert all(torch.isfinite(w).all() for w in state["memory"]["M"])
     assert all(torch.isfinite(p.grad).all() for p in m.parameters())
+
+
+@pytest.mark.parametrize("checkpoint", [pytest.param(False, id="kept"),
+                                        pytest.param(True, id="checkpoint")])
+def test_checkpoint_keeps_no_per_token_hidden_activations(checkpoint):
+    """What the backward pass keeps: without `checkpoint`, every token's hidden activations
+    (width 4 head_dim, the memory's inner layer: its factors and reads); with it, none of them
+    outside the chunks it recomputes (only start states, gates and contexts)."""
+    hidden = 4 * 4                                   # mlp(head_dim -> 4 head_dim -> head_dim)
+    m = build("titans", "chunked", heads=2, chunk_size=3, checkpoint=checkpoint)
+    widths = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: widths.append(t.shape) or t,
+                                                  lambda t: t):
+        y, _ = m(inputs(2, 9, 8, 3))
+    per_token_hidden = [s for s in widths if len(s) >= 2 and s[-1] == hidden and 9 * 2 * 2 <=
+                        s[:-1].numel()]
+    assert bool(per_token_hidden) != checkpoint, per_token_hidden

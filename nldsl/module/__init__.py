@@ -8,12 +8,15 @@ from __future__ import annotations
 from nldsl.errors import NLDSLError
 
 
-def compile(spec, schedule: str = "chunked", block_size: int = 64, **hparams):  # noqa: A001
+def compile(spec, schedule: str = "chunked", block_size: int = 64,  # noqa: A001
+            checkpoint: bool = False, **hparams):
     """Spec (or stdlib name, path, text) + hyper-parameters -> CompiledModule.
 
     `schedule` says how, never what: "reference" (token by token) or "chunked" (the fast
     paths of docs/modules.md, block_size tokens at a time; a level without one runs token by
-    token). Changing either never changes a value beyond rounding."""
+    token). `checkpoint` (chunked schedule, deep memories): keep only each chunk's start state
+    for the backward pass and recompute the chunk there (docs/modules.md, "Memory for the
+    backward pass"). Changing any of them never changes a value beyond rounding."""
     from nldsl.lower.module import lower_module
     from nldsl.module.checks import resolve_hparams
     from nldsl.module.module import SCHEDULES, CompiledModule
@@ -27,5 +30,7 @@ def compile(spec, schedule: str = "chunked", block_size: int = 64, **hparams):  
         raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+    if not isinstance(checkpoint, bool):
+        raise ValueError(f"checkpoint must be True or False, got {checkpoint!r}")
     values = resolve_hparams(spec, hparams)
-    return CompiledModule(spec, lower_module(spec, values), schedule, block_size)
+    return CompiledModule(spec, lower_module(spec, values), schedule, block_size, checkpoint)

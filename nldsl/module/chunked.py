@@ -50,10 +50,10 @@ def fits(program: Program, params: dict, x: torch.Tensor, state: dict,
 
 
 def run_chunked(program: Program, params: dict, x: torch.Tensor, state: dict, end: bool,
-                forms: dict[str, LinearForm], block: int):
+                forms: dict[str, LinearForm], block: int, checkpoint: bool = False):
     if not forms or x.shape[1] == 0:
         return run_reference(program, params, x, state, end)
-    values = _SequenceValues(program, params, x, state)
+    values = _SequenceValues(program, params, x, state, checkpoint)
     try:
         for level in program.levels:
             values.run_level(level, forms[level.name], block)
@@ -71,8 +71,9 @@ class _SequenceValues:
     """Names over a whole call: x [B, T, dim], t [1, T], contexts, and the reads of the
     levels already run."""
 
-    def __init__(self, program: Program, params: dict, x: torch.Tensor, state: dict):
-        self.program, self.params, self.x = program, params, x
+    def __init__(self, program: Program, params: dict, x: torch.Tensor, state: dict,
+                 checkpoint: bool = False):
+        self.program, self.params, self.x, self.checkpoint = program, params, x, checkpoint
         self.new_state = {key: dict(value) for key, value in state.items()}
         start = state[STREAM]["t"]
         # in x's dtype, as the reference's Python int t meets a tensor (exact below 2^24 in float32)
@@ -111,6 +112,18 @@ class _SequenceValues:
         products = (x @ torch.cat(weights, dim=1)).split([w.shape[1] for w in weights], dim=-1)
         for same, product in zip(nodes.values(), products):
             self.products.update((id(node), product) for node in same)
+
+    def prepare(self, level: TokenLevel, expr: ast.Expr) -> None:
+        """Compute (and memoise) every context `expr` names over the whole call, so that its
+        windowed evaluation inside a checkpointed chunk (deep_chunk.py) only slices values made
+        outside: a checkpointed region must recompute everything it saved for backward."""
+        frame = self.frames[level.name]
+        for node in _nodes(expr):
+            if isinstance(node, ast.Name) and node.id not in self.bound:
+                owner = self.program.owner(node.id)
+                if node.id in self.program.outer_contexts or (
+                        owner is not None and node.id in owner.contexts):
+                    self._lookup(node.id, frame)
 
     def evaluate_window(self, level: TokenLevel, expr: ast.Expr, start: int, stop: int, apply):
         """expr over the tokens [start, stop) of the call only, `apply(name, u)` computing a

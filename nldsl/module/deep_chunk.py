@@ -21,10 +21,16 @@ a causally masked [L, L] matmul per layer, as linear attention's intra-chunk par
 end state is the same sums at t = L. Memory for the backward pass, per sequence and head: the
 factors, a few T (d_0 + ... + d_L) numbers; the chunk-start weights (and momentum), (T / L) P;
 the gate products, T L: linear in T, with P (the weight count) once per chunk, never per token.
+With `checkpoint` (nldsl.compile(..., checkpoint=True)) each chunk is recomputed in the backward
+pass (`_checkpointed_chunk`), so only (T / L) P for the start states, the gates and the
+contexts stay, plus one chunk's activations at a time: one more forward of the memory's work.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from nldsl.lower.deep_forms import DeepForm
 from nldsl.lower.program import MLPLayout, TokenLevel
@@ -59,14 +65,24 @@ def run_deep_level(values, level: TokenLevel, form: DeepForm, per_head) -> None:
     segments = _segments(start, steps, level.chunk)
     by_chunk = lambda g, fill: _by_chunk(g, segments, level.chunk, fill) if g is not None else None
     coefficients = _coefficients(by_chunk(lr, 0.0), by_chunk(decay, 1.0), by_chunk(beta, 1.0))
-    kept = []                       # per chunk: its start state, snapshot and gradient factors
+    kept, parts = [], []            # per chunk: start state, snapshot and factors; or reads
+    checkpointed = keep and values.checkpoint
+    if checkpointed:
+        values.prepare(level, form.loss)
     for n, (t0, t1) in enumerate(segments):
         if (start + t0) % level.chunk == 0:
             snapshot = m if keep or t0 else first
+        if checkpointed:
+            chunk = functools.partial(_checkpointed_chunk, values, level, form, layout, queries,
+                                      coefficients, n, t0, t1)
+            (m, s), part = checkpoint(chunk, m, s, snapshot, use_reentrant=False)
+            parts.append(part)
+            continue
         deltas, inputs = _factors(values, level, form, layout, snapshot, t0, t1, keep)
         kept.append((m, s, snapshot, deltas, inputs))
         m, s = _end(m, s, _last_row(coefficients, n, t1 - t0), deltas, inputs)
-    reads = _reads(layout, queries, segments, level.chunk, kept, coefficients)
+    reads = {name: torch.cat([part[name] for part in parts], dim=2) for name in queries} \
+        if checkpointed else _reads(layout, queries, segments, level.chunk, kept, coefficients)
     flat = (lambda ws: mlp.flatten(layout, ws)) if heads is not None else \
         (lambda ws: mlp.flatten(layout, ws).squeeze(1))
     own[form.state] = flat(m)
@@ -78,6 +94,18 @@ def run_deep_level(values, level: TokenLevel, form: DeepForm, per_head) -> None:
         values.bound[name] = y if heads is not None else y[:, :, 0]
     for name, expr in form.reads.items():
         values.memo[name] = (values.evaluate(level, expr), values.frames[level.name])
+
+
+def _checkpointed_chunk(values, level, form: DeepForm, layout: MLPLayout, queries: dict,
+                        coefficients, n: int, t0: int, t1: int, m, s, snapshot):
+    """One chunk as a function of its start state, momentum and snapshot (by layer): the end
+    state and momentum, and the chunk's reads {name: [B, H, L, d_L]}. Under `checkpoint` the
+    backward pass keeps only these arguments and calls it again."""
+    deltas, inputs = _factors(values, level, form, layout, snapshot, t0, t1, True)
+    own = tuple(c[:, :, n:n + 1] if c is not None else None for c in coefficients)  # N = 1
+    reads = _reads(layout, queries, [(t0, t1)], level.chunk, [(m, s, snapshot, deltas, inputs)],
+                   own)
+    return _end(m, s, _last_row(coefficients, n, t1 - t0), deltas, inputs), reads
 
 
 def _factors(values, level, form: DeepForm, layout: MLPLayout, snapshot, t0: int, t1: int,

@@ -29,9 +29,11 @@ SCHEDULES = ("reference", "chunked")
 
 
 class CompiledModule(nn.Module):
-    def __init__(self, spec, program: Program, schedule: str, block_size: int):
+    def __init__(self, spec, program: Program, schedule: str, block_size: int,
+                 checkpoint: bool = False):
         super().__init__()
         self.spec, self.program, self.schedule, self.block_size = spec, program, schedule, block_size
+        self.checkpoint = checkpoint
         _check_names(spec, program)
         for param in program.params.values():
             if param.role == "conv":
@@ -107,7 +109,7 @@ class CompiledModule(nn.Module):
             y, state = run_reference(self.program, params, x, state, end)
         else:
             y, state = run_chunked(self.program, params, x, state, end, self.fast_paths,
-                                   self.block_size)
+                                   self.block_size, self.checkpoint)
         return y, to_public(self.program, state)
 
     def extra_repr(self) -> str:
@@ -120,7 +122,7 @@ def _check_names(spec, program: Program) -> None:
     states = spec.graph.levels[OUTER].states
     for name in program.params:
         if hasattr(nn.Module, name) or name in ("training", "spec", "program", "schedule",
-                                                "block_size", "fast_paths"):
+                                                "block_size", "checkpoint", "fast_paths"):
             where = states[name].decl if name in states else spec.decl
             raise compile_error(where, f"the parameter name {name!r} is taken by the module "
                                 "itself", "a name that is not an attribute of torch.nn.Module",
