@@ -69,6 +69,20 @@ def load_or_report(target: str) -> nldsl.Spec | None:
         return None
 
 
+def compilable_or_report(spec: nldsl.Spec, target: str) -> bool:
+    """What the compilers refuse before any hyper-parameter is known (the unsupported-construct
+    table for a module, the lowered plan's refusals for an optimizer), reported as `nldsl
+    compile` would: whatever `nldsl check` accepts compiles."""
+    from nldsl.lower.unsupported import check_supported
+    from nldsl.optim.plan import lower
+    try:
+        check_supported(spec) if spec.kind == "module" else lower(spec)
+    except NLDSLError as err:
+        report(err, target)
+        return False
+    return True
+
+
 def format_table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in [headers] + rows) for i in range(len(headers))]
     lines = [headers, ["-" * width for width in widths]] + rows
@@ -86,7 +100,7 @@ def check(args: argparse.Namespace) -> int:
     failed = 0
     for target in args.specs:
         spec = load_or_report(target)
-        if spec is None:
+        if spec is None or not compilable_or_report(spec, target):
             failed += 1
             continue
         levels = len(spec.decl.levels)
