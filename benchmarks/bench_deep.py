@@ -1,7 +1,7 @@
 """Deep memories: nldsl's `titans` (chunked schedule) beside titans_pytorch.NeuralMemory.
 
     .venv/bin/python benchmarks/bench_deep.py [--batch 2] [--tokens 1024] [--chunks 64 16]
-        [--reps 5] [--threads 2] [--json out.json]
+        [--reps 5] [--threads 2] [--keep-freed-memory] [--json out.json]
 
 One process, flush-to-zero on (torch.set_flush_denormal(True): decaying fast weights turn
 subnormal), 2 threads. dim 256, 4 heads of 64, as issue 10 §4 asks. Per chunk size, forward
@@ -16,6 +16,9 @@ subnormal), 2 threads. dim 256, 4 heads of 64, as issue 10 §4 asks. Per chunk s
   peer batch_size=64    the same with batch_size=64: gradients at the last 64-token boundary,
                         which like the paper learns across chunks
 
+`--keep-freed-memory` keeps glibc's freed blocks mapped (bench_modules.keep_freed_memory, as
+jemalloc or tcmalloc would), for all contenders alike: on this VM a page fault is expensive, and
+every fresh multi-megabyte temporary otherwise faults in its pages on every call.
 Contenders are timed round-robin (bench_modules.time_group) so drift of the host hits them
 alike; "util" = matmul FLOPs counted on one call / median time / peak fp32 GEMM (1024^3 mm).
 When titans_pytorch is not installed the peer rows say so and only nldsl is timed.
@@ -30,7 +33,7 @@ import warnings
 
 import torch
 
-from bench_modules import forward, peak_gemm, time_group
+from bench_modules import forward, keep_freed_memory, peak_gemm, time_group
 
 import nldsl
 
@@ -67,8 +70,11 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, nargs="+", default=[64, 16])
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="keep freed heap blocks mapped, for every contender (see above)")
     parser.add_argument("--json")
     args = parser.parse_args()
+    kept = keep_freed_memory() if args.keep_freed_memory else False
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
@@ -85,7 +91,8 @@ def main() -> None:
                                  util=r["flops"] / r["median_s"] / (peak * 1e9)))
     peak = max(peak, peak_gemm()[0])
     print(f"\n{platform.processor() or 'cpu'}, torch {torch.__version__}, {args.threads} threads, "
-          f"peak {peak:.0f} GFLOP/s; B {args.batch}, T {args.tokens}, dim 256, 4 heads of 64")
+          f"peak {peak:.0f} GFLOP/s; B {args.batch}, T {args.tokens}, dim 256, 4 heads of 64; "
+          f"freed memory kept: {kept}")
     print(f"{'chunk':>5} {'mode':<8} {'contender':<20} {'median ms':>10} {'tok/s':>9} {'util':>6}")
     at = {}
     for r in rows:
@@ -98,7 +105,7 @@ def main() -> None:
                   f"{at[(chunk, mode, 'nldsl titans')] / rate:.2f}x")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(peak_gflops=peak, argv=sys.argv, rows=rows), f, indent=1)
+            json.dump(dict(peak_gflops=peak, argv=sys.argv, freed_memory_kept=kept, rows=rows), f, indent=1)
 
 
 if __name__ == "__main__":

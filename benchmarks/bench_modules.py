@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_modules.py [--batch 2] [--tokens 1024] [--heads 4]
         [--head-dim 64] [--dim 256] [--block 64] [--reps 7] [--slow-reps 3] [--threads 2]
         [--specs deltanet_recurrence deltanet gated_deltanet_recurrence gated_deltanet]
-        [--no-peer] [--json out.json]
+        [--no-peer] [--keep-freed-memory] [--json out.json]
 
 One process, flush-to-zero on (torch.set_flush_denormal(True)), 2 threads. Per spec (the bare
 recurrences of examples/ and the stdlib layers with their convs and norms), forward (no_grad)
@@ -77,6 +77,23 @@ def count_flops(fn) -> int:
     with MatmulFlops() as counter:
         fn()
     return counter.flops
+
+
+def keep_freed_memory() -> bool:
+    """Tell glibc's malloc to keep freed blocks instead of returning them to the system (no
+    mmap for big blocks, no trimming), so that a big temporary reuses memory already mapped
+    instead of page-faulting fresh pages on every call: what jemalloc or tcmalloc, which
+    PyTorch's CPU performance guide recommends, do by default. One setting for the whole
+    process, so every contender of a run gets it. False where this is not glibc."""
+    import ctypes
+    import ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        m_trim_threshold, m_mmap_threshold = -1, -3               # glibc's malloc.h
+        return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and \
+            bool(libc.mallopt(m_trim_threshold, (1 << 31) - 1))
+    except (OSError, AttributeError, TypeError):
+        return False
 
 
 def peak_gemm(n: int = 1024, samples: int = 5) -> tuple[float, float]:
@@ -194,8 +211,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--specs", nargs="+", default=list(SPECS), choices=list(SPECS))
     parser.add_argument("--no-peer", action="store_true", help="skip ../shared/bench/peers.py")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="keep freed heap blocks mapped, for every contender (keep_freed_memory)")
     parser.add_argument("--json", help="also write every measurement to this file")
     args = parser.parse_args()
+    kept = keep_freed_memory() if args.keep_freed_memory else False
 
     peers = None if args.no_peer else load_peers()
     torch.set_num_threads(args.threads)
@@ -204,7 +224,7 @@ def main() -> None:
     bsz, steps = args.batch, args.tokens
     tokens = bsz * steps
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, flush-to-zero on "
-          f"(torch.set_flush_denormal(True)), cpu: {_cpu_name()}")
+          f"(torch.set_flush_denormal(True)), cpu: {_cpu_name()}, freed memory kept: {kept}")
     print(f"B {bsz}, T {steps}, dim {args.dim}, {args.heads} heads of {args.head_dim}, "
           f"block {args.block}, reps {args.reps} (token loops {args.slow_reps}), medians")
     peak_start = peak_gemm()
@@ -262,7 +282,8 @@ def main() -> None:
     report(rows, peak)
     if args.json:
         env = dict(torch=torch.__version__, python=platform.python_version(), threads=args.threads,
-                   cpu=_cpu_name(), flush_denormal=True, peak_gflops=peak, args=vars(args))
+                   cpu=_cpu_name(), flush_denormal=True, freed_memory_kept=kept, peak_gflops=peak,
+                   args=vars(args))
         with open(args.json, "w") as f:
             json.dump(dict(env=env, rows=rows), f, indent=1)
 
