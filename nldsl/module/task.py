@@ -152,13 +152,17 @@ def _cuts(levels: list[TaskLevel], start: int, steps: int) -> list[int]:
 
 
 def _bind(levels, state, outer: bool) -> list[tuple[TaskLevel, str, object]]:
-    """Every task state as a tensor the loss can be differentiated by: the state itself when
-    the outer gradient flows into it, else a detached leaf."""
+    """Every task state as a fresh node the loss is differentiated by: a view of the state
+    when the outer gradient flows into it, else a detached leaf. The fresh node makes G the
+    partial derivative at this segment's states: with gradients through the writes, a state
+    written earlier (B_1 = B_0 - lr G_B(A)) depends on another level's state, and the
+    derivative by A itself would add the path through B_1."""
     bound = []
     for tl in levels:
         own = _own(state, tl.block)[tl.level.name]
         for name in tl.level.states:
-            keep = lambda v: v if outer and v.requires_grad else v.detach().requires_grad_(True)
+            keep = lambda v: v.view_as(v) if outer and v.requires_grad else \
+                v.detach().requires_grad_(True)
             own[name] = _map(keep, own[name])
             bound.append((tl, name, own[name]))
     return bound
