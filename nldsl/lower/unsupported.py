@@ -14,7 +14,8 @@ from nldsl.graph import OUTER
 UNSUPPORTED_CALLS = {
     "attention": "softmax attention needs a key-value cache over the stream",
     "window_attention": "sliding-window attention needs a key-value cache over the stream",
-    "grad": "gradients of the task loss inside a module need the task-loss driver",
+    "grad": "gradients of the task loss inside a module's expressions are not compiled "
+            "(a level learns from the task loss by `minimize task`)",
     "window": "the Omega rule's sliding window (Atlas) needs a ring buffer of past contexts",
     "newton_schulz": "Newton-Schulz inside a module's expressions is not lowered yet",
 }
@@ -50,8 +51,8 @@ def check_supported(spec) -> None:
             if isinstance(init, ast.InitLearned) and (init.by or OUTER) != OUTER:
                 report(init, f"{state.name}: an initial state learned by a token level "
                        f"({init.by!r}) restarts every period of it, which is not compiled yet",
-                       "`init learned` (by the outer level)", "nested CMS blocks come with the "
-                       "task-loss driver")
+                       "`init learned` (by the outer level)", "a nested CMS block (eq. 72) restarts "
+                       "from a slower level's state at each of its writes; use `init learned`")
         _check_task_level(spec, level, report)
         for objective in level.objectives:
             if len(objective.rules) > 1:
