@@ -131,6 +131,39 @@ def test_without_gradients_the_writes_are_the_same():
     torch.testing.assert_close(state["a"]["A"], A, atol=TOL, rtol=0)
 
 
+FROZEN = {
+    "two_cms": (SPEC.replace("PARTIAL", "flush"), dict(dim=4)),
+    "cms": ("cms", dict(dim=4, expansion=2, period_slow=4, period_mid=2, period_fast=1)),
+    "cms_independent": ("cms_independent", dict(dim=4, expansion=2)),
+}
+
+
+@pytest.mark.parametrize("name", list(FROZEN))
+def test_frozen_form_equals_the_reference(name, monkeypatch):
+    """Without the driver a task level is frozen: the chunked schedule's FrozenForm (all tokens
+    at once) equals the reference's token loop, outputs, states and the gradients of x and
+    every parameter (float64, odd T)."""
+    from _module_cases import forbid_fallback, randomize
+    spec, hparams = FROZEN[name]
+    runs = []
+    for schedule in ("reference", "chunked"):
+        m = randomize(nldsl.compile(spec, schedule=schedule, **hparams).double(), 5)
+        if schedule == "chunked":
+            assert set(m.fast_paths) == {lv.name for lv in m.program.levels}
+            forbid_fallback(monkeypatch)
+        x = torch.randn(2, 9, hparams["dim"], dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(6)).requires_grad_(True)
+        y, state = m(x)
+        params = [x] + list(m.parameters())
+        runs.append((y, state, torch.autograd.grad((y ** 3).sum(), params)))
+    (y_r, s_r, g_r), (y_c, s_c, g_c) = runs
+    torch.testing.assert_close(y_c, y_r, atol=TOL, rtol=0)
+    assert_states_close([s_c], [s_r], atol=0)
+    for g, e in zip(g_c, g_r):
+        assert e.abs().max() > 0
+        torch.testing.assert_close(g, e, atol=1e-10, rtol=0)
+
+
 # -- inside a whole network: nldsl.lm, next-token prediction on its logits --------------------
 
 PERIODS = dict(period_slow=8, period_mid=4, period_fast=1)
