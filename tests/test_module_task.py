@@ -333,3 +333,18 @@ def test_what_the_driver_cannot_run_is_located(name):
                                                                          "chunk" in row))
     col = rows[line - 1].index(where) + 1
     assert f"<string>:{line}:{col}: error:" in str(info.value) and message in str(info.value)
+
+
+def test_a_task_level_with_a_context_of_its_state_runs_the_reference():
+    """A context of a task level's own state has no frozen form (the chunked schedule's
+    contexts apply no memory): the module runs the reference, and the driver works the same."""
+    text = TASK_BASE.replace("LEVEL", "").replace("key k = x", "key k = A(x)").replace(
+        "OBJECTIVE", "minimize task by gd(lr = 0.1)").replace("read y = A(x)", "read y = A(k)")
+    m = nldsl.compile(text, dim=DIM)                   # no parameters: float32, as built
+    assert m.fast_paths == {}
+    x, z = (t.float() for t in data(2, 5))
+    with torch.no_grad():
+        y, state = nldsl.stream(m, x, z, loss=squared(torch.eye(OUT, DIM)))
+        frozen, _ = m(x)
+    assert torch.equal(y[:, :2], frozen[:, :2])         # the same token loop before the write
+    assert (y[:, 2:] - frozen[:, 2:]).abs().max() > 1e-6

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from nldsl import ast
 from nldsl.builtins import TASK
-from nldsl.lower.derive import num, rule_arguments
+from nldsl.lower.derive import mentions, num, rule_arguments
 from nldsl.lower.program import ModuleWrite, TokenLevel
 
 
@@ -46,6 +46,10 @@ class FrozenForm:
 
 
 def frozen_form(level: TokenLevel) -> FrozenForm | None:
+    """The level's frozen form, or None: it must have no writes here, no heads, and no context
+    of its own states (the chunked schedule evaluates contexts without memory applications)."""
     if not level.task or level.writes or level.heads is not None:
+        return None
+    if any(mentions(value, s) for value in level.contexts.values() for s in level.states):
         return None
     return FrozenForm({name: value for name, (value, _) in level.reads.items()})
