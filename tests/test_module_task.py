@@ -63,8 +63,10 @@ def data(batch, steps, seed=2):
             torch.randn(batch, steps, OUT, dtype=torch.float64, generator=g))
 
 
-def expected_stream(A0, B0, H, x, z, p_a, p_b, lr_a, lr_b, partial):
-    """Eq. 71 token by token, per sequence: outputs [B, T, dim], final A and B."""
+def expected_stream(A0, B0, H, x, z, p_a, p_b, lr_a, lr_b, partial, first_order=False):
+    """Eq. 71 token by token, per sequence: outputs [B, T, dim], final A and B. `first_order`:
+    each write's step is a constant (the outer gradient passes the write as the identity)."""
+    step = (lambda g: g.detach()) if first_order else (lambda g: g)
     A, B = A0.expand(x.shape[0], DIM, DIM), B0.expand(x.shape[0], DIM, DIM)
     pend_a, pend_b, ys = 0, 0, []
     for t in range(1, x.shape[1] + 1):
@@ -72,8 +74,8 @@ def expected_stream(A0, B0, H, x, z, p_a, p_b, lr_a, lr_b, partial):
         h = A @ xt
         y = B @ h                                                         # [B, d, 1]
         r = H.T @ (H @ y - zt)                                            # dL_t/dy_t
-        pend_b = pend_b - lr_b * r @ h.mT                                 # dL_t/dB
-        pend_a = pend_a - lr_a * B.mT @ r @ xt.mT                         # dL_t/dA
+        pend_b = pend_b - lr_b * step(r @ h.mT)                           # dL_t/dB
+        pend_a = pend_a - lr_a * step(B.mT @ r @ xt.mT)                   # dL_t/dA
         ys.append(y[..., 0])
         if t % p_a == 0:
             A, pend_a = A + pend_a, 0
@@ -92,18 +94,20 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("through_writes", [True, False], ids=["second-order", "first-order"])
 @pytest.mark.parametrize("schedule", ["reference", "chunked"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_writes_are_eq_71(case, schedule):
+def test_writes_are_eq_71(case, schedule, through_writes):
     """Outputs and final states are the hand-derived eq. 71 stream; so are the outer
-    gradients through the writes (`backprop`) to the initial states and the head."""
+    gradients to the initial states and the head, through the writes (`backprop`) or, with
+    through_writes=False, with every write's step a constant."""
     c = CASES[case]
     m = two_cms(c["partial"], schedule, p_a=c["p_a"], p_b=c["p_b"], lr_a=0.05, lr_b=0.08)
     H = head().requires_grad_(True)
     x, z = data(2, c["steps"])
-    y, state = nldsl.stream(m, x, z, loss=squared(H))
+    y, state = nldsl.stream(m, x, z, loss=squared(H), through_writes=through_writes)
     want, A, B = expected_stream(m.A_init, m.B_init, H, x, z, c["p_a"], c["p_b"], 0.05, 0.08,
-                                 c["partial"])
+                                 c["partial"], first_order=not through_writes)
     torch.testing.assert_close(y, want, atol=TOL, rtol=0)
     torch.testing.assert_close(state["a"]["A"], A, atol=TOL, rtol=0)
     torch.testing.assert_close(state["b"]["B"], B, atol=TOL, rtol=0)
@@ -111,10 +115,27 @@ def test_writes_are_eq_71(case, schedule):
                                                            for k in state["a"])
     outer = lambda y, A, B: (y ** 2).sum() + (A ** 3).sum() + B.sum()
     params = [m.A_init, m.B_init, H]
-    got = torch.autograd.grad(outer(y, state["a"]["A"], state["b"]["B"]), params)
-    expected = torch.autograd.grad(outer(want, A, B), params)
+    # first order: nothing the outer loss sees depends on H (it enters through the steps only)
+    got = torch.autograd.grad(outer(y, state["a"]["A"], state["b"]["B"]), params,
+                              allow_unused=True)
+    expected = torch.autograd.grad(outer(want, A, B), params, allow_unused=True)
+    assert [g is None for g in got] == [e is None for e in expected] == \
+        [False, False, not through_writes]
     for name, g, e in zip(["A_init", "B_init", "H"], got, expected):
-        torch.testing.assert_close(g, e, atol=1e-10, rtol=0, msg=f"d/d{name}")
+        if e is not None:
+            torch.testing.assert_close(g, e, atol=1e-10, rtol=0, msg=f"d/d{name}")
+
+
+def test_truncation_changes_the_outer_gradient():
+    """The two outer gradients differ (so the test above tells them apart)."""
+    m = two_cms(p_a=4, p_b=2)
+    H = head()
+    x, z = data(2, 8)
+    grads = []
+    for through in (True, False):
+        y, state = nldsl.stream(m, x, z, loss=squared(H), through_writes=through)
+        grads.append(torch.autograd.grad((y ** 2).sum(), [m.A_init])[0])
+    assert (grads[0] - grads[1]).abs().max() > 1e-3
 
 
 def test_without_gradients_the_writes_are_the_same():

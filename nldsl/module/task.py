@@ -28,8 +28,11 @@ network per token (docs/modules.md measures it).
 Outer gradients. With gradients enabled (outer training), a `backprop` task level's gradient is
 taken with create_graph: the outer gradient flows through every inner write to the initial
 states and the other parameters (second order; the graph of the whole call is kept, so memory
-grows with T). A level without `backprop` writes constants (its written state is detached), as
-in the module schedules. Without gradients (inference), every write is a constant.
+grows with T). `through_writes=False` truncates that gradient: the inner gradients are taken
+without a graph and each write adds a constant step, so the outer gradient passes a write as the
+identity (first order; kmccleary3301/nested_learning's "differentiable reads, stop-grad
+writes"). A level without `backprop` writes constants (its written state is detached), as in
+the module schedules. Without gradients (inference), every write is a constant.
 
 `learn=False` freezes every task level: the call is `model(inputs, state, end=end)`, an ordinary
 network, and no pending sum changes.
@@ -71,11 +74,13 @@ def task_levels(model) -> list[TaskLevel]:
 
 
 def stream(model, inputs: torch.Tensor, targets: torch.Tensor, state=None, *, loss=None,
-           learn: bool = True, end: bool = True):
+           learn: bool = True, end: bool = True, through_writes: bool = True):
     """Run `model` (a compiled module or an nldsl.lm network) on `inputs` [B, T, ...] while its
     task levels learn from `loss(outputs, targets)` (targets [B, T, ...]: token t's target at
     t). `loss(y, target) -> scalar` must sum its tokens' losses; nldsl.lm's default is the
-    summed next-token cross-entropy (targets: the next tokens). Returns (outputs, state)."""
+    summed next-token cross-entropy (targets: the next tokens). `through_writes=False` (with
+    gradients on) truncates the outer gradient at the writes: first order, each write a
+    constant step. Returns (outputs, state)."""
     levels = task_levels(model)
     if not learn or not levels:
         return model(inputs, state, end=end)
@@ -88,7 +93,7 @@ def stream(model, inputs: torch.Tensor, targets: torch.Tensor, state=None, *, lo
     state = _copy(state)
     start, steps = _own(state, levels[0].block)[STREAM]["t"], inputs.shape[1]
     outer = torch.is_grad_enabled()
-    create = outer and any(tl.level.backprop for tl in levels)
+    create = outer and through_writes and any(tl.level.backprop for tl in levels)
     outputs, a = [], 0
     for b in _cuts(levels, start, steps):
         with torch.enable_grad():
@@ -104,7 +109,7 @@ def stream(model, inputs: torch.Tensor, targets: torch.Tensor, state=None, *, lo
             _accumulate(own, name, theta, grad, b - a, tl)
         for tl in levels:
             if (start + b) % tl.level.period == 0:
-                _write(_own(state, tl.block)[tl.level.name], tl, outer)
+                _write(_own(state, tl.block)[tl.level.name], tl, outer, through_writes)
         outputs.append(y if outer else y.detach())
         a = b
     if not outputs:
@@ -114,7 +119,7 @@ def stream(model, inputs: torch.Tensor, targets: torch.Tensor, state=None, *, lo
         for tl in levels:
             own = _own(state, tl.block)[tl.level.name]
             if tl.level.partial == "flush":
-                _write(own, tl, outer)
+                _write(own, tl, outer, through_writes)
             for name in tl.level.states:
                 own.pop(f"{name}.pending", None)
     return torch.cat(outputs, dim=1), state
@@ -191,15 +196,19 @@ def _accumulate(own: dict, name: str, theta, grad, tokens: int, tl: TaskLevel) -
     own[key] = step if key not in own else _map(torch.add, own[key], step)
 
 
-def _write(own: dict, tl: TaskLevel, outer: bool) -> None:
-    """theta <- theta + pending; a level without `backprop` (or no outer gradient) writes a
-    constant."""
+def _write(own: dict, tl: TaskLevel, outer: bool, through: bool) -> None:
+    """theta <- theta + pending. The outer gradient goes through it (a `backprop` level with
+    gradients on), passes it as the identity (`through_writes=False`: the step a constant), or
+    stops (a level without `backprop`, or no outer gradient: the new state a constant)."""
     for name in tl.level.states:
         pending = own.pop(f"{name}.pending", None)
         if pending is None:
             continue
-        new = _map(torch.add, own[name], pending)
-        own[name] = new if outer and tl.level.backprop else _map(torch.Tensor.detach, new)
+        if not (outer and tl.level.backprop):
+            own[name] = _map(lambda s, p: (s + p).detach(), own[name], pending)
+        else:
+            step = pending if through else _map(torch.Tensor.detach, pending)
+            own[name] = _map(torch.add, own[name], step)
 
 
 def _own(state, key) -> dict:
