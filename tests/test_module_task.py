@@ -148,6 +148,9 @@ def test_without_gradients_the_writes_are_the_same():
     want, A, B = expected_stream(m.A_init.detach(), m.B_init.detach(), H, x, z, 4, 2, 0.1, 0.1,
                                  "flush")
     assert not y.requires_grad
+    with torch.no_grad():                  # A not written yet (3 < p_a): still no autograd leaf
+        _, early = nldsl.stream(m, x[:, :3], z[:, :3], loss=squared(H), end=False)
+    assert not early["a"]["A"].requires_grad and not early["a"]["A.pending"].requires_grad
     torch.testing.assert_close(y, want, atol=TOL, rtol=0)
     torch.testing.assert_close(state["a"]["A"], A, atol=TOL, rtol=0)
 
@@ -317,6 +320,16 @@ def test_targets_must_match_the_inputs():
     x, z = data(1, 4)
     with pytest.raises(ValueError, match="must agree in batch and length"):
         nldsl.stream(two_cms(), x, z[:, :3], loss=squared(head()))
+
+
+def test_inference_mode_is_refused_when_learning():
+    """inference_mode forbids the autograd the writes need; learn=False runs under it."""
+    m, (x, z) = two_cms(), data(1, 3)
+    with torch.inference_mode():
+        with pytest.raises(RuntimeError, match="run it under torch.no_grad"):
+            nldsl.stream(m, x, z, loss=squared(head()))
+        y, _ = nldsl.stream(m, x, z, loss=squared(head()), learn=False)
+    assert y.shape == x.shape
 
 
 TASK_BASE = """module m(dim: int >= 1) {

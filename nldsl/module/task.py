@@ -84,6 +84,9 @@ def stream(model, inputs: torch.Tensor, targets: torch.Tensor, state=None, *, lo
     levels = task_levels(model)
     if not learn or not levels:
         return model(inputs, state, end=end)
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("nldsl.stream learns by autograd, which torch.inference_mode() "
+                           "switches off: run it under torch.no_grad(), or pass learn=False")
     if inputs.shape[:2] != targets.shape[:2]:
         raise ValueError(f"inputs {list(inputs.shape)} and targets {list(targets.shape)} must "
                          "agree in batch and length: targets[:, t] is token t's target")
@@ -103,7 +106,8 @@ def stream(model, inputs: torch.Tensor, targets: torch.Tensor, state=None, *, lo
             grads = _grads(total, thetas, create, outer)
         for (tl, name, theta), grad in zip(thetas, grads):
             own = _own(state, tl.block)[tl.level.name]
-            own[name] = theta                      # the state the network read (the same values)
+            # the state the network read (the same values); without gradients, no leaf escapes
+            own[name] = theta if outer else _map(torch.Tensor.detach, theta)
             if not (create and tl.level.backprop):
                 grad = _map(torch.Tensor.detach, grad)
             _accumulate(own, name, theta, grad, b - a, tl)
