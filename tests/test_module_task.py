@@ -91,6 +91,7 @@ CASES = {
     "periods-1-4-T9": dict(p_a=1, p_b=4, steps=9, partial="flush"),
     "periods-4-4-drop": dict(p_a=4, p_b=4, steps=10, partial="drop"),
     "periods-6-3-drop": dict(p_a=6, p_b=3, steps=11, partial="drop"),
+    "periods-32-4-T70": dict(p_a=32, p_b=4, steps=70, partial="flush"),
 }
 
 
