@@ -383,3 +383,21 @@ def test_a_task_level_with_a_context_of_its_state_runs_the_reference():
         frozen, _ = m(x)
     assert torch.equal(y[:, :2], frozen[:, :2])         # the same token loop before the write
     assert (y[:, 2:] - frozen[:, 2:]).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("name, compiles", [("cms", True), ("cms_independent", True),
+                                            ("hope", True), ("cms_nested", False),
+                                            ("hope_attention", False)])
+def test_check_and_compile_agree_on_the_task_specs(name, compiles, capsys):
+    """`nldsl check` accepts exactly the specs that compile; a refusal is the same located
+    error in both."""
+    from nldsl.cli import main
+    status = main(["check", name])
+    err = capsys.readouterr().err
+    if compiles:
+        assert status == 0
+        nldsl.compile(name, dim=8)
+        return
+    with pytest.raises(NLDSLCompileError) as info:
+        nldsl.compile(name, dim=8)
+    assert status == 1 and str(info.value).splitlines()[0] in err

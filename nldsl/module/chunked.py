@@ -21,17 +21,17 @@ from nldsl.lower.task import FrozenForm, frozen_form
 from nldsl.module.deep_chunk import run_deep_level
 from nldsl.module.delta_chunk import linear_delta_blocks
 from nldsl.module.reference import STREAM, finish, run_reference
+from nldsl.runtime import mlp
 from nldsl.runtime.evaluate import FrameEvaluator
 from nldsl.runtime.frame import Frame
-from nldsl.runtime import mlp
 from nldsl.runtime.functions import causal_conv
 
 SEQUENCE = Frame(2)
 
 
-def plan_schedule(program: Program) -> dict[str, LinearForm | DeepForm]:
-    """level -> its fast form (a linear memory, or a deep memory's chunk form), for every
-    level; {} when one level has none."""
+def plan_schedule(program: Program) -> dict[str, LinearForm | DeepForm | FrozenForm]:
+    """level -> its fast form (a linear memory, a deep memory's chunk form, or the frozen form
+    of a level that learns from the task loss), for every level; {} when one level has none."""
     forms = {level.name: linear_form(level, program) or deep_form(level, program)
              or frozen_form(level) for level in program.levels}
     return forms if all(forms.values()) else {}
