@@ -4,12 +4,13 @@
     print(spec)                        # canonical text
     opt = nldsl.optimizer("adam", model.parameters())
     m = nldsl.compile("deltanet", dim=256)  # an nn.Module: y, state = m(x)
+    y, state = nldsl.stream(nldsl.lm("cms", vocab_size=V, dim=64, depth=2), tokens, next_tokens)
 """
 from nldsl.errors import NLDSLError
 from nldsl.lm import lm
-from nldsl.module import compile
+from nldsl.module import compile, stream
 from nldsl.optim import optimizer
 from nldsl.render import render
 from nldsl.spec import Spec, load
 
-__all__ = ["NLDSLError", "Spec", "compile", "lm", "load", "optimizer", "render"]
+__all__ = ["NLDSLError", "Spec", "compile", "lm", "load", "optimizer", "render", "stream"]

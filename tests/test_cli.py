@@ -101,7 +101,7 @@ def test_check_reports_what_the_module_compiler_refuses(capsys):
             "  level mem every 1 token {\n"
             "    state M : [dim, dim] = zeros()\n"
             "    key k = x\n"
-            "    minimize task by gd(lr = 0.1)\n"
+            "    minimize task by ema(beta = 0.9)\n"
             "    read y = M @ k\n"
             "  }\n"
             "  out = y\n"
@@ -109,7 +109,7 @@ def test_check_reports_what_the_module_compiler_refuses(capsys):
     assert loads(text)
     status, out, err = run(capsys, "check", text)
     assert (status, out) == (1, "")
-    assert "<string>:5:14: error: `minimize task` inside a module needs the task-loss driver" in err
+    assert "<string>:5:22: error: `minimize task by ema` is not compiled yet" in err
     with pytest.raises(NLDSLCompileError) as compiled:
         nldsl.compile(text, dim=4)
     assert str(compiled.value).splitlines()[0] in err

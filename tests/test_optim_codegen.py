@@ -31,8 +31,9 @@ def test_compile_without_show_code_prints_the_derived_rules(capsys):
 
 
 def test_compile_of_a_module_the_compiler_cannot_run_is_a_located_error(capsys):
-    assert main(["compile", "cms", "--show-code"]) == 1
-    assert "cms.nl:26:14: error: `minimize task` inside a module" in capsys.readouterr().err
+    assert main(["compile", "cms_nested", "--show-code"]) == 1
+    assert "cms_nested.nl:26:74: error: theta_mid: an initial state learned by a token level" \
+        in capsys.readouterr().err
 
 
 def test_traceback_points_at_a_generated_line():

@@ -13,6 +13,7 @@ from nldsl.consteval import calls_in, evaluate
 from nldsl.lower.heads import Unknown, head_steps
 from nldsl.lower.program import ConvSite, FastState, MLPLayout, ModuleWrite, Param, Program, \
     TokenLevel
+from nldsl.lower.task import is_task, task_write
 from nldsl.lower.timing import period, placements
 from nldsl.lower.unsupported import check_supported, compile_error
 from nldsl.lower.derive import NoClosedForm, binary, closed_grad, key_norm_squared, mentions, num, \
@@ -87,17 +88,22 @@ def _level(info, const, params: dict, spec) -> TokenLevel:
         states[state.name] = FastState(state.name, _shape(state.decl.shape, const),
                                        _init_value(state.decl.init), learned, mlp)
     own = _own_contexts(info)
-    writes, hidden = [], {}
+    writes, hidden, task = [], {}, []
     for objective in info.objectives:
         target = objective.state or next(iter(info.states))
+        if is_task(objective):
+            task.append(task_write(objective, target))
+            continue
         write = _derive(objective, target, own, spec)
         if write.kind == "momentum":
             hidden[f"{target}_momentum"] = states[target].shape
         writes.append(write)
     writes += [ModuleWrite(u.target, "explicit", value=u.value) for u in info.updates]
-    return TokenLevel(info.name, every, chunk, heads, info.backprop, info.partial, states,
-                      {c.name: c.value for c in info.contexts.values()}, writes,
-                      {r.name: (r.value, r.before_write) for r in info.reads.values()}, hidden)
+    # a task level is frozen inside the module: no chunk-start snapshots to keep
+    return TokenLevel(info.name, every, 1 if task else chunk, heads, info.backprop, info.partial,
+                      states, {c.name: c.value for c in info.contexts.values()}, writes,
+                      {r.name: (r.value, r.before_write) for r in info.reads.values()}, hidden,
+                      task=tuple(task))
 
 
 def _whole(expr: ast.Expr, value, what: str, spec) -> int:

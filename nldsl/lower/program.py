@@ -9,6 +9,10 @@ treat differently (docs/language.md, "Frequency and chunk semantics"):
     gradient write   S <- decay * S - lr * G,   G = grad L at the chunk-start state
     momentum write   m <- beta * m - lr * G;    S <- decay * S + m       (Titans eqs. 13-14)
     explicit write   S <- value,                evaluated on S_{t-1}
+    task write       S <- decay * S - lr * G,   G = grad of the outer task loss at S, summed
+                     over the level's period; applied by the task driver, never by the
+                     module itself (module/task.py, docs/modules.md "Levels that learn from
+                     the task loss")
 
 Two more things are explicit per token level: the head split and merge (`HeadSplit` for each
 context entering a `heads H` level, `HeadMerge` for each read leaving it, widths computed by
@@ -93,7 +97,7 @@ class ConvSite:
 @dataclass(frozen=True)
 class ModuleWrite:
     target: str
-    kind: str                      # gradient | momentum | explicit
+    kind: str                      # gradient | momentum | explicit | task
     value: ast.Expr | None = None  # explicit: the new value
     grad: ast.Expr | None = None   # closed-form gradient (names the state: its chunk-start value)
     loss: ast.Expr | None = None   # otherwise: the loss, differentiated by autograd
@@ -166,6 +170,9 @@ class TokenLevel:
     splits: tuple[HeadSplit, ...] = ()          # contexts entering the heads (heads H only)
     merges: tuple[HeadMerge, ...] = ()          # reads leaving them (heads H only)
     placements: dict[str, Placement] = field(default_factory=dict)    # context or read -> when
+    task: tuple[ModuleWrite, ...] = ()          # `minimize task` writes: the task driver's
+    #                                             (then `writes` is empty: inside the module the
+    #                                             level is frozen between the driver's writes)
 
 
 @dataclass(frozen=True)

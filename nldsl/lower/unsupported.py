@@ -14,7 +14,8 @@ from nldsl.graph import OUTER
 UNSUPPORTED_CALLS = {
     "attention": "softmax attention needs a key-value cache over the stream",
     "window_attention": "sliding-window attention needs a key-value cache over the stream",
-    "grad": "gradients of the task loss inside a module need the task-loss driver",
+    "grad": "gradients of the task loss inside a module's expressions are not compiled "
+            "(a level learns from the task loss by `minimize task`)",
     "window": "the Omega rule's sliding window (Atlas) needs a ring buffer of past contexts",
     "newton_schulz": "Newton-Schulz inside a module's expressions is not lowered yet",
 }
@@ -50,13 +51,10 @@ def check_supported(spec) -> None:
             if isinstance(init, ast.InitLearned) and (init.by or OUTER) != OUTER:
                 report(init, f"{state.name}: an initial state learned by a token level "
                        f"({init.by!r}) restarts every period of it, which is not compiled yet",
-                       "`init learned` (by the outer level)", "nested CMS blocks come with the "
-                       "task-loss driver")
+                       "`init learned` (by the outer level)", "a nested CMS block (eq. 72) restarts "
+                       "from a slower level's state at each of its writes; use `init learned`")
+        _check_task_level(spec, level, report)
         for objective in level.objectives:
-            if isinstance(objective.loss, ast.Name) and objective.loss.id == "task":
-                report(objective.loss, "`minimize task` inside a module needs the task-loss "
-                       "driver", "an internal objective such as l2(M(k), v)", "CMS/Hope levels "
-                       "that learn from the outer loss are compiled by a later stage")
             if len(objective.rules) > 1:
                 report(objective.rules[1], "rule chains (`then`) are not compiled for modules "
                        "yet", "one learning rule", "write the chained update explicitly (`M <- ...`)")
@@ -83,6 +81,41 @@ def check_supported(spec) -> None:
                   ([graph.output] if graph.output is not None else []), report)
     if problems:
         raise NLDSLCompileError(problems)
+
+
+def _check_task_level(spec, level, report) -> None:
+    """A level that learns from the task loss (module/task.py's driver writes it) is frozen
+    inside the module: it learns by `gd` with rates known before the stream starts, and has no
+    other write."""
+    task = [o for o in level.objectives if isinstance(o.loss, ast.Name) and o.loss.id == "task"]
+    if not task:
+        return
+    hparams = {h.name for h in spec.decl.hparams}
+    for objective in task:
+        rule = objective.rules[0]
+        if rule.name != "gd":
+            report(rule, f"`minimize task by {rule.name}` is not compiled yet", "`minimize task "
+                   "by gd(lr = ..., decay = ...)`", "the task driver applies the gd rule at the "
+                   "level's period")
+            continue
+        for arg in list(rule.args) + [k.value for k in rule.kwargs]:
+            if _names(arg) - hparams:
+                report(arg, "the rate of a `minimize task` level uses "
+                       f"{', '.join(sorted(_names(arg) - hparams))}, not a hyper-parameter",
+                       "numbers and hyper-parameters", "the driver sums the period's gradients "
+                       "at one state, so the rate must be one number per level")
+    others = [o for o in level.objectives if o not in task]
+    for node in others + list(level.updates):
+        report(node, f"level {level.name!r} learns from the task loss and has another write",
+               "a level whose writes are all `minimize task`", "put the other write in a level "
+               "of its own")
+    if level.chunk is not None:
+        report(level.chunk, "`chunk` on a level that learns from the task loss", "no "
+               "chunk: the level's period is its chunk", "its gradients are all taken at its "
+               "last written state")
+    if level.heads is not None:
+        report(level.heads, "`heads` on a level that learns from the task loss is not "
+               "compiled yet", "a level without heads", "split the memory by hand")
 
 
 def _report_calls(expressions, report) -> None:

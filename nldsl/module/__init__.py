@@ -34,3 +34,17 @@ def compile(spec, schedule: str = "chunked", block_size: int = 64,  # noqa: A001
         raise ValueError(f"checkpoint must be True or False, got {checkpoint!r}")
     values = resolve_hparams(spec, hparams)
     return CompiledModule(spec, lower_module(spec, values), schedule, block_size, checkpoint)
+
+
+def stream(model, inputs, targets, state=None, *, loss=None, learn: bool = True,
+           end: bool = True, through_writes: bool = True):
+    """Run a compiled module or an nldsl.lm network on `inputs` while its levels that
+    `minimize task` learn from the task loss on `targets` (NL eq. 71; docs/modules.md,
+    "Levels that learn from the task loss"). `learn=False` freezes them: the call is then
+    `model(inputs, state, end=end)`. With gradients on, the outer gradient goes through the
+    inner writes (second order); `through_writes=False` truncates it there (first order).
+    Returns (outputs, state); pass the state back to go on."""
+    from nldsl.module.task import stream as run
+
+    return run(model, inputs, targets, state, loss=loss, learn=learn, end=end,
+               through_writes=through_writes)

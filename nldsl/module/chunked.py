@@ -17,9 +17,11 @@ from nldsl.consteval import children
 from nldsl.lower.deep_forms import DeepForm, deep_form
 from nldsl.lower.forms import LinearForm, linear_form
 from nldsl.lower.program import Program, TokenLevel
+from nldsl.lower.task import FrozenForm, frozen_form
 from nldsl.module.deep_chunk import run_deep_level
 from nldsl.module.delta_chunk import linear_delta_blocks
 from nldsl.module.reference import STREAM, finish, run_reference
+from nldsl.runtime import mlp
 from nldsl.runtime.evaluate import FrameEvaluator
 from nldsl.runtime.frame import Frame
 from nldsl.runtime.functions import causal_conv
@@ -27,11 +29,11 @@ from nldsl.runtime.functions import causal_conv
 SEQUENCE = Frame(2)
 
 
-def plan_schedule(program: Program) -> dict[str, LinearForm | DeepForm]:
-    """level -> its fast form (a linear memory, or a deep memory's chunk form), for every
-    level; {} when one level has none."""
+def plan_schedule(program: Program) -> dict[str, LinearForm | DeepForm | FrozenForm]:
+    """level -> its fast form (a linear memory, a deep memory's chunk form, or the frozen form
+    of a level that learns from the task loss), for every level; {} when one level has none."""
     forms = {level.name: linear_form(level, program) or deep_form(level, program)
-             for level in program.levels}
+             or frozen_form(level) for level in program.levels}
     return forms if all(forms.values()) else {}
 
 
@@ -84,6 +86,7 @@ class _SequenceValues:
         self.bound: dict[str, object] = {}
         self.convs: dict[str, torch.Tensor] = {}
         self.products: dict[int, torch.Tensor] = {}               # id of an `x @ W` node -> value
+        self.frozen: dict[str, TokenLevel] = {}                   # levels without writes here
 
     def evaluate(self, level: TokenLevel | None, expr: ast.Expr):
         frame = self.frames[level.name] if level is not None else SEQUENCE
@@ -139,6 +142,9 @@ class _SequenceValues:
         bsz, steps = self.x.shape[:2]
         heads = level.heads or 1
         per_head = lambda value, width: _heads_first(frame, value, self.x, heads, width)
+        if isinstance(form, FrozenForm):
+            self.frozen[level.name] = level                       # its reads: when asked
+            return
         self.project(level)
         if isinstance(form, DeepForm):
             run_deep_level(self, level, form, per_head)
@@ -184,9 +190,35 @@ class _SequenceValues:
         owner = program.owner(name)
         if owner is not None and name in owner.contexts and name not in self.memo:
             self.memo[name] = (self.evaluate(owner, owner.contexts[name]), self.frames[owner.name])
+        if owner is not None and owner.name in self.frozen:
+            return self._frozen(owner, name, frame)
         if name not in self.memo:
             raise KeyError(f"{name} is not available to the chunked schedule")
         return self._seen(name, frame)
+
+    def _frozen(self, level: TokenLevel, name: str, frame: Frame):
+        """A name of a level without writes: its state, constant over the call ([B, 1, ...]:
+        the T axis broadcasts), or a read of it, evaluated once for all tokens."""
+        own = self.frames[level.name]
+        if name in level.states:
+            value = self.new_state[level.name][name].unsqueeze(1)    # [B, 1, *shape]
+            return value if own == frame else own.merge(value, frame)
+        if name in level.reads and name not in self.memo:
+            lookup = lambda n: self._lookup(n, own)
+            apply = lambda n, u: self._apply_frozen(level, n, u)
+            conv = lambda call, a, width: self._conv(call, a, own)
+            value = _Evaluator(own, lookup, apply, conv, self.products)(level.reads[name][0])
+            self.memo[name] = (value, own)
+        return self._seen(name, frame)
+
+    def _apply_frozen(self, level: TokenLevel, name: str, u):
+        """M(u) for a state M of a frozen level, every token at once: one batched GEMM per
+        layer, u [B, T, d_in] @ W^T [B, d_in, d_out] (not one product per token)."""
+        memory = self.new_state[level.name][name]                    # [B, P] or [B, dv, dk]
+        layout = level.states[name].mlp
+        if layout is None:
+            return u @ memory.mT                                      # [B, T, dv]
+        return mlp.apply_to_sequence(layout, memory, u)               # [B, T, d_L]
 
     def _seen(self, name: str, frame: Frame):
         value, source = self.memo[name]

@@ -10,6 +10,7 @@ values):
   2. the levels write, fastest first: a gradient write is S <- decay S - lr G with G the
      gradient at the snapshot; `every N` levels add the per-token change to a pending sum and
      apply it at t = N, 2N, ...; a level without `backprop` writes constants (detached);
+     a level that learns from the task loss is frozen here (the task driver writes it);
   3. reads (a plain read sees the new state, `before write` the state the write started
      from), then `out`.
 """
@@ -63,6 +64,8 @@ def _before_write(level: TokenLevel, state: dict) -> dict:
 
 
 def _write(level: TokenLevel, unit: UnitValues, state: dict, t: int) -> None:
+    if level.task:
+        return                   # frozen here: the task driver writes it (module/task.py)
     own = state[level.name]
     frame = unit.frames[level.name]
     new = {}
@@ -104,6 +107,8 @@ def finish(program: Program, state: dict) -> None:
     """The end of a sequence: pending sums of `every N` levels are written (`partial flush`)
     or discarded (`partial drop`)."""
     for level in program.levels:
+        if level.task:
+            continue             # its pending sum is the task driver's (module/task.py)
         own = state[level.name]
         if level.partial == "flush":
             _apply_pending(level, own)

@@ -12,6 +12,8 @@ import inspect
 
 from nldsl import ast
 from nldsl.lower.deep_forms import DeepForm
+from nldsl.lower.forms import LinearForm
+from nldsl.lower.task import FrozenForm
 from nldsl.lower.emit import Emitter
 from nldsl.lower.program import HeadMerge, HeadSplit, ModuleWrite, Program, TokenLevel
 from nldsl.printer import format_expr
@@ -37,7 +39,7 @@ def describe(program: Program, fast_paths: dict, shapes: dict | None = None) -> 
         _level(out, level, fast_paths.get(level.name))
     out.line()
     out.line(f"out = {format_expr(program.output)}    # after every level's write")
-    if any(not isinstance(form, DeepForm) for form in fast_paths.values()):
+    if any(isinstance(form, LinearForm) for form in fast_paths.values()):
         from nldsl.module.delta_chunk import linear_delta_blocks
         out.line()
         out.line("# the chunked kernel (nldsl/module/delta_chunk.py):")
@@ -52,7 +54,8 @@ def describe(program: Program, fast_paths: dict, shapes: dict | None = None) -> 
 
 def _level(out: Emitter, level: TokenLevel, form) -> None:
     heads = f", {level.heads} heads" if level.heads is not None else ""
-    header = (f"level {level.name}: every {level.period} tokens, chunk {level.chunk}{heads}, "
+    chunk = "task loss (nldsl.stream)" if level.task else f"chunk {level.chunk}"
+    header = (f"level {level.name}: every {level.period} tokens, {chunk}{heads}, "
               f"{'backprop' if level.backprop else 'writes detached'}, partial {level.partial}")
     with out.block(header):
         for state in level.states.values():
@@ -78,9 +81,17 @@ def _level(out: Emitter, level: TokenLevel, form) -> None:
                 out.line(f"{name} = {format_expr(value)}    # {_stage(level, name)}")
         n = level.period
         when = "" if n == 1 else f" (each token's change, summed; written at t = {n}, {2 * n}, ...)"
-        with out.block(f"# the write{when}:"):
-            for write in level.writes:
-                _write(out, write)
+        if level.task:
+            with out.block(f"# the task driver's write{when}, frozen inside the module:"):
+                for write in level.task:
+                    out.line(f"G = d(task loss)/d{write.target}    # nldsl.stream: at "
+                             f"{write.target}'s last write, all tokens of a segment at once")
+                    out.line(f"{write.target} <- {_factor(write.decay)} * {write.target} - "
+                             f"{_factor(write.lr)} * G    [{write.derivation}]")
+        else:
+            with out.block(f"# the write{when}:"):
+                for write in level.writes:
+                    _write(out, write)
         with out.block("# reads:"):
             for name, (value, _) in level.reads.items():
                 out.line(f"read {name} = {format_expr(value)}    # {_stage(level, name)}")
@@ -138,6 +149,10 @@ def _factor(expr) -> str:
 def _form(out: Emitter, form) -> None:
     if form is None:
         out.line("# chunked schedule: no fast form, token by token")
+        return
+    if isinstance(form, FrozenForm):
+        out.line("# chunked schedule: frozen between the driver's writes, reads of all tokens at "
+                 "once")
         return
     if isinstance(form, DeepForm):
         rule = "momentum" if form.beta is not None else "gradient"

@@ -41,6 +41,18 @@ def apply(layout: MLPLayout, flat: torch.Tensor, u: torch.Tensor) -> torch.Tenso
     return h + u if layout.residual else h
 
 
+def apply_to_sequence(layout: MLPLayout, flat: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """M(u) for one memory per sequence applied to all its tokens: flat [B, P], u [B, T, d_0]
+    -> [B, T, d_L], each layer one batched GEMM h W^T."""
+    h = u
+    weights = layers(layout, flat)
+    for i, weight in enumerate(weights):
+        h = h @ weight.mT                                          # [B, T, d_{i+1}]
+        if i < len(weights) - 1:
+            h = ACTIVATIONS[layout.activation](h)
+    return h + u if layout.residual else h
+
+
 def initial(layout: MLPLayout, lead: tuple[int, ...], dtype=None) -> tuple[torch.Tensor, ...]:
     """Fresh weights [*lead, d_out, d_in] per layer, each N(0, 1 / d_in) (docs/language.md,
     "Initial values": std 1 / sqrt(fan_in))."""

@@ -1,0 +1,237 @@
+"""The task driver: levels that learn from the outer task loss while the stream is read.
+
+    y, state = nldsl.stream(model, inputs, targets, state, learn=True, end=True)
+
+NL eq. 71 (lower/task.py): a level `every C tokens` with `minimize task by gd(lr, decay)`
+writes at t = C, 2C, ... the sum of its C tokens' task-gradient steps, every one taken at its
+last written state theta_i. Between writes the level is frozen, so the network is an ordinary
+network on the tokens of a *segment* (the tokens up to the next write of any task level in the
+network) and those tokens are parallel. Per segment [a, b) the driver
+
+  1. runs the network on x_{a..b-1} with every task level at its current state (inside the
+     module a task level has no writes: chunked.py's FrozenForm, or the reference);
+  2. takes the loss of the segment, L = sum_{t in [a, b)} L_t (a sum, never a mean: eq. 71 sums
+     per-token gradients, and the segmenting must not change a value), and
+     G = torch.autograd.grad(L, theta) for every task state theta at once; each sequence of
+     the batch has its own theta, so G[b] is sequence b's gradient;
+  3. adds the segment's change to the level's pending sum, (b - a)(decay - 1) theta - lr G:
+     the per-token change of the gd rule, summed (lr and decay from the spec's rule, through
+     lower/task.py; hyper-parameter expressions, so one number per level);
+  4. writes every level whose period ends at b: theta <- theta + pending.
+
+At the end of a sequence (`end=True`) a pending sum is written or dropped as the level's
+`partial flush|drop` says. The pending sums live in the state (`state[level][name + ".pending"]`,
+like any `every N` level's), so a stream cut into calls anywhere computes what one call does.
+A level of period 1 makes every segment one token long: one forward and one backward of the
+network per token (docs/modules.md measures it).
+
+Outer gradients. With gradients enabled (outer training), a `backprop` task level's gradient is
+taken with create_graph: the outer gradient flows through every inner write to the initial
+states and the other parameters (second order; the graph of the whole call is kept, so memory
+grows with T). `through_writes=False` truncates that gradient: the inner gradients are taken
+without a graph and each write adds a constant step, so the outer gradient passes a write as the
+identity (first order; kmccleary3301/nested_learning's "differentiable reads, stop-grad
+writes"). A level without `backprop` writes constants (its written state is detached), as in
+the module schedules. Without gradients (inference), every write is a constant.
+
+`learn=False` freezes every task level: the call is `model(inputs, state, end=end)`, an ordinary
+network, and no pending sum changes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from nldsl.consteval import evaluate
+from nldsl.lower.program import TokenLevel
+from nldsl.module.module import CompiledModule
+from nldsl.module.reference import STREAM
+
+
+@dataclass(frozen=True)
+class TaskLevel:
+    """A level of one block that learns from the task loss, with its rule's numbers."""
+
+    block: object                  # the key of the block's state in the network's state
+    level: TokenLevel
+    lr: dict[str, float]           # state -> lr
+    decay: dict[str, float]        # state -> decay
+
+
+def task_levels(model) -> list[TaskLevel]:
+    """Every task level of the network: a compiled module's, or each block's of nldsl.lm."""
+    found = []
+    for key, block in _blocks(model):
+        values = block.program.hparams
+        for level in block.program.levels:
+            if level.task:
+                found.append(TaskLevel(key, level,
+                                       {w.target: float(evaluate(w.lr, values)) for w in level.task},
+                                       {w.target: float(evaluate(w.decay, values)) for w in level.task}))
+    return found
+
+
+def stream(model, inputs: torch.Tensor, targets: torch.Tensor, state=None, *, loss=None,
+           learn: bool = True, end: bool = True, through_writes: bool = True):
+    """Run `model` (a compiled module or an nldsl.lm network) on `inputs` [B, T, ...] while its
+    task levels learn from `loss(outputs, targets)` (targets [B, T, ...]: token t's target at
+    t). `loss(y, target) -> scalar` must sum its tokens' losses; nldsl.lm's default is the
+    summed next-token cross-entropy (targets: the next tokens). `through_writes=False` (with
+    gradients on) truncates the outer gradient at the writes: first order, each write a
+    constant step. Returns (outputs, state)."""
+    levels = task_levels(model)
+    if not learn or not levels:
+        return model(inputs, state, end=end)
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("nldsl.stream learns by autograd, which torch.inference_mode() "
+                           "switches off: run it under torch.no_grad(), or pass learn=False")
+    if inputs.shape[:2] != targets.shape[:2]:
+        raise ValueError(f"inputs {list(inputs.shape)} and targets {list(targets.shape)} must "
+                         "agree in batch and length: targets[:, t] is token t's target")
+    loss = loss if loss is not None else _default_loss(model)
+    if state is None:
+        _, state = model(inputs[:, :0], None, end=False)
+    state = _copy(state)
+    start, steps = _own(state, levels[0].block)[STREAM]["t"], inputs.shape[1]
+    outer = torch.is_grad_enabled()
+    create = outer and through_writes and any(tl.level.backprop for tl in levels)
+    outputs, a = [], 0
+    for b in _cuts(levels, start, steps):
+        with torch.enable_grad():
+            thetas = _bind(levels, state, outer)
+            y, state = model(inputs[:, a:b], state, end=end and b == steps)
+            total = loss(y, targets[:, a:b])
+            grads = _grads(total, thetas, create, outer)
+        for (tl, name, theta), grad in zip(thetas, grads):
+            own = _own(state, tl.block)[tl.level.name]
+            # the state the network read (the same values); without gradients, no leaf escapes
+            own[name] = theta if outer else _map(torch.Tensor.detach, theta)
+            if not (create and tl.level.backprop):
+                grad = _map(torch.Tensor.detach, grad)
+            _accumulate(own, name, theta, grad, b - a, tl)
+        for tl in levels:
+            if (start + b) % tl.level.period == 0:
+                _write(_own(state, tl.block)[tl.level.name], tl, outer, through_writes)
+        outputs.append(y if outer else y.detach())
+        a = b
+    if not outputs:
+        y, state = model(inputs, state, end=end)
+        outputs.append(y)
+    if end:
+        for tl in levels:
+            own = _own(state, tl.block)[tl.level.name]
+            if tl.level.partial == "flush":
+                _write(own, tl, outer, through_writes)
+            for name in tl.level.states:
+                own.pop(f"{name}.pending", None)
+    return torch.cat(outputs, dim=1), state
+
+
+def _blocks(model) -> list[tuple[object, CompiledModule]]:
+    from nldsl.train.model import LanguageModel
+
+    if isinstance(model, CompiledModule):
+        return [(None, model)]
+    if isinstance(model, LanguageModel):
+        return list(enumerate(model.blocks))
+    raise TypeError(f"nldsl.stream runs a compiled module or an nldsl.lm network, got "
+                    f"{type(model).__name__}")
+
+
+def _default_loss(model):
+    from nldsl.train.model import LanguageModel
+
+    if not isinstance(model, LanguageModel):
+        raise TypeError("a compiled module has no task loss of its own: pass loss=fn, "
+                        "fn(y [B, n, dim], target [B, n, ...]) -> the sum of the tokens' losses")
+    return lambda logits, tokens: F.cross_entropy(logits.flatten(0, 1), tokens.flatten(),
+                                                  reduction="sum")
+
+
+def _cuts(levels: list[TaskLevel], start: int, steps: int) -> list[int]:
+    """The ends of the call's segments: every token count at which a task level writes (t a
+    multiple of its period), and the call's end."""
+    cuts = {steps} if steps else set()
+    for period in {tl.level.period for tl in levels}:
+        first = (start // period + 1) * period - start            # tokens to the next write
+        cuts.update(range(first, steps, period))
+    return sorted(cuts)
+
+
+def _bind(levels, state, outer: bool) -> list[tuple[TaskLevel, str, object]]:
+    """Every task state as a fresh node the loss is differentiated by: a view of the state
+    when the outer gradient flows into it, else a detached leaf. The fresh node makes G the
+    partial derivative at this segment's states: with gradients through the writes, a state
+    written earlier (B_1 = B_0 - lr G_B(A)) depends on another level's state, and the
+    derivative by A itself would add the path through B_1."""
+    bound = []
+    for tl in levels:
+        own = _own(state, tl.block)[tl.level.name]
+        for name in tl.level.states:
+            keep = lambda v: v.view_as(v) if outer and v.requires_grad else \
+                v.detach().requires_grad_(True)
+            own[name] = _map(keep, own[name])
+            bound.append((tl, name, own[name]))
+    return bound
+
+
+def _grads(total: torch.Tensor, thetas, create: bool, outer: bool) -> list:
+    """d total / d theta for every bound state (zero for a state the loss does not use)."""
+    flat = [t for _, _, theta in thetas for t in _tensors(theta)]
+    grads = torch.autograd.grad(total, flat, allow_unused=True, create_graph=create,
+                                retain_graph=outer or create)
+    grads = [torch.zeros_like(t) if g is None else g for t, g in zip(flat, grads)]
+    found, i = [], 0
+    for _, _, theta in thetas:
+        n = len(_tensors(theta))
+        found.append(tuple(grads[i:i + n]) if isinstance(theta, tuple) else grads[i])
+        i += n
+    return found
+
+
+def _accumulate(own: dict, name: str, theta, grad, tokens: int, tl: TaskLevel) -> None:
+    """pending += tokens (decay - 1) theta - lr G: the segment's sum of per-token gd changes."""
+    lr, decay = tl.lr[name], tl.decay[name]
+    change = lambda s, g: tokens * (decay - 1) * s - lr * g if decay != 1 else -lr * g
+    step = _map(change, theta, grad)
+    key = f"{name}.pending"
+    own[key] = step if key not in own else _map(torch.add, own[key], step)
+
+
+def _write(own: dict, tl: TaskLevel, outer: bool, through: bool) -> None:
+    """theta <- theta + pending. The outer gradient goes through it (a `backprop` level with
+    gradients on), passes it as the identity (`through_writes=False`: the step a constant), or
+    stops (a level without `backprop`, or no outer gradient: the new state a constant)."""
+    for name in tl.level.states:
+        pending = own.pop(f"{name}.pending", None)
+        if pending is None:
+            continue
+        if not (outer and tl.level.backprop):
+            own[name] = _map(lambda s, p: (s + p).detach(), own[name], pending)
+        else:
+            step = pending if through else _map(torch.Tensor.detach, pending)
+            own[name] = _map(torch.add, own[name], step)
+
+
+def _own(state, key) -> dict:
+    return state if key is None else state[key]
+
+
+def _copy(state):
+    """A copy of the state's dicts (the tensors shared), so the caller's state is not changed."""
+    if isinstance(state, list):
+        return [_copy(s) for s in state]
+    return {k: dict(v) if isinstance(v, dict) else v for k, v in state.items()}
+
+
+def _tensors(value) -> tuple:
+    return value if isinstance(value, tuple) else (value,)
+
+
+def _map(f, *values):
+    """f on a state's tensor, or layer by layer on an MLP memory's tuple of weights."""
+    if isinstance(values[0], tuple):
+        return tuple(f(*parts) for parts in zip(*values))
+    return f(*values)

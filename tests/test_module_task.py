@@ -1,0 +1,403 @@
+"""The task driver (nldsl/module/task.py): levels that learn from the outer task loss, NL eq. 71.
+
+The hand-derived case: two CMS levels with matrix states A (every p_a tokens) and B (every p_b),
+y_t = B A x_t, a linear head H and the squared loss L_t = 1/2 ||H y_t - z_t||^2. With
+r_t = H^T (H y_t - z_t) = dL_t/dy_t,
+
+    dL_t/dB = r_t (A x_t)^T,        dL_t/dA = B^T r_t x_t^T,
+
+and eq. 71 writes A <- A - lr_a sum_t dL_t/dA(A_i, B_j) at t = 0 mod p_a (each token's gradient
+at the states last written), likewise B; `expected_stream` computes exactly that, token by
+token, in plain torch (float64), differentiably, so the outer gradient through the writes is
+checked too.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import nldsl
+from nldsl.errors import NLDSLCompileError
+
+SPEC = """module two_cms(dim: int >= 1, p_a = 4 >= 1, p_b = 2 >= 1, lr_a = 0.1 >= 0,
+                    lr_b = 0.1 >= 0) {
+  level a every p_a tokens backprop partial PARTIAL {
+    state A : [dim, dim] init learned
+    minimize task by gd(lr = lr_a)
+    read h = A(x)
+  }
+  level b every p_b tokens backprop partial PARTIAL {
+    state B : [dim, dim] init learned
+    minimize task by gd(lr = lr_b)
+    read y = B(h)
+  }
+  out = y
+}
+"""
+DIM, OUT = 3, 2
+# float64 sums of a few dozen products of O(1) numbers
+TOL = 1e-12
+
+
+def two_cms(partial="flush", schedule="chunked", **hparams):
+    torch.manual_seed(0)
+    m = nldsl.compile(SPEC.replace("PARTIAL", partial), schedule=schedule, dim=DIM,
+                      **hparams).double()
+    with torch.no_grad():
+        m.A_init.copy_(torch.eye(DIM) + 0.3 * torch.randn(DIM, DIM))
+        m.B_init.copy_(torch.eye(DIM) + 0.3 * torch.randn(DIM, DIM))
+    return m
+
+
+def head():
+    return torch.randn(OUT, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+
+def squared(H):
+    return lambda y, z: 0.5 * ((y @ H.T - z) ** 2).sum()
+
+
+def data(batch, steps, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch, steps, DIM, dtype=torch.float64, generator=g),
+            torch.randn(batch, steps, OUT, dtype=torch.float64, generator=g))
+
+
+def expected_stream(A0, B0, H, x, z, p_a, p_b, lr_a, lr_b, partial, first_order=False):
+    """Eq. 71 token by token, per sequence: outputs [B, T, dim], final A and B. `first_order`:
+    each write's step is a constant (the outer gradient passes the write as the identity)."""
+    step = (lambda g: g.detach()) if first_order else (lambda g: g)
+    A, B = A0.expand(x.shape[0], DIM, DIM), B0.expand(x.shape[0], DIM, DIM)
+    pend_a, pend_b, ys = 0, 0, []
+    for t in range(1, x.shape[1] + 1):
+        xt, zt = x[:, t - 1, :, None], z[:, t - 1, :, None]              # [B, d, 1]
+        h = A @ xt
+        y = B @ h                                                         # [B, d, 1]
+        r = H.T @ (H @ y - zt)                                            # dL_t/dy_t
+        pend_b = pend_b - lr_b * step(r @ h.mT)                           # dL_t/dB
+        pend_a = pend_a - lr_a * step(B.mT @ r @ xt.mT)                   # dL_t/dA
+        ys.append(y[..., 0])
+        if t % p_a == 0:
+            A, pend_a = A + pend_a, 0
+        if t % p_b == 0:
+            B, pend_b = B + pend_b, 0
+    if partial == "flush":
+        A, B = A + pend_a, B + pend_b
+    return torch.stack(ys, 1), A, B
+
+
+CASES = {
+    "periods-4-2-T7": dict(p_a=4, p_b=2, steps=7, partial="flush"),
+    "periods-1-4-T9": dict(p_a=1, p_b=4, steps=9, partial="flush"),
+    "periods-4-4-drop": dict(p_a=4, p_b=4, steps=10, partial="drop"),
+    "periods-6-3-drop": dict(p_a=6, p_b=3, steps=11, partial="drop"),
+    "periods-32-4-T70": dict(p_a=32, p_b=4, steps=70, partial="flush"),
+}
+
+
+@pytest.mark.parametrize("through_writes", [True, False], ids=["second-order", "first-order"])
+@pytest.mark.parametrize("schedule", ["reference", "chunked"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_writes_are_eq_71(case, schedule, through_writes):
+    """Outputs and final states are the hand-derived eq. 71 stream; so are the outer
+    gradients to the initial states and the head, through the writes (`backprop`) or, with
+    through_writes=False, with every write's step a constant."""
+    c = CASES[case]
+    m = two_cms(c["partial"], schedule, p_a=c["p_a"], p_b=c["p_b"], lr_a=0.05, lr_b=0.08)
+    H = head().requires_grad_(True)
+    x, z = data(2, c["steps"])
+    y, state = nldsl.stream(m, x, z, loss=squared(H), through_writes=through_writes)
+    want, A, B = expected_stream(m.A_init, m.B_init, H, x, z, c["p_a"], c["p_b"], 0.05, 0.08,
+                                 c["partial"], first_order=not through_writes)
+    torch.testing.assert_close(y, want, atol=TOL, rtol=0)
+    torch.testing.assert_close(state["a"]["A"], A, atol=TOL, rtol=0)
+    torch.testing.assert_close(state["b"]["B"], B, atol=TOL, rtol=0)
+    assert state["_stream"]["t"] == c["steps"] and not any(k.endswith(".pending")
+                                                           for k in state["a"])
+    outer = lambda y, A, B: (y ** 2).sum() + (A ** 3).sum() + B.sum()
+    params = [m.A_init, m.B_init, H]
+    # first order: nothing the outer loss sees depends on H (it enters through the steps only)
+    got = torch.autograd.grad(outer(y, state["a"]["A"], state["b"]["B"]), params,
+                              allow_unused=True)
+    expected = torch.autograd.grad(outer(want, A, B), params, allow_unused=True)
+    assert [g is None for g in got] == [e is None for e in expected] == \
+        [False, False, not through_writes]
+    for name, g, e in zip(["A_init", "B_init", "H"], got, expected):
+        if e is not None:
+            torch.testing.assert_close(g, e, atol=1e-10, rtol=0, msg=f"d/d{name}")
+
+
+def test_truncation_changes_the_outer_gradient():
+    """The two outer gradients differ (so the test above tells them apart)."""
+    m = two_cms(p_a=4, p_b=2)
+    H = head()
+    x, z = data(2, 8)
+    grads = []
+    for through in (True, False):
+        y, state = nldsl.stream(m, x, z, loss=squared(H), through_writes=through)
+        grads.append(torch.autograd.grad((y ** 2).sum(), [m.A_init])[0])
+    assert (grads[0] - grads[1]).abs().max() > 1e-3
+
+
+def test_without_gradients_the_writes_are_the_same():
+    """Inference (torch.no_grad): the same eq. 71 stream, outputs detached."""
+    m = two_cms(p_a=4, p_b=2)
+    H = head()
+    x, z = data(2, 7)
+    with torch.no_grad():
+        y, state = nldsl.stream(m, x, z, loss=squared(H))
+    want, A, B = expected_stream(m.A_init.detach(), m.B_init.detach(), H, x, z, 4, 2, 0.1, 0.1,
+                                 "flush")
+    assert not y.requires_grad
+    with torch.no_grad():                  # A not written yet (3 < p_a): still no autograd leaf
+        _, early = nldsl.stream(m, x[:, :3], z[:, :3], loss=squared(H), end=False)
+    assert not early["a"]["A"].requires_grad and not early["a"]["A.pending"].requires_grad
+    torch.testing.assert_close(y, want, atol=TOL, rtol=0)
+    torch.testing.assert_close(state["a"]["A"], A, atol=TOL, rtol=0)
+
+
+FROZEN = {
+    "two_cms": (SPEC.replace("PARTIAL", "flush"), dict(dim=4)),
+    "cms": ("cms", dict(dim=4, expansion=2, period_slow=4, period_mid=2, period_fast=1)),
+    "cms_independent": ("cms_independent", dict(dim=4, expansion=2)),
+}
+
+
+@pytest.mark.parametrize("name", list(FROZEN))
+def test_frozen_form_equals_the_reference(name, monkeypatch):
+    """Without the driver a task level is frozen: the chunked schedule's FrozenForm (all tokens
+    at once) equals the reference's token loop, outputs, states and the gradients of x and
+    every parameter (float64, odd T)."""
+    from _module_cases import forbid_fallback, randomize
+    spec, hparams = FROZEN[name]
+    runs = []
+    for schedule in ("reference", "chunked"):
+        m = randomize(nldsl.compile(spec, schedule=schedule, **hparams).double(), 5)
+        if schedule == "chunked":
+            assert set(m.fast_paths) == {lv.name for lv in m.program.levels}
+            forbid_fallback(monkeypatch)
+        x = torch.randn(2, 9, hparams["dim"], dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(6)).requires_grad_(True)
+        y, state = m(x)
+        params = [x] + list(m.parameters())
+        runs.append((y, state, torch.autograd.grad((y ** 3).sum(), params)))
+    (y_r, s_r, g_r), (y_c, s_c, g_c) = runs
+    torch.testing.assert_close(y_c, y_r, atol=TOL, rtol=0)
+    assert_states_close([s_c], [s_r], atol=0)
+    for g, e in zip(g_c, g_r):
+        assert e.abs().max() > 0
+        torch.testing.assert_close(g, e, atol=1e-10, rtol=0)
+
+
+# -- inside a whole network: nldsl.lm, next-token prediction on its logits --------------------
+
+PERIODS = dict(period_slow=8, period_mid=4, period_fast=1)
+RATES = dict(lr_slow=0.05, lr_mid=0.05, lr_fast=0.05)
+VOCAB = 7
+
+
+def network(spec="cms", schedule="chunked", **hparams):
+    torch.manual_seed(3)
+    options = {**PERIODS, **RATES, "expansion": 2, **hparams}
+    return nldsl.lm(spec, vocab_size=VOCAB, dim=8, depth=2, schedule=schedule, **options).double()
+
+
+def tokens(batch=2, steps=13, seed=4):
+    stream = torch.randint(0, VOCAB, (batch, steps + 1), generator=torch.Generator().manual_seed(seed))
+    return stream[:, :-1], stream[:, 1:]
+
+
+def states(state):
+    """(block, level, entry) -> tensor, every tensor of a network's state (MLP layers apart)."""
+    found = {}
+    for b, own in enumerate(state):
+        for level, entries in own.items():
+            for name, value in entries.items():
+                for i, v in enumerate(value if isinstance(value, tuple) else (value,)):
+                    if isinstance(v, torch.Tensor):
+                        found[(b, level, name, i)] = v
+    return found
+
+
+def assert_states_close(got, want, atol):
+    got, want = states(got), states(want)
+    assert got.keys() == want.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], atol=atol, rtol=0, msg=str(key))
+
+
+@pytest.mark.parametrize("spec", ["cms", "cms_independent"])
+def test_online_levels_learn_as_they_read(spec):
+    """Streaming a document writes the CMS blocks at their periods: the outputs before the
+    first write are the frozen network's, later ones are not, and every block moved."""
+    model = network(spec)
+    inputs, targets = tokens()
+    with torch.no_grad():
+        frozen, start = model(inputs)
+        online, state = nldsl.stream(model, inputs, targets)
+    torch.testing.assert_close(online[:, :1], frozen[:, :1], atol=TOL, rtol=0)
+    assert (online[:, 1:] - frozen[:, 1:]).abs().max() > 1e-4
+    for b in range(2):
+        for level in ("slow", "mid", "fast"):
+            (name,) = [n for n in state[b][level]]
+            assert not torch.equal(state[b][level][name][0], start[b][level][name][0]), (b, level)
+
+
+def test_freeze_switch_is_the_frozen_network():
+    """learn=False is the network with its online levels frozen, exactly; with every rate 0
+    the online stream computes the same (to the rounding of its segment-wise calls) and
+    leaves the states exactly as they were."""
+    model = network()
+    inputs, targets = tokens()
+    with torch.no_grad():
+        frozen, start = model(inputs)
+        off, off_state = nldsl.stream(model, inputs, targets, learn=False)
+        zero = network(lr_slow=0.0, lr_mid=0.0, lr_fast=0.0)
+        still, still_state = nldsl.stream(zero, inputs, targets)
+    assert torch.equal(off, frozen)
+    assert_states_close(off_state, start, atol=0)
+    torch.testing.assert_close(still, frozen, atol=TOL, rtol=0)
+    for key, value in states(still_state).items():
+        if key[1] != "_stream":
+            assert torch.equal(value, states(start)[key]), key
+
+
+@pytest.mark.parametrize("cuts", [[5], [1, 7, 8], [4, 8, 12]], ids=["5", "1-7-8", "on-writes"])
+def test_a_cut_stream_is_one_stream(cuts):
+    """The pending sums and the token count travel in the state: calls cut anywhere (inside a
+    period too) compute what one call computes."""
+    model = network(period_fast=2)
+    inputs, targets = tokens(steps=15)
+    with torch.no_grad():
+        whole, whole_state = nldsl.stream(model, inputs, targets)
+        parts, state, start = [], None, 0
+        for stop in cuts + [inputs.shape[1]]:
+            y, state = nldsl.stream(model, inputs[:, start:stop], targets[:, start:stop], state,
+                                    end=stop == inputs.shape[1])
+            parts.append(y)
+            start = stop
+    torch.testing.assert_close(torch.cat(parts, 1), whole, atol=TOL, rtol=0)
+    assert_states_close(state, whole_state, atol=TOL)
+
+
+def test_schedules_agree_under_the_driver():
+    """Inside the module a task level is frozen: the chunked schedule (FrozenForm, all tokens
+    of a segment at once) equals the reference, outputs, states and outer gradients."""
+    inputs, targets = tokens(steps=11)
+    results = []
+    for schedule in ("reference", "chunked"):
+        model = network(schedule=schedule)
+        y, state = nldsl.stream(model, inputs, targets)
+        grads = torch.autograd.grad(y.square().sum(), list(model.parameters()))
+        results.append((y, state, grads))
+    (y_r, s_r, g_r), (y_c, s_c, g_c) = results
+    torch.testing.assert_close(y_c, y_r, atol=1e-10, rtol=0)
+    assert_states_close(s_c, s_r, atol=1e-10)
+    for g, e in zip(g_c, g_r):
+        torch.testing.assert_close(g, e, atol=1e-9, rtol=0)
+
+
+def test_hope_learns_online_in_a_network():
+    """Hope's CMS chain learns from the task loss while its self-modifying levels run."""
+    model = network("hope", period_slow=4, period_mid=2, period_fast=1, chunk_memory=2,
+                    chunk_projections=2)
+    inputs, targets = tokens(batch=1, steps=5)
+    with torch.no_grad():
+        frozen, _ = model(inputs)
+        online, state = nldsl.stream(model, inputs, targets)
+    torch.testing.assert_close(online[:, :1], frozen[:, :1], atol=TOL, rtol=0)
+    assert (online[:, 1:] - frozen[:, 1:]).abs().max() > 1e-6
+    assert state[0]["_stream"]["t"] == 5
+
+
+# -- what the driver refuses -----------------------------------------------------------------
+
+def test_a_module_needs_a_loss():
+    with pytest.raises(TypeError, match="pass loss=fn"):
+        nldsl.stream(two_cms(), *data(1, 3))
+
+
+def test_targets_must_match_the_inputs():
+    x, z = data(1, 4)
+    with pytest.raises(ValueError, match="must agree in batch and length"):
+        nldsl.stream(two_cms(), x, z[:, :3], loss=squared(head()))
+
+
+def test_inference_mode_is_refused_when_learning():
+    """inference_mode forbids the autograd the writes need; learn=False runs under it."""
+    m, (x, z) = two_cms(), data(1, 3)
+    with torch.inference_mode():
+        with pytest.raises(RuntimeError, match="run it under torch.no_grad"):
+            nldsl.stream(m, x, z, loss=squared(head()))
+        y, _ = nldsl.stream(m, x, z, loss=squared(head()), learn=False)
+    assert y.shape == x.shape
+
+
+TASK_BASE = """module m(dim: int >= 1) {
+  level a every 2 tokens LEVEL {
+    state A : [dim, dim] = eye()
+    key k = x
+    OBJECTIVE
+    read y = A(x)
+  }
+  out = y
+}
+"""
+REFUSED = {
+    "task-by-momentum": ("", "minimize task by momentum(lr = 0.1, beta = 0.9)",
+                         "momentum(lr = 0.1, beta = 0.9)", "`minimize task by momentum`"),
+    "rate-from-a-context": ("", "minimize task by gd(lr = sigmoid(k))", "sigmoid(k)",
+                            "not a hyper-parameter"),
+    "chunk": ("chunk 4", "minimize task by gd(lr = 0.1)", "4", "`chunk` on a level"),
+    "heads": ("heads 1", "minimize task by gd(lr = 0.1)", "1 {", "`heads` on a level"),
+    "another-write": ("", "state C : [dim] = zeros()\n    A: minimize task by gd(lr = 0.1)\n"
+                      "    C <- C + k", "C <- C + k", "has another write"),
+}
+
+
+@pytest.mark.parametrize("name", list(REFUSED))
+def test_what_the_driver_cannot_run_is_located(name):
+    """A task level the driver cannot run is a located compile error, as `nldsl check`
+    reports it (check accepts => compiles)."""
+    level, objective, where, message = REFUSED[name]
+    text = TASK_BASE.replace("LEVEL", level).replace("OBJECTIVE", objective)
+    with pytest.raises(NLDSLCompileError) as info:
+        nldsl.compile(text, dim=2)
+    rows = text.splitlines()
+    line = next(i for i, row in enumerate(rows, 1) if where in row and (name != "chunk" or
+                                                                         "chunk" in row))
+    col = rows[line - 1].index(where) + 1
+    assert f"<string>:{line}:{col}: error:" in str(info.value) and message in str(info.value)
+
+
+def test_a_task_level_with_a_context_of_its_state_runs_the_reference():
+    """A context of a task level's own state has no frozen form (the chunked schedule's
+    contexts apply no memory): the module runs the reference, and the driver works the same."""
+    text = TASK_BASE.replace("LEVEL", "").replace("key k = x", "key k = A(x)").replace(
+        "OBJECTIVE", "minimize task by gd(lr = 0.1)").replace("read y = A(x)", "read y = A(k)")
+    m = nldsl.compile(text, dim=DIM)                   # no parameters: float32, as built
+    assert m.fast_paths == {}
+    x, z = (t.float() for t in data(2, 5))
+    with torch.no_grad():
+        y, state = nldsl.stream(m, x, z, loss=squared(torch.eye(OUT, DIM)))
+        frozen, _ = m(x)
+    assert torch.equal(y[:, :2], frozen[:, :2])         # the same token loop before the write
+    assert (y[:, 2:] - frozen[:, 2:]).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("name, compiles", [("cms", True), ("cms_independent", True),
+                                            ("hope", True), ("cms_nested", False),
+                                            ("hope_attention", False)])
+def test_check_and_compile_agree_on_the_task_specs(name, compiles, capsys):
+    """`nldsl check` accepts exactly the specs that compile; a refusal is the same located
+    error in both."""
+    from nldsl.cli import main
+    status = main(["check", name])
+    err = capsys.readouterr().err
+    if compiles:
+        assert status == 0
+        nldsl.compile(name, dim=8)
+        return
+    with pytest.raises(NLDSLCompileError) as info:
+        nldsl.compile(name, dim=8)
+    assert status == 1 and str(info.value).splitlines()[0] in err
