@@ -46,7 +46,8 @@ def deep_form(level: TokenLevel, program: Program) -> DeepForm | None:
     if state.mlp is None or write.target != s or write.loss is None or \
             write.kind not in ("gradient", "momentum"):
         return None
-    if set(level.hidden) - {f"{s}_momentum"}:
+    if set(level.hidden) - {f"{s}_momentum"} or write.chain or \
+            any(c.func == "window" for c in calls_in(write.loss)):
         return None
     fast = {n for lv in program.levels for n in list(lv.states) + list(lv.reads) + list(lv.hidden)}
     if any(mentions(value, n) for value in level.contexts.values() for n in fast):

@@ -245,6 +245,50 @@ class Derived:
 APPLYING = ("gd", "dgd", "ema", "momentum")
 
 
+@dataclass(frozen=True)
+class ChainStep:
+    """A rule before the last of a chain `r1 then ... then rn`: it transforms the update
+    direction u (docs/language.md, "Chains"), through the hidden state `buffer` (momentum, ema;
+    None for newton_schulz). `args` are the rule's arguments, defaults filled in."""
+
+    rule: str
+    args: dict
+    position: int                  # 1-based place in the chain
+    buffer: str | None = None
+
+
+def chain_steps(objective: ast.Objective, buffer_name, source=None) -> tuple[list[ChainStep], ast.Rule]:
+    """The transforms of `objective`'s rule chain and the rule that applies the result, checked:
+    only momentum, ema and newton_schulz transform, only gd, dgd, ema and momentum apply, and a
+    transforming momentum has no decay. `buffer_name(rule, position)` names a buffer. Both
+    compilers lower chains from this (`derive_writes`, lower/module.py)."""
+    rules = objective.rules
+    last = rules[-1]
+    for rule in rules[:-1]:
+        if rule.name not in TRANSFORM_RULES:
+            raise located(rule, f"`{rule.name}` cannot transform the update inside a rule chain",
+                          "momentum, ema or newton_schulz before `then`",
+                          f"put `{rule.name}` last: it applies the update to the state", source)
+    if len(rules) > 1 and last.name not in APPLYING:
+        raise located(last, f"`{last.name}` cannot end a rule chain", "gd, dgd, ema or momentum "
+                      "after the last `then`", "end the chain with `then gd(lr)`", source)
+    steps = []
+    for position, rule in enumerate(rules[:-1], 1):
+        args = rule_arguments(rule)
+        if rule.name == "momentum" and args["decay"] != num(1):
+            raise located(rule, "a momentum inside a chain has no decay: it transforms the "
+                          "update, the last rule applies it", "momentum(lr, beta) before `then`",
+                          "give the decay to the last rule (`then gd(lr = 1, decay = d)`)", source)
+        buffer = None if rule.name == "newton_schulz" else buffer_name(rule.name, position)
+        steps.append(ChainStep(rule.name, args, position, buffer))
+    return steps, last
+
+
+def rate(rule: ast.Rule, args: dict, loss: ast.Expr, state: str) -> tuple[ast.Expr, ast.Expr]:
+    """(lr, decay) of a rule that applies an update direction: gd, dgd, ema (table above)."""
+    return _rate(rule, args, loss, state)
+
+
 def derive_writes(objective: ast.Objective, state: str, init: ast.Expr | None, deep: bool = False,
                   source=None) -> Derived:
     """Lower `state: minimize L by r1 then ... then rn` (docs/language.md, "Chains"): u starts as
@@ -255,17 +299,9 @@ def derive_writes(objective: ast.Objective, state: str, init: ast.Expr | None, d
     `_momentum_S` (the last rule's) and `_chain_S_i` (rule i's); the autograd gradient of an
     objective outside the table is the per-unit value `_grad_S`."""
     rules = objective.rules
-    last = rules[-1]
-    if len(rules) == 1 and last.name != "momentum":
+    if len(rules) == 1 and rules[0].name != "momentum":
         return Derived([derive(objective, state, init, deep, source)])
-    for rule in rules[:-1]:
-        if rule.name not in TRANSFORM_RULES:
-            raise located(rule, f"`{rule.name}` cannot transform the update inside a rule chain",
-                          "momentum, ema or newton_schulz before `then`",
-                          f"put `{rule.name}` last: it applies the update to the state", source)
-    if last.name not in APPLYING:
-        raise located(last, f"`{last.name}` cannot end a rule chain", "gd, dgd, ema or momentum "
-                      "after the last `then`", "end the chain with `then gd(lr)`", source)
+    steps, last = chain_steps(objective, lambda rule, i: f"_chain_{state}_{i}", source)
     if deep:
         raise located(rules[1] if len(rules) > 1 else last, f"{state}: momentum and rule chains "
                       "are not compiled for mlp memories yet", "gd or dgd alone on an mlp state",
@@ -278,8 +314,8 @@ def derive_writes(objective: ast.Objective, state: str, init: ast.Expr | None, d
         writes.append(Write(temporaries[0], autograd=AutogradStep(objective.loss, None, None, state),
                             derivation="autograd gradient"))
         direction = ast.Name(id=temporaries[0])
-    for position, rule in enumerate(rules[:-1], 1):
-        direction = _transform(rule, direction, f"_chain_{state}_{position}", writes, buffers, source)
+    for step in steps:
+        direction = _transform(step, direction, writes, buffers)
     args = rule_arguments(last)
     if last.name != "momentum":
         lr, decay = _rate(last, args, objective.loss, state)
@@ -297,23 +333,19 @@ def derive_writes(objective: ast.Objective, state: str, init: ast.Expr | None, d
     return Derived(writes, buffers, temporaries)
 
 
-def _transform(rule: ast.Rule, u: ast.Expr, name: str, writes: list, buffers: list, source) -> ast.Expr:
-    """The update direction after `rule` (not the last of its chain) transforms `u`."""
-    args = rule_arguments(rule)
-    if rule.name == "newton_schulz":
+def _transform(step: ChainStep, u: ast.Expr, writes: list, buffers: list) -> ast.Expr:
+    """The update direction after `step` (not the last rule of its chain) transforms `u`."""
+    args = step.args
+    if step.rule == "newton_schulz":
         return ast.Call(func="newton_schulz", args=[u, args["steps"], args["polynomial"],
                                                     args["eps"], args["precision"]])
-    if rule.name == "momentum" and args["decay"] != num(1):
-        raise located(rule, "a momentum inside a chain has no decay: it transforms the update, "
-                      "the last rule applies it", "momentum(lr, beta) before `then`",
-                      "give the decay to the last rule (`then gd(lr = 1, decay = d)`)", source)
-    m = ast.Name(id=name)
-    buffers.append(name)
-    if rule.name == "ema":
+    m = ast.Name(id=step.buffer)
+    buffers.append(step.buffer)
+    if step.rule == "ema":
         value = call("lerp", m, u, binary("-", num(1), args["beta"]))
     else:
         value = binary("+", binary("*", args["beta"], m), binary("*", args["lr"], u))
-    writes.append(Write(name, value=value, derivation=f"{rule.name} transform (`then`)"))
+    writes.append(Write(step.buffer, value=value, derivation=f"{step.rule} transform (`then`)"))
     return m
 
 

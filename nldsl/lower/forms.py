@@ -48,7 +48,7 @@ def linear_form(level: TokenLevel, program: Program) -> LinearForm | None:
     calls (docs/language.md, "Frequency and chunk semantics"), and the block form computes
     neither (tests/test_fuzz_module.py found both differences)."""
     if level.period != 1 or level.chunk > 1 or level.hidden or len(level.states) != 1 or \
-            len(level.writes) != 1:
+            len(level.writes) != 1 or level.writes[0].chain or level.window > 1:
         return None
     (state,) = level.states.values()
     write = level.writes[0]

@@ -16,8 +16,8 @@ from nldsl.lower.program import ConvSite, FastState, MLPLayout, ModuleWrite, Par
 from nldsl.lower.task import is_task, task_write
 from nldsl.lower.timing import period, placements
 from nldsl.lower.unsupported import check_supported, compile_error
-from nldsl.lower.derive import NoClosedForm, binary, closed_grad, key_norm_squared, mentions, num, \
-    rule_arguments
+from nldsl.lower.derive import NoClosedForm, chain_steps, closed_grad, num, rate, rule_arguments
+from nldsl.lower.windows import own_contexts, window_calls, windowed_contexts
 from nldsl.graph import OUTER
 
 
@@ -95,15 +95,19 @@ def _level(info, const, params: dict, spec) -> TokenLevel:
             task.append(task_write(objective, target))
             continue
         write = _derive(objective, target, own, spec)
+        for step in write.chain:
+            if step.buffer is not None:
+                hidden[step.buffer] = states[target].shape
         if write.kind == "momentum":
             hidden[f"{target}_momentum"] = states[target].shape
         writes.append(write)
+    window, windowed = _window(info, writes, const, spec)
     writes += [ModuleWrite(u.target, "explicit", value=u.value) for u in info.updates]
     # a task level is frozen inside the module: no chunk-start snapshots to keep
     return TokenLevel(info.name, every, 1 if task else chunk, heads, info.backprop, info.partial,
                       states, {c.name: c.value for c in info.contexts.values()}, writes,
                       {r.name: (r.value, r.before_write) for r in info.reads.values()}, hidden,
-                      task=tuple(task))
+                      task=tuple(task), window=window, windowed=windowed)
 
 
 def _whole(expr: ast.Expr, value, what: str, spec) -> int:
@@ -116,33 +120,51 @@ def _whole(expr: ast.Expr, value, what: str, spec) -> int:
 
 
 def _derive(objective: ast.Objective, target: str, own: dict, spec) -> ModuleWrite:
-    """One objective + rule -> a ModuleWrite. Contexts that use the level's own states are
-    inlined into the loss, so its gradient sees them (Moneta's `let W = f(A)`)."""
+    """One objective + rule (chain) -> a ModuleWrite. Contexts that use the level's own states
+    are inlined into the loss, so its gradient sees them (Moneta's `let W = f(A)`). A chain's
+    transforms and its last rule are lower/derive.py's, as for optimizers (`chain_steps`,
+    `rate`); its buffers are hidden states `S_momentum`, `S_ema` (`S_momentum1`: the rule at
+    place 1, when two rules of the chain keep a buffer of one name)."""
     loss = _inline(objective.loss, own)
-    rule = objective.rules[0]
-    args = rule_arguments(rule)
-    if rule.name == "ema":
-        lr, decay = binary("-", num(1), args["beta"]), args["beta"]
-    else:
-        lr, decay = args["lr"], args.get("decay", num(1))
-    if rule.name == "dgd":
-        norm2 = key_norm_squared(loss, target)
-        flag = args["normalized"]
-        if norm2 is not None and not (isinstance(flag, ast.Bool) and not flag.value):
-            normalized = binary("/", lr, binary("+", num(1), binary("*", lr, norm2)))
-            lr = normalized if isinstance(flag, ast.Bool) else \
-                ast.Conditional(cond=flag, then=normalized, otherwise=lr)
+    steps, last = chain_steps(objective, _buffer_names(target, objective.rules), spec.source)
+    lr, decay = rate(last, rule_arguments(last), loss, target)
     deep = isinstance(spec.graph.levels[_level_of(spec, target)].states[target].decl.shape,
                       ast.MLPShape)
-    kind = "momentum" if rule.name == "momentum" else "gradient"
-    beta = args.get("beta") if kind == "momentum" else None
+    kind = "momentum" if last.name == "momentum" else "gradient"
+    beta = rule_arguments(last).get("beta") if kind == "momentum" else None
+    name = " then ".join(r.name for r in objective.rules)
     try:
         grad = closed_grad(loss, target, deep)
         return ModuleWrite(target, kind, grad=grad, lr=lr, decay=decay, beta=beta,
-                           derivation=f"{rule.name} closed form")
+                           derivation=f"{name} closed form", chain=tuple(steps))
     except NoClosedForm:
         return ModuleWrite(target, kind, loss=loss, lr=lr, decay=decay, beta=beta,
-                           derivation=f"{rule.name} autograd")
+                           derivation=f"{name} autograd", chain=tuple(steps))
+
+
+def _buffer_names(target: str, rules: list[ast.Rule]):
+    kept = [r.name for r in rules[:-1] if r.name != "newton_schulz"] + \
+        (["momentum"] if rules[-1].name == "momentum" else [])
+    return lambda rule, position: f"{target}_{rule}" + (str(position) if kept.count(rule) > 1
+                                                        else "")
+
+
+def _window(info, writes: list[ModuleWrite], const, spec) -> tuple[int, tuple[str, ...]]:
+    """The longest window of the level's objectives (c tokens, 1 without one) and the contexts
+    the windows see at past tokens (lower/windows.py)."""
+    width, named = 1, set()
+    contexts = {c.name: c.value for c in info.contexts.values()}
+    for write in writes:
+        loss = write.loss if write.loss is not None else num(0)
+        for call in window_calls(loss):
+            c = const(call.args[0])
+            if isinstance(c, bool) or not isinstance(c, (int, float)) or c < 1 or c != int(c):
+                raise compile_error(call.args[0], f"the window's width is {c!r} with these "
+                                    "hyper-parameters", "a positive whole number of tokens",
+                                    "check the value passed to nldsl.compile", spec.source)
+            width = max(width, int(c))
+        named.update(windowed_contexts(loss, contexts))
+    return width, tuple(name for name in contexts if name in named)
 
 
 def _level_of(spec, state: str) -> str:
@@ -151,16 +173,7 @@ def _level_of(spec, state: str) -> str:
 
 def _own_contexts(info) -> dict[str, ast.Expr]:
     """The level's contexts whose value depends on its own states (transitively)."""
-    contexts = {c.name: c.value for c in info.contexts.values()}
-    own: dict[str, ast.Expr] = {}
-    changed = True
-    while changed:
-        changed = False
-        for name, value in contexts.items():
-            if name not in own and any(mentions(value, s) for s in list(info.states) + list(own)):
-                own[name] = value
-                changed = True
-    return own
+    return own_contexts({c.name: c.value for c in info.contexts.values()}, info.states)
 
 
 def _inline(expr: ast.Expr, own: dict[str, ast.Expr], depth: int = 0) -> ast.Expr:

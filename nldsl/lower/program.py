@@ -14,6 +14,12 @@ treat differently (docs/language.md, "Frequency and chunk semantics"):
                      module itself (module/task.py, docs/modules.md "Levels that learn from
                      the task loss")
 
+A rule chain `r1 then ... then rn` is a gradient or momentum write (its last rule) whose G is
+first transformed by `chain` (lower/derive.py's `ChainStep`s: momentum and ema through a hidden
+buffer, newton_schulz per weight matrix). A `window(c, loss, gamma)` objective (Atlas' Omega
+rule) sums its loss over the last c tokens: the level keeps the values of the contexts it names
+for the c - 1 tokens before this one (`windowed`, a ring buffer in the state).
+
 Two more things are explicit per token level: the head split and merge (`HeadSplit` for each
 context entering a `heads H` level, `HeadMerge` for each read leaving it, widths computed by
 `lower/heads.py`), and when within a token each context and read is evaluated (`Placement`,
@@ -105,6 +111,7 @@ class ModuleWrite:
     decay: ast.Expr | None = None
     beta: ast.Expr | None = None   # momentum
     derivation: str = "explicit"
+    chain: tuple = ()              # the ChainSteps that transform G before the rule applies it
 
 
 @dataclass(frozen=True)
@@ -173,6 +180,12 @@ class TokenLevel:
     task: tuple[ModuleWrite, ...] = ()          # `minimize task` writes: the task driver's
     #                                             (then `writes` is empty: inside the module the
     #                                             level is frozen between the driver's writes)
+    window: int = 1                # the longest `window(c, ...)` of its objectives: c tokens
+    windowed: tuple[str, ...] = () # the contexts those windows see at past tokens
+
+    def buffer_state(self, hidden: str) -> str:
+        """The state a hidden buffer (`M_momentum`, `M_ema1`) is shaped like."""
+        return max((s for s in self.states if hidden.startswith(s + "_")), key=len)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,9 @@ from nldsl import ast
 from nldsl.consteval import calls_in
 from nldsl.errors import NLDSLCompileError, Problem
 from nldsl.graph import OUTER
+from nldsl.lower.derive import chain_steps
+from nldsl.lower.task import is_task
+from nldsl.lower.windows import window_problems
 
 #: built-in -> why the module compiler rejects it today.
 UNSUPPORTED_CALLS = {
@@ -16,12 +19,15 @@ UNSUPPORTED_CALLS = {
     "window_attention": "sliding-window attention needs a key-value cache over the stream",
     "grad": "gradients of the task loss inside a module's expressions are not compiled "
             "(a level learns from the task loss by `minimize task`)",
-    "window": "the Omega rule's sliding window (Atlas) needs a ring buffer of past contexts",
     "newton_schulz": "Newton-Schulz inside a module's expressions is not lowered yet",
 }
 UNSUPPORTED_RULES = {
-    "newton_schulz": "a Newton-Schulz rule on a fast state is not lowered yet",
     "solve": "closed-form `solve` is compiled for optimizers only",
+}
+#: rules that may not be the last of a module's rule chain (they do not apply an update).
+UNSUPPORTED_LAST = {
+    "newton_schulz": "a Newton-Schulz rule that restarts a fast state from its initial value "
+                     "each token is not lowered for modules",
 }
 
 
@@ -55,17 +61,9 @@ def check_supported(spec) -> None:
                        "from a slower level's state at each of its writes; use `init learned`")
         _check_task_level(spec, level, report)
         for objective in level.objectives:
-            if len(objective.rules) > 1:
-                report(objective.rules[1], "rule chains (`then`) are not compiled for modules "
-                       "yet", "one learning rule", "write the chained update explicitly (`M <- ...`)")
-            for rule in objective.rules:
-                if rule.name in UNSUPPORTED_RULES:
-                    report(rule, f"`{rule.name}`: {UNSUPPORTED_RULES[rule.name]}",
-                           "gd, dgd, ema or momentum", "write the update explicitly")
-            if objective.rules[0].name == "momentum" and level.period != 1:
-                report(objective.rules[0], "momentum on a level that writes every N > 1 tokens "
-                       "is not compiled yet", "momentum on an `every 1 token` level",
-                       "use gd, or make the level write every token")
+            if not is_task(objective):
+                _check_rules(level, objective, graph, spec.source, problems, report)
+        window_problems(level, graph, report)
         expressions = [c.value for c in level.contexts.values()] + \
             [o.loss for o in level.objectives] + [u.value for u in level.updates] + \
             [r.value for r in level.reads.values()]
@@ -116,6 +114,49 @@ def _check_task_level(spec, level, report) -> None:
     if level.heads is not None:
         report(level.heads, "`heads` on a level that learns from the task loss is not "
                "compiled yet", "a level without heads", "split the memory by hand")
+
+
+def _check_rules(level, objective, graph, source, problems, report) -> None:
+    """A rule chain as lower/derive.py's `chain_steps` lowers it, for module states: no
+    Newton-Schulz restart rule, Newton-Schulz transforms only on matrices and MLP memories, no
+    buffered rule on a level that writes every N > 1 tokens (its buffer would need a pending
+    sum of its own)."""
+    rules = objective.rules
+    for rule in rules:
+        if rule.name in UNSUPPORTED_RULES:
+            report(rule, f"`{rule.name}`: {UNSUPPORTED_RULES[rule.name]}",
+                   "gd, dgd, ema or momentum", "write the update explicitly")
+    if rules[-1].name in UNSUPPORTED_LAST:
+        report(rules[-1], f"`{rules[-1].name}`: {UNSUPPORTED_LAST[rules[-1].name]}",
+               "gd, dgd, ema or momentum last", "orthogonalise the update inside a chain: "
+               "`by momentum(lr, beta) then newton_schulz(5) then gd(lr)`")
+        return
+    try:
+        steps, _ = chain_steps(objective, lambda rule, i: rule, source)
+    except NLDSLCompileError as err:
+        problems.extend(err.problems)
+        return
+    target = objective.state or next(iter(level.states))
+    if any(step.rule == "newton_schulz" for step in steps) and not _matrix(graph, target):
+        report(rules[next(s.position for s in steps if s.rule == "newton_schulz") - 1],
+               f"newton_schulz orthogonalises matrices, and {target} is neither a matrix nor an "
+               "mlp memory", "a state of shape [m, n] or mlp(...)", "Newton-Schulz acts on each "
+               "weight matrix (docs/language.md, Chains)")
+    buffered = [rules[s.position - 1] for s in steps if s.buffer is not None]
+    if rules[-1].name == "momentum":
+        buffered.append(rules[-1])
+    if buffered and level.period != 1:
+        report(buffered[0], f"`{buffered[0].name}` keeps a buffer, and a level that writes every "
+               "N > 1 tokens does not compile one yet", f"`{buffered[0].name}` on an `every 1 "
+               "token` level", "use gd, or make the level write every token")
+
+
+def _matrix(graph, name: str) -> bool:
+    shape = graph.state(name).decl.shape
+    while isinstance(shape, ast.LikeShape):
+        shape = graph.state(shape.name).decl.shape
+    return isinstance(shape, ast.MLPShape) or (isinstance(shape, ast.TensorShape)
+                                               and len(shape.dims) == 2)
 
 
 def _report_calls(expressions, report) -> None:

@@ -55,7 +55,7 @@ def check_state(module, state, x) -> dict:
         raise ValueError(f"this state is not {module.program.name}'s: it has entries "
                          f"{sorted(state)}, expected {sorted(expected)}")
     for key, own in expected.items():
-        names = set(state[key]) - {n for n in state[key] if n.endswith((".pending", ".chunk_start"))}
+        names = set(state[key]) - {n for n in state[key] if n.endswith((".pending", ".chunk_start", ".window"))}
         if names != set(own):
             raise ValueError(f"state[{key!r}] has {sorted(names)}, expected {sorted(own)}")
         for name, value in own.items():

@@ -8,7 +8,8 @@ values):
   1. every context is computed from the states before this token's writes (a level's own
      states at the chunk-start snapshot);
   2. the levels write, fastest first: a gradient write is S <- decay S - lr G with G the
-     gradient at the snapshot; `every N` levels add the per-token change to a pending sum and
+     gradient at the snapshot (transformed first by a rule chain's rules, runtime/chain.py; a
+     `window` loss summed over the level's ring buffer of past contexts, unit.py); `every N` levels add the per-token change to a pending sum and
      apply it at t = N, 2N, ...; a level without `backprop` writes constants (detached);
      a level that learns from the task loss is frozen here (the task driver writes it);
   3. reads (a plain read sees the new state, `before write` the state the write started
@@ -20,6 +21,7 @@ import torch
 
 from nldsl.lower.program import Program, TokenLevel
 from nldsl.module.unit import UnitValues
+from nldsl.runtime.chain import transform
 
 STREAM = "_stream"
 
@@ -74,7 +76,7 @@ def _write(level: TokenLevel, unit: UnitValues, state: dict, t: int) -> None:
         if write.kind == "explicit":
             value = unit.evaluate(level, "current", write.value)
         else:
-            grad = unit.gradient(level, write)
+            grad = _transformed(level, unit, write, unit.gradient(level, write), own, new)
             lr = unit.evaluate(level, "current", write.lr)
             decay = unit.evaluate(level, "current", write.decay)
             if write.kind == "momentum":
@@ -86,6 +88,9 @@ def _write(level: TokenLevel, unit: UnitValues, state: dict, t: int) -> None:
             else:
                 value = _sub(frame, _mul(frame, decay, current), _mul(frame, lr, grad))
         new[write.target] = value
+    if level.window > 1:
+        for name in level.windowed:
+            own[f"{name}.window"] = unit.windowed(level, name)[:, 1 - level.window:]
     if not level.backprop:
         new = {name: value.detach() for name, value in new.items()}
     if level.period == 1:
@@ -95,6 +100,19 @@ def _write(level: TokenLevel, unit: UnitValues, state: dict, t: int) -> None:
         own[f"{name}.pending"] = own.get(f"{name}.pending", 0) + (value - own[name])
     if t % level.period == 0:
         _apply_pending(level, own)
+
+
+def _transformed(level: TokenLevel, unit: UnitValues, write, grad, own: dict, new: dict):
+    """G after the rule chain's transforms (runtime/chain.py); buffers go to `new`."""
+    frame = unit.frames[level.name]
+    layout = level.states[write.target].mlp
+    for step in write.chain:
+        args = {k: unit.evaluate(level, "current", v) for k, v in step.args.items()}
+        grad, buffer = transform(step, grad, args, own.get(step.buffer), layout,
+                                 lambda a, b: _mul(frame, a, b))
+        if buffer is not None:
+            new[step.buffer] = buffer
+    return grad
 
 
 def _apply_pending(level: TokenLevel, own: dict) -> None:

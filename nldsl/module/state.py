@@ -3,7 +3,7 @@
 The schedules keep an MLP memory flat, [B, (H,) P] (lower/program.py, `MLPLayout`); a user
 sees it by layer, a tuple of weights [B, (H,) d_out, d_in] (docs/modules.md, "State"), so a
 memory can be looked into, saved and resumed by its weights. The same holds for every entry
-derived from the state: its momentum buffer, chunk-start snapshot and pending sum.
+derived from the state: its rules' buffers, chunk-start snapshot and pending sum.
 """
 from __future__ import annotations
 
@@ -12,16 +12,20 @@ import torch
 from nldsl.lower.program import MLPLayout, Program
 from nldsl.runtime import mlp
 
-_DERIVED = ("", "_momentum", ".chunk_start", ".pending")
+_DERIVED = ("", ".chunk_start", ".pending")
 
 
 def _mlp_entries(program: Program):
-    """(level, entry, layout) for every state entry that holds MLP weights."""
+    """(level, entry, layout) for every state entry that holds MLP weights: the state, its
+    snapshot and pending sum, and its rules' buffers (momentum, a chain's)."""
     for level in program.levels:
         for state in level.states.values():
             if state.mlp is not None:
                 for suffix in _DERIVED:
                     yield level.name, state.name + suffix, state.mlp
+                for hidden in level.hidden:
+                    if level.buffer_state(hidden) == state.name:
+                        yield level.name, hidden, state.mlp
 
 
 def to_public(program: Program, state: dict) -> dict:

@@ -26,7 +26,7 @@ from nldsl.lower.program import BEFORE_WRITE, SNAPSHOT, HeadMerge, HeadSplit, Mo
 from nldsl.runtime import mlp
 from nldsl.runtime.evaluate import FrameEvaluator
 from nldsl.runtime.frame import Frame
-from nldsl.runtime.functions import causal_conv, matmul
+from nldsl.runtime.functions import causal_conv, matmul, value_sum
 
 STREAM = "_stream"
 BASE = Frame(1)
@@ -51,6 +51,19 @@ class UnitValues:
             step = self.splits[level.name].get(name)
             self.memo[name] = (value if step is None else _split(frame, value, step), frame)
         return self.memo[name][0]
+
+    def windowed(self, level: TokenLevel, name: str) -> torch.Tensor:
+        """A context's values at the last min(t, c) tokens, oldest first: [B, n, (H,) ...]
+        (the level's ring buffer `name.window`, then this token's value)."""
+        key = f"{name}.window"
+        if key not in self.memo:
+            now = self.context(level, name)
+            if not isinstance(now, torch.Tensor):                  # a number: one per sequence
+                now = self.x.new_full((self.x.shape[0],) + (1,) * (level.heads is not None), now)
+            past = self.state[level.name].get(key)
+            now = now.unsqueeze(1)                                 # [B, 1, (H,) ...]
+            self.memo[key] = (now if past is None else torch.cat([past, now], 1), None)
+        return self.memo[key][0]
 
     def outer_context(self, name: str):
         if name not in self.memo:
@@ -92,7 +105,37 @@ class UnitValues:
         lookup = lambda name: self._lookup(name, level, view, frame, overrides or {})
         apply = lambda name, u: self._apply(name, lookup(name), u)
         conv = lambda call, a, width: self._conv(call, a, frame)
-        return FrameEvaluator(frame, lookup, apply, conv)
+        window = lambda call, width: self._window(call, width, level, view, overrides or {})
+        return FrameEvaluator(frame, lookup, apply, conv, window)
+
+    def _window(self, call: ast.Call, width: int, level: TokenLevel, view: str, overrides: dict):
+        """window(c, loss, gamma) = sum over the last min(t, c) tokens i of gamma_i loss_i
+        (lower/windows.py): one evaluation in a frame whose second batch dim is the window,
+        the level's contexts from its ring buffer, its states (as `view` and `overrides` give
+        them) the same for every i."""
+        frame = Frame(2, level.heads)
+        past = {name: self.windowed(level, name)[:, -width:] for name in level.windowed}
+        states = {**self._states(level, view), **overrides}
+
+        def lookup(name: str):
+            if name in past:
+                return past[name]
+            if name in states:
+                return states[name].unsqueeze(1)
+            if name in self.program.hparams:
+                return self.program.hparams[name]
+            if name in self.params:
+                return frame.lift(self.params[name])
+            raise RuntimeError(f"window(...) names {name!r}, which the lowering should have "
+                               "refused (lower/windows.py)")
+
+        evaluator = FrameEvaluator(frame, lookup, lambda name, u: self._apply(name, lookup(name), u),
+                                   None, None)
+        parts = dict(zip(("width", "loss", "gamma"), call.args)) | {k.name: k.value
+                                                                    for k in call.kwargs}
+        loss = evaluator(parts["loss"])                            # [B, n, (H)]
+        gamma = evaluator(parts["gamma"]) if "gamma" in parts else 1
+        return value_sum(_times(frame, gamma, loss).movedim(1, -1), frame.nb - 1)
 
     def _lookup(self, name: str, level, view: str, frame: Frame, overrides: dict):
         if name in overrides:
@@ -157,6 +200,11 @@ class UnitValues:
                                                             cache)
             self.convs[site.param] = y[:, 0]                       # [B, C]
         return BASE.merge(self.convs[site.param], frame)
+
+
+def _times(frame: Frame, a, b) -> torch.Tensor:
+    a, b = frame.align(a, b)
+    return a * b
 
 
 def memory_layout(program: Program, name: str):

@@ -50,6 +50,17 @@ def newton_schulz_group(xs: list[torch.Tensor], steps: int = 5, polynomial="quin
     return list(_iterate(torch.stack(xs), steps, polynomial, eps, precision, torch.baddbmm))
 
 
+def newton_schulz_batch(x: torch.Tensor, steps: int = 5, polynomial="quintic", eps: float = 1e-7,
+                        precision: str = "float32") -> torch.Tensor:
+    """`newton_schulz` of every matrix of x [..., rows, cols] at once (one `baddbmm` per
+    product), each matrix normalised by its own Frobenius norm: a module's per-sequence, per-head
+    states."""
+    if x.ndim < 2:
+        raise ValueError(f"newton_schulz needs matrices, got shape {tuple(x.shape)}")
+    flat = x.reshape(-1, *x.shape[-2:])                     # [G, rows, cols]
+    return _iterate(flat, steps, polynomial, eps, precision, torch.baddbmm).reshape(x.shape)
+
+
 def _iterate(x, steps, polynomial, eps, precision, multiply_add) -> torch.Tensor:
     """The iteration on [rows, cols] (multiply_add = addmm) or [G, rows, cols] (baddbmm)."""
     a, b, c = _coefficients(polynomial)

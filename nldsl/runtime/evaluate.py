@@ -206,21 +206,26 @@ _MODULE_FUNCTIONS: dict[str, Callable] = {
 
 #: The built-ins the module runtime computes (lower/unsupported.py lists those the module
 #: compiler rejects; init built-ins are not expressions).
-COMPUTED = frozenset(fn.ELEMENTWISE) | frozenset(_MODULE_FUNCTIONS) | {"conv"}
+COMPUTED = frozenset(fn.ELEMENTWISE) | frozenset(_MODULE_FUNCTIONS) | {"conv", "window"}
 
 
 class FrameEvaluator(Evaluator):
     """The module schedules' evaluator; `conv(call, a, width)` is the causal convolution at that
-    call site (the caller owns kernels and caches)."""
+    call site (the caller owns kernels and caches), `window(call, width)` the Omega rule's sum
+    over past tokens (the caller owns their contexts; lower/windows.py)."""
 
     functions = _MODULE_FUNCTIONS
 
     def __init__(self, frame: Frame, lookup: Callable[[str], Any],
-                 apply: Callable[[str, Any], Any], conv: Callable[[ast.Call, Any, int], Any]):
+                 apply: Callable[[str, Any], Any], conv: Callable[[ast.Call, Any, int], Any],
+                 window: Callable[[ast.Call, int], Any] | None = None):
         super().__init__(frame, lookup, apply)
-        self.conv = conv
+        self.conv, self.window = conv, window
 
     def _call(self, e: ast.Call):
         if e.func == "conv":
             return self.conv(e, self(e.args[0]), int(self(e.args[1])))
+        if e.func == "window":
+            width = e.args[0] if e.args else next(k.value for k in e.kwargs if k.name == "width")
+            return self.window(e, int(self(width)))
         return super()._call(e)
