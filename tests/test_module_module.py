@@ -348,7 +348,6 @@ def test_bad_schedule_arguments(kwargs, message):
 # -- what does not compile yet: a located NLDSLCompileError naming the construct --------------
 
 @pytest.mark.parametrize("spec, construct", [
-    pytest.param("atlas", "`window`", id="atlas-window"),
     pytest.param("cms_nested", "an initial state learned by a token level",
                  id="cms_nested-init-learned-by-slow"),
     pytest.param("hope_attention", "`attention`", id="hope_attention-attention"),
@@ -378,8 +377,18 @@ UNSUPPORTED = {
                              "`minimize task by ema`"),
     "attention": ("minimize l2(M(k), k) by gd(lr = 0.1)", "1", "attention(x, x, x) + y @ Wo",
                   "attention(x, x, x)", "`attention`"),
-    "rule-chain": ("minimize l2(M(k), k) by gd(lr = 0.1) then gd(lr = 0.2)", "1", "y @ Wo",
-                   "gd(lr = 0.2)", "rule chains"),
+    "rule-chain-transform": ("minimize l2(M(k), k) by gd(lr = 0.1) then gd(lr = 0.2)", "1",
+                             "y @ Wo", "gd(lr = 0.1)", "cannot transform the update"),
+    "rule-chain-end": ("minimize l2(M(k), k) by momentum(lr = 1, beta = 0.5) then ema(0.5) "
+                       "then newton_schulz(5)", "1", "y @ Wo", "newton_schulz(5)",
+                       "a Newton-Schulz rule that restarts"),
+    "newton-schulz-restart": ("minimize l2(M(k), k) by newton_schulz(5)", "1", "y @ Wo",
+                              "newton_schulz(5)", "a Newton-Schulz rule that restarts"),
+    "chain-momentum-every-2": ("minimize l2(M(k), k) by momentum(lr = 1, beta = 0.9) then "
+                               "gd(lr = 0.1)", "2", "y @ Wo", "momentum(lr = 1, beta = 0.9)",
+                               "momentum on a level that writes every N > 1"),
+    "window-sees-t": ("minimize window(2, l2(M(k), k), sigmoid(t)) by gd(lr = 0.1)", "1", "y @ Wo",
+                      "t)) by", "`window` sees past tokens through the level's contexts"),
     "momentum-every-2": ("minimize l2(M(k), k) by momentum(lr = 0.1, beta = 0.9)", "2",
                          "y @ Wo", "momentum(lr = 0.1, beta = 0.9)", "momentum on a level"),
 }

@@ -146,9 +146,9 @@ def _check_rules(level, objective, graph, source, problems, report) -> None:
     if rules[-1].name == "momentum":
         buffered.append(rules[-1])
     if buffered and level.period != 1:
-        report(buffered[0], f"`{buffered[0].name}` keeps a buffer, and a level that writes every "
-               "N > 1 tokens does not compile one yet", f"`{buffered[0].name}` on an `every 1 "
-               "token` level", "use gd, or make the level write every token")
+        report(buffered[0], f"{buffered[0].name} on a level that writes every N > 1 tokens is "
+               "not compiled yet (its buffer would need a pending sum)", f"`{buffered[0].name}` "
+               "on an `every 1 token` level", "use gd, or make the level write every token")
 
 
 def _matrix(graph, name: str) -> bool:

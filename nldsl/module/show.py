@@ -70,6 +70,9 @@ def _level(out: Emitter, level: TokenLevel, form) -> None:
             out.line(f"state {state.name} {_dims(state.shape)} starts at {start}")
         for name, shape in level.hidden.items():
             out.line(f"state {name} {_dims(shape)} starts at 0    # the rule's hidden state")
+        for name in level.windowed:
+            out.line(f"state {name}.window: {name} at the last {level.window - 1} tokens, "
+                     "oldest first    # the window's ring buffer")
         if level.splits or level.merges:
             with out.block("# heads:"):
                 for split in level.splits:
@@ -132,6 +135,14 @@ def _write(out: Emitter, write: ModuleWrite) -> None:
     grad = format_expr(write.grad) if write.grad is not None else \
         f"autograd of {format_expr(write.loss)}"
     out.line(f"G = {grad}    # at the chunk start")
+    for step in write.chain:
+        args = {k: _factor(v) for k, v in step.args.items()}
+        if step.rule == "newton_schulz":
+            out.line(f"G <- newton_schulz(G, {args['steps']})    [chain: per weight matrix]")
+            continue
+        gain = args["lr"] if step.rule == "momentum" else f"(1 - {args['beta']})"
+        out.line(f"{step.buffer} <- {args['beta']} * {step.buffer} + {gain} * G; G <- "
+                 f"{step.buffer}    [chain: {step.rule}]")
     lr, decay = _factor(write.lr), _factor(write.decay)
     if write.kind == "momentum":
         out.line(f"{s}_momentum <- {_factor(write.beta)} * {s}_momentum - {lr} * G")
