@@ -17,12 +17,13 @@ import torch
 
 from nldsl import ast
 from nldsl.checking.optimizer_units import Comparison
-from nldsl.checking.rules import autograd_gradient, dgd_key, step_rule
+from nldsl.checking.rules import autograd_gradient, chain_direction, dgd_key, step_rule
 from nldsl.consteval import names_in
 from nldsl.module.reference import STREAM, run_reference
 from nldsl.module.unit import UnitValues
 from nldsl.lower.derive import rule_arguments
 from nldsl.printer import format_expr
+from nldsl.runtime import mlp
 
 
 def drawn_module(spec, values: dict, seed: int, schedule: str = "reference", block_size: int = 64):
@@ -96,21 +97,27 @@ def compare_writes(spec, unit) -> list[Comparison]:
             compiled = {"state": own[write.target] + own.get(f"{write.target}.pending", 0)}
             if write.kind == "momentum":
                 compiled["momentum"] = own[f"{write.target}_momentum"]
+            compiled.update({s.buffer: own[s.buffer] for s in write.chain if s.buffer})
             objective = objectives[write.target]
             loss = own_inlined(objective.loss, info)
             with torch.no_grad():
-                expected = _expected(level, write.target, objective.rules[0], loss, unit_at, state)
+                expected = _expected(level, write, objective.rules, loss, unit_at, state)
             out.append(Comparison(level.name, write.target, write.derivation, _formula(write),
                                   compiled, expected, _inputs(level, write.target, loss,
-                                                              objective.rules[0], unit_at, state, unit),
+                                                              objective.rules, unit_at, state, unit),
                                   [state[level.name][write.target]]))
     return out
 
 
-def _expected(level, target: str, rule: ast.Rule, loss: ast.Expr, unit_at, state):
+def _expected(level, write, rules: list[ast.Rule], loss: ast.Expr, unit_at, state):
+    """The rule's (the chain's) step by checking/rules.py's reading. A chain's buffers are
+    named as the Program names them; the rules and their arguments come from the spec."""
+    target, rule = write.target, rules[-1]
     unit = unit_at()
     frame = unit.frames[level.name]
-    args = {k: unit.evaluate(level, "current", v) for k, v in rule_arguments(rule).items()}
+    evaluated = lambda r: {k: unit.evaluate(level, "current", v)
+                           for k, v in rule_arguments(r).items()}
+    args = evaluated(rule)
     current = state[level.name][target]
 
     def grad_at(value):
@@ -121,8 +128,19 @@ def _expected(level, target: str, rule: ast.Rule, loss: ast.Expr, unit_at, state
     key = dgd_key(loss, target) if rule.name == "dgd" else None
     norm2 = unit.evaluate(level, "snapshot", ast.Call(func="dot", args=[key, key])) \
         if key is not None else None
-    return step_rule(rule.name, args, current, grad_at, frame.align,
-                     momentum=state[level.name].get(f"{target}_momentum"), key_norm2=norm2)
+    chain = {}
+    if len(rules) > 1:
+        names = {s.position: s.buffer for s in write.chain}
+        transforms = [(r.name, evaluated(r), names.get(i)) for i, r in enumerate(rules[:-1], 1)]
+        layout = level.states[target].mlp
+        matrices = (lambda u, f: f(u)) if layout is None else \
+            (lambda u, f: mlp.flatten(layout, [f(w) for w in mlp.layers(layout, u)]))
+        direction, chain = chain_direction(transforms, grad_at(current), state[level.name],
+                                           matrices, frame.align)
+        grad_at = lambda value: direction
+    stepped = step_rule(rule.name, args, current, grad_at, frame.align,
+                        momentum=state[level.name].get(f"{target}_momentum"), key_norm2=norm2)
+    return None if stepped is None else {**stepped, **chain}
 
 
 def _formula(write) -> str:
@@ -137,11 +155,11 @@ def _formula(write) -> str:
     return f"{head},  G = {grad}"
 
 
-def _inputs(level, target, loss, rule, unit_at, state, unit) -> dict:
+def _inputs(level, target, loss, rules, unit_at, state, unit) -> dict:
     values = unit_at()
     shown = {"hyper-parameters": unit.hparams, "batch": unit.batch, "token t": unit.step,
              "seed": unit.seed, f"{target} (before)": state[level.name][target]}
-    used = [loss] + list(rule_arguments(rule).values())
+    used = [loss] + [v for rule in rules for v in rule_arguments(rule).values()]
     for name in dict.fromkeys(n.id for e in used for n in names_in(e)):
         if name != target and name in level.contexts:
             shown[name] = values.context(level, name)

@@ -10,6 +10,11 @@ compiler's derivation (nldsl/optim/derive.py), so the two can disagree:
     momentum(lr, beta, decay)   m <- beta m - lr G;  S <- decay S + m (Titans eqs. 13-14)
     newton_schulz(steps, "cubic")  `steps` times S <- S - G / 4 from the state's initial value (eq. 44)
 
+A chain `r1 then ... then rn` (docs/language.md, "Chains") transforms G first: momentum(lr, beta)
+m <- beta m + lr u, ema(beta) m <- beta m + (1 - beta) u (u <- m after each), newton_schulz(k)
+u <- NS_k(u) of each weight matrix (`orthogonalised`: X <- X / max(||X||_F, eps), then k times
+X <- a X + (b A + c A^2) X with A = X X^T); the last rule applies u as it would apply G.
+
 G = grad_S L(S) is taken by torch.autograd from the objective evaluated on a leaf tensor. Other
 rules (the quintic Newton-Schulz polynomial, `solve`) are not gradient steps: `step_rule`
 returns None for them and the check says so.
@@ -77,6 +82,37 @@ def step_rule(rule: str, args: dict, state: torch.Tensor, grad_at, align, moment
         buffer = mul(args["beta"], momentum) - mul(lr, grad)
         return {"state": mul(decay, state) + buffer, "momentum": buffer}
     return {"state": mul(decay, state) - mul(lr, grad)}
+
+
+#: The polynomials of newton_schulz (builtins.RULES): Muon's quintic, and eq. 44's cubic.
+POLYNOMIALS = {"quintic": (3.4445, -4.7750, 2.0315), "cubic": (1.5, -0.5, 0.0)}
+
+
+def orthogonalised(matrix: torch.Tensor, steps, polynomial="quintic", eps=1e-7) -> torch.Tensor:
+    """NS_k of each matrix of [..., m, n] by the definition above (no transposition: a tall
+    matrix gives the same value as Muon's transposed iteration)."""
+    a, b, c = POLYNOMIALS[polynomial] if isinstance(polynomial, str) else polynomial
+    x = matrix / torch.linalg.matrix_norm(matrix, keepdim=True).clamp(min=eps)
+    for _ in range(int(steps)):
+        gram = x @ x.transpose(-1, -2)
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x
+
+
+def chain_direction(transforms, grad, buffers: dict, matrices, align) -> tuple[torch.Tensor, dict]:
+    """u after each (rule name, evaluated args, buffer name) of a chain but its last rule, from
+    G; `matrices(u, f)` applies f to each weight matrix of a state-shaped u. Returns (u, the
+    buffers' new values)."""
+    mul = lambda a, b: _times(align, a, b)
+    u, written = grad, {}
+    for rule, args, buffer in transforms:
+        if rule == "newton_schulz":
+            u = matrices(u, lambda w: orthogonalised(w, args["steps"], args["polynomial"],
+                                                      args["eps"]))
+            continue
+        gain = args["lr"] if rule == "momentum" else 1 - args["beta"]
+        u = written[buffer] = mul(args["beta"], buffers[buffer]) + mul(gain, u)
+    return u, written
 
 
 def _true(flag) -> bool:
