@@ -13,6 +13,12 @@ Lipschitz constant at most 1 + theta ||d^2 l / dM^2||, below 2 for these sizes (
 O(1) weights), so errors of earlier tokens grow at most 2^T. Hence 4 * 2^T (w + 3) u, the 4
 for the projections, convs, norms and gates around the memory. A schedule bug (a gate at the
 wrong token, a gradient at the wrong snapshot) moves outputs by O(theta) = 1e-1.
+
+Atlas adds Newton-Schulz to every write. The quintic p(s) = a s + b s^3 + c s^5 that NS_k
+applies to each singular value has slope |p'| <= 4 where its iterates lie (s <= 1.25: p'(0) = a
+= 3.44, p'(1.25) < 4), so k steps amplify a rounding of their input at most 4^k: the Atlas
+bound is `deep_bound` times 4^k. A window of the wrong width moves Atlas' outputs by ~5e-2
+(measured: window c against c + 1).
 """
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from _module_cases import U64, assert_close, build, forbid_fallback, inputs
-from paper_loops import expand, mlp, titans_loop, yaad_loop
+from paper_loops import atlas_loop, expand, mlp, titans_loop, yaad_loop
 from test_module_recurrences import causal_conv, l2n, split
 
 
@@ -70,19 +76,33 @@ def yaad(m, x, heads):
     return merged_out(m, x, y), weights, None
 
 
-def compare_with_paper(spec, schedule, paper, steps, seed, monkeypatch, **overrides):
-    """Build `spec` (fast path asserted in the chunked schedule when its chunk is > 1), run it
-    on 2 sequences, and compare the output, final weights and momentum with `paper`'s loop."""
+def atlas(m, x, heads):
+    """Atlas (eqs. 9, 32-33) around titans' block, as atlas.nl writes it: eta = sigmoid(x W_eta)
+    max_lr, theta = sigmoid(x W_theta), alpha = sigmoid(x W_alpha), gamma = sigmoid(x W_gamma);
+    phi the identity."""
+    k, v, q, eta, theta, alpha = titans_inputs(m, x, heads, lr="W_eta", momentum="W_theta")
+    gamma = torch.sigmoid(x @ m.W_gamma).transpose(1, 2)                # [B, H, T]
+    hp = m.program.hparams
+    y, weights, momentum = atlas_loop(k, v, q, eta, theta, alpha, gamma,
+                                      [m.M_init_w1, m.M_init_w2], hp["chunk_size"],
+                                      window=hp["window_size"], ns_steps=hp["ns_steps"])
+    return merged_out(m, x, y), weights, momentum
+
+
+def compare_with_paper(spec, schedule, paper, steps, seed, monkeypatch, fast=True, **overrides):
+    """Build `spec` (fast path asserted in the chunked schedule when its chunk is > 1 and
+    `fast`), run it on 2 sequences, and compare the output, final weights and momentum with
+    `paper`'s loop."""
     heads = 2
     m = build(spec, schedule, heads=heads, seed=seed, **overrides)
-    if schedule == "chunked" and m.program.levels[0].chunk > 1:
+    if schedule == "chunked" and m.program.levels[0].chunk > 1 and fast:
         assert m.fast_paths
         forbid_fallback(monkeypatch)
     x = inputs(2, steps, m.program.dim, seed)
     with torch.no_grad():
         y, state = m(x)
         y_paper, weights, momentum = paper(m, x, heads)
-    bound = deep_bound(steps, 4 * 4)
+    bound = deep_bound(steps, 4 * 4) * 4 ** m.program.hparams.get("ns_steps", 0)
     assert_close(y, y_paper, bound, f"{spec} {schedule} y")
     for i, (w, w_paper) in enumerate(zip(state["memory"]["M"], weights)):
         assert_close(w, w_paper, bound, f"{spec} {schedule} final layer {i + 1}")
@@ -109,3 +129,28 @@ def test_yaad_is_its_papers_recurrence(schedule, monkeypatch):
     first = mlp(expand([m.M_init_w1, m.M_init_w2], 2), k[:, :, 0]) - v[:, :, 0]
     small = first.norm(dim=-1) <= delta[:, :, 0]                         # the first chunk's start
     assert small.any() and not small.all(), "the seed must take both Huber branches"
+
+
+@pytest.mark.parametrize("schedule", ["reference", "chunked"])
+@pytest.mark.parametrize("steps, chunk, window", [
+    pytest.param(7, 3, 3, id="T7-chunk3-window3"),
+    pytest.param(8, 4, 6, id="T8-chunk4-window6-crosses-chunks"),
+    pytest.param(5, 1, 2, id="T5-chunk1-window2"),
+    pytest.param(6, 2, 1, id="T6-chunk2-window1")])
+def test_atlas_is_its_papers_recurrence(schedule, steps, chunk, window, monkeypatch):
+    """The chunked schedule runs the reference (no deep chunk form for a chain or a window:
+    docs/modules.md), so both compare with the loop."""
+    m, _ = compare_with_paper("atlas", schedule, atlas, steps, 3, monkeypatch, fast=False,
+                              chunk_size=chunk, window_size=window)
+    assert m.fast_paths == {}
+
+
+def test_atlas_window_width_matters():
+    """The comparison above can tell a window from its neighbour: c and c + 1 differ by far more
+    than its bound."""
+    m = build("atlas", "reference", heads=2, seed=3)
+    x = inputs(2, 7, m.program.dim, 3)
+    with torch.no_grad():
+        y, _ = m(x)
+        wider = build("atlas", "reference", heads=2, seed=3, window_size=4)(x)[0]
+    assert (y - wider).abs().max() > 1e3 * deep_bound(7, 16) * 4 ** 5 * y.abs().max()
