@@ -16,7 +16,7 @@ import pytest
 
 from nldsl.builtins import (FUNCTIONS, INIT, MLP_ACTIVATIONS, MLP_OPTIONS, OBJECTIVE, PLACES,
                             RULES, Builtin)
-from nldsl.lower.unsupported import UNSUPPORTED_CALLS, UNSUPPORTED_RULES
+from nldsl.lower.unsupported import UNSUPPORTED_CALLS, UNSUPPORTED_LAST, UNSUPPORTED_RULES
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "language.md"
 BLESS = os.environ.get("NLDSL_BLESS") == "1"
@@ -90,8 +90,9 @@ def rules_block() -> str:
     for name, rule in RULES.items():
         params = [p if p not in rule.defaults else f"{p} = {_literal(rule.defaults[p])}"
                   for p in rule.params]
-        rows.append(f"| `{name}({', '.join(params)})` | {_cell(rule.doc)} | yes | "
-                    f"{'not yet' if name in UNSUPPORTED_RULES else 'yes'} |")
+        modules = "not yet" if name in UNSUPPORTED_RULES else \
+            "inside a chain" if name in UNSUPPORTED_LAST else "yes"
+        rows.append(f"| `{name}({', '.join(params)})` | {_cell(rule.doc)} | yes | {modules} |")
     return ("| rule | update | optimizers | modules |\n|---|---|---|---|\n" + "\n".join(rows))
 
 
