@@ -62,6 +62,7 @@ SHAPES = {
     "transpose": "the last two dims swapped: [.., n, m] -> [.., m, n]",
     "trace": "the last two dims reduced: [.., n, n] -> [..]",
     "outer": "two vectors to a matrix: [n], [m] -> [n, m]",
+    "flatten": "the last two dims as one, row by row: [.., n, m] -> [.., n m]",
     "matrix": "a matrix to one of its shape: [n, m] -> [n, m]",
     "reduce_all": "every element reduced (a loss): [..] -> []",
     "number": "a Python number about the tensor's shape",
@@ -138,6 +139,9 @@ FUNCTIONS: dict[str, Builtin] = {
     "mean": _f("a", None, "last_dim_reduce", "mean over the last dim (keeps the dim, size 1)"),
     "transpose": _f("a", None, "transpose", "swap the last two dims"),
     "outer": _f("a b", None, "outer", "outer product a b^T over the last dims"),
+    "flatten": _f("a", None, "flatten", "the last two dims as one, row by row (vec of a matrix: "
+                  "entry (i, j) at i m + j), e.g. Atlas' polynomial features "
+                  "`concat(k, flatten(outer(k, k)) / 2)`", optimizer_ok=False),
     "trace": _f("a", None, "trace", "trace of a matrix"),
     "size": _f("a dim", None, "number", "the size of dim `dim` of a tensor (a number; negative "
                "dims count from the end), e.g. Muon's shape-dependent learning-rate scale"),

@@ -33,6 +33,8 @@ DEEP_SPECS = {
     "titans": ("titans", dict(dim=8, head_dim=4, chunk_size=3, max_lr=0.5)),
     "yaad": ("yaad", dict(dim=8, head_dim=4, chunk_size=3, max_lr=0.5)),
     "atlas": ("atlas", dict(dim=8, head_dim=4, chunk_size=3, window_size=3, max_lr=0.5)),
+    "atlas_polynomial": ("examples/atlas_polynomial.nl",
+                         dict(dim=8, head_dim=3, chunk_size=3, window_size=3, max_lr=0.5)),
 }
 
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from _module_cases import U64, assert_close, build, forbid_fallback, inputs
-from paper_loops import atlas_loop, expand, mlp, titans_loop, yaad_loop
+from paper_loops import atlas_loop, expand, mlp, polynomial_features, titans_loop, yaad_loop
 from test_module_recurrences import causal_conv, l2n, split
 
 
@@ -86,6 +86,23 @@ def atlas(m, x, heads):
     y, weights, momentum = atlas_loop(k, v, q, eta, theta, alpha, gamma,
                                       [m.M_init_w1, m.M_init_w2], hp["chunk_size"],
                                       window=hp["window_size"], ns_steps=hp["ns_steps"])
+    return merged_out(m, x, y), weights, momentum
+
+
+def atlas_polynomial(m, x, heads):
+    """examples/atlas_polynomial.nl: Atlas with phi = polynomial_features(., 2) without its
+    constant (coefficients 1 and 1/2!) on keys and queries, a non-residual memory."""
+    per_head = lambda a: split(a, heads).permute(0, 2, 1, 3)           # [B, H, T, d]
+    k = l2n(per_head(F.silu(causal_conv(x @ m.Wk, m.kb_conv))))
+    q = l2n(per_head(F.silu(causal_conv(x @ m.Wq, m.qb_conv))))
+    v = per_head(F.silu(causal_conv(x @ m.Wv, m.v_conv)))
+    gate = lambda w: torch.sigmoid(x @ w).transpose(1, 2)               # [B, H, T]
+    hp = m.program.hparams
+    y, weights, momentum = atlas_loop(
+        k, v, q, gate(m.W_eta) * hp["max_lr"], gate(m.W_theta), gate(m.W_alpha), gate(m.W_gamma),
+        [m.M_init_w1, m.M_init_w2], hp["chunk_size"], window=hp["window_size"],
+        ns_steps=hp["ns_steps"], residual=False,
+        feature_map=lambda u: polynomial_features(u, 2, constant=False))
     return merged_out(m, x, y), weights, momentum
 
 
@@ -154,3 +171,11 @@ def test_atlas_window_width_matters():
         y, _ = m(x)
         wider = build("atlas", "reference", heads=2, seed=3, window_size=4)(x)[0]
     assert (y - wider).abs().max() > 1e3 * deep_bound(7, 16) * 4 ** 5 * y.abs().max()
+
+
+@pytest.mark.parametrize("schedule", ["reference", "chunked"])
+def test_atlas_with_polynomial_features_is_its_papers_recurrence(schedule, monkeypatch):
+    """phi(k) = concat(k, flatten(outer(k, k)) / 2): the memory's input is d + d^2 = 12 wide."""
+    m, _ = compare_with_paper("atlas_polynomial", schedule, atlas_polynomial, 7, 4, monkeypatch,
+                              fast=False)
+    assert m.M_init_w1.shape == (2, 12, 12)

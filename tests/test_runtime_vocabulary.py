@@ -47,3 +47,20 @@ def test_elementwise_functions_agree_on_tensors_and_numbers(name):
             continue
         expected = on_tensor(torch.tensor(x, dtype=torch.float64)).item()
         assert math.isclose(on_number(x), expected, rel_tol=1e-12, abs_tol=1e-15)
+
+
+def test_flatten_and_concat_in_a_per_head_frame():
+    """Atlas' polynomial features: flatten(outer(k, k)) is vec(k k^T) row by row, [B, H, d^2],
+    and concat joins vectors of different widths, [B, H, d + d^2]."""
+    from nldsl import ast
+    from nldsl.runtime.evaluate import FrameEvaluator
+    from nldsl.runtime.frame import Frame
+
+    k = torch.rand(2, 3, 4, dtype=torch.float64)                # [B, H, d]
+    name = lambda n: ast.Name(id=n)
+    call = lambda f, *args: ast.Call(func=f, args=list(args))
+    evaluate = FrameEvaluator(Frame(1, 3), {"k": k}.__getitem__, None, None)
+    flat = evaluate(call("flatten", call("outer", name("k"), name("k"))))
+    assert torch.equal(flat, (k[..., :, None] * k[..., None, :]).reshape(2, 3, 16))
+    joined = evaluate(call("concat", name("k"), call("flatten", call("outer", name("k"), name("k")))))
+    assert torch.equal(joined, torch.cat([k, flat], -1))

@@ -228,6 +228,8 @@ class HeadShapes:
         if func == "outer":
             a, b = self.vector(self.split(args[0])), self.vector(self.split(args[1]))
             return Value(a.dims + b.dims[-1:], a.split or b.split)
+        if func == "flatten" and len(first.dims) >= 2:
+            return Value(first.dims[:-2] + (first.dims[-2] * first.dims[-1],), first.split)
         if func == "concat":
             parts = [self.vector(self.split(a)) for a in args]
             return Value(parts[0].dims[:-1] + (sum(p.dims[-1] for p in parts),),

@@ -182,7 +182,17 @@ def _huber(f, a, b, delta):
 
 
 def _concat(f, *parts):
-    return torch.cat(torch.broadcast_tensors(*[f.vector(f.split(a)) for a in parts]), dim=-1)
+    """Vectors of any widths joined along the last dim; the other dims broadcast together."""
+    parts = [f.vector(f.split(a)) for a in parts]
+    lead = torch.broadcast_shapes(*[p.shape[:-1] for p in parts])
+    return torch.cat([p.expand(*lead, p.shape[-1]) for p in parts], dim=-1)
+
+
+def _flatten(a, f):
+    """[.., n, m] -> [.., n m] over one unit's last two value dims."""
+    if f.rank(a) < 2:
+        raise ValueError(f"flatten needs a matrix, got a value of rank {f.rank(a)}")
+    return a.flatten(-2)
 
 
 def _wsum(f, weights, *branches):
@@ -199,7 +209,7 @@ _MODULE_FUNCTIONS: dict[str, Callable] = {
     "max": _extremum(torch.maximum, max), "min": _extremum(torch.minimum, min), "clamp": _clamp,
     "outer": _outer, "dot": _loss(fn.dot), "l2": _loss(fn.l2), "lp": _lp, "huber": _huber,
     "orthogonality": lambda f, a: fn.orthogonality(f.split(a), f.nb),
-    "concat": _concat, "wsum": _wsum,
+    "concat": _concat, "wsum": _wsum, "flatten": lambda f, a: _flatten(f.split(a), f),
     "size": lambda f, a, dim: a.shape[f.nb:][int(dim)],
     "ndim": lambda f, a: f.rank(a),
 }
