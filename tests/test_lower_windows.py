@@ -138,3 +138,19 @@ def test_atlas_at_its_default_initialisation_stays_finite():
     assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
     assert all(torch.isfinite(p.grad).all() for p in m.parameters())
     assert all(torch.isfinite(w).all() for w in state["memory"]["M"])
+
+
+@pytest.mark.parametrize("change, message", [
+    pytest.param(lambda own: own.update({"k.window": own["k.window"][:1]}), "batch 2",
+                 id="batch"),
+    pytest.param(lambda own: own.update({"q.window": own["k.window"]}), "keeps no window of 'q'",
+                 id="unknown"),
+])
+def test_a_wrong_ring_buffer_is_named(change, message):
+    m = build("atlas", "reference", heads=2, window_size=3)
+    x = inputs(2, 4, 8, 3)
+    with torch.no_grad():
+        _, state = m(x, end=False)
+        change(state["memory"])
+        with pytest.raises(ValueError, match=message):
+            m(x, state)

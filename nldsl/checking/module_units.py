@@ -102,10 +102,9 @@ def compare_writes(spec, unit) -> list[Comparison]:
             loss = own_inlined(objective.loss, info)
             with torch.no_grad():
                 expected = _expected(level, write, objective.rules, loss, unit_at, state)
+            shown = _inputs(level, write.target, loss, objective.rules, unit_at, state, unit)
             out.append(Comparison(level.name, write.target, write.derivation, _formula(write),
-                                  compiled, expected, _inputs(level, write.target, loss,
-                                                              objective.rules, unit_at, state, unit),
-                                  [state[level.name][write.target]]))
+                                  compiled, expected, shown, [state[level.name][write.target]]))
     return out
 
 

@@ -200,7 +200,7 @@ def located(node: ast.Node, message: str, expected: str, hint: str, source=None)
                                       span.end_col or None, expected, hint, source)])
 
 
-def _rate(rule: ast.Rule, args: dict, loss: ast.Expr, state: str) -> tuple[ast.Expr, ast.Expr]:
+def rate(rule: ast.Rule, args: dict, loss: ast.Expr, state: str) -> tuple[ast.Expr, ast.Expr]:
     """(lr, decay) of a rule that applies an update direction: gd, dgd, ema (table above)."""
     if rule.name == "ema":
         return binary("-", num(1), args["beta"]), args["beta"]
@@ -223,7 +223,7 @@ def derive(objective: ast.Objective, state: str, init: ast.Expr | None, deep: bo
     args = rule_arguments(rule)
     if rule.name == "newton_schulz":
         return _newton_schulz(objective.loss, state, args, init, rule, source)
-    lr, decay = _rate(rule, args, objective.loss, state)
+    lr, decay = rate(rule, args, objective.loss, state)
     try:
         grad = closed_grad(objective.loss, state, deep)
     except NoClosedForm:
@@ -284,11 +284,6 @@ def chain_steps(objective: ast.Objective, buffer_name, source=None) -> tuple[lis
     return steps, last
 
 
-def rate(rule: ast.Rule, args: dict, loss: ast.Expr, state: str) -> tuple[ast.Expr, ast.Expr]:
-    """(lr, decay) of a rule that applies an update direction: gd, dgd, ema (table above)."""
-    return _rate(rule, args, loss, state)
-
-
 def derive_writes(objective: ast.Objective, state: str, init: ast.Expr | None, deep: bool = False,
                   source=None) -> Derived:
     """Lower `state: minimize L by r1 then ... then rn` (docs/language.md, "Chains"): u starts as
@@ -318,7 +313,7 @@ def derive_writes(objective: ast.Objective, state: str, init: ast.Expr | None, d
         direction = _transform(step, direction, writes, buffers)
     args = rule_arguments(last)
     if last.name != "momentum":
-        lr, decay = _rate(last, args, objective.loss, state)
+        lr, decay = rate(last, args, objective.loss, state)
         writes.append(Write(state, value=gd_value(state, direction, lr, decay),
                             derivation=f"{' then '.join(r.name for r in rules)}"))
         return Derived(writes, buffers, temporaries)

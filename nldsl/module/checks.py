@@ -55,9 +55,12 @@ def check_state(module, state, x) -> dict:
         raise ValueError(f"this state is not {module.program.name}'s: it has entries "
                          f"{sorted(state)}, expected {sorted(expected)}")
     for key, own in expected.items():
-        names = set(state[key]) - {n for n in state[key] if n.endswith((".pending", ".chunk_start", ".window"))}
+        derived = {n for n in state[key] if n.endswith((".pending", ".chunk_start", ".window"))}
+        names = set(state[key]) - derived
         if names != set(own):
             raise ValueError(f"state[{key!r}] has {sorted(names)}, expected {sorted(own)}")
+        for name in (n for n in derived if n.endswith(".window")):
+            _check_window(module, key, name, state[key][name], x)
         for name, value in own.items():
             given = state[key][name]
             if isinstance(given, torch.Tensor) and isinstance(value, torch.Tensor) and (
@@ -73,3 +76,17 @@ def check_state(module, state, x) -> dict:
     if not isinstance(state[STREAM]["t"], int) or state[STREAM]["t"] < 0:
         raise ValueError("state['_stream']['t'] must be the non-negative count of tokens seen")
     return state
+
+
+def _check_window(module, key: str, name: str, value, x) -> None:
+    """A window's ring buffer: [B, n, ...] with n < c, the level's longest window."""
+    level = next((lv for lv in module.program.levels if lv.name == key), None)
+    context = name[: -len(".window")]
+    if level is None or context not in level.windowed:
+        raise ValueError(f"state[{key!r}][{name!r}]: level {key!r} keeps no window of {context!r}")
+    if not isinstance(value, torch.Tensor) or value.ndim < 2 or value.shape[0] != x.shape[0] \
+            or value.shape[1] >= level.window:
+        shape = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"state[{key!r}][{name!r}] has shape {shape}, expected [{x.shape[0]}, "
+                         f"n, ...] with n < {level.window} (batch {x.shape[0]}, window "
+                         f"{level.window}): the last tokens' {context}")

@@ -9,8 +9,9 @@ values):
      states at the chunk-start snapshot);
   2. the levels write, fastest first: a gradient write is S <- decay S - lr G with G the
      gradient at the snapshot (transformed first by a rule chain's rules, runtime/chain.py; a
-     `window` loss summed over the level's ring buffer of past contexts, unit.py); `every N` levels add the per-token change to a pending sum and
-     apply it at t = N, 2N, ...; a level without `backprop` writes constants (detached);
+     `window` loss sums over the level's ring buffer of past contexts, unit.py); `every N`
+     levels add the per-token change to a pending sum and apply it at t = N, 2N, ...; a level
+     without `backprop` writes constants (detached);
      a level that learns from the task loss is frozen here (the task driver writes it);
   3. reads (a plain read sees the new state, `before write` the state the write started
      from), then `out`.
