@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _module_cases import build, inputs
+from _module_cases import U64, build, inputs
 from nldsl.errors import NLDSLCompileError
 from nldsl.lower.module import lower_module
 from nldsl.module import compile as compile_module
@@ -154,3 +154,26 @@ def test_a_wrong_ring_buffer_is_named(change, message):
         change(state["memory"])
         with pytest.raises(ValueError, match=message):
             m(x, state)
+
+
+def test_a_window_on_a_level_without_heads_is_the_windowed_delta_rule():
+    """M_t = M_{t-1} - 0.5 sum_{i = t-2}^{t} g_i (M_{t-1} k_i - v_i) k_i^T, y_t = M_t k_t: the
+    Omega rule by gd on a matrix memory (chunk 1), written out by hand."""
+    torch.manual_seed(0)
+    m = compile_module(SPEC.replace("LOSS", "window(c, l2(M @ k, v), g)"), schedule="reference",
+                       dim=3).double()
+    x = inputs(2, 6, 3, 4)
+    with torch.no_grad():
+        y, state = m(x)
+    k = x @ m.Wk
+    k = k / k.norm(dim=-1, keepdim=True)                                    # [B, T, 4]
+    v, g = x @ m.Wv, torch.sigmoid(x @ m.Wg)[..., 0]                        # [B, T, 4], [B, T]
+    memory, ys = torch.zeros(2, 4, 4, dtype=torch.float64), []
+    for t in range(6):
+        grad = sum(g[:, i, None, None] * ((memory @ k[:, i, :, None])[..., 0] - v[:, i])[..., None]
+                   * k[:, i, None, :] for i in range(max(0, t - 2), t + 1))
+        memory = memory - 0.5 * grad
+        ys.append((memory @ k[:, t, :, None])[..., 0])
+    # O(1) values, products of length <= 4, 6 tokens: a few hundred roundings at most
+    torch.testing.assert_close(y, torch.stack(ys, 1) @ m.Wo, rtol=0, atol=1e3 * U64)
+    torch.testing.assert_close(state["memory"]["M"], memory, rtol=0, atol=1e3 * U64)
