@@ -49,11 +49,13 @@ def test_a_planted_wrong_closed_form_exits_1_with_the_counterexample(capsys, mon
 
 
 def test_a_spec_that_does_not_compile_is_an_error_once(capsys):
-    code = cli.run_test(parse("cms", "--examples", "1", "--checks", "derivations,invariants"))
+    code = cli.run_test(parse("hope_attention", "--examples", "1", "--checks",
+                              "derivations,invariants"))
     out = capsys.readouterr().out
     assert code == 1
-    assert rows(out) == {("cms", "derivations"): "error", ("cms", "invariants"): "error"}
-    assert out.count("cms.nl:26:14: error: `minimize task` inside a module") == 1   # one note
+    assert rows(out) == {("hope_attention", "derivations"): "error",
+                         ("hope_attention", "invariants"): "error"}
+    assert out.count("key-value cache over the stream; the module compiler") == 1   # one note
     assert "as above" in out
 
 
