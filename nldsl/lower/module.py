@@ -18,6 +18,7 @@ from nldsl.lower.unsupported import check_supported, compile_error
 from nldsl.lower.derive import NoClosedForm, binary, closed_grad, key_norm_squared, mentions, num, \
     rule_arguments
 from nldsl.graph import OUTER
+from nldsl.memories import memory_layouts
 
 
 def lower_module(spec, values: dict) -> Program:
@@ -87,17 +88,21 @@ def _level(info, const, params: dict, spec) -> TokenLevel:
         states[state.name] = FastState(state.name, _shape(state.decl.shape, const),
                                        _init_value(state.decl.init), learned, mlp)
     own = _own_contexts(info)
+    layouts = memory_layouts(spec.graph)
+    memories = {name: _mlp_layout(layouts[name], const) for name in info.contexts
+                if name in layouts}
     writes, hidden = [], {}
     for objective in info.objectives:
         target = objective.state or next(iter(info.states))
-        write = _derive(objective, target, own, spec)
+        write = _derive(objective, target, own, spec, set(memories))
         if write.kind == "momentum":
             hidden[f"{target}_momentum"] = states[target].shape
         writes.append(write)
     writes += [ModuleWrite(u.target, "explicit", value=u.value) for u in info.updates]
     return TokenLevel(info.name, every, chunk, heads, info.backprop, info.partial, states,
                       {c.name: c.value for c in info.contexts.values()}, writes,
-                      {r.name: (r.value, r.before_write) for r in info.reads.values()}, hidden)
+                      {r.name: (r.value, r.before_write) for r in info.reads.values()}, hidden,
+                      memories=memories)
 
 
 def _whole(expr: ast.Expr, value, what: str, spec) -> int:
@@ -109,9 +114,12 @@ def _whole(expr: ast.Expr, value, what: str, spec) -> int:
                             "to nldsl.compile", spec.source) from None
 
 
-def _derive(objective: ast.Objective, target: str, own: dict, spec) -> ModuleWrite:
+def _derive(objective: ast.Objective, target: str, own: dict, spec,
+            memories: set[str] = frozenset()) -> ModuleWrite:
     """One objective + rule -> a ModuleWrite. Contexts that use the level's own states are
-    inlined into the loss, so its gradient sees them (Moneta's `let W = f(A)`)."""
+    inlined into the loss, so its gradient sees them (a matrix `let W = f(A)`); a derived MLP
+    memory applied in the loss (`W(k)`, `let W = f(A)` per weight) is evaluated by the runtime
+    at the state the gradient is taken at, and differentiated by autograd."""
     loss = _inline(objective.loss, own)
     rule = objective.rules[0]
     args = rule_arguments(rule)
@@ -131,6 +139,8 @@ def _derive(objective: ast.Objective, target: str, own: dict, spec) -> ModuleWri
     kind = "momentum" if rule.name == "momentum" else "gradient"
     beta = args.get("beta") if kind == "momentum" else None
     try:
+        if any(c.func in memories for c in calls_in(loss)):
+            raise NoClosedForm(target)
         grad = closed_grad(loss, target, deep)
         return ModuleWrite(target, kind, grad=grad, lr=lr, decay=decay, beta=beta,
                            derivation=f"{rule.name} closed form")

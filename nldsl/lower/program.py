@@ -166,6 +166,9 @@ class TokenLevel:
     splits: tuple[HeadSplit, ...] = ()          # contexts entering the heads (heads H only)
     merges: tuple[HeadMerge, ...] = ()          # reads leaving them (heads H only)
     placements: dict[str, Placement] = field(default_factory=dict)    # context or read -> when
+    #: lets that hold a per-weight expression of MLP states (derived memories, nldsl/memories.py):
+    #: evaluated layer by layer, at the view of whoever uses them (docs/language.md)
+    memories: dict[str, MLPLayout] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
