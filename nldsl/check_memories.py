@@ -21,7 +21,7 @@ from nldsl import ast
 from nldsl.check_common import Checker
 from nldsl.check_shapes import Dim, ShapeChecker
 from nldsl.consteval import children
-from nldsl.memories import memory_layouts, per_weight_function
+from nldsl.memories import memory_layouts, per_weight_function, state_layouts
 from nldsl.printer import format_expr
 
 _ALLOWED = ("M(u); per weight: a let or an MLP state's new value built from MLP memories of one "
@@ -181,39 +181,67 @@ class _Quiet:
 
 
 def check_channel_gates(c: Checker) -> None:
-    """A rule's `lr`, `decay` or `beta` on a matrix memory M [d_v, d_k] is one number (per head
-    and token) or a vector of width d_k, which scales M's columns: M diag(g), the per-key-channel
-    gate of Gated Linear Attention (docs/language.md, "Channel-wise gates"). Any other width has
-    no defined broadcast."""
+    """A rule's `lr`, `decay` or `beta` is one number (per head and token) or a vector that
+    scales its state's channels (docs/language.md, "Channel-wise gates"; runtime/layerwise.py):
+    on a weight matrix W [d_out, d_in] (a matrix memory [d_v, d_k], or each layer of an MLP) a
+    width d_in scales the columns, W diag(g) (Gated Linear Attention's per-key-channel gate),
+    else a width d_out the rows, diag(g) W. On an MLP every layer must take it one way or the
+    other; any other width has no defined broadcast."""
     shapes = None
+    layouts = state_layouts(c.graph)
     for level in c.graph.levels.values():
         for objective in level.objectives:
             target = objective.state or next(iter(level.states), None)
             state = level.states.get(target)
-            dims = getattr(state.decl.shape, "dims", None) if state is not None else None
-            if dims is None or len(dims) != 2:
+            if state is None:
                 continue
             shapes = shapes or _shape_checker(c)
-            d_k = shapes.dim(dims[1])
+            layers = _weights(state.decl.shape, layouts.get(target), shapes)
+            if layers is None:
+                continue
             heads = shapes.dim(level.heads) if getattr(level, "heads", None) is not None else None
-            allowed = {(1,) * len(shapes.trials)} | ({heads.values} if heads is not None else set())
-            if d_k is not None:
-                allowed.add(d_k.values)
-                if heads is not None:
-                    allowed.add(tuple(a * b for a, b in zip(d_k.values, heads.values)))
+            one = {(1,) * len(shapes.trials)} | ({heads.values} if heads is not None else set())
             for rule in objective.rules:
                 for arg in list(rule.args) + [k.value for k in rule.kwargs]:
                     found = shapes.infer(arg)
                     if not found or found[-1] is None or (len(found) == 1 and
-                                                          found[-1].values in allowed):
+                                                          found[-1].values in one):
                         continue
-                    c.report(arg, f"`{format_expr(arg)}` gates the matrix memory {target} "
-                             f"[{format_expr(dims[0])}, {format_expr(dims[1])}] with "
-                             f"width [{found[-1].text}]: a channel-wise gate scales the key side",
-                             expected=f"one number per head, or a vector of width "
-                                      f"[{format_expr(dims[1])}] (d_k)",
-                             hint="project the gate to the key width (x @ W of width d_k), or to "
-                                  "one number per head")
+                    width = found[-1]
+                    ok = len(found) == 1 and all(_scales(width, d_out, d_in, heads)
+                                                 for d_out, d_in in layers)
+                    if ok:
+                        continue
+                    shown = ", ".join(f"[{o.text}, {i.text}]" for o, i in layers)
+                    c.report(arg, f"`{format_expr(arg)}` gates {target} (weights {shown}) with "
+                             f"width [{', '.join(d.text for d in found)}]: a channel-wise gate "
+                             "scales each weight's input (d_in) or output (d_out) channels",
+                             expected="one number per head, or a vector whose width is, in "
+                                      "every weight, its d_in or its d_out",
+                             hint="project the gate to a width every weight has (x @ W of width "
+                                  "d_k for a matrix memory, head_dim for a head_dim -> .. -> "
+                                  "head_dim MLP), or to one number per head")
+
+
+def _weights(shape, layout, shapes: ShapeChecker):
+    """The [d_out, d_in] Dims of a state's weight matrices: one for a matrix, one per layer for
+    an MLP; None for any other shape (or an unknown dim)."""
+    if layout is not None:
+        widths = [shapes.dim(w) for w in layout.widths]
+        return None if None in widths else list(zip(widths[1:], widths[:-1]))
+    dims = getattr(shape, "dims", None)
+    if dims is None or len(dims) != 2:
+        return None
+    d_out, d_in = shapes.dim(dims[0]), shapes.dim(dims[1])
+    return None if d_out is None or d_in is None else [(d_out, d_in)]
+
+
+def _scales(width: Dim, d_out: Dim, d_in: Dim, heads: Dim | None) -> bool:
+    """Is `width` one of the weight's channel widths (per head, or merged over the heads)?"""
+    sides = {d_out.values, d_in.values}
+    if heads is not None:
+        sides |= {tuple(a * b for a, b in zip(d.values, heads.values)) for d in (d_out, d_in)}
+    return width.values in sides
 
 
 def _shape_checker(c: Checker) -> ShapeChecker:

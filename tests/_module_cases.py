@@ -32,6 +32,8 @@ SPECS = {
 DEEP_SPECS = {
     "titans": ("titans", dict(dim=8, head_dim=4, chunk_size=3, max_lr=0.5)),
     "yaad": ("yaad", dict(dim=8, head_dim=4, chunk_size=3, max_lr=0.5)),
+    "moneta": ("moneta", dict(dim=8, head_dim=4, chunk_size=3, max_lr=0.5)),
+    "memora": ("memora", dict(dim=8, head_dim=4, chunk_size=3, max_lr=0.5)),
 }
 
 

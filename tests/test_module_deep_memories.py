@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from _module_cases import U64, assert_close, build, forbid_fallback, inputs
-from paper_loops import expand, mlp, titans_loop, yaad_loop
+from paper_loops import expand, memora_loop, mlp, moneta_loop, titans_loop, yaad_loop
 from test_module_recurrences import causal_conv, l2n, split
 
 
@@ -70,23 +70,44 @@ def yaad(m, x, heads):
     return merged_out(m, x, y), weights, None
 
 
-def compare_with_paper(spec, schedule, paper, steps, seed, monkeypatch, **overrides):
-    """Build `spec` (fast path asserted in the chunked schedule when its chunk is > 1), run it
-    on 2 sequences, and compare the output, final weights and momentum with `paper`'s loop."""
+def moneta(m, x, heads):
+    """Miras' Moneta around the titans/yaad block: eta = sigmoid(x W_eta) max_lr, alpha =
+    sigmoid(x W_alpha); the loop's dual state A is the spec's state."""
+    k, v, q, eta, _, alpha = titans_inputs(m, x, heads, lr="W_eta", momentum="W_alpha")
+    p = m.program.hparams
+    y, _, dual = moneta_loop(k, v, q, eta, alpha, [m.A_init_w1, m.A_init_w2], p["chunk_size"],
+                             bias_p=p["bias_p"], retention_q=p["retention_q"], eps=p["eps"])
+    return merged_out(m, x, y), dual, None
+
+
+def memora(m, x, heads):
+    """Miras' Memora around the same block, written on W = c softmax(L_0) (the loop has no
+    logits); the spec's final logits are compared through c softmax."""
+    k, v, q, eta, _, alpha = titans_inputs(m, x, heads, lr="W_eta", momentum="W_alpha")
+    c = m.program.hparams["c"]
+    w0 = [c * torch.softmax(w, dim=-1) for w in (m.L_init_w1, m.L_init_w2)]
+    y, weights, _ = memora_loop(k, v, q, eta, alpha, w0, m.program.hparams["chunk_size"], c=c)
+    return merged_out(m, x, y), weights, None
+
+
+def compare_with_paper(spec, schedule, paper, steps, seed, monkeypatch, state="M",
+                       seen=lambda m, w: w, **overrides):
+    """Build `spec` (fast path asserted in the chunked schedule when its chunk is > 1 and it has
+    one), run it on 2 sequences, and compare the output, final weights (`seen` maps the spec's
+    state layer to the loop's) and momentum with `paper`'s loop."""
     heads = 2
     m = build(spec, schedule, heads=heads, seed=seed, **overrides)
-    if schedule == "chunked" and m.program.levels[0].chunk > 1:
-        assert m.fast_paths
+    if schedule == "chunked" and m.program.levels[0].chunk > 1 and m.fast_paths:
         forbid_fallback(monkeypatch)
     x = inputs(2, steps, m.program.dim, seed)
     with torch.no_grad():
-        y, state = m(x)
+        y, final = m(x)
         y_paper, weights, momentum = paper(m, x, heads)
     bound = deep_bound(steps, 4 * 4)
     assert_close(y, y_paper, bound, f"{spec} {schedule} y")
-    for i, (w, w_paper) in enumerate(zip(state["memory"]["M"], weights)):
-        assert_close(w, w_paper, bound, f"{spec} {schedule} final layer {i + 1}")
-    for i, (s, s_paper) in enumerate(zip(state["memory"].get("M_momentum", ()), momentum or ())):
+    for i, (w, w_paper) in enumerate(zip(final["memory"][state], weights)):
+        assert_close(seen(m, w), w_paper, bound, f"{spec} {schedule} final layer {i + 1}")
+    for i, (s, s_paper) in enumerate(zip(final["memory"].get("M_momentum", ()), momentum or ())):
         assert_close(s, s_paper, bound, f"{spec} {schedule} final momentum layer {i + 1}")
     return m, x
 
@@ -109,3 +130,25 @@ def test_yaad_is_its_papers_recurrence(schedule, monkeypatch):
     first = mlp(expand([m.M_init_w1, m.M_init_w2], 2), k[:, :, 0]) - v[:, :, 0]
     small = first.norm(dim=-1) <= delta[:, :, 0]                         # the first chunk's start
     assert small.any() and not small.all(), "the seed must take both Huber branches"
+
+
+@pytest.mark.parametrize("schedule", ["reference", "chunked"])
+@pytest.mark.parametrize("steps, chunk", [pytest.param(7, 3, id="T7-chunk3"),
+                                          pytest.param(5, 1, id="T5-chunk1")])
+def test_moneta_is_its_papers_recurrence(schedule, steps, chunk, monkeypatch):
+    """The deep Moneta (per-weight l_q normalisation, reads at this token's W_t); the chunked
+    schedule has no deep form for it (its loss applies a derived memory) and runs the
+    reference."""
+    compare_with_paper("moneta", schedule, moneta, steps, 4, monkeypatch, state="A",
+                       chunk_size=chunk)
+
+
+@pytest.mark.parametrize("schedule", ["reference", "chunked"])
+@pytest.mark.parametrize("steps, chunk", [pytest.param(7, 3, id="T7-chunk3"),
+                                          pytest.param(5, 1, id="T5-chunk1")])
+def test_memora_is_its_papers_recurrence(schedule, steps, chunk, monkeypatch):
+    """The deep Memora: the loop's W_t = c softmax(alpha log W_{t-1} - eta g) against the
+    spec's logits, seen through c softmax (row-wise per weight)."""
+    compare_with_paper("memora", schedule, memora, steps, 5, monkeypatch, state="L",
+                       seen=lambda m, w: m.program.hparams["c"] * torch.softmax(w, dim=-1),
+                       chunk_size=chunk)
