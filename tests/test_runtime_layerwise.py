@@ -66,6 +66,8 @@ def test_a_channel_gate_scales_inputs_of_the_first_layer_and_outputs_of_the_last
 def test_one_number_per_head_passes_through_the_channel_gate():
     g = torch.rand(2, 2, dtype=torch.float64)                           # [B, H]: rank 0
     assert layerwise.channel_gate(LAYOUT, g, HEADS) is g
+    width_one = g.unsqueeze(-1)                                         # [B, H, 1]
+    assert layerwise.channel_gate(LAYOUT, width_one, HEADS) is width_one
     assert layerwise.channel_gate(LAYOUT, 0.5, HEADS) == 0.5
 
 

@@ -137,8 +137,9 @@ class UnitValues:
         owner = program.owner(name)
         if owner is None:
             raise KeyError(name)
-        if name in owner.memories:
-            return self._memory(owner, name, view if owner is level else "current", overrides)
+        if name in owner.memories:                       # weights, as a state is seen
+            memory = self._memory(owner, name, view if owner is level else "current", overrides)
+            return self._seen(memory, owner, frame, state=True)
         if name in owner.contexts:
             return self._seen(self.context(owner, name), owner, frame)
         if name in owner.reads:

@@ -47,7 +47,7 @@ def evaluate(layout: MLPLayout, expr: ast.Expr, frame: Frame, lookup: Callable[[
 def channel_gate(layout: MLPLayout, gate, frame: Frame):
     """A rule's gate as a factor of the flat weights: a number (or one per head) stays as it is;
     a vector [..., w] becomes [..., P], each layer scaled by columns or rows (module doc)."""
-    if frame.rank(gate) == 0:
+    if frame.rank(gate) == 0 or gate.shape[-1] == 1:       # width 1 broadcasts as it is
         return gate
     width = gate.shape[-1]
     parts = []
