@@ -7,6 +7,7 @@ from nldsl import ast
 from nldsl.build import _references
 from nldsl.builtins import EXPRESSION, FUNCTIONS, INIT, OBJECTIVE, TASK
 from nldsl.check_common import Checker
+from nldsl.memories import memory_layouts
 
 MSG_DUPLICATE = "{what} {name!r} is defined twice"
 MSG_UNKNOWN = "unknown name {name!r}"
@@ -107,6 +108,7 @@ def expressions(c: Checker):
 def check_references(c: Checker) -> None:
     defined = c.defined_names()
     callable_states = {s.name for s in c.graph.states() if not isinstance(s.decl.shape, ast.ScalarShape)}
+    callable_states |= set(memory_layouts(c.graph))         # a let that holds an MLP: W(k)
     for expr, place in expressions(c):
         _check_expr(c, expr, defined, callable_states, place == OBJECTIVE)
     _check_constraints(c)

@@ -19,6 +19,7 @@ from nldsl.check_common import Checker
 from nldsl.errors import Source
 from nldsl.graph import LevelGraph
 from nldsl.consteval import hparam_values, names_in, try_evaluate
+from nldsl.memories import memory_layouts
 from nldsl.printer import format_expr
 
 TRIALS = 3
@@ -54,6 +55,7 @@ class ShapeChecker:
             self.trials.append(env)
         self.shapes: dict[str, tuple | None] = {}
         self.states = {s.name: s for s in c.graph.states()}
+        self.memories = memory_layouts(c.graph)         # MLP states and lets (memories.py)
         self.heads = 1
         self.known_texts = self._declared_dims()
 
@@ -142,7 +144,7 @@ class ShapeChecker:
 
     def _call(self, node: ast.Call):
         args = [self.infer(a) for a in node.args]
-        if node.func in self.states:
+        if node.func in self.states or node.func in self.memories:
             return self._apply_memory(node, args[0] if args else None)
         shape = FUNCTIONS[node.func].shape if node.func in FUNCTIONS else None
         if shape in _KEEPS_DIMS:
@@ -155,12 +157,14 @@ class ShapeChecker:
             return ()
         if shape == "gradient" and node.args and isinstance(node.args[0], ast.Name):
             return self.infer(node.args[0])
+        if shape == "outer" and len(args) == 2 and args[0] and args[1]:
+            return (args[0][-1], args[1][-1])
         if shape == "attention" and len(args) >= 3:
             return args[2]
         return None
 
     def _apply_memory(self, node: ast.Call, arg):
-        shape = self.states[node.func].decl.shape
+        shape = self.memories.get(node.func) or self.states[node.func].decl.shape
         if isinstance(shape, ast.MLPShape):
             expects, gives = self.dim(shape.widths[0]), self.dim(shape.widths[-1])
         elif isinstance(shape, ast.TensorShape) and len(shape.dims) == 2:

@@ -35,6 +35,8 @@ DEEP_SPECS = {
     "atlas": ("atlas", dict(dim=8, head_dim=4, chunk_size=3, window_size=3, max_lr=0.5)),
     "atlas_polynomial": ("examples/atlas_polynomial.nl",
                          dict(dim=8, head_dim=3, chunk_size=3, window_size=3, max_lr=0.5)),
+    "moneta": ("moneta", dict(dim=8, head_dim=4, chunk_size=3, max_lr=0.5)),
+    "memora": ("memora", dict(dim=8, head_dim=4, chunk_size=3, max_lr=0.5)),
 }
 
 

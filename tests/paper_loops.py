@@ -34,9 +34,10 @@ different: it reproduces the `titans_pytorch.NeuralMemory` module (v0.5.5) end t
 (`titans_pytorch_params` reads a module's tensors), see
 ../shared/research/titans-pytorch-semantics.md.
 
-Not covered: channel-wise gates (Miras' per-channel eta, alpha): how a width-d gate broadcasts
-over an MLP's [4d, d] and [d, 4d] weights is for the language to define (issue 10, sec. 1); the
-loops take one gate per token and head.
+Not covered: channel-wise gates (Miras' per-channel eta, alpha). The language defines their
+broadcast on an MLP (docs/language.md, "Channel-wise gates": a weight's input channels, else
+its output channels), tests/test_check_memories.py writes that out; the loops take one gate per
+token and head.
 """
 from __future__ import annotations
 
@@ -335,10 +336,10 @@ def titans_pytorch_loop(x: Tensor, p: dict, *, heads: int, chunk_size: int,
 # the attentional bias, chunk-parallel as Titans eq. 16 (gradients at the chunk-start state).
 
 def _read_state(read: str, current: Weights, snapshot: Weights) -> Weights:
-    """`read="own_write"`: y_t = M_t(q_t) (the state after token t's write); `"chunk_start"`:
-    y_t = M_{t'}(q_t) (the chunk-start state: what a spec that reads through a chunk-start
-    `let` computes; Miras applies its non-linear retention at chunk boundaries only, per the
-    secondary source, which this reading follows)."""
+    """`read="own_write"`: y_t = M_t(q_t) (the state after token t's write, the papers'
+    recurrences and the stdlib specs' `read y = W(q)`); `"chunk_start"`: y_t = M_{t'}(q_t) (the
+    chunk-start state: a spec's `read y = W(q) before write` under chunk C; the secondary
+    source says Miras applies its non-linear retention at chunk boundaries only in training)."""
     assert read in ("own_write", "chunk_start"), read
     return current if read == "own_write" else snapshot
 

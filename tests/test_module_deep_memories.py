@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from _module_cases import U64, assert_close, build, forbid_fallback, inputs
-from paper_loops import atlas_loop, expand, mlp, polynomial_features, titans_loop, yaad_loop
+from paper_loops import atlas_loop, expand, memora_loop, mlp, moneta_loop, polynomial_features, \
+    titans_loop, yaad_loop
 from test_module_recurrences import causal_conv, l2n, split
 
 
@@ -106,10 +107,31 @@ def atlas_polynomial(m, x, heads):
     return merged_out(m, x, y), weights, momentum
 
 
-def compare_with_paper(spec, schedule, paper, steps, seed, monkeypatch, fast=True, **overrides):
+def moneta(m, x, heads):
+    """Miras' Moneta around the titans/yaad block: eta = sigmoid(x W_eta) max_lr, alpha =
+    sigmoid(x W_alpha); the loop's dual state A is the spec's state."""
+    k, v, q, eta, _, alpha = titans_inputs(m, x, heads, lr="W_eta", momentum="W_alpha")
+    p = m.program.hparams
+    y, _, dual = moneta_loop(k, v, q, eta, alpha, [m.A_init_w1, m.A_init_w2], p["chunk_size"],
+                             bias_p=p["bias_p"], retention_q=p["retention_q"], eps=p["eps"])
+    return merged_out(m, x, y), dual, None
+
+
+def memora(m, x, heads):
+    """Miras' Memora around the same block, written on W = c softmax(L_0) (the loop has no
+    logits); the spec's final logits are compared through c softmax."""
+    k, v, q, eta, _, alpha = titans_inputs(m, x, heads, lr="W_eta", momentum="W_alpha")
+    c = m.program.hparams["c"]
+    w0 = [c * torch.softmax(w, dim=-1) for w in (m.L_init_w1, m.L_init_w2)]
+    y, weights, _ = memora_loop(k, v, q, eta, alpha, w0, m.program.hparams["chunk_size"], c=c)
+    return merged_out(m, x, y), weights, None
+
+
+def compare_with_paper(spec, schedule, paper, steps, seed, monkeypatch, fast=True, state="M",
+                       seen=lambda m, w: w, **overrides):
     """Build `spec` (fast path asserted in the chunked schedule when its chunk is > 1 and
-    `fast`), run it on 2 sequences, and compare the output, final weights and momentum with
-    `paper`'s loop."""
+    `fast`), run it on 2 sequences, and compare the output, final weights (`seen` maps the
+    spec's state layer to the loop's) and momentum with `paper`'s loop."""
     heads = 2
     m = build(spec, schedule, heads=heads, seed=seed, **overrides)
     if schedule == "chunked" and m.program.levels[0].chunk > 1 and fast:
@@ -117,13 +139,13 @@ def compare_with_paper(spec, schedule, paper, steps, seed, monkeypatch, fast=Tru
         forbid_fallback(monkeypatch)
     x = inputs(2, steps, m.program.dim, seed)
     with torch.no_grad():
-        y, state = m(x)
+        y, final = m(x)
         y_paper, weights, momentum = paper(m, x, heads)
     bound = deep_bound(steps, 4 * 4) * 4 ** m.program.hparams.get("ns_steps", 0)
     assert_close(y, y_paper, bound, f"{spec} {schedule} y")
-    for i, (w, w_paper) in enumerate(zip(state["memory"]["M"], weights)):
-        assert_close(w, w_paper, bound, f"{spec} {schedule} final layer {i + 1}")
-    for i, (s, s_paper) in enumerate(zip(state["memory"].get("M_momentum", ()), momentum or ())):
+    for i, (w, w_paper) in enumerate(zip(final["memory"][state], weights)):
+        assert_close(seen(m, w), w_paper, bound, f"{spec} {schedule} final layer {i + 1}")
+    for i, (s, s_paper) in enumerate(zip(final["memory"].get("M_momentum", ()), momentum or ())):
         assert_close(s, s_paper, bound, f"{spec} {schedule} final momentum layer {i + 1}")
     return m, x
 
@@ -203,3 +225,51 @@ def test_atlas_chunked_equals_reference_with_gradients():
     names = ["x"] + [n for n, _ in modules[0].named_parameters()]
     for name, a, b in zip(names, g_c, g_r):
         assert torch.isfinite(a).all() and torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("schedule", ["reference", "chunked"])
+@pytest.mark.parametrize("steps, chunk", [pytest.param(7, 3, id="T7-chunk3"),
+                                          pytest.param(5, 1, id="T5-chunk1")])
+def test_moneta_is_its_papers_recurrence(schedule, steps, chunk, monkeypatch):
+    """The deep Moneta (per-weight l_q normalisation, reads at this token's W_t); the chunked
+    schedule has no deep form for it (its loss applies a derived memory) and runs the
+    reference."""
+    compare_with_paper("moneta", schedule, moneta, steps, 4, monkeypatch, fast=False,
+                       state="A", chunk_size=chunk)
+
+
+@pytest.mark.parametrize("schedule", ["reference", "chunked"])
+@pytest.mark.parametrize("steps, chunk", [pytest.param(7, 3, id="T7-chunk3"),
+                                          pytest.param(5, 1, id="T5-chunk1")])
+def test_memora_is_its_papers_recurrence(schedule, steps, chunk, monkeypatch):
+    """The deep Memora: the loop's W_t = c softmax(alpha log W_{t-1} - eta g) against the
+    spec's logits, seen through c softmax (row-wise per weight)."""
+    compare_with_paper("memora", schedule, memora, steps, 5, monkeypatch, fast=False, state="L",
+                       seen=lambda m, w: m.program.hparams["c"] * torch.softmax(w, dim=-1),
+                       chunk_size=chunk)
+
+
+@pytest.mark.parametrize("spec", ["moneta", "memora"])
+def test_moneta_and_memora_chunked_is_the_reference(spec):
+    """Their losses apply a derived memory (`W_st(k)`), which the deep chunk form does not
+    take: the chunked schedule runs the reference, so outputs, final states and the gradients
+    of x and every parameter are the reference's (T 7, chunk 3: a partial last chunk)."""
+    reference, chunked = (build(spec, schedule, heads=2, seed=6)
+                          for schedule in ("reference", "chunked"))
+    assert not chunked.fast_paths
+    x = inputs(2, 7, 8, 6).requires_grad_()
+    results = []
+    for m in (reference, chunked):
+        y, state = m(x)
+        grads = torch.autograd.grad((y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype)
+                                     .view_as(y)).sum(), [x] + list(m.parameters()))
+        results.append((y, state["memory"], grads))
+    (y_r, s_r, g_r), (y_c, s_c, g_c) = results
+    torch.testing.assert_close(y_c, y_r, rtol=0, atol=0)
+    for name in s_r:
+        for a, b in zip(s_c[name], s_r[name]):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    names = ["x"] + [n for n, _ in reference.named_parameters()]
+    assert all(g.abs().sum() > 0 for g in g_r), [n for n, g in zip(names, g_r) if not g.any()]
+    for a, b in zip(g_c, g_r):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

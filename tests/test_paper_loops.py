@@ -282,6 +282,55 @@ def test_moneta_linear_memory_by_hand(p, q, read):
     torch.testing.assert_close(w, normalize(a), **TOL)
 
 
+def test_moneta_mlp_step_is_the_hand_derived_gradient():
+    """One token, 2-layer residual MLP with tanh, p = 3, q = 4: W_0 = A_0 / (||A_0||_4^2 + eps)
+    per matrix, r = W_0(k) - v, dl/dr = sign(r) |r|^2 (l_p = 1/3 sum |r|^3), g_2 = dl/dr
+    tanh(h)^T, g_1 = ((W_2^T dl/dr) * (1 - tanh(h)^2)) k^T with h = W_1 k, A_1 = alpha A_0 -
+    eta g, and the read y = W_1(q) with W_1 = A_1 normalised."""
+    c = draw(12, steps=1, d=3, hidden=5)
+    eta, alpha, _, _ = c["gates"]
+    k, v, q = (c[n][:, :, 0] for n in "kvq")
+    eps = 1e-6
+    normalize = lambda a: a / (a.abs().pow(4).sum((-2, -1), keepdim=True) ** 0.5 + eps)
+    a1, a2 = (w.expand(2, *w.shape) for w in c["weights"])
+    w1, w2 = normalize(a1), normalize(a2)
+    h = matvec(w1, k)
+    r = k + matvec(w2, torch.tanh(h)) - v
+    dr = torch.sign(r) * r.abs() ** 2
+    g2 = outer(dr, torch.tanh(h))
+    g1 = outer(torch.einsum("bhoi,bho->bhi", w2, dr) * (1 - torch.tanh(h) ** 2), k)
+    e, al = eta[:, :, 0, None, None], alpha[:, :, 0, None, None]
+    a1_new, a2_new = al * a1 - e * g1, al * a2 - e * g2
+    y, (o1, o2), (d1, d2) = pl.moneta_loop(c["k"], c["v"], c["q"], eta, alpha, c["weights"], 1,
+                                           eps=eps, activation=torch.tanh)
+    torch.testing.assert_close(d1, a1_new, **TOL)
+    torch.testing.assert_close(d2, a2_new, **TOL)
+    torch.testing.assert_close(o2, normalize(a2_new), **TOL)
+    n1, n2 = normalize(a1_new), normalize(a2_new)
+    torch.testing.assert_close(y[:, :, 0], q + matvec(n2, torch.tanh(matvec(n1, q))), **TOL)
+
+
+def test_memora_mlp_step_is_the_hand_derived_gradient():
+    """One token, 2-layer residual MLP with tanh, c = 1: r = W_0(k) - v, g_2 = r tanh(h)^T,
+    g_1 = ((W_2^T r) * (1 - tanh(h)^2)) k^T, W_1 = softmax(alpha log W_0 - eta g) row-wise."""
+    c = draw(13, steps=1, d=3, hidden=5)
+    eta, alpha, _, _ = c["gates"]
+    k, v, q = (c[n][:, :, 0] for n in "kvq")
+    w0 = _simplex_weights(13, d=3, hidden=5)
+    w1, w2 = (w.expand(2, *w.shape) for w in w0)
+    h = matvec(w1, k)
+    r = k + matvec(w2, torch.tanh(h)) - v
+    g2 = outer(r, torch.tanh(h))
+    g1 = outer(torch.einsum("bhoi,bho->bhi", w2, r) * (1 - torch.tanh(h) ** 2), k)
+    e, al = eta[:, :, 0, None, None], alpha[:, :, 0, None, None]
+    n1, n2 = (torch.softmax(al * torch.log(w) - e * g, dim=-1) for w, g in ((w1, g1), (w2, g2)))
+    y, (o1, o2), _ = pl.memora_loop(c["k"], c["v"], c["q"], eta, alpha, w0, 1,
+                                    activation=torch.tanh)
+    torch.testing.assert_close(o1, n1, **TOL)
+    torch.testing.assert_close(o2, n2, **TOL)
+    torch.testing.assert_close(y[:, :, 0], q + matvec(n2, torch.tanh(matvec(n1, q))), **TOL)
+
+
 def test_moneta_normalisation_is_scale_free_at_q2():
     """q = 2 and eps = 0: ||A||^0 = 1, so W = A, and with p = 2 (l_p = l2) Moneta is l2 descent
     with retention alpha on the MLP: Yaad with an infinite threshold (two oracles agree)."""

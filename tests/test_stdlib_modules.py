@@ -81,8 +81,8 @@ def test_loads_through_build_and_validate(name):
     ("linear_attention", "-dot(M(k), v)", ["gd"]),
     ("deltanet", "l2(M(k), v)", ["gd"]),
     ("titans", "l2(M(k), v)", ["momentum"]),
-    ("moneta", "lp(W_st @ k, v, bias_p)", ["gd"]),
-    ("memora", "l2(W_st @ k, v)", ["gd"]),
+    ("moneta", "lp(W_st(k), v, bias_p)", ["gd"]),
+    ("memora", "l2(W_st(k), v)", ["gd"]),
     ("atlas", "window(window_size, l2(M(k), v), gamma)", ["momentum", "newton_schulz", "gd"]),
 ], ids=lambda v: v if isinstance(v, str) and v.isidentifier() else None)
 def test_memory_objective_and_rule(name, loss, chain):

@@ -61,6 +61,8 @@ def head_steps(level, program_like) -> tuple[tuple[HeadSplit, ...], tuple[HeadMe
     h = level.heads
     splits, merges = [], []
     for name in level.contexts:
+        if name in level.memories:               # a derived memory: per head, like its states
+            continue
         value = shapes.split(shapes.name(name))
         if value.split:
             splits.append(HeadSplit(name, h, value.dims[-1] if value.dims else None))
@@ -125,7 +127,9 @@ class HeadShapes:
     def name(self, name: str) -> Value:
         level, program = self.level, self.program
         if name not in self.memo:
-            if name in level.contexts:
+            if name in level.memories:           # flat weights, per head like the states
+                self.memo[name] = Value((level.memories[name].size,), self.h is not None)
+            elif name in level.contexts:
                 self.memo[name] = self(level.contexts[name])
             elif name in level.reads:
                 self.memo[name] = self(level.reads[name][0])
@@ -199,9 +203,11 @@ class HeadShapes:
         args = [self(a) for a in e.args]
         if func in SCALAR:
             return SCALAR_VALUE
-        memory = self.name(func) if any(func in lv.states for lv in self.program.levels) else None
+        memory = self.name(func) if any(func in lv.states or func in lv.memories
+                                        for lv in self.program.levels) else None
         if memory is not None:                   # M(u) = M u (per head in M's own level)
-            layout = next(lv.states[func].mlp for lv in self.program.levels if func in lv.states)
+            layout = next(lv.states[func].mlp if func in lv.states else lv.memories[func]
+                          for lv in self.program.levels if func in lv.states or func in lv.memories)
             if layout is not None:               # an MLP maps d_0 to d_L
                 return Value(layout.widths[-1:], memory.split)
             return Value(memory.dims[:1], memory.split) if len(memory.dims) == 2 else _unknown(func)

@@ -19,6 +19,7 @@ from nldsl.lower.unsupported import check_supported, compile_error
 from nldsl.lower.derive import NoClosedForm, chain_steps, closed_grad, num, rate, rule_arguments
 from nldsl.lower.windows import own_contexts, window_calls, windowed_contexts
 from nldsl.graph import OUTER
+from nldsl.memories import memory_layouts
 
 
 def lower_module(spec, values: dict) -> Program:
@@ -88,13 +89,16 @@ def _level(info, const, params: dict, spec) -> TokenLevel:
         states[state.name] = FastState(state.name, _shape(state.decl.shape, const),
                                        _init_value(state.decl.init), learned, mlp)
     own = _own_contexts(info)
+    layouts = memory_layouts(spec.graph)
+    memories = {name: _mlp_layout(layouts[name], const) for name in info.contexts
+                if name in layouts}
     writes, hidden, task = [], {}, []
     for objective in info.objectives:
         target = objective.state or next(iter(info.states))
         if is_task(objective):
             task.append(task_write(objective, target))
             continue
-        write = _derive(objective, target, own, spec)
+        write = _derive(objective, target, own, spec, set(memories))
         for step in write.chain:
             if step.buffer is not None:
                 hidden[step.buffer] = states[target].shape
@@ -107,7 +111,7 @@ def _level(info, const, params: dict, spec) -> TokenLevel:
     return TokenLevel(info.name, every, 1 if task else chunk, heads, info.backprop, info.partial,
                       states, {c.name: c.value for c in info.contexts.values()}, writes,
                       {r.name: (r.value, r.before_write) for r in info.reads.values()}, hidden,
-                      task=tuple(task), window=window, windowed=windowed)
+                      task=tuple(task), window=window, windowed=windowed, memories=memories)
 
 
 def _whole(expr: ast.Expr, value, what: str, spec) -> int:
@@ -119,9 +123,12 @@ def _whole(expr: ast.Expr, value, what: str, spec) -> int:
                             "to nldsl.compile", spec.source) from None
 
 
-def _derive(objective: ast.Objective, target: str, own: dict, spec) -> ModuleWrite:
+def _derive(objective: ast.Objective, target: str, own: dict, spec,
+            memories: set[str] = frozenset()) -> ModuleWrite:
     """One objective + rule (chain) -> a ModuleWrite. Contexts that use the level's own states
-    are inlined into the loss, so its gradient sees them (Moneta's `let W = f(A)`). A chain's
+    are inlined into the loss, so its gradient sees them (a matrix `let W = f(A)`); a derived
+    MLP memory applied in the loss (`W(k)`, `let W = f(A)` per weight) is evaluated by the
+    runtime at the state the gradient is taken at, and differentiated by autograd. A chain's
     transforms and its last rule are lower/derive.py's, as for optimizers (`chain_steps`,
     `rate`); its buffers are hidden states `S_momentum`, `S_ema` (`S_momentum1`: the rule at
     place 1, when two rules of the chain keep a buffer of one name)."""
@@ -134,6 +141,8 @@ def _derive(objective: ast.Objective, target: str, own: dict, spec) -> ModuleWri
     beta = rule_arguments(last).get("beta") if kind == "momentum" else None
     name = " then ".join(r.name for r in objective.rules)
     try:
+        if any(c.func in memories for c in calls_in(loss)):
+            raise NoClosedForm(target)
         grad = closed_grad(loss, target, deep)
         return ModuleWrite(target, kind, grad=grad, lr=lr, decay=decay, beta=beta,
                            derivation=f"{name} closed form", chain=tuple(steps))

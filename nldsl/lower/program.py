@@ -186,6 +186,9 @@ class TokenLevel:
     def buffer_state(self, hidden: str) -> str:
         """The state a hidden buffer (`M_momentum`, `M_ema1`) is shaped like."""
         return max((s for s in self.states if hidden.startswith(s + "_")), key=len)
+    #: lets that hold a per-weight expression of MLP states (derived memories, nldsl/memories.py):
+    #: evaluated layer by layer, at the view of whoever uses them (docs/language.md)
+    memories: dict[str, MLPLayout] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import torch
 
 from nldsl.lower.program import Program, TokenLevel
 from nldsl.module.unit import UnitValues
+from nldsl.runtime import layerwise
 from nldsl.runtime.chain import transform
 
 STREAM = "_stream"
@@ -74,15 +75,19 @@ def _write(level: TokenLevel, unit: UnitValues, state: dict, t: int) -> None:
     new = {}
     for write in level.writes:
         current = own[write.target]
-        if write.kind == "explicit":
+        layout = level.states[write.target].mlp
+        gate = lambda expr: _gate(level, write.target, frame,
+                                  unit.evaluate(level, "current", expr))
+        if write.kind == "explicit" and layout is not None:
+            value = unit.evaluate_memory(level, "current", write.value, layout)
+        elif write.kind == "explicit":
             value = unit.evaluate(level, "current", write.value)
         else:
             grad = _transformed(level, unit, write, unit.gradient(level, write), own, new)
-            lr = unit.evaluate(level, "current", write.lr)
-            decay = unit.evaluate(level, "current", write.decay)
+            lr, decay = gate(write.lr), gate(write.decay)
             if write.kind == "momentum":
                 name = f"{write.target}_momentum"
-                beta = unit.evaluate(level, "current", write.beta)
+                beta = gate(write.beta)
                 momentum = _sub(frame, _mul(frame, beta, own[name]), _mul(frame, lr, grad))
                 new[name] = momentum
                 value = _add(frame, _mul(frame, decay, current), momentum)
@@ -114,6 +119,15 @@ def _transformed(level: TokenLevel, unit: UnitValues, write, grad, own: dict, ne
         if buffer is not None:
             new[step.buffer] = buffer
     return grad
+
+
+def _gate(level: TokenLevel, target: str, frame, value):
+    """A rule's lr, decay or beta as a factor of its state: a channel-wise gate scales an MLP's
+    weights by columns or rows, a matrix's columns or rows (runtime/layerwise.py)."""
+    state = level.states[target]
+    if state.mlp is not None:
+        return layerwise.channel_gate(state.mlp, value, frame)
+    return layerwise.matrix_gate(value, state.shape, frame)
 
 
 def _apply_pending(level: TokenLevel, own: dict) -> None:

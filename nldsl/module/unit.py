@@ -23,7 +23,7 @@ import torch
 from nldsl import ast
 from nldsl.lower.program import BEFORE_WRITE, SNAPSHOT, HeadMerge, HeadSplit, ModuleWrite, \
     Program, TokenLevel
-from nldsl.runtime import mlp
+from nldsl.runtime import layerwise, mlp
 from nldsl.runtime.evaluate import FrameEvaluator
 from nldsl.runtime.frame import Frame
 from nldsl.runtime.functions import causal_conv, matmul, value_sum
@@ -44,6 +44,8 @@ class UnitValues:
 
     # -- what the schedule asks for ------------------------------------------------------
     def context(self, level: TokenLevel, name: str):
+        if name in level.memories:                      # a derived memory: at the snapshot
+            return self._memory(level, name, "snapshot", {})
         if name not in self.memo:
             view = "snapshot" if level.placements[name].stage == SNAPSHOT else "current"
             value = self.evaluate(level, view, level.contexts[name])
@@ -82,6 +84,30 @@ class UnitValues:
 
     def evaluate(self, level: TokenLevel, view: str, expr: ast.Expr, overrides=None):
         return self._evaluator(level, view, overrides)(expr)
+
+    def evaluate_memory(self, level: TokenLevel, view: str, expr: ast.Expr, layout,
+                        overrides=None):
+        """A per-weight expression of the level's MLP memories of `layout`, layer by layer
+        (runtime/layerwise.py) -> flat weights [B, (H,) P]."""
+        frame = self.frames[level.name]
+        lookup = lambda name: self._lookup(name, level, view, frame, overrides or {})
+        apply = lambda name, u: self._apply(name, lookup(name), u)
+        conv = lambda call, a, width: self._conv(call, a, frame)
+        names = {n for n, s in level.states.items() if s.mlp == layout} | \
+            {n for n, other in level.memories.items() if other == layout}
+        return layerwise.evaluate(layout, expr, frame, lookup, apply, conv, names)
+
+    def _memory(self, level: TokenLevel, name: str, view: str, overrides: dict):
+        """A derived memory (a let holding an MLP) at `view`: seen at the time of whoever uses
+        it, the gradient's snapshot or a read's state (docs/language.md, MLP memories)."""
+        key = f"{name}@{view}"
+        if overrides or key not in self.memo:
+            value = self.evaluate_memory(level, view, level.contexts[name],
+                                         level.memories[name], overrides)
+            if overrides:
+                return value
+            self.memo[key] = (value, self.frames[level.name])
+        return self.memo[key][0]
 
     def gradient(self, level: TokenLevel, write: ModuleWrite):
         """G = grad_S L at the chunk-start state: the closed form, or autograd on the loss
@@ -154,6 +180,9 @@ class UnitValues:
         owner = program.owner(name)
         if owner is None:
             raise KeyError(name)
+        if name in owner.memories:                       # weights, as a state is seen
+            memory = self._memory(owner, name, view if owner is level else "current", overrides)
+            return self._seen(memory, owner, frame, state=True)
         if name in owner.contexts:
             return self._seen(self.context(owner, name), owner, frame)
         if name in owner.reads:
@@ -208,8 +237,10 @@ def _times(frame: Frame, a, b) -> torch.Tensor:
 
 
 def memory_layout(program: Program, name: str):
-    """The MLPLayout of the state `name`, None when it is not an MLP state."""
+    """The MLPLayout of the MLP state or derived memory `name`, None for any other name."""
     owner = program.owner(name)
+    if owner is not None and name in owner.memories:
+        return owner.memories[name]
     state = owner.states.get(name) if owner is not None else None
     return state.mlp if state is not None else None
 
