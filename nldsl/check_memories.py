@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from nldsl import ast
 from nldsl.check_common import Checker
-from nldsl.check_shapes import ShapeChecker
+from nldsl.check_shapes import shape_checker
 from nldsl.consteval import children
 from nldsl.printer import format_expr
 
@@ -74,7 +74,7 @@ def _layout(shape, c: Checker):
 class _Walker:
     def __init__(self, c: Checker, layouts: dict):
         self.c, self.layouts = c, layouts
-        self.shapes = _shape_checker(c)
+        self.shapes = shape_checker(c)
         self.one = {(1,) * len(self.shapes.trials)}     # the widths of one number
 
     def value(self, e, where: str) -> None:
@@ -142,7 +142,7 @@ def check_channel_gates(c: Checker) -> None:
             dims = getattr(state.decl.shape, "dims", None) if state is not None else None
             if dims is None or len(dims) != 2:
                 continue
-            shapes = shapes or _shape_checker(c)
+            shapes = shapes or shape_checker(c)
             d_k = shapes.dim(dims[1])
             heads = shapes.dim(level.heads) if getattr(level, "heads", None) is not None else None
             allowed = {(1,) * len(shapes.trials)} | ({heads.values} if heads is not None else set())
@@ -163,9 +163,3 @@ def check_channel_gates(c: Checker) -> None:
                                       f"[{format_expr(dims[1])}] (d_k)",
                              hint="project the gate to the key width (x @ W of width d_k), or to "
                                   "one number per head")
-
-
-def _shape_checker(c: Checker) -> ShapeChecker:
-    shapes = ShapeChecker(c)
-    shapes.run()                    # infers the contexts' widths (its reports are check_shapes')
-    return shapes
