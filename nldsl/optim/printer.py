@@ -198,9 +198,10 @@ class Printer:
             return f"{fe}lerp({args[0]}, {args[1]}, {args[2]})"
         if match.op == "addcmul":
             return f"{fe}addcmul({args[0]}, {args[1]}, {args[2]}, value={sign}1)"
-        # `n * (rest)`: Python's `*` and `/` group left, and the evaluator multiplies by rest
+        # `n * rest` unparenthesised, as printed before the table was shared: Python groups it
+        # (n * ...) / ..., which the evaluator's n * (rest) can round differently (docs/optimizers.md)
         scale = rewrites.fold(match.scale, lambda n: self.expr(n)[0],
-                              lambda n, rest: f"{n} * ({rest})",
+                              lambda n, rest: f"{n} * {rest}",
                               lambda rest, op, n: f"({'1' if rest is None else rest}) {op} {n}")
         if match.op == "add":
             return f"{fe}add({args[0]}, {args[1]}, alpha={sign}({scale}))"
