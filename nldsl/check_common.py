@@ -25,6 +25,8 @@ class Checker:
         self.source = source
         self.problems: list[Problem] = []
         self._suggestion_budget = SUGGESTION_BUDGET
+        #: check_shapes.ShapeChecker, once run (check_shapes.shape_checker): shared by the checks
+        self.shape_checker = None
 
     def report(self, node: ast.Node | ast.Span, message: str, expected: str | None = None,
                hint: str | None = None) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from nldsl import ast
 from nldsl.check_common import Checker
-from nldsl.check_shapes import Dim, ShapeChecker
+from nldsl.check_shapes import Dim, ShapeChecker, shape_checker
 from nldsl.consteval import children
 from nldsl.memories import memory_layouts, per_weight_function, state_layouts
 from nldsl.printer import format_expr
@@ -76,7 +76,7 @@ def check_mlp_algebra(c: Checker) -> None:
 class _Walker:
     def __init__(self, c: Checker, layouts: dict):
         self.c, self.layouts = c, layouts
-        self.shapes = _shape_checker(c)
+        self.shapes = shape_checker(c)
         self.one = {(1,) * len(self.shapes.trials)}     # the widths of one number
 
     def value(self, e, where: str) -> None:
@@ -195,7 +195,7 @@ def check_channel_gates(c: Checker) -> None:
             state = level.states.get(target)
             if state is None:
                 continue
-            shapes = shapes or _shape_checker(c)
+            shapes = shapes or shape_checker(c)
             layers = _weights(state.decl.shape, layouts.get(target), shapes)
             if layers is None:
                 continue
@@ -242,9 +242,3 @@ def _scales(width: Dim, d_out: Dim, d_in: Dim, heads: Dim | None) -> bool:
     if heads is not None:
         sides |= {tuple(a * b for a, b in zip(d.values, heads.values)) for d in (d_out, d_in)}
     return width.values in sides
-
-
-def _shape_checker(c: Checker) -> ShapeChecker:
-    shapes = ShapeChecker(c)
-    shapes.run()                    # infers the contexts' widths (its reports are check_shapes')
-    return shapes

@@ -219,7 +219,16 @@ class ShapeChecker:
 def check_shapes(c: Checker) -> None:
     for node, message in dim_problems(c.decl, hparam_values(c.decl)):
         c.report(node, message, expected="an integer >= 1", hint=DIM_HINT)
-    ShapeChecker(c).run()
+    shape_checker(c)
+
+
+def shape_checker(c: Checker) -> ShapeChecker:
+    """The spec's ShapeChecker, run once per Checker (reporting its problems then): check_shapes
+    runs it, and check_memories reads the widths it inferred for the contexts."""
+    if c.shape_checker is None:
+        c.shape_checker = ShapeChecker(c)
+        c.shape_checker.run()
+    return c.shape_checker
 
 
 DIM_HINT = ("a tensor cannot have an empty, negative or fractional dimension: fix the shape or "

@@ -4,6 +4,7 @@ constants a tensor cannot hold, and the values a caller passes (`check_hparam_va
 must meet the same declarations as a default."""
 from __future__ import annotations
 
+import difflib
 import numbers
 import operator
 from typing import Any
@@ -145,13 +146,35 @@ _CLAUSES = (("every", "a level's period", "every {} {unit}s"), ("chunk", "chunk"
 
 
 def check_hparam_values(spec_or_decl, values: dict[str, Any], source: Source | None = None) -> None:
-    """Raise NLDSLValueError (a ValueError, as torch raises for a bad lr) listing every value
-    in `values` that breaks its hyper-parameter's declared type or range, and every period,
-    chunk, head count or state dim the values make something other than a positive integer.
-    Names the spec does not declare are the caller's to report."""
-    problems = ValueChecker(spec_or_decl, source).problems(values)
+    """Raise NLDSLValueError (a ValueError, as torch raises for a bad lr) listing every name in
+    `values` the spec does not declare (`unknown_hparams`), every value that breaks its
+    hyper-parameter's declared type or range, and every period, chunk, head count or state dim
+    the values make something other than a positive integer."""
+    checker = ValueChecker(spec_or_decl, source)
+    problems = unknown_hparams(checker.decl, values, checker.source)
+    problems += checker.problems({k: v for k, v in values.items() if k in checker.hparams})
     if problems:
-        raise NLDSLValueError(problems)
+        raise NLDSLValueError(sorted(problems, key=lambda p: (p.line, p.col)))
+
+
+def unknown_hparams(decl: ast.SpecDecl, names, source: Source | None = None) -> list[Problem]:
+    """A problem at the spec's declaration for each of `names` it declares no hyper-parameter
+    of: the one wording of this mistake, for nldsl.optimizer, nldsl.compile and the property
+    checks' held values alike."""
+    known = [h.name for h in decl.hparams]
+    listed = (f"a hyper-parameter of {decl.name}: {', '.join(known)}" if known else
+              f"no keyword: {decl.name} declares no hyper-parameters")
+    problems = []
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else \
+                f"pass one of the names in `{decl.name}(...)`"
+            span = decl.span
+            problems.append(Problem(f"{decl.name} has no hyper-parameter {name!r}", span.line or 1,
+                                    span.col or 1, span.end_line or None, span.end_col or None,
+                                    listed, hint, source))
+    return problems
 
 
 class ValueChecker:

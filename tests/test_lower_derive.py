@@ -14,10 +14,14 @@ dims = st.integers(1, 5)
 seeds = st.integers(0, 2**16)
 
 
+def objective_of(loss: str, rule: str = "gd(1)") -> ast.Objective:
+    """The objective of a one-line spec `S: minimize <loss> by <rule>`."""
+    text = "optimizer t() { level a every 1 step { S: minimize %s by %s } }" % (loss, rule)
+    return parse(text, "t").levels[0].items[0]
+
+
 def loss_of(text: str) -> ast.Expr:
-    """The objective of a one-line spec `S: minimize <text> by gd(1)`."""
-    decl = parse("optimizer t() { level a every 1 step { S: minimize %s by gd(1) } }" % text, "t")
-    return decl.levels[0].items[0].loss
+    return objective_of(text).loss
 
 
 def tensors(seed, rows, cols):
@@ -68,8 +72,7 @@ def _step(write, env):
 @given(seeds, dims, dims, st.floats(0.01, 1.0), st.floats(0.5, 1.0))
 def test_gd_closed_form_equals_autograd_step(seed, rows, cols, lr, decay):
     env = {**tensors(seed, rows, cols), "lr": lr, "decay": decay}
-    objective = ast.Objective(state="S", loss=loss_of("l2(S @ k, y)"),
-                              rules=[ast.Rule(name="gd", args=[ast.Name(id="lr"), ast.Name(id="decay")])])
+    objective = objective_of("l2(S @ k, y)", "gd(lr, decay)")
     write = derive(objective, "S", None)
     expected = decay * env["S"] - lr * autograd_gradient(objective.loss, env)
     torch.testing.assert_close(_step(write, env), expected)
@@ -79,8 +82,7 @@ def test_gd_closed_form_equals_autograd_step(seed, rows, cols, lr, decay):
 @given(seeds, dims, dims, st.floats(0.0, 1.0))
 def test_ema_closed_form_is_an_exponential_moving_average(seed, rows, cols, beta):
     env = {**tensors(seed, rows, cols), "beta": beta}
-    objective = ast.Objective(state="S", loss=loss_of("-dot(S, v)"),
-                              rules=[ast.Rule(name="ema", args=[ast.Name(id="beta")])])
+    objective = objective_of("-dot(S, v)", "ema(beta)")
     expected = beta * env["S"] + (1 - beta) * env["v"]
     torch.testing.assert_close(_step(derive(objective, "S", None), env), expected)
 
@@ -90,8 +92,7 @@ def test_ema_closed_form_is_an_exponential_moving_average(seed, rows, cols, beta
 def test_dgd_is_the_exact_proximal_step_of_eq_56(seed, rows, cols, lr):
     """eq. 57 is argmin_S l2(S k, y) + 1/(2 lr) ||S - S_t||^2: the gradient there vanishes."""
     env = {**tensors(seed, rows, cols), "lr": lr}
-    objective = ast.Objective(state="S", loss=loss_of("l2(S @ k, y)"),
-                              rules=[ast.Rule(name="dgd", args=[ast.Name(id="lr")])])
+    objective = objective_of("l2(S @ k, y)", "dgd(lr)")
     new = _step(derive(objective, "S", None), env)
     prox = lambda s: TensorEvaluator(lambda n: s if n == "S" else env[n])(objective.loss) + \
         ((s - env["S"]) ** 2).sum() / (2 * lr)
@@ -102,17 +103,15 @@ def test_dgd_is_the_exact_proximal_step_of_eq_56(seed, rows, cols, lr):
 @given(seeds, dims, dims)
 def test_cubic_newton_schulz_step_is_a_gradient_step_of_eq_44(seed, rows, cols):
     env = tensors(seed, rows, cols)
-    loss = loss_of("l2(S, v) + orthogonality(S)")
-    objective = ast.Objective(state="S", loss=loss, rules=[ast.Rule(
-        name="newton_schulz", args=[ast.Number(value=1), ast.String(value="cubic")])])
+    objective = objective_of("l2(S, v) + orthogonality(S)", 'newton_schulz(1, "cubic")')
+    loss = objective.loss
     write = derive(objective, "S", ast.Name(id="v"))
     expected = env["S"] - 0.25 * autograd_gradient(loss, env)
     torch.testing.assert_close(_step(write, env), expected)
 
 
 def test_objective_outside_the_table_falls_back_to_autograd():
-    objective = ast.Objective(state="S", loss=loss_of("l2(tanh(S), v)"),
-                              rules=[ast.Rule(name="gd", args=[ast.Number(value=1)])])
+    objective = objective_of("l2(tanh(S), v)")
     write = derive(objective, "S", None)
     assert write.autograd is not None and write.value is None
 

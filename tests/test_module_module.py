@@ -280,7 +280,7 @@ def test_state_of_another_dtype(small):
 
 
 def test_unknown_hyperparameter_suggests_the_name():
-    with pytest.raises(NLDSLError, match=r"no hyper-parameter 'head_dimm'.*did you mean 'head_dim'"):
+    with pytest.raises(NLDSLError, match=r"(?s)no hyper-parameter 'head_dimm'.*did you mean 'head_dim'"):
         compile_module("deltanet", dim=8, head_dimm=3)
 
 

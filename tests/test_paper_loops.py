@@ -42,20 +42,29 @@ def outer(a, b):
 
 # -- Titans ----------------------------------------------------------------------------------------
 
-def titans_linear_by_hand(k, v, q, theta, eta, alpha, w0, chunk):
-    """Titans eqs. 13-16 for the matrix memory M(u) = W u, the gradient of 1/2 ||W k - v||^2
-    written out: (W_{t'} k_t - v_t) k_t^T with W_{t'} the chunk-start matrix."""
+def matrix_memory_by_hand(k, q, w0, chunk, step):
+    """The token loop of a matrix memory with momentum, as the papers write it: W_0 = w0 for
+    every sequence, S_0 = 0; at token t, (W, S) <- step(t, W_{t'}, W, S) with W_{t'} the
+    chunk-start matrix, then y_t = W q_t. Returns (y, W, S)."""
     w = w0.expand(k.shape[0], *w0.shape).clone()
     s = torch.zeros_like(w)
     ys = []
     for t in range(k.shape[2]):
         if t % chunk == 0:
             w_start = w
-        g = outer(matvec(w_start, k[:, :, t]) - v[:, :, t], k[:, :, t])
-        s = eta[:, :, t, None, None] * s - theta[:, :, t, None, None] * g
-        w = (1 - alpha[:, :, t, None, None]) * w + s
+        w, s = step(t, w_start, w, s)
         ys.append(matvec(w, q[:, :, t]))
     return torch.stack(ys, 2), w, s
+
+
+def titans_linear_by_hand(k, v, q, theta, eta, alpha, w0, chunk):
+    """Titans eqs. 13-16 for the matrix memory M(u) = W u, the gradient of 1/2 ||W k - v||^2
+    written out: (W_{t'} k_t - v_t) k_t^T with W_{t'} the chunk-start matrix."""
+    def step(t, w_start, w, s):
+        g = outer(matvec(w_start, k[:, :, t]) - v[:, :, t], k[:, :, t])
+        s = eta[:, :, t, None, None] * s - theta[:, :, t, None, None] * g
+        return (1 - alpha[:, :, t, None, None]) * w + s, s
+    return matrix_memory_by_hand(k, q, w0, chunk, step)
 
 
 @pytest.mark.parametrize("chunk", [pytest.param(1, id="chunk1"), pytest.param(3, id="chunk3-T7"),
@@ -475,19 +484,15 @@ def test_newton_schulz_is_the_quintic_on_the_singular_values():
 
 
 def atlas_linear_by_hand(k, v, q, eta, theta, alpha, gamma, w0, chunk, window):
-    w = w0.expand(k.shape[0], *w0.shape).clone()
-    s = torch.zeros_like(w)
-    ys = []
-    for t in range(k.shape[2]):
-        if t % chunk == 0:
-            w_start = w
+    """Atlas' Omega rule with Muon (Atlas eqs. 9, 32-33) for the matrix memory M(u) = W u: the
+    window's gradients at the chunk-start matrix, momentum, then W <- alpha W - eta NS5(S)."""
+    def step(t, w_start, w, s):
         g = sum(gamma[:, :, i, None, None] * outer(matvec(w_start, k[:, :, i]) - v[:, :, i],
                                                    k[:, :, i])
                 for i in range(max(0, t - window + 1), t + 1))
         s = theta[:, :, t, None, None] * s + g
-        w = alpha[:, :, t, None, None] * w - eta[:, :, t, None, None] * pl.newton_schulz(s)
-        ys.append(matvec(w, q[:, :, t]))
-    return torch.stack(ys, 2), w, s
+        return alpha[:, :, t, None, None] * w - eta[:, :, t, None, None] * pl.newton_schulz(s), s
+    return matrix_memory_by_hand(k, q, w0, chunk, step)
 
 
 @pytest.mark.parametrize("window", [pytest.param(1, id="window1"), pytest.param(2, id="window2"),

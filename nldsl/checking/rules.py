@@ -1,7 +1,7 @@
 """The learning rules as builtins.RULES defines them, applied to an autograd gradient.
 
 This is the check's own reading of the rules, written from their definitions and not from the
-compiler's derivation (nldsl/optim/derive.py), so the two can disagree:
+compiler's derivation (nldsl/lower/derive.py), so the two can disagree:
 
     gd(lr, decay)            S <- decay S - lr G                       (eq. 2)
     ema(beta)                S <- beta S - (1 - beta) G

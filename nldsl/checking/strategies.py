@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from hypothesis import strategies as st
 
 from nldsl import ast
-from nldsl.check_values import describe, satisfies
+from nldsl.check_values import describe, satisfies, unknown_hparams
 from nldsl.consteval import hparam_values, names_in, try_evaluate
+from nldsl.errors import NLDSLValueError
 
 MAX_DIM = 4
 
@@ -131,11 +132,11 @@ def hparams(spec, fixed: dict | None = None) -> st.SearchStrategy[dict]:
 
 def _check_fixed(spec, fixed: dict, env: dict) -> None:
     """A held value must name a hyper-parameter and meet its constraints (else no draw could)."""
+    unknown = unknown_hparams(spec.decl, fixed, spec.source)
+    if unknown:
+        raise NLDSLValueError(unknown)
     known = {h.name: h for h in spec.decl.hparams}
     for name, value in fixed.items():
-        if name not in known:
-            raise ValueError(f"{spec.name} has no hyper-parameter {name!r}; it has "
-                             f"{', '.join(known) or 'none'}")
         for c in known[name].constraints:
             if satisfies(value, c, env) is False:
                 raise ValueError(f"{spec.name}: {name} = {value!r} is outside its declared range "

@@ -69,6 +69,15 @@ def call(func, *args) -> ast.Call:
     return ast.Call(func=func, args=list(args))
 
 
+def negate(expr: ast.Expr) -> ast.Expr:
+    """-expr, folding a double negation and a negated number."""
+    if isinstance(expr, ast.Unary) and expr.op == "-":
+        return expr.operand
+    if isinstance(expr, ast.Number):
+        return num(-expr.value)
+    return ast.Unary(op="-", operand=expr)
+
+
 SHAPE_FUNCS = ("size", "ndim")
 
 
@@ -100,7 +109,7 @@ def closed_grad(loss: ast.Expr, state: str, deep: bool = False) -> ast.Expr:
     if not mentions(loss, state):
         return num(0)
     if isinstance(loss, ast.Unary) and loss.op == "-":
-        return _negate(closed_grad(loss.operand, state))
+        return negate(closed_grad(loss.operand, state))
     if isinstance(loss, ast.Binary) and loss.op in "+-":
         return binary(loss.op, closed_grad(loss.left, state), closed_grad(loss.right, state))
     if isinstance(loss, ast.Binary) and loss.op == "*":
@@ -135,14 +144,6 @@ def _pair_grad(func: str, a: ast.Expr, b: ast.Expr, state: str) -> ast.Expr:
         raise NoClosedForm(func)
     value = b if func == "dot" else binary("-", binary("@", s, key), b)
     return call("outer", value, key)
-
-
-def _negate(expr: ast.Expr) -> ast.Expr:
-    if isinstance(expr, ast.Unary) and expr.op == "-":
-        return expr.operand
-    if isinstance(expr, ast.Number):
-        return num(-expr.value)
-    return ast.Unary(op="-", operand=expr)
 
 
 def key_norm_squared(loss: ast.Expr, state: str) -> ast.Expr | None:

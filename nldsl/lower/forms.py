@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from nldsl import ast
 from nldsl.builtins import shaped
-from nldsl.lower.derive import binary, mentions, num
+from nldsl.lower.derive import binary, mentions, negate, num
 from nldsl.lower.program import Program, TokenLevel
 
 
@@ -188,22 +188,14 @@ def one_per_head(e: ast.Expr, level: TokenLevel, program: Program) -> bool:
     return isinstance(e, ast.Index)                     # one element of a vector or a tuple
 
 
-def _negate(e: ast.Expr) -> ast.Expr:
-    if isinstance(e, ast.Unary) and e.op == "-":
-        return e.operand
-    if isinstance(e, ast.Number):
-        return num(-e.value)
-    return ast.Unary(op="-", operand=e)
-
-
 def _times(factor: ast.Expr, e: ast.Expr) -> ast.Expr:
     """factor * e, with signs pulled out so that the printed coefficients read as written."""
     if isinstance(factor, ast.Number) and factor.value == -1:
-        return _negate(e)
+        return negate(e)
     if isinstance(factor, ast.Unary) and factor.op == "-":
-        return _negate(_times(factor.operand, e))
+        return negate(_times(factor.operand, e))
     if isinstance(e, ast.Unary) and e.op == "-":
-        return _negate(_times(factor, e.operand))
+        return negate(_times(factor, e.operand))
     return binary("*", factor, e)
 
 
@@ -213,7 +205,7 @@ def _collect(terms: list[tuple]):
         if term[0] == "S":
             decay = binary("+", decay, term[1])
         elif term[0] == "erase":
-            erase = _negate(term[1]) if erase == num(0) else binary("-", erase, term[1])
+            erase = negate(term[1]) if erase == num(0) else binary("-", erase, term[1])
             keys += [term[2], term[3]]
         elif term[0] == "write":
             vector = binary("+", vector, term[1])

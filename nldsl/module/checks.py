@@ -1,8 +1,6 @@
 """Clear errors for bad input to a compiled module, before any tensor reaches torch."""
 from __future__ import annotations
 
-import difflib
-
 import torch
 
 from nldsl.check_values import check_hparam_values
@@ -15,15 +13,10 @@ STREAM = "_stream"
 def resolve_hparams(spec, given: dict) -> dict:
     """Every hyper-parameter's value: the caller's, else the default. Unknown and missing names
     are errors, and so is a value that breaks its declared type or range or makes a period,
-    head count or dim no positive integer (check_hparam_values: located, a ValueError too)."""
+    head count or dim no positive integer (check_hparam_values: located, a ValueError too, the
+    unknown names as nldsl.optimizer words them)."""
     decl = spec.decl
     known = [h.name for h in decl.hparams]
-    for name in given:
-        if name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise NLDSLError(f"{decl.name} has no hyper-parameter {name!r}{hint}; it has "
-                             f"{', '.join(known)}")
     check_hparam_values(spec, given)
     values = hparam_values(decl, given)
     missing = [name for name in known if name not in values]

@@ -59,7 +59,7 @@ def run_deep_level(values, level: TokenLevel, form: DeepForm, per_head) -> None:
     s = by_layer(own[f"{form.state}_momentum"]) if beta is not None else None
     snapshot = by_layer(own.get(f"{form.state}.chunk_start", own[form.state]))
     if not keep:            # written states are constants; `before write` reads see the start
-        first, m = m, tuple(w.detach() for w in m)
+        incoming_m, m = m, tuple(w.detach() for w in m)
         s = tuple(w.detach() for w in s) if s is not None else None
     start = values.new_state["_stream"]["t"]
     segments = _segments(start, steps, level.chunk)
@@ -71,7 +71,7 @@ def run_deep_level(values, level: TokenLevel, form: DeepForm, per_head) -> None:
         values.prepare(level, form.loss)
     for n, (t0, t1) in enumerate(segments):
         if (start + t0) % level.chunk == 0:
-            snapshot = m if keep or t0 else first
+            snapshot = m if keep or t0 else incoming_m
         if checkpointed:
             chunk = functools.partial(_checkpointed_chunk, values, level, form, layout, queries,
                                       coefficients, n, t0, t1)

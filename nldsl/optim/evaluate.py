@@ -4,27 +4,27 @@ kernels generated code calls, the arithmetic shapes PyTorch's optimizers fuse, a
 The reference schedule (`interpret.py`) evaluates every expression of a plan with it, one
 parameter tensor at a time, in the frame `TENSOR` (no batch dims); names are looked up through a
 callable, so the caller decides when a context is computed (interpret.py: before the step's
-writes). A few arithmetic shapes are evaluated by the single torch op that computes them, the
-same ops PyTorch's optimizers use and optim/printer.py prints into generated code, so results
-agree with both to the last bit where the math agrees:
-
-    a + w (b - a)      torch.lerp(a, b, w)            w a number
-    a +- s b           torch.add(a, b, alpha=+-s)     s a number
-    a +- s b           torch.addcmul(a, s, b, value=+-1)   s a tensor
-    a +- s b / c       torch.addcdiv(a, b, c, value=+-s)   s a number (a product of numbers)
-    sqrt(a / n)        torch.sqrt(a) / math.sqrt(n)   n a number
+writes). The arithmetic shapes of the rewrite table (nldsl/lower/rewrites.py: lerp, add with
+alpha, addcmul, addcdiv, sqrt of a quotient) are evaluated by the single torch op that computes
+them, the same ops PyTorch's optimizers use and optim/printer.py prints from the same table into
+generated code, so results agree with both to the last bit where the math agrees.
 """
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any, Callable
 
 import torch
 
 from nldsl import ast
 from nldsl.errors import NLDSLError, NLDSLValueError, Problem, Source
+from nldsl.lower import rewrites
 from nldsl.optim import kernels
 from nldsl.runtime.evaluate import TENSOR, Evaluator
+
+#: How a rewrite's coefficient combines its numbers (rewrites.Then).
+_TIMES_OR_DIVIDE = {"*": operator.mul, "/": operator.truediv}
 
 #: What torch and the kernels raise when values do not fit an expression (shapes, dims, an
 #: index): a located error. Anything else (TypeError, KeyError) is a bug of the compiler.
@@ -52,8 +52,8 @@ def is_tensor(value: Any) -> bool:
 class TensorEvaluator(Evaluator):
     """evaluate(expr) on one parameter tensor, names from `lookup(name)`.
 
-    Within one top-level call each node is evaluated once (memoised by identity), so the fused
-    shapes that look at a subexpression before deciding cost nothing extra: linear in the size
+    Within one top-level call each node is evaluated once (memoised by identity), so the
+    rewrite table, which looks at subexpressions before deciding, costs nothing extra: linear in the size
     of the expression. Names are looked up once per call, so a call sees one state."""
 
     functions = _KERNELS
@@ -94,49 +94,30 @@ class TensorEvaluator(Evaluator):
             "check the shapes this expression combines for such parameters", self.source)])
 
     def _binary(self, e):
-        fused = self._fused(e) if e.op in ("+", "-") else None
+        match = rewrites.of_sum(e, self._is_tensor)
+        fused = self._fused(match) if match is not None else None
         return super()._binary(e) if fused is None else fused
 
-    def _coefficient(self, e: ast.Expr):
-        """(s, t) with e == s * t for a number s, or None: `s * t`, `t * s`, `t / s`, nested."""
-        if isinstance(e, ast.Binary) and e.op in "*/":
-            left, right = self(e.left), self(e.right)
-            if e.op == "*" and not is_tensor(left) and is_tensor(right):
-                inner = self._coefficient(e.right)
-                return (left * inner[0], inner[1]) if inner else (left, right)
-            if not is_tensor(right) and is_tensor(left):
-                inner = self._coefficient(e.left) or (1, left)
-                return (inner[0] * right if e.op == "*" else inner[0] / right, inner[1])
-        return None
-
-    def _fused(self, e: ast.Binary):
-        """The table above, for `a + ...` and `a - ...`; None when e has none of its shapes."""
-        right = e.right
-        if isinstance(right, ast.Binary) and right.op == "/":
-            scaled = self._coefficient(right.left)
-            if scaled is not None:
-                a, denominator = self(e.left), self(right.right)
-                if is_tensor(a) and is_tensor(denominator):
-                    value = scaled[0] if e.op == "+" else -scaled[0]
-                    return torch.addcdiv(a, scaled[1], denominator, value=value)
-        if not (isinstance(right, ast.Binary) and right.op == "*"):
-            return None
-        if (e.op == "+" and isinstance(right.right, ast.Binary) and right.right.op == "-"
-                and right.right.right == e.left):
-            a, w, b = self(e.left), self(right.left), self(right.right.left)
-            if is_tensor(a) and is_tensor(b) and not is_tensor(w):
-                return torch.lerp(a, b, w)
-            return None
-        a, s, b = self(e.left), self(right.left), self(right.right)
-        if is_tensor(a) and is_tensor(b) and not is_tensor(s) and a.dtype == b.dtype:
-            return torch.add(a, b, alpha=s if e.op == "+" else -s)
-        if is_tensor(a) and is_tensor(b) and is_tensor(s):
-            return torch.addcmul(a, s, b, value=1 if e.op == "+" else -1)
-        return None
-
     def _call(self, e):
-        if e.func == "sqrt" and isinstance(e.args[0], ast.Binary) and e.args[0].op == "/":
-            top, bottom = self(e.args[0].left), self(e.args[0].right)
-            if is_tensor(top) and not is_tensor(bottom):
-                return torch.sqrt(top) / math.sqrt(bottom)
-        return super()._call(e)
+        match = rewrites.of_sqrt(e, self._is_tensor)
+        return super()._call(e) if match is None else self._fused(match)
+
+    def _is_tensor(self, e: ast.Expr) -> bool:
+        return is_tensor(self(e))
+
+    def _fused(self, match: rewrites.Fused):
+        """The rewrite table's torch op (nldsl/lower/rewrites.py); None where torch's op cannot
+        take the operands (add's alpha on two dtypes: the plain ops promote)."""
+        args = [self(arg) for arg in match.args]
+        if match.op == "sqrt_div":
+            return torch.sqrt(args[0]) / math.sqrt(args[1])
+        if match.op == "lerp":
+            return torch.lerp(*args)
+        if match.op == "addcmul":
+            return torch.addcmul(*args, value=match.sign)
+        then = lambda rest, op, n: _TIMES_OR_DIVIDE[op](1 if rest is None else rest, n)
+        scale = rewrites.fold(match.scale, self, operator.mul, then)
+        value = scale if match.sign > 0 else -scale
+        if match.op == "add":
+            return torch.add(*args, alpha=value) if args[0].dtype == args[1].dtype else None
+        return torch.addcdiv(*args, value=value)

@@ -15,7 +15,7 @@ import torch
 
 from nldsl import ast
 from nldsl.consteval import hparam_values
-from nldsl.check_values import ValueChecker
+from nldsl.check_values import ValueChecker, unknown_hparams
 from nldsl.errors import NLDSLCompileError, NLDSLError, NLDSLValueError, Problem
 from nldsl.optim.codegen import compile_plan
 from nldsl.optim.interpret import initial_state, reference_step
@@ -47,9 +47,7 @@ def check_hparams(decl: ast.SpecDecl, values: dict[str, Any], source=None,
     values changed since `values` were last found good (ValueChecker.problems)."""
     checker = checker or ValueChecker(decl, source)
     known = {h.name: h for h in decl.hparams}
-    problems = [_problem(source, decl, f"{decl.name} has no hyper-parameter {name!r}",
-                         ", ".join(known), f"pass one of the names in `{decl.name}(...)`")
-                for name in values if name not in known]
+    problems = unknown_hparams(decl, values, source)
     problems += checker.problems({k: v for k, v in values.items() if k in known}, changed)
     problems += [_problem(source, h, f"{decl.name} needs a value for {h.name}", f"{h.name}=<value>",
                           f"it has no default: pass {h.name}=...")

@@ -1,9 +1,10 @@
 """Print plan expressions as Python/torch source: per tensor (`loop`) or over lists of tensors
 (`foreach`, torch's multi-tensor `_foreach_*` ops). Used by `codegen.py`.
 
-`Printer.expr(e)` returns (source, is_tensor). The arithmetic shapes the evaluator fuses
-(lerp, add with alpha, addcdiv, addcmul, sqrt of a quotient) print as the same single torch op,
-so generated code computes what the reference computes.
+`Printer.expr(e)` returns (source, is_tensor). The arithmetic shapes of the rewrite table
+(nldsl/lower/rewrites.py: lerp, add with alpha, addcdiv, addcmul, sqrt of a quotient) print as
+its single torch op, the one the evaluator computes from the same table, so generated code
+computes what the reference computes.
 
 Only text nldsl produces reaches the source: a spec name prints as `u_<name>` (`user`), a
 namespace no generated variable uses, so no user name shadows generated code or a Python
@@ -20,6 +21,7 @@ import math
 from nldsl import ast
 from nldsl.builtins import FUNCTIONS
 from nldsl.errors import NLDSLCompileError, Problem
+from nldsl.lower import rewrites
 from nldsl.lower.emit import Emitter
 
 _FOREACH_BINARY = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
@@ -157,9 +159,9 @@ class Printer:
             if self.foreach:
                 raise NotVectorizable(e.op)
             return f"K.logical({e.op!r}, {left}, {right})", True
-        fused = self._fused(e)
-        if fused is not None:
-            return fused, True
+        match = rewrites.of_sum(e, self._is_tensor)
+        if match is not None:
+            return self._fused(match), True
         (left, lt), (right, rt) = self.expr(e.left), self.expr(e.right)
         if not (lt or rt):
             return f"({left} {e.op} {right})", False
@@ -180,43 +182,30 @@ class Printer:
             return f"torch._foreach_add(torch._foreach_neg({right}), {left})", True
         return f"torch._foreach_mul(torch._foreach_reciprocal({right}), {left})", True
 
-    def _scaled(self, e):
-        """(coefficient source, tensor source) when e is a number times a tensor."""
-        if isinstance(e, ast.Binary) and e.op in "*/":
-            (left, lt), (right, rt) = self.expr(e.left), self.expr(e.right)
-            if e.op == "*" and not lt and rt:
-                inner = self._scaled(e.right)
-                return (f"{left} * {inner[0]}", inner[1]) if inner else (left, right)
-            if lt and not rt:
-                coef, tensor = self._scaled(e.left) or ("1", left)
-                return f"({coef}) {e.op} {right}", tensor
-        return None
+    def _is_tensor(self, e: ast.Expr) -> bool | None:
+        return self.expr(e)[1]
 
-    def _fused(self, e: ast.Binary):
-        if e.op not in "+-":
-            return None
+    def _fused(self, match: rewrites.Fused) -> str:
+        """The rewrite table's single torch op (nldsl/lower/rewrites.py)."""
         fe = "torch._foreach_" if self.foreach else "torch."
-        a, at = self.expr(e.left)
-        right, sign = e.right, "" if e.op == "+" else "-"
-        if isinstance(right, ast.Binary) and right.op == "/":
-            scaled = self._scaled(right.left)
-            den, dt = self.expr(right.right)
-            if scaled and at and dt:
-                return f"{fe}addcdiv({a}, {scaled[1]}, {den}, value={sign}({scaled[0]}))"
-        if not (isinstance(right, ast.Binary) and right.op == "*"):
-            return None
-        inner = right.right
-        if (e.op == "+" and isinstance(inner, ast.Binary) and inner.op == "-" and inner.right == e.left):
-            (w, wt), (b, bt) = self.expr(right.left), self.expr(inner.left)
-            if at and bt and not wt:
-                return f"{fe}lerp({a}, {b}, {w})"
-            return None
-        (s, st), (b, bt) = self.expr(right.left), self.expr(right.right)
-        if at and bt and st is False:
-            return f"{fe}add({a}, {b}, alpha={sign}({s}))"
-        if at and bt and st is True:
-            return f"{fe}addcmul({a}, {s}, {b}, value={sign}1)"
-        return None
+        args = [self.expr(arg)[0] for arg in match.args]
+        sign = "" if match.sign > 0 else "-"
+        if match.op == "sqrt_div":
+            sqrt = "torch._foreach_sqrt" if self.foreach else "torch.sqrt"
+            div = "torch._foreach_div" if self.foreach else "torch.div"
+            return f"{div}({sqrt}({args[0]}), math.sqrt({args[1]}))"
+        if match.op == "lerp":
+            return f"{fe}lerp({args[0]}, {args[1]}, {args[2]})"
+        if match.op == "addcmul":
+            return f"{fe}addcmul({args[0]}, {args[1]}, {args[2]}, value={sign}1)"
+        # `n * rest` unparenthesised, as printed before the table was shared: Python groups it
+        # (n * ...) / ..., which the evaluator's n * (rest) can round differently (docs/optimizers.md)
+        scale = rewrites.fold(match.scale, lambda n: self.expr(n)[0],
+                              lambda n, rest: f"{n} * {rest}",
+                              lambda rest, op, n: f"({'1' if rest is None else rest}) {op} {n}")
+        if match.op == "add":
+            return f"{fe}add({args[0]}, {args[1]}, alpha={sign}({scale}))"
+        return f"{fe}addcdiv({args[0]}, {args[1]}, {args[2]}, value={sign}({scale}))"
 
     def _keywords(self, e) -> str:
         """`, name=value` for each keyword argument: a parameter of the built-in (the table)."""
@@ -232,12 +221,9 @@ class Printer:
     def _call(self, e):
         if e.func == "grad":
             return "grad", True
-        if e.func == "sqrt" and isinstance(e.args[0], ast.Binary) and e.args[0].op == "/":
-            (top, tt), (bottom, bt) = self.expr(e.args[0].left), self.expr(e.args[0].right)
-            if tt and bt is False:
-                sqrt = "torch._foreach_sqrt" if self.foreach else "torch.sqrt"
-                div = "torch._foreach_div" if self.foreach else "torch.div"
-                return f"{div}({sqrt}({top}), math.sqrt({bottom}))", True
+        match = rewrites.of_sqrt(e, self._is_tensor)
+        if match is not None:
+            return self._fused(match), True
         args = [self.expr(a) for a in e.args]
         srcs = [s for s, _ in args]
         kwargs = self._keywords(e)
