@@ -24,7 +24,8 @@ from nldsl.printer import format_expr
 TRIALS = 3
 _PRIMES = [7919, 7927, 7933, 7937, 7949, 7951, 7963, 7993, 8009, 8011, 8017, 8039, 8053]
 #: The shape classes (nldsl/builtins.py SHAPES) whose result has the first argument's dims.
-_KEEPS_DIMS = frozenset({"elementwise", "identity", "last_dim_keep", "matrix", "sequence_keep"})
+_KEEPS_DIMS = frozenset({"elementwise", "identity", "last_dim_keep", "matrix", "sequence_keep",
+                         "positional"})
 
 
 @dataclass(frozen=True)
@@ -155,8 +156,10 @@ class ShapeChecker:
             return ()
         if shape == "gradient" and node.args and isinstance(node.args[0], ast.Name):
             return self.infer(node.args[0])
-        if shape == "attention" and len(args) >= 3:
-            return args[2]
+        if shape == "attention" and len(args) >= 3:     # the values' width (of the first stream)
+            values = node.args[2]
+            return self.infer(values.items[0]) if isinstance(values, ast.Tuple) and values.items \
+                else args[2]
         return None
 
     def _apply_memory(self, node: ast.Call, arg):

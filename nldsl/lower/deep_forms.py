@@ -49,8 +49,9 @@ def deep_form(level: TokenLevel, program: Program) -> DeepForm | None:
     if set(level.hidden) - {f"{s}_momentum"}:
         return None
     fast = {n for lv in program.levels for n in list(lv.states) + list(lv.reads) + list(lv.hidden)}
-    if any(mentions(value, n) for value in level.contexts.values() for n in fast):
-        return None
+    if any(mentions(value, n) for value in level.contexts.values() for n in fast) or \
+            any(level.placements[c].states for c in level.contexts if c in level.placements):
+        return None                        # directly, or through other levels' contexts
     gates = [write.lr, write.decay] + ([write.beta] if write.kind == "momentum" else [])
     if any(mentions(g, n) for g in gates for n in fast):
         return None

@@ -20,6 +20,7 @@ from nldsl.lower.program import Program, TokenLevel
 from nldsl.module.deep_chunk import run_deep_level
 from nldsl.module.delta_chunk import linear_delta_blocks
 from nldsl.module.reference import STREAM, finish, run_reference
+from nldsl.runtime.attention import attend_sequence, run_site
 from nldsl.runtime.evaluate import FrameEvaluator
 from nldsl.runtime.frame import Frame
 from nldsl.runtime.functions import causal_conv
@@ -27,12 +28,26 @@ from nldsl.runtime.functions import causal_conv
 SEQUENCE = Frame(2)
 
 
-def plan_schedule(program: Program) -> dict[str, LinearForm | DeepForm]:
-    """level -> its fast form (a linear memory, or a deep memory's chunk form), for every
-    level; {} when one level has none."""
-    forms = {level.name: linear_form(level, program) or deep_form(level, program)
-             for level in program.levels}
+#: The form of a level with no states (an attention level): its contexts and reads are
+#: evaluated over the whole call when something uses them.
+STATELESS = "stateless"
+
+
+def plan_schedule(program: Program) -> dict[str, LinearForm | DeepForm | str]:
+    """level -> its fast form (a linear memory, a deep memory's chunk form, or stateless), for
+    every level; {} when one level has none."""
+    forms = {level.name: stateless_form(level) or linear_form(level, program)
+             or deep_form(level, program) for level in program.levels}
     return forms if all(forms.values()) else {}
+
+
+def stateless_form(level: TokenLevel) -> str | None:
+    """A level without states or writes whose contexts use no fast state (they are evaluated
+    once for the whole call, before anything has run)."""
+    if level.states or level.writes or level.hidden or any(
+            level.placements[name].states for name in level.contexts):
+        return None
+    return STATELESS
 
 
 def fits(program: Program, params: dict, x: torch.Tensor, state: dict,
@@ -83,13 +98,15 @@ class _SequenceValues:
         self.memo: dict[str, tuple[object, Frame]] = {}
         self.bound: dict[str, object] = {}
         self.convs: dict[str, torch.Tensor] = {}
+        self.attended: dict[str, torch.Tensor] = {}
         self.products: dict[int, torch.Tensor] = {}               # id of an `x @ W` node -> value
 
     def evaluate(self, level: TokenLevel | None, expr: ast.Expr):
         frame = self.frames[level.name] if level is not None else SEQUENCE
         lookup = lambda name: self._lookup(name, frame)
         conv = lambda call, a, width: self._conv(call, a, frame)
-        return _Evaluator(frame, lookup, _no_memory, conv, self.products)(expr)
+        attend = lambda call, q, keys, values: self._attend(call, q, keys, values, frame)
+        return _Evaluator(frame, lookup, _no_memory, conv, self.products, attend)(expr)
 
     def project(self, level: TokenLevel) -> None:
         """The level's contexts' `x @ W` products (W a 2-D parameter) as one GEMM, when there
@@ -140,6 +157,8 @@ class _SequenceValues:
         heads = level.heads or 1
         per_head = lambda value, width: _heads_first(frame, value, self.x, heads, width)
         self.project(level)
+        if form == STATELESS:                 # reads are evaluated where they are used
+            return
         if isinstance(form, DeepForm):
             run_deep_level(self, level, form, per_head)
             return
@@ -184,6 +203,8 @@ class _SequenceValues:
         owner = program.owner(name)
         if owner is not None and name in owner.contexts and name not in self.memo:
             self.memo[name] = (self.evaluate(owner, owner.contexts[name]), self.frames[owner.name])
+        if owner is not None and not owner.states and name in owner.reads and name not in self.memo:
+            self.memo[name] = (self.evaluate(owner, owner.reads[name][0]), self.frames[owner.name])
         if name not in self.memo:
             raise KeyError(f"{name} is not available to the chunked schedule")
         return self._seen(name, frame)
@@ -202,11 +223,22 @@ class _SequenceValues:
         return SEQUENCE.merge(self.convs[site.param], frame)
 
 
+    def _attend(self, call: ast.Call, q, keys: list, values: list, frame: Frame):
+        """The attention at this call site over the whole call (scaled_dot_product_attention,
+        runtime/attention.py), once: its cache in the new state moves past the call."""
+        site = self.program.attention[(call.span.line, call.span.col)]
+        if site.name not in self.attended:
+            self.attended[site.name] = run_site(site, call, frame, q, keys, values,
+                                                self.new_state[STREAM], self.params,
+                                                self.new_state[STREAM]["t"], attend_sequence)
+        return self.attended[site.name]
+
+
 class _Evaluator(FrameEvaluator):
     """FrameEvaluator that takes the value of an `x @ W` node from `products` when it is there."""
 
-    def __init__(self, frame, lookup, apply, conv, products: dict[int, torch.Tensor]):
-        super().__init__(frame, lookup, apply, conv)
+    def __init__(self, frame, lookup, apply, conv, products: dict[int, torch.Tensor], attend):
+        super().__init__(frame, lookup, apply, conv, attend)
         self.products = products
 
     def __call__(self, expr: ast.Expr):
