@@ -210,8 +210,8 @@ class _SequenceValues:
         return self._seen(name, frame)
 
     def _seen(self, name: str, frame: Frame):
-        value, source = self.memo[name]
-        return value if source == frame else source.merge(value, frame)
+        value, source = self.memo[name]                  # another level's value: merged
+        return value if source is frame else source.merge(value, frame)
 
     def _conv(self, call: ast.Call, a, frame: Frame):
         site = self.program.convs[(call.span.line, call.span.col)]

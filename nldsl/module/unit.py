@@ -134,7 +134,7 @@ class UnitValues:
 
     def _seen(self, value, owner: TokenLevel, frame: Frame, state: bool = False):
         source = self.frames[owner.name]
-        if source == frame:
+        if source is frame or (state and source == frame):   # another level's value: merged
             return value
         if state and source.heads is not None:
             raise NotImplementedError("a per-head state read from another frame")
