@@ -350,7 +350,7 @@ def test_bad_schedule_arguments(kwargs, message):
 @pytest.mark.parametrize("spec, construct", [
     pytest.param("atlas", "`window`", id="atlas-window"),
     pytest.param("cms", "`minimize task`", id="cms-minimize-task"),
-    pytest.param("hope_attention", "`attention`", id="hope_attention-attention"),
+    pytest.param("hope_attention", "`minimize task`", id="hope_attention-minimize-task"),
 ])
 def test_stdlib_construct_not_supported_yet(spec, construct):
     with pytest.raises(NLDSLCompileError) as info:
@@ -374,8 +374,10 @@ _BASE = '''module unsupported(dim: int >= 1) {
 '''
 UNSUPPORTED = {
     "minimize-task": ("minimize task by gd(lr = 0.1)", "1", "y @ Wo", "task", "`minimize task`"),
-    "attention": ("minimize l2(M(k), k) by gd(lr = 0.1)", "1", "attention(x, x, x) + y @ Wo",
-                  "attention(x, x, x)", "`attention`"),
+    "attention-in-a-loss": ("minimize l2(M(k), attention(k, k, k)) by gd(lr = 0.1)", "1",
+                            "y @ Wo", "attention(k, k, k)", "`attention` in a `minimize` loss"),
+    "attention-in-an-update": ("M <- M + outer(window_attention(k, k, k, 2), k)", "1", "y @ Wo",
+                               "window_attention(k, k, k, 2)", "`window_attention` in an explicit"),
     "rule-chain": ("minimize l2(M(k), k) by gd(lr = 0.1) then gd(lr = 0.2)", "1", "y @ Wo",
                    "gd(lr = 0.2)", "rule chains"),
     "momentum-every-2": ("minimize l2(M(k), k) by momentum(lr = 0.1, beta = 0.9)", "2",
