@@ -42,10 +42,11 @@ def rope(a: torch.Tensor, position: torch.Tensor, base: float = ROPE_BASE) -> to
     so q . k after rope depends on the positions only through their difference.
     a: [..., n], position: broadcastable to a's leading dims (padded with trailing 1s)."""
     half = a.shape[-1] // 2
-    inv = base ** (-2.0 * torch.arange(half, dtype=a.dtype, device=a.device) / a.shape[-1])
-    position = position.reshape(position.shape + (1,) * (a.ndim - 1 - position.ndim))
+    exact = torch.promote_types(a.dtype, torch.float32)     # angles of far positions: not in bf16
+    inv = base ** (-2.0 * torch.arange(half, dtype=exact, device=a.device) / a.shape[-1])
+    position = position.to(exact).reshape(position.shape + (1,) * (a.ndim - 1 - position.ndim))
     angle = position.unsqueeze(-1) * inv                                     # [..., n/2]
-    cos, sin = angle.cos(), angle.sin()
+    cos, sin = angle.cos().to(a.dtype), angle.sin().to(a.dtype)
     first, second = a[..., :half], a[..., half:]
     return torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1)
 

@@ -254,5 +254,5 @@ class FrameEvaluator(Evaluator):
                                "queries and keys, whose head_dim is even")
         t = self.lookup("t")
         position = (t - 1) if isinstance(t, torch.Tensor) else torch.tensor(
-            float(t - 1), dtype=a.dtype, device=a.device)
-        return rope(a, position.to(a.dtype), base)
+            float(t - 1), dtype=torch.float64, device=a.device)
+        return rope(a, position, base)
