@@ -43,7 +43,8 @@ _ATTEND = '''module att(dim: int >= 1, heads = 2 >= 1, head_dim = 4 >= 1, w = 3 
   out = o @ Wo
 }
 '''
-#: id -> (spec, hyper-parameters, whether the chunked schedule has a fast form for every level)
+#: id -> (spec, hyper-parameters, whether the chunked schedule has a fast form for every level:
+#: titans_mac's runs one segment at a time, chunked.segment_chunks)
 SPECS = {
     "softmax_attention": ("softmax_attention", dict(dim=8, heads=2, head_dim=4), True),
     "window": (_ATTEND.replace("CALL", "window_attention(q, k, v, w)"), dict(dim=8), True),
@@ -57,7 +58,7 @@ SPECS = {
     "titans_mal": ("titans_mal", dict(dim=8, heads=2, head_dim=4, chunk_size=3, max_lr=0.5,
                                       window_size=4, n_persist=2), True),
     "titans_mac": ("titans_mac", dict(dim=8, heads=2, head_dim=4, segment=3, max_lr=0.5,
-                                      n_persist=2), False),
+                                      n_persist=2), True),
 }
 
 

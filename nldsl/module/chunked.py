@@ -17,9 +17,11 @@ from nldsl.consteval import children
 from nldsl.lower.deep_forms import DeepForm, deep_form
 from nldsl.lower.forms import LinearForm, linear_form
 from nldsl.lower.program import Program, TokenLevel
+from nldsl.lower.timing import snapshot_reads, states_through
 from nldsl.module.deep_chunk import run_deep_level
 from nldsl.module.delta_chunk import linear_delta_blocks
 from nldsl.module.reference import STREAM, finish, run_reference
+from nldsl.runtime import mlp
 from nldsl.runtime.attention import attend_sequence, run_site
 from nldsl.runtime.evaluate import FrameEvaluator
 from nldsl.runtime.frame import Frame
@@ -35,19 +37,34 @@ STATELESS = "stateless"
 
 def plan_schedule(program: Program) -> dict[str, LinearForm | DeepForm | str]:
     """level -> its fast form (a linear memory, a deep memory's chunk form, or stateless), for
-    every level; {} when one level has none."""
-    forms = {level.name: stateless_form(level) or linear_form(level, program)
-             or deep_form(level, program) for level in program.levels}
+    every level; {} when one level has none. Contexts may use the before-write reads of deep
+    levels (`snapshot_reads`): the call then runs one chunk of those levels at a time
+    (`segment_chunks`), where such a read is the chunk-start state's."""
+    leaves = snapshot_reads(program.levels)
+    forms = {level.name: stateless_form(level, program, leaves) or linear_form(level, program)
+             or deep_form(level, program, leaves) for level in program.levels}
     return forms if all(forms.values()) else {}
 
 
-def stateless_form(level: TokenLevel) -> str | None:
-    """A level without states or writes whose contexts use no fast state (they are evaluated
-    once for the whole call, before anything has run)."""
+def stateless_form(level: TokenLevel, program: Program, leaves=frozenset()) -> str | None:
+    """A level without states or writes whose contexts use no fast state but the `leaves`
+    (they are evaluated over the whole call where something uses them)."""
     if level.states or level.writes or level.hidden or any(
-            level.placements[name].states for name in level.contexts):
+            states_through(value, program.levels, program.outer_contexts, leaves)[0]
+            for value in level.contexts.values()):
         return None
     return STATELESS
+
+
+def segment_chunks(program: Program) -> set[int]:
+    """The chunks of the deep levels whose before-write reads some context uses: a call is cut
+    at their boundaries."""
+    leaves = snapshot_reads(program.levels)
+    used = set()
+    for level in program.levels:
+        for value in level.contexts.values():
+            used |= states_through(value, program.levels, program.outer_contexts, leaves)[1]
+    return {program.owner(name).chunk for name in used}
 
 
 def fits(program: Program, params: dict, x: torch.Tensor, state: dict,
@@ -68,6 +85,21 @@ def run_chunked(program: Program, params: dict, x: torch.Tensor, state: dict, en
                 forms: dict[str, LinearForm], block: int, checkpoint: bool = False):
     if not forms or x.shape[1] == 0:
         return run_reference(program, params, x, state, end)
+    chunks, start, steps = segment_chunks(program), state[STREAM]["t"], x.shape[1]
+    if not chunks:
+        return _run_call(program, params, x, state, end, forms, block, checkpoint)
+    cuts = [0] + [i for i in range(1, steps) if any((start + i) % c == 0 for c in chunks)] + \
+        [steps]
+    ys = []
+    for a, b in zip(cuts[:-1], cuts[1:]):                 # one chunk at a time (Titans MAC)
+        y, state = _run_call(program, params, x[:, a:b], state, end and b == steps, forms, block,
+                             checkpoint)
+        ys.append(y)
+    return torch.cat(ys, dim=1), state
+
+
+def _run_call(program: Program, params: dict, x: torch.Tensor, state: dict, end: bool,
+              forms: dict[str, LinearForm], block: int, checkpoint: bool):
     values = _SequenceValues(program, params, x, state, checkpoint)
     try:
         for level in program.levels:
@@ -90,6 +122,7 @@ class _SequenceValues:
                  checkpoint: bool = False):
         self.program, self.params, self.x, self.checkpoint = program, params, x, checkpoint
         self.new_state = {key: dict(value) for key, value in state.items()}
+        self.start, self.leaves = state, snapshot_reads(program.levels)
         start = state[STREAM]["t"]
         # in x's dtype, as the reference's Python int t meets a tensor (exact below 2^24 in float32)
         self.t = torch.arange(start + 1, start + 1 + x.shape[1], dtype=x.dtype,
@@ -205,9 +238,23 @@ class _SequenceValues:
             self.memo[name] = (self.evaluate(owner, owner.contexts[name]), self.frames[owner.name])
         if owner is not None and not owner.states and name in owner.reads and name not in self.memo:
             self.memo[name] = (self.evaluate(owner, owner.reads[name][0]), self.frames[owner.name])
+        if owner is not None and name in self.leaves and name not in self.memo:
+            self.memo[name] = (self._snapshot_read(owner, name), self.frames[owner.name])
         if name not in self.memo:
             raise KeyError(f"{name} is not available to the chunked schedule")
         return self._seen(name, frame)
+
+    def _snapshot_read(self, level: TokenLevel, name: str):
+        """A before-write read of a deep level before it runs: the call lies inside one of its
+        chunks (run_chunked cuts it so), so the read is of the chunk-start state, the same
+        for every token of the call (the state itself at a chunk boundary)."""
+        own, start = self.start[level.name], self.start[STREAM]["t"]
+
+        def apply(memory: str, u):
+            flat = own[memory] if start % level.chunk == 0 else \
+                own.get(f"{memory}.chunk_start", own[memory])
+            return mlp.apply(level.states[memory].mlp, flat.unsqueeze(1), u)   # [B, 1, (H,) P]
+        return self.evaluate_window(level, level.reads[name][0], 0, self.x.shape[1], apply)
 
     def _seen(self, name: str, frame: Frame):
         value, source = self.memo[name]                  # another level's value: merged
