@@ -68,6 +68,8 @@ SHAPES = {
     "number": "a Python number about the tensor's shape",
     "concat": "vectors joined along the last dim: [.., n], [.., m] -> [.., n + m]",
     "sequence_keep": "mixes tokens, keeps the width: [T, n] -> [T, n]",
+    "positional": "a function of each vector and its token's position, keeps the width: "
+                  "[T, n] -> [T, n]",
     "attention": "mixes tokens, to the width of the values: [T, n], [T, n], [T, m] -> [T, m]",
     "branches": "the shape of its branches: weights, [..], .., [..] -> [..]",
     "gradient": "the shape of the state it is the gradient of",
@@ -151,10 +153,21 @@ FUNCTIONS: dict[str, Builtin] = {
     "conv": _f("a width", None, "sequence_keep", "causal depthwise 1-D convolution over tokens "
                "with a learned kernel of `width` taps per channel (a parameter of the outer "
                "level)", role="sequence"),
-    "attention": _f("q k v", None, "attention", "causal softmax attention over the sequence: "
-                    "the non-parametric memory of eq. 62 (frequency infinity)", role="sequence"),
-    "window_attention": _f("q k v width", None, "attention", "causal sliding-window softmax "
-                           "attention (eq. 63)", role="sequence"),
+    "attention": _f("q k v prefix", 3, "attention", "causal softmax attention over the "
+                    "sequence: the non-parametric memory of eq. 62 (frequency infinity); token t "
+                    "attends to every token s <= t. `k`, `v` may be tuples of streams at the "
+                    "same positions, `prefix = (P_k, P_v)` learned keys and values every token "
+                    "sees (persistent memory, Titans sec. 4)", role="sequence"),
+    "window_attention": _f("q k v width prefix", 4, "attention", "causal sliding-window "
+                           "softmax attention (eq. 63): token t attends to t - width < s <= t; "
+                           "streams and `prefix` as for attention", role="sequence"),
+    "segment_attention": _f("q k v size prefix", 4, "attention", "causal softmax attention "
+                            "within segments of `size` tokens (t = 1..size, size+1..2 size, ...): "
+                            "Titans MAC's segment-local attention; streams and `prefix` as for "
+                            "attention", role="sequence"),
+    "rope": _f("a base", 1, "positional", "rotary position embedding, rotate-half form: pairs "
+               "(a_i, a_{i+n/2}) rotated by the angle (t - 1) base^(-2i/n), base 10000 by "
+               "default (RoFormer eq. 34; per head in a `heads` level)", role="sequence"),
     "concat": _f("a", 1, "concat", "concatenate along the last dim", variadic=True,
                  optimizer_ok=False),
     # gradients and gradient flow

@@ -18,14 +18,15 @@ from nldsl.builtins import FUNCTIONS
 from nldsl.check_common import Checker
 from nldsl.errors import Source
 from nldsl.graph import LevelGraph
-from nldsl.consteval import hparam_values, names_in, try_evaluate
+from nldsl.consteval import calls_in as _calls, hparam_values, names_in, try_evaluate
 from nldsl.memories import memory_layouts
 from nldsl.printer import format_expr
 
 TRIALS = 3
 _PRIMES = [7919, 7927, 7933, 7937, 7949, 7951, 7963, 7993, 8009, 8011, 8017, 8039, 8053]
 #: The shape classes (nldsl/builtins.py SHAPES) whose result has the first argument's dims.
-_KEEPS_DIMS = frozenset({"elementwise", "identity", "last_dim_keep", "matrix", "sequence_keep"})
+_KEEPS_DIMS = frozenset({"elementwise", "identity", "last_dim_keep", "matrix", "sequence_keep",
+                         "positional"})
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,12 @@ class ShapeChecker:
                 return self.state_shape(node.id)
             if node.id in self.c.graph.hparams or node.id in ("step", "t"):
                 return ()
+            owner = self.context_heads.get(node.id)
+            if owner is not None and node.id not in self.per_head:    # merged outside its level
+                heads, self.heads_dim = self.heads_dim, owner
+                merged = self._merge_heads(self.shapes.get(node.id))
+                self.heads_dim = heads
+                return merged
             return self.shapes.get(node.id)
         if isinstance(node, (ast.Number, ast.Bool)):
             return ()
@@ -159,8 +166,10 @@ class ShapeChecker:
             return self.infer(node.args[0])
         if shape == "outer" and len(args) == 2 and args[0] and args[1]:
             return (args[0][-1], args[1][-1])
-        if shape == "attention" and len(args) >= 3:
-            return args[2]
+        if shape == "attention" and len(args) >= 3:     # the values' width (of the first stream)
+            values = node.args[2]
+            values = values.items[0] if isinstance(values, ast.Tuple) and values.items else values
+            return self._split_inline(values, self.infer(values))
         return None
 
     def _apply_memory(self, node: ast.Call, arg):
@@ -200,18 +209,32 @@ class ShapeChecker:
         merged = tuple(d * h for d, h in zip(shape[-1].values, self.heads_dim.values))
         return shape[:-1] + (self.named(merged, f"{self.heads_dim.text} * {shape[-1].text}"),)
 
+    per_head: frozenset = frozenset()
+    context_heads: dict = {}        # a context of a `heads H` level -> H (as a Dim)
+
+    def _split_inline(self, expr, shape):
+        """An attention argument written inline in a per-head level (`y @ Wv` with y from
+        another level) is split like a context; one that names this level's contexts, reads
+        or states is per head already."""
+        names = {n.id for n in names_in(expr)} | {c.func for c in _calls(expr)}
+        return shape if names & self.per_head else self._split_heads(shape)
+
     def run(self) -> None:
         for level in self.c.graph.levels.values():
             self.heads_dim = self.dim(level.heads) if level.heads is not None else None
+            self.per_head = frozenset(level.contexts) | frozenset(level.reads) | \
+                frozenset(level.states)
             for name, context in level.contexts.items():
                 self.shapes[name] = self._split_heads(self.infer(context.value))
+                if self.heads_dim is not None:
+                    self.context_heads = {**self.context_heads, name: self.heads_dim}
             for objective in level.objectives:
                 self.infer(objective.loss)
             for update in level.updates:
                 self.infer(update.value)
             for name, read in level.reads.items():
                 self.shapes[name] = self._merge_heads(self.infer(read.value))
-        self.heads_dim = None
+        self.heads_dim, self.per_head = None, frozenset()
         if self.c.graph.output is not None:
             self.infer(self.c.graph.output)
 

@@ -25,7 +25,8 @@ FUZZ_NAMES = ("int", "float", "zip", "any", "len", "range", "x", "st", "c", "wri
 POINTWISE = shaped("elementwise")
 ELEMENTWISE = POINTWISE + shaped("last_dim_keep", "identity")    # [r, c] -> [r, c]
 LAST_DIM_REDUCTIONS = shaped("last_dim_reduce")                 # [r, 1], broadcasts with [r, c]
-MODULE_ONLY = ("conv", "attention", "window_attention", "concat", "wsum", "flatten")
+MODULE_ONLY = ("conv", "attention", "window_attention", "segment_attention", "rope", "concat",
+               "wsum", "flatten")
 INITIALISERS = shaped("init")
 
 
@@ -169,7 +170,8 @@ def optimizer_specs(draw, max_levels: int = 3, exclude: frozenset = frozenset())
             f"grad({draw(st.sampled_from(tensors + [lr, '3', 'W * 2', 'step']))})",
             f"conv({sub()}, 2)", f"attention({sub()}, {sub()}, {sub()})",
             f"window_attention({sub()}, {sub()}, {sub()}, 2)", f"concat({sub()}, {sub()})",
-            f"flatten({sub()})", f"wsum((0.5, 0.5), {sub()}, {sub()})", f"{draw(st.sampled_from(INITIALISERS))}()",
+            f"segment_attention({sub()}, {sub()}, {sub()}, 2)", f"rope({sub()})", f"flatten({sub()})",
+            f"wsum((0.5, 0.5), {sub()}, {sub()})", f"{draw(st.sampled_from(INITIALISERS))}()",
             f"{draw(st.sampled_from(['1e400', '10 ** 1000', '1e-400']))} * {sub()}",
             f"{draw(st.sampled_from(POINTWISE))}({scalar()}) * {sub()}",
             f"(not {sub()}) * {sub()}", f"({sub()} if {sub()} > 0 else 0 - {sub()})",

@@ -156,7 +156,9 @@ def test_every_builtin_has_a_known_shape_class():
 @pytest.mark.parametrize("table, shapes", [
     (forms._ELEMENTWISE, ("elementwise", "broadcast")),
     (forms._REDUCING, ("reduce_all", "last_dim_reduce")),
-    (heads.SAME, ("elementwise", "identity", "last_dim_keep")),
+    (heads.SAME, ("elementwise", "identity", "last_dim_keep", "positional")),
+    (heads.ATTENTION, ("attention",)),
+    (heads.POSITIONAL, ("positional",)),
     (heads.LAST_TO_ONE, ("last_dim_reduce",)),
     (heads.REDUCE_ALL, ("reduce_all",)),
     (heads.SCALAR, ("number",)),
@@ -166,7 +168,7 @@ def test_every_builtin_has_a_known_shape_class():
     (fuzzing.ELEMENTWISE, ("elementwise", "last_dim_keep", "identity")),
     (fuzzing.LAST_DIM_REDUCTIONS, ("last_dim_reduce",)),
     (fuzzing.INITIALISERS, ("init",)),
-], ids=["forms-elementwise", "forms-reducing", "heads-same",
+], ids=["forms-elementwise", "forms-reducing", "heads-same", "heads-attention", "heads-positional",
         "heads-last-to-one", "heads-reduce-all", "heads-scalar", "heads-broadcast",
         "heads-last-dim", "fuzzing-pointwise", "fuzzing-elementwise", "fuzzing-reductions",
         "fuzzing-initialisers"])

@@ -103,7 +103,7 @@ def test_a_wrong_head_step_width_is_caught_by_the_runtime(steps, name):
 
 
 def test_every_builtin_the_runtime_computes_has_a_width_rule():
-    rules = heads.SAME | heads.LAST_TO_ONE | heads.REDUCE_ALL | heads.SCALAR | {
+    rules = heads.SAME | heads.LAST_TO_ONE | heads.REDUCE_ALL | heads.SCALAR | heads.ATTENTION | {
         "conv", "transpose", "trace", "max", "min", "clamp", "outer", "concat", "wsum",
         "flatten"}
     computed = evaluate.COMPUTED

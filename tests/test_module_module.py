@@ -350,7 +350,6 @@ def test_bad_schedule_arguments(kwargs, message):
 @pytest.mark.parametrize("spec, construct", [
     pytest.param("cms_nested", "an initial state learned by a token level",
                  id="cms_nested-init-learned-by-slow"),
-    pytest.param("hope_attention", "`attention`", id="hope_attention-attention"),
 ])
 def test_stdlib_construct_not_supported_yet(spec, construct):
     with pytest.raises(NLDSLCompileError) as info:
@@ -375,8 +374,6 @@ _BASE = '''module unsupported(dim: int >= 1) {
 UNSUPPORTED = {
     "minimize-task-by-ema": ("minimize task by ema(beta = 0.9)", "1", "y @ Wo", "ema(beta = 0.9)",
                              "`minimize task by ema`"),
-    "attention": ("minimize l2(M(k), k) by gd(lr = 0.1)", "1", "attention(x, x, x) + y @ Wo",
-                  "attention(x, x, x)", "`attention`"),
     "rule-chain-transform": ("minimize l2(M(k), k) by gd(lr = 0.1) then gd(lr = 0.2)", "1",
                              "y @ Wo", "gd(lr = 0.1)", "cannot transform the update"),
     "rule-chain-end": ("minimize l2(M(k), k) by momentum(lr = 1, beta = 0.5) then ema(0.5) "
@@ -389,6 +386,10 @@ UNSUPPORTED = {
                                "momentum on a level that writes every N > 1"),
     "window-sees-t": ("minimize window(2, l2(M(k), k), sigmoid(t)) by gd(lr = 0.1)", "1", "y @ Wo",
                       "t)) by", "`window` sees past tokens through the level's contexts"),
+    "attention-in-a-loss": ("minimize l2(M(k), attention(k, k, k)) by gd(lr = 0.1)", "1",
+                            "y @ Wo", "attention(k, k, k)", "`attention` in a `minimize` loss"),
+    "attention-in-an-update": ("M <- M + outer(window_attention(k, k, k, 2), k)", "1", "y @ Wo",
+                               "window_attention(k, k, k, 2)", "`window_attention` in an explicit"),
     "momentum-every-2": ("minimize l2(M(k), k) by momentum(lr = 0.1, beta = 0.9)", "2",
                          "y @ Wo", "momentum(lr = 0.1, beta = 0.9)", "momentum on a level"),
 }

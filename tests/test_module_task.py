@@ -386,8 +386,8 @@ def test_a_task_level_with_a_context_of_its_state_runs_the_reference():
 
 
 @pytest.mark.parametrize("name, compiles", [("cms", True), ("cms_independent", True),
-                                            ("hope", True), ("cms_nested", False),
-                                            ("hope_attention", False)])
+                                            ("hope", True), ("hope_attention", True),
+                                            ("cms_nested", False)])
 def test_check_and_compile_agree_on_the_task_specs(name, compiles, capsys):
     """`nldsl check` accepts exactly the specs that compile; a refusal is the same located
     error in both."""

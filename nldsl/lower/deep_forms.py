@@ -23,6 +23,7 @@ from nldsl.consteval import calls_in, names_in
 from nldsl.lower.derive import mentions
 from nldsl.lower.forms import NoForm, read_queries
 from nldsl.lower.program import Program, TokenLevel
+from nldsl.lower.timing import states_through
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,10 @@ class DeepForm:
     reads: dict[str, ast.Expr]     # read name -> its expression with placeholders
 
 
-def deep_form(level: TokenLevel, program: Program) -> DeepForm | None:
-    """The level's form, or None (the level then runs in the reference schedule)."""
+def deep_form(level: TokenLevel, program: Program, leaves=frozenset()) -> DeepForm | None:
+    """The level's form, or None (the level then runs in the reference schedule). `leaves`
+    (lower/timing.snapshot_reads) are before-write reads the schedule knows before the level
+    writes, when it runs one chunk at a time: contexts may depend on them (Titans MAC)."""
     if level.period != 1 or level.chunk <= 1 or len(level.states) != 1 or len(level.writes) != 1:
         return None
     (state,) = level.states.values()
@@ -50,8 +53,10 @@ def deep_form(level: TokenLevel, program: Program) -> DeepForm | None:
             any(c.func == "window" for c in calls_in(write.loss)):
         return None
     fast = {n for lv in program.levels for n in list(lv.states) + list(lv.reads) + list(lv.hidden)}
-    if any(mentions(value, n) for value in level.contexts.values() for n in fast):
-        return None
+    if any(mentions(value, n) for value in level.contexts.values() for n in fast) or any(
+            states_through(value, program.levels, program.outer_contexts, leaves)[0]
+            for value in level.contexts.values()):
+        return None                        # directly, or through other levels' contexts
     gates = [write.lr, write.decay] + ([write.beta] if write.kind == "momentum" else [])
     if any(mentions(g, n) for g in gates for n in fast):
         return None

@@ -56,8 +56,9 @@ def linear_form(level: TokenLevel, program: Program) -> LinearForm | None:
         return None
     s = state.name
     fast = {n for lv in program.levels for n in list(lv.states) + list(lv.reads) + list(lv.hidden)}
-    if any(mentions(value, n) for value in level.contexts.values() for n in fast):
-        return None
+    if any(mentions(value, n) for value in level.contexts.values() for n in fast) or \
+            any(level.placements[c].states for c in level.contexts if c in level.placements):
+        return None                        # directly, or through other levels' contexts
     if write.kind == "explicit":
         value = write.value
     elif write.kind == "gradient" and write.grad is not None:

@@ -30,7 +30,11 @@ from nldsl.lower.program import HeadMerge, HeadSplit
 
 #: Built-ins by what they do to value dims (the shape column of nldsl/builtins.py;
 #: nldsl/runtime/functions.py computes them).
-SAME = frozenset(shaped("elementwise", "identity", "last_dim_keep"))
+SAME = frozenset(shaped("elementwise", "identity", "last_dim_keep", "positional"))
+#: Attention: the width of its values (the first stream's, when they are a tuple of streams).
+ATTENTION = frozenset(shaped("attention"))
+#: Functions of a vector and its token's position (rope): a vector, as for LAST_DIM.
+POSITIONAL = frozenset(shaped("positional"))
 LAST_TO_ONE = frozenset(shaped("last_dim_reduce"))
 REDUCE_ALL = frozenset(shaped("reduce_all"))
 SCALAR = frozenset(shaped("number"))
@@ -200,6 +204,9 @@ class HeadShapes:
         func = e.func
         if func == "conv":                       # runs unsplit, on the merged value
             return self.merged(self(e.args[0]))
+        if func in ATTENTION:                    # per head, to the values' width
+            values = e.args[2].items[0] if isinstance(e.args[2], ast.Tuple) else e.args[2]
+            return self.vector(self.split(self(values)))
         args = [self(a) for a in e.args]
         if func in SCALAR:
             return SCALAR_VALUE
@@ -214,7 +221,7 @@ class HeadShapes:
         if not args:
             raise Unknown(func)
         first = self.split(args[0])
-        if func in LAST_DIM:
+        if func in LAST_DIM or func in POSITIONAL:
             first = self.vector(first)
         if func in SAME or (func == "clamp" and all(not a.dims for a in args[1:])):
             return first

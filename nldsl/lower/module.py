@@ -13,6 +13,7 @@ from nldsl.consteval import calls_in, evaluate
 from nldsl.lower.heads import Unknown, head_steps
 from nldsl.lower.program import ConvSite, FastState, MLPLayout, ModuleWrite, Param, Program, \
     TokenLevel
+from nldsl.lower.sequence import attention_sites
 from nldsl.lower.task import is_task, task_write
 from nldsl.lower.timing import period, placements
 from nldsl.lower.unsupported import check_supported, compile_error
@@ -40,7 +41,7 @@ def lower_module(spec, values: dict) -> Program:
     convs = _conv_sites(spec, const, params)
     program = Program(decl.name, int(values["dim"]), dict(values), params,
                       {c.name: c.value for c in graph.levels[OUTER].contexts.values()},
-                      levels, graph.output, convs)
+                      levels, graph.output, convs, attention_sites(spec, const, params))
     return replace(program, levels=[_explicit(level, program, spec) for level in levels])
 
 

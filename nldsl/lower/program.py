@@ -101,6 +101,30 @@ class ConvSite:
 
 
 @dataclass(frozen=True)
+class AttentionSite:
+    """`attention`, `window_attention` or `segment_attention` at one place in the spec.
+
+    `name` keys its key-value cache in the state (`state["_stream"][name + ".keys"]`, `.values`),
+    `kind` is full | window | segment, `width` the window or segment size (None: full),
+    `streams` how many key-value streams share the positions (a tuple `(k_1, k_2)`: Titans
+    MAC's memory read beside the segment), `prefix` the outer states (P_k, P_v) that every
+    query also attends to (persistent memory), or None."""
+
+    name: str
+    kind: str
+    width: int | None
+    streams: int
+    prefix: tuple[str, str] | None
+    line: int
+    col: int
+
+    @property
+    def kept(self) -> int | None:
+        """Past positions the cache keeps: all (None), or the last width - 1."""
+        return None if self.width is None else self.width - 1
+
+
+@dataclass(frozen=True)
 class ModuleWrite:
     target: str
     kind: str                      # gradient | momentum | explicit | task
@@ -201,6 +225,7 @@ class Program:
     levels: list[TokenLevel]       # in update order: fastest first, dependencies first
     output: ast.Expr
     convs: dict[tuple[int, int], ConvSite]      # (line, col) of the call -> site
+    attention: dict[tuple[int, int], AttentionSite] = field(default_factory=dict)
 
     def level(self, name: str) -> TokenLevel:
         return next(level for level in self.levels if level.name == name)

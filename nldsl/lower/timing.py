@@ -82,3 +82,33 @@ def _closure(expr: ast.Expr, definitions: dict, owner: dict, contexts: set):
             if name in definitions:
                 todo.append(definitions[name])
     return states, used
+
+
+def snapshot_reads(levels) -> set[str]:
+    """The `read ... before write` of `mlp` levels with chunk C > 1: inside one chunk of such a
+    level they read its chunk-start state, the same for every token, so a schedule that runs
+    one chunk at a time knows them before the level writes (Titans MAC's h = M*_{t-1}(q))."""
+    return {name for lv in levels if lv.chunk > 1 and any(s.mlp for s in lv.states.values())
+            for name, (_, before) in lv.reads.items() if before}
+
+
+def states_through(expr: ast.Expr, levels, outer_contexts: dict, leaves=frozenset()):
+    """(the fast states, the `leaves`) expr depends on through contexts and reads, without
+    looking inside the leaves."""
+    owner = {name: lv.name for lv in levels for name in list(lv.states) + list(lv.hidden)}
+    definitions = dict(outer_contexts)
+    for lv in levels:
+        definitions.update(lv.contexts)
+        definitions.update({name: value for name, (value, _) in lv.reads.items()})
+    for leaf in leaves:
+        definitions.pop(leaf, None)
+    states, _ = _closure(expr, definitions, owner, set())
+    found, seen, todo = set(), set(), [expr]
+    while todo:
+        node = todo.pop()
+        for name in ({n.id for n in names_in(node)} | {c.func for c in calls_in(node)}) - seen:
+            seen.add(name)
+            found |= {name} & set(leaves)
+            if name in definitions:
+                todo.append(definitions[name])
+    return states, found

@@ -15,8 +15,6 @@ from nldsl.lower.windows import window_problems
 
 #: built-in -> why the module compiler rejects it today.
 UNSUPPORTED_CALLS = {
-    "attention": "softmax attention needs a key-value cache over the stream",
-    "window_attention": "sliding-window attention needs a key-value cache over the stream",
     "grad": "gradients of the task loss inside a module's expressions are not compiled "
             "(a level learns from the task loss by `minimize task`)",
     "newton_schulz": "Newton-Schulz inside a module's expressions is not lowered yet",
@@ -69,11 +67,13 @@ def check_supported(spec) -> None:
             [r.value for r in level.reads.values()]
         for context in level.contexts.values():
             for name in _names(context.value):
-                if graph.owner(name) not in (None, level.name, OUTER) and \
-                        name in graph.levels[graph.owner(name)].reads:
+                reads = graph.levels[graph.owner(name)].reads if graph.owner(name) else {}
+                if graph.owner(name) not in (None, level.name, OUTER) and name in reads and \
+                        not reads[name].before_write:
                     report(context, f"context {context.name!r} uses {name!r}, a read of another "
-                           "level", "a context of inputs, states and contexts", "contexts are "
-                           "computed before this unit's writes: use the other level's state")
+                           "level", "a context of inputs, states, contexts and `before write` "
+                           "reads", "contexts are computed before this unit's writes: use the "
+                           "other level's state, or read it `before write`")
         _report_calls(expressions, report)
     _report_calls([c.value for c in graph.levels[OUTER].contexts.values()] +
                   ([graph.output] if graph.output is not None else []), report)

@@ -43,7 +43,9 @@ def check_state(module, state, x) -> dict:
     """The state must come from this module (same levels, names, shapes) and batch size."""
     if not isinstance(state, dict):
         raise TypeError(f"state must be the dict a previous call returned, got {type(state).__name__}")
-    expected = module.initial_state(x.shape[0])
+    stream = state.get(STREAM)
+    t = stream.get("t", 0) if isinstance(stream, dict) else 0
+    expected = module.initial_state(x.shape[0], t=t if isinstance(t, int) and t >= 0 else 0)
     if set(state) != set(expected):
         raise ValueError(f"this state is not {module.program.name}'s: it has entries "
                          f"{sorted(state)}, expected {sorted(expected)}")

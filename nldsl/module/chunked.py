@@ -18,10 +18,12 @@ from nldsl.lower.deep_forms import DeepForm, deep_form
 from nldsl.lower.forms import LinearForm, linear_form
 from nldsl.lower.program import Program, TokenLevel
 from nldsl.lower.task import FrozenForm, frozen_form
+from nldsl.lower.timing import snapshot_reads, states_through
 from nldsl.module.deep_chunk import run_deep_level
 from nldsl.module.delta_chunk import linear_delta_blocks
 from nldsl.module.reference import STREAM, finish, run_reference
 from nldsl.runtime import mlp
+from nldsl.runtime.attention import attend_sequence, run_site
 from nldsl.runtime.evaluate import FrameEvaluator
 from nldsl.runtime.frame import Frame
 from nldsl.runtime.functions import causal_conv
@@ -29,12 +31,43 @@ from nldsl.runtime.functions import causal_conv
 SEQUENCE = Frame(2)
 
 
-def plan_schedule(program: Program) -> dict[str, LinearForm | DeepForm | FrozenForm]:
-    """level -> its fast form (a linear memory, a deep memory's chunk form, or the frozen form
-    of a level that learns from the task loss), for every level; {} when one level has none."""
-    forms = {level.name: linear_form(level, program) or deep_form(level, program)
-             or frozen_form(level) for level in program.levels}
+#: The form of a level with no states (an attention level): its contexts and reads are
+#: evaluated over the whole call when something uses them.
+STATELESS = "stateless"
+
+
+def plan_schedule(program: Program) -> dict[str, LinearForm | DeepForm | FrozenForm | str]:
+    """level -> its fast form (a linear memory, a deep memory's chunk form, the frozen form of
+    a level that learns from the task loss, or stateless), for every level; {} when one level
+    has none. Contexts may use the before-write reads of deep levels (`snapshot_reads`): the
+    call then runs one chunk of those levels at a time (`segment_chunks`), where such a read is
+    the chunk-start state's."""
+    leaves = snapshot_reads(program.levels)
+    forms = {level.name: stateless_form(level, program, leaves) or linear_form(level, program)
+             or deep_form(level, program, leaves) or frozen_form(level)
+             for level in program.levels}
     return forms if all(forms.values()) else {}
+
+
+def stateless_form(level: TokenLevel, program: Program, leaves=frozenset()) -> str | None:
+    """A level without states or writes whose contexts use no fast state but the `leaves`
+    (they are evaluated over the whole call where something uses them)."""
+    if level.states or level.writes or level.hidden or any(
+            states_through(value, program.levels, program.outer_contexts, leaves)[0]
+            for value in level.contexts.values()):
+        return None
+    return STATELESS
+
+
+def segment_chunks(program: Program) -> set[int]:
+    """The chunks of the deep levels whose before-write reads some context uses: a call is cut
+    at their boundaries."""
+    leaves = snapshot_reads(program.levels)
+    used = set()
+    for level in program.levels:
+        for value in level.contexts.values():
+            used |= states_through(value, program.levels, program.outer_contexts, leaves)[1]
+    return {program.owner(name).chunk for name in used}
 
 
 def fits(program: Program, params: dict, x: torch.Tensor, state: dict,
@@ -55,6 +88,21 @@ def run_chunked(program: Program, params: dict, x: torch.Tensor, state: dict, en
                 forms: dict[str, LinearForm], block: int, checkpoint: bool = False):
     if not forms or x.shape[1] == 0:
         return run_reference(program, params, x, state, end)
+    chunks, start, steps = segment_chunks(program), state[STREAM]["t"], x.shape[1]
+    if not chunks:
+        return _run_call(program, params, x, state, end, forms, block, checkpoint)
+    cuts = [0] + [i for i in range(1, steps) if any((start + i) % c == 0 for c in chunks)] + \
+        [steps]
+    ys = []
+    for a, b in zip(cuts[:-1], cuts[1:]):                 # one chunk at a time (Titans MAC)
+        y, state = _run_call(program, params, x[:, a:b], state, end and b == steps, forms, block,
+                             checkpoint)
+        ys.append(y)
+    return torch.cat(ys, dim=1), state
+
+
+def _run_call(program: Program, params: dict, x: torch.Tensor, state: dict, end: bool,
+              forms: dict[str, LinearForm], block: int, checkpoint: bool):
     values = _SequenceValues(program, params, x, state, checkpoint)
     try:
         for level in program.levels:
@@ -77,6 +125,7 @@ class _SequenceValues:
                  checkpoint: bool = False):
         self.program, self.params, self.x, self.checkpoint = program, params, x, checkpoint
         self.new_state = {key: dict(value) for key, value in state.items()}
+        self.start, self.leaves = state, snapshot_reads(program.levels)
         start = state[STREAM]["t"]
         # in x's dtype, as the reference's Python int t meets a tensor (exact below 2^24 in float32)
         self.t = torch.arange(start + 1, start + 1 + x.shape[1], dtype=x.dtype,
@@ -85,6 +134,7 @@ class _SequenceValues:
         self.memo: dict[str, tuple[object, Frame]] = {}
         self.bound: dict[str, object] = {}
         self.convs: dict[str, torch.Tensor] = {}
+        self.attended: dict[str, torch.Tensor] = {}
         self.products: dict[int, torch.Tensor] = {}               # id of an `x @ W` node -> value
         self.frozen: dict[str, TokenLevel] = {}                   # levels without writes here
 
@@ -92,7 +142,8 @@ class _SequenceValues:
         frame = self.frames[level.name] if level is not None else SEQUENCE
         lookup = lambda name: self._lookup(name, frame)
         conv = lambda call, a, width: self._conv(call, a, frame)
-        return _Evaluator(frame, lookup, _no_memory, conv, self.products)(expr)
+        attend = lambda call, q, keys, values: self._attend(call, q, keys, values, frame)
+        return _Evaluator(frame, lookup, _no_memory, conv, self.products, attend)(expr)
 
     def project(self, level: TokenLevel) -> None:
         """The level's contexts' `x @ W` products (W a 2-D parameter) as one GEMM, when there
@@ -146,6 +197,8 @@ class _SequenceValues:
             self.frozen[level.name] = level                       # its reads: when asked
             return
         self.project(level)
+        if form == STATELESS:                 # reads are evaluated where they are used
+            return
         if isinstance(form, DeepForm):
             run_deep_level(self, level, form, per_head)
             return
@@ -192,6 +245,10 @@ class _SequenceValues:
             self.memo[name] = (self.evaluate(owner, owner.contexts[name]), self.frames[owner.name])
         if owner is not None and owner.name in self.frozen:
             return self._frozen(owner, name, frame)
+        if owner is not None and not owner.states and name in owner.reads and name not in self.memo:
+            self.memo[name] = (self.evaluate(owner, owner.reads[name][0]), self.frames[owner.name])
+        if owner is not None and name in self.leaves and name not in self.memo:
+            self.memo[name] = (self._snapshot_read(owner, name), self.frames[owner.name])
         if name not in self.memo:
             raise KeyError(f"{name} is not available to the chunked schedule")
         return self._seen(name, frame)
@@ -220,9 +277,21 @@ class _SequenceValues:
             return u @ memory.mT                                      # [B, T, dv]
         return mlp.apply_to_sequence(layout, memory, u)               # [B, T, d_L]
 
+    def _snapshot_read(self, level: TokenLevel, name: str):
+        """A before-write read of a deep level before it runs: the call lies inside one of its
+        chunks (run_chunked cuts it so), so the read is of the chunk-start state, the same
+        for every token of the call (the state itself at a chunk boundary)."""
+        own, start = self.start[level.name], self.start[STREAM]["t"]
+
+        def apply(memory: str, u):
+            flat = own[memory] if start % level.chunk == 0 else \
+                own.get(f"{memory}.chunk_start", own[memory])
+            return mlp.apply(level.states[memory].mlp, flat.unsqueeze(1), u)   # [B, 1, (H,) P]
+        return self.evaluate_window(level, level.reads[name][0], 0, self.x.shape[1], apply)
+
     def _seen(self, name: str, frame: Frame):
-        value, source = self.memo[name]
-        return value if source == frame else source.merge(value, frame)
+        value, source = self.memo[name]                  # another level's value: merged
+        return value if source is frame else source.merge(value, frame)
 
     def _conv(self, call: ast.Call, a, frame: Frame):
         site = self.program.convs[(call.span.line, call.span.col)]
@@ -234,11 +303,22 @@ class _SequenceValues:
         return SEQUENCE.merge(self.convs[site.param], frame)
 
 
+    def _attend(self, call: ast.Call, q, keys: list, values: list, frame: Frame):
+        """The attention at this call site over the whole call (scaled_dot_product_attention,
+        runtime/attention.py), once: its cache in the new state moves past the call."""
+        site = self.program.attention[(call.span.line, call.span.col)]
+        if site.name not in self.attended:
+            self.attended[site.name] = run_site(site, call, frame, q, keys, values,
+                                                self.new_state[STREAM], self.params,
+                                                self.new_state[STREAM]["t"], attend_sequence)
+        return self.attended[site.name]
+
+
 class _Evaluator(FrameEvaluator):
     """FrameEvaluator that takes the value of an `x @ W` node from `products` when it is there."""
 
-    def __init__(self, frame, lookup, apply, conv, products: dict[int, torch.Tensor]):
-        super().__init__(frame, lookup, apply, conv)
+    def __init__(self, frame, lookup, apply, conv, products: dict[int, torch.Tensor], attend=None):
+        super().__init__(frame, lookup, apply, conv, attend=attend)
         self.products = products
 
     def __call__(self, expr: ast.Expr):

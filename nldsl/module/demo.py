@@ -9,6 +9,7 @@ import torch
 from nldsl.errors import NLDSLCompileError
 from nldsl.lower.deep_forms import DeepForm
 from nldsl.library import stdlib_names
+from nldsl.module.chunked import STATELESS
 from nldsl.spec import load
 
 SIZES = {"dim": 32, "heads": 2, "head_dim": 16}
@@ -51,7 +52,8 @@ def _fast_path(forms: dict) -> str:
     """The chunked schedule's path in words: by the forms its levels take."""
     if not forms:
         return "token by token"
-    kinds = {"deep memory (chunk form)" if isinstance(f, DeepForm) else "linear memory (WY/UT)"
+    kinds = {"deep memory (chunk form)" if isinstance(f, DeepForm) else
+             "attention (whole call)" if f == STATELESS else "linear memory (WY/UT)"
              for f in forms.values()}
     return " + ".join(sorted(kinds))
 

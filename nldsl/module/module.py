@@ -9,6 +9,8 @@ conv kernel is `<definition>_conv` ([channels, width]); a learned initial state 
     state[level][name]        a fast state, [B, (H,) *shape]
     state[level][name + "_momentum"], [name + ".pending"], [name + ".chunk_start"]
     state["_stream"]["t"]     tokens seen so far; state["_stream"][<conv kernel>] its cache
+    state["_stream"][<site> + ".keys"], [<site> + ".values"]   an attention site's cache,
+                              [B, H, L, d]: every past position (attention), the last width - 1
 """
 from __future__ import annotations
 
@@ -24,8 +26,11 @@ from nldsl.module.init import conv_kernel, draw
 from nldsl.module.reference import STREAM, run_reference
 from nldsl.module.state import to_internal, to_public
 from nldsl.runtime import mlp
+from nldsl.runtime.functions import SpecUseError
 
 SCHEDULES = ("reference", "chunked")
+#: The entries of an attention call site's cache in state["_stream"].
+CACHES = (".keys", ".values")
 
 
 class CompiledModule(nn.Module):
@@ -62,23 +67,36 @@ class CompiledModule(nn.Module):
         Program's head splits and merges against the runtime's frames (unit.py raises on a
         mismatch), whatever the schedule."""
         params = dict(self.named_parameters())
-        with torch.no_grad():
-            run_reference(self.program, params, torch.zeros(1, 1, self.program.dim),
-                          self.initial_state(1, probing=True))
+        try:
+            with torch.no_grad():
+                _, probed = run_reference(self.program, params, torch.zeros(1, 1, self.program.dim),
+                                          self.initial_state(1, probing=True))
+        except SpecUseError as err:
+            raise compile_error(err.node, err.message, err.expected, err.hint,
+                                self.spec.source) from None
+        # each attention cache's heads and widths: [B, H, L, d_k] keys, [B, H, L, d_v] values
+        self._caches = {name: (value.shape[1], value.shape[3])
+                        for name, value in probed[STREAM].items() if name.endswith(CACHES)}
         for site in self.program.convs.values():
             channels = params[site.param].shape[0]
             self.register_parameter(site.param, nn.Parameter(conv_kernel(channels, site.width)))
 
     # -- state -------------------------------------------------------------------------
-    def initial_state(self, batch: int, probing: bool = False) -> dict:
+    def initial_state(self, batch: int, probing: bool = False, t: int = 0) -> dict:
         """The state at the start of a stream: every fast state at its initial value, expanded
-        to the batch (and heads); conv caches zero; t = 0."""
+        to the batch (and heads); conv and attention caches zero; t = 0. (With `t`, the shapes
+        of a state at that position: a full attention's cache holds t positions.)"""
         ref = next(iter(self.parameters()), torch.zeros(()))
         state: dict = {STREAM: {"t": 0}}
         for site in self.program.convs.values():
             if not probing:
                 channels = self.get_parameter(site.param).shape[0]
                 state[STREAM][site.param] = ref.new_zeros(batch, site.width - 1, channels)
+        for site in self.program.attention.values():
+            length = (t if site.kept is None else site.kept) * site.streams
+            for suffix in CACHES if not probing else ():
+                heads, width = self._caches[site.name + suffix]
+                state[STREAM][site.name + suffix] = ref.new_zeros(batch, heads, length, width)
         for level in self.program.levels:
             own = {}
             per_head = (level.heads,) if level.heads is not None else ()

@@ -49,12 +49,13 @@ def _token(program: Program, params: dict, state: dict, x_t: torch.Tensor, t: in
             for name in level.states:
                 state[level.name][f"{name}.chunk_start"] = state[level.name][name]
     unit = UnitValues(program, params, state, x_t, t)
+    # known before any write: a context may use another level's `before write` read
+    unit.before = {level.name: _before_write(level, state) for level in program.levels}
     for level in program.levels:
         for name in level.contexts:
             unit.context(level, name)
     for name in program.outer_contexts:
         unit.outer_context(name)
-    unit.before = {level.name: _before_write(level, state) for level in program.levels}
     for level in program.levels:
         _write(level, unit, state, t)
     return unit.output()

@@ -13,8 +13,8 @@ stage the program places them (`TokenLevel.placements`: a context's own states a
 a read after or before the write). The head steps are the program's too: a context its level
 lists in `splits` is split into heads when computed, a read in `merges` is merged when another
 frame sees it, and both are checked against the widths the lowering computed (a mismatch is a
-bug of the lowering or the runtime, never of the spec). A conv call site runs once per token,
-whoever asks.
+bug of the lowering or the runtime, never of the spec). A conv or attention call site runs once
+per token, whoever asks, and advances its cache in the state.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from nldsl import ast
 from nldsl.lower.program import BEFORE_WRITE, SNAPSHOT, HeadMerge, HeadSplit, ModuleWrite, \
     Program, TokenLevel
 from nldsl.runtime import layerwise, mlp
+from nldsl.runtime.attention import attend_token, run_site
 from nldsl.runtime.evaluate import FrameEvaluator
 from nldsl.runtime.frame import Frame
 from nldsl.runtime.functions import causal_conv, matmul, value_sum
@@ -40,6 +41,7 @@ class UnitValues:
         self.merges = {m.read: m for level in program.levels for m in level.merges}
         self.memo: dict[str, tuple[object, Frame]] = {}
         self.convs: dict[tuple[int, int], torch.Tensor] = {}
+        self.attended: dict[str, torch.Tensor] = {}
         self.before: dict[str, dict] = {}
 
     # -- what the schedule asks for ------------------------------------------------------
@@ -132,7 +134,8 @@ class UnitValues:
         apply = lambda name, u: self._apply(name, lookup(name), u)
         conv = lambda call, a, width: self._conv(call, a, frame)
         window = lambda call, width: self._window(call, width, level, view, overrides or {})
-        return FrameEvaluator(frame, lookup, apply, conv, window)
+        attend = lambda call, q, keys, values: self._attend(call, q, keys, values, frame)
+        return FrameEvaluator(frame, lookup, apply, conv, window=window, attend=attend)
 
     def _window(self, call: ast.Call, width: int, level: TokenLevel, view: str, overrides: dict):
         """window(c, loss, gamma) = sum over the last min(t, c) tokens i of gamma_i loss_i
@@ -203,7 +206,7 @@ class UnitValues:
 
     def _seen(self, value, owner: TokenLevel, frame: Frame, state: bool = False):
         source = self.frames[owner.name]
-        if source == frame:
+        if source is frame or (state and source == frame):   # another level's value: merged
             return value
         if state and source.heads is not None:
             raise NotImplementedError("a per-head state read from another frame")
@@ -229,6 +232,17 @@ class UnitValues:
                                                             cache)
             self.convs[site.param] = y[:, 0]                       # [B, C]
         return BASE.merge(self.convs[site.param], frame)
+
+    def _attend(self, call: ast.Call, q, keys: list, values: list, frame: Frame):
+        """The attention at this call site for this token (runtime/attention.py's reference
+        step), once per token whoever asks: it appends the token's keys and values to the
+        site's cache in the state."""
+        site = self.program.attention[(call.span.line, call.span.col)]
+        if site.name not in self.attended:
+            self.attended[site.name] = run_site(site, call, frame, q, keys, values,
+                                                self.state[STREAM], self.params, self.t - 1,
+                                                attend_token)
+        return self.attended[site.name]
 
 
 def _times(frame: Frame, a, b) -> torch.Tensor:

@@ -24,7 +24,10 @@ from typing import Any, Callable
 import torch
 
 from nldsl import ast
+from nldsl.lower.sequence import KINDS
 from nldsl.runtime import functions as fn
+from nldsl.runtime.attention import ROPE_BASE, rope
+from nldsl.runtime.functions import SpecUseError
 from nldsl.runtime.frame import Frame
 
 #: One tensor as a frame: the optimizer's unit (no batch dims, no heads).
@@ -216,21 +219,25 @@ _MODULE_FUNCTIONS: dict[str, Callable] = {
 
 #: The built-ins the module runtime computes (lower/unsupported.py lists those the module
 #: compiler rejects; init built-ins are not expressions).
-COMPUTED = frozenset(fn.ELEMENTWISE) | frozenset(_MODULE_FUNCTIONS) | {"conv", "window"}
+COMPUTED = frozenset(fn.ELEMENTWISE) | frozenset(_MODULE_FUNCTIONS) | {"conv", "window", "rope"} | \
+    frozenset(KINDS)
 
 
 class FrameEvaluator(Evaluator):
-    """The module schedules' evaluator; `conv(call, a, width)` is the causal convolution at that
-    call site (the caller owns kernels and caches), `window(call, width)` the Omega rule's sum
-    over past tokens (the caller owns their contexts; lower/windows.py)."""
+    """The module schedules' evaluator. `conv(call, a, width)` is the causal convolution at that
+    call site, `window(call, width)` the Omega rule's sum over past tokens (the caller owns
+    their contexts; lower/windows.py), and `attend(call, q, keys, values)` the attention at that
+    call site, keys and values lists of streams (the caller owns kernels and caches); `rope`
+    takes the token's position from `t`."""
 
     functions = _MODULE_FUNCTIONS
 
     def __init__(self, frame: Frame, lookup: Callable[[str], Any],
                  apply: Callable[[str, Any], Any], conv: Callable[[ast.Call, Any, int], Any],
-                 window: Callable[[ast.Call, int], Any] | None = None):
+                 window: Callable[[ast.Call, int], Any] | None = None,
+                 attend: Callable | None = None):
         super().__init__(frame, lookup, apply)
-        self.conv, self.window = conv, window
+        self.conv, self.window, self.attend = conv, window, attend
 
     def _call(self, e: ast.Call):
         if e.func == "conv":
@@ -238,4 +245,29 @@ class FrameEvaluator(Evaluator):
         if e.func == "window":
             width = e.args[0] if e.args else next(k.value for k in e.kwargs if k.name == "width")
             return self.window(e, int(self(width)))
+        if e.func in KINDS:
+            streams = lambda arg: [self(a) for a in arg.items] if isinstance(arg, ast.Tuple) \
+                else [self(arg)]
+            if self.attend is None:
+                raise KeyError(f"`{e.func}` inside a windowed expression (its cache follows "
+                               "the whole call)")
+            return self.attend(e, self(e.args[0]), streams(e.args[1]), streams(e.args[2]))
+        if e.func == "rope":
+            return self._rope(e)
         return super()._call(e)
+
+    def _rope(self, e: ast.Call):
+        f = self.frame
+        a = f.vector(f.split(self(e.args[0])))
+        base = {k.name: k.value for k in e.kwargs}.get("base", e.args[1] if len(e.args) > 1
+                                                        else None)
+        base = float(self(base)) if base is not None else ROPE_BASE
+        if not isinstance(a, torch.Tensor) or a.shape[-1] % 2:
+            width = a.shape[-1] if isinstance(a, torch.Tensor) else "a number"
+            raise SpecUseError(e, f"rope rotates pairs of channels, but its argument has width "
+                               f"{width}", "a vector of even width (per head)", "rope the "
+                               "queries and keys, whose head_dim is even")
+        t = self.lookup("t")
+        position = (t - 1) if isinstance(t, torch.Tensor) else torch.tensor(
+            float(t - 1), dtype=torch.float64, device=a.device)
+        return rope(a, position, base)

@@ -11,6 +11,16 @@ import math
 import torch
 import torch.nn.functional as F
 
+class SpecUseError(Exception):
+    """A use of a built-in that the spec's shapes make impossible (rope on an odd width, a
+    query and key of different widths), found when a tensor first flows: the compiled module's
+    probe turns it into a located NLDSLCompileError at `node`."""
+
+    def __init__(self, node, message: str, expected: str, hint: str):
+        super().__init__(message)
+        self.node, self.message, self.expected, self.hint = node, message, expected, hint
+
+
 #: rmsnorm's and layernorm's epsilon inside the root, flash-linear-attention's default norm_eps.
 NORM_EPS = 1e-5
 #: l2norm divides by max(||a||, L2NORM_EPS), as the optimizer kernels do.
