@@ -47,6 +47,7 @@ class LevelInfo(BaseModel):
     heads: ast.Expr | None = None
     backprop: bool = False
     partial: Literal["flush", "drop"] = "flush"
+    once: bool = False            # one rule step per period, from the period's summed gradients
     implicit: bool = False        # the outer level of a module, not written in the spec
     states: dict[str, StateInfo] = {}
     contexts: dict[str, ast.Context] = {}

@@ -18,6 +18,7 @@ for the fast schedules.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from nldsl import ast
@@ -37,18 +38,22 @@ class Param:
 
 @dataclass(frozen=True)
 class MLPLayout:
-    """An `mlp(d_0 -> d_1 -> ... -> d_L, act, residual)` memory's weights, laid end to end.
+    """An `mlp(d_0 -> d_1 -> ... -> d_L, act, residual, layernorm)` memory's weights, end to end.
 
-    The schedules keep an MLP state as one flat vector [B, (H,) P], P = sum d_{i+1} d_i, so the
-    rules' arithmetic (`decay S - lr G`, momentum, pending sums) is the same elementwise code as
-    for a matrix, and `a S + b N` on two MLP states of one layout is per weight (docs/modules.md).
-    Layer i is the slice offsets[i]:offsets[i+1] seen as [d_{i+1}, d_i]:
-    M(u) = W_L act(... act(W_1 u)) (+ u when residual).
+    The schedules keep an MLP state as one flat vector [B, (H,) P], so the rules' arithmetic
+    (`decay S - lr G`, momentum, pending sums) is the same elementwise code as for a matrix, and
+    `a S + b N` on two MLP states of one layout is per weight (docs/modules.md). The parts are
+    the layers, part i the slice offsets[i]:offsets[i+1] seen as [d_{i+1}, d_i], then, with
+    `layernorm`, the norm's gamma [d_L]:
+
+        M(u) = W_L act(... act(W_1 u))                          (+ u when residual)
+        M(u) = LN(W_L act(... act(W_1 u))) * (gamma + 1)        (+ u when residual)
     """
 
     widths: tuple[int, ...]
     activation: str
     residual: bool
+    norm: bool = False             # `layernorm`: LN without affine, times (gamma + 1)
 
     @property
     def layers(self) -> tuple[tuple[int, int], ...]:
@@ -56,10 +61,21 @@ class MLPLayout:
         return tuple(zip(self.widths[1:], self.widths[:-1]))
 
     @property
+    def parts(self) -> tuple[tuple[int, ...], ...]:
+        """The shape of each weight: the layers' (d_out, d_in), then gamma's (d_L,) if norm."""
+        return self.layers + (((self.widths[-1],),) if self.norm else ())
+
+    @property
+    def part_names(self) -> tuple[str, ...]:
+        """The suffix of each part's learned initial Param: `_w1`, ..., `_wL`, `_gamma`."""
+        return tuple(f"_w{i + 1}" for i in range(len(self.layers))) + \
+            (("_gamma",) if self.norm else ())
+
+    @property
     def offsets(self) -> tuple[int, ...]:
         ends = [0]
-        for d_out, d_in in self.layers:
-            ends.append(ends[-1] + d_out * d_in)
+        for shape in self.parts:
+            ends.append(ends[-1] + math.prod(shape))
         return tuple(ends)
 
     @property
@@ -76,7 +92,7 @@ class FastState:
     shape: tuple[int, ...]
     init: ast.Expr | None          # None with `learned`: starts from Param `initial`
     learned: str | None = None     # the Param holding the learned initial value (MLP: its
-    #                                prefix; layer i is Param f"{learned}_w{i + 1}")
+    #                                prefix; part i is Param learned + mlp.part_names[i])
     mlp: MLPLayout | None = None
 
 
@@ -166,6 +182,7 @@ class TokenLevel:
     splits: tuple[HeadSplit, ...] = ()          # contexts entering the heads (heads H only)
     merges: tuple[HeadMerge, ...] = ()          # reads leaving them (heads H only)
     placements: dict[str, Placement] = field(default_factory=dict)    # context or read -> when
+    once: bool = False             # one rule step per period, from the period's summed gradients
 
 
 @dataclass(frozen=True)

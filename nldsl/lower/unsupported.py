@@ -64,10 +64,11 @@ def check_supported(spec) -> None:
                 if rule.name in UNSUPPORTED_RULES:
                     report(rule, f"`{rule.name}`: {UNSUPPORTED_RULES[rule.name]}",
                            "gd, dgd, ema or momentum", "write the update explicitly")
-            if objective.rules[0].name == "momentum" and level.period != 1:
+            if objective.rules[0].name == "momentum" and level.period != 1 and not level.once:
                 report(objective.rules[0], "momentum on a level that writes every N > 1 tokens "
-                       "is not compiled yet", "momentum on an `every 1 token` level",
-                       "use gd, or make the level write every token")
+                       "is not compiled yet", "momentum on an `every 1 token` level, or a `once` level",
+                       "use gd, make the level write every token, or take one step per period "
+                       "with `once`")
         expressions = [c.value for c in level.contexts.values()] + \
             [o.loss for o in level.objectives] + [u.value for u in level.updates] + \
             [r.value for r in level.reads.values()]

@@ -40,6 +40,7 @@ class UnitValues:
         self.merges = {m.read: m for level in program.levels for m in level.merges}
         self.memo: dict[str, tuple[object, Frame]] = {}
         self.convs: dict[tuple[int, int], torch.Tensor] = {}
+        self.means: dict[tuple[int, int], object] = {}
         self.before: dict[str, dict] = {}
 
     # -- what the schedule asks for ------------------------------------------------------
@@ -92,7 +93,8 @@ class UnitValues:
         lookup = lambda name: self._lookup(name, level, view, frame, overrides or {})
         apply = lambda name, u: self._apply(name, lookup(name), u)
         conv = lambda call, a, width: self._conv(call, a, frame)
-        return FrameEvaluator(frame, lookup, apply, conv)
+        period_mean = lambda call, a: self._period_mean(call, a, level)
+        return FrameEvaluator(frame, lookup, apply, conv, period_mean)
 
     def _lookup(self, name: str, level, view: str, frame: Frame, overrides: dict):
         if name in overrides:
@@ -157,6 +159,21 @@ class UnitValues:
                                                             cache)
             self.convs[site.param] = y[:, 0]                       # [B, C]
         return BASE.merge(self.convs[site.param], frame)
+
+
+    def _period_mean(self, call: ast.Call, a, level: TokenLevel):
+        """period_mean(a) at token t: (1 / n) sum of a over the n = (t - 1) mod N + 1 tokens of
+        the level's current period so far, the running sum kept in the level's state as
+        `period_mean@line:col.pending` (restarted at each period's first token). Once per
+        token and call site, whoever asks (a context inlined into a loss asks again)."""
+        site = (call.span.line, call.span.col)
+        if site not in self.means:
+            key = f"period_mean@{site[0]}:{site[1]}.pending"
+            own = self.state[level.name]
+            count = (self.t - 1) % level.period + 1
+            own[key] = a if count == 1 or key not in own else own[key] + a
+            self.means[site] = own[key] / count
+        return self.means[site]
 
 
 def memory_layout(program: Program, name: str):

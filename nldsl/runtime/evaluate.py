@@ -142,8 +142,9 @@ def _first_tensor(*values) -> torch.Tensor:
 
 
 def _last_dim(function):
-    """A function of the last dim: a per-head scalar is a vector of width 1 there."""
-    return lambda f, a: function(f.vector(f.split(a)))
+    """A function of the last dim: a per-head scalar is a vector of width 1 there (its other
+    arguments, rmsnorm's eps, are numbers)."""
+    return lambda f, a, *rest, **options: function(f.vector(f.split(a)), *rest, **options)
 
 
 def _extremum(pick, on_numbers):
@@ -206,21 +207,26 @@ _MODULE_FUNCTIONS: dict[str, Callable] = {
 
 #: The built-ins the module runtime computes (lower/unsupported.py lists those the module
 #: compiler rejects; init built-ins are not expressions).
-COMPUTED = frozenset(fn.ELEMENTWISE) | frozenset(_MODULE_FUNCTIONS) | {"conv"}
+COMPUTED = frozenset(fn.ELEMENTWISE) | frozenset(_MODULE_FUNCTIONS) | {"conv", "period_mean"}
 
 
 class FrameEvaluator(Evaluator):
     """The module schedules' evaluator; `conv(call, a, width)` is the causal convolution at that
-    call site (the caller owns kernels and caches)."""
+    call site and `period_mean(call, a)` the running mean over its level's period (the caller
+    owns kernels, caches and sums; without one, a period is one unit and the mean is `a`)."""
 
     functions = _MODULE_FUNCTIONS
 
     def __init__(self, frame: Frame, lookup: Callable[[str], Any],
-                 apply: Callable[[str, Any], Any], conv: Callable[[ast.Call, Any, int], Any]):
+                 apply: Callable[[str, Any], Any], conv: Callable[[ast.Call, Any, int], Any],
+                 period_mean: Callable[[ast.Call, Any], Any] | None = None):
         super().__init__(frame, lookup, apply)
         self.conv = conv
+        self.period_mean = period_mean or (lambda call, a: a)
 
     def _call(self, e: ast.Call):
         if e.func == "conv":
             return self.conv(e, self(e.args[0]), int(self(e.args[1])))
+        if e.func == "period_mean":
+            return self.period_mean(e, self(e.args[0]))
         return super()._call(e)
