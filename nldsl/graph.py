@@ -68,6 +68,8 @@ class LevelInfo(BaseModel):
         text = f"every {format_expr(self.every)} {unit}"
         if self.chunk is not None:
             text += f", chunk {format_expr(self.chunk)}"
+        if self.once:
+            text += ", once"
         return text
 
 
