@@ -160,7 +160,6 @@ class UnitValues:
             self.convs[site.param] = y[:, 0]                       # [B, C]
         return BASE.merge(self.convs[site.param], frame)
 
-
     def _period_mean(self, call: ast.Call, a, level: TokenLevel):
         """period_mean(a) at token t: (1 / n) sum of a over the n = (t - 1) mod N + 1 tokens of
         the level's current period so far, the running sum kept in the level's state as
