@@ -265,7 +265,8 @@ LevelItem = Annotated[Union[State, Context, Objective, Update, Read], Field(disc
 
 
 class Level(Node):
-    """`level NAME every N unit [chunk C] [heads H] [backprop] [partial flush|drop] { ... }`."""
+    """`level NAME every N unit [chunk C] [heads H] [backprop] [partial flush|drop] [once]
+    { ... }`."""
 
     kind: Literal["level"] = "level"
     name: str
@@ -275,6 +276,7 @@ class Level(Node):
     heads: Expr | None = None
     backprop: bool = False
     partial: Literal["flush", "drop"] | None = None
+    once: bool = False             # one rule step per period (docs/language.md, `once`)
     items: list[LevelItem] = []
 
 

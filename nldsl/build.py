@@ -56,7 +56,7 @@ def _level(decl: ast.Level | None, name: str, items: list, env: dict) -> dict:
     period = try_evaluate(decl.every, env)
     return fields | dict(every=decl.every, unit=decl.unit, decl=decl, chunk=decl.chunk,
                          heads=decl.heads, backprop=decl.backprop, partial=decl.partial or "flush",
-                         period=period if isinstance(period, int) else None)
+                         once=decl.once, period=period if isinstance(period, int) else None)
 
 
 def _parameter_owner(decl: ast.SpecDecl, level_items: dict[str, list]) -> str | None:

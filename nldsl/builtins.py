@@ -37,6 +37,7 @@ _ROLE_USE = {
     "init": (KINDS, frozenset({INIT})),
     "sequence": (frozenset({"module"}), PLACES),
     "aggregate": (frozenset({"module"}), PLACES),
+    "period": (frozenset({"module"}), frozenset({EXPRESSION})),
 }
 
 #: Why a role is limited to some kinds or places: the validator's message for a use outside.
@@ -46,6 +47,7 @@ ROLE_LIMITS = {
     "init": "is an initial-value built-in: it can only be a state's initial value",
     "sequence": "is a sequence built-in: optimizers have no token axis",
     "aggregate": "joins a module's parallel branches (eq. 74): optimizers have no branches",
+    "period": "averages over a token level's period: optimizers have no token axis",
 }
 
 
@@ -133,8 +135,9 @@ FUNCTIONS: dict[str, Builtin] = {
     "norm": _f("a", None, "last_dim_reduce", "Euclidean norm over the last dim (keeps the dim, "
                "size 1)"),
     "l2norm": _f("a", None, "last_dim_keep", "a / ||a||_2 over the last dim"),
-    "rmsnorm": _f("a", None, "last_dim_keep", "a / rms(a) over the last dim (no learned scale; "
-                  "multiply by a state)", optimizer_ok=False),
+    "rmsnorm": _f("a eps", 1, "last_dim_keep", "a / sqrt(mean(a^2) + eps) over the last dim, eps "
+                  "1e-5 unless given (\"machine\": the dtype's machine epsilon, torch's "
+                  "nn.RMSNorm default); no learned scale: multiply by a state", optimizer_ok=False),
     "layernorm": _f("a", None, "last_dim_keep", "(a - mean) / std over the last dim (no learned "
                     "scale)", optimizer_ok=False),
     "sum": _f("a", None, "last_dim_reduce", "sum over the last dim (keeps the dim, size 1)"),
@@ -168,6 +171,10 @@ FUNCTIONS: dict[str, Builtin] = {
     "rope": _f("a base", 1, "positional", "rotary position embedding, rotate-half form: pairs "
                "(a_i, a_{i+n/2}) rotated by the angle (t - 1) base^(-2i/n), base 10000 by "
                "default (RoFormer eq. 34; per head in a `heads` level)", role="sequence"),
+    "period_mean": _f("a", None, "identity", "the mean of `a` over the units of the current "
+                      "period of its level so far (at the level's write: over the whole period); "
+                      "only in a context of a token level, e.g. titans-pytorch's chunk-pooled "
+                      "gates", role="period"),
     "concat": _f("a", 1, "concat", "concatenate along the last dim", variadic=True,
                  optimizer_ok=False),
     # gradients and gradient flow
@@ -218,7 +225,14 @@ def shaped(*shapes: str) -> tuple[str, ...]:
 MLP_ACTIVATIONS = {"gelu": "GELU (erf form), the default", "silu": "a * sigmoid(a)",
                    "relu": "max(a, 0)", "tanh": "tanh"}
 MLP_OPTIONS = {"residual": "adds the input to the output, M(u) = u + MLP(u) (eq. 89); needs the "
-                           "first and last widths equal"}
+                           "first and last widths equal",
+               "layernorm": "normalises the last layer's output, LN(MLP(u)) * (gamma + 1) (+ u with "
+                            "`residual`): LayerNorm without affine, eps 1e-5, gamma a learned "
+                            "weight of the memory of width d_L (initially 0), updated by the rule "
+                            "like the matrices (titans-pytorch's ResidualNorm, from TTT)"}
+
+#: The options the optimizer compiler does not compute (the validator refuses them there).
+MODULE_ONLY_MLP_OPTIONS = frozenset({"layernorm"})
 
 #: Name of the objective that stands for the outer (task) loss.
 TASK = "task"

@@ -243,3 +243,30 @@ def check_objectives(c: Checker) -> None:
         c.report(c.decl, "this optimizer never updates the parameter `W`",
                  expected="a level with `W <- ...` or `W: minimize task by ...`",
                  hint="add a level that writes W, e.g. `level weights every 1 step { W <- W - lr * m }`")
+
+
+#: The rules a `once` level may take its one step per period with: their arguments are one
+#: value per period (evaluated at the write), which `dgd`'s per-token key norm is not.
+ONCE_RULES = ("gd", "momentum", "ema")
+
+
+def check_once(c: Checker) -> None:
+    """`once` (one rule step per period) is for token levels whose writes are learning rules."""
+    for level in c.graph.levels.values():
+        if level.decl is None or not level.decl.once:
+            continue
+        if level.unit != "token":
+            c.report(level.decl, f"level {level.name!r} is `once`, but only token levels take "
+                     "one step per period", expected="`once` on a `level ... every N tokens`",
+                     hint="an optimizer level already takes one step per write")
+        for update in level.updates:
+            c.report(update, f"an explicit update in the `once` level {level.name!r}",
+                     expected="objectives with a learning rule (gd, momentum, ema)",
+                     hint="`once` sums the period's gradients for one rule step; an explicit "
+                          "update has no gradient to sum")
+        for objective in level.objectives:
+            for rule in objective.rules:
+                if rule.name not in ONCE_RULES:
+                    c.report(rule, f"`{rule.name}` in the `once` level {level.name!r}",
+                             expected=", ".join(ONCE_RULES), hint="dgd's step size depends on "
+                             "each token's key; use gd, or drop `once`")

@@ -6,7 +6,8 @@ import re
 
 from nldsl import ast
 from nldsl.build import PARAMETER
-from nldsl.builtins import (FUNCTIONS, INIT, MLP_ACTIVATIONS, MLP_OPTIONS, OBJECTIVE, ROLE_LIMITS)
+from nldsl.builtins import (FUNCTIONS, INIT, MLP_ACTIVATIONS, MLP_OPTIONS,
+                            MODULE_ONLY_MLP_OPTIONS, OBJECTIVE, ROLE_LIMITS)
 from nldsl.check_common import Checker
 from nldsl.check_names import expressions
 from nldsl.consteval import calls_in
@@ -21,6 +22,7 @@ _WHERE_HINT = {
     "sequence": "optimizer expressions act on one parameter tensor at one step; sequence mixing "
                 "belongs in a module spec",
     "aggregate": "combine the branches with arithmetic, or write the spec as a module",
+    "period": "pool over a module level's period: `gate eta = sigmoid(period_mean(x @ W))`",
 }
 _NOT_COMPILED_HINT = {
     "rmsnorm": "write it out: `a / sqrt(mean(a * a) + 1e-8)`",
@@ -123,9 +125,34 @@ def check_mlp_options(c: Checker) -> None:
             elif nth:
                 c.report(span, f"mlp option {option!r} is given twice", expected="each option "
                          "once", hint="remove the repeated option")
+            elif option in MODULE_ONLY_MLP_OPTIONS and c.decl.kind != "module":
+                c.report(span, f"mlp option {option!r} is compiled for module specs only",
+                         expected=f"{', '.join(map(repr, sorted(set(MLP_OPTIONS) - MODULE_ONLY_MLP_OPTIONS)))} "
+                         "or an activation", hint="normalise the memory's output explicitly")
             elif option in MLP_ACTIVATIONS:
                 activations.append(option)
                 if len(activations) == 2:
                     c.report(span, f"an mlp has one activation, but this one names "
                              f"{activations[0]!r} and {option!r}", expected="one of: " +
                              ", ".join(MLP_ACTIVATIONS), hint="keep one activation")
+
+
+def check_period_calls(c: Checker) -> None:
+    """`period_mean(a)` sits in a context of a token level (the period it averages over is its
+    level's); `rmsnorm`'s eps is a number or "machine"."""
+    contexts = {id(context.value): level for level in c.graph.levels.values()
+                if not level.implicit for context in level.contexts.values()}
+    for expr, _ in expressions(c):
+        level = contexts.get(id(expr))
+        for call in calls_in(expr):
+            if call.func == "period_mean" and (level is None or level.unit != "token"):
+                c.report(call, "`period_mean` averages over a token level's period: it can only "
+                         "be a context (key, value, query, gate, let) of a token level",
+                         expected="period_mean(...) in a context of a `level ... every N tokens`",
+                         hint="define a gate in the level: `gate eta = sigmoid(period_mean(x @ W))`")
+            if call.func == "rmsnorm":
+                eps = (call.args[1:] + [k.value for k in call.kwargs if k.name == "eps"])[:1]
+                if eps and isinstance(eps[0], ast.String) and eps[0].value != "machine":
+                    c.report(eps[0], f"rmsnorm eps {eps[0].value!r} is not a number or "
+                             "\"machine\"", expected="a number, or \"machine\" (the dtype's "
+                             "machine epsilon)", hint="write eps = 1e-6, or eps = \"machine\"")

@@ -47,6 +47,7 @@ class LevelInfo(BaseModel):
     heads: ast.Expr | None = None
     backprop: bool = False
     partial: Literal["flush", "drop"] = "flush"
+    once: bool = False            # one rule step per period, from the period's summed gradients
     implicit: bool = False        # the outer level of a module, not written in the spec
     states: dict[str, StateInfo] = {}
     contexts: dict[str, ast.Context] = {}
@@ -67,6 +68,8 @@ class LevelInfo(BaseModel):
         text = f"every {format_expr(self.every)} {unit}"
         if self.chunk is not None:
             text += f", chunk {format_expr(self.chunk)}"
+        if self.once:
+            text += ", once"
         return text
 
 

@@ -90,7 +90,8 @@ class _ToAst(Transformer):
 
     def level(self, meta, children):
         name, every, unit, *rest = children
-        options = {"chunk": None, "heads": None, "backprop": False, "partial": None}
+        options = {"chunk": None, "heads": None, "backprop": False, "partial": None,
+                   "once": False}
         items = []
         for child in rest:
             if isinstance(child, tuple):
@@ -111,6 +112,9 @@ class _ToAst(Transformer):
 
     def partial_option(self, meta, children):
         return ("partial", children[0])
+
+    def once_option(self, meta, children):
+        return ("once", True)
 
     def state(self, meta, children):
         name, shape, init = children

@@ -198,6 +198,8 @@ def format_level(level: ast.Level) -> list[str]:
         head += " backprop"
     if level.partial is not None:
         head += f" partial {level.partial}"
+    if level.once:
+        head += " once"
     body = [INDENT + format_item(item) for item in level.items]
     return [head + " {"] + body + ["}"] if body else [head + " { }"]
 

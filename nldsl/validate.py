@@ -6,12 +6,14 @@
 from __future__ import annotations
 
 from nldsl.check_common import Checker
-from nldsl.check_levels import check_frequencies, check_learned_inits, check_objectives
+from nldsl.check_levels import check_frequencies, check_learned_inits, check_objectives, \
+    check_once
 from nldsl.check_memories import check_channel_gates, check_mlp_algebra
 from nldsl.check_names import check_definition_cycles, check_duplicates, check_references
 from nldsl.check_shapes import check_shapes
 from nldsl.check_values import check_constants, check_hparams, check_rules
-from nldsl.check_vocabulary import check_grad_args, check_mlp_options, check_vocabulary
+from nldsl.check_vocabulary import check_grad_args, check_mlp_options, check_period_calls, \
+    check_vocabulary
 from nldsl.errors import NLDSLValidationError, Problem, Source
 from nldsl.graph import LevelGraph
 
@@ -20,6 +22,7 @@ CHECKS = (
     check_references,
     check_definition_cycles,
     check_vocabulary,
+    check_period_calls,
     check_grad_args,
     check_mlp_options,
     check_hparams,
@@ -27,6 +30,7 @@ CHECKS = (
     check_rules,
     check_frequencies,
     check_learned_inits,
+    check_once,
     check_objectives,
     check_shapes,
     check_mlp_algebra,

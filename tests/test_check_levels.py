@@ -6,7 +6,8 @@ import pytest
 
 from nldsl.build import build
 from nldsl.check_common import Checker
-from nldsl.check_levels import check_frequencies, check_learned_inits, check_objectives
+from nldsl.check_levels import check_frequencies, check_learned_inits, check_objectives, \
+    check_once
 from nldsl.errors import Source
 from nldsl.parser import parse
 from nldsl.testing import EXAMPLE_SPECS
@@ -165,3 +166,32 @@ def test_objective_problems(text, expected):
 ])
 def test_valid_objectives(text):
     assert messages(check_objectives, text) == []
+
+
+ONCE = ("module s(dim) {{\n level a every 2 tokens once {{\n  state M : [dim, dim] = 0\n"
+        "  {body}\n  read y = M(x)\n }}\n out = y\n}}")
+
+
+@pytest.mark.parametrize("body", [
+    "minimize l2(M(x), x) by gd(lr = 0.1)",
+    "minimize l2(M(x), x) by momentum(lr = 0.1, beta = 0.9)",
+    "minimize l2(M(x), x) by ema(beta = 0.9)",
+], ids=["gd", "momentum", "ema"])
+def test_once_takes_gd_momentum_or_ema(body):
+    assert run(check_once, ONCE.format(body=body)) == []
+
+
+@pytest.mark.parametrize("body, message, col", [
+    ("minimize l2(M(x), x) by dgd(lr = 0.1)", "`dgd` in the `once` level 'a'", 27),
+    ("M <- 0.5 * M", "an explicit update in the `once` level 'a'", 3),
+], ids=["dgd", "explicit-update"])
+def test_once_refuses_what_has_no_summed_gradient(body, message, col):
+    assert [(p.message, p.line, p.col) for p in run(check_once, ONCE.format(body=body))] == \
+        [(message, 4, col)]
+
+
+def test_once_on_a_step_level_is_located():
+    text = ("optimizer o(lr = 0.1) {\n level a every 2 steps once {\n  state m like W = 0\n"
+            "  minimize l2(m, W) by gd(lr)\n }\n}")
+    assert [(p.message, p.line, p.col) for p in run(check_once, text)] == [
+        ("level 'a' is `once`, but only token levels take one step per period", 2, 2)]

@@ -9,7 +9,8 @@ from nldsl import check_shapes, fuzzing
 from nldsl.build import build
 from nldsl.builtins import FUNCTIONS, LAST_DIM_SHAPES, MLP_ACTIVATIONS, SHAPES, shaped
 from nldsl.check_common import Checker
-from nldsl.check_vocabulary import check_grad_args, check_mlp_options, check_vocabulary
+from nldsl.check_vocabulary import check_grad_args, check_mlp_options, check_period_calls, \
+    check_vocabulary
 from nldsl.errors import Source
 from nldsl.lower import forms, heads
 from nldsl.parser import parse
@@ -116,7 +117,8 @@ MLP = ("module s(dim) {{\n level a every 1 token {{\n  state M : mlp(dim -> dim,
        "  minimize l2(M(x), x) by gd(0.1)\n  read y = M(x)\n }}\n out = y\n}}")
 
 
-@pytest.mark.parametrize("options", [*MLP_ACTIVATIONS, "gelu, residual", "residual"])
+@pytest.mark.parametrize("options", [*MLP_ACTIVATIONS, "gelu, residual", "residual",
+                                     "gelu, layernorm, residual", "layernorm"])
 def test_known_mlp_options(options):
     assert run(check_mlp_options, MLP, options) == []
 
@@ -127,11 +129,10 @@ FIRST_OPTION = len("  state M : mlp(dim -> dim, ") + 1
 @pytest.mark.parametrize("options, expected, offset", [
     ("gleu", "unknown mlp option 'gleu'", 0),
     ("gelu, bogus", "unknown mlp option 'bogus'", 6),
-    ("layernorm", "unknown mlp option 'layernorm'", 0),
     ("bias, residual", "unknown mlp option 'bias'", 0),
     ("gelu, silu", "an mlp has one activation, but this one names 'gelu' and 'silu'", 6),
     ("residual, residual", "mlp option 'residual' is given twice", 10),
-], ids=["gleu", "bogus", "layernorm", "bias", "two-activations", "repeated"])
+], ids=["gleu", "bogus", "bias", "two-activations", "repeated"])
 def test_unknown_mlp_options_are_located(options, expected, offset):
     col = FIRST_OPTION + offset
     text = MLP.format(options=options)
@@ -180,3 +181,53 @@ def test_each_table_of_builtins_is_exactly_its_shape_classes(table, shapes):
 def test_shaped_refuses_an_unknown_class():
     with pytest.raises(ValueError, match="unknown shape classes"):
         shaped("pointwise")
+
+
+PERIOD = ("module s(dim) {{\n state W : [dim, 1] = normal(0.02)\n"
+          " level a every 2 tokens once {{\n  state M : [dim, dim] = 0\n  {body}\n }}\n"
+          " out = {out}\n}}")
+PERIOD_MESSAGE = ("`period_mean` averages over a token level's period: it can only be a context "
+                  "(key, value, query, gate, let) of a token level")
+
+
+def run_period(body: str, out: str = "y") -> list[tuple[str, int, int]]:
+    text = PERIOD.format(body=body, out=out)
+    checker = Checker(build(parse(text)), Source(text))
+    check_period_calls(checker)
+    return [(p.message, p.line, p.col) for p in checker.problems]
+
+
+def test_period_mean_in_a_token_levels_gate_is_accepted():
+    body = ("gate g = sigmoid(period_mean(x @ W))\n  minimize l2(M(x), x) by gd(lr = g)\n"
+            "  read y = M(x)")
+    assert run_period(body) == []
+
+
+@pytest.mark.parametrize("body, out, line, col", [
+    ("minimize period_mean(l2(M(x), x)) by gd(lr = 0.1)\n  read y = M(x)", "y", 5, 12),
+    ("minimize l2(M(x), x) by gd(lr = 0.1)\n  read y = period_mean(M(x))", "y", 6, 12),
+    ("minimize l2(M(x), x) by gd(lr = 0.1)\n  read y = M(x)", "period_mean(y)", 8, 8),
+], ids=["in-a-loss", "in-a-read", "in-out"])
+def test_period_mean_outside_a_context_is_located(body, out, line, col):
+    assert run_period(body, out) == [(PERIOD_MESSAGE, line, col)]
+
+
+@pytest.mark.parametrize("call, ok", [
+    ('rmsnorm(x, "machine")', True), ("rmsnorm(x, 1e-6)", True), ("rmsnorm(x)", True),
+    ('rmsnorm(x, eps = "machine")', True), ('rmsnorm(x, "double")', False),
+    ('rmsnorm(x, eps = "tiny")', False),
+], ids=["machine", "number", "default", "keyword-machine", "bad-string", "bad-keyword"])
+def test_rmsnorm_eps_is_a_number_or_machine(call, ok):
+    body = f"key k = {call}\n  minimize l2(M(k), x) by gd(lr = 0.1)\n  read y = M(x)"
+    problems = run_period(body)
+    assert (problems == []) is ok
+    assert all("is not a number or \"machine\"" in p[0] for p in problems)
+
+
+def test_layernorm_mlp_option_is_for_modules_only():
+    text = ("optimizer o(lr = 0.1) {\n level a every 1 step {\n"
+            "  state M : mlp(2 -> 2, layernorm)\n  minimize l2(M(W), W) by gd(lr)\n }\n}")
+    checker = Checker(build(parse(text)), Source(text))
+    check_mlp_options(checker)
+    assert [(p.message, p.line) for p in checker.problems] == [
+        ("mlp option 'layernorm' is compiled for module specs only", 3)]

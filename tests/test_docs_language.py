@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from nldsl.builtins import (FUNCTIONS, INIT, MLP_ACTIVATIONS, MLP_OPTIONS, OBJECTIVE, PLACES,
+from nldsl.builtins import (EXPRESSION, FUNCTIONS, INIT, MLP_ACTIVATIONS, MLP_OPTIONS, OBJECTIVE, PLACES,
                             RULES, Builtin)
 from nldsl.lower.unsupported import UNSUPPORTED_CALLS, UNSUPPORTED_LAST, UNSUPPORTED_RULES
 
@@ -26,6 +26,7 @@ GROUPS = [
     ("Functions (elementwise, reductions, gradient flow)", {"math"}),
     ("Gradients", {"context"}),
     ("Sequence mixing", {"sequence"}),
+    ("Pooling over a level's period", {"period"}),
     ("Objectives (internal losses)", {"objective", "window"}),
     ("Initial values", {"init"}),
     ("Aggregation of parallel branches", {"aggregate"}),
@@ -57,7 +58,8 @@ def modules(builtin: Builtin, name: str) -> str:
 def where(builtin: Builtin) -> str:
     if builtin.places == PLACES:
         return "any expression"
-    words = {OBJECTIVE: "a `minimize` loss", INIT: "a state's initial value"}
+    words = {OBJECTIVE: "a `minimize` loss", INIT: "a state's initial value",
+             EXPRESSION: "a context of a token level"}     # the period role (check_period_calls)
     return " or ".join(words[p] for p in sorted(builtin.places))
 
 

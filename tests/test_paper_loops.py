@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import paper_loops as pl
+from _neural_memory import randomized_neural_memory
 
 DT = torch.float64
 TOL = dict(rtol=1e-10, atol=1e-12)
@@ -175,29 +176,6 @@ def test_titans_outer_gradients_flow_through_the_writes():
 
 # -- titans-pytorch --------------------------------------------------------------------------------
 
-def _randomized_neural_memory(seed, dim, heads, dim_head, chunk, batch_size):
-    """A float64 titans_pytorch.NeuralMemory with every parameter redrawn at O(1) scale, so the
-    gates spread over (0, 1) and gamma, the biases and the norm weights are not at their init
-    (a wrong sign or a missing term shows)."""
-    from titans_pytorch import NeuralMemory
-
-    torch.manual_seed(seed)
-    mem = NeuralMemory(dim=dim, chunk_size=chunk, heads=heads, dim_head=dim_head,
-                       batch_size=batch_size).double()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in mem.named_parameters():
-            noise = torch.randn(p.shape, generator=g, dtype=DT)
-            if name.endswith("norm.weight"):
-                p.copy_(1 + 0.3 * noise)
-            elif name.endswith("bias") or "gamma" in name or name == "memory_model_parameters.0":
-                p.copy_(0.5 * noise)                                     # biases, LayerNorm gamma
-            else:
-                p.copy_(noise / math.sqrt(p.shape[-2] if name.startswith("memory_model") else
-                                          p.shape[-1]))
-    return mem
-
-
 TITANS_PYTORCH_CASES = [
     # id, (B, T, dim, heads, dim_head, chunk, batch_size)
     pytest.param((2, 7, 8, 2, 4, 3, None), id="default-T7-chunk3-partial"),
@@ -215,7 +193,7 @@ def test_titans_pytorch_loop_is_neural_memory(case):
     (output, final memory, final momentum) and its gradients with respect to x and every
     parameter, in float64."""
     batch, steps, dim, heads, dim_head, chunk, batch_size = case
-    mem = _randomized_neural_memory(7, dim, heads, dim_head, chunk, batch_size)
+    mem = randomized_neural_memory(7, dim, heads, dim_head, chunk, batch_size)
     x = torch.randn(batch, steps, dim, generator=torch.Generator().manual_seed(1),
                     dtype=DT).requires_grad_()
     y_lib, state = mem(x)
@@ -249,7 +227,7 @@ def test_titans_pytorch_loop_is_neural_memory(case):
 def test_titans_pytorch_default_mode_takes_every_gradient_at_the_initial_weights():
     """The semantic gap the digest describes: by default the loop's chunks all see W_0, so
     changing batch_size to the chunk size (eq. 16) changes the output."""
-    mem = _randomized_neural_memory(8, 8, 2, 4, 2, None)
+    mem = randomized_neural_memory(8, 8, 2, 4, 2, None)
     x = torch.randn(1, 8, 8, generator=torch.Generator().manual_seed(3), dtype=DT)
     p = pl.titans_pytorch_params(mem)
     with torch.no_grad():

@@ -11,7 +11,9 @@ LAYOUTS = [
     pytest.param(MLPLayout((3, 5, 3), "gelu", True), id="3-5-3-gelu-residual"),
     pytest.param(MLPLayout((4, 2), "gelu", False), id="4-2-one-layer"),
     pytest.param(MLPLayout((2, 6, 5, 3), "tanh", False), id="2-6-5-3-tanh"),
+    pytest.param(MLPLayout((3, 5, 3), "gelu", True, True), id="3-5-3-layernorm-residual"),
 ]
+PLAIN = LAYOUTS[:3]                # without `layernorm` (its forward pass: the last test)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -19,12 +21,13 @@ def test_flat_weights_are_the_layers_end_to_end(layout):
     weights = mlp.initial(layout, (2, 3), torch.float64)
     flat = mlp.flatten(layout, weights)
     assert flat.shape == (2, 3, layout.size)
-    assert layout.size == sum(o * i for o, i in layout.layers)
+    assert layout.size == sum(o * i for o, i in layout.layers) + \
+        (layout.widths[-1] if layout.norm else 0)
     for w, view in zip(weights, mlp.layers(layout, flat)):
         assert torch.equal(w, view)
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("layout", PLAIN)
 def test_apply_is_the_forward_pass(layout):
     """M(u) = W_L act(... act(W_1 u)) (+ u), written out per batch entry with torch.mv."""
     torch.manual_seed(0)
@@ -59,3 +62,21 @@ def test_initial_weights_have_std_one_over_sqrt_fan_in():
     # std of 8 * 256 * 64 = 131072 normal draws: relative standard error sqrt(1/(2n)) ~ 0.002
     assert abs(w1.std().item() * 64 ** 0.5 - 1) < 0.01
     assert abs(w2.std().item() * 256 ** 0.5 - 1) < 0.01
+
+
+def test_layernorm_is_titans_pytorchs_residual_norm():
+    """`layernorm`: M(u) = LN(W_2 gelu(W_1 u)) * (gamma + 1) + u with LN without affine, eps
+    1e-5, biased variance, written out by hand; gamma is the last part, 0 at the start."""
+    layout = MLPLayout((3, 6, 3), "gelu", True, True)
+    g = torch.Generator().manual_seed(3)
+    w1, w2 = torch.randn(2, 6, 3, generator=g, dtype=torch.float64), \
+        torch.randn(2, 3, 6, generator=g, dtype=torch.float64)
+    gamma = torch.randn(2, 3, generator=g, dtype=torch.float64)
+    u = torch.randn(2, 3, generator=g, dtype=torch.float64)
+    h = torch.einsum("boi,bi->bo", w2, torch.nn.functional.gelu(torch.einsum("boi,bi->bo", w1, u)))
+    centred = h - h.mean(-1, keepdim=True)
+    expected = centred / torch.sqrt(centred.pow(2).mean(-1, keepdim=True) + 1e-5) * (gamma + 1) + u
+    got = mlp.apply(layout, mlp.flatten(layout, (w1, w2, gamma)), u)
+    torch.testing.assert_close(got, expected, rtol=1e-14, atol=1e-14)
+    assert torch.equal(mlp.initial(layout, (2,), torch.float64)[-1], torch.zeros(2, 3,
+                                                                                 dtype=torch.float64))

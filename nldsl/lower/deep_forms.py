@@ -1,6 +1,7 @@
 """Recognise a level's update as the deep-memory chunk form, by structure, never by spec name.
 
-The form (one `mlp(...)` memory M per head, chunk C > 1, written every token):
+The form (one `mlp(...)` memory M per head without `layernorm`, chunk C > 1, written every
+token):
 
     G_t = grad_M loss_t(M(u_t)) at M_{t'}     (t' the start of t's chunk: Titans eq. 16)
     gradient rule   M_t = decay_t M_{t-1} - lr_t G_t
@@ -46,9 +47,9 @@ def deep_form(level: TokenLevel, program: Program, leaves=frozenset()) -> DeepFo
     (state,) = level.states.values()
     write = level.writes[0]
     s = state.name
-    if state.mlp is None or write.target != s or write.loss is None or \
+    if state.mlp is None or state.mlp.norm or write.target != s or write.loss is None or \
             write.kind not in ("gradient", "momentum"):
-        return None
+        return None     # `layernorm` memories: module/deep_chunk.py has no LayerNorm backward
     if set(level.hidden) - {f"{s}_momentum"} or write.chain or \
             any(c.func == "window" for c in calls_in(write.loss)):
         return None

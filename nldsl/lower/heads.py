@@ -256,7 +256,7 @@ class _Outer:
     """The outer level's frame: no heads, no states of its own."""
 
     name, heads = "outer", None
-    states, hidden, contexts, reads = {}, {}, {}, {}
+    states, hidden, contexts, reads, memories = {}, {}, {}, {}, {}
 
 
 def _unknown(name: str):

@@ -83,10 +83,10 @@ def _level(info, const, params: dict, spec) -> TokenLevel:
             if mlp is None:
                 params[learned] = Param(learned, per_head + _shape(state.decl.shape, const), None,
                                         "initial", owner)
-            for i, (d_out, d_in) in enumerate(mlp.layers if mlp else ()):
-                params[f"{learned}_w{i + 1}"] = Param(
-                    f"{learned}_w{i + 1}", per_head + (d_out, d_in),
-                    _normal(d_in ** -0.5), "initial", owner)
+            for suffix, part in zip(mlp.part_names, mlp.parts) if mlp else ():
+                init = _normal(part[1] ** -0.5) if len(part) == 2 else ast.Number(value=0)
+                params[learned + suffix] = Param(learned + suffix, per_head + part, init,
+                                                 "initial", owner)
         states[state.name] = FastState(state.name, _shape(state.decl.shape, const),
                                        _init_value(state.decl.init), learned, mlp)
     own = _own_contexts(info)
@@ -112,7 +112,8 @@ def _level(info, const, params: dict, spec) -> TokenLevel:
     return TokenLevel(info.name, every, 1 if task else chunk, heads, info.backprop, info.partial,
                       states, {c.name: c.value for c in info.contexts.values()}, writes,
                       {r.name: (r.value, r.before_write) for r in info.reads.values()}, hidden,
-                      task=tuple(task), window=window, windowed=windowed, memories=memories)
+                      task=tuple(task), window=window, windowed=windowed, memories=memories,
+                      once=info.once)
 
 
 def _whole(expr: ast.Expr, value, what: str, spec) -> int:
@@ -233,7 +234,7 @@ def _mlp_layout(shape: ast.Shape, const: _Const) -> MLPLayout | None:
         return None
     activation = next((o for o in shape.options if o in MLP_ACTIVATIONS), "gelu")
     return MLPLayout(tuple(int(const(w)) for w in shape.widths), activation,
-                     "residual" in shape.options)
+                     "residual" in shape.options, "layernorm" in shape.options)
 
 
 def _normal(std: float) -> ast.Expr:

@@ -28,6 +28,7 @@ for the fast schedules.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from nldsl import ast
@@ -47,18 +48,22 @@ class Param:
 
 @dataclass(frozen=True)
 class MLPLayout:
-    """An `mlp(d_0 -> d_1 -> ... -> d_L, act, residual)` memory's weights, laid end to end.
+    """An `mlp(d_0 -> d_1 -> ... -> d_L, act, residual, layernorm)` memory's weights, end to end.
 
-    The schedules keep an MLP state as one flat vector [B, (H,) P], P = sum d_{i+1} d_i, so the
-    rules' arithmetic (`decay S - lr G`, momentum, pending sums) is the same elementwise code as
-    for a matrix, and `a S + b N` on two MLP states of one layout is per weight (docs/modules.md).
-    Layer i is the slice offsets[i]:offsets[i+1] seen as [d_{i+1}, d_i]:
-    M(u) = W_L act(... act(W_1 u)) (+ u when residual).
+    The schedules keep an MLP state as one flat vector [B, (H,) P], so the rules' arithmetic
+    (`decay S - lr G`, momentum, pending sums) is the same elementwise code as for a matrix, and
+    `a S + b N` on two MLP states of one layout is per weight (docs/modules.md). The parts are
+    the layers, part i the slice offsets[i]:offsets[i+1] seen as [d_{i+1}, d_i], then, with
+    `layernorm`, the norm's gamma [d_L]:
+
+        M(u) = W_L act(... act(W_1 u))                          (+ u when residual)
+        M(u) = LN(W_L act(... act(W_1 u))) * (gamma + 1)        (+ u when residual)
     """
 
     widths: tuple[int, ...]
     activation: str
     residual: bool
+    norm: bool = False             # `layernorm`: LN without affine, times (gamma + 1)
 
     @property
     def layers(self) -> tuple[tuple[int, int], ...]:
@@ -66,10 +71,21 @@ class MLPLayout:
         return tuple(zip(self.widths[1:], self.widths[:-1]))
 
     @property
+    def parts(self) -> tuple[tuple[int, ...], ...]:
+        """The shape of each weight: the layers' (d_out, d_in), then gamma's (d_L,) if norm."""
+        return self.layers + (((self.widths[-1],),) if self.norm else ())
+
+    @property
+    def part_names(self) -> tuple[str, ...]:
+        """The suffix of each part's learned initial Param: `_w1`, ..., `_wL`, `_gamma`."""
+        return tuple(f"_w{i + 1}" for i in range(len(self.layers))) + \
+            (("_gamma",) if self.norm else ())
+
+    @property
     def offsets(self) -> tuple[int, ...]:
         ends = [0]
-        for d_out, d_in in self.layers:
-            ends.append(ends[-1] + d_out * d_in)
+        for shape in self.parts:
+            ends.append(ends[-1] + math.prod(shape))
         return tuple(ends)
 
     @property
@@ -86,7 +102,7 @@ class FastState:
     shape: tuple[int, ...]
     init: ast.Expr | None          # None with `learned`: starts from Param `initial`
     learned: str | None = None     # the Param holding the learned initial value (MLP: its
-    #                                prefix; layer i is Param f"{learned}_w{i + 1}")
+    #                                prefix; part i is Param learned + mlp.part_names[i])
     mlp: MLPLayout | None = None
 
 
@@ -207,12 +223,14 @@ class TokenLevel:
     window: int = 1                # the longest `window(c, ...)` of its objectives: c tokens
     windowed: tuple[str, ...] = () # the contexts those windows see at past tokens
 
-    def buffer_state(self, hidden: str) -> str:
-        """The state a hidden buffer (`M_momentum`, `M_ema1`) is shaped like."""
-        return max((s for s in self.states if hidden.startswith(s + "_")), key=len)
     #: lets that hold a per-weight expression of MLP states (derived memories, nldsl/memories.py):
     #: evaluated layer by layer, at the view of whoever uses them (docs/language.md)
     memories: dict[str, MLPLayout] = field(default_factory=dict)
+    once: bool = False             # one rule step per period, from the period's summed gradients
+
+    def buffer_state(self, hidden: str) -> str:
+        """The state a hidden buffer (`M_momentum`, `M_ema1`) is shaped like."""
+        return max((s for s in self.states if hidden.startswith(s + "_")), key=len)
 
 
 @dataclass(frozen=True)

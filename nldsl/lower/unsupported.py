@@ -143,7 +143,7 @@ def _check_rules(level, objective, graph, source, problems, report) -> None:
                "mlp memory", "a state of shape [m, n] or mlp(...)", "Newton-Schulz acts on each "
                "weight matrix (docs/language.md, Chains)")
     buffered = [rules[s.position - 1] for s in steps if s.buffer is not None]
-    if rules[-1].name == "momentum":
+    if rules[-1].name == "momentum" and not level.once:     # `once`: one step per period
         buffered.append(rules[-1])
     if buffered and level.period != 1:
         report(buffered[0], f"{buffered[0].name} on a level that writes every N > 1 tokens is "

@@ -63,7 +63,8 @@ def run_deep_level(values, level: TokenLevel, form: DeepForm, per_head) -> None:
         s = tuple(w.detach() for w in s) if s is not None else None
     start = values.new_state["_stream"]["t"]
     segments = _segments(start, steps, level.chunk)
-    by_chunk = lambda g, fill: _by_chunk(g, segments, level.chunk, fill) if g is not None else None
+    width = max(t1 - t0 for t0, t1 in segments)   # the padded chunk: never more than the call
+    by_chunk = lambda g, fill: _by_chunk(g, segments, width, fill) if g is not None else None
     coefficients = _coefficients(by_chunk(lr, 0.0), by_chunk(decay, 1.0), by_chunk(beta, 1.0))
     kept, parts = [], []            # per chunk: start state, snapshot and factors; or reads
     checkpointed = keep and values.checkpoint
@@ -74,7 +75,7 @@ def run_deep_level(values, level: TokenLevel, form: DeepForm, per_head) -> None:
             snapshot = m if keep or t0 else incoming_m
         if checkpointed:
             chunk = functools.partial(_checkpointed_chunk, values, level, form, layout, queries,
-                                      coefficients, n, t0, t1)
+                                      coefficients, n, t0, t1, width)
             (m, s), part = checkpoint(chunk, m, s, snapshot, use_reentrant=False)
             parts.append(part)
             continue
@@ -82,7 +83,7 @@ def run_deep_level(values, level: TokenLevel, form: DeepForm, per_head) -> None:
         kept.append((m, s, snapshot, deltas, inputs))
         m, s = _end(m, s, _last_row(coefficients, n, t1 - t0), deltas, inputs)
     reads = {name: torch.cat([part[name] for part in parts], dim=2) for name in queries} \
-        if checkpointed else _reads(layout, queries, segments, level.chunk, kept, coefficients)
+        if checkpointed else _reads(layout, queries, segments, width, kept, coefficients)
     flat = (lambda ws: mlp.flatten(layout, ws)) if heads is not None else \
         (lambda ws: mlp.flatten(layout, ws).squeeze(1))
     own[form.state] = flat(m)
@@ -97,14 +98,13 @@ def run_deep_level(values, level: TokenLevel, form: DeepForm, per_head) -> None:
 
 
 def _checkpointed_chunk(values, level, form: DeepForm, layout: MLPLayout, queries: dict,
-                        coefficients, n: int, t0: int, t1: int, m, s, snapshot):
+                        coefficients, n: int, t0: int, t1: int, width: int, m, s, snapshot):
     """One chunk as a function of its start state, momentum and snapshot (by layer): the end
     state and momentum, and the chunk's reads {name: [B, H, L, d_L]}. Under `checkpoint` the
     backward pass keeps only these arguments and calls it again."""
     deltas, inputs = _factors(values, level, form, layout, snapshot, t0, t1, True)
     own = tuple(c[:, :, n:n + 1] if c is not None else None for c in coefficients)  # N = 1
-    reads = _reads(layout, queries, [(t0, t1)], level.chunk, [(m, s, snapshot, deltas, inputs)],
-                   own)
+    reads = _reads(layout, queries, [(t0, t1)], width, [(m, s, snapshot, deltas, inputs)], own)
     return _end(m, s, _last_row(coefficients, n, t1 - t0), deltas, inputs), reads
 
 

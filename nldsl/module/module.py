@@ -102,8 +102,8 @@ class CompiledModule(nn.Module):
             per_head = (level.heads,) if level.heads is not None else ()
             for s in level.states.values():
                 if s.learned is not None and s.mlp is not None:
-                    start = mlp.flatten(s.mlp, [self.get_parameter(f"{s.learned}_w{i + 1}")
-                                                for i in range(len(s.mlp.layers))])
+                    start = mlp.flatten(s.mlp, [self.get_parameter(s.learned + suffix)
+                                                for suffix in s.mlp.part_names])
                 elif s.learned is not None:
                     start = self.get_parameter(s.learned)
                 elif (s.mlp is not None and s.init is None) or _random(s.init):

@@ -10,8 +10,10 @@ values):
   2. the levels write, fastest first: a gradient write is S <- decay S - lr G with G the
      gradient at the snapshot (transformed first by a rule chain's rules, runtime/chain.py; a
      `window` loss sums over the level's ring buffer of past contexts, unit.py); `every N`
-     levels add the per-token change to a pending sum and apply it at t = N, 2N, ...; a level
-     without `backprop` writes constants (detached);
+     levels add the per-token change to a pending sum and apply it at t = N, 2N, ...; a `once`
+     level adds the token's gradient to a pending sum and takes one rule step with it at
+     t = N, 2N, ..., with the rule's arguments of that token; a level without `backprop` writes
+     constants (detached);
      a level that learns from the task loss is frozen here (the task driver writes it);
   3. reads (a plain read sees the new state, `before write` the state the write started
      from), then `out`.
@@ -24,6 +26,7 @@ from nldsl.lower.program import Program, TokenLevel
 from nldsl.module.unit import UnitValues
 from nldsl.runtime import layerwise
 from nldsl.runtime.chain import transform
+from nldsl.runtime.frame import Frame
 
 STREAM = "_stream"
 
@@ -71,6 +74,9 @@ def _before_write(level: TokenLevel, state: dict) -> dict:
 def _write(level: TokenLevel, unit: UnitValues, state: dict, t: int) -> None:
     if level.task:
         return                   # frozen here: the task driver writes it (module/task.py)
+    if level.once:
+        _write_once(level, unit, state[level.name], t)
+        return
     own = state[level.name]
     frame = unit.frames[level.name]
     new = {}
@@ -131,6 +137,43 @@ def _gate(level: TokenLevel, target: str, frame, value):
     return layerwise.matrix_gate(value, state.shape, frame)
 
 
+def _write_once(level: TokenLevel, unit: UnitValues, own: dict, t: int) -> None:
+    """`once` (docs/language.md): G = the sum of the period's gradients (each at the snapshot),
+    kept as `S.pending`; the rule's arguments of the latest token as `S.rule.pending`; one rule
+    step at the period's end (or at a flush)."""
+    for write in level.writes:
+        grad = unit.gradient(level, write)
+        key = f"{write.target}.pending"
+        own[key] = grad if key not in own else own[key] + grad
+        arguments = (write.lr, write.decay) + ((write.beta,) if write.kind == "momentum" else ())
+        own[f"{write.target}.rule.pending"] = tuple(unit.evaluate(level, "current", a)
+                                                    for a in arguments)
+    if t % level.period == 0:
+        _step_once(level, own)
+
+
+def _step_once(level: TokenLevel, own: dict) -> None:
+    """One rule step of a `once` level with the pending gradient sum G: S <- decay S - lr G,
+    or m <- beta m - lr G; S <- decay S + m."""
+    frame = Frame(1, level.heads)
+    new = {}
+    for write in level.writes:
+        if f"{write.target}.pending" not in own:
+            continue
+        grad = own.pop(f"{write.target}.pending")
+        lr, decay, *beta = own.pop(f"{write.target}.rule.pending")
+        step = _mul(frame, lr, grad)
+        if write.kind == "momentum":
+            name = f"{write.target}_momentum"
+            new[name] = _sub(frame, _mul(frame, beta[0], own[name]), step)
+            new[write.target] = _add(frame, _mul(frame, decay, own[write.target]), new[name])
+        else:
+            new[write.target] = _sub(frame, _mul(frame, decay, own[write.target]), step)
+    if not level.backprop:
+        new = {name: value.detach() for name, value in new.items()}
+    own.update(new)
+
+
 def _apply_pending(level: TokenLevel, own: dict) -> None:
     for key in [k for k in own if k.endswith(".pending")]:
         name = key[: -len(".pending")]
@@ -145,7 +188,7 @@ def finish(program: Program, state: dict) -> None:
             continue             # its pending sum is the task driver's (module/task.py)
         own = state[level.name]
         if level.partial == "flush":
-            _apply_pending(level, own)
+            (_step_once if level.once else _apply_pending)(level, own)
         for key in [k for k in own if k.endswith(".pending")]:
             del own[key]
 

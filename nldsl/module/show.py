@@ -56,15 +56,17 @@ def _level(out: Emitter, level: TokenLevel, form) -> None:
     heads = f", {level.heads} heads" if level.heads is not None else ""
     chunk = "task loss (nldsl.stream)" if level.task else f"chunk {level.chunk}"
     header = (f"level {level.name}: every {level.period} tokens, {chunk}{heads}, "
-              f"{'backprop' if level.backprop else 'writes detached'}, partial {level.partial}")
+              f"{'backprop' if level.backprop else 'writes detached'}, partial {level.partial}"
+              f"{', one rule step per period (once)' if level.once else ''}")
     with out.block(header):
         for state in level.states.values():
             start = state.learned or (format_expr(state.init) if state.init is not None else "0")
             if state.mlp is not None:
-                layers = ", ".join(_dims(layer) for layer in state.mlp.layers)
+                layers = ", ".join(_dims(part) for part in state.mlp.parts)
                 start = f"{start}_w1.." if state.learned else start
                 out.line(f"state {state.name} mlp {' -> '.join(map(str, state.mlp.widths))} "
-                         f"({state.mlp.activation}{', residual' if state.mlp.residual else ''}): "
+                         f"({state.mlp.activation}{', layernorm' if state.mlp.norm else ''}"
+                         f"{', residual' if state.mlp.residual else ''}): "
                          f"weights {layers}, flat {_dims(state.shape)}, starts at {start}")
                 continue
             out.line(f"state {state.name} {_dims(state.shape)} starts at {start}")

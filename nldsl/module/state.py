@@ -53,18 +53,21 @@ def to_internal(program: Program, state: dict) -> dict:
 
 
 def _flat(layout: MLPLayout, weights, where: str) -> torch.Tensor:
-    expected = [f"[..., {d_out}, {d_in}]" for d_out, d_in in layout.layers]
-    if not isinstance(weights, (tuple, list)) or len(weights) != len(layout.layers):
-        raise ValueError(f"{where} is an MLP memory: a tuple of {len(layout.layers)} weights "
+    expected = [f"[..., {', '.join(map(str, shape))}]" for shape in layout.parts]
+    what = "weights" + (" and layernorm's gamma" if layout.norm else "")
+    if not isinstance(weights, (tuple, list)) or len(weights) != len(layout.parts):
+        raise ValueError(f"{where} is an MLP memory: a tuple of {len(layout.parts)} {what} "
                          f"({', '.join(expected)}), got " + (f"{len(weights)}" if isinstance(
                              weights, (tuple, list)) else type(weights).__name__))
     lead = None
-    for i, (weight, (d_out, d_in)) in enumerate(zip(weights, layout.layers)):
-        if not isinstance(weight, torch.Tensor) or weight.ndim < 2 or \
-                tuple(weight.shape[-2:]) != (d_out, d_in) or \
-                (lead is not None and weight.shape[:-2] != lead):
-            shape = list(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
-            raise ValueError(f"{where}: layer {i + 1} has shape {shape}, expected "
+    for i, (weight, shape) in enumerate(zip(weights, layout.parts)):
+        rank = len(shape)
+        if not isinstance(weight, torch.Tensor) or weight.ndim < rank or \
+                tuple(weight.shape[-rank:]) != shape or \
+                (lead is not None and weight.shape[:-rank] != lead):
+            found = list(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+            part = f"layer {i + 1}" if rank == 2 else "layernorm's gamma"
+            raise ValueError(f"{where}: {part} has shape {found}, expected "
                              f"{expected[i]} with the same leading dims as layer 1")
-        lead = weight.shape[:-2]
+        lead = weight.shape[:-rank]
     return mlp.flatten(layout, weights)

@@ -42,6 +42,7 @@ class UnitValues:
         self.memo: dict[str, tuple[object, Frame]] = {}
         self.convs: dict[tuple[int, int], torch.Tensor] = {}
         self.attended: dict[str, torch.Tensor] = {}
+        self.means: dict[tuple[int, int], object] = {}
         self.before: dict[str, dict] = {}
 
     # -- what the schedule asks for ------------------------------------------------------
@@ -135,7 +136,9 @@ class UnitValues:
         conv = lambda call, a, width: self._conv(call, a, frame)
         window = lambda call, width: self._window(call, width, level, view, overrides or {})
         attend = lambda call, q, keys, values: self._attend(call, q, keys, values, frame)
-        return FrameEvaluator(frame, lookup, apply, conv, window=window, attend=attend)
+        period_mean = lambda call, a: self._period_mean(call, a, level)
+        return FrameEvaluator(frame, lookup, apply, conv, window=window, attend=attend,
+                              period_mean=period_mean)
 
     def _window(self, call: ast.Call, width: int, level: TokenLevel, view: str, overrides: dict):
         """window(c, loss, gamma) = sum over the last min(t, c) tokens i of gamma_i loss_i
@@ -243,6 +246,20 @@ class UnitValues:
                                                 self.state[STREAM], self.params, self.t - 1,
                                                 attend_token)
         return self.attended[site.name]
+
+    def _period_mean(self, call: ast.Call, a, level: TokenLevel):
+        """period_mean(a) at token t: (1 / n) sum of a over the n = (t - 1) mod N + 1 tokens of
+        the level's current period so far, the running sum kept in the level's state as
+        `period_mean@line:col.pending` (restarted at each period's first token). Once per
+        token and call site, whoever asks (a context inlined into a loss asks again)."""
+        site = (call.span.line, call.span.col)
+        if site not in self.means:
+            key = f"period_mean@{site[0]}:{site[1]}.pending"
+            own = self.state[level.name]
+            count = (self.t - 1) % level.period + 1
+            own[key] = a if count == 1 or key not in own else own[key] + a
+            self.means[site] = own[key] / count
+        return self.means[site]
 
 
 def _times(frame: Frame, a, b) -> torch.Tensor:

@@ -145,8 +145,9 @@ def _first_tensor(*values) -> torch.Tensor:
 
 
 def _last_dim(function):
-    """A function of the last dim: a per-head scalar is a vector of width 1 there."""
-    return lambda f, a: function(f.vector(f.split(a)))
+    """A function of the last dim: a per-head scalar is a vector of width 1 there (its other
+    arguments, rmsnorm's eps, are numbers)."""
+    return lambda f, a, *rest, **options: function(f.vector(f.split(a)), *rest, **options)
 
 
 def _extremum(pick, on_numbers):
@@ -219,25 +220,29 @@ _MODULE_FUNCTIONS: dict[str, Callable] = {
 
 #: The built-ins the module runtime computes (lower/unsupported.py lists those the module
 #: compiler rejects; init built-ins are not expressions).
-COMPUTED = frozenset(fn.ELEMENTWISE) | frozenset(_MODULE_FUNCTIONS) | {"conv", "window", "rope"} | \
-    frozenset(KINDS)
+COMPUTED = frozenset(fn.ELEMENTWISE) | frozenset(_MODULE_FUNCTIONS) | \
+    {"conv", "window", "rope", "period_mean"} | frozenset(KINDS)
 
 
 class FrameEvaluator(Evaluator):
     """The module schedules' evaluator. `conv(call, a, width)` is the causal convolution at that
     call site, `window(call, width)` the Omega rule's sum over past tokens (the caller owns
-    their contexts; lower/windows.py), and `attend(call, q, keys, values)` the attention at that
-    call site, keys and values lists of streams (the caller owns kernels and caches); `rope`
-    takes the token's position from `t`."""
+    their contexts; lower/windows.py), `attend(call, q, keys, values)` the attention at that
+    call site, keys and values lists of streams (the caller owns kernels and caches), and
+    `period_mean(call, a)` the running mean over its level's period (the caller owns the sums;
+    without one, a period is one unit and the mean is `a`); `rope` takes the token's position
+    from `t`."""
 
     functions = _MODULE_FUNCTIONS
 
     def __init__(self, frame: Frame, lookup: Callable[[str], Any],
                  apply: Callable[[str, Any], Any], conv: Callable[[ast.Call, Any, int], Any],
                  window: Callable[[ast.Call, int], Any] | None = None,
-                 attend: Callable | None = None):
+                 attend: Callable | None = None,
+                 period_mean: Callable[[ast.Call, Any], Any] | None = None):
         super().__init__(frame, lookup, apply)
         self.conv, self.window, self.attend = conv, window, attend
+        self.period_mean = period_mean or (lambda call, a: a)
 
     def _call(self, e: ast.Call):
         if e.func == "conv":
@@ -254,6 +259,8 @@ class FrameEvaluator(Evaluator):
             return self.attend(e, self(e.args[0]), streams(e.args[1]), streams(e.args[2]))
         if e.func == "rope":
             return self._rope(e)
+        if e.func == "period_mean":
+            return self.period_mean(e, self(e.args[0]))
         return super()._call(e)
 
     def _rope(self, e: ast.Call):

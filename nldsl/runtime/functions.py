@@ -45,9 +45,12 @@ def l2norm(a: torch.Tensor) -> torch.Tensor:
     return a * torch.rsqrt(a.pow(2).sum(-1, keepdim=True).clamp(min=L2NORM_EPS ** 2))
 
 
-def rmsnorm(a: torch.Tensor) -> torch.Tensor:
-    """a / sqrt(mean(a^2) + eps) over the last dim (no learned scale)."""
-    return a * torch.rsqrt(a.pow(2).mean(-1, keepdim=True) + NORM_EPS)
+def rmsnorm(a: torch.Tensor, eps: float | str = NORM_EPS) -> torch.Tensor:
+    """a / sqrt(mean(a^2) + eps) over the last dim (no learned scale); eps "machine" is the
+    dtype's machine epsilon, torch's nn.RMSNorm default (titans-pytorch's store and retrieve
+    norms)."""
+    eps = torch.finfo(a.dtype).eps if eps == "machine" else eps
+    return a * torch.rsqrt(a.pow(2).mean(-1, keepdim=True) + eps)
 
 
 def layernorm(a: torch.Tensor) -> torch.Tensor:

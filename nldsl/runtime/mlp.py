@@ -2,10 +2,14 @@
 
 A schedule keeps an `mlp(...)` state as one vector [..., P] (lower/program.py's `MLPLayout`):
 every rule's arithmetic is then elementwise on it, per weight, exactly as on a matrix. Users see
-the weights by layer (docs/modules.md, "State"): `layers` and `flatten` convert at the module's
-boundary, once per call.
+the weights by part (docs/modules.md, "State"): the layers, then `layernorm`'s gamma; `layers`
+and `flatten` convert at the module's boundary, once per call.
 
-    M(u) = W_L act(W_{L-1} ... act(W_1 u))  (+ u with `residual`, eq. 89)
+    M(u) = W_L act(W_{L-1} ... act(W_1 u))                     (+ u with `residual`, eq. 89)
+    M(u) = LN(W_L act(... act(W_1 u))) * (gamma + 1)           (`layernorm`; + u with `residual`)
+
+LN is LayerNorm without affine (biased variance, eps 1e-5): titans-pytorch's ResidualNorm
+memory (memory_models.py, from TTT), gamma a weight of the memory, 0 at the start.
 """
 from __future__ import annotations
 
@@ -17,27 +21,32 @@ import torch.nn.functional as F
 from nldsl.lower.program import MLPLayout
 
 ACTIVATIONS = {"gelu": F.gelu, "silu": F.silu, "relu": torch.relu, "tanh": torch.tanh}
+#: `layernorm`'s epsilon: torch's nn.LayerNorm default, as titans-pytorch's memory uses it.
+LAYERNORM_EPS = 1e-5
 
 
 def layers(layout: MLPLayout, flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """[..., P] -> one view [..., d_out, d_in] per layer."""
-    return tuple(flat[..., a:b].unflatten(-1, (d_out, d_in)) for (a, b), (d_out, d_in) in
-                 zip(zip(layout.offsets, layout.offsets[1:]), layout.layers))
+    """[..., P] -> one view per part: [..., d_out, d_in] per layer, then gamma [..., d_L]."""
+    return tuple(flat[..., a:b].unflatten(-1, shape) for (a, b), shape in
+                 zip(zip(layout.offsets, layout.offsets[1:]), layout.parts))
 
 
 def flatten(layout: MLPLayout, weights) -> torch.Tensor:
-    """One tensor [..., d_out, d_in] per layer -> [..., P]."""
-    return torch.cat([w.flatten(-2) for w in weights], dim=-1)
+    """One tensor per part ([..., d_out, d_in] per layer, then gamma [..., d_L]) -> [..., P]."""
+    return torch.cat([w.flatten(-len(shape)) for w, shape in zip(weights, layout.parts)], dim=-1)
 
 
 def apply(layout: MLPLayout, flat: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """M(u): flat [..., P] and u [..., d_0] broadcast over their leading dims -> [..., d_L]."""
     h = u
-    weights = layers(layout, flat)
+    parts = layers(layout, flat)
+    weights = parts[:len(layout.layers)]
     for i, weight in enumerate(weights):
         h = torch.matmul(weight, h.unsqueeze(-1)).squeeze(-1)     # [..., d_{i+1}]
         if i < len(weights) - 1:
             h = ACTIVATIONS[layout.activation](h)
+    if layout.norm:
+        h = F.layer_norm(h, h.shape[-1:], eps=LAYERNORM_EPS) * (parts[-1] + 1)   # [..., d_L]
     return h + u if layout.residual else h
 
 
@@ -55,6 +64,8 @@ def apply_to_sequence(layout: MLPLayout, flat: torch.Tensor, u: torch.Tensor) ->
 
 def initial(layout: MLPLayout, lead: tuple[int, ...], dtype=None) -> tuple[torch.Tensor, ...]:
     """Fresh weights [*lead, d_out, d_in] per layer, each N(0, 1 / d_in) (docs/language.md,
-    "Initial values": std 1 / sqrt(fan_in))."""
-    return tuple(torch.randn(lead + (d_out, d_in), dtype=dtype) / math.sqrt(d_in)
-                 for d_out, d_in in layout.layers)
+    "Initial values": std 1 / sqrt(fan_in)), and `layernorm`'s gamma [*lead, d_L] at 0."""
+    weights = tuple(torch.randn(lead + (d_out, d_in), dtype=dtype) / math.sqrt(d_in)
+                    for d_out, d_in in layout.layers)
+    return weights + ((torch.zeros(lead + (layout.widths[-1],), dtype=dtype),) if layout.norm
+                      else ())

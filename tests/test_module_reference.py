@@ -1,0 +1,66 @@
+"""module/reference.py's `once` levels (docs/language.md, "`once`"): one rule step per period
+from the summed gradients of its units, the rule's arguments of the write unit, `period_mean`
+the running mean over the period, a trailing partial period flushed or dropped. Checked
+against a token loop written from that text, in float64, T = 7 with period 3 (a partial
+period of one token)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import nldsl
+
+DT = torch.float64
+SPEC = """module once_demo(dim: int >= 1) {{
+  state W_g : [dim, 1] = normal(0.5)
+  level memory every 3 tokens backprop partial {partial} once {{
+    state M : [dim, dim] = 0
+    gate beta = sigmoid(period_mean(x @ W_g))
+    gate theta = sigmoid(x @ W_g)
+    minimize theta * l2(M(x), x) by momentum(lr = 0.5, beta = beta, decay = 0.9)
+    read y = M(x)
+  }}
+  out = y
+}}"""
+
+
+def once_loop(x: torch.Tensor, w_g: torch.Tensor, period: int, partial: str):
+    """G = sum_u theta_u (M_s x_u - x_u) x_u^T at the period's start state M_s; at the period's
+    end (or a flush) m <- beta m - 0.5 G, M <- 0.9 M + m with beta = sigmoid(mean_u x_u W_g)
+    over the period's units; y_t = M_last-written x_t."""
+    batch, steps, dim = x.shape
+    m = torch.zeros(batch, dim, dim, dtype=DT)
+    s, grad, logits, ys = torch.zeros_like(m), torch.zeros_like(m), [], []
+
+    def step():
+        beta = torch.sigmoid(torch.stack(logits).mean(0))                 # [B, 1]
+        s.copy_(beta[..., None] * s - 0.5 * grad)
+        m.copy_(0.9 * m + s)
+
+    start = m.clone()
+    for t in range(steps):
+        xt = x[:, t]                                                      # [B, dim]
+        theta = torch.sigmoid(xt @ w_g)                                   # [B, 1]
+        r = torch.einsum("bij,bj->bi", start, xt) - xt
+        grad = grad + theta[..., None] * torch.einsum("bi,bj->bij", r, xt)
+        logits.append(xt @ w_g)
+        if (t + 1) % period == 0:
+            step()
+            grad, logits, start = torch.zeros_like(m), [], m.clone()
+        ys.append(torch.einsum("bij,bj->bi", m, xt))
+    if partial == "flush" and logits:
+        step()
+    return torch.stack(ys, dim=1), m, s
+
+
+@pytest.mark.parametrize("schedule", ["reference", "chunked"])
+@pytest.mark.parametrize("partial", ["flush", "drop"])
+def test_once_takes_one_rule_step_per_period(partial, schedule):
+    module = nldsl.compile(SPEC.format(partial=partial), dim=3, schedule=schedule).double()
+    x = torch.randn(2, 7, 3, generator=torch.Generator().manual_seed(0), dtype=DT)
+    y, state = module(x)
+    with torch.no_grad():
+        y_loop, m, s = once_loop(x, module.W_g, 3, partial)
+    torch.testing.assert_close(y, y_loop, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(state["memory"]["M"], m, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(state["memory"]["M_momentum"], s, rtol=1e-12, atol=1e-13)
