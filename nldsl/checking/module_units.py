@@ -23,6 +23,7 @@ from nldsl.module.reference import STREAM, run_reference
 from nldsl.module.unit import UnitValues
 from nldsl.lower.derive import rule_arguments
 from nldsl.printer import format_expr
+from nldsl.runtime import mlp
 
 
 def drawn_module(spec, values: dict, seed: int, schedule: str = "reference", block_size: int = 64):
@@ -121,8 +122,13 @@ def _expected(level, target: str, rule: ast.Rule, loss: ast.Expr, unit_at, state
     key = dgd_key(loss, target) if rule.name == "dgd" else None
     norm2 = unit.evaluate(level, "snapshot", ast.Call(func="dot", args=[key, key])) \
         if key is not None else None
+    term = None
+    if key is not None and args.get("precondition") is True:
+        term = mlp.precondition(level.states[target].mlp, current,
+                                unit.evaluate(level, "snapshot", key))
     return step_rule(rule.name, args, current, grad_at, frame.align,
-                     momentum=state[level.name].get(f"{target}_momentum"), key_norm2=norm2)
+                     momentum=state[level.name].get(f"{target}_momentum"), key_norm2=norm2,
+                     precondition=term)
 
 
 def _formula(write) -> str:

@@ -44,7 +44,7 @@ def deep_form(level: TokenLevel, program: Program) -> DeepForm | None:
     write = level.writes[0]
     s = state.name
     if state.mlp is None or write.target != s or write.loss is None or \
-            write.kind not in ("gradient", "momentum"):
+            write.kind not in ("gradient", "momentum") or write.precondition is not None:
         return None
     if set(level.hidden) - {f"{s}_momentum"}:
         return None

@@ -15,8 +15,8 @@ from nldsl.lower.program import ConvSite, FastState, MLPLayout, ModuleWrite, Par
     TokenLevel
 from nldsl.lower.timing import period, placements
 from nldsl.lower.unsupported import check_supported, compile_error
-from nldsl.lower.derive import NoClosedForm, binary, closed_grad, key_norm_squared, mentions, num, \
-    rule_arguments
+from nldsl.lower.derive import NoClosedForm, binary, closed_grad, key_norm_squared, loss_key, \
+    mentions, num, rule_arguments
 from nldsl.graph import OUTER
 
 
@@ -130,13 +130,23 @@ def _derive(objective: ast.Objective, target: str, own: dict, spec) -> ModuleWri
                       ast.MLPShape)
     kind = "momentum" if rule.name == "momentum" else "gradient"
     beta = args.get("beta") if kind == "momentum" else None
+    key = _precondition_key(args, loss, target) if rule.name == "dgd" else None
+    name = f"{rule.name} preconditioned" if key is not None else rule.name
     try:
         grad = closed_grad(loss, target, deep)
         return ModuleWrite(target, kind, grad=grad, lr=lr, decay=decay, beta=beta,
-                           derivation=f"{rule.name} closed form")
+                           precondition=key, derivation=f"{name} closed form")
     except NoClosedForm:
         return ModuleWrite(target, kind, loss=loss, lr=lr, decay=decay, beta=beta,
-                           derivation=f"{rule.name} autograd")
+                           precondition=key, derivation=f"{name} autograd")
+
+
+def _precondition_key(args: dict, loss: ast.Expr, target: str):
+    """k of `dgd(..., precondition = true)` (the key of the loss's l2(S(k), v) term: eq. 88's
+    k k^T), None without the flag; check_supported has refused a flag that is not a literal
+    and a loss without the term."""
+    flag = args["precondition"]
+    return loss_key(loss, target) if isinstance(flag, ast.Bool) and flag.value else None
 
 
 def _level_of(spec, state: str) -> str:

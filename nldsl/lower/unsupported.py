@@ -64,6 +64,8 @@ def check_supported(spec) -> None:
                 if rule.name in UNSUPPORTED_RULES:
                     report(rule, f"`{rule.name}`: {UNSUPPORTED_RULES[rule.name]}",
                            "gd, dgd, ema or momentum", "write the update explicitly")
+            if objective.rules[0].name == "dgd":
+                _check_precondition(objective, level, report)
             if objective.rules[0].name == "momentum" and level.period != 1:
                 report(objective.rules[0], "momentum on a level that writes every N > 1 tokens "
                        "is not compiled yet", "momentum on an `every 1 token` level",
@@ -83,6 +85,23 @@ def check_supported(spec) -> None:
                   ([graph.output] if graph.output is not None else []), report)
     if problems:
         raise NLDSLCompileError(problems)
+
+
+def _check_precondition(objective, level, report) -> None:
+    """dgd(precondition = true) multiplies the weight that takes the key k of l2(S(k), v)."""
+    from nldsl.lower.derive import loss_key, rule_arguments
+    rule = objective.rules[0]
+    flag = rule_arguments(rule)["precondition"]
+    if not isinstance(flag, ast.Bool):
+        report(rule, "dgd's `precondition` must be true or false in the spec", "precondition = "
+               "true or precondition = false", "the flag changes the rule's form, not a value")
+        return
+    target = objective.state or next(iter(level.states))
+    if flag.value and loss_key(objective.loss, target) is None:
+        report(rule, f"dgd(precondition = true) on {target} needs a key: the objective has no "
+               f"l2({target}(k), v) term", f"l2({target}(k), v) or l2({target} @ k, v) in the "
+               "objective", "eq. 88's (decay I - lr k k^T) multiplies the weight that takes k; "
+               "without a key use plain dgd")
 
 
 def _report_calls(expressions, report) -> None:

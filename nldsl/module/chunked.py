@@ -17,9 +17,11 @@ from nldsl.consteval import children
 from nldsl.lower.deep_forms import DeepForm, deep_form
 from nldsl.lower.forms import LinearForm, linear_form
 from nldsl.lower.program import Program, TokenLevel
+from nldsl.lower.snapshot_forms import SnapshotForm, snapshot_form
 from nldsl.module.deep_chunk import run_deep_level
 from nldsl.module.delta_chunk import linear_delta_blocks
 from nldsl.module.reference import STREAM, finish, run_reference
+from nldsl.module.snapshot_chunk import NotPerToken, run_snapshot_level
 from nldsl.runtime.evaluate import FrameEvaluator
 from nldsl.runtime.frame import Frame
 from nldsl.runtime.functions import causal_conv
@@ -27,12 +29,40 @@ from nldsl.runtime.functions import causal_conv
 SEQUENCE = Frame(2)
 
 
-def plan_schedule(program: Program) -> dict[str, LinearForm | DeepForm]:
-    """level -> its fast form (a linear memory, or a deep memory's chunk form), for every
-    level; {} when one level has none."""
+def plan_schedule(program: Program) -> dict[str, LinearForm | DeepForm | SnapshotForm]:
+    """level -> its fast form (a linear memory, a deep memory's chunk form, or the snapshot
+    form of a chunk whose values all see its start), for every level; {} when one level has
+    none."""
     forms = {level.name: linear_form(level, program) or deep_form(level, program)
-             for level in program.levels}
+             or snapshot_form(level, program) for level in program.levels}
     return forms if all(forms.values()) else {}
+
+
+def run_order(program: Program) -> list[TokenLevel]:
+    """The levels in update order, except that a level runs after the levels whose contexts it
+    names: over a whole call a level's contexts are sequences only once its level has run (the
+    snapshot form computes them chunk by chunk, at its states)."""
+    owner = {name: level.name for level in program.levels for name in level.contexts}
+    needs = {level.name: {owner[n.id] for e in _expressions(level) for n in _names(e)
+                          if n.id in owner and owner[n.id] != level.name}
+             for level in program.levels}
+    order, done = [], set()
+    while len(order) < len(program.levels):
+        ready = [lv for lv in program.levels if lv.name not in done and needs[lv.name] <= done]
+        level = ready[0] if ready else next(lv for lv in program.levels if lv.name not in done)
+        order.append(level)
+        done.add(level.name)
+    return order
+
+
+def _expressions(level: TokenLevel) -> list:
+    return list(level.contexts.values()) + [r for r, _ in level.reads.values()] + [
+        e for w in level.writes for e in (w.loss, w.grad, w.value, w.lr, w.decay, w.beta,
+                                          w.precondition) if e is not None]
+
+
+def _names(expr: ast.Node):
+    return (node for node in _nodes(expr) if isinstance(node, ast.Name))
 
 
 def fits(program: Program, params: dict, x: torch.Tensor, state: dict,
@@ -42,7 +72,7 @@ def fits(program: Program, params: dict, x: torch.Tensor, state: dict,
     values = _SequenceValues(program, params, x, state)
     try:
         with torch.no_grad():
-            for level in program.levels:
+            for level in run_order(program):
                 values.run_level(level, forms[level.name], 1)
     except _NotThisForm:
         return False
@@ -55,7 +85,7 @@ def run_chunked(program: Program, params: dict, x: torch.Tensor, state: dict, en
         return run_reference(program, params, x, state, end)
     values = _SequenceValues(program, params, x, state, checkpoint)
     try:
-        for level in program.levels:
+        for level in run_order(program):
             values.run_level(level, forms[level.name], block)
     except _NotThisForm:
         return run_reference(program, params, x, state, end)
@@ -142,6 +172,12 @@ class _SequenceValues:
         self.project(level)
         if isinstance(form, DeepForm):
             run_deep_level(self, level, form, per_head)
+            return
+        if isinstance(form, SnapshotForm):
+            try:
+                run_snapshot_level(self, level, form)
+            except NotPerToken as err:
+                raise _NotThisForm(err) from None
             return
         s0 = self.new_state[level.name][form.state]               # [B, (H,) dv, dk]
         dv, dk = s0.shape[-2:]

@@ -8,7 +8,8 @@ values):
   1. every context is computed from the states before this token's writes (a level's own
      states at the chunk-start snapshot);
   2. the levels write, fastest first: a gradient write is S <- decay S - lr G with G the
-     gradient at the snapshot; `every N` levels add the per-token change to a pending sum and
+     gradient at the snapshot (`dgd(precondition = true)`: - lr (S k) k^T besides, on the
+     previous token's S, k at the snapshot: NL eqs. 88, 90); `every N` levels add the per-token change to a pending sum and
      apply it at t = N, 2N, ...; a level without `backprop` writes constants (detached);
   3. reads (a plain read sees the new state, `before write` the state the write started
      from), then `out`.
@@ -19,6 +20,7 @@ import torch
 
 from nldsl.lower.program import Program, TokenLevel
 from nldsl.module.unit import UnitValues
+from nldsl.runtime import mlp
 
 STREAM = "_stream"
 
@@ -82,6 +84,10 @@ def _write(level: TokenLevel, unit: UnitValues, state: dict, t: int) -> None:
                 value = _add(frame, _mul(frame, decay, current), momentum)
             else:
                 value = _sub(frame, _mul(frame, decay, current), _mul(frame, lr, grad))
+            if write.precondition is not None:      # eq. 88: on S_{t-1}, not the snapshot
+                key = unit.evaluate(level, "snapshot", write.precondition)
+                term = mlp.precondition(level.states[write.target].mlp, current, key)
+                value = _sub(frame, value, _mul(frame, lr, term))
         new[write.target] = value
     if not level.backprop:
         new = {name: value.detach() for name, value in new.items()}

@@ -1,0 +1,242 @@
+"""The snapshot chunk form (lower/snapshot_forms.py): one Python iteration per chunk.
+
+Inside a chunk of L tokens every context, gate, gradient and read of the level is taken at the
+chunk-start states M_g (NL eq. 90), so a chunk is: the contexts as batched forwards at M_g
+[B, L, d]; per state one backward of its summed loss to the pre-activations of every
+application M(u) the loss makes (a bias-free layer's gradient is delta a^T whatever the loss):
+
+    G_t = sum_apps sum_i delta_{i,t} a_{i-1,t}^T          layer i: z_i = W_i a_{i-1}
+
+and the end state. With a gradient write M_t = d_t M_{t-1} - lr_t G_t each weight's end is a
+scalar-gated sum, W_L = P_L0 W_0 - sum_s lr_s P_Ls G_s (P_ts = prod_{s<j<=t} d_j, products of
+the gates, never ratios). With `dgd(precondition = true)` the first layer (the one that takes
+the key) follows eq. 88 on the previous token's weight,
+
+    W_t = W_{t-1} (d_t I - lr_t k_t k_t^T) - lr_t sum_apps delta_{1,t} a_{0,t}^T,
+
+transposed S = W^T: S_t = d_t S_{t-1} - lr_t k_t (k_t^T S_{t-1}) + sum_apps a_0 (-lr_t delta_1)^T,
+the gated delta rule with extra rank-one writes. Each token becomes 1 + A steps of
+delta_chunk.linear_delta_blocks: (k_t, decay d_t, erase lr_t, write 0), then per application
+(a_0, decay 1, erase 0, write -lr_t delta_1): the same S_t, in the WY/UT form. The first
+layers of all states of one shape (and application count, padded with empty steps) are one
+call, one state per head. Memory for the backward pass: the chunk's activations and factors,
+the chunk-start weights once per chunk.
+"""
+from __future__ import annotations
+
+import torch
+
+from nldsl.lower.program import TokenLevel
+from nldsl.lower.snapshot_forms import SnapshotForm
+from nldsl.module.deep_chunk import _forward, _segments
+from nldsl.module.delta_chunk import linear_delta_blocks
+from nldsl.runtime import mlp
+from nldsl.runtime.evaluate import FrameEvaluator
+
+
+def run_snapshot_level(values, level: TokenLevel, form: SnapshotForm) -> None:
+    """Write the level's states and bind its contexts and reads over the whole call."""
+    own = values.new_state[level.name]
+    steps = values.x.shape[1]
+    keep = level.backprop and torch.is_grad_enabled()
+    states = {name: own[name] for name in level.states}                   # [B, P] each
+    snapshot = {name: own.get(f"{name}.chunk_start", own[name]) for name in level.states}
+    start = values.new_state["_stream"]["t"]
+    contexts, reads = {n: [] for n in form.contexts}, {n: [] for n in level.reads}
+    done = (lambda v: v) if torch.is_grad_enabled() else \
+        (lambda v: v.detach() if isinstance(v, torch.Tensor) else v)
+    for t0, t1 in _segments(start, steps, level.chunk):
+        if (start + t0) % level.chunk == 0:
+            snapshot = states
+        chunk = _Chunk(values, level, form, snapshot, t0, t1)
+        with torch.enable_grad():      # the gradients' backward; the outer graph only if keep
+            for name in form.contexts:
+                contexts[name].append(done(chunk.fit(chunk.context(name))))
+            for name, (expr, _) in level.reads.items():
+                reads[name].append(done(chunk.fit(chunk.evaluate(expr))))
+            gates, factors = _gradients(form, chunk, keep)
+        states = _end_states(level, form, gates, factors, states)
+        if not keep:
+            states = {name: w.detach() for name, w in states.items()}
+    frame = values.frames[level.name]
+    for name, parts in contexts.items():
+        values.memo[name] = (_cat(parts), frame)
+    for name, parts in reads.items():
+        values.bound[name] = _cat(parts)
+    own.update(states)
+    own.update({f"{name}.chunk_start": w for name, w in snapshot.items()})
+
+
+class _Chunk:
+    """The level's names over tokens [t0, t1) at the chunk-start states: contexts computed once
+    per chunk, every memory application M(u) recorded (its layer inputs and pre-activations),
+    the same input object applied once."""
+
+    def __init__(self, values, level: TokenLevel, form: SnapshotForm, snapshot: dict, t0: int,
+                 t1: int):
+        self.values, self.level, self.t0, self.t1 = values, level, t0, t1
+        self.per_chunk = set(form.contexts)
+        self.frame = values.frames[level.name]
+        self.weights = {name: mlp.layers(level.states[name].mlp, w) for name, w in snapshot.items()}
+        self.names: dict[str, object] = {}
+        self.applied: dict[tuple[str, int], tuple[object, torch.Tensor]] = {}
+        self.records: dict[str, list[tuple[list, list]]] = {name: [] for name in snapshot}
+
+    def evaluate(self, expr):
+        return FrameEvaluator(self.frame, self.lookup, self.apply, _no_conv)(expr)
+
+    def context(self, name: str):
+        if name not in self.names:
+            self.names[name] = self.evaluate(self.level.contexts[name])
+        return self.names[name]
+
+    def lookup(self, name: str):
+        if name in self.per_chunk:
+            return self.context(name)
+        if name not in self.names:
+            value = self.values._lookup(name, self.frame)
+            steps = self.values.x.shape[1]
+            self.names[name] = value[:, self.t0:self.t1] if isinstance(value, torch.Tensor) and \
+                value.ndim >= 2 and value.shape[1] == steps else value
+        return self.names[name]
+
+    def apply(self, name: str, u):
+        if (name, id(u)) not in self.applied:
+            inputs, pre = [], []
+            y = _forward(self.level.states[name].mlp, self.weights[name], u, inputs, pre)
+            self.records[name].append((inputs, pre))
+            self.applied[(name, id(u))] = (u, y)          # u kept: its id stays its own
+        return self.applied[(name, id(u))][1]
+
+    def fit(self, value):
+        """A chunk's value with its token axis [B, L, ..] (a value constant over the tokens is
+        expanded), so that the chunks concatenate."""
+        if isinstance(value, torch.Tensor) and value.ndim >= 2 and value.shape[1] == 1:
+            return value.expand(value.shape[:1] + (self.t1 - self.t0,) + value.shape[2:])
+        return value
+
+    def factors(self, name: str, loss, keep: bool):
+        """[(a_{i-1} [B, L, d_{i-1}], delta_i [B, L, d_i]) per layer] per application of `name`
+        that the loss depends on."""
+        records = [r for r in self.records[name] if r[1]]
+        pre = [z for _, zs in records for z in zs]
+        grads = torch.autograd.grad(loss.sum(), pre, retain_graph=True, create_graph=keep,
+                                    allow_unused=True)
+        found, i = [], 0
+        for inputs, zs in records:
+            deltas = grads[i:i + len(zs)]
+            i += len(zs)
+            if all(d is not None for d in deltas):
+                pairs = list(zip(inputs, deltas))
+                found.append(pairs if keep else [(a.detach(), d.detach()) for a, d in pairs])
+        return found
+
+
+def _gradients(form: SnapshotForm, chunk: "_Chunk", keep: bool):
+    """Per write: (lr [B, L], decay [B, L], key [B, L, d_0] or None) and the loss's factors."""
+    gates, factors = {}, {}
+    detach = (lambda v: v) if keep else (lambda v: v.detach() if v is not None else None)
+    for write in form.writes:
+        lr = detach(chunk.fit(_per_token(chunk, chunk.evaluate(write.lr))))       # [B, L]
+        decay = detach(chunk.fit(_per_token(chunk, chunk.evaluate(write.decay))))
+        key = detach(chunk.evaluate(write.precondition)) if write.precondition is not None \
+            else None
+        factors[write.target] = chunk.factors(write.target, chunk.evaluate(write.loss), keep)
+        gates[write.target] = (lr, decay, key)
+    return gates, factors
+
+
+def _end_states(level: TokenLevel, form: SnapshotForm, gates: dict, factors: dict, states: dict):
+    """Every state after the chunk's last token (module docstring)."""
+    new = {}
+    for write in form.writes:
+        lr, decay, key = gates[write.target]
+        layout = level.states[write.target].mlp
+        weights = mlp.layers(layout, states[write.target])
+        suffix = _suffix_products(decay)                                      # [B, L]
+        coefficient = lr * suffix                                             # lr_s P_Ls
+        total = suffix[:, 0] * decay[:, 0]                                    # P_L0 [B]
+        ends = []
+        for i, w in enumerate(weights):
+            if i == 0 and key is not None:
+                ends.append(None)                                             # the delta rule
+                continue
+            end = w * total[:, None, None]
+            for pairs in factors[write.target]:
+                a, delta = pairs[i]
+                end = end - (delta * coefficient.unsqueeze(-1)).mT @ a       # [B, o, i]
+            ends.append(end)
+        new[write.target] = ends
+    preconditioned = [w for w in form.writes if w.precondition is not None]
+    for group in _groups(level, preconditioned, factors):
+        for write, end in zip(group, _first_layers(level, group, gates, factors, states)):
+            new[write.target][0] = end
+    return {name: mlp.flatten(level.states[name].mlp, ws) for name, ws in new.items()}
+
+
+def _groups(level: TokenLevel, writes, factors) -> list[list]:
+    """The preconditioned writes by their first layer's shape: one delta-rule call each."""
+    groups: dict[tuple, list] = {}
+    for write in writes:
+        groups.setdefault(level.states[write.target].mlp.layers[0], []).append(write)
+    return list(groups.values())
+
+
+def _first_layers(level: TokenLevel, group, gates, factors, states) -> list[torch.Tensor]:
+    """eq. 88 on the first layers of a group of states (one head each): W_L [B, d_1, d_0]."""
+    count = 1 + max(len(factors[w.target]) for w in group)                   # steps per token
+    keys, decays, erases, writes, starts = [], [], [], [], []
+    for write in group:
+        lr, decay, key = gates[write.target]
+        apps = factors[write.target]
+        one, zero = torch.ones_like(lr), torch.zeros_like(lr)
+        first = mlp.layers(level.states[write.target].mlp, states[write.target])[0]
+        steps_k = [key] + [pairs[0][0] for pairs in apps]                     # [B, L, d_0]
+        steps_w = [key.new_zeros(key.shape[:-1] + first.shape[-2:-1])] + \
+            [-lr.unsqueeze(-1) * pairs[0][1] for pairs in apps]              # [B, L, d_1]
+        missing = count - len(steps_k)
+        keys.append(_interleave(steps_k + [torch.zeros_like(key)] * missing))
+        writes.append(_interleave(steps_w + [torch.zeros_like(steps_w[0])] * missing))
+        decays.append(_interleave([decay] + [one] * (count - 1)))
+        erases.append(_interleave([lr] + [zero] * (count - 1)))
+        starts.append(first.mT)                                               # [B, d_0, d_1]
+    stack = lambda parts: torch.stack(parts, dim=1)                          # one head per state
+    _, s_end = linear_delta_blocks(stack(starts), stack(decays), stack(erases), stack(keys),
+                                   stack(writes), [], keys[0].shape[1])
+    return list(s_end.mT.unbind(1))                                          # [B, d_1, d_0] each
+
+
+def _interleave(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Per-token steps [B, L, ..] each -> [B, L * len(parts), ..], token-major."""
+    return torch.stack(parts, dim=2).flatten(1, 2)
+
+
+def _suffix_products(decay: torch.Tensor) -> torch.Tensor:
+    """decay [B, L] -> P [B, L], P[s] = prod_{s<j<L} decay_j (1 at the last token): a reversed
+    cumulative product, exact for gates that are 0."""
+    shifted = torch.cat([decay[:, 1:], torch.ones_like(decay[:, :1])], dim=1)
+    return shifted.flip(1).cumprod(1).flip(1)
+
+
+def _per_token(chunk: _Chunk, gate):
+    """A gate as [B, L] (a number or a per-sequence value broadcast over the chunk)."""
+    x = chunk.values.x
+    shape = (x.shape[0], chunk.t1 - chunk.t0)
+    if not isinstance(gate, torch.Tensor):
+        return x.new_full(shape, float(gate))
+    gate = gate.squeeze(-1) if gate.ndim == 3 and gate.shape[-1] == 1 else gate
+    if gate.ndim != 2:
+        raise NotPerToken(gate.shape)
+    return gate.expand(shape)
+
+
+class NotPerToken(Exception):
+    """A gate turned out not to be one number per token (a channel-wise gate): not the form."""
+
+
+def _cat(parts: list):
+    return torch.cat(parts, dim=1) if isinstance(parts[0], torch.Tensor) else parts[0]
+
+
+def _no_conv(call, a, width):
+    raise KeyError("a conv inside a chunk of the snapshot form (its cache follows the whole call)")
