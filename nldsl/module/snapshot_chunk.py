@@ -31,6 +31,7 @@ from nldsl.lower.snapshot_forms import SnapshotForm
 from nldsl.module.deep_chunk import _forward, _segments
 from nldsl.module.delta_chunk import linear_delta_blocks
 from nldsl.runtime import mlp
+from nldsl.printer import format_expr
 from nldsl.runtime.evaluate import FrameEvaluator
 
 
@@ -39,8 +40,11 @@ def run_snapshot_level(values, level: TokenLevel, form: SnapshotForm) -> None:
     own = values.new_state[level.name]
     steps = values.x.shape[1]
     keep = level.backprop and torch.is_grad_enabled()
-    states = {name: own[name] for name in level.states}                   # [B, P] each
-    snapshot = {name: own.get(f"{name}.chunk_start", own[name]) for name in level.states}
+    by_layer = lambda name, flat: tuple(w.contiguous() for w in      # [B, d_out, d_in] each
+                                        mlp.layers(level.states[name].mlp, flat))
+    states = {name: by_layer(name, own[name]) for name in level.states}
+    snapshot = {name: by_layer(name, own.get(f"{name}.chunk_start", own[name]))
+                for name in level.states}
     start = values.new_state["_stream"]["t"]
     contexts, reads = {n: [] for n in form.contexts}, {n: [] for n in level.reads}
     done = (lambda v: v) if torch.is_grad_enabled() else \
@@ -57,14 +61,15 @@ def run_snapshot_level(values, level: TokenLevel, form: SnapshotForm) -> None:
             gates, factors = _gradients(form, chunk, keep)
         states = _end_states(level, form, gates, factors, states)
         if not keep:
-            states = {name: w.detach() for name, w in states.items()}
+            states = {name: tuple(w.detach() for w in ws) for name, ws in states.items()}
     frame = values.frames[level.name]
+    flat = lambda name, ws: mlp.flatten(level.states[name].mlp, ws)
     for name, parts in contexts.items():
         values.memo[name] = (_cat(parts), frame)
     for name, parts in reads.items():
         values.bound[name] = _cat(parts)
-    own.update(states)
-    own.update({f"{name}.chunk_start": w for name, w in snapshot.items()})
+    own.update({name: flat(name, ws) for name, ws in states.items()})
+    own.update({f"{name}.chunk_start": flat(name, ws) for name, ws in snapshot.items()})
 
 
 class _Chunk:
@@ -77,13 +82,14 @@ class _Chunk:
         self.values, self.level, self.t0, self.t1 = values, level, t0, t1
         self.per_chunk = set(form.contexts)
         self.frame = values.frames[level.name]
-        self.weights = {name: mlp.layers(level.states[name].mlp, w) for name, w in snapshot.items()}
+        self.weights = snapshot
         self.names: dict[str, object] = {}
+        self.calls: dict[str, object] = {}
         self.applied: dict[tuple[str, int], tuple[object, torch.Tensor]] = {}
         self.records: dict[str, list[tuple[list, list]]] = {name: [] for name in snapshot}
 
     def evaluate(self, expr):
-        return FrameEvaluator(self.frame, self.lookup, self.apply, _no_conv)(expr)
+        return _Memoised(self.frame, self.lookup, self.apply, _no_conv, self.calls)(expr)
 
     def context(self, name: str):
         if name not in self.names:
@@ -128,22 +134,51 @@ class _Chunk:
             i += len(zs)
             if all(d is not None for d in deltas):
                 pairs = list(zip(inputs, deltas))
-                found.append(pairs if keep else [(a.detach(), d.detach()) for a, d in pairs])
+                found.append(pairs)
         return found
 
 
 def _gradients(form: SnapshotForm, chunk: "_Chunk", keep: bool):
-    """Per write: (lr [B, L], decay [B, L], key [B, L, d_0] or None) and the loss's factors."""
+    """Per write: (lr [B, L], decay [B, L], key [B, L, d_0] or None) and the loss's factors,
+    each application's as (pairs, whether its input is the key itself)."""
     gates, factors = {}, {}
     detach = (lambda v: v) if keep else (lambda v: v.detach() if v is not None else None)
     for write in form.writes:
         lr = detach(chunk.fit(_per_token(chunk, chunk.evaluate(write.lr))))       # [B, L]
         decay = detach(chunk.fit(_per_token(chunk, chunk.evaluate(write.decay))))
-        key = detach(chunk.evaluate(write.precondition)) if write.precondition is not None \
-            else None
-        factors[write.target] = chunk.factors(write.target, chunk.evaluate(write.loss), keep)
-        gates[write.target] = (lr, decay, key)
+        key = chunk.evaluate(write.precondition) if write.precondition is not None else None
+        apps = chunk.factors(write.target, chunk.evaluate(write.loss), keep)
+        factors[write.target] = [([(detach(a), detach(d)) for a, d in pairs],
+                                  key is not None and pairs[0][0] is key) for pairs in apps]
+        gates[write.target] = (lr, decay, detach(key))
     return gates, factors
+
+
+class _Memoised(FrameEvaluator):
+    """Evaluates a call once per chunk however often the expressions repeat it: inlined
+    contexts (a loss names k = l2norm(M_k(x)) again, the key of `precondition` too) are the
+    same value, so a memory application of it is recorded once."""
+
+    def __init__(self, frame, lookup, apply, conv, calls: dict):
+        super().__init__(frame, lookup, apply, conv)
+        self.calls = calls
+
+    def _call(self, e):
+        key = _structure(e)
+        if key not in self.calls:
+            self.calls[key] = super()._call(e)
+        return self.calls[key]
+
+
+_STRUCTURES: dict[int, tuple[object, str]] = {}
+
+
+def _structure(e) -> str:
+    """The expression's text, once per node (the program's nodes live as long as it does)."""
+    found = _STRUCTURES.get(id(e))
+    if found is None or found[0] is not e:
+        found = _STRUCTURES[id(e)] = (e, format_expr(e))
+    return found[1]
 
 
 def _end_states(level: TokenLevel, form: SnapshotForm, gates: dict, factors: dict, states: dict):
@@ -151,8 +186,7 @@ def _end_states(level: TokenLevel, form: SnapshotForm, gates: dict, factors: dic
     new = {}
     for write in form.writes:
         lr, decay, key = gates[write.target]
-        layout = level.states[write.target].mlp
-        weights = mlp.layers(layout, states[write.target])
+        weights = states[write.target]
         suffix = _suffix_products(decay)                                      # [B, L]
         coefficient = lr * suffix                                             # lr_s P_Ls
         total = suffix[:, 0] * decay[:, 0]                                    # P_L0 [B]
@@ -162,7 +196,7 @@ def _end_states(level: TokenLevel, form: SnapshotForm, gates: dict, factors: dic
                 ends.append(None)                                             # the delta rule
                 continue
             end = w * total[:, None, None]
-            for pairs in factors[write.target]:
+            for pairs, _ in factors[write.target]:
                 a, delta = pairs[i]
                 end = end - (delta * coefficient.unsqueeze(-1)).mT @ a       # [B, o, i]
             ends.append(end)
@@ -171,7 +205,7 @@ def _end_states(level: TokenLevel, form: SnapshotForm, gates: dict, factors: dic
     for group in _groups(level, preconditioned, factors):
         for write, end in zip(group, _first_layers(level, group, gates, factors, states)):
             new[write.target][0] = end
-    return {name: mlp.flatten(level.states[name].mlp, ws) for name, ws in new.items()}
+    return {name: tuple(ws) for name, ws in new.items()}
 
 
 def _groups(level: TokenLevel, writes, factors) -> list[list]:
@@ -183,32 +217,37 @@ def _groups(level: TokenLevel, writes, factors) -> list[list]:
 
 
 def _first_layers(level: TokenLevel, group, gates, factors, states) -> list[torch.Tensor]:
-    """eq. 88 on the first layers of a group of states (one head each): W_L [B, d_1, d_0]."""
-    count = 1 + max(len(factors[w.target]) for w in group)                   # steps per token
+    """eq. 88 on the first layers of a group of states (one head each): W_L [B, d_1, d_0].
+    An application whose input is the key writes in the key's own step (k_t w_t^T, DeltaNet's
+    single step); every other one takes a step of its own."""
+    others = {w.target: [pairs[0] for pairs, on_key in factors[w.target] if not on_key]
+              for w in group}
+    count = 1 + max(len(apps) for apps in others.values())                   # steps per token
     keys, decays, erases, writes, starts = [], [], [], [], []
     for write in group:
         lr, decay, key = gates[write.target]
-        apps = factors[write.target]
         one, zero = torch.ones_like(lr), torch.zeros_like(lr)
-        first = mlp.layers(level.states[write.target].mlp, states[write.target])[0]
-        steps_k = [key] + [pairs[0][0] for pairs in apps]                     # [B, L, d_0]
-        steps_w = [key.new_zeros(key.shape[:-1] + first.shape[-2:-1])] + \
-            [-lr.unsqueeze(-1) * pairs[0][1] for pairs in apps]              # [B, L, d_1]
+        first = states[write.target][0]
+        on_key = [pairs[0][1] for pairs, is_key in factors[write.target] if is_key]
+        own = -lr.unsqueeze(-1) * sum(on_key) if on_key else \
+            key.new_zeros(key.shape[:-1] + first.shape[-2:-1])                # [B, L, d_1]
+        steps_k = [key] + [a for a, _ in others[write.target]]                # [B, L, d_0]
+        steps_w = [own] + [-lr.unsqueeze(-1) * d for _, d in others[write.target]]
         missing = count - len(steps_k)
         keys.append(_interleave(steps_k + [torch.zeros_like(key)] * missing))
-        writes.append(_interleave(steps_w + [torch.zeros_like(steps_w[0])] * missing))
+        writes.append(_interleave(steps_w + [torch.zeros_like(own)] * missing))
         decays.append(_interleave([decay] + [one] * (count - 1)))
         erases.append(_interleave([lr] + [zero] * (count - 1)))
         starts.append(first.mT)                                               # [B, d_0, d_1]
     stack = lambda parts: torch.stack(parts, dim=1)                          # one head per state
     _, s_end = linear_delta_blocks(stack(starts), stack(decays), stack(erases), stack(keys),
                                    stack(writes), [], keys[0].shape[1])
-    return list(s_end.mT.unbind(1))                                          # [B, d_1, d_0] each
+    return [w.contiguous() for w in s_end.mT.unbind(1)]                      # [B, d_1, d_0] each
 
 
 def _interleave(parts: list[torch.Tensor]) -> torch.Tensor:
     """Per-token steps [B, L, ..] each -> [B, L * len(parts), ..], token-major."""
-    return torch.stack(parts, dim=2).flatten(1, 2)
+    return parts[0] if len(parts) == 1 else torch.stack(parts, dim=2).flatten(1, 2)
 
 
 def _suffix_products(decay: torch.Tensor) -> torch.Tensor:
