@@ -25,11 +25,12 @@ the chunk-start weights once per chunk.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from nldsl.lower.program import TokenLevel
 from nldsl.lower.snapshot_forms import SnapshotForm
 from nldsl.module.deep_chunk import _forward, _segments
-from nldsl.module.delta_chunk import linear_delta_blocks
+from nldsl.module.delta_chunk import decay_products, unit_lower_solve
 from nldsl.runtime import mlp
 from nldsl.printer import format_expr
 from nldsl.runtime.evaluate import FrameEvaluator
@@ -238,11 +239,28 @@ def _first_layers(level: TokenLevel, group, gates, factors, states) -> list[torc
         writes.append(_interleave(steps_w + [torch.zeros_like(own)] * missing))
         decays.append(_interleave([decay] + [one] * (count - 1)))
         erases.append(_interleave([lr] + [zero] * (count - 1)))
-        starts.append(first.mT)                                               # [B, d_0, d_1]
-    stack = lambda parts: torch.stack(parts, dim=1)                          # one head per state
-    _, s_end = linear_delta_blocks(stack(starts), stack(decays), stack(erases), stack(keys),
-                                   stack(writes), [], keys[0].shape[1])
-    return [w.contiguous() for w in s_end.mT.unbind(1)]                      # [B, d_1, d_0] each
+        starts.append(first)                                                  # [B, d_1, d_0]
+    stack = lambda parts: torch.stack(parts, dim=1).flatten(0, 1)            # [B H, ..]
+    bsz = starts[0].shape[0]
+    end = delta_end(stack(starts), stack(decays), stack(erases), stack(keys), stack(writes))
+    return list(end.view(bsz, len(group), *end.shape[1:]).unbind(1))        # [B, d_1, d_0] each
+
+
+def delta_end(w0, a, c, k, w):
+    """W_L of W_t = W_{t-1} (a_t I - c_t k_t k_t^T) + w_t k_t^T over one block, in the WY/UT
+    form of delta_chunk.py transposed (S = W^T there): w0 [G, d_1, d_0], a, c [G, L],
+    k [G, L, d_0], w [G, L, d_1]. With U, V = (I + N)^{-1} [W, c gamma' K],
+    W_L = gamma_L W_0 + (U - V W_0^T)^T E, E = D[L-1, :] o K: products of L d^2 multiply-adds,
+    the weights never transposed or copied."""
+    d, gamma = decay_products(a)                                              # [G, L, L], [G, L]
+    gamma_prev = F.pad(gamma[:, :-1], (1, 0), value=1.0)
+    d_prev = F.pad(d[:, :-1], (0, 0, 1, 0))                                   # D[t-1, i]
+    n = torch.bmm(k, k.mT) * (c.unsqueeze(-1) * d_prev)                      # [G, L, L]
+    rhs = torch.cat((w, (c * gamma_prev).unsqueeze(-1) * k), dim=-1)         # [G, L, d_1 + d_0]
+    u, v = unit_lower_solve(n, rhs).split((w.shape[-1], k.shape[-1]), dim=-1)
+    delta = u.mT - torch.bmm(w0, v.mT)                                        # [G, d_1, L]
+    edge = d[:, -1, :].unsqueeze(-1) * k                                      # E [G, L, d_0]
+    return torch.baddbmm(w0 * gamma[:, -1, None, None], delta, edge)          # [G, d_1, d_0]
 
 
 def _interleave(parts: list[torch.Tensor]) -> torch.Tensor:
