@@ -32,7 +32,6 @@ from nldsl.lower.snapshot_forms import SnapshotForm
 from nldsl.module.deep_chunk import _forward, _segments
 from nldsl.module.delta_chunk import decay_products, unit_lower_solve
 from nldsl.runtime import mlp
-from nldsl.printer import format_expr
 from nldsl.runtime.evaluate import FrameEvaluator
 
 
@@ -86,7 +85,6 @@ class _Chunk:
         self.weights = snapshot
         self.names: dict[str, object] = {}
         self.calls: dict[str, object] = {}
-        self.applied: dict[tuple[str, int], tuple[object, torch.Tensor]] = {}
         self.records: dict[str, list[tuple[list, list]]] = {name: [] for name in snapshot}
 
     def evaluate(self, expr):
@@ -108,12 +106,15 @@ class _Chunk:
         return self.names[name]
 
     def apply(self, name: str, u):
-        if (name, id(u)) not in self.applied:
-            inputs, pre = [], []
-            y = _forward(self.level.states[name].mlp, self.weights[name], u, inputs, pre)
-            self.records[name].append((inputs, pre))
-            self.applied[(name, id(u))] = (u, y)          # u kept: its id stays its own
-        return self.applied[(name, id(u))][1]
+        """M(u) at the chunk start, its factors recorded where a gradient may flow (not under
+        a stop-gradient: _Memoised evaluates those without autograd)."""
+        layout = self.level.states[name].mlp
+        if not torch.is_grad_enabled():
+            return _forward(layout, self.weights[name], u)
+        inputs, pre = [], []
+        y = _forward(layout, self.weights[name], u, inputs, pre)
+        self.records[name].append((inputs, pre))
+        return y
 
     def fit(self, value):
         """A chunk's value with its token axis [B, L, ..] (a value constant over the tokens is
@@ -156,30 +157,39 @@ def _gradients(form: SnapshotForm, chunk: "_Chunk", keep: bool):
 
 
 class _Memoised(FrameEvaluator):
-    """Evaluates a call once per chunk however often the expressions repeat it: inlined
-    contexts (a loss names k = l2norm(M_k(x)) again, the key of `precondition` too) are the
-    same value, so a memory application of it is recorded once."""
+    """Evaluates a call once per chunk for the same function of the same argument values,
+    however often the expressions repeat it: an inlined context (a loss names k = l2norm(M_k(x))
+    and v_hat_k = stopgrad(M_k(M_v(x))) again, `precondition` its key) is then the context's own
+    value, and a memory application of it is made and recorded once. Keys hold the arguments,
+    so that their ids stay theirs."""
 
     def __init__(self, frame, lookup, apply, conv, calls: dict):
         super().__init__(frame, lookup, apply, conv)
         self.calls = calls
 
     def _call(self, e):
-        key = _structure(e)
-        if key not in self.calls:
-            self.calls[key] = super()._call(e)
-        return self.calls[key]
+        args = [self(a) for a in e.args] + [self(k.value) for k in e.kwargs]
+        key = (e.func, tuple(k.name for k in e.kwargs)) + tuple(map(_identity, args))
+        if key in self.calls:
+            return self.calls[key][1]
+        if not torch.is_grad_enabled():         # inside a stop-gradient: kept apart, no graph
+            inner = self.calls.setdefault(_DETACHED, {})
+            if key not in inner:
+                inner[key] = (args, super()._call(e))
+            return inner[key][1]
+        if e.func == "stopgrad":                # its value has no graph: compute it without one
+            with torch.no_grad():
+                self.calls[key] = (args, super()._call(e))
+        else:
+            self.calls[key] = (args, super()._call(e))
+        return self.calls[key][1]
 
 
-_STRUCTURES: dict[int, tuple[object, str]] = {}
+_DETACHED = ("stopgrad: values computed without a graph",)
 
 
-def _structure(e) -> str:
-    """The expression's text, once per node (the program's nodes live as long as it does)."""
-    found = _STRUCTURES.get(id(e))
-    if found is None or found[0] is not e:
-        found = _STRUCTURES[id(e)] = (e, format_expr(e))
-    return found[1]
+def _identity(value):
+    return ("tensor", id(value)) if isinstance(value, torch.Tensor) else ("value", repr(value))
 
 
 def _end_states(level: TokenLevel, form: SnapshotForm, gates: dict, factors: dict, states: dict):
