@@ -251,11 +251,15 @@ class RuleSpec:
 RULES: dict[str, RuleSpec] = {
     "gd": RuleSpec(("lr", "decay"), {"decay": 1},
                    "S <- decay * S - lr * grad L(S) (eq. 2; decay = retention / weight decay)"),
-    "dgd": RuleSpec(("lr", "decay", "normalized"), {"decay": 1, "normalized": True},
+    "dgd": RuleSpec(("lr", "decay", "normalized", "precondition"),
+                    {"decay": 1, "normalized": True, "precondition": False},
                     "delta gradient descent: S <- decay S - lr' grad L(S), lr' = lr / (1 + lr ||k||^2) "
                     "(lr if not normalized), k the key of the objective's l2(S(k), v) term; for "
                     "that objective this is S (decay I - lr' k k^T) + lr' v k^T, the exact "
-                    "minimiser of eq. 56 by Sherman-Morrison (eq. 57)"),
+                    "minimiser of eq. 56 by Sherman-Morrison (eq. 57). With precondition = true, "
+                    "NL eq. 88 as printed: S <- S_prev (decay I - lr' k k^T) - lr' grad L(S), the "
+                    "preconditioner on the weight that multiplies k (an MLP's first layer) of the "
+                    "previous token's state, the gradient at the chunk start (eq. 90)"),
     "momentum": RuleSpec(("lr", "beta", "decay"), {"decay": 1},
                          "Titans eqs. 13-14: m <- beta m - lr grad L(S); S <- decay S + m",
                          extra_state=("momentum",)),

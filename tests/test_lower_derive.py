@@ -206,3 +206,13 @@ def test_a_chained_momentum_then_gd_is_the_momentum_rule_with_its_decay():
     single = _trajectory(level % "momentum(0.1, beta = 0.9, decay = 0.95)", "reference")
     for a, b in zip(chained, single):
         assert torch.equal(a, b)
+
+
+def test_dgd_precondition_is_refused_for_optimizers():
+    """eq. 88's preconditioner needs a module memory's previous token state: a located error."""
+    from nldsl.errors import NLDSLCompileError
+    rule = ast.Rule(name="dgd", args=[ast.Name(id="lr")],
+                    kwargs=[ast.Keyword(name="precondition", value=ast.Bool(value=True))])
+    objective = ast.Objective(state="S", loss=loss_of("l2(S @ k, y)"), rules=[rule])
+    with pytest.raises(NLDSLCompileError, match="a rule of module memories"):
+        derive(objective, "S", None)

@@ -100,3 +100,62 @@ def test_a_like_state_takes_the_shape_it_names(declaration, shape):
 }""".replace("DECLARATION", declaration)
     (level,) = lowered(text).levels
     assert level.states["N"].shape == shape
+
+
+#: A matrix memory written by eq. 88 as printed, under chunk 2.
+PRECONDITIONED = """module preconditioned(dim: int >= 1) {
+  state Wk : [dim, dim] = normal(0.02)
+  level fast every 1 token chunk 2 {
+    state M : [dim, dim] = 0
+    key k = l2norm(x @ Wk)
+    minimize l2(M(k), x) by dgd(lr = 0.5, decay = 0.9, normalized = false, precondition = FLAG)
+    read y = M(k)
+  }
+  out = y
+}"""
+
+
+def test_dgd_precondition_names_the_key_of_the_l2_term():
+    (level,) = lowered(PRECONDITIONED.replace("FLAG", "true")).levels
+    (write,) = level.writes
+    assert write.precondition.id == "k" and write.derivation == "dgd preconditioned closed form"
+    (plain,) = lowered(PRECONDITIONED.replace("FLAG", "false")).levels
+    assert plain.writes[0].precondition is None
+
+
+@pytest.mark.parametrize("change, message", [
+    pytest.param(("l2(M(k), x)", "-dot(M(k), x)"), "needs a key", id="no-l2-term"),
+    pytest.param(("precondition = FLAG", "precondition = 1 > 0"), "must be true or false",
+                 id="not-a-literal"),
+])
+def test_dgd_precondition_errors_are_located_at_check(change, message):
+    from nldsl.lower.unsupported import check_supported
+    text = PRECONDITIONED.replace(*change).replace("FLAG", "true")
+    with pytest.raises(NLDSLError, match=message) as err:
+        check_supported(load(text))
+    assert err.value.problems[0].line == 6
+
+
+def test_precondition_acts_on_the_previous_tokens_state():
+    """Eqs. 88, 90 on a matrix memory: M_t = 0.9 M_{t-1} - 0.5 (M_{t-1} k) k^T
+    - 0.5 (M_{t'} k - x) k^T, t' the chunk start, by a loop written here."""
+    import torch
+    from nldsl.module import compile as compile_module
+    m = compile_module(PRECONDITIONED.replace("FLAG", "true"), dim=3).to(torch.float64)
+    with torch.no_grad():
+        m.Wk.copy_(torch.randn(3, 3, dtype=torch.float64))
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    with torch.no_grad():
+        y, state = m(x)
+    s = torch.zeros(2, 3, 3, dtype=torch.float64)
+    ys = []
+    for t in range(5):
+        start = s if t % 2 == 0 else start
+        k = x[:, t] @ m.Wk
+        k = k / k.norm(dim=-1, keepdim=True)
+        outer = lambda a, b: a.unsqueeze(-1) * b.unsqueeze(-2)
+        s = 0.9 * s - 0.5 * outer((s @ k.unsqueeze(-1)).squeeze(-1), k) \
+            - 0.5 * outer((start @ k.unsqueeze(-1)).squeeze(-1) - x[:, t], k)
+        ys.append((s @ k.unsqueeze(-1)).squeeze(-1))
+    assert torch.allclose(y, torch.stack(ys, dim=1), atol=1e-12)
+    assert torch.allclose(state["fast"]["M"], s, atol=1e-12)

@@ -137,8 +137,13 @@ def _expected(level, write, rules: list[ast.Rule], loss: ast.Expr, unit_at, stat
         direction, chain = chain_direction(transforms, grad_at(current), state[level.name],
                                            matrices, frame.align)
         grad_at = lambda value: direction
+    term = None
+    if key is not None and args.get("precondition") is True:
+        term = mlp.precondition(level.states[target].mlp, current,
+                                unit.evaluate(level, "snapshot", key))
     stepped = step_rule(rule.name, args, current, grad_at, frame.align,
-                        momentum=state[level.name].get(f"{target}_momentum"), key_norm2=norm2)
+                        momentum=state[level.name].get(f"{target}_momentum"), key_norm2=norm2,
+                        precondition=term)
     return None if stepped is None else {**stepped, **chain}
 
 

@@ -6,7 +6,9 @@ compiler's derivation (nldsl/lower/derive.py), so the two can disagree:
     gd(lr, decay)            S <- decay S - lr G                       (eq. 2)
     ema(beta)                S <- beta S - (1 - beta) G
     dgd(lr, decay, normalized)  S <- decay S - lr' G, lr' = lr / (1 + lr ||k||^2) when normalized,
-                             k the key of the objective's l2(S(k), v) (or l2(S @ k, v)) term (eq. 57)
+                             k the key of the objective's l2(S(k), v) (or l2(S @ k, v)) term (eq. 57);
+                             precondition = true: - lr' (W k) k^T besides, W the weight of S
+                             that takes k, as S was before the write (eq. 88)
     momentum(lr, beta, decay)   m <- beta m - lr G;  S <- decay S + m (Titans eqs. 13-14)
     newton_schulz(steps, "cubic")  `steps` times S <- S - G / 4 from the state's initial value (eq. 44)
 
@@ -57,11 +59,12 @@ def dgd_key(loss: ast.Expr, state: str) -> ast.Expr | None:
 
 
 def step_rule(rule: str, args: dict, state: torch.Tensor, grad_at, align, momentum=None,
-              key_norm2=None, restart=None) -> dict | None:
+              key_norm2=None, restart=None, precondition=None) -> dict | None:
     """{"state": new value[, "momentum": new buffer]} by the rule's definition. `args` are the
     rule's evaluated arguments, `grad_at(S)` the autograd gradient, `align(a, b)` broadcasts a
     gate against a state (the module frame's rule), `key_norm2` ||k||^2 for dgd, `restart` the
-    initial value Newton-Schulz restarts from."""
+    initial value Newton-Schulz restarts from, `precondition` dgd(precondition = true)'s
+    (W k) k^T on the state's key-side weight."""
     mul = lambda a, b: _times(align, a, b)
     if rule == "newton_schulz":
         if args.get("polynomial") != "cubic":
@@ -81,7 +84,10 @@ def step_rule(rule: str, args: dict, state: torch.Tensor, grad_at, align, moment
     if rule == "momentum":
         buffer = mul(args["beta"], momentum) - mul(lr, grad)
         return {"state": mul(decay, state) + buffer, "momentum": buffer}
-    return {"state": mul(decay, state) - mul(lr, grad)}
+    new = mul(decay, state) - mul(lr, grad)
+    if rule == "dgd" and precondition is not None:      # eq. 88: the key-side weight's W k k^T
+        new = new - mul(lr, precondition)
+    return {"state": new}
 
 
 #: The polynomials of newton_schulz (builtins.RULES): Muon's quintic, and eq. 44's cubic.

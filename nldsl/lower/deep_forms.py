@@ -48,7 +48,7 @@ def deep_form(level: TokenLevel, program: Program, leaves=frozenset()) -> DeepFo
     write = level.writes[0]
     s = state.name
     if state.mlp is None or state.mlp.norm or write.target != s or write.loss is None or \
-            write.kind not in ("gradient", "momentum"):
+            write.kind not in ("gradient", "momentum") or write.precondition is not None:
         return None     # `layernorm` memories: module/deep_chunk.py has no LayerNorm backward
     if set(level.hidden) - {f"{s}_momentum"} or write.chain or \
             any(c.func == "window" for c in calls_in(write.loss)):

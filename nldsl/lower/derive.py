@@ -166,6 +166,25 @@ def key_norm_squared(loss: ast.Expr, state: str) -> ast.Expr | None:
     return None
 
 
+def loss_key(loss: ast.Expr, state: str) -> ast.Expr | None:
+    """k of the loss's first l2(S(k), v) or l2(S @ k, v) term, either order (what dgd's
+    `precondition` multiplies by: eq. 88's k k^T), or None."""
+    for node in [loss] + [c for c in _calls(loss)]:
+        if isinstance(node, ast.Call) and node.func == "l2" and len(node.args) == 2:
+            for side in node.args:
+                key = _memory_key(side, state)
+                if key is not None:
+                    return key
+    return None
+
+
+def _calls(expr: ast.Expr):
+    for child in children(expr):
+        if isinstance(child, ast.Call):
+            yield child
+        yield from _calls(child)
+
+
 def rule_arguments(rule: ast.Rule) -> dict[str, ast.Expr]:
     """The rule's arguments by name, defaults filled in (builtins.RULES)."""
     spec = RULES[rule.name]
@@ -222,6 +241,10 @@ def derive(objective: ast.Objective, state: str, init: ast.Expr | None, deep: bo
     newton_schulz (`derive_writes` lowers momentum and `then` chains)."""
     rule = objective.rules[0]
     args = rule_arguments(rule)
+    if rule.name == "dgd" and args["precondition"] != ast.Bool(value=False):
+        raise located(rule, "dgd(precondition = true) is a rule of module memories (NL eq. 88)",
+                      "dgd without `precondition` in an optimizer", "the preconditioner needs "
+                      "a key k of l2(S(k), v) and the previous token's state", source)
     if rule.name == "newton_schulz":
         return _newton_schulz(objective.loss, state, args, init, rule, source)
     lr, decay = rate(rule, args, objective.loss, state)

@@ -61,7 +61,7 @@ def linear_form(level: TokenLevel, program: Program) -> LinearForm | None:
         return None                        # directly, or through other levels' contexts
     if write.kind == "explicit":
         value = write.value
-    elif write.kind == "gradient" and write.grad is not None:
+    elif write.kind == "gradient" and write.grad is not None and write.precondition is None:
         value = binary("-", binary("*", write.decay, ast.Name(id=s)), binary("*", write.lr, write.grad))
     else:
         return None

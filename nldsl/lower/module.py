@@ -17,7 +17,8 @@ from nldsl.lower.sequence import attention_sites
 from nldsl.lower.task import is_task, task_write
 from nldsl.lower.timing import period, placements
 from nldsl.lower.unsupported import check_supported, compile_error
-from nldsl.lower.derive import NoClosedForm, chain_steps, closed_grad, num, rate, rule_arguments
+from nldsl.lower.derive import NoClosedForm, chain_steps, closed_grad, loss_key, num, rate, \
+    rule_arguments
 from nldsl.lower.windows import own_contexts, window_calls, windowed_contexts
 from nldsl.graph import OUTER
 from nldsl.memories import memory_layouts
@@ -142,15 +143,19 @@ def _derive(objective: ast.Objective, target: str, own: dict, spec,
     kind = "momentum" if last.name == "momentum" else "gradient"
     beta = rule_arguments(last).get("beta") if kind == "momentum" else None
     name = " then ".join(r.name for r in objective.rules)
+    key = _precondition_key(rule_arguments(last), loss, target) if last.name == "dgd" else None
+    name = name + " preconditioned" if key is not None else name
     try:
         if any(c.func in memories for c in calls_in(loss)):
             raise NoClosedForm(target)
         grad = closed_grad(loss, target, deep)
         return ModuleWrite(target, kind, grad=grad, lr=lr, decay=decay, beta=beta,
-                           derivation=f"{name} closed form", chain=tuple(steps))
+                           precondition=key, derivation=f"{name} closed form",
+                           chain=tuple(steps))
     except NoClosedForm:
         return ModuleWrite(target, kind, loss=loss, lr=lr, decay=decay, beta=beta,
-                           derivation=f"{name} autograd", chain=tuple(steps))
+                           precondition=key, derivation=f"{name} autograd",
+                           chain=tuple(steps))
 
 
 def _buffer_names(target: str, rules: list[ast.Rule]):
@@ -176,6 +181,14 @@ def _window(info, writes: list[ModuleWrite], const, spec) -> tuple[int, tuple[st
             width = max(width, int(c))
         named.update(windowed_contexts(loss, contexts))
     return width, tuple(name for name in contexts if name in named)
+
+
+def _precondition_key(args: dict, loss: ast.Expr, target: str):
+    """k of `dgd(..., precondition = true)` (the key of the loss's l2(S(k), v) term: eq. 88's
+    k k^T), None without the flag; check_supported has refused a flag that is not a literal
+    and a loss without the term."""
+    flag = args["precondition"]
+    return loss_key(loss, target) if isinstance(flag, ast.Bool) and flag.value else None
 
 
 def _level_of(spec, state: str) -> str:

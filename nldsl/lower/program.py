@@ -7,6 +7,8 @@ kernels one per call site, learned initial states with their owner), each rule's
 treat differently (docs/language.md, "Frequency and chunk semantics"):
 
     gradient write   S <- decay * S - lr * G,   G = grad L at the chunk-start state
+                     (with `precondition` k: - lr * (S k) k^T besides, S the previous token's
+                     state, on the weight that multiplies k: NL eqs. 88, 90)
     momentum write   m <- beta * m - lr * G;    S <- decay * S + m       (Titans eqs. 13-14)
     explicit write   S <- value,                evaluated on S_{t-1}
     task write       S <- decay * S - lr * G,   G = grad of the outer task loss at S, summed
@@ -150,6 +152,8 @@ class ModuleWrite:
     lr: ast.Expr | None = None
     decay: ast.Expr | None = None
     beta: ast.Expr | None = None   # momentum
+    precondition: ast.Expr | None = None   # dgd(precondition = true): the key k of eq. 88's
+    #                                 (decay I - lr k k^T), applied to the previous token's state
     derivation: str = "explicit"
     chain: tuple = ()              # the ChainSteps that transform G before the rule applies it
 

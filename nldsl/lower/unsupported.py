@@ -61,6 +61,8 @@ def check_supported(spec) -> None:
         for objective in level.objectives:
             if not is_task(objective):
                 _check_rules(level, objective, graph, spec.source, problems, report)
+                if objective.rules[-1].name == "dgd":
+                    _check_precondition(objective, level, report)
         window_problems(level, graph, report)
         expressions = [c.value for c in level.contexts.values()] + \
             [o.loss for o in level.objectives] + [u.value for u in level.updates] + \
@@ -157,6 +159,23 @@ def _matrix(graph, name: str) -> bool:
         shape = graph.state(shape.name).decl.shape
     return isinstance(shape, ast.MLPShape) or (isinstance(shape, ast.TensorShape)
                                                and len(shape.dims) == 2)
+
+
+def _check_precondition(objective, level, report) -> None:
+    """dgd(precondition = true) multiplies the weight that takes the key k of l2(S(k), v)."""
+    from nldsl.lower.derive import loss_key, rule_arguments
+    rule = objective.rules[-1]
+    flag = rule_arguments(rule)["precondition"]
+    if not isinstance(flag, ast.Bool):
+        report(rule, "dgd's `precondition` must be true or false in the spec", "precondition = "
+               "true or precondition = false", "the flag changes the rule's form, not a value")
+        return
+    target = objective.state or next(iter(level.states))
+    if flag.value and loss_key(objective.loss, target) is None:
+        report(rule, f"dgd(precondition = true) on {target} needs a key: the objective has no "
+               f"l2({target}(k), v) term", f"l2({target}(k), v) or l2({target} @ k, v) in the "
+               "objective", "eq. 88's (decay I - lr k k^T) multiplies the weight that takes k; "
+               "without a key use plain dgd")
 
 
 def _report_calls(expressions, report) -> None:

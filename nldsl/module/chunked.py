@@ -24,6 +24,8 @@ from nldsl.module.delta_chunk import linear_delta_blocks
 from nldsl.module.reference import STREAM, finish, run_reference
 from nldsl.runtime import mlp
 from nldsl.runtime.attention import attend_sequence, run_site
+from nldsl.lower.snapshot_forms import SnapshotForm, snapshot_form
+from nldsl.module.snapshot_chunk import NotPerToken, run_snapshot_level
 from nldsl.runtime.evaluate import FrameEvaluator
 from nldsl.runtime.frame import Frame
 from nldsl.runtime.functions import causal_conv
@@ -36,15 +38,17 @@ SEQUENCE = Frame(2)
 STATELESS = "stateless"
 
 
-def plan_schedule(program: Program) -> dict[str, LinearForm | DeepForm | FrozenForm | str]:
-    """level -> its fast form (a linear memory, a deep memory's chunk form, the frozen form of
-    a level that learns from the task loss, or stateless), for every level; {} when one level
-    has none. Contexts may use the before-write reads of deep levels (`snapshot_reads`): the
+def plan_schedule(program: Program) -> dict[str, LinearForm | DeepForm | SnapshotForm |
+                                             FrozenForm | str]:
+    """level -> its fast form (a linear memory, a deep memory's chunk form, the snapshot form of
+    a chunk whose values all see its start, the frozen form of a level that learns from the
+    task loss, or stateless), for every level; {} when one level has none. Contexts may use the before-write reads of deep levels (`snapshot_reads`): the
     call then runs one chunk of those levels at a time (`segment_chunks`), where such a read is
     the chunk-start state's."""
     leaves = snapshot_reads(program.levels)
     forms = {level.name: stateless_form(level, program, leaves) or linear_form(level, program)
-             or deep_form(level, program, leaves) or frozen_form(level)
+             or deep_form(level, program, leaves) or snapshot_form(level, program)
+             or frozen_form(level)
              for level in program.levels}
     return forms if all(forms.values()) else {}
 
@@ -70,6 +74,33 @@ def segment_chunks(program: Program) -> set[int]:
     return {program.owner(name).chunk for name in used}
 
 
+def run_order(program: Program) -> list[TokenLevel]:
+    """The levels in update order, except that a level runs after the levels whose contexts it
+    names: over a whole call a level's contexts are sequences only once its level has run (the
+    snapshot form computes them chunk by chunk, at its states)."""
+    owner = {name: level.name for level in program.levels for name in level.contexts}
+    needs = {level.name: {owner[n.id] for e in _expressions(level) for n in _names(e)
+                          if n.id in owner and owner[n.id] != level.name}
+             for level in program.levels}
+    order, done = [], set()
+    while len(order) < len(program.levels):
+        ready = [lv for lv in program.levels if lv.name not in done and needs[lv.name] <= done]
+        level = ready[0] if ready else next(lv for lv in program.levels if lv.name not in done)
+        order.append(level)
+        done.add(level.name)
+    return order
+
+
+def _expressions(level: TokenLevel) -> list:
+    return list(level.contexts.values()) + [r for r, _ in level.reads.values()] + [
+        e for w in level.writes for e in (w.loss, w.grad, w.value, w.lr, w.decay, w.beta,
+                                          w.precondition) if e is not None]
+
+
+def _names(expr: ast.Node):
+    return (node for node in _nodes(expr) if isinstance(node, ast.Name))
+
+
 def fits(program: Program, params: dict, x: torch.Tensor, state: dict,
          forms: dict[str, LinearForm]) -> bool:
     """Do the forms' gates turn out one scalar per head on these tensors? (A channel-wise
@@ -77,7 +108,7 @@ def fits(program: Program, params: dict, x: torch.Tensor, state: dict,
     values = _SequenceValues(program, params, x, state)
     try:
         with torch.no_grad():
-            for level in program.levels:
+            for level in run_order(program):
                 values.run_level(level, forms[level.name], 1)
     except _NotThisForm:
         return False
@@ -105,7 +136,7 @@ def _run_call(program: Program, params: dict, x: torch.Tensor, state: dict, end:
               forms: dict[str, LinearForm], block: int, checkpoint: bool):
     values = _SequenceValues(program, params, x, state, checkpoint)
     try:
-        for level in program.levels:
+        for level in run_order(program):
             values.run_level(level, forms[level.name], block)
     except _NotThisForm:
         return run_reference(program, params, x, state, end)
@@ -201,6 +232,12 @@ class _SequenceValues:
             return
         if isinstance(form, DeepForm):
             run_deep_level(self, level, form, per_head)
+            return
+        if isinstance(form, SnapshotForm):
+            try:
+                run_snapshot_level(self, level, form)
+            except NotPerToken as err:
+                raise _NotThisForm(err) from None
             return
         s0 = self.new_state[level.name][form.state]               # [B, (H,) dv, dk]
         dv, dk = s0.shape[-2:]

@@ -8,7 +8,9 @@ values):
   1. every context is computed from the states before this token's writes (a level's own
      states at the chunk-start snapshot);
   2. the levels write, fastest first: a gradient write is S <- decay S - lr G with G the
-     gradient at the snapshot (transformed first by a rule chain's rules, runtime/chain.py; a
+     gradient at the snapshot (transformed first by a rule chain's rules, runtime/chain.py;
+     `dgd(precondition = true)`: - lr (S k) k^T besides, on the previous token's S, k at the
+     snapshot: NL eqs. 88, 90; a
      `window` loss sums over the level's ring buffer of past contexts, unit.py); `every N`
      levels add the per-token change to a pending sum and apply it at t = N, 2N, ...; a `once`
      level adds the token's gradient to a pending sum and takes one rule step with it at
@@ -24,7 +26,7 @@ import torch
 
 from nldsl.lower.program import Program, TokenLevel
 from nldsl.module.unit import UnitValues
-from nldsl.runtime import layerwise
+from nldsl.runtime import layerwise, mlp
 from nldsl.runtime.chain import transform
 from nldsl.runtime.frame import Frame
 
@@ -100,6 +102,10 @@ def _write(level: TokenLevel, unit: UnitValues, state: dict, t: int) -> None:
                 value = _add(frame, _mul(frame, decay, current), momentum)
             else:
                 value = _sub(frame, _mul(frame, decay, current), _mul(frame, lr, grad))
+            if write.precondition is not None:      # eq. 88: on S_{t-1}, not the snapshot
+                key = unit.evaluate(level, "snapshot", write.precondition)
+                term = mlp.precondition(level.states[write.target].mlp, current, key)
+                value = _sub(frame, value, _mul(frame, lr, term))
         new[write.target] = value
     if level.window > 1:
         for name in level.windowed:

@@ -149,6 +149,10 @@ def _write(out: Emitter, write: ModuleWrite) -> None:
     if write.kind == "momentum":
         out.line(f"{s}_momentum <- {_factor(write.beta)} * {s}_momentum - {lr} * G")
         out.line(f"{s} <- {decay} * {s} + {s}_momentum    [{write.derivation}]")
+    elif write.precondition is not None:
+        k = format_expr(write.precondition)
+        out.line(f"{s} <- {decay} * {s} - {lr} * ({s} k) k^T - {lr} * G,  k = {k}    "
+                 f"[{write.derivation}; ({s} k) k^T on the weight that takes k]")
     else:
         out.line(f"{s} <- {decay} * {s} - {lr} * G    [{write.derivation}]")
 

@@ -62,6 +62,19 @@ def apply_to_sequence(layout: MLPLayout, flat: torch.Tensor, u: torch.Tensor) ->
     return h + u if layout.residual else h
 
 
+def precondition(layout: MLPLayout | None, state: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """(W k) k^T for the weight W that multiplies the key k (NL eq. 88's S k k^T, read on an
+    MLP's first layer, the only one it type-checks on; zero on the others), shaped like the
+    state: a matrix [..., o, i] or an MLP's flat [..., P]; k [..., d_0]. Never a d x d product:
+    W k first, then one outer product."""
+    first = layers(layout, state)[0] if layout is not None else state      # [..., d_1, d_0]
+    term = (first @ k.unsqueeze(-1)) * k.unsqueeze(-2)                     # [..., d_1, d_0]
+    if layout is None:
+        return term
+    rest = state.new_zeros(state.shape[:-1] + (layout.size - layout.offsets[1],))
+    return torch.cat([term.flatten(-2), rest], dim=-1)                     # [..., P]
+
+
 def initial(layout: MLPLayout, lead: tuple[int, ...], dtype=None) -> tuple[torch.Tensor, ...]:
     """Fresh weights [*lead, d_out, d_in] per layer, each N(0, 1 / d_in) (docs/language.md,
     "Initial values": std 1 / sqrt(fan_in)), and `layernorm`'s gamma [*lead, d_L] at 0."""

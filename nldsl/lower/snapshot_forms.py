@@ -1,0 +1,68 @@
+"""Recognise a level whose every value in a chunk is computed at the chunk start, by structure.
+
+The form (module/snapshot_chunk.py computes it): a `chunk C > 1` level, written every token,
+whose states are all `mlp(...)` memories, each written by one gradient write
+
+    M_t = decay_t M_{t-1} - lr_t G_t,   G_t = grad_M loss_t at M_{t'}   (t' the chunk start)
+    (`dgd(precondition = true)`: - lr_t (W_1,t-1 k_t) k_t^T besides, NL eq. 88 / 90)
+
+and whose contexts, gates, losses, keys and reads see the level's states only at the chunk
+start: contexts and gradients do by definition (docs/language.md, "Chunks"), reads when they are
+`before write`, gates when they name the states only through contexts. Then a chunk's contexts
+(k, v, eta, alpha, self-generated values: NL eq. 90) are batched forwards at M_{t'}, every
+token's gradient comes from one backward to the pre-activations of the loss's applications
+M(u) (any number of them: a context inlined into the loss applies M again), and only the end
+state needs the recurrence. Self-modifying Titans (NL sec. 8) and any spec of this structure
+take it. Other levels' contexts and reads are sequences by then (levels run in update order);
+other levels' states, or this level's states seen from outside, are not the form (they would
+be read per token).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nldsl import ast
+from nldsl.consteval import calls_in, names_in
+from nldsl.lower.derive import mentions
+from nldsl.lower.program import BEFORE_WRITE, INPUT, SNAPSHOT, ModuleWrite, Program, TokenLevel
+
+
+@dataclass(frozen=True)
+class SnapshotForm:
+    writes: tuple[ModuleWrite, ...]      # one gradient write per state, autograd loss
+    contexts: tuple[str, ...]            # the level's contexts computed per chunk (at M_{t'})
+
+
+def snapshot_form(level: TokenLevel, program: Program) -> SnapshotForm | None:
+    """The level's form, or None (the level then needs another form or the reference)."""
+    if level.period != 1 or level.chunk <= 1 or level.heads is not None or level.hidden:
+        return None
+    states = set(level.states)
+    if any(s.mlp is None for s in level.states.values()) or \
+            sorted(w.target for w in level.writes) != sorted(states) or \
+            any(w.kind != "gradient" or w.loss is None for w in level.writes):
+        return None
+    others = {n for lv in program.levels if lv is not level for n in list(lv.states) + list(lv.hidden)}
+    expressions = list(level.contexts.values()) + [r for r, _ in level.reads.values()] + \
+        [e for w in level.writes for e in (w.loss, w.lr, w.decay, w.precondition) if e is not None]
+    if any(mentions(e, n) for e in expressions for n in others):
+        return None
+    if any(n.id in states for e in expressions for n in names_in(e)):
+        return None                       # a state used other than as M(u)
+    if any(c.func in states and (len(c.args) != 1 or c.kwargs) for e in expressions
+           for c in calls_in(e)):
+        return None
+    if any(mentions(e, s) for w in level.writes for e in (w.lr, w.decay) for s in states):
+        return None                       # gates see the current state; contexts the snapshot
+    if any(level.placements[n].stage not in (INPUT, SNAPSHOT) for n in level.contexts) or \
+            any(level.placements[n].stage != BEFORE_WRITE for n in level.reads):
+        return None
+    outside = [program.output] + list(program.outer_contexts.values()) + [
+        e for lv in program.levels if lv is not level
+        for e in list(lv.contexts.values()) + [r for r, _ in lv.reads.values()] +
+        [x for w in lv.writes for x in (w.loss, w.grad, w.value, w.lr, w.decay, w.beta,
+                                        w.precondition) if x is not None]]
+    if any(mentions(e, s) for e in outside for s in states):
+        return None
+    per_chunk = tuple(n for n in level.contexts if level.placements[n].stage == SNAPSHOT)
+    return SnapshotForm(tuple(level.writes), per_chunk)

@@ -1,0 +1,185 @@
+"""module/snapshot_chunk.py: the snapshot chunk form equals the reference schedule, and
+self_modifying_titans equals a token loop written here from NL eqs. 83-93.
+
+Outputs, final states (weights by layer, chunk-start snapshots) and the gradients of x and of
+every parameter, in float64, for lengths that neither chunk size divides, one or several
+sequences, and a stream cut mid-chunk. Tolerance: `deep_bound` (the same real function, sums
+associated differently; gradients pass twice through it).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from _module_cases import assert_close, forbid_fallback, inputs, randomize
+from nldsl.lower.snapshot_forms import SnapshotForm
+from nldsl.module import compile as compile_module
+from test_module_deep_chunk import flat
+from test_module_deep_memories import deep_bound
+
+DIM = 8
+#: eta_scale 0.5: with O(1) parameters the writes move every memory by far more than rounding.
+SMT = dict(dim=DIM, eta_scale=0.5)
+
+
+def both(chunk_projections, chunk_memory, seed=1):
+    made = []
+    for schedule in ("reference", "chunked"):
+        torch.manual_seed(seed)
+        m = compile_module("self_modifying_titans", schedule=schedule, chunk_memory=chunk_memory,
+                           chunk_projections=chunk_projections, **SMT).to(torch.float64)
+        made.append(randomize(m, seed))
+    return made
+
+
+def outputs(m, x):
+    """y, the final state and the gradients; a parameter the output does not depend on (M_v's
+    initial weights: v only reaches it through stop-gradient targets) has gradient 0 (the
+    reference's None, the chunked form's zeros: it stacks the memories in one delta-rule call)."""
+    y, state = m(x)
+    loss = (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum()
+    leaves = [x] + list(m.parameters())
+    grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+    return y, flat(state), [torch.zeros_like(a) if g is None else g for a, g in zip(leaves, grads)]
+
+
+@pytest.mark.parametrize("steps, chunk_projections, chunk_memory, batch", [
+    pytest.param(11, 3, 4, 2, id="T11-chunks3/4-B2"),
+    pytest.param(9, 2, 5, 1, id="T9-chunks2/5-B1"),
+    pytest.param(1, 3, 4, 1, id="T1-B1"),
+])
+def test_chunked_equals_reference(steps, chunk_projections, chunk_memory, batch, monkeypatch):
+    reference, chunked = both(chunk_projections, chunk_memory)
+    assert set(chunked.fast_paths) == {"projections", "memory"}
+    assert all(isinstance(f, SnapshotForm) for f in chunked.fast_paths.values())
+    forbid_fallback(monkeypatch)
+    x = inputs(batch, steps, DIM, 1).requires_grad_()
+    bound = deep_bound(steps, 2 * DIM)
+    (y_r, s_r, g_r), (y_c, s_c, g_c) = outputs(reference, x), outputs(chunked, x)
+    assert_close(y_c, y_r, bound, "y")
+    assert s_c.keys() == s_r.keys()
+    for key in s_r:
+        if isinstance(s_r[key], torch.Tensor):
+            assert_close(s_c[key], s_r[key], bound, f"state {key}")
+        else:
+            assert s_c[key] == s_r[key], key
+    names = ["x"] + [n for n, _ in reference.named_parameters()]
+    assert len(g_c) == len(names)
+    for name, a, b in zip(names, g_c, g_r):
+        assert_close(a, b, 2 * bound, f"grad {name}")
+
+
+def test_a_cut_stream_equals_one_call(monkeypatch):
+    """The chunk-start snapshots travel in the state: a cut mid-chunk continues both chunks."""
+    _, m = both(3, 4)
+    forbid_fallback(monkeypatch)
+    x = inputs(2, 10, DIM, 2)
+    with torch.no_grad():
+        y, whole = m(x)
+        y1, state = m(x[:, :5], end=False)
+        y2, cut = m(x[:, 5:], state)
+    bound = deep_bound(10, 2 * DIM)
+    assert_close(torch.cat([y1, y2], dim=1), y, bound, "y")
+    for key, value in flat(whole).items():
+        if isinstance(value, torch.Tensor):
+            assert_close(flat(cut)[key], value, bound, key)
+
+
+def test_no_grad_values_equal_the_graph_values(monkeypatch):
+    """Without autograd the form detaches per chunk; the values are the same."""
+    _, m = both(3, 4)
+    forbid_fallback(monkeypatch)
+    x = inputs(2, 7, DIM, 3)
+    y, _ = m(x)
+    with torch.no_grad():
+        y0, _ = m(x)
+    assert not y0.requires_grad
+    assert_close(y0, y.detach(), deep_bound(7, 2 * DIM), "y")
+
+
+# -- the paper's token loop --------------------------------------------------------------
+MEMORIES = ("M_k", "M_v", "M_eta", "M_alpha")
+
+
+def residual_mlp(w, u, residual=True):
+    """eq. 89: M(u) = u + W_1 sigma(W_2 u) (nldsl's layer 1 is the paper's W_2, the input side)."""
+    h = (w[1] @ F.gelu(w[0] @ u.unsqueeze(-1))).squeeze(-1)                # [B, d_out]
+    return h + u if residual else h
+
+
+def l2n(a):
+    return a / a.norm(dim=-1, keepdim=True)
+
+
+def paper_loop(m, x, chunk_projections, chunk_memory, eta_scale):
+    """NL eqs. 83-93 token by token: every context of token t from the states at the start of
+    its chunk (eq. 90), y_t = M_memory(q_t) there, and for every memory
+    M_t = M_{t-1} (alpha_t I - eta_t k_t k_t^T) - eta_t grad L(M_{t'}; k_t, v_hat_t) (eqs. 88,
+    93) on the input-side weight, alpha_t M_{t-1} - eta_t grad on the other one. The spec's
+    reading (its header, 7): M_k's objective sees k_t = l2norm(M_k(x_t)) as a function of M_k."""
+    bsz = x.shape[0]
+    weights = {name: [getattr(m, f"{name}_init_w{i}").expand(bsz, -1, -1) for i in (1, 2)]
+               for name in MEMORIES + ("M_memory",)}
+    residual = {"M_eta": False, "M_alpha": False}
+    apply = lambda name, w, u: residual_mlp(w, u, residual.get(name, True))
+    ys, snapshot = [], {}
+    for t in range(x.shape[1]):
+        for names, chunk in ((MEMORIES, chunk_projections), (("M_memory",), chunk_memory)):
+            if t % chunk == 0:
+                snapshot.update({n: weights[n] for n in names})
+        xt = x[:, t]
+        k = l2n(apply("M_k", snapshot["M_k"], xt))                                 # eq. 83
+        v = apply("M_v", snapshot["M_v"], xt)
+        eta = F.softplus(apply("M_eta", snapshot["M_eta"], xt)) * eta_scale       # [B, 1]
+        alpha = torch.sigmoid(apply("M_alpha", snapshot["M_alpha"], xt))
+        q = l2n(xt @ m.Wq)
+        ys.append(apply("M_memory", snapshot["M_memory"], q))                     # eq. 83
+        new = {}
+        for name in MEMORIES + ("M_memory",):
+            start = snapshot[name]
+            v_hat = apply(name, start, v).detach()                                # eq. 84
+            with torch.enable_grad():
+                leaves = [w.detach().clone().requires_grad_() for w in start]
+                key = l2n(apply(name, leaves, xt)) if name == "M_k" else k
+                loss = 0.5 * ((apply(name, leaves, key) - v_hat) ** 2).sum()        # eq. 85
+                grads = torch.autograd.grad(loss, leaves)
+            w1, w2 = weights[name]
+            a, e = alpha.unsqueeze(-1), eta.unsqueeze(-1)                        # [B, 1, 1]
+            precondition = (w1 @ k.unsqueeze(-1)) * k.unsqueeze(-2)               # (W k) k^T
+            new[name] = [a * w1 - e * precondition - e * grads[0], a * w2 - e * grads[1]]
+        weights = new
+    return torch.stack(ys, dim=1), weights
+
+
+@pytest.mark.parametrize("schedule", ["reference", "chunked"])
+def test_self_modifying_titans_is_the_papers_token_loop(schedule):
+    m = build_smt(schedule)
+    x = inputs(2, 9, DIM, 4)
+    with torch.no_grad():
+        y, state = m(x)
+        expected, weights = paper_loop(m, x, 3, 4, SMT["eta_scale"])
+    bound = deep_bound(9, 2 * DIM)
+    assert_close(y, expected, bound, "y")
+    for level, names in (("projections", MEMORIES), ("memory", ("M_memory",))):
+        for name in names:
+            for i, w in enumerate(weights[name]):
+                assert_close(state[level][name][i], w, bound, f"{name} layer {i + 1}")
+
+
+def test_the_writes_move_the_memories():
+    """The comparison above is not vacuous: the final weights differ from the initial ones by
+    far more than the bound."""
+    m = build_smt()
+    x = inputs(2, 9, DIM, 4)
+    with torch.no_grad():
+        _, state = m(x)
+    for name in MEMORIES:
+        start = getattr(m, f"{name}_init_w1")
+        assert (state["projections"][name][0] - start).abs().max() > 1e-2 * start.abs().max()
+
+
+def build_smt(schedule="chunked"):
+    torch.manual_seed(2)
+    return randomize(compile_module("self_modifying_titans", schedule=schedule, chunk_memory=4,
+                                    chunk_projections=3, **SMT).to(torch.float64), 2)
