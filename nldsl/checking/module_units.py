@@ -23,6 +23,7 @@ from nldsl.module.reference import STREAM, run_reference
 from nldsl.module.unit import UnitValues
 from nldsl.lower.derive import rule_arguments
 from nldsl.printer import format_expr
+from nldsl.runtime import mlp
 
 
 def drawn_module(spec, values: dict, seed: int, schedule: str = "reference", block_size: int = 64):
@@ -122,7 +123,17 @@ def _expected(level, target: str, rule: ast.Rule, loss: ast.Expr, unit_at, state
     norm2 = unit.evaluate(level, "snapshot", ast.Call(func="dot", args=[key, key])) \
         if key is not None else None
     return step_rule(rule.name, args, current, grad_at, frame.align,
-                     momentum=state[level.name].get(f"{target}_momentum"), key_norm2=norm2)
+                     momentum=state[level.name].get(f"{target}_momentum"), key_norm2=norm2,
+                     matrices=lambda g: _matrices(frame, level.states[target].mlp, g))
+
+
+def _matrices(frame, layout, grad):
+    """A gradient's weight matrices [*units, o, i] (an mlp state's layers; a tensor state as
+    one [*units, 1, n]) and the function that puts them back."""
+    if layout is not None:
+        return mlp.layers(layout, grad), lambda pieces: mlp.flatten(layout, pieces)
+    units = grad.shape[:frame.nb]
+    return [grad.reshape(units + (1, -1))], lambda pieces: pieces[0].reshape(grad.shape)
 
 
 def _formula(write) -> str:
@@ -134,6 +145,8 @@ def _formula(write) -> str:
     if write.kind == "momentum":
         head = f"m <- {format_expr(write.beta)} * m - ({format_expr(write.lr)}) * G; " \
                f"{write.target} <- {kept()} + m"
+    if write.clip is not None:
+        grad = f"{grad}, clipped to norm {format_expr(write.clip)} per weight matrix"
     return f"{head},  G = {grad}"
 
 

@@ -52,11 +52,12 @@ def dgd_key(loss: ast.Expr, state: str) -> ast.Expr | None:
 
 
 def step_rule(rule: str, args: dict, state: torch.Tensor, grad_at, align, momentum=None,
-              key_norm2=None, restart=None) -> dict | None:
+              key_norm2=None, restart=None, matrices=None) -> dict | None:
     """{"state": new value[, "momentum": new buffer]} by the rule's definition. `args` are the
     rule's evaluated arguments, `grad_at(S)` the autograd gradient, `align(a, b)` broadcasts a
     gate against a state (the module frame's rule), `key_norm2` ||k||^2 for dgd, `restart` the
-    initial value Newton-Schulz restarts from."""
+    initial value Newton-Schulz restarts from, `matrices` a gradient's weight matrices for
+    `clip` (see _clip)."""
     mul = lambda a, b: _times(align, a, b)
     if rule == "newton_schulz":
         if args.get("polynomial") != "cubic":
@@ -68,6 +69,8 @@ def step_rule(rule: str, args: dict, state: torch.Tensor, grad_at, align, moment
     if rule not in GRADIENT_RULES:
         return None
     grad = grad_at(state)
+    if args.get("clip") is not None:
+        grad = _clip(grad, args["clip"], matrices)
     if rule == "ema":
         return {"state": mul(args["beta"], state) - mul(1 - args["beta"], grad)}
     lr, decay = args["lr"], args.get("decay", 1)
@@ -77,6 +80,18 @@ def step_rule(rule: str, args: dict, state: torch.Tensor, grad_at, align, moment
         buffer = mul(args["beta"], momentum) - mul(lr, grad)
         return {"state": mul(decay, state) + buffer, "momentum": buffer}
     return {"state": mul(decay, state) - mul(lr, grad)}
+
+
+def _clip(grad: torch.Tensor, c, matrices) -> torch.Tensor:
+    """`clip = c`: each weight matrix's gradient times min(1, c / ||G||_F); `matrices(G)` gives
+    (the matrices [*units, o, i], the function putting them back)."""
+    pieces, join = matrices(grad)
+    clipped = []
+    for g in pieces:
+        norm = g.pow(2).sum((-2, -1)).sqrt()                               # [*units]
+        factor = torch.clamp(torch.as_tensor(c, dtype=g.dtype) / norm, max=1)
+        clipped.append(g * factor.reshape(factor.shape + (1, 1)))
+    return join(clipped)
 
 
 def _true(flag) -> bool:

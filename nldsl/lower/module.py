@@ -130,13 +130,14 @@ def _derive(objective: ast.Objective, target: str, own: dict, spec) -> ModuleWri
                       ast.MLPShape)
     kind = "momentum" if rule.name == "momentum" else "gradient"
     beta = args.get("beta") if kind == "momentum" else None
+    clip = args.get("clip")
     try:
         grad = closed_grad(loss, target, deep)
         return ModuleWrite(target, kind, grad=grad, lr=lr, decay=decay, beta=beta,
-                           derivation=f"{rule.name} closed form")
+                           derivation=f"{rule.name} closed form", clip=clip)
     except NoClosedForm:
         return ModuleWrite(target, kind, loss=loss, lr=lr, decay=decay, beta=beta,
-                           derivation=f"{rule.name} autograd")
+                           derivation=f"{rule.name} autograd", clip=clip)
 
 
 def _level_of(spec, state: str) -> str:

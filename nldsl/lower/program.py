@@ -101,6 +101,7 @@ class ModuleWrite:
     decay: ast.Expr | None = None
     beta: ast.Expr | None = None   # momentum
     derivation: str = "explicit"
+    clip: ast.Expr | None = None   # the guard: G <- G min(1, clip / ||G||_F) per weight matrix
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ values):
      states at the chunk-start snapshot);
   2. the levels write, fastest first: a gradient write is S <- decay S - lr G with G the
      gradient at the snapshot; `every N` levels add the per-token change to a pending sum and
-     apply it at t = N, 2N, ...; a level without `backprop` writes constants (detached);
+     apply it at t = N, 2N, ...; a level without `backprop` writes constants (detached); a
+     rule with `clip = c` clips G per weight matrix first (module/guard.py);
   3. reads (a plain read sees the new state, `before write` the state the write started
      from), then `out`.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from nldsl.lower.program import Program, TokenLevel
+from nldsl.module.guard import clip_gradient
 from nldsl.module.unit import UnitValues
 
 STREAM = "_stream"
@@ -72,6 +74,9 @@ def _write(level: TokenLevel, unit: UnitValues, state: dict, t: int) -> None:
             value = unit.evaluate(level, "current", write.value)
         else:
             grad = unit.gradient(level, write)
+            if write.clip is not None:
+                grad = clip_gradient(frame, level.states[write.target].mlp, grad,
+                                     unit.evaluate(level, "current", write.clip))
             lr = unit.evaluate(level, "current", write.lr)
             decay = unit.evaluate(level, "current", write.decay)
             if write.kind == "momentum":
