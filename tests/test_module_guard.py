@@ -113,3 +113,62 @@ def test_a_clip_that_is_not_positive_is_rejected_at_check_time():
             compile_module(source, dim=8, heads=2, head_dim=4)
         assert "a gradient-norm bound that is not positive" in str(error.value), bound
         assert "clip > 0" in str(error.value)
+
+
+#: The stdlib deep memories at tiny sizes with their step size at 100x its default (max_lr
+#: 10; self_modifying_titans' eta_scale 10): far in their declared ranges (> 0) and where the
+#: unguarded titans turns non-finite within 64 tokens (test below). The deep chunk form runs
+#: titans and yaad (T 64, 4 chunks); the others run the token loop (T 24 or 8, chunks of 4). The
+#: 4096-token measurements are benchmarks/bench_stability.py's (docs/modules.md, "Stability").
+STRESSED = {
+    "titans": (64, dict(dim=8, heads=2, head_dim=4, chunk_size=16, max_lr=10)),
+    "yaad": (64, dict(dim=8, heads=2, head_dim=4, chunk_size=16, max_lr=10)),
+    "moneta": (24, dict(dim=8, heads=2, head_dim=4, chunk_size=4, max_lr=10)),
+    "memora": (24, dict(dim=8, heads=2, head_dim=4, chunk_size=4, max_lr=10)),
+    "self_modifying_titans": (8, dict(dim=8, chunk_memory=4, chunk_projections=4,
+                                       eta_scale=10)),
+}
+
+
+def run_stressed(spec: str, autocast: bool, **overrides):
+    """Default initialisation (seed 0), x ~ N(0, 1); y, every fast state tensor, and the
+    gradient of mean(y^2) for every parameter."""
+    from nldsl.module import compile as compile_module
+    steps, hparams = STRESSED[spec]
+    torch.manual_seed(0)
+    m = compile_module(spec, **{**hparams, **overrides})
+    x = torch.randn(1, steps, hparams["dim"])
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y, state = m(x)
+        loss = y.float().square().mean()
+    loss.backward()
+    states = [w for level, own in state.items() if level != "_stream" for value in own.values()
+              for w in (value if isinstance(value, tuple) else (value,))]
+    return y, states, {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("autocast", [pytest.param(False, id="float32"),
+                                      pytest.param(True, id="bfloat16-autocast")])
+@pytest.mark.parametrize("spec", list(STRESSED))
+def test_every_deep_memory_stays_finite_under_a_large_step(spec, autocast):
+    y, states, grads = run_stressed(spec, autocast)
+    assert torch.isfinite(y).all(), "y"
+    assert all(torch.isfinite(s).all() for s in states), "fast state"
+    assert all(s.dtype == torch.float32 for s in states), "fast state kept in float32"
+    assert grads and all(torch.isfinite(g).all() for g in grads.values()), \
+        [n for n, g in grads.items() if not torch.isfinite(g).all()]
+
+
+def test_the_guard_is_what_keeps_titans_finite():
+    """Without it (max_grad_norm = inf: never clips) the same stressed titans overflows."""
+    y, states, _ = run_stressed("titans", False, max_grad_norm=float("inf"))
+    assert not torch.isfinite(y).all()
+
+
+def test_moneta_from_a_zero_dual_state_has_finite_gradients():
+    """Moneta's learned A_0 starts at 0, where ||A||_q^{q-2} = s^{(q-2)/q} with s = ||A||_q^q
+    has an infinite derivative in s; the spec's double conditional (n = (s if s > 0 else 1)
+    ** p if s > 0 else 0) gives the true derivative of W = A / (n + eps) at A = 0, I / eps,
+    where the plain power gave 0 * inf = NaN."""
+    _, _, grads = run_stressed("moneta", False, max_lr=0.1)
+    assert torch.isfinite(grads["A_init"]).all() and grads["A_init"].abs().max() > 0
