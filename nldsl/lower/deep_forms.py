@@ -6,8 +6,8 @@ The form (one `mlp(...)` memory M per head, chunk C > 1, written every token):
     gradient rule   M_t = decay_t M_{t-1} - lr_t G_t
     momentum rule   S_t = beta_t S_{t-1} - lr_t G_t,   M_t = decay_t M_{t-1} + S_t  (eqs. 13-14)
 
-with lr, decay, beta (and the guard's bound `clip`) one number per head and token, and a loss that uses M only as M(u), for
-one input u (Yaad's Huber loss names M(k) three times) that depends on no fast state. Titans' LMM, Yaad (Huber loss) and any user spec
+with lr, decay, beta (and the guard's bound `clip`) one number per head and token, and a loss
+that uses M only as M(u), for one input u (Yaad's Huber loss names M(k) three times) that depends on no fast state. Titans' LMM, Yaad (Huber loss) and any user spec
 with this structure take it. Because every token of a chunk differentiates at the same state,
 all per-token gradients of a chunk come from one batched forward and backward pass, and each
 is a sum of rank-one terms per layer, G_t = sum_i delta_{i,t} a_{i-1,t}^T (no bias: the

@@ -5,7 +5,8 @@ batched forward of the loss at M_g and one backward give every token's per-layer
 
     G_t = sum_i delta_{i,t} a_{i-1,t}^T        layer i: z_i = W_i a_{i-1}, delta_i = dl_t / dz_i
 
-(a bias-free layer's gradient is delta a^T whatever the loss). The rule is linear in the G's:
+(a bias-free layer's gradient is delta a^T whatever the loss; the guard `clip` scales each
+delta_{i,t} first, module/guard.py). The rule is linear in the G's:
 
     M_t = A_t M_0 + B_t S_0 + sum_{s<=t} K_ts G_s,    S_t = E_t S_0 + sum_{s<=t} F_ts G_s
 
