@@ -240,7 +240,8 @@ TASK = "task"
 
 @dataclass(frozen=True)
 class RuleSpec:
-    """A learning rule: its parameters (positional order) with defaults, and its update."""
+    """A learning rule: its parameters (positional order) with defaults (None: optional, absent
+    unless given), and its update."""
 
     params: tuple[str, ...]
     defaults: dict
@@ -248,20 +249,26 @@ class RuleSpec:
     extra_state: tuple[str, ...] = ()
 
 
+#: The guard of a module memory's write (docs/modules.md, "Stability"); default None: none.
+CLIP_DOC = ("; clip = c (module memories): every unit's gradient is clipped per weight matrix, "
+            "G <- G min(1, c / ||G||_F)")
+
 RULES: dict[str, RuleSpec] = {
-    "gd": RuleSpec(("lr", "decay"), {"decay": 1},
-                   "S <- decay * S - lr * grad L(S) (eq. 2; decay = retention / weight decay)"),
-    "dgd": RuleSpec(("lr", "decay", "normalized", "precondition"),
-                    {"decay": 1, "normalized": True, "precondition": False},
+    "gd": RuleSpec(("lr", "decay", "clip"), {"decay": 1, "clip": None},
+                   "S <- decay * S - lr * grad L(S) (eq. 2; decay = retention / weight decay)"
+                   + CLIP_DOC),
+    "dgd": RuleSpec(("lr", "decay", "normalized", "precondition", "clip"),
+                    {"decay": 1, "normalized": True, "precondition": False, "clip": None},
                     "delta gradient descent: S <- decay S - lr' grad L(S), lr' = lr / (1 + lr ||k||^2) "
                     "(lr if not normalized), k the key of the objective's l2(S(k), v) term; for "
                     "that objective this is S (decay I - lr' k k^T) + lr' v k^T, the exact "
                     "minimiser of eq. 56 by Sherman-Morrison (eq. 57). With precondition = true, "
                     "NL eq. 88 as printed: S <- S_prev (decay I - lr' k k^T) - lr' grad L(S), the "
                     "preconditioner on the weight that multiplies k (an MLP's first layer) of the "
-                    "previous token's state, the gradient at the chunk start (eq. 90)"),
-    "momentum": RuleSpec(("lr", "beta", "decay"), {"decay": 1},
-                         "Titans eqs. 13-14: m <- beta m - lr grad L(S); S <- decay S + m",
+                    "previous token's state, the gradient at the chunk start (eq. 90)" + CLIP_DOC),
+    "momentum": RuleSpec(("lr", "beta", "decay", "clip"), {"decay": 1, "clip": None},
+                         "Titans eqs. 13-14: m <- beta m - lr grad L(S); S <- decay S + m"
+                         + CLIP_DOC,
                          extra_state=("momentum",)),
     "ema": RuleSpec(("beta",), {},
                     "S <- beta S - (1 - beta) grad L(S): with L = -dot(S, g) an exponential "

@@ -23,7 +23,10 @@ _TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
 _ARTICLE = {"int": "an", "float": "a", "bool": "a", "str": "a"}
 
 #: Rule arguments that must lie in a range when they are constants: (low, high) inclusive.
-RULE_ARG_RANGES = {"lr": (0, None), "decay": (0, 1), "beta": (0, 1), "steps": (1, None)}
+RULE_ARG_RANGES = {"lr": (0, None), "decay": (0, 1), "beta": (0, 1), "steps": (1, None),
+                   "clip": (0, None)}
+#: Rule arguments whose lower bound is excluded.
+OPEN_BELOW = {"clip"}
 
 
 def _leaves(value):
@@ -129,13 +132,18 @@ def _check_rule(c: Checker, rule: ast.Rule, env: dict) -> None:
         value = try_evaluate(expr, env)
         low, high = RULE_ARG_RANGES[name]
         if isinstance(value, (int, float)) and not isinstance(value, bool) and (
-                (low is not None and value < low) or (high is not None and value > high)):
-            what = {"lr": "a negative learning rate", "steps": "a step count below 1"}.get(
+                (low is not None and (value < low or value == low and name in OPEN_BELOW)) or
+                (high is not None and value > high)):
+            what = {"lr": "a negative learning rate", "steps": "a step count below 1",
+                    "clip": "a gradient-norm bound that is not positive"}.get(
                 name, f"a {name} outside [0, 1]")
             c.report(expr, f"{what}: {name} = {value!r}",
-                     expected=f"{name} >= {low}" if high is None else f"{name} in [{low}, {high}]",
+                     expected=f"{name} {'>' if name in OPEN_BELOW else '>='} {low}" if high is None
+                     else f"{name} in [{low}, {high}]",
                      hint={"lr": "a negative learning rate ascends the objective; flip the "
-                                 "objective's sign instead"}.get(name, "gates and decays are "
+                                 "objective's sign instead",
+                           "clip": "clip = c bounds each unit's gradient norm by c > 0"}.get(
+                               name, "gates and decays are "
                            "fractions: 1 keeps everything, 0 forgets everything"))
 
 

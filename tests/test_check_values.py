@@ -74,7 +74,7 @@ def test_valid_rules(text):
 
 @pytest.mark.parametrize("text, expected", [
     ("adam(lr)", ["unknown learning rule 'adam'"]),
-    ("gd(lr, 0.5, 1)", ["gd() takes at most 2 arguments, got 3"]),
+    ("gd(lr, 0.5, 1, 2)", ["gd() takes at most 3 arguments, got 4"]),
     ("gd(lr, decya = 0.5)", ["gd() has no argument 'decya'"]),
     ("gd(lr, lr = 0.5)", ["gd() got 'lr' twice"]),
     ("momentum(lr)", ["momentum() is missing 'beta'"]),
@@ -83,8 +83,9 @@ def test_valid_rules(text):
     ("ema(-keep)", ["a beta outside [0, 1]: beta = -0.9"]),
     ("newton_schulz(0)", ["a step count below 1: steps = 0"]),
     ("gd(lr) then adam", ["unknown learning rule 'adam'"]),
+    ("gd(lr, clip = 0)", ["a gradient-norm bound that is not positive: clip = 0"]),
 ], ids=["unknown", "too-many", "unknown-keyword", "twice", "missing", "negative-lr", "decay",
-        "beta-from-hparam", "steps", "in-a-chain"])
+        "beta-from-hparam", "steps", "in-a-chain", "clip-zero"])
 def test_rule_problems(text, expected):
     assert messages(check_rules, rule(text)) == expected
 

@@ -90,8 +90,8 @@ def _number(value: float) -> str:
 def rules_block() -> str:
     rows = []
     for name, rule in RULES.items():
-        params = [p if p not in rule.defaults else f"{p} = {_literal(rule.defaults[p])}"
-                  for p in rule.params]
+        params = [p if p not in rule.defaults else f"[{p}]" if rule.defaults[p] is None else
+                  f"{p} = {_literal(rule.defaults[p])}" for p in rule.params]   # [p]: optional
         modules = "not yet" if name in UNSUPPORTED_RULES else \
             "inside a chain" if name in UNSUPPORTED_LAST else "yes"
         rows.append(f"| `{name}({', '.join(params)})` | {_cell(rule.doc)} | yes | {modules} |")

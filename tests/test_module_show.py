@@ -97,6 +97,7 @@ def test_titans_shows_its_mlp_memory_and_its_deep_chunk_form():
     assert "M <- (1 - alpha) * M + M_momentum    [momentum autograd]" in text
     form = block(text, "# chunked schedule: deep memory M, chunk form (momentum rule; all "
                        "gradients of a chunk at its start, one pass per chunk) with")
-    assert form == ["# loss = l2(M(k), v)", "# lr = theta", "# decay = 1 - alpha", "# beta = eta"]
+    assert form == ["# loss = l2(M(k), v)", "# lr = theta", "# decay = 1 - alpha", "# beta = eta",
+                    "# clip = max_grad_norm"]
     assert "# the deep-memory chunk loop (nldsl/module/deep_chunk.py):" in text
     assert "linear_delta_blocks" not in text

@@ -4,8 +4,10 @@ the specs' own (nldsl/stdlib/*.nl) with the folded values substituted."""
 import pytest
 
 import nldsl
+from nldsl.errors import NLDSLError
 from nldsl.optim.plan import lower
 from nldsl.printer import format_expr
+from nldsl.spec import load
 
 
 def plan(name, **folded):
@@ -96,3 +98,16 @@ def test_a_slower_level_accumulates_its_trained_states_and_reads_before_its_writ
 def test_a_module_is_not_an_optimizer():
     with pytest.raises(nldsl.NLDSLError, match="is a module"):
         plan("titans")
+
+
+def test_a_rule_with_clip_is_a_located_error():
+    """`clip` guards module memories (docs/modules.md, "Stability"); an optimizer refuses it."""
+    source = ("optimizer clipped(lr = 0.1 > 0) {\n  level weights every 1 step {\n"
+              "    W <- W - lr * d\n  }\n  level m every 1 step {\n    key g = grad(W)\n"
+              "    state buf like W = 0\n"
+              "    buf: minimize -dot(buf, g) by gd(lr = 1, decay = 0.9, clip = 1.0)\n"
+              "    read d = buf\n  }\n}\n")
+    with pytest.raises(NLDSLError) as error:
+        lower(load(source))
+    text = str(error.value)
+    assert ":8:" in text and "module memories only" in text

@@ -143,8 +143,18 @@ def _expected(level, write, rules: list[ast.Rule], loss: ast.Expr, unit_at, stat
                                 unit.evaluate(level, "snapshot", key))
     stepped = step_rule(rule.name, args, current, grad_at, frame.align,
                         momentum=state[level.name].get(f"{target}_momentum"), key_norm2=norm2,
-                        precondition=term)
+                        precondition=term,
+                        matrices=lambda g: _matrices(frame, level.states[target].mlp, g))
     return None if stepped is None else {**stepped, **chain}
+
+
+def _matrices(frame, layout, grad):
+    """A gradient's weight matrices [*units, o, i] (an mlp state's layers; a tensor state as
+    one [*units, 1, n]) and the function that puts them back."""
+    if layout is not None:
+        return mlp.layers(layout, grad), lambda pieces: mlp.flatten(layout, pieces)
+    units = grad.shape[:frame.nb]
+    return [grad.reshape(units + (1, -1))], lambda pieces: pieces[0].reshape(grad.shape)
 
 
 def _formula(write) -> str:
@@ -156,6 +166,8 @@ def _formula(write) -> str:
     if write.kind == "momentum":
         head = f"m <- {format_expr(write.beta)} * m - ({format_expr(write.lr)}) * G; " \
                f"{write.target} <- {kept()} + m"
+    if write.clip is not None:
+        grad = f"{grad}, clipped to norm {format_expr(write.clip)} per weight matrix"
     return f"{head},  G = {grad}"
 
 

@@ -59,12 +59,13 @@ def dgd_key(loss: ast.Expr, state: str) -> ast.Expr | None:
 
 
 def step_rule(rule: str, args: dict, state: torch.Tensor, grad_at, align, momentum=None,
-              key_norm2=None, restart=None, precondition=None) -> dict | None:
+              key_norm2=None, restart=None, precondition=None, matrices=None) -> dict | None:
     """{"state": new value[, "momentum": new buffer]} by the rule's definition. `args` are the
     rule's evaluated arguments, `grad_at(S)` the autograd gradient, `align(a, b)` broadcasts a
     gate against a state (the module frame's rule), `key_norm2` ||k||^2 for dgd, `restart` the
     initial value Newton-Schulz restarts from, `precondition` dgd(precondition = true)'s
-    (W k) k^T on the state's key-side weight."""
+    (W k) k^T on the state's key-side weight, `matrices` a gradient's weight matrices for
+    `clip` (see _clip)."""
     mul = lambda a, b: _times(align, a, b)
     if rule == "newton_schulz":
         if args.get("polynomial") != "cubic":
@@ -76,6 +77,8 @@ def step_rule(rule: str, args: dict, state: torch.Tensor, grad_at, align, moment
     if rule not in GRADIENT_RULES:
         return None
     grad = grad_at(state)
+    if args.get("clip") is not None:
+        grad = _clip(grad, args["clip"], matrices)
     if rule == "ema":
         return {"state": mul(args["beta"], state) - mul(1 - args["beta"], grad)}
     lr, decay = args["lr"], args.get("decay", 1)
@@ -119,6 +122,18 @@ def chain_direction(transforms, grad, buffers: dict, matrices, align) -> tuple[t
         gain = args["lr"] if rule == "momentum" else 1 - args["beta"]
         u = written[buffer] = mul(args["beta"], buffers[buffer]) + mul(gain, u)
     return u, written
+
+
+def _clip(grad: torch.Tensor, c, matrices) -> torch.Tensor:
+    """`clip = c`: each weight matrix's gradient times min(1, c / ||G||_F); `matrices(G)` gives
+    (the matrices [*units, o, i], the function putting them back)."""
+    pieces, join = matrices(grad)
+    clipped = []
+    for g in pieces:
+        norm = g.pow(2).sum((-2, -1)).sqrt()                               # [*units]
+        factor = torch.clamp(torch.as_tensor(c, dtype=g.dtype) / norm, max=1)
+        clipped.append(g * factor.reshape(factor.shape + (1, 1)))
+    return join(clipped)
 
 
 def _true(flag) -> bool:

@@ -7,8 +7,8 @@ token):
     gradient rule   M_t = decay_t M_{t-1} - lr_t G_t
     momentum rule   S_t = beta_t S_{t-1} - lr_t G_t,   M_t = decay_t M_{t-1} + S_t  (eqs. 13-14)
 
-with lr, decay, beta one number per head and token, and a loss that uses M only as M(u), for
-one input u (Yaad's Huber loss names M(k) three times) that depends on no fast state. Titans' LMM, Yaad (Huber loss) and any user spec
+with lr, decay, beta (and the guard's bound `clip`) one number per head and token, and a loss
+that uses M only as M(u), for one input u (Yaad's Huber loss names M(k) three times) that depends on no fast state. Titans' LMM, Yaad (Huber loss) and any user spec
 with this structure take it. Because every token of a chunk differentiates at the same state,
 all per-token gradients of a chunk come from one batched forward and backward pass, and each
 is a sum of rank-one terms per layer, G_t = sum_i delta_{i,t} a_{i-1,t}^T (no bias: the
@@ -36,6 +36,7 @@ class DeepForm:
     beta: ast.Expr | None          # momentum rule; None: gradient rule
     queries: dict[str, tuple[ast.Expr, bool]]   # placeholder -> (u, before_write)
     reads: dict[str, ast.Expr]     # read name -> its expression with placeholders
+    clip: ast.Expr | None = None   # the guard (docs/modules.md, "Stability"); None: no clipping
 
 
 def deep_form(level: TokenLevel, program: Program, leaves=frozenset()) -> DeepForm | None:
@@ -58,7 +59,8 @@ def deep_form(level: TokenLevel, program: Program, leaves=frozenset()) -> DeepFo
             states_through(value, program.levels, program.outer_contexts, leaves)[0]
             for value in level.contexts.values()):
         return None                        # directly, or through other levels' contexts
-    gates = [write.lr, write.decay] + ([write.beta] if write.kind == "momentum" else [])
+    gates = [write.lr, write.decay] + ([write.beta] if write.kind == "momentum" else []) + \
+        ([write.clip] if write.clip is not None else [])
     if any(mentions(g, n) for g in gates for n in fast):
         return None
     applications = [c for c in calls_in(write.loss) if c.func == s]
@@ -77,4 +79,4 @@ def deep_form(level: TokenLevel, program: Program, leaves=frozenset()) -> DeepFo
             for e in list(lv.contexts.values()) + [r for r, _ in lv.reads.values()]):
         return None
     return DeepForm(s, write.loss, write.lr, write.decay,
-                    write.beta if write.kind == "momentum" else None, queries, reads)
+                    write.beta if write.kind == "momentum" else None, queries, reads, write.clip)

@@ -186,12 +186,13 @@ def _calls(expr: ast.Expr):
 
 
 def rule_arguments(rule: ast.Rule) -> dict[str, ast.Expr]:
-    """The rule's arguments by name, defaults filled in (builtins.RULES)."""
+    """The rule's arguments by name, defaults filled in (builtins.RULES; a None default, such
+    as `clip`'s, stays absent)."""
     spec = RULES[rule.name]
     args = dict(zip(spec.params, rule.args))
     args.update({k.name: k.value for k in rule.kwargs})
     for name, default in spec.defaults.items():
-        if name not in args:
+        if name not in args and default is not None:
             value = default if not isinstance(default, bool) else default
             args[name] = (ast.Bool(value=value) if isinstance(value, bool) else
                           ast.String(value=value) if isinstance(value, str) else num(value))

@@ -46,7 +46,8 @@ def linear_form(level: TokenLevel, program: Program) -> LinearForm | None:
     """The level's form, or None. A `chunk C > 1` level is never the form: the reference keeps
     its chunk-start state, which its `before write` reads see and its state carries between
     calls (docs/language.md, "Frequency and chunk semantics"), and the block form computes
-    neither (tests/test_fuzz_module.py found both differences)."""
+    neither (tests/test_fuzz_module.py found both differences). A clipped write (`clip = c`)
+    is not linear in the state: the reference runs it."""
     if level.period != 1 or level.chunk > 1 or level.hidden or len(level.states) != 1 or \
             len(level.writes) != 1 or level.writes[0].chain or level.window > 1:
         return None
@@ -61,7 +62,8 @@ def linear_form(level: TokenLevel, program: Program) -> LinearForm | None:
         return None                        # directly, or through other levels' contexts
     if write.kind == "explicit":
         value = write.value
-    elif write.kind == "gradient" and write.grad is not None and write.precondition is None:
+    elif write.kind == "gradient" and write.grad is not None and write.precondition is None and \
+            write.clip is None:
         value = binary("-", binary("*", write.decay, ast.Name(id=s)), binary("*", write.lr, write.grad))
     else:
         return None

@@ -145,17 +145,18 @@ def _derive(objective: ast.Objective, target: str, own: dict, spec,
     name = " then ".join(r.name for r in objective.rules)
     key = _precondition_key(rule_arguments(last), loss, target) if last.name == "dgd" else None
     name = name + " preconditioned" if key is not None else name
+    clip = rule_arguments(last).get("clip")
     try:
         if any(c.func in memories for c in calls_in(loss)):
             raise NoClosedForm(target)
         grad = closed_grad(loss, target, deep)
         return ModuleWrite(target, kind, grad=grad, lr=lr, decay=decay, beta=beta,
                            precondition=key, derivation=f"{name} closed form",
-                           chain=tuple(steps))
+                           chain=tuple(steps), clip=clip)
     except NoClosedForm:
         return ModuleWrite(target, kind, loss=loss, lr=lr, decay=decay, beta=beta,
                            precondition=key, derivation=f"{name} autograd",
-                           chain=tuple(steps))
+                           chain=tuple(steps), clip=clip)
 
 
 def _buffer_names(target: str, rules: list[ast.Rule]):

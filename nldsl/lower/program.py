@@ -156,6 +156,7 @@ class ModuleWrite:
     #                                 (decay I - lr k k^T), applied to the previous token's state
     derivation: str = "explicit"
     chain: tuple = ()              # the ChainSteps that transform G before the rule applies it
+    clip: ast.Expr | None = None   # the guard: G <- G min(1, clip / ||G||_F) per weight matrix
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,9 @@ def snapshot_form(level: TokenLevel, program: Program) -> SnapshotForm | None:
     states = set(level.states)
     if any(s.mlp is None for s in level.states.values()) or \
             sorted(w.target for w in level.writes) != sorted(states) or \
-            any(w.kind != "gradient" or w.loss is None for w in level.writes):
-        return None
+            any(w.kind != "gradient" or w.loss is None or w.clip is not None or w.chain
+                for w in level.writes) or level.once or level.window > 1 or level.memories:
+        return None                       # a guard, a chain, a window: the reference's
     others = {n for lv in program.levels if lv is not level for n in list(lv.states) + list(lv.hidden)}
     expressions = list(level.contexts.values()) + [r for r, _ in level.reads.values()] + \
         [e for w in level.writes for e in (w.loss, w.lr, w.decay, w.precondition) if e is not None]

@@ -5,7 +5,8 @@ batched forward of the loss at M_g and one backward give every token's per-layer
 
     G_t = sum_i delta_{i,t} a_{i-1,t}^T        layer i: z_i = W_i a_{i-1}, delta_i = dl_t / dz_i
 
-(a bias-free layer's gradient is delta a^T whatever the loss). The rule is linear in the G's:
+(a bias-free layer's gradient is delta a^T whatever the loss; the guard `clip` scales each
+delta_{i,t} first, module/guard.py). The rule is linear in the G's:
 
     M_t = A_t M_0 + B_t S_0 + sum_{s<=t} K_ts G_s,    S_t = E_t S_0 + sum_{s<=t} F_ts G_s
 
@@ -34,6 +35,7 @@ from torch.utils.checkpoint import checkpoint
 
 from nldsl.lower.deep_forms import DeepForm
 from nldsl.lower.program import MLPLayout, TokenLevel
+from nldsl.module.guard import clip_factors
 from nldsl.runtime import mlp
 
 
@@ -49,11 +51,13 @@ def run_deep_level(values, level: TokenLevel, form: DeepForm, per_head) -> None:
     lr = per_head(values.evaluate(level, form.lr), None)                   # [B, H, T]
     decay = per_head(values.evaluate(level, form.decay), None)             # [B, H, T]
     beta = per_head(values.evaluate(level, form.beta), None) if form.beta is not None else None
+    clip = per_head(values.evaluate(level, form.clip), None) if form.clip is not None else None
     queries = {name: (per_head(values.evaluate(level, u), layout.widths[0]), before)
                for name, (u, before) in form.queries.items()}              # [B, H, T, d_0]
     if not keep:
         lr, decay = lr.detach(), decay.detach()
         beta = beta.detach() if beta is not None else None
+        clip = clip.detach() if clip is not None else None
     by_layer = lambda flat: mlp.layers(layout, head_first(flat))           # [B, H, o, i] each
     m = by_layer(own[form.state])
     s = by_layer(own[f"{form.state}_momentum"]) if beta is not None else None
@@ -75,11 +79,11 @@ def run_deep_level(values, level: TokenLevel, form: DeepForm, per_head) -> None:
             snapshot = m if keep or t0 else incoming_m
         if checkpointed:
             chunk = functools.partial(_checkpointed_chunk, values, level, form, layout, queries,
-                                      coefficients, n, t0, t1, width)
+                                      coefficients, n, t0, t1, width, clip)
             (m, s), part = checkpoint(chunk, m, s, snapshot, use_reentrant=False)
             parts.append(part)
             continue
-        deltas, inputs = _factors(values, level, form, layout, snapshot, t0, t1, keep)
+        deltas, inputs = _factors(values, level, form, layout, snapshot, t0, t1, keep, clip)
         kept.append((m, s, snapshot, deltas, inputs))
         m, s = _end(m, s, _last_row(coefficients, n, t1 - t0), deltas, inputs)
     reads = {name: torch.cat([part[name] for part in parts], dim=2) for name in queries} \
@@ -98,23 +102,25 @@ def run_deep_level(values, level: TokenLevel, form: DeepForm, per_head) -> None:
 
 
 def _checkpointed_chunk(values, level, form: DeepForm, layout: MLPLayout, queries: dict,
-                        coefficients, n: int, t0: int, t1: int, width: int, m, s, snapshot):
+                        coefficients, n: int, t0: int, t1: int, width: int, clip, m, s,
+                        snapshot):
     """One chunk as a function of its start state, momentum and snapshot (by layer): the end
     state and momentum, and the chunk's reads {name: [B, H, L, d_L]}. Under `checkpoint` the
     backward pass keeps only these arguments and calls it again."""
-    deltas, inputs = _factors(values, level, form, layout, snapshot, t0, t1, True)
+    deltas, inputs = _factors(values, level, form, layout, snapshot, t0, t1, True, clip)
     own = tuple(c[:, :, n:n + 1] if c is not None else None for c in coefficients)  # N = 1
     reads = _reads(layout, queries, [(t0, t1)], width, [(m, s, snapshot, deltas, inputs)], own)
     return _end(m, s, _last_row(coefficients, n, t1 - t0), deltas, inputs), reads
 
 
 def _factors(values, level, form: DeepForm, layout: MLPLayout, snapshot, t0: int, t1: int,
-             keep: bool):
+             keep: bool, clip=None):
     """delta_i [B, H, L, d_i] and a_{i-1} [B, H, L, d_{i-1}] per layer, from one forward of the
     loss over tokens [t0, t1) at `snapshot` ([B, H, o, i] per layer) and one backward to the
     pre-activations.
     Each token's loss depends on its own pre-activations only, so the gradient of the summed
-    loss is every token's own."""
+    loss is every token's own. With the guard (`clip` [B, H, T]) the deltas come out clipped
+    (module/guard.py)."""
     heads = level.heads
     to_heads = (lambda a: a.movedim(1, 2)) if heads is not None else (lambda a: a.unsqueeze(1))
     to_frame = (lambda a: a.movedim(2, 1)) if heads is not None else (lambda a: a.squeeze(1))
@@ -130,6 +136,8 @@ def _factors(values, level, form: DeepForm, layout: MLPLayout, snapshot, t0: int
     with torch.enable_grad():
         loss = values.evaluate_window(level, form.loss, t0, t1, apply)    # [B, L, (H)]
         deltas = list(torch.autograd.grad(loss.sum(), pre, create_graph=keep))
+    if clip is not None:
+        deltas = clip_factors(deltas, inputs, clip[:, :, t0:t1])
     if not keep:
         deltas, inputs = [d.detach() for d in deltas], [a.detach() for a in inputs]
     return deltas, inputs

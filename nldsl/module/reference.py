@@ -16,6 +16,7 @@ values):
      level adds the token's gradient to a pending sum and takes one rule step with it at
      t = N, 2N, ..., with the rule's arguments of that token; a level without `backprop` writes
      constants (detached);
+     a rule with `clip = c` clips G per weight matrix first (module/guard.py);
      a level that learns from the task loss is frozen here (the task driver writes it);
   3. reads (a plain read sees the new state, `before write` the state the write started
      from), then `out`.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from nldsl.lower.program import Program, TokenLevel
+from nldsl.module.guard import clip_gradient
 from nldsl.module.unit import UnitValues
 from nldsl.runtime import layerwise, mlp
 from nldsl.runtime.chain import transform
@@ -92,7 +94,11 @@ def _write(level: TokenLevel, unit: UnitValues, state: dict, t: int) -> None:
         elif write.kind == "explicit":
             value = unit.evaluate(level, "current", write.value)
         else:
-            grad = _transformed(level, unit, write, unit.gradient(level, write), own, new)
+            grad = unit.gradient(level, write)
+            if write.clip is not None:
+                grad = clip_gradient(frame, level.states[write.target].mlp, grad,
+                                     unit.evaluate(level, "current", write.clip))
+            grad = _transformed(level, unit, write, grad, own, new)
             lr, decay = gate(write.lr), gate(write.decay)
             if write.kind == "momentum":
                 name = f"{write.target}_momentum"
@@ -149,6 +155,9 @@ def _write_once(level: TokenLevel, unit: UnitValues, own: dict, t: int) -> None:
     step at the period's end (or at a flush)."""
     for write in level.writes:
         grad = unit.gradient(level, write)
+        if write.clip is not None:
+            grad = clip_gradient(unit.frames[level.name], level.states[write.target].mlp, grad,
+                                 unit.evaluate(level, "current", write.clip))
         key = f"{write.target}.pending"
         own[key] = grad if key not in own else own[key] + grad
         arguments = (write.lr, write.decay) + ((write.beta,) if write.kind == "momentum" else ())

@@ -137,6 +137,8 @@ def _write(out: Emitter, write: ModuleWrite) -> None:
     grad = format_expr(write.grad) if write.grad is not None else \
         f"autograd of {format_expr(write.loss)}"
     out.line(f"G = {grad}    # at the chunk start")
+    if write.clip is not None:
+        out.line(f"G <- G min(1, {_factor(write.clip)} / ||G||_F)    # the guard, per weight matrix")
     for step in write.chain:
         args = {k: _factor(v) for k, v in step.args.items()}
         if step.rule == "newton_schulz":
@@ -177,7 +179,8 @@ def _form(out: Emitter, form) -> None:
                        "all gradients of a chunk at its start, one pass per chunk) with"):
             out.line(f"# loss = {format_expr(form.loss)}")
             gates = (("lr", form.lr), ("decay", form.decay)) + \
-                ((("beta", form.beta),) if form.beta is not None else ())
+                ((("beta", form.beta),) if form.beta is not None else ()) + \
+                ((("clip", form.clip),) if form.clip is not None else ())
             for label, expr in gates:
                 out.line(f"# {label} = {format_expr(expr)}")
         return

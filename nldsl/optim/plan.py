@@ -8,6 +8,7 @@ from __future__ import annotations
 from nldsl import ast
 from nldsl.consteval import NotConstant, evaluate, hparam_values, names_in
 from nldsl.errors import NLDSLCompileError, NLDSLError, Problem
+from nldsl.builtins import RULES
 from nldsl.lower.derive import derive_writes, located, num
 from nldsl.optim.ir import LevelPlan, Plan, StatePlan, Write
 from nldsl.optim.plan_checks import check_plan
@@ -132,6 +133,11 @@ def _lower_objective(objective: ast.Objective, info, inits: dict, consts: dict, 
         solved, sums = _solve(objective, target, info, names, source)
         return ([Write(**{**w.__dict__, "origin": objective}) for w in solved],
                 [(s, _shape_of(info, target), True) for s in sums], set())
+    for rule in objective.rules:
+        if "clip" in _given(rule):
+            raise located(rule, f"`{rule.name}(clip = ...)`: gradient-norm clipping is compiled "
+                          "for module memories only", f"{rule.name} without clip", "drop `clip`, or "
+                          "scale the update in an explicit write (`S <- ...`)", source)
     deep = target in info.states and isinstance(info.states[target].decl.shape, ast.MLPShape)
     every = _period_is_one(info.every)
     if deep and not every:
@@ -153,6 +159,12 @@ def _lower_objective(objective: ast.Objective, info, inits: dict, consts: dict, 
     writes = [Write(**{**w.__dict__, "accumulate": not every and w.target == target,
                        "origin": objective}) for w in derived.writes]
     return writes, hidden, {target} if restarts else set()
+
+
+def _given(rule: ast.Rule) -> set[str]:
+    """The names of the arguments a rule call passes (positional ones by RULES' order)."""
+    return set(RULES[rule.name].params[:len(rule.args)]) | {k.name for k in rule.kwargs} \
+        if rule.name in RULES else set()
 
 
 def _shape_of(info, target: str):

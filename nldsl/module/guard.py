@@ -1,0 +1,55 @@
+"""The guard of a memory's write: per-unit gradient-norm clipping (`clip = c` on gd, dgd or
+momentum; docs/modules.md, "Stability").
+
+Each weight matrix of the state (the matrix itself for a tensor state, every layer W_i of an
+`mlp` state) has its gradient clipped to Frobenius norm at most c, per token, sequence and head:
+
+    G^i_t <- s^i_t G^i_t,    s^i_t = c / max(||G^i_t||_F, c) = min(1, c / ||G^i_t||_F)
+
+before the rule uses it (titans-pytorch's `max_grad_norm` clamps per weight tensor as well,
+softly and per chunk). Every write then moves a matrix by at most lr c, so with decays <= 1 the
+state after T tokens is bounded by its start plus T max(lr) c (the momentum rule by the same
+over 1 - max(beta)): finite whatever lr and the data do. Below the bound s = 1 and the gradient
+of s is 0, so an unclipped write is exactly the unguarded rule.
+
+In the deep chunk form the gradient of layer i is an outer product, G^i_t = delta^i_t
+a^{i-1,T}_t, whose norm is ||delta^i_t|| ||a^{i-1}_t||: the scale is one number per token and
+layer, folded into delta (`clip_factors`), never forming G.
+"""
+from __future__ import annotations
+
+import torch
+
+from nldsl.lower.program import MLPLayout
+from nldsl.runtime import mlp
+
+
+def scale(norm: torch.Tensor, c) -> torch.Tensor:
+    """1 / max(norm / c, 1) = min(1, c / norm), elementwise; c a number or a tensor broadcasting
+    against norm from the left (its missing trailing dims added). c = inf gives 1 (no clip);
+    the gradient reaches norm only where norm > c, and a zero norm gives 1 with gradient 0
+    (the norm's own gradient at 0 is 0)."""
+    c = torch.as_tensor(c, dtype=norm.dtype, device=norm.device)
+    c = c.reshape(c.shape + (1,) * (norm.ndim - c.ndim))
+    return 1 / torch.clamp(norm / c, min=1)
+
+
+def clip_gradient(frame, layout: MLPLayout | None, grad: torch.Tensor, c) -> torch.Tensor:
+    """The reference schedule's guard: grad [*units, P] of an mlp state (flat, `layout`) or
+    [*units, *shape] of a tensor state, clipped per weight matrix; c one number per unit."""
+    if layout is None:
+        dims = frame.value_dims(grad)
+        norm = torch.linalg.vector_norm(grad, dim=dims)                    # [*units]
+        return grad * scale(norm, c).reshape(norm.shape + (1,) * len(dims))
+    clipped = []
+    for g in mlp.layers(layout, grad):                                     # [*units, o, i]
+        norm = torch.linalg.vector_norm(g, dim=(-2, -1))                   # [*units]
+        clipped.append(g * scale(norm, c)[..., None, None])
+    return mlp.flatten(layout, clipped)
+
+
+def clip_factors(deltas: list, inputs: list, c: torch.Tensor) -> list:
+    """The deep chunk form's guard: deltas [B, H, L, d_i] and inputs [B, H, L, d_{i-1}] per
+    layer, c [B, H, L] -> the deltas scaled by s^i_t with ||G^i_t||_F = ||delta|| ||a||."""
+    return [d * scale(torch.linalg.vector_norm(d, dim=-1) * torch.linalg.vector_norm(a, dim=-1),
+                      c).unsqueeze(-1) for d, a in zip(deltas, inputs)]        # [B, H, L, d_i]

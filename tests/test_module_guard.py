@@ -1,0 +1,176 @@
+"""module/guard.py: the guard `clip = c` (per-token gradient-norm clipping per weight matrix).
+
+The deep chunk form folds the clip into the factors (||delta a^T||_F = ||delta|| ||a||); the
+reference clips the explicit gradient. With the clip actually taken on part of the tokens (and
+not on the others, asserted), the chunked schedule equals the reference in float64: outputs,
+final states, gradients of x and of every parameter, odd T and a chunk that does not divide it
+(tolerance: tests/test_module_deep_memories.py's `deep_bound`; the clipped step G c / ||G|| is
+Lipschitz in G, so the bound's argument holds). The guard is also checked to bound each write
+and to leave an unclipped write exactly as without it.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import nldsl.module.guard as guard
+from _module_cases import assert_close, build, forbid_fallback, inputs
+from nldsl.errors import NLDSLError
+from nldsl.lower.program import MLPLayout
+from nldsl.runtime.frame import Frame
+from test_module_deep_chunk import flat
+from test_module_deep_memories import deep_bound
+
+
+def clip_counts(monkeypatch) -> list:
+    """Record, for every call of guard.scale, how many units it clipped and how many not."""
+    seen, original = [], guard.scale
+
+    def spy(norm, c):
+        s = original(norm, c)
+        seen.append(((s < 1).sum().item(), (s == 1).sum().item()))
+        return s
+    monkeypatch.setattr(guard, "scale", spy)
+    return seen
+
+
+@pytest.mark.parametrize("spec, checkpoint", [
+    pytest.param("titans", False, id="titans-momentum"),
+    pytest.param("yaad", False, id="yaad-gd"),
+    pytest.param("titans", True, id="titans-momentum-checkpoint")])
+def test_chunked_equals_reference_with_the_clip_taken(spec, checkpoint, monkeypatch):
+    """max_grad_norm 1.5: below some tokens' gradient norms and above others' (asserted)."""
+    steps, chunk = 7, 3
+    x = inputs(2, steps, 8, 4).requires_grad_()
+    results = {}
+    for schedule in ("reference", "chunked"):
+        m = build(spec, schedule, heads=2, chunk_size=chunk, seed=4, max_grad_norm=1.5,
+                  checkpoint=checkpoint and schedule == "chunked")
+        counts = clip_counts(monkeypatch)
+        if schedule == "chunked":
+            forbid_fallback(monkeypatch)
+        y, state = m(x)
+        loss = (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum()
+        grads = torch.autograd.grad(loss, [x] + list(m.parameters()))
+        clipped, kept = map(sum, zip(*counts))
+        assert clipped > 0 and kept > 0, f"{schedule}: clipped {clipped}, kept {kept}"
+        results[schedule] = (y, flat(state), grads, [n for n, _ in m.named_parameters()])
+        monkeypatch.undo()
+    (y_r, s_r, g_r, names), (y_c, s_c, g_c, _) = results["reference"], results["chunked"]
+    bound = deep_bound(steps, 16)
+    assert_close(y_c, y_r, bound, f"{spec} y")
+    for key, value in s_r.items():
+        if isinstance(value, torch.Tensor):
+            assert_close(s_c[key], value, bound, f"{spec} state {key}")
+    for name, a, b in zip(["x"] + names, g_c, g_r):
+        assert_close(a, b, 2 * bound, f"{spec} grad {name}")
+
+
+def test_the_clip_changes_what_it_takes_and_nothing_else():
+    """The same module with a bound below its gradients and one far above them: the first
+    differs from the unguarded recurrence by O(1), the second equals it to the bit."""
+    x = inputs(2, 7, 8, 4)
+    with torch.no_grad():
+        y = {c: build("titans", "reference", heads=2, chunk_size=3, seed=4,
+                      max_grad_norm=c)(x)[0] for c in (1.5, 1e300)}
+        free = build("titans", "reference", heads=2, chunk_size=3, seed=4,
+                     max_grad_norm=float("inf"))(x)[0]
+    assert torch.equal(y[1e300], free)
+    assert (y[1.5] - free).abs().max() > 1e-3
+
+
+def test_factors_clip_as_the_explicit_gradient():
+    """clip_factors on delta, a equals clip_gradient on G = delta a^T per layer (float64),
+    with a zero factor (norm 0: scale 1, no NaN) among the tokens."""
+    g = torch.Generator().manual_seed(0)
+    layout = MLPLayout((4, 6, 4), "gelu", True)
+    deltas = [torch.randn(2, 3, 5, o, generator=g, dtype=torch.float64) for o, _ in layout.layers]
+    ins = [torch.randn(2, 3, 5, i, generator=g, dtype=torch.float64) for _, i in layout.layers]
+    deltas[0][0, 0, 0] = 0
+    c = torch.full((2, 3, 5), 2.0, dtype=torch.float64)
+    ours = guard.clip_factors(deltas, ins, c)
+    full = torch.cat([(d.unsqueeze(-1) * a.unsqueeze(-2)).flatten(-2)
+                      for d, a in zip(deltas, ins)], dim=-1)               # [B, H, L, P]
+    theirs = guard.clip_gradient(Frame(3, 3), layout, full, c)
+    mine = torch.cat([(d.unsqueeze(-1) * a.unsqueeze(-2)).flatten(-2)
+                      for d, a in zip(ours, ins)], dim=-1)
+    assert torch.isfinite(mine).all()
+    assert_close(mine, theirs, 16 * torch.finfo(torch.float64).eps, "clipped factors")
+    for d, a in zip(ours, ins):                                            # ||G^i_t|| <= c
+        assert (d.norm(dim=-1) * a.norm(dim=-1) <= 2.0 * (1 + 1e-12)).all()
+
+
+def test_a_zero_gradient_has_a_zero_outer_gradient():
+    """The scale at a zero gradient is 1 with derivative 0: no NaN (torch's norm at 0)."""
+    grad = torch.zeros(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    out = guard.clip_gradient(Frame(1), None, grad, 0.5)
+    (gx,) = torch.autograd.grad(out.sum(), grad)
+    assert torch.equal(gx, torch.ones_like(gx))
+
+
+def test_a_clip_that_is_not_positive_is_rejected_at_check_time():
+    from nldsl.module import compile as compile_module
+    for bound in ("-1", "0"):
+        source = open("nldsl/stdlib/yaad.nl").read().replace("clip = max_grad_norm",
+                                                              f"clip = {bound}")
+        with pytest.raises(NLDSLError) as error:
+            compile_module(source, dim=8, heads=2, head_dim=4)
+        assert "a gradient-norm bound that is not positive" in str(error.value), bound
+        assert "clip > 0" in str(error.value)
+
+
+#: The stdlib deep memories at tiny sizes with their step size at 100x its default (max_lr
+#: 10; self_modifying_titans' eta_scale 10): far in their declared ranges (> 0) and where the
+#: unguarded titans turns non-finite within 64 tokens (test below). The deep chunk form runs
+#: titans and yaad (T 64, 4 chunks); the others run the token loop (T 24 or 8, chunks of 4). The
+#: 4096-token measurements are benchmarks/bench_stability.py's (docs/modules.md, "Stability").
+STRESSED = {
+    "titans": (64, dict(dim=8, heads=2, head_dim=4, chunk_size=16, max_lr=10)),
+    "yaad": (64, dict(dim=8, heads=2, head_dim=4, chunk_size=16, max_lr=10)),
+    "moneta": (24, dict(dim=8, heads=2, head_dim=4, chunk_size=4, max_lr=10)),
+    "memora": (24, dict(dim=8, heads=2, head_dim=4, chunk_size=4, max_lr=10)),
+    "self_modifying_titans": (8, dict(dim=8, chunk_memory=4, chunk_projections=4,
+                                       eta_scale=10)),
+}
+
+
+def run_stressed(spec: str, autocast: bool, **overrides):
+    """Default initialisation (seed 0), x ~ N(0, 1); y, every fast state tensor, and the
+    gradient of mean(y^2) for every parameter."""
+    from nldsl.module import compile as compile_module
+    steps, hparams = STRESSED[spec]
+    torch.manual_seed(0)
+    m = compile_module(spec, **{**hparams, **overrides})
+    x = torch.randn(1, steps, hparams["dim"])
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y, state = m(x)
+        loss = y.float().square().mean()
+    loss.backward()
+    states = [w for level, own in state.items() if level != "_stream" for value in own.values()
+              for w in (value if isinstance(value, tuple) else (value,))]
+    return y, states, {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("autocast", [pytest.param(False, id="float32"),
+                                      pytest.param(True, id="bfloat16-autocast")])
+@pytest.mark.parametrize("spec", list(STRESSED))
+def test_every_deep_memory_stays_finite_under_a_large_step(spec, autocast):
+    y, states, grads = run_stressed(spec, autocast)
+    assert torch.isfinite(y).all(), "y"
+    assert all(torch.isfinite(s).all() for s in states), "fast state"
+    assert all(s.dtype == torch.float32 for s in states), "fast state kept in float32"
+    assert grads and all(torch.isfinite(g).all() for g in grads.values()), \
+        [n for n, g in grads.items() if not torch.isfinite(g).all()]
+
+
+def test_the_guard_is_what_keeps_titans_finite():
+    """Without it (max_grad_norm = inf: never clips) the same stressed titans overflows."""
+    y, states, _ = run_stressed("titans", False, max_grad_norm=float("inf"))
+    assert not torch.isfinite(y).all()
+
+
+def test_moneta_from_a_zero_dual_state_has_finite_gradients():
+    """Moneta's learned dual state: the outer gradients of its initial weights are finite and
+    not all zero (the matrix memory's plain ||A||_q^{q-2} gave NaN at A = 0)."""
+    _, _, grads = run_stressed("moneta", False, max_lr=0.1)
+    assert torch.isfinite(grads["A_init_w1"]).all() and grads["A_init_w1"].abs().max() > 0
