@@ -116,6 +116,27 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, bound: float, wha
         f"{what}: max error {error:.3e} > {bound:.3e} x scale {scale:.3e}"
 
 
+def assert_states_close(actual: dict, expected: dict, bound: float, what: str) -> None:
+    """Two flat states (flat_state) hold the same entries: tensors within `bound` (assert_close),
+    other entries (the stream's token count) equal."""
+    assert actual.keys() == expected.keys()
+    for key in expected:
+        if isinstance(expected[key], torch.Tensor):
+            assert_close(actual[key], expected[key], bound, f"{what} state {key}")
+        else:
+            assert actual[key] == expected[key], key
+
+
+def stream_in_parts(m, x: torch.Tensor, cuts: tuple[int, ...]):
+    """m run on x cut at `cuts` (end=False on every part), the state carried: (y, state)."""
+    parts, state, start = [], None, 0
+    for stop in cuts + (x.shape[1],):
+        part, state = m(x[:, start:stop], state, end=False)
+        parts.append(part)
+        start = stop
+    return torch.cat(parts, 1), state
+
+
 def flat_state(state: dict) -> dict[str, object]:
     """state[level][name] -> {"level.name": value}."""
     return {f"{level}.{name}": value for level, own in state.items() for name, value in own.items()}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _module_cases import U64, build, inputs
+from _module_cases import U64, build, inputs, stream_in_parts
 from nldsl.errors import NLDSLCompileError
 from nldsl.lower.module import lower_module
 from nldsl.module import compile as compile_module
@@ -104,12 +104,8 @@ def test_a_cut_stream_equals_one_call(cuts):
     x = inputs(2, 9, 8, 1)
     with torch.no_grad():
         y, whole = m(x)
-        parts, state, start = [], None, 0
-        for stop in cuts + (9,):
-            part, state = m(x[:, start:stop], state, end=False)
-            parts.append(part)
-            start = stop
-    assert torch.equal(torch.cat(parts, 1), y)
+        streamed, state = stream_in_parts(m, x, cuts)
+    assert torch.equal(streamed, y)
     for name, value in whole["memory"].items():
         expected = value if isinstance(value, tuple) else (value,)
         got = state["memory"][name] if isinstance(value, tuple) else (state["memory"][name],)

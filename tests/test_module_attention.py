@@ -19,7 +19,8 @@ import pytest
 import torch
 
 import nldsl
-from _module_cases import U64, assert_close, forbid_fallback, inputs, randomize
+from _module_cases import U64, assert_close, assert_states_close, forbid_fallback, inputs, \
+    randomize
 from nldsl.errors import NLDSLCompileError
 from nldsl.module import compile as compile_module
 from test_module_deep_memories import deep_bound
@@ -109,12 +110,7 @@ def test_chunked_equals_reference(spec, steps, block, monkeypatch):
     bound = attention_bound(steps, deep=spec.startswith("titans"))
     (y_r, s_r, g_r), (y_c, s_c, g_c) = run(reference, x), run(chunked, x)
     assert_close(y_c, y_r, bound, f"{spec} y")
-    assert s_c.keys() == s_r.keys()
-    for key in s_r:
-        if isinstance(s_r[key], torch.Tensor):
-            assert_close(s_c[key], s_r[key], bound, f"{spec} state {key}")
-        else:
-            assert s_c[key] == s_r[key], key
+    assert_states_close(s_c, s_r, bound, spec)
     names = ["x"] + [n for n, _ in reference.named_parameters()]
     assert len(g_r) == len(names)
     for name, a, b in zip(names, g_c, g_r):

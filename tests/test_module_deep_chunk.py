@@ -12,7 +12,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from _module_cases import U64, assert_close, build, forbid_fallback, inputs
+from _module_cases import U64, assert_close, assert_states_close, build, forbid_fallback, inputs, \
+    stream_in_parts
 from nldsl.lower.deep_forms import DeepForm
 from nldsl.lower.program import MLPLayout
 from nldsl.module.deep_chunk import _forward
@@ -61,12 +62,7 @@ def test_chunked_equals_reference(spec, steps, chunk, batch, checkpoint, monkeyp
         outputs[name] = (y, flat(state), grads)
     (y_r, s_r, g_r), (y_c, s_c, g_c) = outputs["reference"], outputs["chunked"]
     assert_close(y_c, y_r, bound, f"{spec} y")
-    assert s_c.keys() == s_r.keys()
-    for key in s_r:
-        if isinstance(s_r[key], torch.Tensor):
-            assert_close(s_c[key], s_r[key], bound, f"{spec} state {key}")
-        else:
-            assert s_c[key] == s_r[key], key
+    assert_states_close(s_c, s_r, bound, spec)
     names = ["x"] + [n for n, _ in reference.named_parameters()]
     for name, a, b in zip(names, g_c, g_r):
         assert_close(a, b, 2 * bound, f"{spec} grad {name}")
@@ -82,13 +78,9 @@ def test_a_cut_stream_equals_one_call(cuts, monkeypatch):
     x = inputs(2, 9, 8, 2)
     with torch.no_grad():
         y, whole = m(x)
-        parts, state, start = [], None, 0
-        for stop in cuts + (9,):
-            part, state = m(x[:, start:stop], state, end=False)
-            parts.append(part)
-            start = stop
+        streamed, state = stream_in_parts(m, x, cuts)
     bound = deep_bound(9, 16)
-    assert_close(torch.cat(parts, 1), y, bound, "y")
+    assert_close(streamed, y, bound, "y")
     for key, value in flat(whole).items():
         if isinstance(value, torch.Tensor):
             assert_close(flat(state)[key], value, bound, key)
