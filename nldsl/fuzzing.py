@@ -195,6 +195,7 @@ def optimizer_specs(draw, max_levels: int = 3, exclude: frozenset = frozenset())
         values = {"lr": draw(st.sampled_from([lr, "0.1", f"1 - {draw(st.sampled_from(floats))}"])),
                   "decay": draw(st.sampled_from(["1", "0.9", "0"])),
                   "normalized": draw(st.sampled_from(["true", "false"])),
+                  "precondition": draw(st.sampled_from(["false", "true"])),
                   "beta": draw(st.sampled_from(["0.9", "0.5"] + [f"{t}[0]" for t in tuples])),
                   "steps": str(draw(st.integers(1, 5))),
                   "polynomial": draw(st.sampled_from(['"cubic"', '"quintic"'])),
