@@ -19,8 +19,8 @@ import pytest
 import torch
 
 import nldsl
-from _module_cases import U64, assert_close, assert_states_close, forbid_fallback, inputs, \
-    randomize
+from _module_cases import U64, assert_close, assert_states_close, flat_layers, forbid_fallback, \
+    inputs, randomize
 from nldsl.errors import NLDSLCompileError
 from nldsl.module import compile as compile_module
 from test_module_deep_memories import deep_bound
@@ -45,7 +45,7 @@ _ATTEND = '''module att(dim: int >= 1, heads = 2 >= 1, head_dim = 4 >= 1, w = 3 
 }
 '''
 #: id -> (spec, hyper-parameters, whether the chunked schedule has a fast form for every level:
-#: titans_mac's runs one segment at a time, chunked.segment_chunks)
+#: titans_mac's runs one segment at a time, lower/schedule.segment_chunks)
 SPECS = {
     "softmax_attention": ("softmax_attention", dict(dim=8, heads=2, head_dim=4), True),
     "window": (_ATTEND.replace("CALL", "window_attention(q, k, v, w)"), dict(dim=8), True),
@@ -76,14 +76,6 @@ def attention_bound(steps: int, width: int = 4, deep: bool = False) -> float:
     return bound + (deep_bound(steps, 16) if deep else 0.0)
 
 
-def flat(state: dict) -> dict:
-    out = {}
-    for level, own in state.items():
-        for name, value in own.items():
-            for i, v in enumerate(value if isinstance(value, tuple) else (value,)):
-                out[f"{level}.{name}.{i}"] = v
-    return out
-
 
 def run(m, x):
     """y, the flat state and the gradients of a fixed weighting of y w.r.t. x and every
@@ -91,7 +83,7 @@ def run(m, x):
     y, state = m(x)
     loss = (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum()
     grads = torch.autograd.grad(loss, [x] + list(m.parameters()), allow_unused=True)
-    return y, flat(state), grads
+    return y, flat_layers(state), grads
 
 
 @pytest.mark.parametrize("steps, block", [pytest.param(11, 4, id="T11-block4"),
@@ -138,7 +130,7 @@ def test_a_cut_stream_equals_one_call(spec, schedule, cuts):
             parts.append(part)
     bound = attention_bound(9, deep=spec.startswith("titans"))
     assert_close(torch.cat(parts, 1), y, bound, "y")
-    whole, cut = flat(state), flat(carried)
+    whole, cut = flat_layers(state), flat_layers(carried)
     assert whole.keys() == cut.keys()
     for key, value in whole.items():
         if isinstance(value, torch.Tensor):

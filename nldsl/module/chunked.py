@@ -5,8 +5,8 @@ Contexts, gates and `out` are evaluated once for all tokens (frame prefix [B, T]
 evaluator the reference uses per token, except that without gradients a level's projections of
 the input (`x @ W` with W a parameter) are one GEMM with the weights side by side (the same
 products up to the GEMM's rounding, in one call). The recurrence of a linear memory
-(lower/forms.py) is `delta_chunk.linear_delta_blocks`. `plan_schedule` decides, at
-construction, which levels have a fast path; `CompiledModule.fast_paths` shows it.
+(lower/forms.py) is `delta_chunk.linear_delta_blocks`. `lower/schedule.plan_schedule` decides,
+at construction, which levels have a fast path; `CompiledModule.fast_paths` shows it.
 """
 from __future__ import annotations
 
@@ -14,91 +14,24 @@ import torch
 
 from nldsl import ast
 from nldsl.consteval import children
-from nldsl.lower.deep_forms import DeepForm, deep_form
-from nldsl.lower.forms import LinearForm, linear_form
+from nldsl.lower.deep_forms import DeepForm
+from nldsl.lower.forms import LinearForm
 from nldsl.lower.program import Program, TokenLevel
-from nldsl.lower.task import FrozenForm, frozen_form
-from nldsl.lower.timing import snapshot_reads, states_through
+from nldsl.lower.schedule import STATELESS, run_order, segment_chunks
+from nldsl.lower.snapshot_forms import SnapshotForm
+from nldsl.lower.task import FrozenForm
+from nldsl.lower.timing import snapshot_reads
 from nldsl.module.deep_chunk import run_deep_level
 from nldsl.module.delta_chunk import linear_delta_blocks
 from nldsl.module.reference import STREAM, finish, run_reference
 from nldsl.runtime import mlp
 from nldsl.runtime.attention import attend_sequence, run_site
-from nldsl.lower.snapshot_forms import SnapshotForm, snapshot_form
 from nldsl.module.snapshot_chunk import NotPerToken, run_snapshot_level
 from nldsl.runtime.evaluate import FrameEvaluator
 from nldsl.runtime.frame import Frame
 from nldsl.runtime.functions import causal_conv
 
 SEQUENCE = Frame(2)
-
-
-#: The form of a level with no states (an attention level): its contexts and reads are
-#: evaluated over the whole call when something uses them.
-STATELESS = "stateless"
-
-
-def plan_schedule(program: Program) -> dict[str, LinearForm | DeepForm | SnapshotForm |
-                                             FrozenForm | str]:
-    """level -> its fast form (a linear memory, a deep memory's chunk form, the snapshot form of
-    a chunk whose values all see its start, the frozen form of a level that learns from the
-    task loss, or stateless), for every level; {} when one level has none. Contexts may use the before-write reads of deep levels (`snapshot_reads`): the
-    call then runs one chunk of those levels at a time (`segment_chunks`), where such a read is
-    the chunk-start state's."""
-    leaves = snapshot_reads(program.levels)
-    forms = {level.name: stateless_form(level, program, leaves) or linear_form(level, program)
-             or deep_form(level, program, leaves) or snapshot_form(level, program)
-             or frozen_form(level)
-             for level in program.levels}
-    return forms if all(forms.values()) else {}
-
-
-def stateless_form(level: TokenLevel, program: Program, leaves=frozenset()) -> str | None:
-    """A level without states or writes whose contexts use no fast state but the `leaves`
-    (they are evaluated over the whole call where something uses them)."""
-    if level.states or level.writes or level.hidden or any(
-            states_through(value, program.levels, program.outer_contexts, leaves)[0]
-            for value in level.contexts.values()):
-        return None
-    return STATELESS
-
-
-def segment_chunks(program: Program) -> set[int]:
-    """The chunks of the deep levels whose before-write reads some context uses: a call is cut
-    at their boundaries."""
-    leaves = snapshot_reads(program.levels)
-    used = set()
-    for level in program.levels:
-        for value in level.contexts.values():
-            used |= states_through(value, program.levels, program.outer_contexts, leaves)[1]
-    return {program.owner(name).chunk for name in used}
-
-
-def run_order(program: Program) -> list[TokenLevel]:
-    """The levels in update order, except that a level runs after the levels whose contexts it
-    names: over a whole call a level's contexts are sequences only once its level has run (the
-    snapshot form computes them chunk by chunk, at its states)."""
-    owner = {name: level.name for level in program.levels for name in level.contexts}
-    needs = {level.name: {owner[n.id] for e in _expressions(level) for n in _names(e)
-                          if n.id in owner and owner[n.id] != level.name}
-             for level in program.levels}
-    order, done = [], set()
-    while len(order) < len(program.levels):
-        ready = [lv for lv in program.levels if lv.name not in done and needs[lv.name] <= done]
-        level = ready[0] if ready else next(lv for lv in program.levels if lv.name not in done)
-        order.append(level)
-        done.add(level.name)
-    return order
-
-
-def _expressions(level: TokenLevel) -> list:
-    return list(level.contexts.values()) + [r for r, _ in level.reads.values()] + [
-        e for w in level.writes for e in (w.loss, w.grad, w.value, w.lr, w.decay, w.beta,
-                                          w.precondition) if e is not None]
-
-
-def _names(expr: ast.Node):
-    return (node for node in _nodes(expr) if isinstance(node, ast.Name))
 
 
 def fits(program: Program, params: dict, x: torch.Tensor, state: dict,

@@ -9,7 +9,7 @@ import torch
 from nldsl.errors import NLDSLCompileError
 from nldsl.lower.deep_forms import DeepForm
 from nldsl.library import stdlib_names
-from nldsl.module.chunked import STATELESS
+from nldsl.lower.schedule import STATELESS
 from nldsl.spec import load
 
 SIZES = {"dim": 32, "heads": 2, "head_dim": 16}

@@ -19,9 +19,10 @@ from torch import nn
 
 from nldsl.graph import OUTER
 from nldsl.lower.program import Program
+from nldsl.lower.schedule import plan_schedule
 from nldsl.lower.unsupported import compile_error
 from nldsl.module.checks import check_input, check_state
-from nldsl.module.chunked import fits, plan_schedule, run_chunked
+from nldsl.module.chunked import fits, run_chunked
 from nldsl.module.init import conv_kernel, draw
 from nldsl.module.reference import STREAM, run_reference
 from nldsl.module.state import to_internal, to_public
