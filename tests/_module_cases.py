@@ -137,6 +137,17 @@ def stream_in_parts(m, x: torch.Tensor, cuts: tuple[int, ...]):
     return torch.cat(parts, 1), state
 
 
+def flat_layers(state: dict) -> dict[str, object]:
+    """state[level][name] -> {"level.name.i": tensor}, an MLP memory's layers (a tuple) each
+    under its own index, any other entry as index 0."""
+    out = {}
+    for level, own in state.items():
+        for name, value in own.items():
+            for i, v in enumerate(value if isinstance(value, tuple) else (value,)):
+                out[f"{level}.{name}.{i}"] = v
+    return out
+
+
 def flat_state(state: dict) -> dict[str, object]:
     """state[level][name] -> {"level.name": value}."""
     return {f"{level}.{name}": value for level, own in state.items() for name, value in own.items()}

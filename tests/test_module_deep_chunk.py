@@ -12,8 +12,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from _module_cases import U64, assert_close, assert_states_close, build, forbid_fallback, inputs, \
-    stream_in_parts
+from _module_cases import U64, assert_close, assert_states_close, build, flat_layers, \
+    forbid_fallback, inputs, stream_in_parts
 from nldsl.lower.deep_forms import DeepForm
 from nldsl.lower.program import MLPLayout
 from nldsl.module.deep_chunk import _forward
@@ -36,14 +36,6 @@ def both(spec, chunk, seed=1, **overrides):
             for schedule in ("reference", "chunked")]
 
 
-def flat(state):
-    out = {}
-    for level, own in state.items():
-        for name, value in own.items():
-            for i, v in enumerate(value if isinstance(value, tuple) else (value,)):
-                out[f"{level}.{name}.{i}"] = v
-    return out
-
 
 @pytest.mark.parametrize("spec, steps, chunk, batch, checkpoint", CASES)
 def test_chunked_equals_reference(spec, steps, chunk, batch, checkpoint, monkeypatch):
@@ -59,7 +51,7 @@ def test_chunked_equals_reference(spec, steps, chunk, batch, checkpoint, monkeyp
         y, state = m(x)
         loss = (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum()
         grads = torch.autograd.grad(loss, [x] + list(m.parameters()))
-        outputs[name] = (y, flat(state), grads)
+        outputs[name] = (y, flat_layers(state), grads)
     (y_r, s_r, g_r), (y_c, s_c, g_c) = outputs["reference"], outputs["chunked"]
     assert_close(y_c, y_r, bound, f"{spec} y")
     assert_states_close(s_c, s_r, bound, spec)
@@ -81,9 +73,9 @@ def test_a_cut_stream_equals_one_call(cuts, monkeypatch):
         streamed, state = stream_in_parts(m, x, cuts)
     bound = deep_bound(9, 16)
     assert_close(streamed, y, bound, "y")
-    for key, value in flat(whole).items():
+    for key, value in flat_layers(whole).items():
         if isinstance(value, torch.Tensor):
-            assert_close(flat(state)[key], value, bound, key)
+            assert_close(flat_layers(state)[key], value, bound, key)
 
 
 USER_SPEC = '''module surprise(dim: int >= 1, width = 4 >= 1) {
@@ -125,7 +117,7 @@ def test_a_user_spec_with_the_rule_takes_the_fast_path(tmp_path, steps, backprop
     for m in modules:
         y, state = m(x)
         grads = torch.autograd.grad(y.square().sum(), [x] + list(m.parameters()), allow_unused=True)
-        results.append((y, flat(state), [g if g is not None else torch.zeros(()) for g in grads]))
+        results.append((y, flat_layers(state), [g if g is not None else torch.zeros(()) for g in grads]))
     bound = deep_bound(steps, 12)
     assert_close(results[1][0], results[0][0], bound, "y")
     for key, value in results[0][1].items():

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 import nldsl.module.guard as guard
-from _module_cases import assert_close, build, forbid_fallback, inputs
+from _module_cases import assert_close, build, flat_layers, forbid_fallback, inputs
 from nldsl.errors import NLDSLError
 from nldsl.lower.program import MLPLayout
 from nldsl.runtime.frame import Frame
-from test_module_deep_chunk import flat
+
 from test_module_deep_memories import deep_bound
 
 
@@ -54,7 +54,7 @@ def test_chunked_equals_reference_with_the_clip_taken(spec, checkpoint, monkeypa
         grads = torch.autograd.grad(loss, [x] + list(m.parameters()))
         clipped, kept = map(sum, zip(*counts))
         assert clipped > 0 and kept > 0, f"{schedule}: clipped {clipped}, kept {kept}"
-        results[schedule] = (y, flat(state), grads, [n for n, _ in m.named_parameters()])
+        results[schedule] = (y, flat_layers(state), grads, [n for n, _ in m.named_parameters()])
         monkeypatch.undo()
     (y_r, s_r, g_r, names), (y_c, s_c, g_c, _) = results["reference"], results["chunked"]
     bound = deep_bound(steps, 16)

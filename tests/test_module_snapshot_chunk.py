@@ -12,10 +12,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _module_cases import assert_close, forbid_fallback, inputs, randomize
+from _module_cases import assert_close, assert_states_close, flat_layers, forbid_fallback, inputs, \
+    randomize
 from nldsl.lower.snapshot_forms import SnapshotForm
 from nldsl.module import compile as compile_module
-from test_module_deep_chunk import flat
+
 from test_module_deep_memories import deep_bound
 
 DIM = 8
@@ -41,7 +42,7 @@ def outputs(m, x):
     loss = (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum()
     leaves = [x] + list(m.parameters())
     grads = torch.autograd.grad(loss, leaves, allow_unused=True)
-    return y, flat(state), [torch.zeros_like(a) if g is None else g for a, g in zip(leaves, grads)]
+    return y, flat_layers(state), [torch.zeros_like(a) if g is None else g for a, g in zip(leaves, grads)]
 
 
 @pytest.mark.parametrize("steps, chunk_projections, chunk_memory, batch", [
@@ -58,12 +59,7 @@ def test_chunked_equals_reference(steps, chunk_projections, chunk_memory, batch,
     bound = deep_bound(steps, 2 * DIM)
     (y_r, s_r, g_r), (y_c, s_c, g_c) = outputs(reference, x), outputs(chunked, x)
     assert_close(y_c, y_r, bound, "y")
-    assert s_c.keys() == s_r.keys()
-    for key in s_r:
-        if isinstance(s_r[key], torch.Tensor):
-            assert_close(s_c[key], s_r[key], bound, f"state {key}")
-        else:
-            assert s_c[key] == s_r[key], key
+    assert_states_close(s_c, s_r, bound, "")
     names = ["x"] + [n for n, _ in reference.named_parameters()]
     assert len(g_c) == len(names)
     for name, a, b in zip(names, g_c, g_r):
@@ -81,9 +77,9 @@ def test_a_cut_stream_equals_one_call(monkeypatch):
         y2, cut = m(x[:, 5:], state)
     bound = deep_bound(10, 2 * DIM)
     assert_close(torch.cat([y1, y2], dim=1), y, bound, "y")
-    for key, value in flat(whole).items():
+    for key, value in flat_layers(whole).items():
         if isinstance(value, torch.Tensor):
-            assert_close(flat(cut)[key], value, bound, key)
+            assert_close(flat_layers(cut)[key], value, bound, key)
 
 
 def test_no_grad_values_equal_the_graph_values(monkeypatch):
