@@ -4,15 +4,18 @@
     .venv/bin/python benchmarks/train_table.py [--specs linear_attention deltanet gated_deltanet]
         [--tasks parity aa anbn mqar] [--steps 400] [--batch 32] [--lr 3e-3] [--dim 32]
         [--depth 2] [--heads 2] [--head-dim 16] [--seq 12] [--threads 1] [--out runs/table]
-        [--json table.json]
+        [--json table.json] [-p KEY=VALUE ...] [--frozen-levels]
 
 Every run is `nldsl train SPEC --task TASK` with these options (its report in OUT/SPEC-TASK),
 one after the other, each on `--threads` threads. Formal languages train on words of lengths
 1..seq and report the fraction of words recognised at every position (Bhattamishra et al.
 2020's criterion) on fresh words of those lengths (Bin0) and of lengths seq+1..2 seq (Bin1);
 MQAR (4 pairs in 32 tokens, 64-token vocabulary) reports the fraction of queries answered.
-The numbers are the last evaluation's, at the last step. Specs that do not compile yet (hope,
-cms, hope_attention) are reported as such, with the compiler's reason.
+The numbers are the last evaluation's, at the last step. `-p KEY=VALUE` sets a hyper-parameter
+of every spec that declares it (`-p period_fast=4` for hope and cms). Specs whose levels learn
+from the task loss (hope, cms, hope_attention) train and evaluate through `nldsl.stream`
+(nldsl/train/online.py) unless `--frozen-levels`. A spec that does not compile is reported as
+such, with the compiler's reason.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import torch
 import nldsl
 from nldsl.errors import NLDSLError
 from nldsl.tasks.languages import LANGUAGES
+from nldsl.train.cli import key_value
 from nldsl.train.config import Config
 from nldsl.train.loop import run
 
@@ -35,11 +39,12 @@ MQAR = "mqar:pairs=4,seq_len=32,vocab_size=64"
 def one_run(spec: str, task: str, args) -> dict:
     name = task.partition(":")[0]
     declared = {h.name for h in nldsl.load(spec).decl.hparams}
-    sizes = {k: v for k, v in {"heads": args.heads, "head_dim": args.head_dim}.items()
+    given = {"heads": args.heads, "head_dim": args.head_dim, **dict(args.params)}
+    sizes = {k: v for k, v in given.items()
              if k in declared}  # a spec without heads (hope, cms) keeps its own shapes
     config = Config(spec, MQAR if name == "mqar" else task, steps=args.steps, batch=args.batch,
                     seq=args.seq if name in LANGUAGES else None, lr=args.lr, dim=args.dim,
-                    depth=args.depth, hparams=sizes,
+                    depth=args.depth, hparams=sizes, online=not args.frozen_levels,
                     seed=args.seed, out=str(Path(args.out) / f"{spec}-{name}"))
     started = time.perf_counter()
     try:
@@ -85,6 +90,9 @@ def main() -> None:
         parser.add_argument(flag, type=kind, default=default)
     parser.add_argument("--out", default="runs/table")
     parser.add_argument("--json")
+    parser.add_argument("-p", dest="params", type=key_value, action="append", default=[],
+                        metavar="KEY=VALUE")
+    parser.add_argument("--frozen-levels", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = []

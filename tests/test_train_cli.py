@@ -52,3 +52,11 @@ def test_params_become_hparams():
                                         ("silu", "silu")], ids=["int", "float", "bool", "str"])
 def test_values(text, value):
     assert _value(text) == value and type(_value(text)) is type(value)
+
+
+@pytest.mark.parametrize("flags,online,first_order", [
+    ([], True, False), (["--frozen-levels"], False, False), (["--first-order"], True, True)],
+    ids=["default", "frozen-levels", "first-order"])
+def test_online_level_flags(flags, online, first_order):
+    config = config_from(build_parser().parse_args(["train", "hope", "--task", "aa", *flags]))
+    assert (config.online, config.first_order) == (online, first_order)

@@ -27,7 +27,7 @@ def _value(text: str):
     return text
 
 
-def _param(text: str) -> tuple[str, object]:
+def key_value(text: str) -> tuple[str, object]:
     key, eq, value = text.partition("=")
     if not eq or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -50,8 +50,12 @@ def train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--untied", dest="tied", action="store_false", default=None,
         help="an output head of its own instead of the embedding's transpose")
     add("--schedule", choices=["chunked", "reference"], help="module schedule (default chunked)")
-    add("-p", "--param", dest="hparams", type=_param, action="append", metavar="KEY=VALUE",
+    add("-p", "--param", dest="hparams", type=key_value, action="append", metavar="KEY=VALUE",
         help="a hyper-parameter of the spec (heads=2, head_dim=16) or block_size; repeatable")
+    add("--frozen-levels", dest="online", action="store_false", default=None,
+        help="levels that learn from the task loss stay frozen (an ordinary network)")
+    add("--first-order", action="store_true", default=None,
+        help="the outer gradient passes those levels' writes as constants (first order)")
     add("--eval-every", type=int, help="steps between evaluations and checkpoints")
     add("--device", help="cpu or cuda (default cpu)")
     add("--seed", type=int, help="seed of the weights and the data (default 0)")

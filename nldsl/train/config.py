@@ -32,6 +32,8 @@ class Config:
     device: str = "cpu"
     out: str = "runs/run"
     nproc: int = 1
+    online: bool = True               # task levels learn through nldsl.stream (False: frozen)
+    first_order: bool = False         # the outer gradient stops at their writes
 
     @property
     def evaluation_period(self) -> int:

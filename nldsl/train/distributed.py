@@ -9,7 +9,11 @@ forward pass, so they never cross ranks. Each rank's loss is its share of the *g
     loss_r = N * sum_{positions of rank r} l / (positions of the global batch),
 
 so DDP's average of gradients is the gradient of the global mean, and N processes take the
-steps one process takes, up to the order of float sums. Rank 0 evaluates, writes metrics,
+steps one process takes, up to the order of float sums. A network with levels that learn from
+the task loss (nldsl/train/online.py) is called once per segment of `nldsl.stream` and takes
+inner gradients in between, which DDP's one-forward-one-backward hooks do not allow: it is not
+wrapped, and after the backward its gradients are averaged over the ranks by one all-reduce per
+parameter (`average_gradients`), the same average DDP takes. Rank 0 evaluates, writes metrics,
 checkpoints and the report. Backends: gloo on CPU, NCCL on CUDA (one device per rank).
 """
 from __future__ import annotations
@@ -41,14 +45,25 @@ class Group:
             dist.all_reduce(values)
         return values
 
-    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        if self.world == 1:
+    def wrap(self, model: torch.nn.Module, online: bool = False) -> torch.nn.Module:
+        """DDP around the model; the model itself on one rank or when it learns online."""
+        if self.world == 1 or online:
             return model
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [model.embedding.weight.device.index] if torch.cuda.is_available() and \
             model.embedding.weight.is_cuda else None
         return DistributedDataParallel(model, device_ids=ids)
+
+
+    def average_gradients(self, model: torch.nn.Module) -> None:
+        """The mean over ranks of every parameter's gradient (what DDP's all-reduce gives)."""
+        if self.world == 1:
+            return
+        for p in model.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= self.world
 
 
 def device_for(device: str, rank: int, world: int) -> str:

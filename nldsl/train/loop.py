@@ -5,7 +5,8 @@ rows, and minimises the task loss (nldsl/tasks/batch.py) with the outer optimize
 `evaluation_period` steps and at the end, rank 0 evaluates every split of the task, appends a
 line to `metrics.jsonl` and writes a checkpoint; a run stopped by Ctrl-C writes one at once.
 A non-finite training loss stops the run before the optimizer takes the step, keeping the
-last good checkpoint. Whatever the ending, rank 0 writes `report.md`.
+last good checkpoint. A spec whose levels learn from the task loss runs through `nldsl.stream`
+in training and evaluation (nldsl/train/online.py) unless the run freezes them. Whatever the ending, rank 0 writes `report.md`.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from nldsl.tasks.batch import accuracy, correct, loss
 from nldsl.train import checkpoint
 from nldsl.train.config import Config, build_model, build_optimizer, build_task
 from nldsl.train.distributed import Group, device_for
+from nldsl.train.online import forward, learns_online
 
 METRICS = "metrics.jsonl"
 
@@ -58,12 +60,14 @@ class StopRequest:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, splits: dict, device: str) -> dict[str, float]:
-    """Loss and accuracies of every split: `{"bin0/loss": ..., "bin0/sequence": ...}`."""
+def evaluate(model: torch.nn.Module, splits: dict, device: str, online: bool = False
+             ) -> dict[str, float]:
+    """Loss and accuracies of every split: `{"bin0/loss": ..., "bin0/sequence": ...}`; with
+    `online`, the task levels learn as they read each sequence (test-time learning)."""
     out = {}
     for name, batch in splits.items():
         batch = batch.to(device)
-        logits, _ = model(batch.inputs)  # [B, T, V]
+        logits = forward(model, model, batch, online=online)  # [B, T, V]
         out[f"{name}/loss"] = loss(logits, batch).item()
         out.update({f"{name}/{k}": v for k, v in accuracy(logits, batch).items()})
     return out
@@ -101,7 +105,8 @@ def run(config: Config, group: Group = Group(), *, resume: bool = False,
         checkpoint.set_rng_state(state["rng"])
     if group.main:
         _write_metrics(out, history)  # drops evaluations after the checkpoint's step
-    net = group.wrap(model)
+    online = config.online and learns_online(model)
+    net = group.wrap(model, online)
     period = config.evaluation_period
     clock, tokens, status = time.perf_counter(), 0, "done"  # tokens since `clock`
     bar = tqdm(total=config.steps, initial=step, disable=not (progress and group.main),
@@ -112,10 +117,13 @@ def run(config: Config, group: Group = Group(), *, resume: bool = False,
             batch = task.train_batch(config.seed, step, config.batch)
             count = batch.mask.sum().to(device)
             local = batch.slice(*group.rows(config.batch)).to(device)
-            logits, _ = net(local.inputs)  # [B / N, T, V]
+            logits = forward(model, net, local, online=online,
+                             through_writes=not config.first_order)  # [B / N, T, V]
             share = loss(logits, local, count=count)
             optimizer.zero_grad(set_to_none=True)
             (share * group.world).backward()
+            if online:
+                group.average_gradients(model)
             stats = torch.stack([share.detach().double(),
                                  correct(logits.detach(), local).sum().double(),
                                  torch.tensor(float(stop.requested), device=device,
@@ -139,7 +147,7 @@ def run(config: Config, group: Group = Group(), *, resume: bool = False,
                                     "train/token": (window[1] / window[2]).item(),
                                     "tokens_per_s": speed,
                                     **evaluate(model, task.eval_batches(config.seed, step),
-                                               device)})
+                                               device, online)})
                     _append_metrics(out, history[-1])
                 window.zero_()
                 start, clock, tokens = step, time.perf_counter(), 0
