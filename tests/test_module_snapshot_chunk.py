@@ -179,3 +179,26 @@ def build_smt(schedule="chunked"):
     torch.manual_seed(2)
     return randomize(compile_module("self_modifying_titans", schedule=schedule, chunk_memory=4,
                                     chunk_projections=3, **SMT).to(torch.float64), 2)
+
+
+def test_a_conv_on_a_state_application_is_not_the_snapshot_form(tmp_path):
+    """k = l2norm(conv(M_k(x), 4)): the conv's cache runs token by token, so the level is left
+    to the reference (it used to reach the form and fail inside it); the chunked module then
+    equals the reference."""
+    from nldsl.library import stdlib_text
+
+    text = stdlib_text("self_modifying_titans").replace(
+        "key   k = l2norm(M_k(x))", "key   k = l2norm(conv(M_k(x), 4))")
+    assert "conv(M_k(x), 4)" in text
+    spec = tmp_path / "smt_conv.nl"
+    spec.write_text(text)
+    made = []
+    for schedule in ("reference", "chunked"):
+        torch.manual_seed(1)
+        made.append(randomize(compile_module(str(spec), schedule=schedule, chunk_memory=4,
+                                             chunk_projections=2, **SMT).to(torch.float64), 1))
+    reference, chunked = made
+    assert "projections" not in chunked.fast_paths
+    x = inputs(1, 9, DIM, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(chunked(x)[0], reference(x)[0], rtol=1e-12, atol=1e-12)

@@ -53,6 +53,8 @@ def snapshot_form(level: TokenLevel, program: Program) -> SnapshotForm | None:
     if any(c.func in states and (len(c.args) != 1 or c.kwargs) for e in expressions
            for c in calls_in(e)):
         return None
+    if any(c.func == "conv" for e in expressions for c in calls_in(e)):
+        return None                       # its cache runs token by token: the reference's
     if any(mentions(e, s) for w in level.writes for e in (w.lr, w.decay) for s in states):
         return None                       # gates see the current state; contexts the snapshot
     if any(level.placements[n].stage not in (INPUT, SNAPSHOT) for n in level.contexts) or \
