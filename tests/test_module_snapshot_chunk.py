@@ -108,18 +108,21 @@ def l2n(a):
     return a / a.norm(dim=-1, keepdim=True)
 
 
-def paper_loop(m, x, chunk_projections, chunk_memory, eta_scale):
+def paper_loop(m, x, chunk_projections, chunk_memory, eta_scale, beta=None):
     """NL eqs. 83-93 token by token: every context of token t from the states at the start of
     its chunk (eq. 90), y_t = M_memory(q_t) there, and for every memory
     M_t = M_{t-1} (alpha_t I - eta_t k_t k_t^T) - eta_t grad L(M_{t'}; k_t, v_hat_t) (eqs. 88,
     93) on the input-side weight, alpha_t M_{t-1} - eta_t grad on the other one. The spec's
-    reading (its header, 7): M_k's objective sees k_t = l2norm(M_k(x_t)) as a function of M_k."""
+    reading (its header, 7): M_k's objective sees k_t = l2norm(M_k(x_t)) as a function of M_k.
+    With `beta`, the momentum variant (examples/self_modifying_titans_momentum.nl): grad is
+    replaced by m_t = beta m_{t-1} + grad, m_0 = 0, and the buffers are returned as well."""
     bsz = x.shape[0]
     weights = {name: [getattr(m, f"{name}_init_w{i}").expand(bsz, -1, -1) for i in (1, 2)]
                for name in MEMORIES + ("M_memory",)}
     residual = {"M_eta": False, "M_alpha": False}
     apply = lambda name, w, u: residual_mlp(w, u, residual.get(name, True))
     ys, snapshot = [], {}
+    momentum = {name: [torch.zeros_like(w) for w in ws] for name, ws in weights.items()}
     for t in range(x.shape[1]):
         for names, chunk in ((MEMORIES, chunk_projections), (("M_memory",), chunk_memory)):
             if t % chunk == 0:
@@ -140,11 +143,15 @@ def paper_loop(m, x, chunk_projections, chunk_memory, eta_scale):
                 key = l2n(apply(name, leaves, xt)) if name == "M_k" else k
                 loss = 0.5 * ((apply(name, leaves, key) - v_hat) ** 2).sum()        # eq. 85
                 grads = torch.autograd.grad(loss, leaves)
+            if beta is not None:
+                momentum[name] = grads = [beta * b + g for b, g in zip(momentum[name], grads)]
             w1, w2 = weights[name]
             a, e = alpha.unsqueeze(-1), eta.unsqueeze(-1)                        # [B, 1, 1]
             precondition = (w1 @ k.unsqueeze(-1)) * k.unsqueeze(-2)               # (W k) k^T
             new[name] = [a * w1 - e * precondition - e * grads[0], a * w2 - e * grads[1]]
         weights = new
+    if beta is not None:
+        return torch.stack(ys, dim=1), weights, momentum
     return torch.stack(ys, dim=1), weights
 
 

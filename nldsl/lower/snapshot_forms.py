@@ -6,6 +6,9 @@ whose states are all `mlp(...)` memories, each written by one gradient write
     M_t = decay_t M_{t-1} - lr_t G_t,   G_t = grad_M loss_t at M_{t'}   (t' the chunk start)
     (`dgd(precondition = true)`: - lr_t (W_1,t-1 k_t) k_t^T besides, NL eq. 88 / 90)
 
+or by a rule chain whose transforms are momentum or ema (G_t replaced by the chain's buffer,
+linear in the chunk's gradients: module/snapshot_chain.py),
+
 and whose contexts, gates, losses, keys and reads see the level's states only at the chunk
 start: contexts and gradients do by definition (docs/language.md, "Chunks"), reads when they are
 `before write`, gates when they name the states only through contexts. Then a chunk's contexts
@@ -21,10 +24,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nldsl import ast
 from nldsl.consteval import calls_in, names_in
 from nldsl.lower.derive import mentions
 from nldsl.lower.program import BEFORE_WRITE, INPUT, SNAPSHOT, ModuleWrite, Program, TokenLevel
+
+
+#: chain transforms whose buffer is linear in the gradients (module/snapshot_chain.py).
+LINEAR_TRANSFORMS = ("momentum", "ema")
 
 
 @dataclass(frozen=True)
@@ -35,17 +41,22 @@ class SnapshotForm:
 
 def snapshot_form(level: TokenLevel, program: Program) -> SnapshotForm | None:
     """The level's form, or None (the level then needs another form or the reference)."""
-    if level.period != 1 or level.chunk <= 1 or level.heads is not None or level.hidden:
+    if level.period != 1 or level.chunk <= 1 or level.heads is not None:
         return None
     states = set(level.states)
     if any(s.mlp is None for s in level.states.values()) or \
             sorted(w.target for w in level.writes) != sorted(states) or \
-            any(w.kind != "gradient" or w.loss is None or w.clip is not None or w.chain
+            any(w.kind != "gradient" or w.loss is None or w.clip is not None or
+                any(step.rule not in LINEAR_TRANSFORMS for step in w.chain)
                 for w in level.writes) or level.once or level.window > 1 or level.memories:
-        return None                       # a guard, a chain, a window: the reference's
+        return None                       # a guard, Newton-Schulz, a window: the reference's
+    if set(level.hidden) != {step.buffer for w in level.writes for step in w.chain}:
+        return None
+    chained = [e for w in level.writes for step in w.chain for e in step.args.values()]
     others = {n for lv in program.levels if lv is not level for n in list(lv.states) + list(lv.hidden)}
     expressions = list(level.contexts.values()) + [r for r, _ in level.reads.values()] + \
-        [e for w in level.writes for e in (w.loss, w.lr, w.decay, w.precondition) if e is not None]
+        [e for w in level.writes for e in (w.loss, w.lr, w.decay, w.precondition) if e is not None] + \
+        chained
     if any(mentions(e, n) for e in expressions for n in others):
         return None
     if any(n.id in states for e in expressions for n in names_in(e)):
@@ -55,7 +66,8 @@ def snapshot_form(level: TokenLevel, program: Program) -> SnapshotForm | None:
         return None
     if any(c.func == "conv" for e in expressions for c in calls_in(e)):
         return None                       # its cache runs token by token: the reference's
-    if any(mentions(e, s) for w in level.writes for e in (w.lr, w.decay) for s in states):
+    if any(mentions(e, s) for e in [g for w in level.writes for g in (w.lr, w.decay)] + chained
+           for s in states):
         return None                       # gates see the current state; contexts the snapshot
     if any(level.placements[n].stage not in (INPUT, SNAPSHOT) for n in level.contexts) or \
             any(level.placements[n].stage != BEFORE_WRITE for n in level.reads):

@@ -31,6 +31,7 @@ from nldsl.lower.program import TokenLevel
 from nldsl.lower.snapshot_forms import SnapshotForm
 from nldsl.module.deep_chunk import _forward, _segments
 from nldsl.module.delta_chunk import decay_products, unit_lower_solve
+from nldsl.module.snapshot_chain import chain_end
 from nldsl.runtime import mlp
 from nldsl.runtime.evaluate import FrameEvaluator
 
@@ -45,6 +46,7 @@ def run_snapshot_level(values, level: TokenLevel, form: SnapshotForm) -> None:
     states = {name: by_layer(name, own[name]) for name in level.states}
     snapshot = {name: by_layer(name, own.get(f"{name}.chunk_start", own[name]))
                 for name in level.states}
+    buffers = {name: by_layer(level.buffer_state(name), own[name]) for name in level.hidden}
     start = values.new_state["_stream"]["t"]
     contexts, reads = {n: [] for n in form.contexts}, {n: [] for n in level.reads}
     done = (lambda v: v) if torch.is_grad_enabled() else \
@@ -58,10 +60,11 @@ def run_snapshot_level(values, level: TokenLevel, form: SnapshotForm) -> None:
                 contexts[name].append(done(chunk.fit(chunk.context(name))))
             for name, (expr, _) in level.reads.items():
                 reads[name].append(done(chunk.fit(chunk.evaluate(expr))))
-            gates, factors = _gradients(form, chunk, keep)
-        states = _end_states(level, form, gates, factors, states)
+            gates, factors, transforms = _gradients(form, chunk, keep)
+        states, buffers = _end_states(level, form, gates, factors, transforms, states, buffers)
         if not keep:
             states = {name: tuple(w.detach() for w in ws) for name, ws in states.items()}
+            buffers = {name: tuple(w.detach() for w in ws) for name, ws in buffers.items()}
     frame = values.frames[level.name]
     flat = lambda name, ws: mlp.flatten(level.states[name].mlp, ws)
     for name, parts in contexts.items():
@@ -69,6 +72,7 @@ def run_snapshot_level(values, level: TokenLevel, form: SnapshotForm) -> None:
     for name, parts in reads.items():
         values.bound[name] = _cat(parts)
     own.update({name: flat(name, ws) for name, ws in states.items()})
+    own.update({name: flat(level.buffer_state(name), ws) for name, ws in buffers.items()})
     own.update({f"{name}.chunk_start": flat(name, ws) for name, ws in snapshot.items()})
 
 
@@ -141,9 +145,10 @@ class _Chunk:
 
 
 def _gradients(form: SnapshotForm, chunk: "_Chunk", keep: bool):
-    """Per write: (lr [B, L], decay [B, L], key [B, L, d_0] or None) and the loss's factors,
-    each application's as (pairs, whether its input is the key itself)."""
-    gates, factors = {}, {}
+    """Per write: (lr [B, L], decay [B, L], key [B, L, d_0] or None), the loss's factors,
+    each application's as (pairs, whether its input is the key itself), and its chain's
+    transforms as (step, c [B, L], beta [B, L]) (module/snapshot_chain.py)."""
+    gates, factors, transforms = {}, {}, {}
     detach = (lambda v: v) if keep else (lambda v: v.detach() if v is not None else None)
     for write in form.writes:
         lr = detach(chunk.fit(_per_token(chunk, chunk.evaluate(write.lr))))       # [B, L]
@@ -153,7 +158,15 @@ def _gradients(form: SnapshotForm, chunk: "_Chunk", keep: bool):
         factors[write.target] = [([(detach(a), detach(d)) for a, d in pairs],
                                   key is not None and pairs[0][0] is key) for pairs in apps]
         gates[write.target] = (lr, decay, detach(key))
-    return gates, factors
+        transforms[write.target] = [_transform_gates(chunk, step, detach) for step in write.chain]
+    return gates, factors, transforms
+
+
+def _transform_gates(chunk: "_Chunk", step, detach):
+    """A transform m <- beta m + c u as (step, c [B, L], beta [B, L])."""
+    gate = lambda expr: detach(chunk.fit(_per_token(chunk, chunk.evaluate(expr))))
+    beta = gate(step.args["beta"])
+    return step, (1 - beta if step.rule == "ema" else gate(step.args["lr"])), beta
 
 
 class _Memoised(FrameEvaluator):
@@ -192,10 +205,17 @@ def _identity(value):
     return ("tensor", id(value)) if isinstance(value, torch.Tensor) else ("value", repr(value))
 
 
-def _end_states(level: TokenLevel, form: SnapshotForm, gates: dict, factors: dict, states: dict):
-    """Every state after the chunk's last token (module docstring)."""
-    new = {}
+def _end_states(level: TokenLevel, form: SnapshotForm, gates: dict, factors: dict,
+                transforms: dict, states: dict, buffers: dict):
+    """Every state and chain buffer after the chunk's last token (module docstring)."""
+    new, new_buffers = {}, {}
     for write in form.writes:
+        if write.chain:
+            new[write.target], ends = chain_end(
+                gates[write.target], transforms[write.target],
+                [pairs for pairs, _ in factors[write.target]], states[write.target], buffers)
+            new_buffers.update(ends)
+            continue
         lr, decay, key = gates[write.target]
         weights = states[write.target]
         suffix = _suffix_products(decay)                                      # [B, L]
@@ -212,11 +232,11 @@ def _end_states(level: TokenLevel, form: SnapshotForm, gates: dict, factors: dic
                 end = end - (delta * coefficient.unsqueeze(-1)).mT @ a       # [B, o, i]
             ends.append(end)
         new[write.target] = ends
-    preconditioned = [w for w in form.writes if w.precondition is not None]
+    preconditioned = [w for w in form.writes if w.precondition is not None and not w.chain]
     for group in _groups(level, preconditioned, factors):
         for write, end in zip(group, _first_layers(level, group, gates, factors, states)):
             new[write.target][0] = end
-    return {name: tuple(ws) for name, ws in new.items()}
+    return {name: tuple(ws) for name, ws in new.items()}, new_buffers
 
 
 def _groups(level: TokenLevel, writes, factors) -> list[list]:
