@@ -83,9 +83,9 @@ def nest_inits(levels: list[TokenLevel], spec) -> list[TokenLevel]:
             if teacher is None:
                 continue
             if teacher.period % level.period:
-                raise compile_error(info.decl.init, f"{name} restarts from level "
-                                    f"{teacher.name!r}'s state every {teacher.period} tokens, "
-                                    f"which is not a whole number of {level.name!r}'s periods "
+                raise compile_error(info.decl.init, f"{name} restarts from a state of level "
+                                    f"{teacher.name!r} every {teacher.period} tokens, which is "
+                                    f"not a whole number of periods of level {level.name!r} "
                                     f"({level.period})", f"a period of {teacher.name!r} that is "
                                     f"a multiple of {level.period}", "a nested block restarts at "
                                     "one of its own writes (eq. 72): make the periods nest",
