@@ -32,7 +32,26 @@ grows with T). `through_writes=False` truncates that gradient: the inner gradien
 without a graph and each write adds a constant step, so the outer gradient passes a write as the
 identity (first order; kmccleary3301/nested_learning's "differentiable reads, stop-grad
 writes"). A level without `backprop` writes constants (its written state is detached), as in
-the module schedules. Without gradients (inference), every write is a constant.
+the module schedules. Without gradients (inference), every write is a constant, except in a
+nested CMS (below).
+
+Nested CMS (NL eq. 72, lower/task.py's `nest_inits`). A block b whose initial state is learned
+by a slower task level a (`init learned by a`) restarts at the start of each period of a
+(t = 0, C_a, 2 C_a, ...) from a's state `theta.init` (Phi), and a writes Phi by its gd rule from
+
+    G_Phi = sum_{t in a's period} dL_t / dPhi,
+
+the *total* derivative, by the chain rule through b's writes since the restart (and through
+anything else since that depends on Phi: a block b teaches in turn, its own initial state).
+That is the meta-gradient of eq. 72's argmin_Phi E_{T ~ C_a} l(Theta, T; Phi) over a's period
+(MAML-style); the block's own eq. 71 gradient stays the partial one. To take it, Phi is bound
+once per period of a (`_restart`), not per segment, and b's writes keep their graph under
+`torch.no_grad()` too (second order inside the stream): the states hold the graph of the
+slowest teacher's current period, dropped at its writes, so memory is bounded by that period
+(and a call that ends inside it returns states that carry it, so a cut stream is one stream).
+`through_writes=False` makes that gradient first order as well (each write a constant step, so
+G_Phi = sum_t dL_t/dtheta_b); a student level without `backprop` writes constants, so Phi
+learns from the tokens before b's first write after the restart only.
 
 `learn=False` freezes every task level: the call is `model(inputs, state, end=end)`, an ordinary
 network, and no pending sum changes.
@@ -195,7 +214,7 @@ def _node(value: torch.Tensor, graph: bool) -> torch.Tensor:
         value.detach().requires_grad_(True)
 
 
-@torch.enable_grad()
+@torch.enable_grad()                # a nested CMS keeps its graph under no_grad too
 def _restart(levels, state, due: list[TaskLevel], graph: bool, outer: bool) -> None:
     """NL eq. 72: at the start of each period of a level in `due` (t = 0 and after each of its
     writes), every block it teaches restarts from its `theta.init` state, bound as a fresh node
@@ -240,7 +259,7 @@ def _grads(total: torch.Tensor, thetas, create: bool, graph: bool) -> list:
     return found
 
 
-@torch.enable_grad()                # a nested block's writes keep their graph under no_grad
+@torch.enable_grad()                # a nested CMS keeps its graph under no_grad too
 def _accumulate(own: dict, name: str, theta, grad, tokens: int, tl: TaskLevel) -> None:
     """pending += tokens (decay - 1) theta - lr G: the segment's sum of per-token gd changes."""
     lr, decay = tl.lr[name], tl.decay[name]
@@ -250,7 +269,7 @@ def _accumulate(own: dict, name: str, theta, grad, tokens: int, tl: TaskLevel) -
     own[key] = step if key not in own else _map(torch.add, own[key], step)
 
 
-@torch.enable_grad()
+@torch.enable_grad()                # a nested CMS keeps its graph under no_grad too
 def _write(own: dict, tl: TaskLevel, graph: bool, through: bool) -> None:
     """theta <- theta + pending. The gradient goes through it (a `backprop` level with a graph:
     gradients on, or a nested block's initial state to learn), passes it as the identity
