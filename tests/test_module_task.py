@@ -265,11 +265,12 @@ def test_freeze_switch_is_the_frozen_network():
             assert torch.equal(value, states(start)[key]), key
 
 
+@pytest.mark.parametrize("spec", ["cms", "cms_nested"])
 @pytest.mark.parametrize("cuts", [[5], [1, 7, 8], [4, 8, 12]], ids=["5", "1-7-8", "on-writes"])
-def test_a_cut_stream_is_one_stream(cuts):
+def test_a_cut_stream_is_one_stream(cuts, spec):
     """The pending sums and the token count travel in the state: calls cut anywhere (inside a
     period too) compute what one call computes."""
-    model = network(period_fast=2)
+    model = network(spec, period_fast=2)
     inputs, targets = tokens(steps=15)
     with torch.no_grad():
         whole, whole_state = nldsl.stream(model, inputs, targets)
