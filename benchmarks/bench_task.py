@@ -1,11 +1,11 @@
 """Levels that learn from the task loss: nldsl.stream's online CMS against the frozen network.
 
     .venv/bin/python benchmarks/bench_task.py [--batch 2] [--tokens 256] [--dim 64] [--depth 2]
-        [--vocab 256] [--expansion 2] [--reps 3] [--threads 1]
+        [--vocab 256] [--expansion 2] [--reps 3] [--threads 1] [--spec cms]
         [--periods 32,4,1 32,16,4 128,32,4]
 
-`cms` (sequential, eqs. 70-71) as the block of nldsl.lm, with next-token cross-entropy as the
-task loss. Per list of periods (slow, mid, fast): tokens/s = batch * tokens / median call time
+`cms` (sequential, eqs. 70-71; `--spec cms_nested`: eq. 72, `cms_independent`: eq. 74) as the
+block of nldsl.lm, with next-token cross-entropy as the task loss. Per list of periods (slow, mid, fast): tokens/s = batch * tokens / median call time
 of
 
   online      nldsl.stream(model, inputs, targets) under torch.no_grad (test-time learning:
@@ -47,18 +47,19 @@ def main() -> None:
     parser.add_argument("--expansion", type=int, default=2)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--spec", default="cms", choices=["cms", "cms_nested", "cms_independent"])
     parser.add_argument("--periods", nargs="+", default=["32,4,1", "32,16,4", "128,32,4"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     stream = torch.randint(0, args.vocab, (args.batch, args.tokens + 1))
     inputs, targets = stream[:, :-1], stream[:, 1:]
-    print(f"cms in nldsl.lm: dim {args.dim}, depth {args.depth}, vocab {args.vocab}, batch "
+    print(f"{args.spec} in nldsl.lm: dim {args.dim}, depth {args.depth}, vocab {args.vocab}, batch "
           f"{args.batch}, T {args.tokens}, {args.threads} thread(s)")
     print(f"{'periods':>12} {'segments':>9} {'online tok/s':>13} {'frozen tok/s':>13} {'ratio':>7}")
     for periods in args.periods:
         slow, mid, fast = (int(p) for p in periods.split(","))
-        model = nldsl.lm("cms", vocab_size=args.vocab, dim=args.dim, depth=args.depth,
+        model = nldsl.lm(args.spec, vocab_size=args.vocab, dim=args.dim, depth=args.depth,
                          expansion=args.expansion, period_slow=slow, period_mid=mid,
                          period_fast=fast)
         segments = len(_cuts(task_levels(model), 0, args.tokens))

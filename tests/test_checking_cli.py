@@ -48,14 +48,17 @@ def test_a_planted_wrong_closed_form_exits_1_with_the_counterexample(capsys, mon
     assert out.rstrip().endswith("0 of 1 checks passed or do not apply; 1 failed")
 
 
-def test_a_spec_that_does_not_compile_is_an_error_once(capsys):
-    code = cli.run_test(parse("cms_nested", "--examples", "1", "--checks",
+def test_a_spec_that_does_not_compile_is_an_error_once(capsys, tmp_path, monkeypatch):
+    from test_optim_codegen import REFUSED
+    (tmp_path / "refused.nl").write_text(REFUSED)
+    monkeypatch.chdir(tmp_path)
+    code = cli.run_test(parse("refused.nl", "--examples", "1", "--checks",
                               "derivations,invariants"))
     out = capsys.readouterr().out
     assert code == 1
-    assert rows(out) == {("cms_nested", "derivations"): "error",
-                         ("cms_nested", "invariants"): "error"}
-    assert out.count("an initial state learned by a token level") == 2   # one note: its 2 problems
+    assert rows(out) == {("refused.nl", "derivations"): "error",
+                         ("refused.nl", "invariants"): "error"}
+    assert out.count("`minimize task by momentum` is not compiled") == 2  # one note: 2 problems
     assert "as above" in out
 
 

@@ -2,7 +2,6 @@
 state_dict, to(), repr, and clear errors for bad input and for what does not compile yet."""
 from __future__ import annotations
 
-import re
 
 import pytest
 import torch
@@ -346,18 +345,6 @@ def test_bad_schedule_arguments(kwargs, message):
 
 
 # -- what does not compile yet: a located NLDSLCompileError naming the construct --------------
-
-@pytest.mark.parametrize("spec, construct", [
-    pytest.param("cms_nested", "an initial state learned by a token level",
-                 id="cms_nested-init-learned-by-slow"),
-])
-def test_stdlib_construct_not_supported_yet(spec, construct):
-    with pytest.raises(NLDSLCompileError) as info:
-        compile_module(spec, dim=8)
-    text = str(info.value)
-    assert construct in text
-    assert re.search(rf"{spec}\.nl:\d+:\d+: error: .*{re.escape(construct)}", text)
-
 
 _BASE = '''module unsupported(dim: int >= 1) {
   state Wk : [dim, 4] = normal(0.02)

@@ -160,6 +160,8 @@ FROZEN = {
     "two_cms": (SPEC.replace("PARTIAL", "flush"), dict(dim=4)),
     "cms": ("cms", dict(dim=4, expansion=2, period_slow=4, period_mid=2, period_fast=1)),
     "cms_independent": ("cms_independent", dict(dim=4, expansion=2)),
+    "cms_nested": ("cms_nested", dict(dim=4, expansion=2, period_slow=4, period_mid=2,
+                                      period_fast=1)),
 }
 
 
@@ -226,7 +228,7 @@ def assert_states_close(got, want, atol):
         torch.testing.assert_close(got[key], want[key], atol=atol, rtol=0, msg=str(key))
 
 
-@pytest.mark.parametrize("spec", ["cms", "cms_independent"])
+@pytest.mark.parametrize("spec", ["cms", "cms_independent", "cms_nested"])
 def test_online_levels_learn_as_they_read(spec):
     """Streaming a document writes the CMS blocks at their periods: the outputs before the
     first write are the frozen network's, later ones are not, and every block moved."""
@@ -239,8 +241,9 @@ def test_online_levels_learn_as_they_read(spec):
     assert (online[:, 1:] - frozen[:, 1:]).abs().max() > 1e-4
     for b in range(2):
         for level in ("slow", "mid", "fast"):
-            (name,) = [n for n in state[b][level]]
-            assert not torch.equal(state[b][level][name][0], start[b][level][name][0]), (b, level)
+            for name in state[b][level]:      # cms_nested: the blocks' initial states too
+                assert not torch.equal(state[b][level][name][0], start[b][level][name][0]), \
+                    (b, level, name)
 
 
 def test_freeze_switch_is_the_frozen_network():
@@ -262,11 +265,12 @@ def test_freeze_switch_is_the_frozen_network():
             assert torch.equal(value, states(start)[key]), key
 
 
+@pytest.mark.parametrize("spec", ["cms", "cms_nested"])
 @pytest.mark.parametrize("cuts", [[5], [1, 7, 8], [4, 8, 12]], ids=["5", "1-7-8", "on-writes"])
-def test_a_cut_stream_is_one_stream(cuts):
+def test_a_cut_stream_is_one_stream(cuts, spec):
     """The pending sums and the token count travel in the state: calls cut anywhere (inside a
     period too) compute what one call computes."""
-    model = network(period_fast=2)
+    model = network(spec, period_fast=2)
     inputs, targets = tokens(steps=15)
     with torch.no_grad():
         whole, whole_state = nldsl.stream(model, inputs, targets)
@@ -385,19 +389,235 @@ def test_a_task_level_with_a_context_of_its_state_runs_the_reference():
     assert (y[:, 2:] - frozen[:, 2:]).abs().max() > 1e-6
 
 
-@pytest.mark.parametrize("name, compiles", [("cms", True), ("cms_independent", True),
-                                            ("hope", True), ("hope_attention", True),
-                                            ("cms_nested", False)])
-def test_check_and_compile_agree_on_the_task_specs(name, compiles, capsys):
-    """`nldsl check` accepts exactly the specs that compile; a refusal is the same located
-    error in both."""
+@pytest.mark.parametrize("name", ["cms", "cms_independent", "cms_nested", "hope",
+                                  "hope_attention"])
+def test_check_and_compile_agree_on_the_task_specs(name):
+    """`nldsl check` accepts every stdlib spec that learns from the task loss, and each
+    compiles (the refusals below are located errors in both)."""
     from nldsl.cli import main
-    status = main(["check", name])
-    err = capsys.readouterr().err
-    if compiles:
-        assert status == 0
-        nldsl.compile(name, dim=8)
-        return
+    assert main(["check", name]) == 0
+    nldsl.compile(name, dim=8)
+
+
+# -- nested CMS (NL eq. 72): a block restarts from an initial state its teacher learns --------
+
+NESTED = """module nested_cms(dim: int >= 1, p_a = 4 >= 1, p_b = 2 >= 1, lr_a = 0.1 >= 0,
+                       lr_b = 0.1 >= 0) {
+  level a every p_a tokens backprop partial PARTIAL {
+    state A : [dim, dim] init learned by outer
+    minimize task by gd(lr = lr_a)
+    read h = A(x)
+  }
+  level b every p_b tokens backprop partial PARTIAL {
+    state B : [dim, dim] init learned by a
+    minimize task by gd(lr = lr_b)
+    read y = B(h)
+  }
+  out = y
+}
+"""
+
+
+def nested_cms(partial="flush", schedule="chunked", **hparams):
+    torch.manual_seed(0)
+    m = nldsl.compile(NESTED.replace("PARTIAL", partial), schedule=schedule, dim=DIM,
+                      **hparams).double()
+    with torch.no_grad():
+        m.A_init.copy_(torch.eye(DIM) + 0.3 * torch.randn(DIM, DIM))
+        m.B_init.copy_(torch.eye(DIM) + 0.3 * torch.randn(DIM, DIM))
+    return m
+
+
+def expected_nested(A0, Phi0, H, x, z, p_a, p_b, lr_a, lr_b, partial, first_order=False):
+    """Eq. 72 token by token, per sequence: outputs, final A, B and Phi (B's initial state, a
+    state of level a). B restarts from Phi at t = 0, p_a, 2 p_a, ...; A and Phi are written
+    there by a's rule from the period's summed gradients, A's at A (eq. 71) and Phi's by the
+    chain rule through B's writes since the restart. B's write after its period k,
+    B_{k+1} = B_k - lr_b sum_t H^T (H B_k h_t - z_t) h_t^T = B_k - lr_b M B_k S_k + c_k with
+    M = H^T H and S_k = sum_t h_t h_t^T (A, hence h, fixed within a's period), is linear in B_k,
+    so a cotangent U of B_{k+1} is U - lr_b M U S_k at B_k: dL_t/dPhi is dL_t/dB_j = r_t h_t^T
+    carried back through the periods before t's. `first_order`: every write's step a constant,
+    so the writes pass dL_t/dB_j to Phi unchanged."""
+    step = (lambda g: g.detach()) if first_order else (lambda g: g)
+    M = H.T @ H
+    A, Phi = A0.expand(x.shape[0], DIM, DIM), Phi0.expand(x.shape[0], DIM, DIM)
+    B, done, S = Phi, [], 0                 # done: S_k of B's periods since its restart
+    pend_a, pend_b, pend_phi, ys = 0, 0, 0, []
+    steps = x.shape[1]
+    for t in range(1, steps + 1):
+        xt, zt = x[:, t - 1, :, None], z[:, t - 1, :, None]              # [B, d, 1]
+        h = A @ xt
+        y = B @ h                                                         # [B, d, 1]
+        r = H.T @ (H @ y - zt)                                            # dL_t/dy_t
+        pend_b = pend_b - lr_b * step(r @ h.mT)                           # dL_t/dB
+        pend_a = pend_a - lr_a * step(B.mT @ r @ xt.mT)                   # dL_t/dA
+        U = r @ h.mT
+        for S_k in reversed(done if not first_order else []):
+            U = U - lr_b * M @ U @ S_k
+        pend_phi = pend_phi - lr_a * step(U)                              # dL_t/dPhi
+        S = S + h @ h.mT
+        ys.append(y[..., 0])
+        if t % p_b == 0:
+            B, pend_b, done, S = B + pend_b, 0, done + [S], 0
+        if t % p_a == 0:
+            A, Phi, pend_a, pend_phi = A + pend_a, Phi + pend_phi, 0, 0
+            B, done = Phi, []                                             # the restart
+    if partial == "flush" and steps % p_a:
+        A, Phi = A + pend_a, Phi + pend_phi
+        B = Phi                             # a flush is a write of a: B restarts
+    return torch.stack(ys, 1), A, B, Phi
+
+
+NESTED_CASES = {
+    "periods-4-2-T7": dict(p_a=4, p_b=2, steps=7, partial="flush"),
+    "periods-6-2-T13": dict(p_a=6, p_b=2, steps=13, partial="flush"),
+    "periods-6-3-T11-drop": dict(p_a=6, p_b=3, steps=11, partial="drop"),
+    "periods-3-1-T8": dict(p_a=3, p_b=1, steps=8, partial="flush"),
+    "periods-4-4-T9": dict(p_a=4, p_b=4, steps=9, partial="flush"),
+}
+
+
+@pytest.mark.parametrize("through_writes", [True, False], ids=["second-order", "first-order"])
+@pytest.mark.parametrize("schedule", ["reference", "chunked"])
+@pytest.mark.parametrize("case", list(NESTED_CASES))
+def test_nested_writes_are_eq_72(case, schedule, through_writes):
+    """Outputs, final states and outer gradients are the hand-derived eq. 72 stream; without
+    gradients (inference) the same values, and no state keeps a graph at the end."""
+    c = NESTED_CASES[case]
+    m = nested_cms(c["partial"], schedule, p_a=c["p_a"], p_b=c["p_b"], lr_a=0.05, lr_b=0.08)
+    H = head().requires_grad_(True)
+    x, z = data(2, c["steps"])
+    y, state = nldsl.stream(m, x, z, loss=squared(H), through_writes=through_writes)
+    want, A, B, Phi = expected_nested(m.A_init, m.B_init, H, x, z, c["p_a"], c["p_b"], 0.05,
+                                      0.08, c["partial"], first_order=not through_writes)
+    torch.testing.assert_close(y, want, atol=TOL, rtol=0)
+    got = (state["a"]["A"], state["b"]["B"], state["a"]["B.init"])
+    for name, g, e in zip(["A", "B", "B.init"], got, (A, B, Phi)):
+        torch.testing.assert_close(g, e, atol=TOL, rtol=0, msg=name)
+    outer = lambda y, A, B, Phi: (y ** 2).sum() + (A ** 3).sum() + B.sum() + (Phi ** 2).sum()
+    params = [m.A_init, m.B_init, H]
+    grads = torch.autograd.grad(outer(y, *got), params, allow_unused=True)
+    expected = torch.autograd.grad(outer(want, A, B, Phi), params, allow_unused=True)
+    assert [g is None for g in grads] == [e is None for e in expected] == \
+        [False, False, not through_writes]
+    for name, g, e in zip(["A_init", "B_init", "H"], grads, expected):
+        if e is not None:
+            torch.testing.assert_close(g, e, atol=1e-10, rtol=0, msg=f"d/d{name}")
+    with torch.no_grad():
+        y0, state0 = nldsl.stream(m, x, z, loss=squared(H), through_writes=through_writes)
+    torch.testing.assert_close(y0, want, atol=TOL, rtol=0)
+    for name, e in zip(["A", "B.init"], (A, Phi)):
+        torch.testing.assert_close(state0["a"][name], e, atol=TOL, rtol=0, msg=name)
+    assert not any(v.requires_grad for level in ("a", "b") for v in state0[level].values())
+
+
+def test_the_initial_state_learns_through_the_writes():
+    """The chain rule through B's writes changes Phi's gradient (so the test above tells the
+    second-order stream from the first-order one), and B restarts: after a's first write the
+    stream differs from the sequential CMS's, where B runs on."""
+    m = nested_cms(p_a=4, p_b=2)
+    H = head()
+    x, z = data(2, 8)
+    with torch.no_grad():
+        runs = [nldsl.stream(m, x, z, loss=squared(H), through_writes=t) for t in (True, False)]
+        plain = two_cms(p_a=4, p_b=2)
+        y_plain, _ = nldsl.stream(plain, x, z, loss=squared(H))
+    (y, state), (_, first) = runs
+    assert (state["a"]["B.init"] - first["a"]["B.init"]).abs().max() > 1e-4
+    torch.testing.assert_close(y[:, :4], y_plain[:, :4], atol=TOL, rtol=0)
+    assert (y[:, 4:] - y_plain[:, 4:]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "outer"])
+@pytest.mark.parametrize("cuts", [[5], [1, 3, 8], [6, 12]], ids=["5", "1-3-8", "on-writes"])
+def test_a_cut_nested_stream_is_one_stream(cuts, grad):
+    """Calls cut anywhere (inside a's period too: the states carry the period's graph to the
+    next call) compute what one call does: outputs, states, and the outer gradients."""
+    m = nested_cms(p_a=6, p_b=2, lr_a=0.05, lr_b=0.08)
+    H = head()
+    x, z = data(2, 13)
+    with torch.set_grad_enabled(grad):
+        whole, whole_state = nldsl.stream(m, x, z, loss=squared(H))
+        parts, state, start = [], None, 0
+        for stop in cuts + [x.shape[1]]:
+            y, state = nldsl.stream(m, x[:, start:stop], z[:, start:stop], state,
+                                    loss=squared(H), end=stop == x.shape[1])
+            parts.append(y)
+            start = stop
+    cut = torch.cat(parts, 1)
+    torch.testing.assert_close(cut, whole, atol=TOL, rtol=0)
+    for level, name in (("a", "A"), ("a", "B.init"), ("b", "B")):
+        torch.testing.assert_close(state[level][name], whole_state[level][name], atol=TOL,
+                                   rtol=0, msg=name)
+    if grad:
+        params = [m.A_init, m.B_init]
+        for g, e in zip(torch.autograd.grad((cut ** 2).sum(), params),
+                        torch.autograd.grad((whole ** 2).sum(), params)):
+            torch.testing.assert_close(g, e, atol=1e-10, rtol=0)
+
+
+NESTED_SPEC = dict(dim=4, expansion=2, lr_slow=0.005, lr_mid=0.005, lr_fast=0.005)
+
+
+@pytest.mark.parametrize("periods, steps", [((6, 3, 1), 11), ((8, 4, 2), 13)],
+                         ids=["6-3-1-T11", "8-4-2-T13"])
+def test_cms_nested_schedules_agree_under_the_driver(periods, steps):
+    """cms_nested through nldsl.stream: the chunked schedule (FrozenForm) equals the
+    reference, outputs, final states and the gradients of x and every parameter (float64,
+    odd T, periods that do not divide T)."""
+    slow, mid, fast = periods
+    H = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    z = torch.randn(2, steps, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    runs = []
+    for schedule in ("reference", "chunked"):
+        torch.manual_seed(9)
+        m = nldsl.compile("cms_nested", schedule=schedule, period_slow=slow, period_mid=mid,
+                          period_fast=fast, **NESTED_SPEC).double()
+        assert schedule == "reference" or set(m.fast_paths) == {"slow", "mid", "fast"}
+        x = torch.randn(2, steps, 4, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(6)).requires_grad_(True)
+        y, state = nldsl.stream(m, x, z, loss=lambda y, z: 0.5 * ((y @ H.T - z) ** 2).sum())
+        params = [x] + list(m.parameters())
+        runs.append((y, state, torch.autograd.grad((y ** 3).sum(), params)))
+    (y_r, s_r, g_r), (y_c, s_c, g_c) = runs
+    torch.testing.assert_close(y_c, y_r, atol=1e-10, rtol=0)
+    assert {n for n in s_r["slow"]} == {"theta_slow", "theta_mid.init"}
+    assert_states_close([s_c], [s_r], atol=1e-10)
+    for g, e in zip(g_c, g_r):
+        assert e.abs().max() > 0
+        torch.testing.assert_close(g, e, atol=1e-9, rtol=0)
+
+
+def test_nested_periods_must_nest():
+    """A block restarts at one of its own writes: a teacher's period that is not a multiple
+    of the block's is a located error at the `init learned by`."""
     with pytest.raises(NLDSLCompileError) as info:
-        nldsl.compile(name, dim=8)
-    assert status == 1 and str(info.value).splitlines()[0] in err
+        nldsl.compile(NESTED.replace("PARTIAL", "flush"), dim=2, p_a=6, p_b=4)
+    row = next(i for i, r in enumerate(NESTED.splitlines(), 1) if "init learned by a" in r)
+    col = NESTED.splitlines()[row - 1].index("init learned by a") + 1
+    assert f"<string>:{row}:{col}: error: B restarts from a state of level 'a' every 6 " \
+        "tokens" in str(info.value)
+
+
+def test_a_nested_init_outside_a_task_level_is_refused(tmp_path, capsys):
+    """`init learned by` a token level compiles for a nested CMS only: a memory that learns
+    by its own rule (not the task loss) is refused, located, at `nldsl check` as at compile."""
+    from nldsl.cli import main
+    text = TASK_BASE.replace("LEVEL", "").replace("OBJECTIVE", "minimize task by gd(lr = 0.1)")
+    text = text.replace("  out = y", """  level b every 1 token {
+    state M : [dim, dim] init learned by a
+    minimize l2(M(k2), k2) by gd(lr = 0.1)
+    key k2 = y
+    read w = M(k2)
+  }
+  out = w""")
+    with pytest.raises(NLDSLCompileError) as info:
+        nldsl.compile(text, dim=2)
+    row = next(i for i, r in enumerate(text.splitlines(), 1) if "init learned by a" in r)
+    col = text.splitlines()[row - 1].index("init learned by a") + 1
+    message = f"{row}:{col}: error: M: an initial state learned by a token level ('a') is " \
+        "compiled for a nested CMS only"
+    assert f"<string>:{message}" in str(info.value)
+    path = tmp_path / "m.nl"
+    path.write_text(text)
+    assert main(["check", str(path)]) == 1 and f"m.nl:{message}" in capsys.readouterr().err

@@ -30,9 +30,28 @@ def test_compile_without_show_code_prints_the_derived_rules(capsys):
     assert "m <- lerp(m, g, 1 - betas[0])" in out and "fused kernel" in out
 
 
-def test_compile_of_a_module_the_compiler_cannot_run_is_a_located_error(capsys):
-    assert main(["compile", "cms_nested", "--show-code"]) == 1
-    assert "cms_nested.nl:26:74: error: theta_mid: an initial state learned by a token level" \
+#: a module spec that loads, but that the module compiler refuses (twice)
+REFUSED = """module refused(dim: int >= 1) {
+  level slow every 4 tokens {
+    state A : [dim, dim] = eye()
+    minimize task by momentum(lr = 0.1, beta = 0.9)
+    read h = A(x)
+  }
+  level fast every 2 tokens {
+    state B : [dim, dim] = eye()
+    minimize task by momentum(lr = 0.1, beta = 0.9)
+    read y = B(h)
+  }
+  out = y
+}
+"""
+
+
+def test_compile_of_a_module_the_compiler_cannot_run_is_a_located_error(capsys, tmp_path):
+    path = tmp_path / "refused.nl"
+    path.write_text(REFUSED)
+    assert main(["compile", str(path), "--show-code"]) == 1
+    assert "refused.nl:4:22: error: `minimize task by momentum` is not compiled yet" \
         in capsys.readouterr().err
 
 

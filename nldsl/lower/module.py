@@ -14,7 +14,7 @@ from nldsl.lower.heads import Unknown, head_steps
 from nldsl.lower.program import ConvSite, FastState, MLPLayout, ModuleWrite, Param, Program, \
     TokenLevel
 from nldsl.lower.sequence import attention_sites
-from nldsl.lower.task import is_task, task_write
+from nldsl.lower.task import is_task, nest_inits, task_write
 from nldsl.lower.timing import period, placements
 from nldsl.lower.unsupported import check_supported, compile_error
 from nldsl.lower.derive import NoClosedForm, chain_steps, closed_grad, loss_key, num, rate, \
@@ -39,6 +39,7 @@ def lower_module(spec, values: dict) -> Program:
         if name == OUTER:
             continue
         levels.append(_level(info, const, params, spec))
+    levels = nest_inits(levels, spec)
     convs = _conv_sites(spec, const, params)
     program = Program(decl.name, int(values["dim"]), dict(values), params,
                       {c.name: c.value for c in graph.levels[OUTER].contexts.values()},

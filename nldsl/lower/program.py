@@ -106,6 +106,9 @@ class FastState:
     learned: str | None = None     # the Param holding the learned initial value (MLP: its
     #                                prefix; part i is Param learned + mlp.part_names[i])
     mlp: MLPLayout | None = None
+    #: (level, state): a nested CMS block (NL eq. 72) restarts from that level's state at the
+    #: start of each of its periods (lower/task.py, `nest_inits`)
+    restart: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)

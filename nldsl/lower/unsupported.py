@@ -52,11 +52,14 @@ def check_supported(spec) -> None:
                    "leading underscore", "the module state keeps '_stream' for its own entries")
         for state in level.states.values():
             init = state.decl.init
-            if isinstance(init, ast.InitLearned) and (init.by or OUTER) != OUTER:
+            if isinstance(init, ast.InitLearned) and (init.by or OUTER) != OUTER and \
+                    not _nested_cms(graph, level, state.name, init.by):
                 report(init, f"{state.name}: an initial state learned by a token level "
-                       f"({init.by!r}) restarts every period of it, which is not compiled yet",
-                       "`init learned` (by the outer level)", "a nested CMS block (eq. 72) restarts "
-                       "from a slower level's state at each of its writes; use `init learned`")
+                       f"({init.by!r}) is compiled for a nested CMS only, where both levels "
+                       "learn from the task loss", "`init learned` (by the outer level), or "
+                       "`minimize task` on both levels", "a nested CMS block (eq. 72) restarts "
+                       "from a slower task level's state at each of its writes; use `init "
+                       "learned` for any other memory")
         _check_task_level(spec, level, report)
         for objective in level.objectives:
             if not is_task(objective):
@@ -81,6 +84,15 @@ def check_supported(spec) -> None:
                   ([graph.output] if graph.output is not None else []), report)
     if problems:
         raise NLDSLCompileError(problems)
+
+
+def _nested_cms(graph, level, state: str, teacher: str) -> bool:
+    """Eq. 72 as the task driver runs it (lower/task.py, `nest_inits`): `state` is written by
+    its level's `minimize task` and the teacher level learns from the task loss too."""
+    def task_targets(info):
+        return {o.state or next(iter(info.states)) for o in info.objectives if is_task(o)}
+    return state in task_targets(level) and teacher in graph.levels and \
+        bool(task_targets(graph.levels[teacher]))
 
 
 def _check_task_level(spec, level, report) -> None:

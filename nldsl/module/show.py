@@ -60,6 +60,9 @@ def _level(out: Emitter, level: TokenLevel, form) -> None:
               f"{', one rule step per period (once)' if level.once else ''}")
     with out.block(header):
         for state in level.states.values():
+            if state.restart is not None:
+                out.line(f"# {state.name} <- {state.restart[0]}.{state.restart[1]} at the start "
+                         f"of each period of {state.restart[0]} (eq. 72: nldsl.stream restarts it)")
             start = state.learned or (format_expr(state.init) if state.init is not None else "0")
             if state.mlp is not None:
                 layers = ", ".join(_dims(part) for part in state.mlp.parts)

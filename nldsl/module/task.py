@@ -32,7 +32,26 @@ grows with T). `through_writes=False` truncates that gradient: the inner gradien
 without a graph and each write adds a constant step, so the outer gradient passes a write as the
 identity (first order; kmccleary3301/nested_learning's "differentiable reads, stop-grad
 writes"). A level without `backprop` writes constants (its written state is detached), as in
-the module schedules. Without gradients (inference), every write is a constant.
+the module schedules. Without gradients (inference), every write is a constant, except in a
+nested CMS (below).
+
+Nested CMS (NL eq. 72, lower/task.py's `nest_inits`). A block b whose initial state is learned
+by a slower task level a (`init learned by a`) restarts at the start of each period of a
+(t = 0, C_a, 2 C_a, ...) from a's state `theta.init` (Phi), and a writes Phi by its gd rule from
+
+    G_Phi = sum_{t in a's period} dL_t / dPhi,
+
+the *total* derivative, by the chain rule through b's writes since the restart (and through
+anything else since that depends on Phi: a block b teaches in turn, its own initial state).
+That is the meta-gradient of eq. 72's argmin_Phi E_{T ~ C_a} l(Theta, T; Phi) over a's period
+(MAML-style); the block's own eq. 71 gradient stays the partial one. To take it, Phi is bound
+once per period of a (`_restart`), not per segment, and b's writes keep their graph under
+`torch.no_grad()` too (second order inside the stream): the states hold the graph of the
+slowest teacher's current period, dropped at its writes, so memory is bounded by that period
+(and a call that ends inside it returns states that carry it, so a cut stream is one stream).
+`through_writes=False` makes that gradient first order as well (each write a constant step, so
+G_Phi = sum_t dL_t/dtheta_b); a student level without `backprop` writes constants, so Phi
+learns from the tokens before b's first write after the restart only.
 
 `learn=False` freezes every task level: the call is `model(inputs, state, end=end)`, an ordinary
 network, and no pending sum changes.
@@ -58,6 +77,7 @@ class TaskLevel:
     level: TokenLevel
     lr: dict[str, float]           # state -> lr
     decay: dict[str, float]        # state -> decay
+    inits: frozenset = frozenset() # its states that are a nested block's initial state (eq. 72)
 
 
 def task_levels(model) -> list[TaskLevel]:
@@ -65,11 +85,14 @@ def task_levels(model) -> list[TaskLevel]:
     found = []
     for key, block in _blocks(model):
         values = block.program.hparams
+        restarts = [s.restart for lv in block.program.levels for s in lv.states.values()
+                    if s.restart is not None]
         for level in block.program.levels:
             if level.task:
                 found.append(TaskLevel(key, level,
                                        {w.target: float(evaluate(w.lr, values)) for w in level.task},
-                                       {w.target: float(evaluate(w.decay, values)) for w in level.task}))
+                                       {w.target: float(evaluate(w.decay, values)) for w in level.task},
+                                       frozenset(i for t, i in restarts if t == level.name)))
     return found
 
 
@@ -96,36 +119,44 @@ def stream(model, inputs: torch.Tensor, targets: torch.Tensor, state=None, *, lo
     state = _copy(state)
     start, steps = _own(state, levels[0].block)[STREAM]["t"], inputs.shape[1]
     outer = torch.is_grad_enabled()
-    create = outer and through_writes and any(tl.level.backprop for tl in levels)
+    nested = any(tl.inits for tl in levels)
+    graph = outer or nested            # the states keep their graph from segment to segment
+    create = graph and through_writes and any(tl.level.backprop for tl in levels)
+    _restart(levels, state, [tl for tl in levels if start % tl.level.period == 0], graph, outer)
     outputs, a = [], 0
     for b in _cuts(levels, start, steps):
         with torch.enable_grad():
-            thetas = _bind(levels, state, outer)
+            thetas = _bind(levels, state, graph)
             y, state = model(inputs[:, a:b], state, end=end and b == steps)
             total = loss(y, targets[:, a:b])
-            grads = _grads(total, thetas, create, outer)
+            grads = _grads(total, thetas, create, graph)
         for (tl, name, theta), grad in zip(thetas, grads):
             own = _own(state, tl.block)[tl.level.name]
-            # the state the network read (the same values); without gradients, no leaf escapes
-            own[name] = theta if outer else _map(torch.Tensor.detach, theta)
+            # the state the network read (the same values); without a graph, no leaf escapes
+            own[name] = theta if graph else _map(torch.Tensor.detach, theta)
             if not (create and tl.level.backprop):
                 grad = _map(torch.Tensor.detach, grad)
             _accumulate(own, name, theta, grad, b - a, tl)
-        for tl in levels:
-            if (start + b) % tl.level.period == 0:
-                _write(_own(state, tl.block)[tl.level.name], tl, outer, through_writes)
+        due = [tl for tl in levels if (start + b) % tl.level.period == 0]
+        for tl in due:
+            _write(_own(state, tl.block)[tl.level.name], tl, graph, through_writes)
+        _restart(levels, state, due, graph, outer)
         outputs.append(y if outer else y.detach())
         a = b
     if not outputs:
         y, state = model(inputs, state, end=end)
         outputs.append(y)
     if end:
+        flushed = [tl for tl in levels if tl.level.partial == "flush" and any(
+            f"{name}.pending" in _own(state, tl.block)[tl.level.name] for name in tl.level.states)]
+        for tl in flushed:
+            _write(_own(state, tl.block)[tl.level.name], tl, graph, through_writes)
+        _restart(levels, state, flushed, graph, outer)
         for tl in levels:
-            own = _own(state, tl.block)[tl.level.name]
-            if tl.level.partial == "flush":
-                _write(own, tl, outer, through_writes)
             for name in tl.level.states:
-                own.pop(f"{name}.pending", None)
+                _own(state, tl.block)[tl.level.name].pop(f"{name}.pending", None)
+        if nested and not outer:
+            _detach(levels, state)
     return torch.cat(outputs, dim=1), state
 
 
@@ -160,28 +191,65 @@ def _cuts(levels: list[TaskLevel], start: int, steps: int) -> list[int]:
     return sorted(cuts)
 
 
-def _bind(levels, state, outer: bool) -> list[tuple[TaskLevel, str, object]]:
-    """Every task state as a fresh node the loss is differentiated by: a view of the state
-    when the outer gradient flows into it, else a detached leaf. The fresh node makes G the
-    partial derivative at this segment's states: with gradients through the writes, a state
-    written earlier (B_1 = B_0 - lr G_B(A)) depends on another level's state, and the
-    derivative by A itself would add the path through B_1."""
+def _bind(levels, state, graph: bool) -> list[tuple[TaskLevel, str, object]]:
+    """Every task state as a fresh node the loss is differentiated by (`_node`). The fresh
+    node makes G the partial derivative at this segment's states: with gradients through the
+    writes, a state written earlier (B_1 = B_0 - lr G_B(A)) depends on another level's state,
+    and the derivative by A itself would add the path through B_1. A nested block's initial
+    state keeps the node its block restarted from (`_restart`): its G is the total derivative,
+    through the block's writes since then (eq. 72)."""
     bound = []
     for tl in levels:
         own = _own(state, tl.block)[tl.level.name]
         for name in tl.level.states:
-            keep = lambda v: v.view_as(v) if outer and v.requires_grad else \
-                v.detach().requires_grad_(True)
-            own[name] = _map(keep, own[name])
+            if name not in tl.inits or not _tensors(own[name])[0].requires_grad:
+                own[name] = _map(lambda v: _node(v, graph), own[name])
             bound.append((tl, name, own[name]))
     return bound
 
 
-def _grads(total: torch.Tensor, thetas, create: bool, outer: bool) -> list:
+def _node(value: torch.Tensor, graph: bool) -> torch.Tensor:
+    """A view of the state when gradients flow into it from before, else a detached leaf."""
+    return value.view_as(value) if graph and value.requires_grad else \
+        value.detach().requires_grad_(True)
+
+
+@torch.enable_grad()                # a nested CMS keeps its graph under no_grad too
+def _restart(levels, state, due: list[TaskLevel], graph: bool, outer: bool) -> None:
+    """NL eq. 72: at the start of each period of a level in `due` (t = 0 and after each of its
+    writes), every block it teaches restarts from its `theta.init` state, bound as a fresh node
+    (`_node`). Without an outer gradient, once every teacher restarts nothing is differentiated
+    through the past any more: every state drops its graph (memory bounded by the slowest
+    teacher's period)."""
+    starting = [tl for tl in due if tl.inits]
+    if not starting:
+        return
+    if not outer and len(starting) == sum(1 for tl in levels if tl.inits):
+        _detach(levels, state)
+    for tl in starting:
+        own = _own(state, tl.block)[tl.level.name]
+        for name in tl.inits:
+            own[name] = _map(lambda v: _node(v, graph), own[name])
+    teachers = {(id(_own(state, tl.block)), tl.level.name) for tl in starting}
+    for tl in levels:
+        block = _own(state, tl.block)
+        for name, fast in tl.level.states.items():
+            if fast.restart is not None and (id(block), fast.restart[0]) in teachers:
+                block[tl.level.name][name] = block[fast.restart[0]][fast.restart[1]]
+
+
+def _detach(levels, state) -> None:
+    for tl in levels:
+        own = _own(state, tl.block)[tl.level.name]
+        for name, value in own.items():
+            own[name] = _map(torch.Tensor.detach, value)
+
+
+def _grads(total: torch.Tensor, thetas, create: bool, graph: bool) -> list:
     """d total / d theta for every bound state (zero for a state the loss does not use)."""
     flat = [t for _, _, theta in thetas for t in _tensors(theta)]
     grads = torch.autograd.grad(total, flat, allow_unused=True, create_graph=create,
-                                retain_graph=outer or create)
+                                retain_graph=graph or create)
     grads = [torch.zeros_like(t) if g is None else g for t, g in zip(flat, grads)]
     found, i = [], 0
     for _, _, theta in thetas:
@@ -191,6 +259,7 @@ def _grads(total: torch.Tensor, thetas, create: bool, outer: bool) -> list:
     return found
 
 
+@torch.enable_grad()                # a nested CMS keeps its graph under no_grad too
 def _accumulate(own: dict, name: str, theta, grad, tokens: int, tl: TaskLevel) -> None:
     """pending += tokens (decay - 1) theta - lr G: the segment's sum of per-token gd changes."""
     lr, decay = tl.lr[name], tl.decay[name]
@@ -200,15 +269,17 @@ def _accumulate(own: dict, name: str, theta, grad, tokens: int, tl: TaskLevel) -
     own[key] = step if key not in own else _map(torch.add, own[key], step)
 
 
-def _write(own: dict, tl: TaskLevel, outer: bool, through: bool) -> None:
-    """theta <- theta + pending. The outer gradient goes through it (a `backprop` level with
-    gradients on), passes it as the identity (`through_writes=False`: the step a constant), or
-    stops (a level without `backprop`, or no outer gradient: the new state a constant)."""
+@torch.enable_grad()                # a nested CMS keeps its graph under no_grad too
+def _write(own: dict, tl: TaskLevel, graph: bool, through: bool) -> None:
+    """theta <- theta + pending. The gradient goes through it (a `backprop` level with a graph:
+    gradients on, or a nested block's initial state to learn), passes it as the identity
+    (`through_writes=False`: the step a constant), or stops (a level without `backprop`, or no
+    graph: the new state a constant)."""
     for name in tl.level.states:
         pending = own.pop(f"{name}.pending", None)
         if pending is None:
             continue
-        if not (outer and tl.level.backprop):
+        if not (graph and tl.level.backprop):
             own[name] = _map(lambda s, p: (s + p).detach(), own[name], pending)
         else:
             step = pending if through else _map(torch.Tensor.detach, pending)
