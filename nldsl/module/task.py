@@ -46,8 +46,10 @@ import torch.nn.functional as F
 
 from nldsl.consteval import evaluate
 from nldsl.lower.program import TokenLevel
+from nldsl.module import taskgrad
 from nldsl.module.module import CompiledModule
 from nldsl.module.reference import STREAM
+from nldsl.runtime import mlp
 
 
 @dataclass(frozen=True)
@@ -97,13 +99,28 @@ def stream(model, inputs: torch.Tensor, targets: torch.Tensor, state=None, *, lo
     start, steps = _own(state, levels[0].block)[STREAM]["t"], inputs.shape[1]
     outer = torch.is_grad_enabled()
     create = outer and through_writes and any(tl.level.backprop for tl in levels)
-    outputs, a = [], 0
+    recorded = {} if outer else _recordable(model, levels)
+    outputs, a, folded = [], 0, {}
     for b in _cuts(levels, start, steps):
         with torch.enable_grad():
-            thetas = _bind(levels, state, outer)
-            y, state = model(inputs[:, a:b], state, end=end and b == steps)
+            thetas = _bind(levels, state, outer, recorded)
+            sinks = _sinks(levels, state, recorded)
+            with taskgrad.recording({id(value): sink for _, _, value, sink in sinks}):
+                y, after = model(inputs[:, a:b], state, end=end and b == steps)
+            if not all(sink.applied for *_, sink in sinks):
+                # the module did not read a recorded state through its frozen form (it fell
+                # back to the token loop): the segment again, every state a bound leaf
+                for tl in levels:
+                    _settle(state, tl, recorded, folded)
+                recorded = {}
+                thetas = _bind(levels, state, outer, recorded)
+                sinks, (y, after) = [], model(inputs[:, a:b], state, end=end and b == steps)
+            state = after
             total = loss(y, targets[:, a:b])
-            grads = _grads(total, thetas, create, outer)
+            grads = _grads(total, thetas, create, outer, [sink.anchor for *_, sink in sinks])
+        for tl, name, _, sink in sinks:
+            tokens, records = folded.get((id(tl), name), (0, []))
+            folded[(id(tl), name)] = (tokens + b - a, records + sink.records)
         for (tl, name, theta), grad in zip(thetas, grads):
             own = _own(state, tl.block)[tl.level.name]
             # the state the network read (the same values); without gradients, no leaf escapes
@@ -113,9 +130,12 @@ def stream(model, inputs: torch.Tensor, targets: torch.Tensor, state=None, *, lo
             _accumulate(own, name, theta, grad, b - a, tl)
         for tl in levels:
             if (start + b) % tl.level.period == 0:
+                _settle(state, tl, recorded, folded)
                 _write(_own(state, tl.block)[tl.level.name], tl, outer, through_writes)
         outputs.append(y if outer else y.detach())
         a = b
+    for tl in levels:
+        _settle(state, tl, recorded, folded)
     if not outputs:
         y, state = model(inputs, state, end=end)
         outputs.append(y)
@@ -160,16 +180,17 @@ def _cuts(levels: list[TaskLevel], start: int, steps: int) -> list[int]:
     return sorted(cuts)
 
 
-def _bind(levels, state, outer: bool) -> list[tuple[TaskLevel, str, object]]:
+def _bind(levels, state, outer: bool, recorded: dict) -> list[tuple[TaskLevel, str, object]]:
     """Every task state as a fresh node the loss is differentiated by: a view of the state
     when the outer gradient flows into it, else a detached leaf. The fresh node makes G the
     partial derivative at this segment's states: with gradients through the writes, a state
     written earlier (B_1 = B_0 - lr G_B(A)) depends on another level's state, and the
-    derivative by A itself would add the path through B_1."""
+    derivative by A itself would add the path through B_1. (A recorded state is no node: its
+    gradient comes from its products' records, `_sinks`.)"""
     bound = []
     for tl in levels:
         own = _own(state, tl.block)[tl.level.name]
-        for name in tl.level.states:
+        for name in (n for n in tl.level.states if n not in recorded.get(id(tl), {})):
             keep = lambda v: v.view_as(v) if outer and v.requires_grad else \
                 v.detach().requires_grad_(True)
             own[name] = _map(keep, own[name])
@@ -177,11 +198,53 @@ def _bind(levels, state, outer: bool) -> list[tuple[TaskLevel, str, object]]:
     return bound
 
 
-def _grads(total: torch.Tensor, thetas, create: bool, outer: bool) -> list:
-    """d total / d theta for every bound state (zero for a state the loss does not use)."""
+def _sinks(levels, state, recorded: dict) -> list[tuple[TaskLevel, str, torch.Tensor, object]]:
+    """A sink per recorded state, keyed by the tensor the module will see: an MLP's weights
+    become the layer views of one flat tensor, which the module's state conversion hands on
+    as it is (mlp.flatten), so the frozen form's products find it."""
+    found = []
+    for tl in levels:
+        own = _own(state, tl.block)[tl.level.name]
+        for name, layout in recorded.get(id(tl), {}).items():
+            value = (mlp.flatten(layout, own[name]) if layout else own[name]).detach()
+            own[name] = mlp.layers(layout, value) if layout else value
+            found.append((tl, name, value, taskgrad.Sink()))
+    return found
+
+
+def _recordable(model, levels: list[TaskLevel]) -> dict[int, dict]:
+    """id of a task level -> {state: its MLP layout or None} for the states whose gradient the
+    frozen form's products give whole (module/taskgrad.py)."""
+    blocks = dict(_blocks(model))
+    found = {}
+    for tl in levels:
+        block = blocks[tl.block]
+        names = taskgrad.recordable(block.program, tl.level, block.fast_paths)
+        found[id(tl)] = {name: tl.level.states[name].mlp for name in names}
+    return found
+
+
+def _settle(state, tl: TaskLevel, recorded: dict, folded: dict) -> None:
+    """A recorded state's gradient since its last write, summed from its records (one GEMM per
+    layer for all the tokens), into its pending sum as `_accumulate` adds a bound state's."""
+    own = _own(state, tl.block)[tl.level.name]
+    for name, layout in recorded.get(id(tl), {}).items():
+        tokens, records = folded.pop((id(tl), name), (0, []))
+        if not tokens:
+            continue
+        theta = own[name]
+        grads = taskgrad.fold(records, len(layout.layers) if layout else 1)
+        grad = _map(torch.zeros_like, theta) if grads is None else \
+            (tuple(grads) if layout else grads[0])
+        _accumulate(own, name, theta, grad, tokens, tl)
+
+
+def _grads(total: torch.Tensor, thetas, create: bool, outer: bool, anchors=()) -> list:
+    """d total / d theta for every bound state (zero for a state the loss does not use); the
+    anchors run the recorded products' backward (their own gradients are not used)."""
     flat = [t for _, _, theta in thetas for t in _tensors(theta)]
-    grads = torch.autograd.grad(total, flat, allow_unused=True, create_graph=create,
-                                retain_graph=outer or create)
+    grads = torch.autograd.grad(total, flat + list(anchors), allow_unused=True,
+                                create_graph=create, retain_graph=outer or create)[:len(flat)]
     grads = [torch.zeros_like(t) if g is None else g for t, g in zip(flat, grads)]
     found, i = [], 0
     for _, _, theta in thetas:
