@@ -109,3 +109,44 @@ def test_a_recorded_product_is_the_product_and_its_gradients():
     assert sink.applied and len(sink.records) == 2
     (grad_w,) = taskgrad.fold(sink.records, 1)
     torch.testing.assert_close(grad_w, want_w, atol=TOL, rtol=0)
+
+
+DECAYED = """module decayed(dim: int >= 1) {
+  level a every 4 tokens backprop partial flush {
+    state A : [dim, dim] init learned
+    minimize task by gd(lr = 0.2, decay = 0.9)
+    read h = A(x)
+  }
+  level b every 2 tokens backprop partial drop {
+    state W : mlp(dim -> 2 * dim -> dim, gelu, residual) init learned by outer
+    minimize task by gd(lr = 0.1, decay = 0.95)
+    read y = W(h)
+  }
+  out = y
+}
+"""
+
+
+@pytest.mark.parametrize("cuts", [[11], [4, 5, 11]], ids=["one-call", "cut-inside-periods"])
+def test_a_decayed_write_is_the_bound_stream(cuts, monkeypatch):
+    """gd(lr, decay) on a matrix and an MLP state, written straight from the records
+    (beta = 1 + n (decay - 1)) or, when a call ends inside a period, through the pending sum
+    the next call finishes; at T 11 A's partial period is flushed, W's dropped: the bound
+    stream's values."""
+    torch.manual_seed(7)
+    m = nldsl.compile(DECAYED, dim=3).double()
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(2, 11, 3, dtype=torch.float64, generator=g)
+    z = torch.randn(2, 11, 3, dtype=torch.float64, generator=g)
+    loss = lambda y, target: 0.5 * ((y - target) ** 2).sum()
+    runs = []
+    with torch.no_grad():
+        for run in (nldsl.stream, lambda *a, **k: bound_stream(monkeypatch, *a, **k)):
+            ys, state, start = [], None, 0
+            for stop in cuts:
+                y, state = run(m, x[:, start:stop], z[:, start:stop], state, loss=loss,
+                               end=stop == cuts[-1])
+                ys.append(y)
+                start = stop
+            runs.append((torch.cat(ys, 1), [state]))
+    assert_same_stream(*runs)

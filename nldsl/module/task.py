@@ -130,7 +130,7 @@ def stream(model, inputs: torch.Tensor, targets: torch.Tensor, state=None, *, lo
             _accumulate(own, name, theta, grad, b - a, tl)
         for tl in levels:
             if (start + b) % tl.level.period == 0:
-                _settle(state, tl, recorded, folded)
+                _settle(state, tl, recorded, folded, write=True)
                 _write(_own(state, tl.block)[tl.level.name], tl, outer, through_writes)
         outputs.append(y if outer else y.detach())
         a = b
@@ -224,15 +224,21 @@ def _recordable(model, levels: list[TaskLevel]) -> dict[int, dict]:
     return found
 
 
-def _settle(state, tl: TaskLevel, recorded: dict, folded: dict) -> None:
+def _settle(state, tl: TaskLevel, recorded: dict, folded: dict, write: bool = False) -> None:
     """A recorded state's gradient since its last write, summed from its records (one GEMM per
-    layer for all the tokens), into its pending sum as `_accumulate` adds a bound state's."""
+    layer for all the tokens): at a write with no pending sum from an earlier call, the written
+    state itself (taskgrad.write); else into its pending sum, as `_accumulate` adds a bound
+    state's."""
     own = _own(state, tl.block)[tl.level.name]
     for name, layout in recorded.get(id(tl), {}).items():
         tokens, records = folded.pop((id(tl), name), (0, []))
         if not tokens:
             continue
         theta = own[name]
+        if write and f"{name}.pending" not in own:
+            beta = 1 + tokens * (tl.decay[name] - 1)
+            own[name] = taskgrad.write(layout, theta, records, tl.lr[name], beta)
+            continue
         grads = taskgrad.fold(records, len(layout.layers) if layout else 1)
         grad = _map(torch.zeros_like, theta) if grads is None else \
             (tuple(grads) if layout else grads[0])

@@ -29,8 +29,9 @@ import torch
 
 from nldsl import ast
 from nldsl.consteval import calls_in, names_in
-from nldsl.lower.program import Program, TokenLevel
+from nldsl.lower.program import MLPLayout, Program, TokenLevel
 from nldsl.lower.task import FrozenForm
+from nldsl.runtime import mlp
 
 #: id of a state tensor being recorded -> its sink: (layer, u, g) per product, filled by backward
 _SINKS: ContextVar[dict[int, list] | None] = ContextVar("nldsl_task_sinks", default=None)
@@ -114,7 +115,30 @@ def fold(records: list, layers: int):
         return None
     grads = []
     for i in range(layers):
-        u = torch.cat([u for layer, u, _ in records if layer == i], dim=-2)   # [B, N, d_in]
-        g = torch.cat([g for layer, _, g in records if layer == i], dim=-2)   # [B, N, d_out]
-        grads.append(g.mT @ u)                                                # [B, d_out, d_in]
+        u, g = _factors(records, i)
+        grads.append(g.mT @ u)                                    # [B, d_out, d_in]
     return grads
+
+
+def write(layout: MLPLayout | None, theta, records: list, lr: float, beta: float):
+    """The written state beta theta - lr sum g^T u (eq. 71's write of gd(lr, decay) over n
+    tokens: beta = 1 + n (decay - 1)), straight into one new tensor: a matrix, or the flat
+    tensor of an MLP's layers (returned as its layer views, so the next call takes it as it
+    is). One fused GEMM per layer (baddbmm), no gradient tensor, no pending sum."""
+    flat = mlp.flatten(layout, theta) if layout is not None else theta    # [B, P] or [B, o, i]
+    new = torch.empty(flat.shape, dtype=flat.dtype, device=flat.device)
+    olds = mlp.layers(layout, flat) if layout is not None else (flat,)
+    news = mlp.layers(layout, new) if layout is not None else (new,)
+    for i, (old, out) in enumerate(zip(olds, news)):
+        if not any(layer == i for layer, _, _ in records):            # not read: no gradient
+            torch.mul(old, beta, out=out)
+            continue
+        u, g = _factors(records, i)                                   # [B, N, d_in], [B, N, d_out]
+        torch.baddbmm(old, g.mT, u, beta=beta, alpha=-lr, out=out)   # [B, d_out, d_in]
+    return news if layout is not None else new
+
+
+def _factors(records: list, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A layer's records side by side: u [B, N, d_in], g [B, N, d_out] over all N tokens."""
+    return (torch.cat([u for i, u, _ in records if i == layer], dim=-2),
+            torch.cat([g for i, _, g in records if i == layer], dim=-2))
