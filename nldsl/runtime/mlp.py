@@ -59,10 +59,15 @@ def _viewed(layout: MLPLayout, weights) -> torch.Tensor | None:
                                     first.stride()[:-2] + (1,), first.storage_offset())
         except RuntimeError:                  # past the end of the memory: not one flat tensor
             return None
-    same = all(v.shape == w.shape and v.stride() == w.stride() and
-               v.storage_offset() == w.storage_offset()
-               for v, w in zip(layers(layout, base), weights))
-    return base if same else None
+    lead, strides, start = base.shape[:-1], base.stride()[:-1], base.storage_offset()
+    if base.stride()[-1] != 1:
+        return None
+    for w, shape, offset in zip(weights, layout.parts, layout.offsets):
+        inner = (shape[1], 1) if len(shape) == 2 else (1,)      # a part's rows, contiguous
+        if w.shape != lead + shape or w.stride() != strides + inner or \
+                w.storage_offset() != start + offset:
+            return None
+    return base
 
 
 def apply(layout: MLPLayout, flat: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
