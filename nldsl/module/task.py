@@ -19,6 +19,12 @@ network) and those tokens are parallel. Per segment [a, b) the driver
      lower/task.py; hyper-parameter expressions, so one number per level);
   4. writes every level whose period ends at b: theta <- theta + pending.
 
+Without outer gradients, a task state read only through its level's frozen products
+(module/taskgrad.py: `recordable`) is no autograd leaf: the backward keeps each product's
+(u, dL/d(u W^T)), and at the level's write steps 3-4 are one fused GEMM per layer over all
+the period's tokens (`taskgrad.write`); a call that ends inside the period folds them into the
+pending sum (`_settle`). The same sums in another order.
+
 At the end of a sequence (`end=True`) a pending sum is written or dropped as the level's
 `partial flush|drop` says. The pending sums live in the state (`state[level][name + ".pending"]`,
 like any `every N` level's), so a stream cut into calls anywhere computes what one call does.
