@@ -5,15 +5,17 @@
         [--periods 32,4,1 32,16,4 128,32,4]
 
 `cms` (sequential, eqs. 70-71; `--spec cms_nested`: eq. 72, `cms_independent`: eq. 74) as the
-block of nldsl.lm, with next-token cross-entropy as the task loss. Per list of periods (slow, mid, fast): tokens/s = batch * tokens / median call time
-of
+block of nldsl.lm, with next-token cross-entropy as the task loss. Per list of periods (slow,
+mid, fast): tokens/s = batch * tokens / median CPU time per call of
 
   online      nldsl.stream(model, inputs, targets) under torch.no_grad (test-time learning:
               one forward and one backward of the network per segment; a segment ends at the
               next write of any CMS level, so period 1 means one segment per token)
   frozen      model(inputs): the same network with the CMS levels frozen (learn=False)
 
-and the segment count. One process, float32, `--threads` torch threads.
+and the segment count. One process, float32, `--threads` torch threads, flush-to-zero on, glibc's
+freed blocks kept mapped (bench_modules.keep_freed_memory); CPU time of this process
+(time.process_time: the host is shared, so wall time measures the neighbours).
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ import time
 
 import torch
 
+from bench_modules import keep_freed_memory
+
 import nldsl
 from nldsl.module.task import _cuts, task_levels
 
@@ -31,9 +35,9 @@ def median_time(fn, reps: int) -> float:
     fn()
     samples = []
     for _ in range(reps):
-        start = time.perf_counter()
+        start = time.process_time()
         fn()
-        samples.append(time.perf_counter() - start)
+        samples.append(time.process_time() - start)
     return statistics.median(samples)
 
 
@@ -50,7 +54,9 @@ def main() -> None:
     parser.add_argument("--spec", default="cms", choices=["cms", "cms_nested", "cms_independent"])
     parser.add_argument("--periods", nargs="+", default=["32,4,1", "32,16,4", "128,32,4"])
     args = parser.parse_args()
+    keep_freed_memory()
     torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
     torch.manual_seed(0)
     stream = torch.randint(0, args.vocab, (args.batch, args.tokens + 1))
     inputs, targets = stream[:, :-1], stream[:, 1:]

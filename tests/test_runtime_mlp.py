@@ -27,6 +27,32 @@ def test_flat_weights_are_the_layers_end_to_end(layout):
         assert torch.equal(w, view)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_the_layers_of_a_flat_tensor_flatten_to_it(layout):
+    """A state's own layer views give its flat tensor back, no copy: a flat tensor, an
+    expanded one (one memory for a batch: stride 0), and a view of a bigger tensor; separate
+    weights, or views that need a gradient, are concatenated (the caller may differentiate
+    by the views)."""
+    weights = mlp.initial(layout, (3,), torch.float64)
+    flat = mlp.flatten(layout, weights).clone()                           # [3, P]
+    expanded = mlp.flatten(layout, mlp.initial(layout, (), torch.float64)).expand(2, -1)
+    wider = torch.randn(3, layout.size + 4, dtype=torch.float64)[:, 2:-2]
+    for base in (flat, expanded, wider):
+        got = mlp.flatten(layout, mlp.layers(layout, base))
+        assert torch.equal(got, base) and got.data_ptr() == base.data_ptr()
+        assert got.stride() == base.stride()
+    assert mlp.flatten(layout, mlp.layers(layout, flat)) is flat
+    separate = tuple(w.clone() for w in weights)
+    copied = mlp.flatten(layout, separate)
+    assert torch.equal(copied, flat)
+    assert copied.data_ptr() != separate[0].data_ptr() or len(separate) == 1   # one: as it is
+    leaf = flat.clone().requires_grad_(True)
+    views = mlp.layers(layout, leaf)
+    grads = torch.autograd.grad(mlp.flatten(layout, views).square().sum(), views)
+    for g, v in zip(grads, views):
+        torch.testing.assert_close(g, 2 * v.detach(), atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("layout", PLAIN)
 def test_apply_is_the_forward_pass(layout):
     """M(u) = W_L act(... act(W_1 u)) (+ u), written out per batch entry with torch.mv."""

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from nldsl import ast
 
@@ -67,12 +68,14 @@ class MLPLayout:
     residual: bool
     norm: bool = False             # `layernorm`: LN without affine, times (gamma + 1)
 
-    @property
+    # the derived shapes are cached: the schedules ask for them on every call, per state
+
+    @cached_property
     def layers(self) -> tuple[tuple[int, int], ...]:
         """(d_out, d_in) per layer."""
         return tuple(zip(self.widths[1:], self.widths[:-1]))
 
-    @property
+    @cached_property
     def parts(self) -> tuple[tuple[int, ...], ...]:
         """The shape of each weight: the layers' (d_out, d_in), then gamma's (d_L,) if norm."""
         return self.layers + (((self.widths[-1],),) if self.norm else ())
@@ -83,14 +86,14 @@ class MLPLayout:
         return tuple(f"_w{i + 1}" for i in range(len(self.layers))) + \
             (("_gamma",) if self.norm else ())
 
-    @property
+    @cached_property
     def offsets(self) -> tuple[int, ...]:
         ends = [0]
         for shape in self.parts:
             ends.append(ends[-1] + math.prod(shape))
         return tuple(ends)
 
-    @property
+    @cached_property
     def size(self) -> int:
         return self.offsets[-1]
 

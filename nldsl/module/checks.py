@@ -1,6 +1,8 @@
 """Clear errors for bad input to a compiled module, before any tensor reaches torch."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from nldsl.check_values import check_hparam_values
@@ -45,7 +47,7 @@ def check_state(module, state, x) -> dict:
         raise TypeError(f"state must be the dict a previous call returned, got {type(state).__name__}")
     stream = state.get(STREAM)
     t = stream.get("t", 0) if isinstance(stream, dict) else 0
-    expected = module.initial_state(x.shape[0], t=t if isinstance(t, int) and t >= 0 else 0)
+    expected = _template(module, x.shape[0], t if isinstance(t, int) and t >= 0 else 0)
     if set(state) != set(expected):
         raise ValueError(f"this state is not {module.program.name}'s: it has entries "
                          f"{sorted(state)}, expected {sorted(expected)}")
@@ -58,12 +60,12 @@ def check_state(module, state, x) -> dict:
             _check_window(module, key, name, state[key][name], x)
         for name, value in own.items():
             given = state[key][name]
-            if isinstance(given, torch.Tensor) and isinstance(value, torch.Tensor) and (
+            if isinstance(given, torch.Tensor) and isinstance(value, _Meta) and (
                     given.dtype != value.dtype or given.device != value.device):
                 raise ValueError(f"state[{key!r}][{name!r}] is {given.dtype} on {given.device} "
                                  f"but the module is {value.dtype} on {value.device}")
-            if isinstance(value, torch.Tensor) and (not isinstance(given, torch.Tensor)
-                                                    or given.shape != value.shape):
+            if isinstance(value, _Meta) and (not isinstance(given, torch.Tensor)
+                                             or given.shape != value.shape):
                 shape = list(given.shape) if isinstance(given, torch.Tensor) else type(given).__name__
                 raise ValueError(f"state[{key!r}][{name!r}] has shape {shape}, expected "
                                  f"{list(value.shape)} (batch {x.shape[0]}): a state from "
@@ -71,6 +73,28 @@ def check_state(module, state, x) -> dict:
     if not isinstance(state[STREAM]["t"], int) or state[STREAM]["t"] < 0:
         raise ValueError("state['_stream']['t'] must be the non-negative count of tokens seen")
     return state
+
+
+class _Meta(NamedTuple):
+    shape: torch.Size
+    dtype: torch.dtype
+    device: torch.device
+
+
+def _template(module, batch: int, t: int) -> dict:
+    """The entries of `module.initial_state(batch, t=t)`, a tensor's as its shape, dtype and
+    device: what a state must match. Built once per batch, position (a full attention's cache
+    grows with t), dtype and device, not per call (the initial state concatenates every MLP
+    memory's learned weights)."""
+    ref = next(iter(module.parameters()), torch.zeros(()))
+    key = (batch, t if module.program.attention else 0, ref.dtype, ref.device)
+    cache = module.__dict__.setdefault("_state_templates", {})
+    if key not in cache:
+        with torch.no_grad():
+            state = module.initial_state(batch, t=t)
+        cache[key] = {k: {n: _Meta(v.shape, v.dtype, v.device) if isinstance(v, torch.Tensor)
+                          else v for n, v in own.items()} for k, own in state.items()}
+    return cache[key]
 
 
 def _check_window(module, key: str, name: str, value, x) -> None:

@@ -27,6 +27,7 @@ from nldsl.module.reference import STREAM, finish, run_reference
 from nldsl.runtime import mlp
 from nldsl.runtime.attention import attend_sequence, run_site
 from nldsl.module.snapshot_chunk import NotPerToken, run_snapshot_level
+from nldsl.module import taskgrad
 from nldsl.runtime.evaluate import FrameEvaluator
 from nldsl.runtime.frame import Frame
 from nldsl.runtime.functions import causal_conv
@@ -242,10 +243,10 @@ class _SequenceValues:
         """M(u) for a state M of a frozen level, every token at once: one batched GEMM per
         layer, u [B, T, d_in] @ W^T [B, d_in, d_out] (not one product per token)."""
         memory = self.new_state[level.name][name]                    # [B, P] or [B, dv, dk]
-        layout = level.states[name].mlp
+        layout, recorded = level.states[name].mlp, taskgrad.product(memory)
         if layout is None:
-            return u @ memory.mT                                      # [B, T, dv]
-        return mlp.apply_to_sequence(layout, memory, u)               # [B, T, d_L]
+            return u @ memory.mT if recorded is None else recorded(0, u, memory)  # [B, T, dv]
+        return mlp.apply_to_sequence(layout, memory, u, recorded)     # [B, T, d_L]
 
     def _snapshot_read(self, level: TokenLevel, name: str):
         """A before-write read of a deep level before it runs: the call lies inside one of its

@@ -19,6 +19,12 @@ network) and those tokens are parallel. Per segment [a, b) the driver
      lower/task.py; hyper-parameter expressions, so one number per level);
   4. writes every level whose period ends at b: theta <- theta + pending.
 
+Without outer gradients, a task state read only through its level's frozen products
+(module/taskgrad.py: `recordable`) is no autograd leaf: the backward keeps each product's
+(u, dL/d(u W^T)), and at the level's write steps 3-4 are one fused GEMM per layer over all
+the period's tokens (`taskgrad.write`); a call that ends inside the period folds them into the
+pending sum (`_settle`). The same sums in another order.
+
 At the end of a sequence (`end=True`) a pending sum is written or dropped as the level's
 `partial flush|drop` says. The pending sums live in the state (`state[level][name + ".pending"]`,
 like any `every N` level's), so a stream cut into calls anywhere computes what one call does.
@@ -65,8 +71,10 @@ import torch.nn.functional as F
 
 from nldsl.consteval import evaluate
 from nldsl.lower.program import TokenLevel
+from nldsl.module import taskgrad
 from nldsl.module.module import CompiledModule
 from nldsl.module.reference import STREAM
+from nldsl.runtime import mlp
 
 
 @dataclass(frozen=True)
@@ -122,14 +130,29 @@ def stream(model, inputs: torch.Tensor, targets: torch.Tensor, state=None, *, lo
     nested = any(tl.inits for tl in levels)
     graph = outer or nested            # the states keep their graph from segment to segment
     create = graph and through_writes and any(tl.level.backprop for tl in levels)
+    recorded = {} if graph else _recordable(model, levels)
     _restart(levels, state, [tl for tl in levels if start % tl.level.period == 0], graph, outer)
-    outputs, a = [], 0
+    outputs, a, folded = [], 0, {}
     for b in _cuts(levels, start, steps):
         with torch.enable_grad():
-            thetas = _bind(levels, state, graph)
-            y, state = model(inputs[:, a:b], state, end=end and b == steps)
+            thetas = _bind(levels, state, graph, recorded)
+            sinks = _sinks(levels, state, recorded)
+            with taskgrad.recording({id(value): sink for _, _, value, sink in sinks}):
+                y, after = model(inputs[:, a:b], state, end=end and b == steps)
+            if not all(sink.applied for *_, sink in sinks):
+                # the module did not read a recorded state through its frozen form (it fell
+                # back to the token loop): the segment again, every state a bound leaf
+                for tl in levels:
+                    _settle(state, tl, recorded, folded)
+                recorded = {}
+                thetas = _bind(levels, state, graph, recorded)
+                sinks, (y, after) = [], model(inputs[:, a:b], state, end=end and b == steps)
+            state = after
             total = loss(y, targets[:, a:b])
-            grads = _grads(total, thetas, create, graph)
+            grads = _grads(total, thetas, create, graph, [sink.anchor for *_, sink in sinks])
+        for tl, name, _, sink in sinks:
+            tokens, records = folded.get((id(tl), name), (0, []))
+            folded[(id(tl), name)] = (tokens + b - a, records + sink.records)
         for (tl, name, theta), grad in zip(thetas, grads):
             own = _own(state, tl.block)[tl.level.name]
             # the state the network read (the same values); without a graph, no leaf escapes
@@ -139,10 +162,13 @@ def stream(model, inputs: torch.Tensor, targets: torch.Tensor, state=None, *, lo
             _accumulate(own, name, theta, grad, b - a, tl)
         due = [tl for tl in levels if (start + b) % tl.level.period == 0]
         for tl in due:
+            _settle(state, tl, recorded, folded, write=True)
             _write(_own(state, tl.block)[tl.level.name], tl, graph, through_writes)
         _restart(levels, state, due, graph, outer)
         outputs.append(y if outer else y.detach())
         a = b
+    for tl in levels:
+        _settle(state, tl, recorded, folded)
     if not outputs:
         y, state = model(inputs, state, end=end)
         outputs.append(y)
@@ -191,17 +217,18 @@ def _cuts(levels: list[TaskLevel], start: int, steps: int) -> list[int]:
     return sorted(cuts)
 
 
-def _bind(levels, state, graph: bool) -> list[tuple[TaskLevel, str, object]]:
+def _bind(levels, state, graph: bool, recorded: dict) -> list[tuple[TaskLevel, str, object]]:
     """Every task state as a fresh node the loss is differentiated by (`_node`). The fresh
     node makes G the partial derivative at this segment's states: with gradients through the
     writes, a state written earlier (B_1 = B_0 - lr G_B(A)) depends on another level's state,
     and the derivative by A itself would add the path through B_1. A nested block's initial
     state keeps the node its block restarted from (`_restart`): its G is the total derivative,
-    through the block's writes since then (eq. 72)."""
+    through the block's writes since then (eq. 72). A recorded state is no node: its gradient
+    comes from its products' records (`_sinks`)."""
     bound = []
     for tl in levels:
         own = _own(state, tl.block)[tl.level.name]
-        for name in tl.level.states:
+        for name in (n for n in tl.level.states if n not in recorded.get(id(tl), {})):
             if name not in tl.inits or not _tensors(own[name])[0].requires_grad:
                 own[name] = _map(lambda v: _node(v, graph), own[name])
             bound.append((tl, name, own[name]))
@@ -245,11 +272,59 @@ def _detach(levels, state) -> None:
             own[name] = _map(torch.Tensor.detach, value)
 
 
-def _grads(total: torch.Tensor, thetas, create: bool, graph: bool) -> list:
-    """d total / d theta for every bound state (zero for a state the loss does not use)."""
+def _sinks(levels, state, recorded: dict) -> list[tuple[TaskLevel, str, torch.Tensor, object]]:
+    """A sink per recorded state, keyed by the tensor the module will see: an MLP's weights
+    become the layer views of one flat tensor, which the module's state conversion hands on
+    as it is (mlp.flatten), so the frozen form's products find it."""
+    found = []
+    for tl in levels:
+        own = _own(state, tl.block)[tl.level.name]
+        for name, layout in recorded.get(id(tl), {}).items():
+            value = (mlp.flatten(layout, own[name]) if layout else own[name]).detach()
+            own[name] = mlp.layers(layout, value) if layout else value
+            found.append((tl, name, value, taskgrad.Sink()))
+    return found
+
+
+def _recordable(model, levels: list[TaskLevel]) -> dict[int, dict]:
+    """id of a task level -> {state: its MLP layout or None} for the states whose gradient the
+    frozen form's products give whole (module/taskgrad.py)."""
+    blocks = dict(_blocks(model))
+    found = {}
+    for tl in levels:
+        block = blocks[tl.block]
+        names = taskgrad.recordable(block.program, tl.level, block.fast_paths)
+        found[id(tl)] = {name: tl.level.states[name].mlp for name in names}
+    return found
+
+
+def _settle(state, tl: TaskLevel, recorded: dict, folded: dict, write: bool = False) -> None:
+    """A recorded state's gradient since its last write, summed from its records (one GEMM per
+    layer for all the tokens): at a write with no pending sum from an earlier call, the written
+    state itself (taskgrad.write); else into its pending sum, as `_accumulate` adds a bound
+    state's."""
+    own = _own(state, tl.block)[tl.level.name]
+    for name, layout in recorded.get(id(tl), {}).items():
+        tokens, records = folded.pop((id(tl), name), (0, []))
+        if not tokens:
+            continue
+        theta = own[name]
+        if write and f"{name}.pending" not in own:
+            beta = 1 + tokens * (tl.decay[name] - 1)
+            own[name] = taskgrad.write(layout, theta, records, tl.lr[name], beta)
+            continue
+        grads = taskgrad.fold(records, len(layout.layers) if layout else 1)
+        grad = _map(torch.zeros_like, theta) if grads is None else \
+            (tuple(grads) if layout else grads[0])
+        _accumulate(own, name, theta, grad, tokens, tl)
+
+
+def _grads(total: torch.Tensor, thetas, create: bool, graph: bool, anchors=()) -> list:
+    """d total / d theta for every bound state (zero for a state the loss does not use); the
+    anchors run the recorded products' backward (their own gradients are not used)."""
     flat = [t for _, _, theta in thetas for t in _tensors(theta)]
-    grads = torch.autograd.grad(total, flat, allow_unused=True, create_graph=create,
-                                retain_graph=graph or create)
+    grads = torch.autograd.grad(total, flat + list(anchors), allow_unused=True,
+                                create_graph=create, retain_graph=graph or create)[:len(flat)]
     grads = [torch.zeros_like(t) if g is None else g for t, g in zip(flat, grads)]
     found, i = [], 0
     for _, _, theta in thetas:

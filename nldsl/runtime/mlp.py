@@ -32,8 +32,42 @@ def layers(layout: MLPLayout, flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 
 def flatten(layout: MLPLayout, weights) -> torch.Tensor:
-    """One tensor per part ([..., d_out, d_in] per layer, then gamma [..., d_L]) -> [..., P]."""
+    """One tensor per part ([..., d_out, d_in] per layer, then gamma [..., d_L]) -> [..., P].
+    Weights that are exactly `layers` of one flat tensor (a state the module returned) give
+    that tensor back, not a copy, when none needs a gradient (with one, a caller may
+    differentiate by the views themselves)."""
+    base = _viewed(layout, weights)
+    if base is not None:
+        return base
     return torch.cat([w.flatten(-len(shape)) for w, shape in zip(weights, layout.parts)], dim=-1)
+
+
+def _viewed(layout: MLPLayout, weights) -> torch.Tensor | None:
+    """The flat tensor [..., P] whose `layers` the weights are (their common base, or the same
+    memory seen as one), or None."""
+    first = weights[0]
+    if len(weights) != len(layout.parts) or any(
+            not isinstance(w, torch.Tensor) or w.requires_grad for w in weights):
+        return None
+    storage = first.untyped_storage().data_ptr()
+    if any(w.untyped_storage().data_ptr() != storage for w in weights):
+        return None
+    base = first._base
+    if base is None or base.shape[:-1] != first.shape[:-2] or base.shape[-1] != layout.size:
+        try:                                  # e.g. an expanded state: [B] of stride 0
+            base = first.as_strided(first.shape[:-2] + (layout.size,),
+                                    first.stride()[:-2] + (1,), first.storage_offset())
+        except RuntimeError:                  # past the end of the memory: not one flat tensor
+            return None
+    lead, strides, start = base.shape[:-1], base.stride()[:-1], base.storage_offset()
+    if base.stride()[-1] != 1:
+        return None
+    for w, shape, offset in zip(weights, layout.parts, layout.offsets):
+        inner = (shape[1], 1) if len(shape) == 2 else (1,)      # a part's rows, contiguous
+        if w.shape != lead + shape or w.stride() != strides + inner or \
+                w.storage_offset() != start + offset:
+            return None
+    return base
 
 
 def apply(layout: MLPLayout, flat: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -50,13 +84,15 @@ def apply(layout: MLPLayout, flat: torch.Tensor, u: torch.Tensor) -> torch.Tenso
     return h + u if layout.residual else h
 
 
-def apply_to_sequence(layout: MLPLayout, flat: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+def apply_to_sequence(layout: MLPLayout, flat: torch.Tensor, u: torch.Tensor,
+                      product=None) -> torch.Tensor:
     """M(u) for one memory per sequence applied to all its tokens: flat [B, P], u [B, T, d_0]
-    -> [B, T, d_L], each layer one batched GEMM h W^T."""
+    -> [B, T, d_L], each layer one batched GEMM h W^T (`product(i, h, W)` when given: the task
+    driver's recording product, module/taskgrad.py)."""
     h = u
     weights = layers(layout, flat)
     for i, weight in enumerate(weights):
-        h = h @ weight.mT                                          # [B, T, d_{i+1}]
+        h = h @ weight.mT if product is None else product(i, h, weight)   # [B, T, d_{i+1}]
         if i < len(weights) - 1:
             h = ACTIVATIONS[layout.activation](h)
     return h + u if layout.residual else h
