@@ -49,13 +49,18 @@ def loss(logits: torch.Tensor, batch: Batch, count=None) -> torch.Tensor:
     """Mean loss over the masked positions (and, for sets, over the symbols); `count` divides
     the sum instead of this batch's positions (a rank's share of a global mean)."""
     mask = batch.mask  # [B, T]
+    per = position_losses(logits, batch)  # [B, T]
+    return (per * mask).sum() / (mask.sum().clamp(min=1) if count is None else count)
+
+
+def position_losses(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Each position's loss `[B, T]` (off the mask too): the next token's cross-entropy, or
+    the sigmoid cross-entropy averaged over the follow-set symbols."""
     if batch.kind == "sets":
         width = batch.targets.shape[-1]
-        per = F.binary_cross_entropy_with_logits(
+        return F.binary_cross_entropy_with_logits(
             logits[..., :width], batch.targets, reduction="none").mean(-1)  # [B, T]
-    else:
-        per = F.cross_entropy(logits.transpose(1, 2), batch.targets, reduction="none")  # [B, T]
-    return (per * mask).sum() / (mask.sum().clamp(min=1) if count is None else count)
+    return F.cross_entropy(logits.transpose(1, 2), batch.targets, reduction="none")  # [B, T]
 
 
 def correct(logits: torch.Tensor, batch: Batch) -> torch.Tensor:

@@ -20,9 +20,8 @@ learns from exactly the positions the task scores.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from nldsl.tasks.batch import Batch
+from nldsl.tasks.batch import Batch, position_losses
 
 
 def learns_online(model: torch.nn.Module) -> bool:
@@ -35,12 +34,7 @@ def learns_online(model: torch.nn.Module) -> bool:
 def summed_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     """The sum of the task's per-position losses over the masked positions (the mean of
     nldsl/tasks/batch.py's `loss`, times the positions)."""
-    if batch.kind == "sets":
-        width = batch.targets.shape[-1]
-        per = F.binary_cross_entropy_with_logits(
-            logits[..., :width], batch.targets, reduction="none").mean(-1)  # [B, n]
-    else:
-        per = F.cross_entropy(logits.transpose(1, 2), batch.targets, reduction="none")  # [B, n]
+    per = position_losses(logits, batch)  # [B, n]
     return (per * batch.mask).sum()
 
 
