@@ -2,7 +2,8 @@
 nested_learning's SelfModifyingTitans, forward with in-context updates, no autograd.
 
     .venv/bin/python benchmarks/bench_selfmod.py [--batch 2] [--tokens 256]
-        [--chunks 8 64] [--reps 3] [--threads 1] [--reference] [--json out.json]
+        [--chunks 8 64] [--reps 3] [--threads 1] [--reference] [--against FILE]
+        [--json out.json]
 
 dim 256 (issue 11 §4). CPU time per call (time.process_time: the host is shared and loaded, so
 wall time measures the neighbours), median over `reps` round-robin rounds after one untimed
@@ -12,6 +13,9 @@ blocks kept mapped for every contender (bench_modules.keep_freed_memory).
   nldsl chunked       nldsl.compile("self_modifying_titans", chunk_projections=C_o,
                       chunk_memory=C_m): the snapshot chunk form (module/snapshot_chunk.py)
   nldsl reference     the token loop it is tested against (--reference: slow)
+  nldsl against       --against FILE: the same module with FILE (another version of
+                      nldsl/module/snapshot_chunk.py, e.g. from `git show REV:...`) as its
+                      snapshot chunk form, for before/after comparisons in one process
   nested_learning     SelfModifyingTitans(chunk_size_other=C_o, chunk_size_memory=C_m,
                       use_skip=False).forward_with_updates(x, init_fast_state()), as
                       ../shared/bench/peers.py section `nl` part (b) drives it
@@ -48,6 +52,8 @@ def contenders(args, x: torch.Tensor) -> dict:
         if schedule == "chunked":
             assert ours.fast_paths, "self_modifying_titans must take the snapshot chunk form"
         found[f"nldsl {schedule}"] = lambda m=ours: m(x)
+        if schedule == "chunked" and args.against:
+            found["nldsl against"] = lambda m=ours: with_form(args.against, lambda: m(x))
     try:
         from nested_learning.titan.self_modifying import SelfModifyingTitans, \
             SelfModifyingTitansConfig
@@ -58,6 +64,25 @@ def contenders(args, x: torch.Tensor) -> dict:
         dim=256, chunk_size_other=chunk_other, chunk_size_memory=chunk_memory, use_skip=False))
     found["nested_learning"] = lambda: peer.forward_with_updates(x, peer.init_fast_state())
     return found
+
+
+def with_form(path: str, call):
+    """call() with module/chunked.py's snapshot chunk form taken from the file at `path`."""
+    import importlib.util
+    import nldsl.module.chunked as chunked
+    if path not in _FORMS:
+        spec = importlib.util.spec_from_file_location("snapshot_chunk_against", path)
+        _FORMS[path] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(_FORMS[path])
+    kept = chunked.run_snapshot_level
+    chunked.run_snapshot_level = _FORMS[path].run_snapshot_level
+    try:
+        return call()
+    finally:
+        chunked.run_snapshot_level = kept
+
+
+_FORMS: dict = {}
 
 
 def cpu_times(group: dict, reps: int) -> dict[str, float]:
@@ -83,6 +108,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--reference", action="store_true", help="time the token loop too")
+    parser.add_argument("--against", help="another snapshot_chunk.py to time beside this one")
     parser.add_argument("--json")
     args = parser.parse_args()
     kept = keep_freed_memory()

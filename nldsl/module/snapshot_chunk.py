@@ -18,8 +18,9 @@ transposed S = W^T: S_t = d_t S_{t-1} - lr_t k_t (k_t^T S_{t-1}) + sum_apps a_0 
 the gated delta rule with extra rank-one writes. Each token becomes 1 + A steps of
 delta_chunk.linear_delta_blocks: (k_t, decay d_t, erase lr_t, write 0), then per application
 (a_0, decay 1, erase 0, write -lr_t delta_1): the same S_t, in the WY/UT form. The first
-layers of all states of one shape (and application count, padded with empty steps) are one
-call, one state per head. Memory for the backward pass: the chunk's activations and factors,
+layers of all states of one shape and step count are one call, one state per head, and stay
+stacked from chunk to chunk (no copy of the weights per chunk). The other layers' ends are one
+matmul over all applications' factors, accumulated in place into the gated start. Memory for the backward pass: the chunk's activations and factors,
 the chunk-start weights once per chunk.
 """
 from __future__ import annotations
@@ -47,7 +48,7 @@ def run_snapshot_level(values, level: TokenLevel, form: SnapshotForm) -> None:
     snapshot = {name: by_layer(name, own.get(f"{name}.chunk_start", own[name]))
                 for name in level.states}
     buffers = {name: by_layer(level.buffer_state(name), own[name]) for name in level.hidden}
-    start = values.new_state["_stream"]["t"]
+    start, stacks = values.new_state["_stream"]["t"], {}
     contexts, reads = {n: [] for n in form.contexts}, {n: [] for n in level.reads}
     done = (lambda v: v) if torch.is_grad_enabled() else \
         (lambda v: v.detach() if isinstance(v, torch.Tensor) else v)
@@ -61,10 +62,10 @@ def run_snapshot_level(values, level: TokenLevel, form: SnapshotForm) -> None:
             for name, (expr, _) in level.reads.items():
                 reads[name].append(done(chunk.fit(chunk.evaluate(expr))))
             gates, factors, transforms = _gradients(form, chunk, keep)
-        states, buffers = _end_states(level, form, gates, factors, transforms, states, buffers)
-        if not keep:
-            states = {name: tuple(w.detach() for w in ws) for name, ws in states.items()}
-            buffers = {name: tuple(w.detach() for w in ws) for name, ws in buffers.items()}
+        states, buffers = _end_states(level, form, gates, factors, transforms, states, buffers,
+                                      stacks)
+        if not keep:        # (tensors without a graph stay themselves: `stacks` knows them)
+            states, buffers = _detached(states), _detached(buffers)
     frame = values.frames[level.name]
     flat = lambda name, ws: mlp.flatten(level.states[name].mlp, ws)
     for name, parts in contexts.items():
@@ -206,8 +207,9 @@ def _identity(value):
 
 
 def _end_states(level: TokenLevel, form: SnapshotForm, gates: dict, factors: dict,
-                transforms: dict, states: dict, buffers: dict):
-    """Every state and chain buffer after the chunk's last token (module docstring)."""
+                transforms: dict, states: dict, buffers: dict, stacks: dict):
+    """Every state and chain buffer after the chunk's last token (module docstring); `stacks`
+    holds the delta-rule groups' stacked first layers between chunks (_first_layers)."""
     new, new_buffers = {}, {}
     for write in form.writes:
         if write.chain:
@@ -226,34 +228,37 @@ def _end_states(level: TokenLevel, form: SnapshotForm, gates: dict, factors: dic
             if i == 0 and key is not None:
                 ends.append(None)                                             # the delta rule
                 continue
-            end = w * total[:, None, None]
-            for pairs, _ in factors[write.target]:
-                a, delta = pairs[i]
-                end = end - (delta * coefficient.unsqueeze(-1)).mT @ a       # [B, o, i]
-            ends.append(end)
+            apps = [pairs[i] for pairs, _ in factors[write.target]]          # one matmul for all
+            a = torch.cat([a for a, _ in apps], dim=1)                        # [B, A L, d_in]
+            scaled = torch.cat([d * -coefficient.unsqueeze(-1) for _, d in apps], dim=1)
+            ends.append(_accumulate(w * total[:, None, None], scaled.mT, a))  # [B, o, i]
         new[write.target] = ends
     preconditioned = [w for w in form.writes if w.precondition is not None and not w.chain]
     for group in _groups(level, preconditioned, factors):
-        for write, end in zip(group, _first_layers(level, group, gates, factors, states)):
+        for write, end in zip(group, _first_layers(group, gates, factors, states, stacks)):
             new[write.target][0] = end
     return {name: tuple(ws) for name, ws in new.items()}, new_buffers
 
 
 def _groups(level: TokenLevel, writes, factors) -> list[list]:
-    """The preconditioned writes by their first layer's shape: one delta-rule call each."""
+    """The preconditioned writes by their first layer's shape and steps per token (1 + the
+    applications whose input is not the key): one delta-rule call each, none padded."""
     groups: dict[tuple, list] = {}
     for write in writes:
-        groups.setdefault(level.states[write.target].mlp.layers[0], []).append(write)
+        steps = 1 + sum(not on_key for _, on_key in factors[write.target])
+        groups.setdefault((level.states[write.target].mlp.layers[0], steps), []).append(write)
     return list(groups.values())
 
 
-def _first_layers(level: TokenLevel, group, gates, factors, states) -> list[torch.Tensor]:
+def _first_layers(group, gates, factors, states, stacks: dict) -> list[torch.Tensor]:
     """eq. 88 on the first layers of a group of states (one head each): W_L [B, d_1, d_0].
     An application whose input is the key writes in the key's own step (k_t w_t^T, DeltaNet's
-    single step); every other one takes a step of its own."""
+    single step); every other one takes a step of its own. The group's end weights are views
+    of one [B G, d_1, d_0] tensor, kept in `stacks` so that the next chunk starts from it
+    without copying the weights again."""
     others = {w.target: [pairs[0] for pairs, on_key in factors[w.target] if not on_key]
               for w in group}
-    count = 1 + max(len(apps) for apps in others.values())                   # steps per token
+    count = 1 + len(others[group[0].target])                                 # steps per token
     keys, decays, erases, writes, starts = [], [], [], [], []
     for write in group:
         lr, decay, key = gates[write.target]
@@ -264,16 +269,20 @@ def _first_layers(level: TokenLevel, group, gates, factors, states) -> list[torc
             key.new_zeros(key.shape[:-1] + first.shape[-2:-1])                # [B, L, d_1]
         steps_k = [key] + [a for a, _ in others[write.target]]                # [B, L, d_0]
         steps_w = [own] + [-lr.unsqueeze(-1) * d for _, d in others[write.target]]
-        missing = count - len(steps_k)
-        keys.append(_interleave(steps_k + [torch.zeros_like(key)] * missing))
-        writes.append(_interleave(steps_w + [torch.zeros_like(own)] * missing))
+        keys.append(_interleave(steps_k))
+        writes.append(_interleave(steps_w))
         decays.append(_interleave([decay] + [one] * (count - 1)))
         erases.append(_interleave([lr] + [zero] * (count - 1)))
         starts.append(first)                                                  # [B, d_1, d_0]
-    stack = lambda parts: torch.stack(parts, dim=1).flatten(0, 1)            # [B H, ..]
-    bsz = starts[0].shape[0]
-    end = delta_end(stack(starts), stack(decays), stack(erases), stack(keys), stack(writes))
-    return list(end.view(bsz, len(group), *end.shape[1:]).unbind(1))        # [B, d_1, d_0] each
+    stack = lambda parts: torch.stack(parts, dim=1).flatten(0, 1)            # [B G, ..]
+    bsz, names = starts[0].shape[0], tuple(w.target for w in group)
+    views, stacked = stacks.get(names, ((), None))
+    w0 = stacked if len(views) == len(starts) and all(a is b for a, b in zip(views, starts)) \
+        else stack(starts)
+    end = delta_end(w0, stack(decays), stack(erases), stack(keys), stack(writes))
+    ends = end.view(bsz, len(group), *end.shape[1:]).unbind(1)               # [B, d_1, d_0] each
+    stacks[names] = (ends, end)
+    return list(ends)
 
 
 def delta_end(w0, a, c, k, w):
@@ -287,10 +296,32 @@ def delta_end(w0, a, c, k, w):
     d_prev = F.pad(d[:, :-1], (0, 0, 1, 0))                                   # D[t-1, i]
     n = torch.bmm(k, k.mT) * (c.unsqueeze(-1) * d_prev)                      # [G, L, L]
     rhs = torch.cat((w, (c * gamma_prev).unsqueeze(-1) * k), dim=-1)         # [G, L, d_1 + d_0]
-    u, v = unit_lower_solve(n, rhs).split((w.shape[-1], k.shape[-1]), dim=-1)
+    u, v = _unit_lower_solve(n, rhs).split((w.shape[-1], k.shape[-1]), dim=-1)
     delta = u.mT - torch.bmm(w0, v.mT)                                        # [G, d_1, L]
     edge = d[:, -1, :].unsqueeze(-1) * k                                      # E [G, L, d_0]
-    return torch.baddbmm(w0 * gamma[:, -1, None, None], delta, edge)          # [G, d_1, d_0]
+    return _accumulate(w0 * gamma[:, -1, None, None], delta, edge)           # [G, d_1, d_0]
+
+
+def _detached(states: dict) -> dict:
+    return {name: tuple(w.detach() if w.requires_grad else w for w in ws)
+            for name, ws in states.items()}
+
+
+def _accumulate(start: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """start + a @ b, in place into `start` (a fresh tensor: one pass over the weights fewer);
+    under autocast (a, b in a lower precision) out of place, in start's dtype."""
+    if start.dtype == a.dtype == b.dtype:
+        return start.baddbmm_(a, b)
+    return start + torch.bmm(a, b)
+
+
+def _unit_lower_solve(n: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """(I + N)^{-1} R for strictly lower N [G, L, L]: one triangular solve (LAPACK's trsm,
+    half the time of delta_chunk's inversion at these sizes) where torch has it, float32 and
+    float64; delta_chunk.unit_lower_solve otherwise (bfloat16 under autocast)."""
+    if n.dtype in (torch.float32, torch.float64):
+        return torch.linalg.solve_triangular(n, rhs, upper=False, unitriangular=True)
+    return unit_lower_solve(n, rhs)
 
 
 def _interleave(parts: list[torch.Tensor]) -> torch.Tensor:
