@@ -88,6 +88,9 @@ def _worker(rank: int, world: int, port: int, config, resume: bool, results) -> 
         outcome = run(config, Group(rank, world), resume=resume)
         if rank == 0:
             results.put(outcome)
+        # every rank leaves together: a rank that tears gloo down while rank 0 still writes
+        # its evaluation and report can abort in gloo's threads
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -101,8 +104,10 @@ def launch(config, resume: bool = False, progress: bool = True):
         backend = "nccl" if config.device == "cuda" else "gloo"
         dist.init_process_group(backend)
         try:
-            return run(config, Group(dist.get_rank(), dist.get_world_size()), resume=resume,
-                       progress=progress)
+            outcome = run(config, Group(dist.get_rank(), dist.get_world_size()), resume=resume,
+                          progress=progress)
+            dist.barrier()
+            return outcome
         finally:
             dist.destroy_process_group()
     if config.nproc == 1:
