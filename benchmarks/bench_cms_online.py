@@ -32,13 +32,11 @@ on the network's loss. When nested_learning is not installed only nldsl is timed
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 import warnings
 
 import torch
 
-from bench_modules import keep_freed_memory
+from bench_modules import cpu_times, keep_freed_memory
 
 import nldsl
 
@@ -90,20 +88,6 @@ def contenders(args, periods: tuple[int, ...], x: torch.Tensor, teach: torch.Ten
         return peer._cms_forward_online_fast(x, state, teach, None)
     found["nested_learning"] = run_peer
     return found
-
-
-def cpu_times(group: dict, reps: int) -> dict[str, float]:
-    """Median CPU seconds per call, round-robin after one untimed call each."""
-    times = {name: [] for name in group}
-    with torch.no_grad():
-        for fn in group.values():
-            fn()
-        for _ in range(reps):
-            for name, fn in group.items():
-                start = time.process_time()
-                fn()
-                times[name].append(time.process_time() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:

@@ -96,6 +96,20 @@ def keep_freed_memory() -> bool:
         return False
 
 
+def cpu_times(group: dict, reps: int) -> dict[str, float]:
+    """Median CPU seconds per call, round-robin after one untimed call each."""
+    times = {name: [] for name in group}
+    with torch.no_grad():
+        for fn in group.values():
+            fn()
+        for _ in range(reps):
+            for name, fn in group.items():
+                start = time.process_time()
+                fn()
+                times[name].append(time.process_time() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def peak_gemm(n: int = 1024, samples: int = 5) -> tuple[float, float]:
     """(best, median) GFLOP/s of an fp32 n^3 mm."""
     a, b, c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)

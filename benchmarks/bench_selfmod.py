@@ -29,14 +29,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 import warnings
 
 import torch
 
-from bench_modules import keep_freed_memory
+from bench_modules import cpu_times, keep_freed_memory
 
 import nldsl
 
@@ -83,20 +81,6 @@ def with_form(path: str, call):
 
 
 _FORMS: dict = {}
-
-
-def cpu_times(group: dict, reps: int) -> dict[str, float]:
-    """Median CPU seconds per call, round-robin after one untimed call each."""
-    times = {name: [] for name in group}
-    with torch.no_grad():
-        for fn in group.values():
-            fn()
-        for _ in range(reps):
-            for name, fn in group.items():
-                start = time.process_time()
-                fn()
-                times[name].append(time.process_time() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
