@@ -45,6 +45,19 @@ def outputs(m, x):
     return y, flat_layers(state), [torch.zeros_like(a) if g is None else g for a, g in zip(leaves, grads)]
 
 
+def assert_schedules_agree(reference, chunked, x, bound: float) -> dict:
+    """Outputs, final states (to `bound`) and every gradient (to twice it: two passes) of the
+    two schedules agree; the reference's final state, flattened by layer."""
+    (y_r, s_r, g_r), (y_c, s_c, g_c) = outputs(reference, x), outputs(chunked, x)
+    assert_close(y_c, y_r, bound, "y")
+    assert_states_close(s_c, s_r, bound, "")
+    names = ["x"] + [n for n, _ in reference.named_parameters()]
+    assert len(g_c) == len(names)
+    for name, a, b in zip(names, g_c, g_r):
+        assert_close(a, b, 2 * bound, f"grad {name}")
+    return s_r
+
+
 @pytest.mark.parametrize("steps, chunk_projections, chunk_memory, batch", [
     pytest.param(11, 3, 4, 2, id="T11-chunks3/4-B2"),
     pytest.param(9, 2, 5, 1, id="T9-chunks2/5-B1"),
@@ -57,13 +70,7 @@ def test_chunked_equals_reference(steps, chunk_projections, chunk_memory, batch,
     forbid_fallback(monkeypatch)
     x = inputs(batch, steps, DIM, 1).requires_grad_()
     bound = deep_bound(steps, 2 * DIM)
-    (y_r, s_r, g_r), (y_c, s_c, g_c) = outputs(reference, x), outputs(chunked, x)
-    assert_close(y_c, y_r, bound, "y")
-    assert_states_close(s_c, s_r, bound, "")
-    names = ["x"] + [n for n, _ in reference.named_parameters()]
-    assert len(g_c) == len(names)
-    for name, a, b in zip(names, g_c, g_r):
-        assert_close(a, b, 2 * bound, f"grad {name}")
+    assert_schedules_agree(reference, chunked, x, bound)
 
 
 def test_a_cut_stream_equals_one_call(monkeypatch):
