@@ -46,7 +46,7 @@ def assert_same_stream(got, want):
 def bound_stream(monkeypatch, *args, **kwargs):
     """The stream with every task state a bound leaf (no recording)."""
     with monkeypatch.context() as patch:
-        patch.setattr(task, "_recordable", lambda model, levels: {})
+        patch.setattr(task, "recordable", lambda blocks, levels: {})
         return nldsl.stream(*args, **kwargs)
 
 
