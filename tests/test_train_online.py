@@ -13,7 +13,7 @@ from nldsl.tasks.batch import Batch, loss
 from nldsl.train import checkpoint, loop
 from nldsl.train.config import Config
 from nldsl.train.distributed import launch
-from nldsl.train.online import forward, learns_online, summed_loss
+from nldsl.train.online import backward_in_windows, forward, learns_online, summed_loss
 
 # A CMS whose three blocks write at 1, 2 and 3 tokens (periods that do not divide the words'
 # lengths), with rates large enough that a write moves the outputs.
@@ -77,6 +77,32 @@ def test_zero_rates_are_the_frozen_network():
                                forward(model, model, b, online=False), rtol=1e-12, atol=1e-12)
 
 
+def _gradients(model):
+    return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("window", [7, 3], ids=["whole-word", "window-3"])
+def test_training_in_windows_is_the_mean_losss_gradient_truncated(window):
+    """A window as long as the word is the plain step's gradient; a shorter one has the same
+    logits and a different (truncated) gradient."""
+    model, b = network(), _parity_batch()
+    count = b.mask.sum().item()
+    model.zero_grad()
+    logits = forward(model, model, b, online=True)
+    loss(logits, b).backward()
+    plain = _gradients(model)
+    model.zero_grad()
+    windowed = backward_in_windows(model, b, window, 1 / count)
+    torch.testing.assert_close(windowed, logits.detach(), rtol=1e-10, atol=1e-10)
+    cut = _gradients(model)
+    assert cut.keys() == plain.keys()
+    if window >= b.inputs.shape[1]:
+        for k in plain:
+            torch.testing.assert_close(cut[k], plain[k], rtol=1e-10, atol=1e-12, msg=k)
+    else:
+        assert any((cut[k] - plain[k]).abs().max() > 1e-6 for k in plain)
+
+
 def test_a_spec_without_task_levels_runs_the_ordinary_call():
     torch.manual_seed(0)
     model = nldsl.lm("deltanet", vocab_size=4, dim=8, depth=1, heads=2, head_dim=4)
@@ -101,6 +127,16 @@ def test_the_loop_learns_online_unless_the_levels_are_frozen(tmp_path, straight)
     for other in (frozen, first):
         assert any(not torch.equal(online["model"][k], other["model"][k]) for k in online["model"])
     assert online["history"][-1]["bin0/loss"] != frozen["history"][-1]["bin0/loss"]
+
+
+def test_the_loop_truncates_the_outer_gradient_when_asked(tmp_path, straight):
+    _, whole = straight
+    _, same = _run(tmp_path, "whole-word", truncate=7)
+    _, cut = _run(tmp_path, "cut", truncate=2)
+    for k in whole["model"]:
+        torch.testing.assert_close(same["model"][k], whole["model"][k], rtol=1e-5, atol=1e-6)
+    assert any(not torch.allclose(cut["model"][k], whole["model"][k], rtol=1e-5, atol=1e-6)
+               for k in whole["model"])
 
 
 def test_an_online_run_resumes_bit_for_bit(tmp_path, straight):

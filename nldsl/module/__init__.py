@@ -48,3 +48,16 @@ def stream(model, inputs, targets, state=None, *, loss=None, learn: bool = True,
 
     return run(model, inputs, targets, state, loss=loss, learn=learn, end=end,
                through_writes=through_writes)
+
+
+def stream_windows(model, inputs, targets, state=None, *, window: int, loss=None,
+                   scale: float = 1.0, through_writes: bool = True, end: bool = True):
+    """Outer training with memory bounded by a window: `nldsl.stream` on `window` tokens at a
+    time, each window's loss backpropagated (`(scale * loss).backward()`) before the next and
+    the state detached between windows (truncated backpropagation through time;
+    docs/modules.md, "Levels that learn from the task loss"). Returns (outputs, state, the
+    summed loss), all detached."""
+    from nldsl.module.task_window import stream_windows as run
+
+    return run(model, inputs, targets, state, window=window, loss=loss, scale=scale,
+               through_writes=through_writes, end=end)

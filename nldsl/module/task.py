@@ -94,7 +94,7 @@ def stream(model, inputs: torch.Tensor, targets: torch.Tensor, state=None, *, lo
     if inputs.shape[:2] != targets.shape[:2]:
         raise ValueError(f"inputs {list(inputs.shape)} and targets {list(targets.shape)} must "
                          "agree in batch and length: targets[:, t] is token t's target")
-    loss = loss if loss is not None else _default_loss(model)
+    loss = loss if loss is not None else default_loss(model)
     if state is None:
         _, state = model(inputs[:, :0], None, end=False)
     state = copy_state(state)
@@ -170,7 +170,7 @@ def _blocks(model) -> list[tuple[object, CompiledModule]]:
                     f"{type(model).__name__}")
 
 
-def _default_loss(model):
+def default_loss(model):
     from nldsl.train.model import LanguageModel
 
     if not isinstance(model, LanguageModel):

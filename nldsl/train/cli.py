@@ -56,6 +56,9 @@ def train_arguments(parser: argparse.ArgumentParser) -> None:
         help="levels that learn from the task loss stay frozen (an ordinary network)")
     add("--first-order", action="store_true", default=None,
         help="the outer gradient passes those levels' writes as constants (first order)")
+    add("--truncate", type=int, metavar="TOKENS",
+        help="for those levels: backpropagate every TOKENS tokens and cut the gradient there "
+             "(truncated BPTT, backward memory bounded by TOKENS; default 0: whole sequences)")
     add("--eval-every", type=int, help="steps between evaluations and checkpoints")
     add("--device", help="cpu or cuda (default cpu)")
     add("--seed", type=int, help="seed of the weights and the data (default 0)")

@@ -34,6 +34,7 @@ class Config:
     nproc: int = 1
     online: bool = True               # task levels learn through nldsl.stream (False: frozen)
     first_order: bool = False         # the outer gradient stops at their writes
+    truncate: int = 0                 # >0: backward every so many tokens, states cut there
 
     @property
     def evaluation_period(self) -> int:

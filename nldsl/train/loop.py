@@ -24,7 +24,7 @@ from nldsl.tasks.batch import accuracy, correct, loss
 from nldsl.train import checkpoint
 from nldsl.train.config import Config, build_model, build_optimizer, build_task
 from nldsl.train.distributed import Group, device_for
-from nldsl.train.online import forward, learns_online
+from nldsl.train.online import backward_in_windows, forward, learns_online
 
 METRICS = "metrics.jsonl"
 
@@ -117,11 +117,17 @@ def run(config: Config, group: Group = Group(), *, resume: bool = False,
             batch = task.train_batch(config.seed, step, config.batch)
             count = batch.mask.sum().to(device)
             local = batch.slice(*group.rows(config.batch)).to(device)
-            logits = forward(model, net, local, online=online,
-                             through_writes=not config.first_order)  # [B / N, T, V]
-            share = loss(logits, local, count=count)
             optimizer.zero_grad(set_to_none=True)
-            (share * group.world).backward()
+            if online and config.truncate:
+                logits = backward_in_windows(model, local, config.truncate,
+                                             group.world / count.item(),
+                                             through_writes=not config.first_order)
+                share = loss(logits, local, count=count)
+            else:
+                logits = forward(model, net, local, online=online,
+                                 through_writes=not config.first_order)  # [B / N, T, V]
+                share = loss(logits, local, count=count)
+                (share * group.world).backward()
             if online:
                 group.average_gradients(model)
             stats = torch.stack([share.detach().double(),

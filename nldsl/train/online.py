@@ -16,6 +16,9 @@ learns from exactly the positions the task scores.
 - Evaluation (`torch.no_grad()`): the levels still learn as they read (test-time learning, the
   model as it is deployed); each evaluation sequence starts from the learned initial states.
 - `online=False` freezes them: the network is called directly, an ordinary network.
+- `truncate` tokens (training): `nldsl.stream_windows` backpropagates each window's loss before
+  the next, the states entering a window taken as constants (truncated backpropagation through
+  time, the backward pass's memory bounded by the window; module/task_window.py).
 """
 from __future__ import annotations
 
@@ -47,14 +50,36 @@ def forward(model: torch.nn.Module, net: torch.nn.Module, batch: Batch, *, onlin
         return logits
     from nldsl.module.task import stream
 
-    steps = batch.inputs.shape[1]
-    positions = torch.arange(steps, device=batch.inputs.device).expand(batch.inputs.shape)  # [B, T]
+    logits, _ = stream(model, batch.inputs, _positions(batch), loss=_segment_loss(batch),
+                       through_writes=through_writes)
+    return logits
 
+
+def backward_in_windows(model: torch.nn.Module, batch: Batch, window: int, scale: float, *,
+                        through_writes: bool = True) -> torch.Tensor:
+    """The stream's logits `[B, T, V]` (detached), each window of `window` tokens' summed loss
+    times `scale` backpropagated into the parameters' gradients before the next window
+    (nldsl.stream_windows): with `scale` = 1 / the positions scored, the gradients of the mean
+    loss, truncated at the windows."""
+    from nldsl.module.task_window import stream_windows
+
+    logits, _, _ = stream_windows(model, batch.inputs, _positions(batch), window=window,
+                                  loss=_segment_loss(batch), scale=scale,
+                                  through_writes=through_writes)
+    return logits
+
+
+def _positions(batch: Batch) -> torch.Tensor:
+    """Each token's position `[B, T]`: the stream's targets, so a segment's loss finds its part
+    of the batch."""
+    steps = batch.inputs.shape[1]
+    return torch.arange(steps, device=batch.inputs.device).expand(batch.inputs.shape[:2])
+
+
+def _segment_loss(batch: Batch):
     def segment_loss(logits: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
         a, b = int(at[0, 0]), int(at[0, -1]) + 1  # the segment's positions [a, b)
         part = Batch(batch.inputs[:, a:b], batch.targets[:, a:b], batch.mask[:, a:b])
         return summed_loss(logits, part)
 
-    logits, _ = stream(model, batch.inputs, positions, loss=segment_loss,
-                       through_writes=through_writes)
-    return logits
+    return segment_loss
