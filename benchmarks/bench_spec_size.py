@@ -26,9 +26,9 @@ from nldsl.errors import NLDSLError, Source
 from nldsl.optim.codegen import compile_plan
 from nldsl.optim.interpret import initial_state, reference_step
 from nldsl.optim.plan import lower
-from nldsl.parser import parse
+from nldsl.language.parser import parse
 from nldsl.spec import Spec
-from nldsl.validate import validate
+from nldsl.validation.validate import validate
 
 
 def sum_spec(n: int) -> str:

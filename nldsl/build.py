@@ -13,9 +13,9 @@ Timing of references, made precise (docs/language.md, "Frequency semantics"):
 """
 from __future__ import annotations
 
-from nldsl import ast
-from nldsl.builtins import FUNCTIONS
-from nldsl.consteval import hparam_values, try_evaluate
+from nldsl.language import ast
+from nldsl.language.builtins import FUNCTIONS
+from nldsl.language.consteval import hparam_values, try_evaluate
 from nldsl.graph import OUTER, Edge, LevelGraph, LevelInfo, StateInfo
 
 PARAMETER = "W"

@@ -27,8 +27,8 @@ from typing import Callable
 import nldsl
 from nldsl.errors import NLDSLError
 from nldsl.library import description, resolve, stdlib_names, stdlib_text
-from nldsl.parser import parse
-from nldsl.printer import format_spec
+from nldsl.language.parser import parse
+from nldsl.language.printer import format_spec
 from nldsl.render.cli import render_arguments, run_render
 from nldsl.optim.cli import compile_arguments, run_compile
 from nldsl.checking.cli import run_test, test_arguments
@@ -183,7 +183,7 @@ def _spec_targets(parser: argparse.ArgumentParser) -> None:
 def _show_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", metavar="NAME", help="a standard-library spec (or a .nl file)")
     parser.add_argument("--canonical", action="store_true",
-                        help="print the canonical form (nldsl.printer) instead of the source")
+                        help="print the canonical form (nldsl.language.printer) instead of the source")
 
 
 def _no_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,5 +1,5 @@
 """Valid-looking spec texts for differential fuzzing (hypothesis strategies): optimizer specs
-drawn from the vocabulary tables (nldsl.builtins FUNCTIONS and RULES) and linear-family module
+drawn from the vocabulary tables (nldsl.language.builtins FUNCTIONS and RULES) and linear-family module
 specs. tests/test_fuzz_optim.py and tests/test_fuzz_module.py require of each that it runs alike
 in every schedule or is refused with a located error. Needs `hypothesis` (the `test` extra).
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from nldsl.builtins import shaped
+from nldsl.language.builtins import shaped
 from nldsl.testing import names
 
 
@@ -19,7 +19,7 @@ FUZZ_NAMES = ("int", "float", "zip", "any", "len", "range", "x", "st", "c", "wri
               "schedule", "lambda", "class", "None", "self", "torch", "math", "kernels", "group",
               "p", "g", "m", "v", "k", "lr", "beta", "eps", "__debug__", "W_2", "_h", "sum_")
 
-#: Built-ins (nldsl.builtins.FUNCTIONS) by how an optimizer expression can call them on
+#: Built-ins (nldsl.language.builtins.FUNCTIONS) by how an optimizer expression can call them on
 #: W-shaped tensors [r, c], from the table's shape column; `optimizer_specs` asserts it covers
 #: the table. POINTWISE ones also take a number.
 POINTWISE = shaped("elementwise")
@@ -42,7 +42,7 @@ CONSTRUCTS = frozenset({"python-names", "rule-chains", "tensor-conditionals", "c
 
 @st.composite
 def optimizer_specs(draw, max_levels: int = 3, exclude: frozenset = frozenset()) -> str:
-    """The text of an optimizer spec drawn from the vocabulary tables (nldsl.builtins FUNCTIONS
+    """The text of an optimizer spec drawn from the vocabulary tables (nldsl.language.builtins FUNCTIONS
     and RULES): hyper-parameters of every type (float, int, bool, str choice, tuple), levels
     `every N steps` with keys/lets (also used before they are defined), states `like W` (initial
     values 0, W, grad(W), an expression, another state, themselves, or an initialiser) and MLP
@@ -63,7 +63,7 @@ def optimizer_specs(draw, max_levels: int = 3, exclude: frozenset = frozenset())
         raise ValueError(f"unknown constructs {sorted(unknown)}; known: {sorted(CONSTRUCTS)}")
     pool = names().filter(lambda n: len(n) <= 3) if "python-names" in exclude else fuzz_names()
     elementwise = tuple(f for f in ELEMENTWISE if f != "stopgrad" or "clamp-stopgrad" not in exclude)
-    from nldsl.builtins import FUNCTIONS, RULES
+    from nldsl.language.builtins import FUNCTIONS, RULES
 
     used: set[str] = {"W", "step"}
 

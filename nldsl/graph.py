@@ -17,7 +17,7 @@ from typing import Literal
 import networkx as nx
 from pydantic import BaseModel, ConfigDict
 
-from nldsl import ast
+from nldsl.language import ast
 
 EdgeKind = Literal["reads", "generates", "init", "backprop"]
 EDGE_KINDS: tuple[EdgeKind, ...] = ("reads", "generates", "init", "backprop")
@@ -62,7 +62,7 @@ class LevelInfo(BaseModel):
         return (1 if self.unit == "step" else 0, self.period if self.period is not None else 0)
 
     def frequency_label(self) -> str:
-        from nldsl.printer import format_expr
+        from nldsl.language.printer import format_expr
 
         unit = self.unit + ("s" if self.period != 1 else "")
         text = f"every {format_expr(self.every)} {unit}"

@@ -4,13 +4,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from nldsl import ast
+from nldsl.language import ast
 from nldsl.build import build
 from nldsl.errors import Source
 from nldsl.graph import LevelGraph
 from nldsl.library import resolve
-from nldsl.parser import parse
-from nldsl.validate import validate
+from nldsl.language.parser import parse
+from nldsl.validation.validate import validate
 
 
 @dataclass(frozen=True)
@@ -40,13 +40,13 @@ class Spec:
         return to_dot(self, detail=detail, direction=direction)
 
     def shapes(self) -> dict[str, tuple[str, ...] | None]:
-        """Inferred feature dims of every context and read (see `check_shapes.infer_shapes`)."""
-        from nldsl.check_shapes import infer_shapes
+        """Inferred feature dims of every context and read (see `validation/shapes.py's infer_shapes`)."""
+        from nldsl.validation.shapes import infer_shapes
 
         return infer_shapes(self.graph)
 
     def __str__(self) -> str:
-        from nldsl.printer import format_spec
+        from nldsl.language.printer import format_spec
 
         return format_spec(self.decl)
 

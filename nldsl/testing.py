@@ -8,8 +8,8 @@ need not validate (it may use undefined names). Typical use::
 
     from hypothesis import given
     from nldsl.testing import specs
-    from nldsl.parser import parse
-    from nldsl.printer import format_spec
+    from nldsl.language.parser import parse
+    from nldsl.language.printer import format_spec
 
     @given(specs())
     def test_round_trip(decl):
@@ -33,8 +33,8 @@ from functools import lru_cache
 
 from hypothesis import strategies as st
 
-from nldsl import ast
-from nldsl.parser import grammar_text
+from nldsl.language import ast
+from nldsl.language.parser import grammar_text
 
 #: nldsl.checking's public names, re-exported (PEP 562: imported with torch on first use).
 CHECKS = ("check_derivations", "check_schedules", "check_twin", "check_invariants",

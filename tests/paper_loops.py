@@ -36,7 +36,7 @@ different: it reproduces the `titans_pytorch.NeuralMemory` module (v0.5.5) end t
 
 Not covered: channel-wise gates (Miras' per-channel eta, alpha). The language defines their
 broadcast on an MLP (docs/language.md, "Channel-wise gates": a weight's input channels, else
-its output channels), tests/test_check_memories.py writes that out; the loops take one gate per
+its output channels), tests/test_validation_memories.py writes that out; the loops take one gate per
 token and head.
 """
 from __future__ import annotations

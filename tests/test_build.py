@@ -5,7 +5,7 @@ import pytest
 
 from nldsl.build import build
 from nldsl.graph import OUTER
-from nldsl.parser import parse
+from nldsl.language.parser import parse
 
 CMS = """
 module cms(dim: int >= 1, period = 16 >= 1) {
@@ -132,7 +132,7 @@ def test_backprop_edge_source(spec, source):
 def test_references_walk_a_deep_tree_in_source_order_without_recursion():
     """A sum of N terms is a left tree N deep: recursive generators cost its depth per name
     (quadratic, issue 8 §3) and overflow the stack; the walk must do neither."""
-    from nldsl import ast
+    from nldsl.language import ast
     from nldsl.build import _references
 
     depth = 5_000                      # beyond Python's default recursion limit

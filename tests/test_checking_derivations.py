@@ -2,7 +2,7 @@
 reporting a readable counterexample (the formula as nldsl prints it, values, both results)."""
 import pytest
 
-from nldsl import ast
+from nldsl.language import ast
 from nldsl.checking import CheckFailure, check_derivations
 from nldsl.lower import module as lower_module
 from nldsl.lower import derive

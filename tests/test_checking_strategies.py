@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 
 from nldsl import load
-from nldsl.check_values import satisfies
+from nldsl.validation.values import satisfies
 from nldsl.checking import hparams, streams, tensors_for
 from nldsl.checking.strategies import dimensions
 

@@ -12,8 +12,8 @@ from nldsl.errors import NLDSLCompileError
 from nldsl.optim.demo import RUNS
 from nldsl.cli import COMMANDS, main
 from nldsl.library import description, stdlib_names, stdlib_text
-from nldsl.parser import parse
-from nldsl.printer import format_spec
+from nldsl.language.parser import parse
+from nldsl.language.printer import format_spec
 from nldsl.testing import EXAMPLE_SPECS
 
 BROKEN = "optimizer broken(lr = 0.1) {\n  level a every 1 step {\n    W <- W - lr *\n  }\n}\n"

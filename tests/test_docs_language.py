@@ -1,5 +1,5 @@
 """docs/language.md against the code it describes: the tables of built-ins, rules and mlp
-options are rendered from nldsl/builtins.py (who may use each built-in, where, and whether each
+options are rendered from nldsl/language/builtins.py (who may use each built-in, where, and whether each
 compiler computes it), and the numbers the prose quotes are the runtime's.
 
 The generated tables sit between `<!-- generated: NAME -->` and `<!-- end generated: NAME -->`.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from nldsl.builtins import (EXPRESSION, FUNCTIONS, INIT, MLP_ACTIVATIONS, MLP_OPTIONS, OBJECTIVE, PLACES,
+from nldsl.language.builtins import (EXPRESSION, FUNCTIONS, INIT, MLP_ACTIVATIONS, MLP_OPTIONS, OBJECTIVE, PLACES,
                             RULES, Builtin)
 from nldsl.lower.unsupported import UNSUPPORTED_CALLS, UNSUPPORTED_LAST, UNSUPPORTED_RULES
 

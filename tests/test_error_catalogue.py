@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import nldsl
-from nldsl.check_values import check_hparam_values
+from nldsl.validation.values import check_hparam_values
 from nldsl.errors import NLDSLSyntaxError, NLDSLValidationError, NLDSLValueError
 
 ERRORS = Path(__file__).parent / "errors"

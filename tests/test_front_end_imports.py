@@ -8,7 +8,7 @@ import pytest
 
 FRONT_END = """
 import sys
-import nldsl, nldsl.cli, nldsl.printer
+import nldsl, nldsl.cli, nldsl.language.printer
 for name in nldsl.library.stdlib_names():
     spec = nldsl.load(name)
     spec.to_dot()

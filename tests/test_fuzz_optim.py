@@ -42,7 +42,7 @@ from hypothesis import HealthCheck, given, settings
 
 import nldsl
 import nldsl.optim.optimizer  # noqa: F401  imports torch._dynamo (seconds): not in the first example's hang guard
-from nldsl.builtins import FUNCTIONS, RULES
+from nldsl.language.builtins import FUNCTIONS, RULES
 from nldsl.errors import NLDSLCompileError, NLDSLValidationError, NLDSLValueError
 from nldsl.optim import kernels
 from nldsl.fuzzing import (ELEMENTWISE, INITIALISERS, LAST_DIM_REDUCTIONS, MODULE_ONLY,
@@ -125,7 +125,7 @@ DRAWN_FUNCTIONS = (set(ELEMENTWISE) | set(LAST_DIM_REDUCTIONS) | set(MODULE_ONLY
 
 
 def test_the_generator_draws_every_builtin():
-    """A built-in added to nldsl.builtins must be added to the generator too."""
+    """A built-in added to nldsl.language.builtins must be added to the generator too."""
     assert DRAWN_FUNCTIONS == set(FUNCTIONS)
     assert set(RULES) == {"gd", "dgd", "momentum", "ema", "newton_schulz", "solve"}
 
@@ -271,7 +271,7 @@ def test_refusals_are_located_compile_errors(name):
 
 def test_a_write_using_its_own_read_is_refused_by_the_validator():
     """The compiler's refusal (plan.check_plan) is also the validator's, so `nldsl check` and
-    `load` say it first (check_levels._check_own_reads)."""
+    `load` say it first (validation/levels.py's _check_own_reads)."""
     with pytest.raises(NLDSLValidationError) as caught:
         nldsl.load(FOUND["write-uses-own-read"][0])
     assert_located(caught.value)

@@ -5,7 +5,7 @@ import pytest
 
 from nldsl.build import build
 from nldsl.graph import EDGE_KINDS, OUTER
-from nldsl.parser import parse
+from nldsl.language.parser import parse
 
 HEAVY_BALL = """
 optimizer heavy_ball(lr = 0.01 > 0, beta = 0.9 in [0, 1)) {

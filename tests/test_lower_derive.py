@@ -5,10 +5,10 @@ import torch
 from hypothesis import given, settings, strategies as st
 from torch.func import grad as func_grad
 
-from nldsl import ast
+from nldsl.language import ast
 from nldsl.lower.derive import closed_grad, derive
 from nldsl.optim.evaluate import TensorEvaluator
-from nldsl.parser import parse
+from nldsl.language.parser import parse
 
 dims = st.integers(1, 5)
 seeds = st.integers(0, 2**16)

@@ -12,11 +12,11 @@ import math
 
 import pytest
 
-from nldsl import ast
+from nldsl.language import ast
 from nldsl.lower.forms import linear_form, placeholder
 from nldsl.lower.module import lower_module
 from nldsl.module.checks import resolve_hparams
-from nldsl.printer import format_expr
+from nldsl.language.printer import format_expr
 from nldsl.spec import load
 
 #: Values for the scalar names a coefficient may use (gates, hyper-parameters, k.k).

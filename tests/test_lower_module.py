@@ -148,9 +148,10 @@ def test_precondition_acts_on_the_previous_tokens_state():
     with torch.no_grad():
         y, state = m(x)
     s = torch.zeros(2, 3, 3, dtype=torch.float64)
-    ys = []
+    ys, start = [], s
     for t in range(5):
-        start = s if t % 2 == 0 else start
+        if t % 2 == 0:
+            start = s                     # the chunk-start state, every second token
         k = x[:, t] @ m.Wk
         k = k / k.norm(dim=-1, keepdim=True)
         outer = lambda a, b: a.unsqueeze(-1) * b.unsqueeze(-2)

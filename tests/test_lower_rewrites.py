@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import nldsl
-from nldsl import ast
+from nldsl.language import ast
 from nldsl.lower import rewrites
-from nldsl.parser import parse
+from nldsl.language.parser import parse
 
 #: Names that are tensors below; every other name is a number.
 TENSORS = {"a", "b", "t", "d", "s"}

@@ -15,8 +15,8 @@ import torch
 
 import nldsl
 from _module_cases import assert_close, rounding_bound
-from nldsl import ast
-from nldsl.consteval import children
+from nldsl.language import ast
+from nldsl.language.consteval import children
 from nldsl.module.chunked import _SequenceValues
 from nldsl.module.delta_chunk import (decay_products, linear_delta_blocks, linear_delta_loop,
                                       unit_lower_inverse, unit_lower_solve)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nldsl.optim.evaluate import TensorEvaluator
-from nldsl.parser import parse
+from nldsl.language.parser import parse
 
 
 def expr(text: str):

@@ -6,7 +6,7 @@ import pytest
 import nldsl
 from nldsl.errors import NLDSLError
 from nldsl.optim.plan import lower
-from nldsl.printer import format_expr
+from nldsl.language.printer import format_expr
 from nldsl.spec import load
 
 

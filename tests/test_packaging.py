@@ -13,7 +13,7 @@ import zipfile
 from importlib import metadata
 from pathlib import Path
 
-from nldsl.parser import parse
+from nldsl.language.parser import parse
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -78,7 +78,7 @@ def build_wheel(tmp_path: Path) -> Path:
 PROBE = textwrap.dedent("""\
     import json, nldsl
     from nldsl.library import stdlib_names, stdlib_text
-    from nldsl.parser import grammar_text, parse
+    from nldsl.language.parser import grammar_text, parse
     decl = parse("optimizer o(lr = 0.1 > 0) { level w every 1 step { W <- W - lr * grad(W) } }")
     print(json.dumps({
         "file": nldsl.__file__,

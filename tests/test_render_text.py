@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 
 import nldsl
-from nldsl.consteval import hparam_values
-from nldsl.parser import parse
-from nldsl.printer import format_expr
+from nldsl.language.consteval import hparam_values
+from nldsl.language.parser import parse
+from nldsl.language.printer import format_expr
 from nldsl.render.specialise import specialise
 from nldsl.render.text import CONTINUATION, fit, greek, html, pretty, truncate, wrap
 

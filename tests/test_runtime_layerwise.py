@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from nldsl.lower.program import MLPLayout
-from nldsl.parser import parse
+from nldsl.language.parser import parse
 from nldsl.runtime import layerwise, mlp
 from nldsl.runtime.frame import Frame
 

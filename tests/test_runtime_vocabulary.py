@@ -1,13 +1,13 @@
 """Every built-in of the vocabulary is computed by the module runtime or rejected, located, by
 the module compiler: nothing validates and then fails inside a module's forward pass. The
-runtime's tables hold exactly the built-ins of their shape class (nldsl/builtins.py), and each
+runtime's tables hold exactly the built-ins of their shape class (nldsl/language/builtins.py), and each
 function gives the value dims its class says."""
 import math
 
 import pytest
 import torch
 
-from nldsl.builtins import FUNCTIONS, LAST_DIM_SHAPES, shaped
+from nldsl.language.builtins import FUNCTIONS, LAST_DIM_SHAPES, shaped
 from nldsl.lower.unsupported import UNSUPPORTED_CALLS
 from nldsl.runtime import functions as fn
 from nldsl.runtime.evaluate import COMPUTED
@@ -52,7 +52,7 @@ def test_elementwise_functions_agree_on_tensors_and_numbers(name):
 def test_flatten_and_concat_in_a_per_head_frame():
     """Atlas' polynomial features: flatten(outer(k, k)) is vec(k k^T) row by row, [B, H, d^2],
     and concat joins vectors of different widths, [B, H, d + d^2]."""
-    from nldsl import ast
+    from nldsl.language import ast
     from nldsl.runtime.evaluate import FrameEvaluator
     from nldsl.runtime.frame import Frame
 

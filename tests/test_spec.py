@@ -5,7 +5,7 @@ import pytest
 
 import nldsl
 from nldsl.errors import NLDSLSyntaxError, NLDSLValidationError
-from nldsl.parser import parse
+from nldsl.language.parser import parse
 
 TEXT = """# Heavy ball, in a file of its own.
 optimizer heavy(lr = 0.1 > 0, beta = 0.9 in [0, 1)) {
@@ -99,7 +99,7 @@ def test_the_deepest_spec_the_parser_accepts_runs_in_both_schedules():
     """What parses must not overflow the stack in any later stage (issue 8 §3)."""
     import torch
 
-    from nldsl.parser import max_depth
+    from nldsl.language.parser import max_depth
 
     terms = max_depth() - 10
     text = ("optimizer s(lr = 0.1 > 0) {\n  level w every 1 step {\n"

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 import nldsl
-from nldsl import ast
-from nldsl.builtins import FUNCTIONS, RULES
+from nldsl.language import ast
+from nldsl.language.builtins import FUNCTIONS, RULES
 from nldsl.library import description, stdlib_names, stdlib_text
-from nldsl.parser import parse
-from nldsl.printer import format_expr
+from nldsl.language.parser import parse
+from nldsl.language.printer import format_expr
 
 MODULES = ["linear_attention", "deltanet", "gated_deltanet", "titans", "moneta", "yaad", "memora",
            "atlas", "cms", "cms_nested", "cms_independent", "self_modifying_titans", "hope",

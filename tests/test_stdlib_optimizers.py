@@ -3,7 +3,7 @@ import pytest
 
 import nldsl
 from nldsl.library import description, stdlib_text
-from nldsl.parser import parse
+from nldsl.language.parser import parse
 
 OPTIMIZERS = ["sgd", "momentum", "adam", "adamw", "adagrad", "rmsprop", "muon", "dgd",
               "delta_momentum", "dmgd", "m3"]

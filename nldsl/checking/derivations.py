@@ -27,7 +27,7 @@ TOLERANCE = 2 ** 13 * EPS64
 
 def derived_writes(spec) -> list[tuple[str, str, str]]:
     """(level, state, derivation) of every derived write at the defaults (dims set to 2)."""
-    from nldsl.consteval import hparam_values
+    from nldsl.language.consteval import hparam_values
 
     values = hparam_values(spec.decl)
     values.update({h.name: 2 for h in spec.decl.hparams if h.name not in values})

@@ -15,14 +15,14 @@ import copy
 
 import torch
 
-from nldsl import ast
+from nldsl.language import ast
 from nldsl.checking.optimizer_units import Comparison
 from nldsl.checking.rules import autograd_gradient, chain_direction, dgd_key, step_rule
-from nldsl.consteval import names_in
+from nldsl.language.consteval import names_in
 from nldsl.module.reference import STREAM, run_reference
 from nldsl.module.unit import UnitValues
 from nldsl.lower.derive import rule_arguments
-from nldsl.printer import format_expr
+from nldsl.language.printer import format_expr
 from nldsl.runtime import mlp
 
 

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 
 import torch
 
-from nldsl import ast
+from nldsl.language import ast
 from nldsl.checking.rules import GRADIENT_RULES, autograd_gradient, dgd_key, step_rule
-from nldsl.consteval import names_in
+from nldsl.language.consteval import names_in
 from nldsl.lower.derive import rule_arguments
 from nldsl.optim.interpret import Step, initial_state
 from nldsl.optim.plan import PARAM, fold, foldable, lower
-from nldsl.printer import format_expr
+from nldsl.language.printer import format_expr
 
 
 @dataclass

@@ -27,8 +27,8 @@ from typing import Callable
 
 import torch
 
-from nldsl import ast
-from nldsl.consteval import calls_in
+from nldsl.language import ast
+from nldsl.language.consteval import calls_in
 
 GRADIENT_RULES = ("gd", "ema", "dgd", "momentum")
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from nldsl import ast
+from nldsl.language import ast
 from nldsl.checking.module_units import drawn_module
 from nldsl.checking.report import EPS64, Report, fail, flat_outputs, mismatch, run_property, \
     scale_of, show
@@ -36,7 +36,7 @@ SHAPES = ((3, 4), (3, 4), (4, 2))
 
 def float64_variant(spec):
     """The spec with every Newton-Schulz `precision` set to "float64" (the same spec if none)."""
-    from nldsl.printer import format_spec
+    from nldsl.language.printer import format_spec
     from nldsl.spec import load
 
     changed = []

@@ -2,7 +2,7 @@
 the tensors of one unit, and input streams.
 
     hparams(spec)           {name: value} inside every declared constraint (ast.Bound, Interval,
-                            Choice; `check_values.satisfies` decides)
+                            Choice; `validation/values.py's satisfies` decides)
     tensors_for(spec, lvl)  a `Unit`: hyper-parameters, a seed for the tensors, a step or token
     streams(spec)           a `Stream`: hyper-parameters, batch, length, block size, seed
 
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 from hypothesis import strategies as st
 
-from nldsl import ast
-from nldsl.check_values import describe, satisfies, unknown_hparams
-from nldsl.consteval import hparam_values, names_in, try_evaluate
+from nldsl.language import ast
+from nldsl.validation.values import describe, satisfies, unknown_hparams
+from nldsl.language.consteval import hparam_values, names_in, try_evaluate
 from nldsl.errors import NLDSLValueError
 
 MAX_DIM = 4

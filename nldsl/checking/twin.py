@@ -57,7 +57,7 @@ def check_twin(spec, torch_cls, kwarg_map: dict | None = None, examples: int = 1
         raise TypeError(f"check_twin needs a torch.optim.Optimizer class, got {torch_cls!r}")
     mapping = torch_kwargs(spec, torch_cls, kwarg_map)
     held = {h.name for h in spec.decl.hparams} - set(mapping)
-    from nldsl.consteval import hparam_values
+    from nldsl.language.consteval import hparam_values
 
     defaults = hparam_values(spec.decl)
     fixed = {**{n: defaults[n] for n in held if n in defaults}, **(fixed or {})}

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nldsl import ast
-from nldsl.consteval import calls_in, names_in
+from nldsl.language import ast
+from nldsl.language.consteval import calls_in, names_in
 from nldsl.lower.derive import mentions
 from nldsl.lower.forms import NoForm, read_queries
 from nldsl.lower.program import Program, TokenLevel

@@ -31,9 +31,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nldsl import ast
-from nldsl.builtins import RULES, TRANSFORM_RULES
-from nldsl.consteval import children
+from nldsl.language import ast
+from nldsl.language.builtins import RULES, TRANSFORM_RULES
+from nldsl.language.consteval import children
 from nldsl.errors import NLDSLCompileError, Problem
 from nldsl.optim.ir import AutogradStep, Write
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nldsl import ast
-from nldsl.builtins import shaped
+from nldsl.language import ast
+from nldsl.language.builtins import shaped
 from nldsl.lower.derive import binary, mentions, negate, num
 from nldsl.lower.program import Program, TokenLevel
 

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nldsl import ast
-from nldsl.builtins import LAST_DIM_SHAPES, shaped
+from nldsl.language import ast
+from nldsl.language.builtins import LAST_DIM_SHAPES, shaped
 from nldsl.lower.program import HeadMerge, HeadSplit
 
-#: Built-ins by what they do to value dims (the shape column of nldsl/builtins.py;
+#: Built-ins by what they do to value dims (the shape column of nldsl/language/builtins.py;
 #: nldsl/runtime/functions.py computes them).
 SAME = frozenset(shaped("elementwise", "identity", "last_dim_keep", "positional"))
 #: Attention: the width of its values (the first stream's, when they are a tuple of streams).

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from nldsl import ast
-from nldsl.builtins import MLP_ACTIVATIONS
-from nldsl.consteval import calls_in, evaluate
+from nldsl.language import ast
+from nldsl.language.builtins import MLP_ACTIVATIONS
+from nldsl.language.consteval import calls_in, evaluate
 from nldsl.lower.heads import Unknown, head_steps
 from nldsl.lower.program import ConvSite, FastState, MLPLayout, ModuleWrite, Param, Program, \
     TokenLevel
@@ -21,7 +21,7 @@ from nldsl.lower.derive import NoClosedForm, chain_steps, closed_grad, loss_key,
     rule_arguments
 from nldsl.lower.windows import own_contexts, window_calls, windowed_contexts
 from nldsl.graph import OUTER
-from nldsl.memories import memory_layouts
+from nldsl.language.memories import memory_layouts
 
 
 def lower_module(spec, values: dict) -> Program:

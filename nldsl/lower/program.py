@@ -34,7 +34,7 @@ import math
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from nldsl import ast
+from nldsl.language import ast
 
 
 @dataclass(frozen=True)
@@ -234,7 +234,7 @@ class TokenLevel:
     window: int = 1                # the longest `window(c, ...)` of its objectives: c tokens
     windowed: tuple[str, ...] = () # the contexts those windows see at past tokens
 
-    #: lets that hold a per-weight expression of MLP states (derived memories, nldsl/memories.py):
+    #: lets that hold a per-weight expression of MLP states (derived memories, nldsl/language/memories.py):
     #: evaluated layer by layer, at the view of whoever uses them (docs/language.md)
     memories: dict[str, MLPLayout] = field(default_factory=dict)
     once: bool = False             # one rule step per period, from the period's summed gradients

@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Union
 
-from nldsl import ast
+from nldsl.language import ast
 
 #: The reader's answer for one subexpression: a tensor (True), a number (False), or unknown (None).
 IsTensor = Callable[[ast.Expr], Union[bool, None]]

@@ -4,7 +4,7 @@ forms themselves are recognised by structure (forms.py, deep_forms.py, snapshot_
 task.py)."""
 from __future__ import annotations
 
-from nldsl.consteval import names_in
+from nldsl.language.consteval import names_in
 from nldsl.lower.deep_forms import DeepForm, deep_form
 from nldsl.lower.forms import LinearForm, linear_form
 from nldsl.lower.program import Program, TokenLevel

@@ -12,8 +12,8 @@ update differentiates at a snapshot, which a cache that grows token by token doe
 """
 from __future__ import annotations
 
-from nldsl import ast
-from nldsl.consteval import calls_in
+from nldsl.language import ast
+from nldsl.language.consteval import calls_in
 from nldsl.errors import NLDSLCompileError, Problem
 from nldsl.graph import OUTER
 from nldsl.lower.program import AttentionSite

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nldsl.consteval import calls_in, names_in
+from nldsl.language.consteval import calls_in, names_in
 from nldsl.lower.derive import mentions
 from nldsl.lower.program import BEFORE_WRITE, INPUT, SNAPSHOT, ModuleWrite, Program, TokenLevel
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from nldsl import ast
-from nldsl.builtins import TASK
+from nldsl.language import ast
+from nldsl.language.builtins import TASK
 from nldsl.graph import OUTER
 from nldsl.lower.derive import mentions, num, rule_arguments
 from nldsl.lower.program import FastState, ModuleWrite, TokenLevel

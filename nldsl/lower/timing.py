@@ -13,8 +13,8 @@ which states that value sees; the module reference asks it (nldsl/module/unit.py
 """
 from __future__ import annotations
 
-from nldsl import ast
-from nldsl.consteval import calls_in, names_in
+from nldsl.language import ast
+from nldsl.language.consteval import calls_in, names_in
 from nldsl.lower.program import AFTER_WRITE, BEFORE_WRITE, BEFORE_WRITES, INPUT, SNAPSHOT, \
     Placement
 

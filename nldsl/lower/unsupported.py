@@ -5,8 +5,8 @@ unsupported use in a spec at once, before anything is built.
 """
 from __future__ import annotations
 
-from nldsl import ast
-from nldsl.consteval import calls_in
+from nldsl.language import ast
+from nldsl.language.consteval import calls_in
 from nldsl.errors import NLDSLCompileError, Problem
 from nldsl.graph import OUTER
 from nldsl.lower.derive import chain_steps
@@ -200,5 +200,5 @@ def _report_calls(expressions, report) -> None:
 
 
 def _names(expr) -> set[str]:
-    from nldsl.consteval import names_in
+    from nldsl.language.consteval import names_in
     return {n.id for n in names_in(expr)}

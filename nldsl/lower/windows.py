@@ -14,8 +14,8 @@ located error, because its past values are not kept (`window_problems`).
 """
 from __future__ import annotations
 
-from nldsl import ast
-from nldsl.consteval import calls_in, names_in
+from nldsl.language import ast
+from nldsl.language.consteval import calls_in, names_in
 from nldsl.lower.derive import mentions
 
 WINDOW = "window"

@@ -5,8 +5,8 @@ from typing import NamedTuple
 
 import torch
 
-from nldsl.check_values import check_hparam_values
-from nldsl.consteval import hparam_values
+from nldsl.validation.values import check_hparam_values
+from nldsl.language.consteval import hparam_values
 from nldsl.errors import NLDSLError
 
 STREAM = "_stream"

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from nldsl import ast
-from nldsl.consteval import children
+from nldsl.language import ast
+from nldsl.language.consteval import children
 from nldsl.lower.deep_forms import DeepForm
 from nldsl.lower.forms import LinearForm
 from nldsl.lower.program import Program, TokenLevel

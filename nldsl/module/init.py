@@ -13,8 +13,8 @@ import math
 
 import torch
 
-from nldsl import ast
-from nldsl.consteval import evaluate
+from nldsl.language import ast
+from nldsl.language.consteval import evaluate
 
 
 def draw(expr: ast.Expr | None, shape: tuple[int, ...], values: dict, dtype=None) -> torch.Tensor:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import inspect
 
-from nldsl import ast
+from nldsl.language import ast
 from nldsl.lower.deep_forms import DeepForm
 from nldsl.lower.forms import LinearForm
 from nldsl.lower.task import FrozenForm
 from nldsl.lower.emit import Emitter
 from nldsl.lower.program import HeadMerge, HeadSplit, ModuleWrite, Program, TokenLevel
-from nldsl.printer import format_expr
+from nldsl.language.printer import format_expr
 
 _ROLES = {"conv": "conv kernel", "state": "state"}
 

@@ -51,7 +51,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from nldsl.consteval import evaluate
+from nldsl.language.consteval import evaluate
 from nldsl.module import taskgrad
 from nldsl.module.module import CompiledModule
 from nldsl.module.reference import STREAM

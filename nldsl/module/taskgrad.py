@@ -27,8 +27,8 @@ from contextvars import ContextVar
 
 import torch
 
-from nldsl import ast
-from nldsl.consteval import calls_in, names_in
+from nldsl.language import ast
+from nldsl.language.consteval import calls_in, names_in
 from nldsl.lower.program import MLPLayout, Program, TokenLevel
 from nldsl.lower.task import FrozenForm
 from nldsl.runtime import mlp

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from nldsl import ast
+from nldsl.language import ast
 from nldsl.lower.program import BEFORE_WRITE, SNAPSHOT, HeadMerge, HeadSplit, ModuleWrite, \
     Program, TokenLevel
 from nldsl.runtime import layerwise, mlp

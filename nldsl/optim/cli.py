@@ -16,7 +16,7 @@ def run_compile(args: argparse.Namespace) -> int:
     """Errors propagate to `nldsl.cli.main`, which reports them naming the spec's file."""
     from nldsl.optim.codegen import generate
     from nldsl.optim.plan import lower
-    from nldsl.printer import format_expr
+    from nldsl.language.printer import format_expr
     from nldsl.spec import load
 
     spec = load(args.name)

@@ -23,8 +23,8 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
-from nldsl import ast
-from nldsl.consteval import calls_in
+from nldsl.language import ast
+from nldsl.language.consteval import calls_in
 from nldsl.errors import NLDSLCompileError, NLDSLError
 from nldsl.lower.emit import Emitter
 from nldsl.lower.timing import writes_at

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import torch
 
-from nldsl import ast
+from nldsl.language import ast
 from nldsl.errors import NLDSLError, NLDSLValueError, Problem, Source
 from nldsl.lower import rewrites
 from nldsl.optim import kernels

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch.func import grad as func_grad
 
-from nldsl import ast
+from nldsl.language import ast
 from nldsl.lower import timing
 from nldsl.optim import kernels
 from nldsl.errors import NLDSLError

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nldsl import ast
+from nldsl.language import ast
 from nldsl.errors import Source
 
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from nldsl import ast
-from nldsl.consteval import hparam_values
-from nldsl.check_values import ValueChecker, unknown_hparams
+from nldsl.language import ast
+from nldsl.language.consteval import hparam_values
+from nldsl.validation.values import ValueChecker, unknown_hparams
 from nldsl.errors import NLDSLCompileError, NLDSLError, NLDSLValueError, Problem
 from nldsl.optim.codegen import compile_plan
 from nldsl.optim.interpret import initial_state, reference_step

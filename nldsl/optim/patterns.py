@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from nldsl import ast
+from nldsl.language import ast
 from nldsl.optim.ir import Plan
 
 _ADAM = """optimizer adam_template(P_lr, P_b1, P_b2, P_eps, P_wd, P_keep) {{
@@ -99,7 +99,7 @@ def _rename(expr, mapping: dict):
 
 
 def _is_scalar(expr, plan: Plan) -> bool:
-    from nldsl.consteval import names_in
+    from nldsl.language.consteval import names_in
     return all(n.id in plan.hparams or n.id == "step" for n in names_in(expr))
 
 

@@ -5,10 +5,10 @@ Pure data in, data out; no torch. The optimizer caches one plan per folded value
 """
 from __future__ import annotations
 
-from nldsl import ast
-from nldsl.consteval import NotConstant, evaluate, hparam_values, names_in
+from nldsl.language import ast
+from nldsl.language.consteval import NotConstant, evaluate, hparam_values, names_in
 from nldsl.errors import NLDSLCompileError, NLDSLError, Problem
-from nldsl.builtins import RULES
+from nldsl.language.builtins import RULES
 from nldsl.lower.derive import derive_writes, located, num
 from nldsl.optim.ir import LevelPlan, Plan, StatePlan, Write
 from nldsl.optim.plan_checks import check_plan
@@ -263,7 +263,7 @@ def _used_names(node) -> set[str]:
     if node is None:
         return set()
     found = {n.id for n in names_in(node)}
-    from nldsl.consteval import calls_in
+    from nldsl.language.consteval import calls_in
     found |= {c.func for c in calls_in(node)}
     return found
 

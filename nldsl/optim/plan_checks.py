@@ -4,8 +4,8 @@ for both schedules (a located `NLDSLCompileError`): a number, or a truth value, 
 """
 from __future__ import annotations
 
-from nldsl import ast
-from nldsl.consteval import calls_in, children
+from nldsl.language import ast
+from nldsl.language.consteval import calls_in, children
 from nldsl.lower.derive import located
 from nldsl.optim.ir import Plan, Write
 
@@ -18,7 +18,7 @@ NUMBER_CALLS = {"dot", "l2", "lp", "huber", "orthogonality", "trace", "size", "n
 
 def check_plan(plan: Plan) -> None:
     """A number where a matrix is needed (`X @ dot(a, b)`). (A write that uses a plain read of
-    its own level, a same-unit cycle, is the validator's: check_levels._check_own_reads.)"""
+    its own level, a same-unit cycle, is the validator's: validation/levels.py's _check_own_reads.)"""
     kinds = _kinds(plan)
     for level in plan.levels:
         for part in _level_parts(level):

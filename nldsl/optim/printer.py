@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import math
 
-from nldsl import ast
-from nldsl.builtins import FUNCTIONS
+from nldsl.language import ast
+from nldsl.language.builtins import FUNCTIONS
 from nldsl.errors import NLDSLCompileError, Problem
 from nldsl.lower import rewrites
 from nldsl.lower.emit import Emitter

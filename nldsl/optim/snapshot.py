@@ -7,8 +7,8 @@ schedule (interpret.py) does.
 """
 from __future__ import annotations
 
-from nldsl import ast
-from nldsl.consteval import names_in
+from nldsl.language import ast
+from nldsl.language.consteval import names_in
 from nldsl.lower.emit import Emitter
 from nldsl.optim.ir import Plan
 from nldsl.optim.plan import PARAM

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nldsl import ast
-from nldsl.consteval import children
+from nldsl.language import ast
+from nldsl.language.consteval import children
 from nldsl.errors import NLDSLCompileError, Problem, Source
 from nldsl.lower.derive import binary, call, mentions, num
 from nldsl.optim.ir import Write

@@ -16,10 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from nldsl import ast
-from nldsl.consteval import calls_in, hparam_values, names_in, try_evaluate
+from nldsl.language import ast
+from nldsl.language.consteval import calls_in, hparam_values, names_in, try_evaluate
 from nldsl.graph import OUTER, LevelGraph, LevelInfo, StateInfo
-from nldsl.printer import format_arguments, format_expr, format_shape
+from nldsl.language.printer import format_arguments, format_expr, format_shape
 from nldsl.render.specialise import specialise
 from nldsl.render.text import fit, greek, pretty
 

@@ -7,8 +7,8 @@ hyper-parameters it fixed, so the picture can say so; `--detail full` shows ever
 """
 from __future__ import annotations
 
-from nldsl import ast
-from nldsl.consteval import names_in, try_evaluate
+from nldsl.language import ast
+from nldsl.language.consteval import names_in, try_evaluate
 
 
 def specialise(node, env: dict, fixed: set[str]):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from nldsl.consteval import hparam_values, try_evaluate
+from nldsl.language.consteval import hparam_values, try_evaluate
 from nldsl.errors import NLDSLError
 from nldsl.graph import LevelGraph
 from nldsl.lower.timing import write_units

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import torch
 
-from nldsl import ast
+from nldsl.language import ast
 from nldsl.lower.sequence import KINDS
 from nldsl.runtime import functions as fn
 from nldsl.runtime.attention import ROPE_BASE, rope

@@ -1,4 +1,4 @@
-"""The vocabulary's tensor functions for batched values (nldsl/builtins.py names them).
+"""The vocabulary's tensor functions for batched values (nldsl/language/builtins.py names them).
 
 Each function takes the `nb` batch dims of its frame, so that reductions "over all elements"
 (`dot`, `l2`) reduce one unit's value dims and never the batch. Elementwise and last-dim
@@ -26,7 +26,7 @@ NORM_EPS = 1e-5
 #: l2norm divides by max(||a||, L2NORM_EPS), as the optimizer kernels do.
 L2NORM_EPS = 1e-12
 
-#: The built-ins of shape class "elementwise" (nldsl/builtins.py): (on a tensor, on a number).
+#: The built-ins of shape class "elementwise" (nldsl/language/builtins.py): (on a tensor, on a number).
 ELEMENTWISE = {
     "sqrt": (torch.sqrt, math.sqrt), "exp": (torch.exp, math.exp), "log": (torch.log, math.log),
     "abs": (torch.abs, abs), "sign": (torch.sign, lambda a: float((a > 0) - (a < 0))),

@@ -1,4 +1,4 @@
-"""Per-weight arithmetic on MLP memories (docs/language.md, "MLP memories"; nldsl/memories.py).
+"""Per-weight arithmetic on MLP memories (docs/language.md, "MLP memories"; nldsl/language/memories.py).
 
 A schedule keeps an MLP state as one flat vector [..., P] (runtime/mlp.py). A per-weight
 expression means, layer by layer, the same expression on the weight matrices:
@@ -13,7 +13,7 @@ whole memory.
 A channel-wise gate g of width w on an MLP (a rule's lr, decay or beta) scales, in each layer
 W_i [d_i, d_{i-1}], the input channels (columns, W_i diag(g)) when d_{i-1} = w, else the output
 channels (rows, diag(g) W_i) when d_i = w: for a d -> 4d -> d memory, the memory's input
-channels in the first layer and its output channels in the last (check_memories.py rejects
+channels in the first layer and its output channels in the last (validation/memories.py rejects
 any other width).
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import torch
 
-from nldsl import ast
+from nldsl.language import ast
 from nldsl.lower.program import MLPLayout
 from nldsl.runtime import mlp
 from nldsl.runtime.evaluate import FrameEvaluator

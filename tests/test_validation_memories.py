@@ -1,4 +1,4 @@
-"""check_memories.py: what an mlp memory may take part in. The rejections are in the error
+"""validation/memories.py: what an mlp memory may take part in. The rejections are in the error
 catalogue (tests/errors/mlp_*.nl); here, what is accepted, and that it means per weight."""
 from __future__ import annotations
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from nldsl.build import build
-from nldsl.check_common import Checker
-from nldsl.check_levels import check_frequencies, check_learned_inits, check_objectives, \
+from nldsl.validation.common import Checker
+from nldsl.validation.levels import check_frequencies, check_learned_inits, check_objectives, \
     check_once
 from nldsl.errors import Source
-from nldsl.parser import parse
+from nldsl.language.parser import parse
 from nldsl.testing import EXAMPLE_SPECS
 
 

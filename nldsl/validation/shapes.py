@@ -13,18 +13,18 @@ import numbers
 import random
 from dataclasses import dataclass
 
-from nldsl import ast
-from nldsl.builtins import FUNCTIONS
-from nldsl.check_common import Checker
+from nldsl.language import ast
+from nldsl.language.builtins import FUNCTIONS
+from nldsl.validation.common import Checker
 from nldsl.errors import Source
 from nldsl.graph import LevelGraph
-from nldsl.consteval import calls_in as _calls, hparam_values, names_in, try_evaluate
-from nldsl.memories import memory_layouts
-from nldsl.printer import format_expr
+from nldsl.language.consteval import calls_in as _calls, hparam_values, names_in, try_evaluate
+from nldsl.language.memories import memory_layouts
+from nldsl.language.printer import format_expr
 
 TRIALS = 3
 _PRIMES = [7919, 7927, 7933, 7937, 7949, 7951, 7963, 7993, 8009, 8011, 8017, 8039, 8053]
-#: The shape classes (nldsl/builtins.py SHAPES) whose result has the first argument's dims.
+#: The shape classes (nldsl/language/builtins.py SHAPES) whose result has the first argument's dims.
 _KEEPS_DIMS = frozenset({"elementwise", "identity", "last_dim_keep", "matrix", "sequence_keep",
                          "positional"})
 

@@ -11,15 +11,15 @@ layout whose layer i is that matrix:
     (c * softmax(L))_i = c softmax(L_i)      each row of each weight on the simplex (Memora)
 
 A `let` whose value is a per-weight expression is itself an MLP memory of that layout (a
-*derived memory*: `W(k)` is its forward pass). Nothing here reports; check_memories.py does.
+*derived memory*: `W(k)` is its forward pass). Nothing here reports; validation/memories.py does.
 """
 from __future__ import annotations
 
-from nldsl import ast
-from nldsl.builtins import FUNCTIONS
-from nldsl.consteval import children
+from nldsl.language import ast
+from nldsl.language.builtins import FUNCTIONS
+from nldsl.language.consteval import children
 
-#: The built-in shape classes (nldsl/builtins.py SHAPES) defined on one weight matrix, and so
+#: The built-in shape classes (nldsl/language/builtins.py SHAPES) defined on one weight matrix, and so
 #: per weight on an MLP: entrywise functions, functions of the rows, transposes, reductions of
 #: a matrix to a number (`sum(transpose(sum(.)))`), Newton-Schulz. Not: losses (a whole MLP's
 #: value), `outer`, `concat`, sequence built-ins.
@@ -61,7 +61,7 @@ def memory_layouts(graph) -> dict[str, ast.MLPShape]:
 
 def layout_of(e, layouts: dict) -> ast.MLPShape | None:
     """The layout of a per-weight expression `e`, None for a value (a tensor or number). The
-    first memory found decides; check_memories.py reports mixtures and misuse."""
+    first memory found decides; validation/memories.py reports mixtures and misuse."""
     if isinstance(e, ast.Name):
         return layouts.get(e.id)
     if isinstance(e, ast.Call) and (e.func in layouts or e.func not in FUNCTIONS):

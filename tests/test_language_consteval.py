@@ -5,11 +5,11 @@ import math
 
 import pytest
 
-from nldsl import ast
-from nldsl.consteval import (BadConstant, NotConstant, calls_in, constant_problems, evaluate,
+from nldsl.language import ast
+from nldsl.language.consteval import (BadConstant, NotConstant, calls_in, constant_problems, evaluate,
                              hparam_values, names_in, shown_value, try_evaluate)
-from nldsl.printer import format_expr
-from nldsl.parser import parse
+from nldsl.language.printer import format_expr
+from nldsl.language.parser import parse
 
 
 def expr(text: str) -> ast.Expr:
@@ -123,7 +123,7 @@ def test_constant_problems_finds_each_at_its_innermost_node(text, env, nodes):
 def test_constant_problems_evaluates_each_node_once(monkeypatch):
     """A left-deep sum fails (not constant) at its first leaf: rescanning every subtree from
     the top would evaluate it quadratically often (issue 8, item 3)."""
-    import nldsl.consteval as consteval
+    import nldsl.language.consteval as consteval
     tree = expr(" + ".join(["grad(W)"] * 100) + " + 10 ** 1000")
     nodes, calls = [], []
     consteval._walk(tree, nodes.append)

@@ -9,13 +9,13 @@ import numbers
 import operator
 from typing import Any
 
-from nldsl import ast
-from nldsl.builtins import RULES
-from nldsl.check_common import Checker
-from nldsl.check_shapes import DIM_HINT, declared_states, dim_problems
-from nldsl.consteval import constant_problems, hparam_values, names_in, shown_value, try_evaluate
+from nldsl.language import ast
+from nldsl.language.builtins import RULES
+from nldsl.validation.common import Checker
+from nldsl.validation.shapes import DIM_HINT, declared_states, dim_problems
+from nldsl.language.consteval import constant_problems, hparam_values, names_in, shown_value, try_evaluate
 from nldsl.errors import NLDSLValueError, Problem, Source
-from nldsl.printer import format_expr
+from nldsl.language.printer import format_expr
 
 _OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
         "==": operator.eq, "!=": operator.ne}

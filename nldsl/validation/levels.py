@@ -6,12 +6,12 @@ import re
 
 import networkx as nx
 
-from nldsl import ast
+from nldsl.language import ast
 from nldsl.build import PARAMETER, _references
-from nldsl.builtins import TASK
-from nldsl.check_common import Checker
-from nldsl.check_names import rotate_to_first
-from nldsl.consteval import hparam_values, try_evaluate
+from nldsl.language.builtins import TASK
+from nldsl.validation.common import Checker
+from nldsl.validation.names import rotate_to_first
+from nldsl.language.consteval import hparam_values, try_evaluate
 from nldsl.graph import LevelInfo
 
 MSG_NOT_POSITIVE_INT = "{what} must be a positive integer, got {value!r}"

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import networkx as nx
 
-from nldsl import ast
+from nldsl.language import ast
 from nldsl.build import _references
-from nldsl.builtins import EXPRESSION, FUNCTIONS, INIT, OBJECTIVE, TASK
-from nldsl.check_common import Checker
-from nldsl.memories import memory_layouts
+from nldsl.language.builtins import EXPRESSION, FUNCTIONS, INIT, OBJECTIVE, TASK
+from nldsl.validation.common import Checker
+from nldsl.language.memories import memory_layouts
 
 MSG_DUPLICATE = "{what} {name!r} is defined twice"
 MSG_UNKNOWN = "unknown name {name!r}"
@@ -213,7 +213,7 @@ def _check_call(c: Checker, call: ast.Call, defined, callable_states) -> None:
             c.report(call, MSG_UNKNOWN_FUNCTION.format(name=call.func),
                      expected="a built-in function (docs/language.md) or a memory state",
                      hint=c.suggest(call.func, set(FUNCTIONS) | callable_states) or
-                     "the built-in functions are listed in nldsl/builtins.py")
+                     "the built-in functions are listed in nldsl/language/builtins.py")
         return
     given = len(call.args) + len(call.kwargs)
     unknown = [k for k in call.kwargs if k.name not in builtin.params]

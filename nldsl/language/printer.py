@@ -1,4 +1,4 @@
-"""AST to canonical text: the inverse of `nldsl.parser.parse`.
+"""AST to canonical text: the inverse of `nldsl.language.parser.parse`.
 
 `format_spec(decl)` prints a whole spec, `format_expr(expr)` one expression. The output is
 canonical (two-space indentation, one item per line, a blank line around each level, the
@@ -16,7 +16,7 @@ parentheses. Numbers print so they re-parse to the same value: ints as ints, flo
 """
 from __future__ import annotations
 
-from nldsl import ast
+from nldsl.language import ast
 
 INDENT = "  "
 MAX_HEADER_WIDTH = 88

@@ -5,14 +5,14 @@
 """
 from __future__ import annotations
 
-from nldsl.check_common import Checker
-from nldsl.check_levels import check_frequencies, check_learned_inits, check_objectives, \
+from nldsl.validation.common import Checker
+from nldsl.validation.levels import check_frequencies, check_learned_inits, check_objectives, \
     check_once
-from nldsl.check_memories import check_channel_gates, check_mlp_algebra
-from nldsl.check_names import check_definition_cycles, check_duplicates, check_references
-from nldsl.check_shapes import check_shapes
-from nldsl.check_values import check_constants, check_hparams, check_rules
-from nldsl.check_vocabulary import check_grad_args, check_mlp_options, check_period_calls, \
+from nldsl.validation.memories import check_channel_gates, check_mlp_algebra
+from nldsl.validation.names import check_definition_cycles, check_duplicates, check_references
+from nldsl.validation.shapes import check_shapes
+from nldsl.validation.values import check_constants, check_hparams, check_rules
+from nldsl.validation.vocabulary import check_grad_args, check_mlp_options, check_period_calls, \
     check_vocabulary
 from nldsl.errors import NLDSLValidationError, Problem, Source
 from nldsl.graph import LevelGraph

@@ -7,10 +7,10 @@ import pytest
 import nldsl
 
 from nldsl.build import build
-from nldsl.check_common import Checker
-from nldsl.check_shapes import check_shapes
+from nldsl.validation.common import Checker
+from nldsl.validation.shapes import check_shapes
 from nldsl.errors import Source
-from nldsl.parser import parse
+from nldsl.language.parser import parse
 
 HPARAMS = "dim: int >= 1, hidden: int = 32, heads = 4, head_dim = 8"
 

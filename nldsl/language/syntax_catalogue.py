@@ -2,7 +2,7 @@
 
 `syntax_errors.syntax_problem` re-parses these: when a user's error
 leaves the parser in the same state as one of the snippets, the user sees that label's message
-instead of a bare "unexpected token". tests/test_syntax_catalogue.py checks every snippet.
+instead of a bare "unexpected token". tests/test_language_syntax_catalogue.py checks every snippet.
 """
 from __future__ import annotations
 

@@ -7,9 +7,9 @@ import pytest
 from nldsl.build import build
 from nldsl.errors import NLDSLValidationError, Source
 from nldsl.library import stdlib_names, stdlib_text
-from nldsl.parser import parse
+from nldsl.language.parser import parse
 from nldsl.testing import EXAMPLE_SPECS
-from nldsl.validate import CHECKS, problems, validate
+from nldsl.validation.validate import CHECKS, problems, validate
 
 VALID = {f"stdlib-{n}": stdlib_text(n) for n in stdlib_names()}
 VALID.update({f"example-{n}": t for n, t in EXAMPLE_SPECS.items()})

@@ -14,10 +14,10 @@ from importlib import resources
 from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedInput, VisitError
 
-from nldsl import ast
+from nldsl.language import ast
 from nldsl.errors import NLDSLSyntaxError, Problem, Source
-from nldsl.syntax_catalogue import TOKEN_NAMES
-from nldsl.syntax_errors import syntax_problem
+from nldsl.language.syntax_catalogue import TOKEN_NAMES
+from nldsl.language.syntax_errors import syntax_problem
 
 
 def grammar_text() -> str:

@@ -52,7 +52,7 @@ ROLE_LIMITS = {
 
 
 #: What a built-in does to the value dims of its arguments (one unit's dims: no batch, time or
-#: head dims), the `shape` column of FUNCTIONS. The shape checker (check_shapes.py), the head
+#: head dims), the `shape` column of FUNCTIONS. The shape checker (validation/shapes.py), the head
 #: rules (lower/heads.py), the fast-form recogniser (lower/forms.py), the runtime
 #: (runtime/functions.py) and the fuzzers read their lists of built-ins from this column.
 SHAPES = {

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from nldsl import ast
+from nldsl.language import ast
 from nldsl.build import build
-from nldsl.check_common import Checker
-from nldsl.check_values import (ValueChecker, check_constants, check_hparam_values, check_hparams,
+from nldsl.validation.common import Checker
+from nldsl.validation.values import (ValueChecker, check_constants, check_hparam_values, check_hparams,
                                 check_rules, describe, satisfies)
 from nldsl.errors import NLDSLError, NLDSLValueError, Source
-from nldsl.parser import parse
+from nldsl.language.parser import parse
 
 
 def messages(check, text: str) -> list[str]:

@@ -1,13 +1,13 @@
-"""nldsl/printer.py: canonical text that parses back to the same AST."""
+"""nldsl/language/printer.py: canonical text that parses back to the same AST."""
 from __future__ import annotations
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from nldsl import ast
+from nldsl.language import ast
 from nldsl.library import stdlib_names, stdlib_text
-from nldsl.parser import parse
-from nldsl.printer import format_expr, format_spec
+from nldsl.language.parser import parse
+from nldsl.language.printer import format_expr, format_spec
 from nldsl.testing import EXAMPLE_SPECS, exprs, specs
 
 GENERATED = settings(max_examples=150, deadline=None,

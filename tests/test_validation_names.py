@@ -4,12 +4,12 @@ from __future__ import annotations
 import pytest
 
 from nldsl.build import build
-from nldsl.builtins import FUNCTIONS
-from nldsl.check_common import Checker
-from nldsl.check_names import (check_definition_cycles, check_duplicates, check_references,
+from nldsl.language.builtins import FUNCTIONS
+from nldsl.validation.common import Checker
+from nldsl.validation.names import (check_definition_cycles, check_duplicates, check_references,
                                rotate_to_first)
 from nldsl.errors import Source
-from nldsl.parser import parse
+from nldsl.language.parser import parse
 
 
 def run(check, body: str, kind: str = "optimizer", hparams: str = "lr = 0.1, beta = 0.9"):
@@ -179,7 +179,7 @@ def test_like_another_state_is_fine():
 def test_suggestions_stop_when_the_spec_s_budget_is_spent(monkeypatch):
     """N unknown names among N definitions would cost N * N comparisons (47 s for 10,000):
     suggestions stop after SUGGESTION_BUDGET comparisons, and the rest keep the generic hint."""
-    monkeypatch.setattr("nldsl.check_common.SUGGESTION_BUDGET", 10_000)
+    monkeypatch.setattr("nldsl.validation.common.SUGGESTION_BUDGET", 10_000)
     text = "optimizer s() { level a every 1 step { W <- W } }"
     checker = Checker(build(parse(text)), Source(text))
     candidates = {f"alpha{i}" for i in range(1000)}

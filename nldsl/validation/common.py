@@ -4,8 +4,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Collection
 
-from nldsl import ast
-from nldsl.builtins import FUNCTIONS, IMPLICIT_NAMES, TASK
+from nldsl.language import ast
+from nldsl.language.builtins import FUNCTIONS, IMPLICIT_NAMES, TASK
 from nldsl.errors import Problem, Source
 from nldsl.graph import LevelGraph
 
@@ -25,7 +25,7 @@ class Checker:
         self.source = source
         self.problems: list[Problem] = []
         self._suggestion_budget = SUGGESTION_BUDGET
-        #: check_shapes.ShapeChecker, once run (check_shapes.shape_checker): shared by the checks
+        #: validation/shapes.py's ShapeChecker, once run (shapes.shape_checker): shared by the checks
         self.shape_checker = None
 
     def report(self, node: ast.Node | ast.Span, message: str, expected: str | None = None,

@@ -7,9 +7,9 @@ from importlib import resources
 import pytest
 from lark import Lark
 
-from nldsl import ast
+from nldsl.language import ast
 from nldsl.errors import NLDSLSyntaxError
-from nldsl.parser import grammar_text, parse
+from nldsl.language.parser import grammar_text, parse
 
 SPEC = """\
 # a comment
@@ -133,7 +133,7 @@ def test_nesting_is_bounded_by_what_every_stage_can_walk(monkeypatch):
     """A sum of N terms nests N deep, and every later stage walks it recursively: the parser
     refuses what the recursion limit cannot carry (FRAMES_PER_LEVEL frames a level) with a
     located error, so no stage raises RecursionError."""
-    from nldsl.parser import FRAMES_PER_LEVEL, max_depth
+    from nldsl.language.parser import FRAMES_PER_LEVEL, max_depth
 
     assert max_depth() == __import__("sys").getrecursionlimit() // FRAMES_PER_LEVEL
     parse(_sum_spec(max_depth() - 10))

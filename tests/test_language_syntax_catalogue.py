@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from nldsl.errors import NLDSLSyntaxError
-from nldsl.parser import parse
-from nldsl.syntax_catalogue import ACCEPTED_LABELS, CARET, SYNTAX_ERRORS, TOKEN_LABELS
+from nldsl.language.parser import parse
+from nldsl.language.syntax_catalogue import ACCEPTED_LABELS, CARET, SYNTAX_ERRORS, TOKEN_LABELS
 
 CASES = [pytest.param(message, hint, snippet, id=f"{message[:40]}-{i}")
          for (message, hint), snippets in SYNTAX_ERRORS.items()

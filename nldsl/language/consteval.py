@@ -10,8 +10,8 @@ import operator
 import sys
 from typing import Any, Callable
 
-from nldsl import ast
-from nldsl.printer import format_expr
+from nldsl.language import ast
+from nldsl.language.printer import format_expr
 
 
 class NotConstant(Exception):

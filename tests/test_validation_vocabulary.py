@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import pytest
 
-from nldsl import check_shapes, fuzzing
+from nldsl.validation import shapes as check_shapes
+
+from nldsl import fuzzing
 from nldsl.build import build
-from nldsl.builtins import FUNCTIONS, LAST_DIM_SHAPES, MLP_ACTIVATIONS, SHAPES, shaped
-from nldsl.check_common import Checker
-from nldsl.check_vocabulary import check_grad_args, check_mlp_options, check_period_calls, \
+from nldsl.language.builtins import FUNCTIONS, LAST_DIM_SHAPES, MLP_ACTIVATIONS, SHAPES, shaped
+from nldsl.validation.common import Checker
+from nldsl.validation.vocabulary import check_grad_args, check_mlp_options, check_period_calls, \
     check_vocabulary
 from nldsl.errors import Source
 from nldsl.lower import forms, heads
-from nldsl.parser import parse
+from nldsl.language.parser import parse
 
 OPT = "optimizer o(lr = 0.1) {{\n level a every 1 step {{\n  state m like W = 0\n  {body}\n }}\n}}"
 MOD = ("module s(dim) {{\n state Wk : [dim, dim] = normal(0.02)\n level a every 1 token {{\n"

@@ -1,17 +1,17 @@
-"""Vocabulary: which spec kinds may use each built-in and where (nldsl/builtins.py, one table),
+"""Vocabulary: which spec kinds may use each built-in and where (nldsl/language/builtins.py, one table),
 what `grad(...)` may take, and the options an `mlp(...)` state may name."""
 from __future__ import annotations
 
 import re
 
-from nldsl import ast
+from nldsl.language import ast
 from nldsl.build import PARAMETER
-from nldsl.builtins import (FUNCTIONS, INIT, MLP_ACTIVATIONS, MLP_OPTIONS,
+from nldsl.language.builtins import (FUNCTIONS, INIT, MLP_ACTIVATIONS, MLP_OPTIONS,
                             MODULE_ONLY_MLP_OPTIONS, OBJECTIVE, ROLE_LIMITS)
-from nldsl.check_common import Checker
-from nldsl.check_names import expressions
-from nldsl.consteval import calls_in
-from nldsl.printer import format_expr
+from nldsl.validation.common import Checker
+from nldsl.validation.names import expressions
+from nldsl.language.consteval import calls_in
+from nldsl.language.printer import format_expr
 
 _PLACE_WORDS = {OBJECTIVE: "a `minimize` loss", INIT: "a state's initial value",
                 "expression": "an expression"}

@@ -1,12 +1,12 @@
 """What an `mlp(...)` memory may take part in (docs/language.md, "MLP memories").
 
 An MLP state is a list of weight matrices W_i [d_i, d_{i-1}], so an expression that names it
-(outside a forward pass `M(u)`) is *per weight* (nldsl/memories.py): layer by layer, the same
+(outside a forward pass `M(u)`) is *per weight* (nldsl/language/memories.py): layer by layer, the same
 expression on the matrices W_i, as on a matrix state. It is defined when, on every layer,
 
     - its memories have one layout (`A / norm(A)`, `M + N` with `state N like M`);
     - its functions are defined on one matrix (entrywise, functions of the rows, transposes,
-      reductions to a number: nldsl/memories.py PER_WEIGHT_SHAPES), not `@`, losses, `outer`;
+      reductions to a number: nldsl/language/memories.py PER_WEIGHT_SHAPES), not `@`, losses, `outer`;
     - every other operand is one number per head and token (width 1 or the level's heads);
     - its value has the weight's shape [d_i, d_{i-1}] (`norm(A)` alone is [d_i, 1]: no MLP),
 
@@ -17,12 +17,12 @@ before any compiler sees it. A rule's channel-wise lr, decay or beta is check_ch
 """
 from __future__ import annotations
 
-from nldsl import ast
-from nldsl.check_common import Checker
-from nldsl.check_shapes import Dim, ShapeChecker, shape_checker
-from nldsl.consteval import children
-from nldsl.memories import memory_layouts, per_weight_function, state_layouts
-from nldsl.printer import format_expr
+from nldsl.language import ast
+from nldsl.validation.common import Checker
+from nldsl.validation.shapes import Dim, ShapeChecker, shape_checker
+from nldsl.language.consteval import children
+from nldsl.language.memories import memory_layouts, per_weight_function, state_layouts
+from nldsl.language.printer import format_expr
 
 _ALLOWED = ("M(u); per weight: a let or an MLP state's new value built from MLP memories of one "
             "layout, numbers (one per head), and functions of one matrix (norm, softmax, abs, "

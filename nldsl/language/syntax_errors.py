@@ -15,7 +15,7 @@ from typing import Callable
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from nldsl.errors import Problem, Source
-from nldsl.syntax_catalogue import (ACCEPTED_LABELS, CARET, MISSING_OPERAND, OPERATORS,
+from nldsl.language.syntax_catalogue import (ACCEPTED_LABELS, CARET, MISSING_OPERAND, OPERATORS,
                                      SYNTAX_ERRORS, TOKEN_LABELS)
 
 Label = tuple[str, str]
