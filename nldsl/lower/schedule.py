@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from nldsl.language.consteval import names_in
 from nldsl.lower.deep_forms import DeepForm, deep_form
+from nldsl.lower.derived_forms import derived_form
 from nldsl.lower.forms import LinearForm, linear_form
 from nldsl.lower.program import Program, TokenLevel
 from nldsl.lower.snapshot_forms import SnapshotForm, snapshot_form
@@ -26,7 +27,8 @@ def plan_schedule(program: Program) -> dict[str, LinearForm | DeepForm | Snapsho
     levels at a time (`segment_chunks`), where such a read is the chunk-start state's."""
     leaves = snapshot_reads(program.levels)
     forms = {level.name: stateless_form(level, program, leaves) or linear_form(level, program)
-             or deep_form(level, program, leaves) or snapshot_form(level, program)
+             or deep_form(level, program, leaves) or derived_form(level, program, leaves)
+             or snapshot_form(level, program)
              or frozen_form(level)
              for level in program.levels}
     return forms if all(forms.values()) else {}

@@ -12,6 +12,7 @@ import inspect
 
 from nldsl.language import ast
 from nldsl.lower.deep_forms import DeepForm
+from nldsl.lower.derived_forms import DerivedForm
 from nldsl.lower.forms import LinearForm
 from nldsl.lower.task import FrozenForm
 from nldsl.lower.emit import Emitter
@@ -175,6 +176,12 @@ def _form(out: Emitter, form) -> None:
     if isinstance(form, FrozenForm):
         out.line("# chunked schedule: frozen between the driver's writes, reads of all tokens at "
                  "once")
+        return
+    if isinstance(form, DerivedForm):
+        read = ", ".join(sorted({memory for memory, _, _ in form.queries.values()}))
+        out.line(f"# chunked schedule: derived memory chunk form (module/derived_chunk.py): the "
+                 f"loss at {form.trained} of the chunk start, each token's {form.state} "
+                 f"materialised for the reads of {read}")
         return
     if isinstance(form, DeepForm):
         rule = "momentum" if form.beta is not None else "gradient"
