@@ -3,7 +3,7 @@ structure, never by spec name.
 
 The form (one `mlp(...)` state A per head without `layernorm`, chunk C > 1, written every
 token by `gd` or `momentum` as in lower/deep_forms.py), where the level also holds derived
-memories (lets of per-weight expressions of A, nldsl/memories.py) and
+memories (lets of per-weight expressions of A, nldsl/language/memories.py) and
 
     the loss applies one memory D, as D(u) for one input u, with D = A or D = A + stopgrad(X)
         (the straight-through memory: value X(A), derivative with respect to A the identity,
@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nldsl import ast
-from nldsl.consteval import calls_in, names_in
+from nldsl.language import ast
+from nldsl.language.consteval import calls_in, names_in
 from nldsl.lower.derive import mentions
 from nldsl.lower.forms import _replace_applications
 from nldsl.lower.program import Program, TokenLevel
