@@ -14,6 +14,7 @@ import torch
 
 from nldsl import ast
 from nldsl.consteval import children
+from nldsl.lower.chain_forms import ChainForm
 from nldsl.lower.deep_forms import DeepForm
 from nldsl.lower.forms import LinearForm
 from nldsl.lower.program import Program, TokenLevel
@@ -21,6 +22,7 @@ from nldsl.lower.schedule import STATELESS, run_order, segment_chunks
 from nldsl.lower.snapshot_forms import SnapshotForm
 from nldsl.lower.task import FrozenForm
 from nldsl.lower.timing import snapshot_reads
+from nldsl.module.chain_chunk import run_chain_level
 from nldsl.module.deep_chunk import run_deep_level
 from nldsl.module.delta_chunk import linear_delta_blocks
 from nldsl.module.reference import STREAM, finish, run_reference
@@ -166,6 +168,9 @@ class _SequenceValues:
             return
         if isinstance(form, DeepForm):
             run_deep_level(self, level, form, per_head)
+            return
+        if isinstance(form, ChainForm):
+            run_chain_level(self, level, form, per_head)
             return
         if isinstance(form, SnapshotForm):
             try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 
 from nldsl import ast
+from nldsl.lower.chain_forms import ChainForm
 from nldsl.lower.deep_forms import DeepForm
 from nldsl.lower.forms import LinearForm
 from nldsl.lower.task import FrozenForm
@@ -175,6 +176,13 @@ def _form(out: Emitter, form) -> None:
     if isinstance(form, FrozenForm):
         out.line("# chunked schedule: frozen between the driver's writes, reads of all tokens at "
                  "once")
+        return
+    if isinstance(form, ChainForm):
+        chain = [step.rule for step in (form.transform, form.newton_schulz) if step is not None]
+        window = f"window({format_expr(form.width)}) of " if form.width is not None else ""
+        out.line(f"# chunked schedule: deep memory {form.deep.state}, chain chunk form "
+                 f"({' then '.join(chain + ['gd'])} on {window}{format_expr(form.deep.loss)}; "
+                 "module/chain_chunk.py)")
         return
     if isinstance(form, DeepForm):
         rule = "momentum" if form.beta is not None else "gradient"
