@@ -16,6 +16,7 @@ import torch
 from _module_cases import assert_close, assert_states_close, build, flat_layers, forbid_fallback, \
     inputs, randomize, stream_in_parts
 from nldsl.lower.chain_forms import ChainForm
+from nldsl.module import chain_chunk
 from nldsl.module import compile as compile_module
 
 from test_module_deep_memories import deep_bound
@@ -129,3 +130,17 @@ def test_no_grad_and_checkpoint_give_the_same_values(monkeypatch):
     assert_close(ys[1], ys[0], eps, "checkpoint y")
     for (name, _), a, b in zip(plain.named_parameters(), grads[1], grads[0]):
         assert_close(a, b, eps, f"checkpoint grad {name}")
+
+
+def test_newton_schulz_in_groups_gives_the_same_values(monkeypatch):
+    """Newton-Schulz runs in cache-sized groups of matrices (`GROUP_BYTES`); one matrix per
+    group computes what one group of all does (the groups are independent matrices)."""
+    _, m = both(chunk_size=4, window_size=3)
+    forbid_fallback(monkeypatch)
+    x = inputs(2, 9, m.program.dim, 7)
+    with torch.no_grad():
+        y, state = m(x)
+        monkeypatch.setattr(chain_chunk, "GROUP_BYTES", 1)
+        y1, state1 = m(x)
+    assert_close(y1, y, bound(m, 9), "y")
+    assert_states_close(flat_layers(state1), flat_layers(state), bound(m, 9), "")
