@@ -32,9 +32,13 @@ VARIANTS = {
     "no-window": (OBJECTIVE, "minimize l2(M(k), v)"),
     "ema": (RULE, "by ema(beta = theta) then newton_schulz(ns_steps) then gd(lr = eta, "
                   "decay = alpha)"),
-    "momentum-gd": (RULE, "by momentum(lr = 1, beta = theta) then gd(lr = eta, decay = alpha)"),
+    "momentum-gd": (RULE, "by momentum(lr = 0.5, beta = theta) then gd(lr = eta, decay = alpha)"),
     "before-write": ("read y = M(q)", "read y = M(q) before write"),
+    "no-gamma": (OBJECTIVE, "minimize window(window_size, l2(M(k), v))"),
+    "no-heads": ("chunk chunk_size heads heads backprop", "chunk chunk_size backprop"),
 }
+#: the no-heads variant's state shapes: one head of width head_dim, scalar gates
+NO_HEADS = {"heads * head_dim": "head_dim", "[dim, heads]": "[dim]"}
 HP = dict(dim=8, head_dim=4, max_lr=0.5, heads=2)
 
 
@@ -48,10 +52,12 @@ def bound(m, steps: int) -> float:
 
 
 def variant(name: str, schedule: str, **overrides):
-    old, new = VARIANTS[name]
-    assert old in SOURCE
+    source = SOURCE
+    for old, new in [VARIANTS[name]] + (list(NO_HEADS.items()) if name == "no-heads" else []):
+        assert old in source
+        source = source.replace(old, new)
     torch.manual_seed(3)
-    m = compile_module(SOURCE.replace(old, new), schedule=schedule,
+    m = compile_module(source, schedule=schedule,
                        **{**HP, "chunk_size": 3, "window_size": 3, **overrides})
     return randomize(m.to(torch.float64), 3)
 
