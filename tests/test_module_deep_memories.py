@@ -180,11 +180,10 @@ def test_yaad_is_its_papers_recurrence(schedule, monkeypatch):
     pytest.param(5, 1, 2, id="T5-chunk1-window2"),
     pytest.param(6, 2, 1, id="T6-chunk2-window1")])
 def test_atlas_is_its_papers_recurrence(schedule, steps, chunk, window, monkeypatch):
-    """The chunked schedule runs the reference (no deep chunk form for a chain or a window:
-    docs/modules.md), so both compare with the loop."""
-    m, _ = compare_with_paper("atlas", schedule, atlas, steps, 3, monkeypatch, fast=False,
-                              chunk_size=chunk, window_size=window)
-    assert m.fast_paths == {}
+    """Both schedules compare with the loop; the chunked one in the chain chunk form
+    (module/chain_chunk.py) where the chunk is > 1."""
+    compare_with_paper("atlas", schedule, atlas, steps, 3, monkeypatch, chunk_size=chunk,
+                       window_size=window)
 
 
 def test_atlas_window_width_matters():
@@ -201,33 +200,8 @@ def test_atlas_window_width_matters():
 @pytest.mark.parametrize("schedule", ["reference", "chunked"])
 def test_atlas_with_polynomial_features_is_its_papers_recurrence(schedule, monkeypatch):
     """phi(k) = concat(k, flatten(outer(k, k)) / 2): the memory's input is d + d^2 = 12 wide."""
-    m, _ = compare_with_paper("atlas_polynomial", schedule, atlas_polynomial, 7, 4, monkeypatch,
-                              fast=False)
+    m, _ = compare_with_paper("atlas_polynomial", schedule, atlas_polynomial, 7, 4, monkeypatch)
     assert m.M_init_w1.shape == (2, 12, 12)
-
-
-def test_atlas_chunked_equals_reference_with_gradients():
-    """The chunked schedule of atlas is the reference (no fast form), so outputs, final states
-    and the gradients of x and every parameter agree exactly: T 7, chunk 3, window 4."""
-    modules = [build("atlas", schedule, heads=2, seed=5, window_size=4)
-               for schedule in ("reference", "chunked")]
-    assert modules[1].fast_paths == {}
-    x = inputs(2, 7, 8, 5).requires_grad_()
-    results = []
-    for m in modules:
-        y, state = m(x)
-        grads = torch.autograd.grad((y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype)
-                                     .view_as(y)).sum(), [x] + list(m.parameters()))
-        results.append((y, state, grads))
-    (y_r, s_r, g_r), (y_c, s_c, g_c) = results
-    assert torch.equal(y_c, y_r)
-    for name, value in s_r["memory"].items():
-        for a, b in zip(s_c["memory"][name] if isinstance(value, tuple) else (s_c["memory"][name],),
-                        value if isinstance(value, tuple) else (value,)):
-            assert torch.equal(a, b), name
-    names = ["x"] + [n for n, _ in modules[0].named_parameters()]
-    for name, a, b in zip(names, g_c, g_r):
-        assert torch.isfinite(a).all() and torch.equal(a, b), name
 
 
 @pytest.mark.parametrize("schedule", ["reference", "chunked"])

@@ -5,6 +5,7 @@ task.py)."""
 from __future__ import annotations
 
 from nldsl.language.consteval import names_in
+from nldsl.lower.chain_forms import chain_form
 from nldsl.lower.deep_forms import DeepForm, deep_form
 from nldsl.lower.derived_forms import derived_form
 from nldsl.lower.forms import LinearForm, linear_form
@@ -28,7 +29,7 @@ def plan_schedule(program: Program) -> dict[str, LinearForm | DeepForm | Snapsho
     leaves = snapshot_reads(program.levels)
     forms = {level.name: stateless_form(level, program, leaves) or linear_form(level, program)
              or deep_form(level, program, leaves) or derived_form(level, program, leaves)
-             or snapshot_form(level, program)
+             or snapshot_form(level, program) or chain_form(level, program)
              or frozen_form(level)
              for level in program.levels}
     return forms if all(forms.values()) else {}

@@ -14,6 +14,7 @@ import torch
 
 from nldsl.language import ast
 from nldsl.language.consteval import children
+from nldsl.lower.chain_forms import ChainForm
 from nldsl.lower.deep_forms import DeepForm
 from nldsl.lower.derived_forms import DerivedForm
 from nldsl.lower.forms import LinearForm
@@ -22,6 +23,7 @@ from nldsl.lower.schedule import STATELESS, run_order, segment_chunks
 from nldsl.lower.snapshot_forms import SnapshotForm
 from nldsl.lower.task import FrozenForm
 from nldsl.lower.timing import snapshot_reads
+from nldsl.module.chain_chunk import run_chain_level
 from nldsl.module.deep_chunk import run_deep_level
 from nldsl.module.derived_chunk import run_derived_level
 from nldsl.module.delta_chunk import linear_delta_blocks
@@ -171,6 +173,9 @@ class _SequenceValues:
             return
         if isinstance(form, DerivedForm):
             run_derived_level(self, level, form, per_head)
+            return
+        if isinstance(form, ChainForm):
+            run_chain_level(self, level, form, per_head)
             return
         if isinstance(form, SnapshotForm):
             try:

@@ -7,6 +7,7 @@ import time
 import torch
 
 from nldsl.errors import NLDSLCompileError
+from nldsl.lower.chain_forms import ChainForm
 from nldsl.lower.deep_forms import DeepForm
 from nldsl.lower.derived_forms import DerivedForm
 from nldsl.library import stdlib_names
@@ -53,7 +54,7 @@ def _fast_path(forms: dict) -> str:
     """The chunked schedule's path in words: by the forms its levels take."""
     if not forms:
         return "token by token"
-    kinds = {"deep memory (chunk form)" if isinstance(f, DeepForm) else
+    kinds = {"deep memory (chunk form)" if isinstance(f, (DeepForm, ChainForm)) else
              "derived memory (chunk form)" if isinstance(f, DerivedForm) else
              "attention (whole call)" if f == STATELESS else "linear memory (WY/UT)"
              for f in forms.values()}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 
 from nldsl.language import ast
+from nldsl.lower.chain_forms import ChainForm
 from nldsl.lower.deep_forms import DeepForm
 from nldsl.lower.derived_forms import DerivedForm
 from nldsl.lower.forms import LinearForm
@@ -182,6 +183,13 @@ def _form(out: Emitter, form) -> None:
         out.line(f"# chunked schedule: derived memory chunk form (module/derived_chunk.py): the "
                  f"loss at {form.trained} of the chunk start, each token's {form.state} "
                  f"materialised for the reads of {read}")
+        return
+    if isinstance(form, ChainForm):
+        chain = [step.rule for step in (form.transform, form.newton_schulz) if step is not None]
+        window = f"window({format_expr(form.width)}) of " if form.width is not None else ""
+        out.line(f"# chunked schedule: deep memory {form.deep.state}, chain chunk form "
+                 f"({' then '.join(chain + ['gd'])} on {window}{format_expr(form.deep.loss)}; "
+                 "module/chain_chunk.py)")
         return
     if isinstance(form, DeepForm):
         rule = "momentum" if form.beta is not None else "gradient"
