@@ -16,6 +16,7 @@ from nldsl import ast
 from nldsl.consteval import children
 from nldsl.lower.deep_forms import DeepForm
 from nldsl.lower.forms import LinearForm
+from nldsl.lower.periodic_forms import PeriodicForm
 from nldsl.lower.program import Program, TokenLevel
 from nldsl.lower.schedule import STATELESS, run_order, segment_chunks
 from nldsl.lower.snapshot_forms import SnapshotForm
@@ -23,6 +24,7 @@ from nldsl.lower.task import FrozenForm
 from nldsl.lower.timing import snapshot_reads
 from nldsl.module.deep_chunk import run_deep_level
 from nldsl.module.delta_chunk import linear_delta_blocks
+from nldsl.module.periodic_chunk import run_periodic_level
 from nldsl.module.reference import STREAM, finish, run_reference
 from nldsl.runtime import mlp
 from nldsl.runtime.attention import attend_sequence, run_site
@@ -166,6 +168,9 @@ class _SequenceValues:
             return
         if isinstance(form, DeepForm):
             run_deep_level(self, level, form, per_head)
+            return
+        if isinstance(form, PeriodicForm):
+            run_periodic_level(self, level, form, per_head)
             return
         if isinstance(form, SnapshotForm):
             try:

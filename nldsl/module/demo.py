@@ -8,6 +8,7 @@ import torch
 
 from nldsl.errors import NLDSLCompileError
 from nldsl.lower.deep_forms import DeepForm
+from nldsl.lower.periodic_forms import PeriodicForm
 from nldsl.library import stdlib_names
 from nldsl.lower.schedule import STATELESS
 from nldsl.spec import load
@@ -53,6 +54,7 @@ def _fast_path(forms: dict) -> str:
     if not forms:
         return "token by token"
     kinds = {"deep memory (chunk form)" if isinstance(f, DeepForm) else
+             "once memory (periodic form)" if isinstance(f, PeriodicForm) else
              "attention (whole call)" if f == STATELESS else "linear memory (WY/UT)"
              for f in forms.values()}
     return " + ".join(sorted(kinds))
