@@ -55,50 +55,61 @@ def run_periodic_level(values, level: TokenLevel, form: PeriodicForm, per_head) 
         gates = [g.detach() for g in gates]
     queries = {name: per_head(values.evaluate(level, u), layout.widths[0])
                for name, u in form.queries.items()}                         # [B, H, T, d_0]
-    m = head_first(own[s])                                                  # [B, H, P]
-    momentum = head_first(own[f"{s}_momentum"]) if form.beta is not None else None
-    snapshot = head_first(own.get(f"{s}.chunk_start", own[s]))
+    by_part = lambda flat: mlp.layers(layout, head_first(flat))      # [B, H, o, i].., gamma
+    m = by_part(own[s])
+    momentum = by_part(own[f"{s}_momentum"]) if form.beta is not None else None
+    snapshot = by_part(own.get(f"{s}.chunk_start", own[s]))
     carry = own.pop(f"{s}.pending", None)
-    carry = head_first(carry) if carry is not None else None
+    carry = by_part(carry) if carry is not None else None
+    # a gate [B, H] as a factor of each part
+    shaped = [lambda g, w=w: g.view(g.shape + (1,) * (w.ndim - 2)) for w in m]
     states, partial = [m], None     # the state after each write of the call, from the start's
     for t0, t1 in _segments(start, steps, level.chunk):
         if (start + t0) % level.chunk == 0:
             snapshot = m
         sums = _period_gradients(values, level, form, layout, snapshot, t0, t1,
-                                 (start + t0) % period, keep)               # [B, H, g, P]
+                                 (start + t0) % period, keep)     # [B, H, g, *part] per part
         first = t0 - (start + t0) % period                       # the first group's start
-        ends = [min(first + (n + 1) * period, t1) for n in range(sums.shape[2])]
+        ends = [min(first + (n + 1) * period, t1) for n in range(sums[0].shape[2])]
+        # unbound once: indexing a period out of a stacked tensor would, in the backward pass,
+        # fill a zero tensor of the whole stack per period
+        sums = [list(part.unbind(2)) for part in sums]                     # [B, H, *part]
         if carry is not None:                # the period a cut stream left unfinished
-            sums = torch.cat([sums[:, :, :1] + carry.unsqueeze(2), sums[:, :, 1:]], dim=2)
+            sums = [[g[0] + c] + g[1:] for g, c in zip(sums, carry)]
             carry = None
-        done = [n for n, end in enumerate(ends) if (start + end) % period == 0]
-        at = torch.tensor([ends[n] - 1 for n in done], dtype=torch.long, device=m.device)
-        lr, decay, *beta = (g.index_select(-1, at) for g in gates)          # [B, H, n]
-        steps_ = lr.unsqueeze(-1) * sums[:, :, done]                        # [B, H, n, P]
-        for j in range(len(done)):
+        done = sum((start + end) % period == 0 for end in ends)   # all groups but a partial last
+        at = torch.tensor([end - 1 for end in ends[:done]], dtype=torch.long,
+                          device=gates[0].device)
+        lr, decay, *beta = (g.index_select(-1, at).unbind(-1) for g in gates)   # [B, H] each
+        for j in range(done):
             if momentum is not None:
-                momentum = torch.addcmul(-steps_[:, :, j], beta[0][..., j, None], momentum)
-                m = torch.addcmul(momentum, decay[..., j, None], m)
+                momentum = tuple(torch.addcmul(v * f(beta[0][j]), f(lr[j]), g[j], value=-1)
+                                 for v, g, f in zip(momentum, sums, shaped))
+                m = tuple(torch.addcmul(v, f(decay[j]), w)
+                          for w, v, f in zip(m, momentum, shaped))
             else:
-                m = torch.addcmul(-steps_[:, :, j], decay[..., j, None], m)
+                m = tuple(torch.addcmul(w * f(decay[j]), f(lr[j]), g[j], value=-1)
+                          for w, g, f in zip(m, sums, shaped))
             if not level.backprop:
-                m = m.detach()
-                momentum = momentum.detach() if momentum is not None else None
+                m = tuple(w.detach() for w in m)
+                momentum = tuple(v.detach() for v in momentum) if momentum is not None else None
             states.append(m)
-        if len(done) < len(ends):
-            partial = sums[:, :, -1]                                        # [B, H, P]
-    squeeze = (lambda a: a) if level.heads is not None else (lambda a: a.squeeze(1))
-    own[s] = squeeze(m)
+        if done < len(ends):
+            partial = [g[-1] for g in sums]                                 # [B, H, *part]
+    flat = lambda parts: mlp.flatten(layout, parts) if level.heads is not None else \
+        mlp.flatten(layout, parts).squeeze(1)
+    own[s] = flat(m)
     last = steps - 1 - (start + steps - 1) % level.chunk          # the call's last chunk start
     if level.chunk > 1 and last >= 0:      # the reference keeps the state it started from
-        own[f"{s}.chunk_start"] = squeeze(states[(start + last) // period - start // period])
+        own[f"{s}.chunk_start"] = flat(states[(start + last) // period - start // period])
     if momentum is not None:
-        own[f"{s}_momentum"] = squeeze(momentum)
+        own[f"{s}_momentum"] = flat(momentum)
     own.pop(f"{s}.rule.pending", None)
     if partial is not None:
-        own[f"{s}.pending"] = squeeze(partial)
+        own[f"{s}.pending"] = flat(partial)
         own[f"{s}.rule.pending"] = tuple(_last(r, g, level) for r, g in zip(raw, gates))
-    reads = _reads(layout, torch.stack(states, dim=2), queries, start % period + 1, period)
+    stacked = [torch.stack(part, dim=2) for part in zip(*states)]        # [B, H, J, *part]
+    reads = _reads(layout, stacked, queries, start % period + 1, period)
     for name, y in reads.items():
         y = y.transpose(1, 2)                                               # [B, T, H, d_L]
         values.bound[name] = y if level.heads is not None else y[:, :, 0]
@@ -107,24 +118,24 @@ def run_periodic_level(values, level: TokenLevel, form: PeriodicForm, per_head) 
 
 
 def _period_gradients(values, level: TokenLevel, form: PeriodicForm, layout: MLPLayout,
-                      snapshot: torch.Tensor, t0: int, t1: int, offset: int, keep: bool):
-    """Each period's summed gradient G_n [B, H, g, P] over the call's tokens [t0, t1) of one
-    chunk, all at `snapshot` [B, H, P]; the first period has `offset` tokens before t0. One
+                      snapshot: tuple, t0: int, t1: int, offset: int, keep: bool) -> list:
+    """Each period's summed gradient G_n over the call's tokens [t0, t1) of one chunk, per part
+    ([B, H, g, o, i] per layer, then gamma's [B, H, g, d_L]), all at `snapshot` (by part, as
+    mlp.layers gives it); the first period has `offset` tokens before t0. One
     forward of the loss, one backward to the pre-activations (and to `layernorm`'s scaled
     output): each token's loss depends on its own nodes only, so the gradient of the summed
     loss is every token's own."""
     heads = level.heads
     to_heads = (lambda a: a.movedim(1, 2)) if heads is not None else (lambda a: a.unsqueeze(1))
     to_frame = (lambda a: a.movedim(2, 1)) if heads is not None else (lambda a: a.squeeze(1))
-    weights = mlp.layers(layout, snapshot)                     # [B, H, o, i] per layer, gamma
     record: dict[str, list] = {"inputs": [], "nodes": [], "normed": []}
     outputs = []
 
     def apply(name, u):
         if not outputs:             # the loss may name M(u) again, for the same u
             h = to_heads(u)                                                 # [B, H|1, L, d_0]
-            h = h.expand(snapshot.shape[:2] + h.shape[2:])                  # [B, H, L, d_0]
-            outputs.append(to_frame(_forward(layout, weights, h, record)))
+            h = h.expand(snapshot[0].shape[:2] + h.shape[2:])               # [B, H, L, d_0]
+            outputs.append(to_frame(_forward(layout, snapshot, h, record)))
         return outputs[0]
 
     with torch.enable_grad():
@@ -138,7 +149,7 @@ def _period_gradients(values, level: TokenLevel, form: PeriodicForm, layout: MLP
     parts = [group(d).mT @ group(a) for d, a in zip(grads, inputs)]         # [B, H, g, o, i]
     if layout.norm:
         parts.append(group(grads[-1] * normed[0]).sum(-2))                  # [B, H, g, d_L]
-    return torch.cat([p.flatten(-len(shape)) for p, shape in zip(parts, layout.parts)], dim=-1)
+    return parts
 
 
 def _forward(layout: MLPLayout, weights, h: torch.Tensor, record: dict | None = None):
@@ -168,14 +179,15 @@ def _group(a: torch.Tensor, offset: int, period: int) -> torch.Tensor:
     """Tokens [B, H, L, d] as groups of `period` [B, H, g, N, d], `offset` zero rows first and
     zero rows at the end (a zero row adds nothing to a period's sum, nor is it ever read)."""
     total = -(-(offset + a.shape[-2]) // period) * period
-    a = F.pad(a, (0, 0, offset, total - offset - a.shape[-2]))
+    if total != a.shape[-2]:                 # (a pad copies even when it adds nothing)
+        a = F.pad(a, (0, 0, offset, total - offset - a.shape[-2]))
     return a.unflatten(-2, (total // period, period))
 
 
-def _reads(layout: MLPLayout, states: torch.Tensor, queries: dict, offset: int, period: int):
-    """M_{j(t)}(u_t) for every token: states [B, H, J, P], the j-th after the call's j-th write;
-    token i (0-based) sees state (offset + i) // N, offset = start mod N + 1."""
-    weights = mlp.layers(layout, states)                                    # [B, H, J, o, i]
+def _reads(layout: MLPLayout, weights: list, queries: dict, offset: int, period: int):
+    """M_{j(t)}(u_t) for every token: the states by part [B, H, J, o, i] (gamma [B, H, J, d_L]),
+    the j-th after the call's j-th write; token i (0-based) sees state (offset + i) // N,
+    offset = start mod N + 1."""
     reads = {}
     for name, u in queries.items():
         steps = u.shape[-2]
