@@ -5,7 +5,8 @@ library builds without the retrieve gate and the combine), must give the library
 final memory and momentum, and gradients of x and of every parameter, in float64 to 1e-8,
 in both schedules, in the default mode (batch_size None: every gradient at the initial
 weights) and with batch_size a multiple of the chunk (Titans eq. 16), with T not a multiple of
-the chunk (a trailing partial chunk).
+the chunk (a trailing partial chunk). The chunked schedule runs the periodic form
+(lower/periodic_forms.py), never the token loop.
 """
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import torch
 
 import nldsl
 import paper_loops as pl
+from _module_cases import forbid_fallback
 from _neural_memory import DT, randomized_neural_memory
+from nldsl.lower.periodic_forms import PeriodicForm
 
 pytest.importorskip("titans_pytorch")      # the `peers` extra; .ci/run installs it
 
@@ -69,10 +72,13 @@ def compiled_copy(mem, schedule: str, dim: int, heads: int, dim_head: int, chunk
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
 @pytest.mark.parametrize("case", CASES)
-def test_titans_pytorch_spec_is_neural_memory(case, schedule):
+def test_titans_pytorch_spec_is_neural_memory(case, schedule, monkeypatch):
     batch, steps, dim, heads, dim_head, chunk, batch_size = case
     mem = randomized_neural_memory(7, dim, heads, dim_head, chunk, batch_size)
     module, tensors = compiled_copy(mem, schedule, dim, heads, dim_head, chunk, batch_size)
+    if schedule == "chunked":        # through the periodic form (module/periodic_chunk.py)
+        assert isinstance(module.fast_paths["memory"], PeriodicForm)
+        forbid_fallback(monkeypatch)
     x = torch.randn(batch, steps, dim, generator=torch.Generator().manual_seed(1),
                     dtype=DT).requires_grad_()
     y_lib, lib_state = mem(x)

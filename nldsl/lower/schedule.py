@@ -1,14 +1,15 @@
 """Which fast form each level of a module takes in the chunked schedule, and the order and cuts
 the schedule runs them in: decided from the Program alone (no torch), at construction; the
-forms themselves are recognised by structure (forms.py, deep_forms.py, snapshot_forms.py,
-task.py)."""
+forms themselves are recognised by structure (forms.py, deep_forms.py, derived_forms.py,
+periodic_forms.py, snapshot_forms.py, chain_forms.py, task.py)."""
 from __future__ import annotations
 
 from nldsl.language.consteval import names_in
-from nldsl.lower.chain_forms import chain_form
+from nldsl.lower.chain_forms import ChainForm, chain_form
 from nldsl.lower.deep_forms import DeepForm, deep_form
-from nldsl.lower.derived_forms import derived_form
+from nldsl.lower.derived_forms import DerivedForm, derived_form
 from nldsl.lower.forms import LinearForm, linear_form
+from nldsl.lower.periodic_forms import PeriodicForm, periodic_form
 from nldsl.lower.program import Program, TokenLevel
 from nldsl.lower.snapshot_forms import SnapshotForm, snapshot_form
 from nldsl.lower.task import FrozenForm, frozen_form
@@ -19,16 +20,20 @@ from nldsl.lower.timing import snapshot_reads, states_through
 STATELESS = "stateless"
 
 
-def plan_schedule(program: Program) -> dict[str, LinearForm | DeepForm | SnapshotForm |
+def plan_schedule(program: Program) -> dict[str, LinearForm | DeepForm | DerivedForm |
+                                             PeriodicForm | SnapshotForm | ChainForm |
                                              FrozenForm | str]:
-    """level -> its fast form (a linear memory, a deep memory's chunk form, the snapshot form of
-    a chunk whose values all see its start, the frozen form of a level that learns from the
-    task loss, or stateless), for every level; {} when one level has none. Contexts may use the
-    before-write reads of deep levels (`snapshot_reads`): the call then runs one chunk of those
-    levels at a time (`segment_chunks`), where such a read is the chunk-start state's."""
+    """level -> its fast form (a linear memory; a deep memory's chunk form, read through a
+    derived memory, or as a chain with Newton-Schulz; the periodic form of a `once` level; the
+    snapshot form of a chunk whose values all see its start; the frozen form of a level that
+    learns from the task loss; or stateless), for every level; {} when one level has none.
+    Contexts may use the before-write reads of deep levels (`snapshot_reads`): the call then
+    runs one chunk of those levels at a time (`segment_chunks`), where such a read is the
+    chunk-start state's."""
     leaves = snapshot_reads(program.levels)
     forms = {level.name: stateless_form(level, program, leaves) or linear_form(level, program)
              or deep_form(level, program, leaves) or derived_form(level, program, leaves)
+             or periodic_form(level, program, leaves)
              or snapshot_form(level, program) or chain_form(level, program)
              or frozen_form(level)
              for level in program.levels}

@@ -18,6 +18,7 @@ from nldsl.lower.chain_forms import ChainForm
 from nldsl.lower.deep_forms import DeepForm
 from nldsl.lower.derived_forms import DerivedForm
 from nldsl.lower.forms import LinearForm
+from nldsl.lower.periodic_forms import PeriodicForm
 from nldsl.lower.program import Program, TokenLevel
 from nldsl.lower.schedule import STATELESS, run_order, segment_chunks
 from nldsl.lower.snapshot_forms import SnapshotForm
@@ -27,6 +28,7 @@ from nldsl.module.chain_chunk import run_chain_level
 from nldsl.module.deep_chunk import run_deep_level
 from nldsl.module.derived_chunk import run_derived_level
 from nldsl.module.delta_chunk import linear_delta_blocks
+from nldsl.module.periodic_chunk import run_periodic_level
 from nldsl.module.reference import STREAM, finish, run_reference
 from nldsl.runtime import mlp
 from nldsl.runtime.attention import attend_sequence, run_site
@@ -176,6 +178,9 @@ class _SequenceValues:
             return
         if isinstance(form, ChainForm):
             run_chain_level(self, level, form, per_head)
+            return
+        if isinstance(form, PeriodicForm):
+            run_periodic_level(self, level, form, per_head)
             return
         if isinstance(form, SnapshotForm):
             try:

@@ -10,6 +10,7 @@ from nldsl.errors import NLDSLCompileError
 from nldsl.lower.chain_forms import ChainForm
 from nldsl.lower.deep_forms import DeepForm
 from nldsl.lower.derived_forms import DerivedForm
+from nldsl.lower.periodic_forms import PeriodicForm
 from nldsl.library import stdlib_names
 from nldsl.lower.schedule import STATELESS
 from nldsl.spec import load
@@ -56,6 +57,7 @@ def _fast_path(forms: dict) -> str:
         return "token by token"
     kinds = {"deep memory (chunk form)" if isinstance(f, (DeepForm, ChainForm)) else
              "derived memory (chunk form)" if isinstance(f, DerivedForm) else
+             "once memory (periodic form)" if isinstance(f, PeriodicForm) else
              "attention (whole call)" if f == STATELESS else "linear memory (WY/UT)"
              for f in forms.values()}
     return " + ".join(sorted(kinds))

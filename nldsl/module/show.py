@@ -15,6 +15,7 @@ from nldsl.lower.chain_forms import ChainForm
 from nldsl.lower.deep_forms import DeepForm
 from nldsl.lower.derived_forms import DerivedForm
 from nldsl.lower.forms import LinearForm
+from nldsl.lower.periodic_forms import PeriodicForm
 from nldsl.lower.task import FrozenForm
 from nldsl.lower.emit import Emitter
 from nldsl.lower.program import HeadMerge, HeadSplit, ModuleWrite, Program, TokenLevel
@@ -51,6 +52,11 @@ def describe(program: Program, fast_paths: dict, shapes: dict | None = None) -> 
         out.line()
         out.line("# the deep-memory chunk loop (nldsl/module/deep_chunk.py):")
         out.lines(inspect.getsource(run_deep_level))
+    if any(isinstance(form, PeriodicForm) for form in fast_paths.values()):
+        from nldsl.module.periodic_chunk import run_periodic_level
+        out.line()
+        out.line("# the periodic loop of a `once` level (nldsl/module/periodic_chunk.py):")
+        out.lines(inspect.getsource(run_periodic_level))
     return out.text()
 
 
@@ -201,6 +207,16 @@ def _form(out: Emitter, form) -> None:
                 ((("clip", form.clip),) if form.clip is not None else ())
             for label, expr in gates:
                 out.line(f"# {label} = {format_expr(expr)}")
+        return
+    if isinstance(form, PeriodicForm):
+        rule = "momentum" if form.beta is not None else "gradient"
+        with out.block(f"# chunked schedule: `once` memory {form.state}, periodic form ({rule} "
+                       "rule; one step per period from its summed gradients) with"):
+            out.line(f"# loss = {format_expr(form.loss)}")
+            gates = (("lr", form.lr), ("decay", form.decay)) + \
+                ((("beta", form.beta),) if form.beta is not None else ())
+            for label, expr in gates:
+                out.line(f"# {label} = {format_expr(expr)}    # at the period's last token")
         return
     with out.block("# chunked schedule: linear memory M_t = a M - c (M k) k^T + w k^T with"):
         for label, expr in (("a", form.decay), ("c", form.erase), ("k", form.key),

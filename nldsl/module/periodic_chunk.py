@@ -1,0 +1,264 @@
+"""The periodic form of a `once` level (lower/periodic_forms.py): one Python iteration per write
+period at most, the same values as the reference schedule.
+
+Between writes the memory is frozen, and every gradient of a chunk is taken at one snapshot
+M_g, so with N the period and the call's tokens grouped by period:
+
+  gradients  one forward of the loss over the chunk's tokens at M_g and one backward to the
+             pre-activations z_i give every token's factors; a bias-free layer's gradient is
+             delta_{i,t} a_{i-1,t}^T, `layernorm`'s gamma's is (dl_t / d o_t) * LN(z_L,t) with
+             o = LN(z_L) (gamma + 1), so a period's summed gradient G_n is one batched matmul
+             per layer over the period's tokens ([N, o]^T @ [N, i]);
+  rule       S_n = beta_n S_{n-1} - lr_n G_n, M_n = decay_n M_{n-1} + S_n (or M_n = decay_n
+             M_{n-1} - lr_n G_n) with the gates of the period's last token: a loop over the
+             periods, two fused elementwise ops on [B, H, P] each;
+  reads      token t reads M_{floor(t / N)}: the states stacked [B, H, J, P] and the queries
+             grouped by the state they see [B, H, J, N, d_0], one batched forward per layer.
+
+`period_mean(a)` in a context is the reference's running mean over the period so far
+(module/unit.py), computed for the whole call by a cumulative sum per period (the sum a cut
+stream left in the state continues it). A call that ends inside a period leaves what the
+reference leaves: the period's gradient sum `S.pending` and the last token's rule arguments
+`S.rule.pending` (module/reference.py's `finish` then flushes or drops them).
+Memory for the backward pass, per sequence and head: the factors, T (d_0 + ... + d_L) numbers;
+the period states and gradient sums, (T / N) P each: linear in T, P once per period.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from nldsl.language import ast
+from nldsl.language.consteval import calls_in
+from nldsl.lower.periodic_forms import PeriodicForm
+from nldsl.lower.program import MLPLayout, TokenLevel
+from nldsl.module.deep_chunk import _segments
+from nldsl.runtime import mlp
+from nldsl.runtime.evaluate import FrameEvaluator
+
+STREAM = "_stream"
+
+
+def run_periodic_level(values, level: TokenLevel, form: PeriodicForm, per_head) -> None:
+    """Write the level's state and bind its reads over the whole call. `values` is the chunked
+    schedule's sequence values; `per_head(value, width)` gives [B, H, T(, width)]."""
+    layout, s = level.states[form.state].mlp, form.state
+    own = values.new_state[level.name]
+    steps, period = values.x.shape[1], level.period
+    start = values.new_state[STREAM]["t"]
+    head_first = (lambda a: a) if level.heads is not None else (lambda a: a.unsqueeze(1))
+    keep = level.backprop and torch.is_grad_enabled()
+    _bind_period_means(values, level, own, start)
+    raw = [values.evaluate(level, g) for g in (form.lr, form.decay, form.beta) if g is not None]
+    gates = [per_head(g, None) for g in raw]                                # [B, H, T] each
+    if not keep:
+        gates = [g.detach() for g in gates]
+    queries = {name: per_head(values.evaluate(level, u), layout.widths[0])
+               for name, u in form.queries.items()}                         # [B, H, T, d_0]
+    by_part = lambda flat: mlp.layers(layout, head_first(flat))      # [B, H, o, i].., gamma
+    m = by_part(own[s])
+    momentum = by_part(own[f"{s}_momentum"]) if form.beta is not None else None
+    snapshot = by_part(own.get(f"{s}.chunk_start", own[s]))
+    carry = own.pop(f"{s}.pending", None)
+    carry = by_part(carry) if carry is not None else None
+    # a gate [B, H] as a factor of each part
+    shaped = [lambda g, w=w: g.view(g.shape + (1,) * (w.ndim - 2)) for w in m]
+    states, partial = [m], None     # the state after each write of the call, from the start's
+    for t0, t1 in _segments(start, steps, level.chunk):
+        if (start + t0) % level.chunk == 0:
+            snapshot = m
+        sums = _period_gradients(values, level, form, layout, snapshot, t0, t1,
+                                 (start + t0) % period, keep)     # [B, H, g, *part] per part
+        first = t0 - (start + t0) % period                       # the first group's start
+        ends = [min(first + (n + 1) * period, t1) for n in range(sums[0].shape[2])]
+        # unbound once: indexing a period out of a stacked tensor would, in the backward pass,
+        # fill a zero tensor of the whole stack per period
+        sums = [list(part.unbind(2)) for part in sums]                     # [B, H, *part]
+        if carry is not None:                # the period a cut stream left unfinished
+            sums = [[g[0] + c] + g[1:] for g, c in zip(sums, carry)]
+            carry = None
+        done = sum((start + end) % period == 0 for end in ends)   # all groups but a partial last
+        at = torch.tensor([end - 1 for end in ends[:done]], dtype=torch.long,
+                          device=gates[0].device)
+        lr, decay, *beta = (g.index_select(-1, at).unbind(-1) for g in gates)   # [B, H] each
+        for j in range(done):
+            if momentum is not None:
+                momentum = tuple(torch.addcmul(v * f(beta[0][j]), f(lr[j]), g[j], value=-1)
+                                 for v, g, f in zip(momentum, sums, shaped))
+                m = tuple(torch.addcmul(v, f(decay[j]), w)
+                          for w, v, f in zip(m, momentum, shaped))
+            else:
+                m = tuple(torch.addcmul(w * f(decay[j]), f(lr[j]), g[j], value=-1)
+                          for w, g, f in zip(m, sums, shaped))
+            if not level.backprop:
+                m = tuple(w.detach() for w in m)
+                momentum = tuple(v.detach() for v in momentum) if momentum is not None else None
+            states.append(m)
+        if done < len(ends):
+            partial = [g[-1] for g in sums]                                 # [B, H, *part]
+    flat = lambda parts: mlp.flatten(layout, parts) if level.heads is not None else \
+        mlp.flatten(layout, parts).squeeze(1)
+    own[s] = flat(m)
+    last = steps - 1 - (start + steps - 1) % level.chunk          # the call's last chunk start
+    if level.chunk > 1 and last >= 0:      # the reference keeps the state it started from
+        own[f"{s}.chunk_start"] = flat(states[(start + last) // period - start // period])
+    if momentum is not None:
+        own[f"{s}_momentum"] = flat(momentum)
+    own.pop(f"{s}.rule.pending", None)
+    if partial is not None:
+        own[f"{s}.pending"] = flat(partial)
+        own[f"{s}.rule.pending"] = tuple(_last(r, g, level) for r, g in zip(raw, gates))
+    stacked = [torch.stack(part, dim=2) for part in zip(*states)]        # [B, H, J, *part]
+    reads = _reads(layout, stacked, queries, start % period + 1, period)
+    for name, y in reads.items():
+        y = y.transpose(1, 2)                                               # [B, T, H, d_L]
+        values.bound[name] = y if level.heads is not None else y[:, :, 0]
+    for name, expr in form.reads.items():
+        values.memo[name] = (values.evaluate(level, expr), values.frames[level.name])
+
+
+def _period_gradients(values, level: TokenLevel, form: PeriodicForm, layout: MLPLayout,
+                      snapshot: tuple, t0: int, t1: int, offset: int, keep: bool) -> list:
+    """Each period's summed gradient G_n over the call's tokens [t0, t1) of one chunk, per part
+    ([B, H, g, o, i] per layer, then gamma's [B, H, g, d_L]), all at `snapshot` (by part, as
+    mlp.layers gives it); the first period has `offset` tokens before t0. One
+    forward of the loss, one backward to the pre-activations (and to `layernorm`'s scaled
+    output): each token's loss depends on its own nodes only, so the gradient of the summed
+    loss is every token's own."""
+    heads = level.heads
+    to_heads = (lambda a: a.movedim(1, 2)) if heads is not None else (lambda a: a.unsqueeze(1))
+    to_frame = (lambda a: a.movedim(2, 1)) if heads is not None else (lambda a: a.squeeze(1))
+    record: dict[str, list] = {"inputs": [], "nodes": [], "normed": []}
+    outputs = []
+
+    def apply(name, u):
+        if not outputs:             # the loss may name M(u) again, for the same u
+            h = to_heads(u)                                                 # [B, H|1, L, d_0]
+            h = h.expand(snapshot[0].shape[:2] + h.shape[2:])               # [B, H, L, d_0]
+            outputs.append(to_frame(_forward(layout, snapshot, h, record)))
+        return outputs[0]
+
+    with torch.enable_grad():
+        loss = values.evaluate_window(level, form.loss, t0, t1, apply)     # [B, L, (H)]
+        grads = torch.autograd.grad(loss.sum(), record["nodes"], create_graph=keep)
+    inputs, normed = record["inputs"], record["normed"]
+    if not keep:
+        grads, inputs = [g.detach() for g in grads], [a.detach() for a in inputs]
+        normed = [a.detach() for a in normed]
+    group = lambda a: _group(a, offset, level.period)                       # [B, H, g, N, d]
+    parts = [group(d).mT @ group(a) for d, a in zip(grads, inputs)]         # [B, H, g, o, i]
+    if layout.norm:
+        parts.append(group(grads[-1] * normed[0]).sum(-2))                  # [B, H, g, d_L]
+    return parts
+
+
+def _forward(layout: MLPLayout, weights, h: torch.Tensor, record: dict | None = None):
+    """M(h) for h [..., L, d_0] and weights [..., d_out, d_in] per layer (then gamma [..., d_L])
+    on the same leading dims: one batched matmul per layer (runtime/mlp.py's `apply`, tokens
+    as rows). With `record`, each layer's input, its pre-activation as a node autograd can
+    differentiate to, and with `layernorm` the normed output and its scaled node."""
+    u, depth = h, len(layout.layers)
+    for i, w in enumerate(weights[:depth]):
+        z = h @ w.mT                                                        # [..., L, d_out]
+        if record is not None:
+            if not z.requires_grad:
+                z.requires_grad_()
+            record["inputs"].append(h)
+            record["nodes"].append(z)
+        h = mlp.ACTIVATIONS[layout.activation](z) if i < depth - 1 else z
+    if layout.norm:
+        normed = F.layer_norm(h, h.shape[-1:], eps=mlp.LAYERNORM_EPS)
+        h = normed * (weights[-1].unsqueeze(-2) + 1)                        # [..., L, d_L]
+        if record is not None:
+            record["normed"].append(normed)
+            record["nodes"].append(h)
+    return h + u if layout.residual else h
+
+
+def _group(a: torch.Tensor, offset: int, period: int) -> torch.Tensor:
+    """Tokens [B, H, L, d] as groups of `period` [B, H, g, N, d], `offset` zero rows first and
+    zero rows at the end (a zero row adds nothing to a period's sum, nor is it ever read)."""
+    total = -(-(offset + a.shape[-2]) // period) * period
+    if total != a.shape[-2]:                 # (a pad copies even when it adds nothing)
+        a = F.pad(a, (0, 0, offset, total - offset - a.shape[-2]))
+    return a.unflatten(-2, (total // period, period))
+
+
+def _reads(layout: MLPLayout, weights: list, queries: dict, offset: int, period: int):
+    """M_{j(t)}(u_t) for every token: the states by part [B, H, J, o, i] (gamma [B, H, J, d_L]),
+    the j-th after the call's j-th write; token i (0-based) sees state (offset + i) // N,
+    offset = start mod N + 1."""
+    reads = {}
+    for name, u in queries.items():
+        steps = u.shape[-2]
+        h = _group(u, offset, period)                                       # [B, H, J, N, d_0]
+        y = _forward(layout, weights, h).flatten(-3, -2)                    # [B, H, J N, d_L]
+        reads[name] = y[..., offset:offset + steps, :]                      # [B, H, T, d_L]
+    return reads
+
+
+def _last(value, gate: torch.Tensor, level: TokenLevel):
+    """A rule argument at the call's last token as the reference keeps it: a number as is, a
+    tensor one scalar per head [B, H] ([B] without heads)."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    return gate[:, :, -1] if level.heads is not None else gate[:, 0, -1]
+
+
+def _bind_period_means(values, level: TokenLevel, own: dict, start: int) -> None:
+    """Memoise the level's contexts that call `period_mean` with the reference's running means
+    (module/unit.py): at call token i, (sum of a over the period's tokens up to i, plus the sum
+    a cut stream left) / ((start + i) mod N + 1); the running sum at the last token goes to the
+    state, as `period_mean@line:col.pending`."""
+    frame, period = values.frames[level.name], level.period
+    direct = [n for n, e in level.contexts.items()
+              if any(c.func == "period_mean" for c in calls_in(e))]
+    steps, done = values.x.shape[1], {}
+
+    def mean(call: ast.Call, a):
+        site = (call.span.line, call.span.col)
+        if site not in done:
+            key = f"period_mean@{site[0]}:{site[1]}.pending"
+            bsz = values.x.shape[0]
+            a = torch.as_tensor(a, dtype=values.x.dtype, device=values.x.device)
+            a = a.expand((bsz, steps) + a.shape[2:]) if a.ndim >= 2 else a.expand(bsz, steps)
+            offset = start % period
+            grouped = _group(a.reshape(bsz, steps, -1), offset, period)      # [B, g, N, R]
+            running = grouped.cumsum(-2).flatten(-3, -2)[:, offset:offset + steps]
+            running = running.reshape(a.shape)                              # [B, T, ...]
+            carry = own.get(key)
+            if offset and carry is not None:
+                head = min(period - offset, steps)
+                running = torch.cat([running[:, :head] + carry.unsqueeze(1), running[:, head:]], 1)
+            count = (torch.arange(steps, device=a.device) + start) % period + 1
+            own[key] = running[:, -1]
+            done[site] = running / count.to(a.dtype).view((1, steps) + (1,) * (a.ndim - 2))
+        return done[site]
+
+    def lookup(name: str):
+        if name in direct and name not in values.memo:
+            values.memo[name] = (evaluator(level.contexts[name]), frame)
+        return values._lookup(name, frame)
+
+    evaluator = _ProductEvaluator(frame, lookup, values, mean)
+    for name in direct:
+        lookup(name)
+
+
+class _ProductEvaluator(FrameEvaluator):
+    """The chunked schedule's evaluator with `period_mean`: a precomputed `x @ W` product
+    (chunked.py's `project`) is taken as is."""
+
+    def __init__(self, frame, lookup, values, period_mean):
+        super().__init__(frame, lookup, _no_memory, lambda call, a, w: values._conv(call, a, frame),
+                         attend=lambda call, q, k, v: values._attend(call, q, k, v, frame),
+                         period_mean=period_mean)
+        self.products = values.products
+
+    def __call__(self, expr: ast.Expr):
+        product = self.products.get(id(expr))
+        return product if product is not None else super().__call__(expr)
+
+
+def _no_memory(name, u):
+    raise KeyError(f"memory {name} applied inside a context of its level")
