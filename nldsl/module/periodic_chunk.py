@@ -11,9 +11,13 @@ M_g, so with N the period and the call's tokens grouped by period:
              per layer over the period's tokens ([N, o]^T @ [N, i]);
   rule       S_n = beta_n S_{n-1} - lr_n G_n, M_n = decay_n M_{n-1} + S_n (or M_n = decay_n
              M_{n-1} - lr_n G_n) with the gates of the period's last token: a loop over the
-             periods, two fused elementwise ops on [B, H, P] each;
-  reads      token t reads M_{floor(t / N)}: the states stacked [B, H, J, P] and the queries
-             grouped by the state they see [B, H, J, N, d_0], one batched forward per layer.
+             periods, two fused elementwise ops (addcmul) per weight part [B, H, o, i];
+  reads      token t reads M_{floor(t / N)}: the states stacked [B, H, J, o, i] per part and
+             the queries grouped by the state they see [B, H, J, N, d_0], one batched forward
+             per layer.
+
+The memory is kept by part (mlp.layers' views) inside the call and flattened once at its end:
+a flat [B, H, g, P] of the per-period sums would cost one concatenation of all of them.
 
 `period_mean(a)` in a context is the reference's running mean over the period so far
 (module/unit.py), computed for the whole call by a cumulative sum per period (the sum a cut
@@ -21,7 +25,8 @@ stream left in the state continues it). A call that ends inside a period leaves 
 reference leaves: the period's gradient sum `S.pending` and the last token's rule arguments
 `S.rule.pending` (module/reference.py's `finish` then flushes or drops them).
 Memory for the backward pass, per sequence and head: the factors, T (d_0 + ... + d_L) numbers;
-the period states and gradient sums, (T / N) P each: linear in T, P once per period.
+the period states and gradient sums, (T / N) P each: linear in T, P once per period. (No
+per-chunk checkpointing here: `checkpoint=True` does not change this form.)
 """
 from __future__ import annotations
 
@@ -64,6 +69,13 @@ def run_periodic_level(values, level: TokenLevel, form: PeriodicForm, per_head) 
     # a gate [B, H] as a factor of each part
     shaped = [lambda g, w=w: g.view(g.shape + (1,) * (w.ndim - 2)) for w in m]
     states, partial = [m], None     # the state after each write of the call, from the start's
+    buffers = None
+    if not torch.is_grad_enabled():  # no graph: the states go straight into the reads' stack
+        groups = -(-(start % period + 1 + steps) // period)                 # J
+        buffers = [w.new_empty(w.shape[:2] + (groups,) + w.shape[2:]) for w in m]
+        for b, w in zip(buffers, m):
+            b[:, :, 0] = w
+        momentum = tuple(v.clone() for v in momentum) if momentum is not None else None
     for t0, t1 in _segments(start, steps, level.chunk):
         if (start + t0) % level.chunk == 0:
             snapshot = m
@@ -82,14 +94,9 @@ def run_periodic_level(values, level: TokenLevel, form: PeriodicForm, per_head) 
                           device=gates[0].device)
         lr, decay, *beta = (g.index_select(-1, at).unbind(-1) for g in gates)   # [B, H] each
         for j in range(done):
-            if momentum is not None:
-                momentum = tuple(torch.addcmul(v * f(beta[0][j]), f(lr[j]), g[j], value=-1)
-                                 for v, g, f in zip(momentum, sums, shaped))
-                m = tuple(torch.addcmul(v, f(decay[j]), w)
-                          for w, v, f in zip(m, momentum, shaped))
-            else:
-                m = tuple(torch.addcmul(w * f(decay[j]), f(lr[j]), g[j], value=-1)
-                          for w, g, f in zip(m, sums, shaped))
+            target = tuple(b[:, :, len(states)] for b in buffers) if buffers else None
+            m, momentum = _step(m, momentum, [g[j] for g in sums], lr[j], decay[j],
+                                beta[0][j] if beta else None, shaped, target)
             if not level.backprop:
                 m = tuple(w.detach() for w in m)
                 momentum = tuple(v.detach() for v in momentum) if momentum is not None else None
@@ -108,13 +115,34 @@ def run_periodic_level(values, level: TokenLevel, form: PeriodicForm, per_head) 
     if partial is not None:
         own[f"{s}.pending"] = flat(partial)
         own[f"{s}.rule.pending"] = tuple(_last(r, g, level) for r, g in zip(raw, gates))
-    stacked = [torch.stack(part, dim=2) for part in zip(*states)]        # [B, H, J, *part]
+    stacked = buffers or [torch.stack(part, dim=2) for part in zip(*states)]  # [B, H, J, *part]
     reads = _reads(layout, stacked, queries, start % period + 1, period)
     for name, y in reads.items():
         y = y.transpose(1, 2)                                               # [B, T, H, d_L]
         values.bound[name] = y if level.heads is not None else y[:, :, 0]
     for name, expr in form.reads.items():
         values.memo[name] = (values.evaluate(level, expr), values.frames[level.name])
+
+
+def _step(m, momentum, grads, lr, decay, beta, shaped, out=None):
+    """One rule step on every part: S = beta S - lr G, M = decay M + S (momentum) or
+    M = decay M - lr G; gates [B, H] (`shaped` makes each a factor of its part). With `out`
+    (no autograd graph) the new M is written there and S is updated in place."""
+    if out is None and momentum is not None:
+        momentum = tuple(torch.addcmul(v * f(beta), f(lr), g, value=-1)
+                         for v, g, f in zip(momentum, grads, shaped))
+        return tuple(torch.addcmul(v, f(decay), w) for w, v, f in zip(m, momentum, shaped)), \
+            momentum
+    if out is None:
+        return tuple(torch.addcmul(w * f(decay), f(lr), g, value=-1)
+                     for w, g, f in zip(m, grads, shaped)), None
+    for w, g, f, o, v in zip(m, grads, shaped, out, momentum or [None] * len(m)):
+        if v is not None:
+            v.mul_(f(beta)).addcmul_(f(lr), g, value=-1)
+            torch.addcmul(v, f(decay), w, out=o)
+        else:
+            torch.mul(w, f(decay), out=o).addcmul_(f(lr), g, value=-1)
+    return out, momentum
 
 
 def _period_gradients(values, level: TokenLevel, form: PeriodicForm, layout: MLPLayout,
