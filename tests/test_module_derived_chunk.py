@@ -20,7 +20,7 @@ import nldsl.stdlib
 from _module_cases import assert_close, assert_states_close, build, flat_layers, \
     forbid_fallback, inputs, randomize, stream_in_parts
 from nldsl.lower.derived_forms import DerivedForm
-from nldsl.module import compile as compile_module
+from nldsl.module import compile as compile_module, derived_chunk
 from test_module_deep_memories import deep_bound
 
 CASES = [
@@ -61,8 +61,12 @@ def assert_agree(reference, chunked, x, bound, what):
 
 @pytest.mark.parametrize("spec, steps, chunk, batch, heads, checkpoint", CASES)
 def test_chunked_equals_reference(spec, steps, chunk, batch, heads, checkpoint, monkeypatch):
+    """Moneta's W = A / g (g a number per matrix) reads through the scaled masked sums, Memora's
+    c softmax(L) through every token's materialised weights."""
     reference, chunked = both(spec, chunk, heads, checkpoint=checkpoint)
-    assert isinstance(chunked.fast_paths["memory"], DerivedForm)
+    form = chunked.fast_paths["memory"]
+    assert isinstance(form, DerivedForm) and set(form.scales) == ({"W"} if spec == "moneta"
+                                                                  else set())
     forbid_fallback(monkeypatch)
     x = inputs(batch, steps, 8, 1).requires_grad_()
     assert_agree(reference, chunked, x, deep_bound(steps, 16), spec)
@@ -155,3 +159,33 @@ def test_only_a_straight_through_loss_takes_the_form(tmp_path, loss, form):
     spec.write_text(text)
     m = compile_module(str(spec), schedule="chunked", dim=8, heads=2, head_dim=4, chunk_size=3)
     assert isinstance(m.fast_paths.get("memory"), DerivedForm) is form
+
+
+@pytest.mark.parametrize("scale, materialised", [
+    pytest.param("(norm(A) + eps)", True, id="row-norms"),
+    pytest.param("(sum(abs(A)) + eps)", True, id="row-sums"),
+    pytest.param("(2 + 0 * eps)", False, id="a-number"),
+])
+def test_a_scale_that_is_not_one_number_per_matrix_materialises_the_weights(
+        tmp_path, scale, materialised, monkeypatch):
+    """W = A / g with g per row (a column of each matrix) is not the scaled read: its weights
+    are materialised per token instead; a constant g is (no state in it). Same values."""
+    text = (Path(nldsl.stdlib.__file__).parent / "moneta.nl").read_text()
+    start = text.index("let   W = ") + len("let   W = ")
+    end = text.index("\n", start)
+    spec = tmp_path / "variant.nl"
+    spec.write_text(text[:start] + f"A / {scale}" + text[end:])
+    made = []
+    for schedule in ("reference", "chunked"):
+        torch.manual_seed(2)
+        made.append(randomize(compile_module(str(spec), schedule=schedule, dim=8, heads=2,
+                                             head_dim=4, chunk_size=3, max_lr=0.5).double(), 2))
+    assert "W" in made[1].fast_paths["memory"].scales
+    forbid_fallback(monkeypatch)
+    used = []
+    per_token = derived_chunk._forward_per_token
+    monkeypatch.setattr(derived_chunk, "_forward_per_token",
+                        lambda *args: used.append(1) or per_token(*args))
+    x = inputs(2, 7, 8, 4).requires_grad_()
+    assert_agree(made[0], made[1], x, deep_bound(7, 16), scale)
+    assert bool(used) is materialised

@@ -20,7 +20,7 @@ would be per token; such a level runs the reference).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nldsl.language import ast
 from nldsl.language.consteval import calls_in, names_in
@@ -42,6 +42,9 @@ class DerivedForm:
     queries: dict[str, tuple[str, ast.Expr, bool]]   # placeholder -> (memory, u, before_write)
     reads: dict[str, ast.Expr]     # read name -> its expression with placeholders
     clip: ast.Expr | None = None   # the guard (docs/modules.md, "Stability"); None: no clipping
+    #: derived memory -> (op, g) when it is `state / g` or `state * g` (either order): if g is
+    #: a number per weight matrix, R_t h = (A_t h) / g_t is linear in A_t but for g_t
+    scales: dict[str, tuple[str, ast.Expr]] = field(default_factory=dict)
 
 
 def derived_form(level: TokenLevel, program: Program, leaves=frozenset()) -> DerivedForm | None:
@@ -90,9 +93,22 @@ def derived_form(level: TokenLevel, program: Program, leaves=frozenset()) -> Der
             for e in list(lv.contexts.values()) + [r for r, _ in lv.reads.values()]
             for n in weights):
         return None
+    scales = {name: scale for name, e in memories.items()
+              if (scale := _scale_of(e, s)) is not None}
     return DerivedForm(s, write.loss, trained, write.lr, write.decay,
                        write.beta if write.kind == "momentum" else None, memories, queries,
-                       reads, write.clip)
+                       reads, write.clip, scales)
+
+
+def _scale_of(e: ast.Expr, s: str) -> tuple[str, ast.Expr] | None:
+    """(op, g) for e = `s / g`, `s * g` or `g * s`; else None."""
+    if not (isinstance(e, ast.Binary) and e.op in "*/"):
+        return None
+    if e.left == ast.Name(id=s):
+        return e.op, e.right
+    if e.op == "*" and e.right == ast.Name(id=s):
+        return "*", e.left
+    return None
 
 
 def _per_weight_of(e: ast.Expr, weights: set[str], program: Program) -> bool:

@@ -7,21 +7,27 @@ straight-through memory, so G_t = grad_D l_t = sum_i delta_{i,t} a_{i-1,t}^T), a
 
     A_t = P_t A_0 + B_t S_0 + sum_{s<=t} K_ts G_s          (deep_chunk._coefficients)
 
-is linear in them. A read R(A_t)(u_t) of a derived memory R = f(A) is not: f (Moneta's
-A / ||A||_q^{q-2}, Memora's c softmax(A)) needs A_t itself. So per chunk and layer the
-tokens' states are materialised, A_{i,t} = P_t A_{i,0} + B_t S_{i,0} + (K_t. * delta_i)^T a_{i-1}
-([L, d_i, L] @ [L, d_{i-1}] per sequence and head: L^2 P multiply-adds per chunk, T L P over a
-call, P the weight count), f is evaluated on them as the reference evaluates it on one state
-(the same per-weight expression, a frame with the chunk's tokens as a batch dim), and the read
-is one batched matrix-vector product per layer, W_{i,t} h_t. `before write` reads see
-R(A_{t'}), evaluated once per chunk.
+is linear in them. A read R(A_t)(u_t) of a derived memory R = f(A) is not: f needs A_t itself.
+Per chunk and layer the tokens' states are materialised (`_states`: one GEMM per sequence and
+head, L^2 P multiply-adds per chunk, T L P over a call, P the weight count) and f is evaluated
+on them as the reference evaluates it on one state (the same per-weight expression, the
+tokens a batch dim). Then, cheapest first:
 
-Memory: the chunk's materialised states are [B, H, L, d_i, d_{i-1}] per layer, L P numbers per
-sequence and head at a time; for the backward pass autograd keeps them and f's intermediates
-for every chunk, a few T P numbers per sequence and head (linear in T, times the weight count:
-unlike the deep form, per token). With `checkpoint` (nldsl.compile(..., checkpoint=True)) each
-chunk is recomputed in the backward pass: only its start state, momentum and snapshot stay (as
-in deep_chunk), plus one chunk's L P at a time, for one more forward of the chunk's work.
+    R = A op g, g_t a number per matrix (Moneta: g = ||A||_q^{q-2} + eps): only g_t needs A_t;
+        R_t h = (A_t h) op g_t is the deep form's masked [L, L] read, scaled per token
+        (`_read_scaled`), never the L P weights times h;
+    R = A (the state itself): the deep form's read, no materialisation;
+    any other R (Memora: c softmax(A)): R(A_t) for every token, [B, H, L, o, i] per layer, and
+        one batched matrix-vector product per layer (`_forward_per_token`).
+
+`before write` reads see R(A_{t'}), evaluated once per chunk.
+
+Memory: a chunk's materialised states are L P numbers per sequence, head and layer at a time;
+for the backward pass autograd keeps them and f's intermediates (Moneta: |A|, |A|^q; Memora:
+the softmax) for every chunk: a few T P numbers per sequence and head, linear in T but per
+token, unlike the deep form's (T / C) P. With `checkpoint` (nldsl.compile(..., checkpoint=True))
+each chunk is recomputed in the backward pass: only its start state, momentum and snapshot stay
+(as in deep_chunk), plus one chunk's few L P at a time, for one more forward of the chunk.
 """
 from __future__ import annotations
 
@@ -30,6 +36,7 @@ import functools
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from nldsl import ast
 from nldsl.lower.derived_forms import DerivedForm
 from nldsl.lower.program import MLPLayout, TokenLevel
 from nldsl.module.deep_chunk import _by_chunk, _coefficients, _end, _factors, _forward, \
@@ -95,74 +102,118 @@ def _chunk(values, level: TokenLevel, form: DerivedForm, layout: MLPLayout, quer
            coefficients, n: int, t0: int, t1: int, clip, keep: bool, m, s, snapshot):
     """Chunk n (tokens [t0, t1)) from its start state, momentum and snapshot (by layer,
     [B, H, o, i]): the end state and momentum, and its reads {name: [B, H, L, d_L]}."""
-    derive = lambda name, weights, per_token: _derived(values.program.hparams, level.heads, form,
-                                                       name, weights, per_token)
-    trained = derive(form.trained, snapshot, False)
+    weights = _Weights(values.program.hparams, form)
+    trained = weights.derived(form.trained, snapshot)
     deltas, inputs = _factors(values, level, form, layout, trained, t0, t1, keep, clip)
     length = t1 - t0
     own = tuple(c[:, :, n, :length] if c is not None and c.ndim == 4 else
                 c[:, :, n, :length, :length] if c is not None else None for c in coefficients)
-    states = _states(m, s, own, deltas, inputs) if not all(
-        before for _, _, before in queries.values()) else None         # [B, H, L, o, i] each
+    factors = (m, s, own, deltas, inputs)
     reads = {}
     for name, (memory, u, before) in queries.items():
         u = u[:, :, t0:t1]                                                 # [B, H, L, d_0]
-        reads[name] = _forward(layout, derive(memory, snapshot, False), u) if before else \
-            _forward_per_token(layout, derive(memory, states, True), u)
+        if before:
+            reads[name] = _forward(layout, weights.derived(memory, snapshot), u)
+        elif memory == form.state or weights.scaled(memory, m):
+            scales = [weights.scale(memory, factors, i) for i in range(len(m))] \
+                if memory != form.state else [None] * len(m)
+            reads[name] = _read_scaled(layout, factors, u, scales,
+                                       form.scales.get(memory, ("*",))[0])
+        else:
+            states = [_states(factors, i) for i in range(len(m))]
+            reads[name] = _forward_per_token(layout, weights.derived(memory, states), u)
     return _end(m, s, _last_row(coefficients, n, length), deltas, inputs), reads
 
 
-def _states(m, s, coefficients, deltas, inputs):
-    """A_t of every token of the chunk, by layer: [B, H, L, d_i, d_{i-1}] from the chunk's
-    coefficients (A, B [B, H, L]; K [B, H, L, L]), start state, momentum and factors."""
-    a, b, k, _, _ = coefficients
-    states = []
-    for i, (delta, x) in enumerate(zip(deltas, inputs)):
-        scaled = k.unsqueeze(-1) * delta.unsqueeze(-3)                     # [B, H, t, s, o]
-        w = torch.addcmul(scaled.mT @ x.unsqueeze(2), a[..., None, None],
-                          m[i].unsqueeze(2))                               # [B, H, L, o, i]
+def _states(factors, i: int) -> torch.Tensor:
+    """A_{i,t} for every token of the chunk, [B, H, L, d_i, d_{i-1}], from the start state and
+    momentum (by layer, [B, H, o, i]), the chunk's coefficients (A, B [B, H, L]; K [B, H, L, L])
+    and factors: one GEMM per sequence and head, [(t, o), s] @ [s, i] with rows K_ts delta_{s,o}
+    (L^2 P multiply-adds), then the start terms."""
+    m, s, (a, b, k, _, _), deltas, inputs = factors
+    bsz, heads, length, d_out = deltas[i].shape
+    rows = k.unsqueeze(-2) * deltas[i].mT.contiguous().unsqueeze(-3)       # [B, H, t, o, s]
+    w = (rows.flatten(2, 3) @ inputs[i]).unflatten(2, (length, d_out))     # [B, H, L, o, i]
+    # in place (no fresh L P block) unless autograd would have to copy the GEMM's output
+    add = torch.addcmul if w.requires_grad else torch.Tensor.addcmul_
+    w = add(w, a[..., None, None], m[i].unsqueeze(2))
+    if b is not None:
+        w = add(w, b[..., None, None], s[i].unsqueeze(2))
+    return w
+
+
+def _read_scaled(layout: MLPLayout, factors, u, scales, op: str):
+    """R_t(u_t) for R = A op g, g_t a number per weight matrix and token (`scales`, [B, H, L]
+    per layer; None: 1), without forming A_t: deep_chunk._read's causally masked sums,
+    W_{i,t} h = (P_t A_{i,0} h + B_t S_{i,0} h + sum_s K_ts (a_{i-1,s} . h) delta_{i,s}) op g_t."""
+    m, s, (a, b, k, _, _), deltas, inputs = factors
+    h = u
+    for i, (w, delta, x) in enumerate(zip(m, deltas, inputs)):
+        z = a.unsqueeze(-1) * (h @ w.mT)                                   # [B, H, L, o]
         if b is not None:
-            w = torch.addcmul(w, b[..., None, None], s[i].unsqueeze(2))
-        states.append(w)
-    return tuple(states)
+            z = z + b.unsqueeze(-1) * (h @ s[i].mT)
+        z = z + ((h @ x.mT) * k) @ delta                                   # [L, L] @ [L, o]
+        if scales[i] is not None:
+            z = z / scales[i].unsqueeze(-1) if op == "/" else z * scales[i].unsqueeze(-1)
+        h = mlp.ACTIVATIONS[layout.activation](z) if i < len(layout.layers) - 1 else z
+    return h + u if layout.residual else h
 
 
-def _forward_per_token(layout: MLPLayout, weights, h):
-    """M_t(h_t) with each token's own weights [B, H, L, d_out, d_in] per layer: a batched
-    matrix-vector product per layer, h [B, H, L, d_0] -> [B, H, L, d_L]."""
-    u = h
+def _forward_per_token(layout: MLPLayout, weights, u):
+    """M_t(u_t) with each token's own weights [B, H, L, d_out, d_in] per layer: a batched
+    matrix-vector product per layer, u [B, H, L, d_0] -> [B, H, L, d_L]."""
+    h = u
     for i, w in enumerate(weights):
         z = (w @ h.unsqueeze(-1)).squeeze(-1)                              # [B, H, L, d_out]
         h = mlp.ACTIVATIONS[layout.activation](z) if i < len(weights) - 1 else z
     return h + u if layout.residual else h
 
 
-def _derived(hparams: dict, heads: int | None, form: DerivedForm, name: str, weights,
-             per_token: bool):
-    """The memory `name` (the state, or a derived memory's per-weight expression) at the
-    states `weights` ([B, H, (L,) o, i] by layer), evaluated layer by layer as the reference
-    does (runtime/layerwise.py), in the level's frame with the tokens as a batch dim."""
-    if name == form.state:
-        return weights
-    frame = Frame(2 if per_token else 1, heads)
-    if heads is None:
-        into, back = (lambda w: w.squeeze(1)), (lambda w: w.unsqueeze(1))
-    elif per_token:
-        into, back = (lambda w: w.movedim(2, 1)), (lambda w: w.movedim(1, 2))
-    else:
-        into = back = lambda w: w
-    out = []
-    for i, weight in enumerate(weights):
-        memo = {form.state: into(weight)}
+class _Weights:
+    """Derived memories evaluated layer by layer as the reference evaluates them
+    (runtime/layerwise.py): per chunk on [B, H, o, i], per token on [B, H, L, o, i]. A
+    per-weight expression names only weights, numbers and hyper-parameters
+    (lower/derived_forms.py), so the sequences, heads and tokens are all batch dims of one
+    frame, and no value is ever split into heads."""
+
+    def __init__(self, hparams: dict, form: DerivedForm):
+        self.hparams, self.form = hparams, form
+
+    def evaluate(self, expr, weight: torch.Tensor):
+        """expr on one layer's weights of the state [*batch, o, i]: its value."""
+        frame, form = Frame(weight.ndim - 2), self.form
+        memo = {form.state: weight}
 
         def lookup(n):
             if n not in memo:
-                memo[n] = FrameEvaluator(frame, lookup, _no_apply, _no_apply)(form.memories[n]) \
-                    if n in form.memories else hparams[n]
+                memo[n] = self.hparams[n] if n not in form.memories else \
+                    FrameEvaluator(frame, lookup, _no_apply, _no_apply)(form.memories[n])
             return memo[n]
-        value = lookup(name)
-        out.append(back(value.expand(*memo[form.state].shape)))
-    return tuple(out)
+        return FrameEvaluator(frame, lookup, _no_apply, _no_apply)(expr)
+
+    def derived(self, name: str, weights):
+        """The memory `name` (the state or a derived one) at `weights` (by layer)."""
+        if name == self.form.state:
+            return weights
+        return tuple(self.evaluate(ast.Name(id=name), w).expand(w.shape) for w in weights)
+
+    def scaled(self, name: str, m) -> bool:
+        """Is the memory A op g with g a number per weight matrix (shapes probed on `meta`)?"""
+        if name not in self.form.scales:
+            return False
+        g = self.form.scales[name][1]
+        for w in m:
+            value = self.evaluate(g, torch.empty(w.shape, device="meta", dtype=w.dtype))
+            if isinstance(value, torch.Tensor) and value.shape[w.ndim - 2:].numel() != 1:
+                return False
+        return True
+
+    def scale(self, name: str, factors, i: int):
+        """g_t of layer i for every token, [B, H, L], from the materialised A_{i,t}."""
+        w = _states(factors, i)                                            # [B, H, L, o, i]
+        value = torch.as_tensor(self.evaluate(self.form.scales[name][1], w), dtype=w.dtype)
+        value = value.reshape(value.shape[:3]) if value.ndim >= 3 else value
+        return value.expand(w.shape[:3])
 
 
 def _no_apply(*args):
