@@ -19,6 +19,7 @@ from nldsl.lower.chain_forms import ChainForm
 from nldsl.module import chain_chunk
 from nldsl.module import compile as compile_module
 
+from test_module_deep_chunk import USER_SPEC
 from test_module_deep_memories import deep_bound
 from test_module_snapshot_chunk import assert_schedules_agree
 
@@ -150,3 +151,27 @@ def test_newton_schulz_in_groups_gives_the_same_values(monkeypatch):
         y1, state1 = m(x)
     assert_close(y1, y, bound(m, 9), "y")
     assert_states_close(flat_layers(state1), flat_layers(state), bound(m, 9), "")
+
+
+@pytest.mark.parametrize("backprop", [pytest.param(True, id="backprop"),
+                                      pytest.param(False, id="detached-writes")])
+@pytest.mark.parametrize("change", [
+    pytest.param(("by gd(", "by momentum(lr = 1, beta = 0.5) then newton_schulz(2) then gd("),
+                 id="chain"),
+    pytest.param(("minimize lp(Net(a), b, 2)", "minimize window(3, lp(Net(a), b, 2))"),
+                 id="window"),
+])
+def test_a_user_spec_with_a_chain_or_a_window_takes_the_form(change, backprop, monkeypatch):
+    """test_module_deep_chunk.py's user spec (other names, an lp loss, tanh, no residual, a
+    constant decay, reads before and after the write) with a chain or a window. Without
+    `backprop` the writes are constants for the outer gradient in both schedules."""
+    source = USER_SPEC.replace(*change)
+    source = source if backprop else source.replace(" backprop {", " {")
+    torch.manual_seed(0)
+    reference, chunked = (compile_module(source, schedule=s, dim=5).double()
+                          for s in ("reference", "chunked"))
+    chunked.load_state_dict(reference.state_dict())
+    assert isinstance(chunked.fast_paths["fast"], ChainForm)
+    forbid_fallback(monkeypatch)
+    x = inputs(2, 9, 5, 3).requires_grad_()
+    assert_schedules_agree(reference, chunked, x, deep_bound(9, 12) * 4 ** 2)

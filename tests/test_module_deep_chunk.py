@@ -133,10 +133,6 @@ def test_a_user_spec_with_the_rule_takes_the_fast_path(tmp_path, steps, backprop
     pytest.param(("minimize lp(Net(a), b, 2)", "minimize lp(Net(a), b, 2) + l2(Net(b), a)"),
                  "two inputs to the memory", id="two-inputs"),
     pytest.param(("every 1 token", "every 2 tokens"), "a period of 2", id="period-2"),
-    pytest.param(("by gd(", "by momentum(lr = 1, beta = 0.5) then newton_schulz(2) then gd("),
-                 "a rule chain", id="chain"),
-    pytest.param(("minimize lp(Net(a), b, 2)", "minimize window(3, lp(Net(a), b, 2))"),
-                 "the Omega rule's window", id="window"),
 ])
 def test_what_is_not_the_form_runs_the_reference(tmp_path, change, why):
     path = tmp_path / "other.nl"

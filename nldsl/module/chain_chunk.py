@@ -37,6 +37,8 @@ import functools
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from nldsl import ast
+
 from nldsl.lower.chain_forms import ChainForm
 from nldsl.lower.program import MLPLayout, TokenLevel
 from nldsl.module.deep_chunk import _forward, _products, _segments
@@ -123,7 +125,7 @@ def _extended(values, level: TokenLevel, form: ChainForm, own: dict):
     splits = {s.name: s for s in level.splits}
     ext, past = {}, 0
     for name in level.windowed:
-        value = values.evaluate(level, level.contexts[name])
+        value = values.evaluate(level, ast.Name(id=name))          # memoised: computed once
         if name in splits:
             value = frame.split_as(value, splits[name].heads, splits[name].width)
         if not isinstance(value, torch.Tensor):            # a number: one per sequence
