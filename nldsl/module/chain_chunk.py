@@ -37,7 +37,7 @@ import functools
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from nldsl import ast
+from nldsl.language import ast
 
 from nldsl.lower.chain_forms import ChainForm
 from nldsl.lower.program import MLPLayout, TokenLevel

@@ -36,7 +36,7 @@ import functools
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from nldsl import ast
+from nldsl.language import ast
 from nldsl.lower.derived_forms import DerivedForm
 from nldsl.lower.program import MLPLayout, TokenLevel
 from nldsl.module.deep_chunk import _by_chunk, _coefficients, _end, _factors, _forward, \
