@@ -29,6 +29,12 @@ alike (`--cpu-time`: CPU seconds by time.process_time, best of the rounds, and t
 CPU seconds too, for a loaded host; use it with --threads 1); "util" = matmul FLOPs counted on
 one call / median time / peak fp32 GEMM (1024^3 mm).
 When titans_pytorch is not installed the peer rows say so and only nldsl is timed.
+
+`--miras` times the derived-memory chunk form instead (module/derived_chunk.py, one chunk size,
+the first of --chunks): nldsl moneta and memora chunked beside their reference schedule (the
+token loop, at --reference-tokens: its backward keeps every token's weights, ~13 GB at T 1024,
+and its cost per token does not depend on T) and titans' deep chunk form, tokens/s each at its
+own length; use it with --cpu-time --threads 1.
 """
 from __future__ import annotations
 
@@ -108,6 +114,40 @@ def contenders(args, chunk: int, x: torch.Tensor) -> dict:
     return found
 
 
+def miras(args, x: torch.Tensor) -> None:
+    """The --miras table: tokens/s of each contender at its own length, fwd and fwd+bwd."""
+    chunk, short = args.chunks[0], x[:, :args.reference_tokens]
+    found = {}
+    for spec in ("moneta", "memora", "titans"):
+        for schedule, data in (("chunked", x), ("reference", short)):
+            if spec == "titans" and schedule == "reference":
+                continue
+            torch.manual_seed(0)
+            m = nldsl.compile(spec, schedule=schedule, dim=256, heads=4, head_dim=64,
+                              chunk_size=chunk)
+            assert schedule == "reference" or m.fast_paths, f"{spec} must take a chunk form"
+            found[f"nldsl {spec} {schedule}"] = (lambda m=m, data=data: m(data), data.shape[1])
+    timer = cpu_group if args.cpu_time else time_group
+    print(f"\n{platform.processor() or 'cpu'}, torch {torch.__version__}, {args.threads} threads; "
+          f"B {args.batch}, dim 256, 4 heads of 64, chunk {chunk}; "
+          f"{'CPU' if args.cpu_time else 'wall'} seconds, best of {args.reps}")
+    print(f"{'mode':<8} {'contender':<26} {'T':>5} {'ms':>10} {'tok/s':>9}")
+    rates = {}
+    for mode, wrap in (("fwd", forward), ("fwd+bwd", backward)):
+        timed = timer({name: wrap(fn) for name, (fn, _) in found.items()}, args.reps, 2)
+        for name, r in timed.items():
+            tokens = found[name][1]
+            rates[(mode, name)] = args.batch * tokens / r["median_s"]
+            print(f"{mode:<8} {name:<26} {tokens:>5} {r['median_s'] * 1e3:>10.1f} "
+                  f"{rates[(mode, name)]:>9,.0f}")
+    for mode in ("fwd", "fwd+bwd"):
+        for spec in ("moneta", "memora"):
+            ours = rates[(mode, f"nldsl {spec} chunked")]
+            print(f"  {mode}: {spec} chunked / reference = "
+                  f"{ours / rates[(mode, f'nldsl {spec} reference')]:.1f}x, / titans chunked = "
+                  f"{ours / rates[(mode, 'nldsl titans chunked')]:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=2)
@@ -120,6 +160,9 @@ def main() -> None:
     parser.add_argument("--keep-freed-memory", action="store_true",
                         help="keep freed heap blocks mapped, for every contender (see above)")
     parser.add_argument("--json")
+    parser.add_argument("--miras", action="store_true",
+                        help="moneta and memora: chunked vs reference vs titans (see above)")
+    parser.add_argument("--reference-tokens", type=int, default=128)
     args = parser.parse_args()
     kept = keep_freed_memory() if args.keep_freed_memory else False
     warnings.filterwarnings("ignore")
@@ -128,6 +171,8 @@ def main() -> None:
     peak_of = cpu_peak_gemm if args.cpu_time else (lambda: peak_gemm()[0])
     peak = peak_of()
     x = torch.randn(args.batch, args.tokens, 256)
+    if args.miras:
+        return miras(args, x)
     rows = []
     for chunk in args.chunks:
         group = contenders(args, chunk, x)

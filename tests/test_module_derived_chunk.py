@@ -114,13 +114,23 @@ USER_SPEC = '''module mirror(dim: int >= 1, width = 3 >= 1, p = 3 >= 1) {
 '''
 
 
+def without_heads(spec: str) -> str:
+    """USER_SPEC with one memory per sequence: no `heads`, widths of one head, scalar gates."""
+    for old, new in ((" heads 2", ""), ("2 * width", "width"), ("[dim, 2]", "[dim]"),
+                     ("x @ P_lr", "dot(x, P_lr)"), ("x @ P_beta", "dot(x, P_beta)")):
+        spec = spec.replace(old, new)
+    return spec
+
+
+@pytest.mark.parametrize("heads", [pytest.param(True, id="heads"),
+                                   pytest.param(False, id="no-heads")])
 @pytest.mark.parametrize("steps", [pytest.param(6, id="T6"), pytest.param(9, id="T9")])
-def test_a_user_spec_with_the_structure_takes_the_form(tmp_path, steps, monkeypatch):
+def test_a_user_spec_with_the_structure_takes_the_form(tmp_path, steps, heads, monkeypatch):
     """Other names, a straight-through let written the other way round, a momentum rule, a
     constant decay, reads of the derived memory before and after the write and of the state
     itself: the structure is the form, so the chunked schedule takes it."""
     path = tmp_path / "mirror.nl"
-    path.write_text(USER_SPEC)
+    path.write_text(USER_SPEC if heads else without_heads(USER_SPEC))
     modules = []
     for schedule in ("reference", "chunked"):
         torch.manual_seed(0)
