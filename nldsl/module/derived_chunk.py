@@ -109,19 +109,19 @@ def _chunk(values, level: TokenLevel, form: DerivedForm, layout: MLPLayout, quer
     own = tuple(c[:, :, n, :length] if c is not None and c.ndim == 4 else
                 c[:, :, n, :length, :length] if c is not None else None for c in coefficients)
     factors = (m, s, own, deltas, inputs)
+    states = functools.cache(lambda: tuple(_states(factors, i) for i in range(len(m))))
     reads = {}
     for name, (memory, u, before) in queries.items():
         u = u[:, :, t0:t1]                                                 # [B, H, L, d_0]
         if before:
             reads[name] = _forward(layout, weights.derived(memory, snapshot), u)
         elif memory == form.state or weights.scaled(memory, m):
-            scales = [weights.scale(memory, factors, i) for i in range(len(m))] \
+            scales = [weights.scale(memory, w) for w in states()] \
                 if memory != form.state else [None] * len(m)
             reads[name] = _read_scaled(layout, factors, u, scales,
                                        form.scales.get(memory, ("*",))[0])
         else:
-            states = [_states(factors, i) for i in range(len(m))]
-            reads[name] = _forward_per_token(layout, weights.derived(memory, states), u)
+            reads[name] = _forward_per_token(layout, weights.derived(memory, states()), u)
     return _end(m, s, _last_row(coefficients, n, length), deltas, inputs), reads
 
 
@@ -131,7 +131,7 @@ def _states(factors, i: int) -> torch.Tensor:
     and factors: one GEMM per sequence and head, [(t, o), s] @ [s, i] with rows K_ts delta_{s,o}
     (L^2 P multiply-adds), then the start terms."""
     m, s, (a, b, k, _, _), deltas, inputs = factors
-    bsz, heads, length, d_out = deltas[i].shape
+    length, d_out = deltas[i].shape[2:]
     rows = k.unsqueeze(-2) * deltas[i].mT.contiguous().unsqueeze(-3)       # [B, H, t, o, s]
     w = (rows.flatten(2, 3) @ inputs[i]).unflatten(2, (length, d_out))     # [B, H, L, o, i]
     # in place (no fresh L P block) unless autograd would have to copy the GEMM's output
@@ -208,9 +208,9 @@ class _Weights:
                 return False
         return True
 
-    def scale(self, name: str, factors, i: int):
-        """g_t of layer i for every token, [B, H, L], from the materialised A_{i,t}."""
-        w = _states(factors, i)                                            # [B, H, L, o, i]
+    def scale(self, name: str, w: torch.Tensor):
+        """g_t of one layer for every token, [B, H, L], from its materialised weights A_t
+        [B, H, L, o, i]."""
         value = torch.as_tensor(self.evaluate(self.form.scales[name][1], w), dtype=w.dtype)
         value = value.reshape(value.shape[:3]) if value.ndim >= 3 else value
         return value.expand(w.shape[:3])
