@@ -175,3 +175,17 @@ def test_a_user_spec_with_a_chain_or_a_window_takes_the_form(change, backprop, m
     forbid_fallback(monkeypatch)
     x = inputs(2, 9, 5, 3).requires_grad_()
     assert_schedules_agree(reference, chunked, x, deep_bound(9, 12) * 4 ** 2)
+
+
+def test_checkpoint_without_a_window_gives_the_same_gradients(monkeypatch):
+    """Without a window the loss is evaluated over the call's own tokens (its contexts made
+    before the checkpointed chunks, `prepare`); the gradients are the plain run's."""
+    plain, kept = variant("no-window", "chunked"), variant("no-window", "chunked", checkpoint=True)
+    forbid_fallback(monkeypatch)
+    x = inputs(2, 8, plain.program.dim, 8)
+    grads = [torch.autograd.grad(m(x)[0].square().sum(), list(m.parameters()), allow_unused=True)
+             for m in (plain, kept)]                   # W_gamma: unused without a window
+    for (name, _), a, b in zip(plain.named_parameters(), grads[1], grads[0]):
+        assert (a is None) == (b is None), name
+        if b is not None:
+            assert_close(a, b, bound(plain, 8), f"checkpoint grad {name}")

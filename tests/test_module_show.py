@@ -101,3 +101,14 @@ def test_titans_shows_its_mlp_memory_and_its_deep_chunk_form():
                     "# clip = max_grad_norm"]
     assert "# the deep-memory chunk loop (nldsl/module/deep_chunk.py):" in text
     assert "linear_delta_blocks" not in text
+
+
+def test_titans_pytorch_shows_its_periodic_form():
+    text = shown("titans_pytorch", dim=8, heads=2, head_dim=3, chunk_size=4)
+    form = block(text, "# chunked schedule: `once` memory M, periodic form (momentum rule; one "
+                       "step per period from its summed gradients) with")
+    assert form == ["# loss = theta * 2 / head_dim * l2(M(k), v)",
+                    "# lr = 1    # at the period's last token",
+                    "# decay = 1 - alpha    # at the period's last token",
+                    "# beta = eta    # at the period's last token"]
+    assert "# the periodic loop of a `once` level (nldsl/module/periodic_chunk.py):" in text

@@ -162,6 +162,17 @@ FROZEN = {
     "cms_independent": ("cms_independent", dict(dim=4, expansion=2)),
     "cms_nested": ("cms_nested", dict(dim=4, expansion=2, period_slow=4, period_mid=2,
                                       period_fast=1)),
+    # a memory with `layernorm`, and a context averaged over the period (`period_mean`)
+    "layernorm-period_mean": ("""module ln_cms(dim: int >= 1) {
+  state Wg : [dim, dim] = normal(0.5)
+  level slow every 4 tokens backprop partial flush {
+    state theta : mlp(dim -> 2 * dim -> dim, gelu, layernorm, residual) init learned by outer
+    key u = period_mean(x @ Wg)
+    minimize task by gd(lr = 0.1)
+    read y = theta(u)
+  }
+  out = y
+}""", dict(dim=4)),
 }
 
 

@@ -81,6 +81,23 @@ def test_apply_broadcasts_one_memory_over_many_inputs():
     assert torch.allclose(many[:, 2], one, rtol=0, atol=1e-14)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_apply_to_sequence_is_apply_at_every_token(layout):
+    """One memory per sequence [B, P] over its tokens [B, T, d_0] (the frozen form's batched
+    GEMMs, with `layernorm`'s gamma broadcast over T) is M(u_t) token by token."""
+    torch.manual_seed(1)
+    weights = mlp.initial(layout, (2,), torch.float64)
+    if layout.norm:
+        weights = weights[:-1] + (torch.randn_like(weights[-1]),)          # gamma != 0
+    flat = mlp.flatten(layout, weights)                                    # [2, P]
+    u = torch.randn(2, 5, layout.widths[0], dtype=torch.float64)
+    sequence = mlp.apply_to_sequence(layout, flat, u)                      # [2, 5, d_L]
+    for t in range(5):
+        # the same products in another batching: inner products of <= 6 O(1) terms
+        assert torch.allclose(sequence[:, t], mlp.apply(layout, flat, u[:, t]), rtol=0,
+                              atol=1e-13)
+
+
 def test_initial_weights_have_std_one_over_sqrt_fan_in():
     layout = MLPLayout((64, 256, 64), "gelu", True)
     torch.manual_seed(0)

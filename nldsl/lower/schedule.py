@@ -4,7 +4,7 @@ forms themselves are recognised by structure (forms.py, deep_forms.py, derived_f
 periodic_forms.py, snapshot_forms.py, chain_forms.py, task.py)."""
 from __future__ import annotations
 
-from nldsl.language.consteval import names_in
+from nldsl.language.consteval import calls_in, names_in
 from nldsl.lower.chain_forms import ChainForm, chain_form
 from nldsl.lower.deep_forms import DeepForm, deep_form
 from nldsl.lower.derived_forms import DerivedForm, derived_form
@@ -42,8 +42,9 @@ def plan_schedule(program: Program) -> dict[str, LinearForm | DeepForm | Derived
 
 def stateless_form(level: TokenLevel, program: Program, leaves=frozenset()) -> str | None:
     """A level without states or writes whose contexts use no fast state but the `leaves`
-    (they are evaluated over the whole call where something uses them)."""
-    if level.states or level.writes or level.hidden or any(
+    (they are evaluated over the whole call where something uses them) and no `period_mean`
+    over a period longer than a token (the chunked evaluator's is the identity)."""
+    if level.states or level.writes or level.hidden or uses_period_mean(level) or any(
             states_through(value, program.levels, program.outer_contexts, leaves)[0]
             for value in level.contexts.values()):
         return None
@@ -82,3 +83,9 @@ def _expressions(level: TokenLevel) -> list:
     return list(level.contexts.values()) + [r for r, _ in level.reads.values()] + [
         e for w in level.writes for e in (w.loss, w.grad, w.value, w.lr, w.decay, w.beta,
                                           w.precondition, w.clip) if e is not None]
+
+
+def uses_period_mean(level: TokenLevel) -> bool:
+    """Whether a context of a level writing every N > 1 tokens averages over its period."""
+    return level.period != 1 and any(call.func == "period_mean" for value in
+                                     level.contexts.values() for call in calls_in(value))

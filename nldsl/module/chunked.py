@@ -28,7 +28,7 @@ from nldsl.module.chain_chunk import run_chain_level
 from nldsl.module.deep_chunk import run_deep_level
 from nldsl.module.derived_chunk import run_derived_level
 from nldsl.module.delta_chunk import linear_delta_blocks
-from nldsl.module.periodic_chunk import run_periodic_level
+from nldsl.module.periodic_chunk import bind_period_means, run_periodic_level
 from nldsl.module.reference import STREAM, finish, run_reference
 from nldsl.runtime import mlp
 from nldsl.runtime.attention import attend_sequence, run_site
@@ -166,6 +166,7 @@ class _SequenceValues:
         per_head = lambda value, width: _heads_first(frame, value, self.x, heads, width)
         if isinstance(form, FrozenForm):
             self.frozen[level.name] = level                       # its reads: when asked
+            bind_period_means(self, level, self.new_state[level.name], self.new_state[STREAM]["t"])
             return
         self.project(level)
         if form == STATELESS:                 # reads are evaluated where they are used

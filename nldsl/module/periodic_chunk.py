@@ -53,7 +53,7 @@ def run_periodic_level(values, level: TokenLevel, form: PeriodicForm, per_head) 
     start = values.new_state[STREAM]["t"]
     head_first = (lambda a: a) if level.heads is not None else (lambda a: a.unsqueeze(1))
     keep = level.backprop and torch.is_grad_enabled()
-    _bind_period_means(values, level, own, start)
+    bind_period_means(values, level, own, start)
     raw = [values.evaluate(level, g) for g in (form.lr, form.decay, form.beta) if g is not None]
     gates = [per_head(g, None) for g in raw]                                # [B, H, T] each
     if not keep:
@@ -233,7 +233,7 @@ def _last(value, gate: torch.Tensor, level: TokenLevel):
     return gate[:, :, -1] if level.heads is not None else gate[:, 0, -1]
 
 
-def _bind_period_means(values, level: TokenLevel, own: dict, start: int) -> None:
+def bind_period_means(values, level: TokenLevel, own: dict, start: int) -> None:
     """Memoise the level's contexts that call `period_mean` with the reference's running means
     (module/unit.py): at call token i, (sum of a over the period's tokens up to i, plus the sum
     a cut stream left) / ((start + i) mod N + 1); the running sum at the last token goes to the

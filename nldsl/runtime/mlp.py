@@ -90,11 +90,15 @@ def apply_to_sequence(layout: MLPLayout, flat: torch.Tensor, u: torch.Tensor,
     -> [B, T, d_L], each layer one batched GEMM h W^T (`product(i, h, W)` when given: the task
     driver's recording product, module/taskgrad.py)."""
     h = u
-    weights = layers(layout, flat)
+    parts = layers(layout, flat)
+    weights = parts[:len(layout.layers)]
     for i, weight in enumerate(weights):
         h = h @ weight.mT if product is None else product(i, h, weight)   # [B, T, d_{i+1}]
         if i < len(weights) - 1:
             h = ACTIVATIONS[layout.activation](h)
+    if layout.norm:
+        gamma = parts[-1].unsqueeze(-2)                                   # [B, 1, d_L]
+        h = F.layer_norm(h, h.shape[-1:], eps=LAYERNORM_EPS) * (gamma + 1)  # [B, T, d_L]
     return h + u if layout.residual else h
 
 
