@@ -1,7 +1,7 @@
 """Continual learning from the task loss: task A then task B, online against frozen, by seed.
 
     .venv/bin/python benchmarks/bench_continual.py [--spec cms] [--seeds 0,1,2,3,4]
-        [--outer-steps 40] [--tokens 64] [--dim 32] [-p period_slow=16 ...]
+        [--outer-steps 40] [--tokens 64] [--dim 32] [-p period_slow=16 ...] [--levels]
 
 The experiment of nldsl/train/continual.py (docs/training.md, "Continual learning"): per seed, a
 short outer training, then the split stream (A on the lower half of the symbols, B on the upper
@@ -13,6 +13,10 @@ area over the B stream, and the margins the test asserts:
   kept      retained / (frozen A after A - online A after A)   (the share of A's gain kept)
   faster    frozen B area - online B area              (> 0: online learns B faster)
 
+`--levels` adds the ablation by level: the trials again with one task level online and the
+others frozen (the trained weights loaded into the network compiled with the other levels'
+`lr_*` at 0, so the weights are the same and only the rates differ).
+
 float64, one torch thread; the CPU seconds of the outer training and of the trials.
 """
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from dataclasses import replace
 
 import torch
 
@@ -46,6 +51,17 @@ def margins(found: dict) -> dict:
             "faster": off["b_stream"] - on["b_stream"]}
 
 
+def by_level(model, setting: Setting, seed: int):
+    """(rate, network) per `lr_*` hyper-parameter: `model`'s weights in the network compiled with
+    every other `lr_*` at 0 (one task level online, the others frozen)."""
+    rates = [key for key, _ in setting.hparams if key.startswith("lr_")]
+    for rate in rates:
+        hparams = tuple((k, 0.0 if k in rates and k != rate else v) for k, v in setting.hparams)
+        alone = build(replace(setting, hparams=hparams), seed)
+        alone.load_state_dict(model.state_dict())
+        yield rate, alone
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", default="cms")
@@ -55,6 +71,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=32)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("-p", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--levels", action="store_true", help="the ablation by level")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
@@ -81,6 +98,12 @@ def main() -> None:
                         f"{outer:.1f}, {spent:.2f}") if learn else ""
                 print(f"{seed:4d} {name:12} {'online' if learn else 'frozen':7} "
                       f"{r['a_after_a']:9.3f} {r['a_after_b']:9.3f} {r['b_stream']:7.3f} {tail}")
+            for rate, alone in (by_level(model, setting, seed) if args.levels else ()):
+                found = trial(alone, setting, seed, conflict)
+                r, m = found[True], margins(found)
+                print(f"{seed:4d} {name:12} {rate + ' only':>14} {r['a_after_a']:9.3f} "
+                      f"{r['a_after_b']:9.3f} {r['b_stream']:7.3f} | {m['retained']:8.3f} "
+                      f"{m['kept']:5.2f} {m['faster']:6.3f}")
     for name, ms in rows.items():
         summary = ", ".join(f"{k} min {min(m[k] for m in ms):.3f} median "
                             f"{statistics.median(m[k] for m in ms):.3f}" for k in ms[0])

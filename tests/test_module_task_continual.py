@@ -19,7 +19,9 @@ nats; the assertions take about half the smallest value seen, so they are not tu
 from __future__ import annotations
 
 import pytest
+import torch
 
+import nldsl
 from nldsl.train.continual import Setting, build, meta_train, trial
 
 SETTING = Setting("cms", (("period_slow", 16), ("period_mid", 8), ("period_fast", 4),
@@ -73,3 +75,55 @@ def test_a_conflicting_b_overwrites_a(trained):
     the token serves both, and learning B takes A's gain away."""
     online = trial(trained[0], SETTING, SEED, conflict=True)[True]
     assert online["a_after_b"] - online["a_after_a"] > 0.8
+
+
+def test_frozen_hope_freezes_its_cms_levels_only():
+    """What "frozen" means for Hope (docs/training.md, "Hope"): learn=False freezes the levels
+    that learn from the task loss, Hope's three CMS blocks; its self-modifying memories learn
+    from their own l2 objective on the inputs in both conditions, never from a label, so the
+    online and the frozen network read and write them alike (equal states, to the bit), and
+    differ in the CMS blocks alone."""
+    torch.manual_seed(0)
+    model = nldsl.lm("hope", vocab_size=8, dim=8, depth=1, period_slow=8, period_mid=4,
+                     period_fast=2, chunk_memory=4, chunk_projections=4, lr_slow=0.1,
+                     lr_mid=0.1, lr_fast=0.1).double()
+    inputs, targets = torch.randint(0, 8, (2, 12)), torch.randint(0, 4, (2, 12))
+    with torch.no_grad():
+        states = {learn: nldsl.stream(model, inputs, targets, learn=learn, end=False)[1][0]
+                  for learn in (True, False)}
+    for level in ("projections", "memory"):
+        for name, online in states[True][level].items():
+            frozen = states[False][level][name]
+            assert all(torch.equal(a, b) for a, b in zip(online, frozen)), (level, name)
+    for level, name in (("cms_slow", "theta_slow"), ("cms_mid", "theta_mid"),
+                        ("cms_fast", "theta_fast")):
+        online, frozen = states[True][level][name], states[False][level][name]
+        assert max((a - b).abs().max() for a, b in zip(online, frozen)) > 1e-6, level
+
+
+def test_hope_cms_first_write_is_the_task_gradient_step():
+    """Hope's task levels get their inner loss through nldsl.stream as `cms`'s do (eq. 71): after
+    one period of `cms_fast` (2 tokens) its state is theta_0 - lr dL/dtheta, L the summed
+    next-label cross-entropy of those tokens, the gradient taken here by plain autograd on the
+    network called directly; the slower blocks have not written. The same operations in the
+    same order, so equal to the bit."""
+    torch.manual_seed(0)
+    lr = 0.2
+    model = nldsl.lm("hope", vocab_size=8, dim=8, depth=1, period_slow=4, period_mid=4,
+                     period_fast=2, chunk_memory=4, chunk_projections=4, lr_fast=lr).double()
+    inputs, targets = torch.randint(0, 8, (2, 2)), torch.randint(0, 4, (2, 2))
+    with torch.no_grad():
+        streamed = nldsl.stream(model, inputs, targets, end=False)[1][0]
+    _, state = model(inputs[:, :0], None, end=False)
+    leaves = tuple(w.detach().clone().requires_grad_(True)
+                   for w in state[0]["cms_fast"]["theta_fast"])
+    state[0]["cms_fast"]["theta_fast"] = leaves
+    logits, _ = model(inputs, state, end=False)
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(),
+                                             reduction="sum")
+    grads = torch.autograd.grad(loss, leaves)
+    for written, theta, grad in zip(streamed["cms_fast"]["theta_fast"], leaves, grads):
+        assert torch.equal(written, theta - lr * grad)
+    for level, name in (("cms_slow", "theta_slow"), ("cms_mid", "theta_mid")):
+        assert all(torch.equal(a, b) for a, b in zip(streamed[level][name],
+                                                     state[0][level][name]))
