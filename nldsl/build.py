@@ -116,7 +116,7 @@ def _owners(levels: dict[str, LevelInfo]) -> dict[str, tuple[str, str]]:
     return owners
 
 
-def _references(node, in_grad: bool = False):
+def name_references(node, in_grad: bool = False):
     """(name, inside grad()) for every name used under `node`, state calls included, in source
     order. An explicit stack, not recursive generators: a `yield from` chain costs its depth
     per name, so a long sum (a deep left tree) took quadratic time."""
@@ -168,7 +168,7 @@ def _edges(decl: ast.SpecDecl, levels: dict[str, LevelInfo]):
         if level.name == OUTER:
             items += [i for i in decl.items if isinstance(i, ast.Output)]  # `out` is the outer level's
         for item in items:
-            for name, in_grad in _references(item):
+            for name, in_grad in name_references(item):
                 if name not in owners or owners[name][0] == level.name:
                     continue
                 source, what = owners[name]

@@ -133,11 +133,11 @@ def test_references_walk_a_deep_tree_in_source_order_without_recursion():
     """A sum of N terms is a left tree N deep: recursive generators cost its depth per name
     (quadratic, issue 8 §3) and overflow the stack; the walk must do neither."""
     from nldsl.language import ast
-    from nldsl.build import _references
+    from nldsl.build import name_references
 
     depth = 5_000                      # beyond Python's default recursion limit
     tree = ast.Name(id="t0")
     for i in range(1, depth):
         tree = ast.Binary(op="+", left=tree, right=ast.Call(func="grad", args=[ast.Name(id=f"t{i}")]))
-    found = list(_references(tree))
+    found = list(name_references(tree))
     assert found == [("t0", False)] + [(f"t{i}", True) for i in range(1, depth)]

@@ -16,7 +16,7 @@ from _module_cases import U64, assert_close, assert_states_close, build, flat_la
     forbid_fallback, inputs, stream_in_parts
 from nldsl.lower.deep_forms import DeepForm
 from nldsl.lower.program import MLPLayout
-from nldsl.module.deep_chunk import _forward
+from nldsl.module.deep_chunk import batched_forward
 from nldsl.module import compile as compile_module
 from nldsl.runtime import mlp
 from test_module_deep_memories import deep_bound
@@ -183,7 +183,7 @@ def test_per_token_gradients_are_delta_times_input(case):
     u = torch.randn(2, heads, steps, layout.widths[0], generator=g, dtype=torch.float64)
     v = torch.randn(2, heads, steps, layout.widths[-1], generator=g, dtype=torch.float64)
     inputs, pre = [], []
-    y = _forward(layout, weights, u, inputs, pre)
+    y = batched_forward(layout, weights, u, inputs, pre)
     deltas = torch.autograd.grad(loss(y, v).sum(), pre)
     ours = [d.unsqueeze(-1) * a.unsqueeze(-2) for d, a in zip(deltas, inputs)]  # [B, H, L, o, i]
 

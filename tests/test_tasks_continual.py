@@ -1,5 +1,4 @@
 """The continual stream: tasks by step, conflicting labellings, evaluation of earlier tasks."""
-import numpy as np
 import pytest
 import torch
 

@@ -54,21 +54,36 @@ def deep_form(level: TokenLevel, program: Program, leaves=frozenset()) -> DeepFo
     if set(level.hidden) - {f"{s}_momentum"} or write.chain or \
             any(c.func == "window" for c in calls_in(write.loss)):
         return None
+    gates = [write.lr, write.decay] + ([write.beta] if write.kind == "momentum" else []) + \
+        ([write.clip] if write.clip is not None else [])
+    uses = memory_uses(level, program, s, write.loss, gates, leaves)
+    if uses is None:
+        return None
+    queries, reads = uses
+    return DeepForm(s, write.loss, write.lr, write.decay,
+                    write.beta if write.kind == "momentum" else None, queries, reads, write.clip)
+
+
+def memory_uses(level: TokenLevel, program: Program, s: str, loss: ast.Expr, gates: list,
+                leaves=frozenset()) -> tuple[dict, dict] | None:
+    """What every deep-memory form asks of how its level uses the memory s: contexts and gates
+    free of fast states (directly, or through other levels' contexts but the `leaves`), a loss
+    that applies s only as s(u) for one u free of fast states and names no other fast state,
+    reads of the forms.read_queries shape, and s read nowhere outside its level. Returns the
+    reads' (queries, reads), or None."""
     fast = {n for lv in program.levels for n in list(lv.states) + list(lv.reads) + list(lv.hidden)}
     if any(mentions(value, n) for value in level.contexts.values() for n in fast) or any(
             states_through(value, program.levels, program.outer_contexts, leaves)[0]
             for value in level.contexts.values()):
         return None                        # directly, or through other levels' contexts
-    gates = [write.lr, write.decay] + ([write.beta] if write.kind == "momentum" else []) + \
-        ([write.clip] if write.clip is not None else [])
     if any(mentions(g, n) for g in gates for n in fast):
         return None
-    applications = [c for c in calls_in(write.loss) if c.func == s]
+    applications = [c for c in calls_in(loss) if c.func == s]
     if not applications or len({a.args[0] for a in applications}) != 1 or \
             any(len(a.args) != 1 or a.kwargs for a in applications) or \
-            any(n.id == s for n in names_in(write.loss)) or \
+            any(n.id == s for n in names_in(loss)) or \
             any(mentions(applications[0].args[0], n) for n in fast) or \
-            any(mentions(write.loss, n) for n in fast - {s}):
+            any(mentions(loss, n) for n in fast - {s}):
         return None
     try:
         queries, reads = read_queries(level, s)
@@ -78,5 +93,4 @@ def deep_form(level: TokenLevel, program: Program, leaves=frozenset()) -> DeepFo
             mentions(e, s) for lv in program.levels if lv is not level
             for e in list(lv.contexts.values()) + [r for r, _ in lv.reads.values()]):
         return None
-    return DeepForm(s, write.loss, write.lr, write.decay,
-                    write.beta if write.kind == "momentum" else None, queries, reads, write.clip)
+    return queries, reads

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from nldsl.language import ast
 from nldsl.language.consteval import calls_in, names_in
 from nldsl.lower.derive import mentions
-from nldsl.lower.forms import _replace_applications
+from nldsl.lower.forms import replace_applications
 from nldsl.lower.program import Program, TokenLevel
 from nldsl.lower.timing import states_through
 
@@ -80,7 +80,7 @@ def derived_form(level: TokenLevel, program: Program, leaves=frozenset()) -> Der
     found, reads = {memory: {} for memory in sorted(weights)}, {}   # placeholders per memory
     for name, (value, before) in level.reads.items():
         for memory, applied in found.items():
-            value = _replace_applications(value, memory, before, applied)
+            value = replace_applications(value, memory, before, applied)
         if any(mentions(value, n) for n in hidden):
             return None
         reads[name] = value

@@ -226,13 +226,13 @@ def read_queries(level: TokenLevel, s: str):
     queries: dict[str, tuple[ast.Expr, bool]] = {}
     reads = {}
     for name, (value, before) in level.reads.items():
-        reads[name] = _replace_applications(value, s, before, queries)
+        reads[name] = replace_applications(value, s, before, queries)
         if mentions(reads[name], s):
             raise NoForm(value)
     return queries, reads
 
 
-def _replace_applications(e, s: str, before: bool, queries: dict):
+def replace_applications(e, s: str, before: bool, queries: dict):
     query = None
     if isinstance(e, ast.Call) and e.func == s and len(e.args) == 1:
         query = e.args[0]
@@ -247,8 +247,8 @@ def _replace_applications(e, s: str, before: bool, queries: dict):
     updates = {}
     for field, value in e:
         if isinstance(value, ast.Node):
-            updates[field] = _replace_applications(value, s, before, queries)
+            updates[field] = replace_applications(value, s, before, queries)
         elif isinstance(value, list):
-            updates[field] = [_replace_applications(v, s, before, queries)
+            updates[field] = [replace_applications(v, s, before, queries)
                               if isinstance(v, ast.Node) else v for v in value]
     return e.model_copy(update=updates) if updates else e

@@ -28,11 +28,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nldsl.language import ast
-from nldsl.language.consteval import calls_in, names_in
-from nldsl.lower.derive import mentions
-from nldsl.lower.forms import NoForm, read_queries
+from nldsl.language.consteval import calls_in
+from nldsl.lower.deep_forms import memory_uses
 from nldsl.lower.program import Program, TokenLevel
-from nldsl.lower.timing import states_through
 
 
 @dataclass(frozen=True)
@@ -61,30 +59,12 @@ def periodic_form(level: TokenLevel, program: Program, leaves=frozenset()) -> Pe
     if any(c.func in ("period_mean", "window") for e in gates + [write.loss]
            for c in calls_in(e)):
         return None                  # a running mean outside a context: the reference's
-    fast = {n for lv in program.levels for n in list(lv.states) + list(lv.reads) + list(lv.hidden)}
-    if any(mentions(value, n) for value in level.contexts.values() for n in fast) or any(
-            states_through(value, program.levels, program.outer_contexts, leaves)[0]
-            for value in level.contexts.values()):
-        return None                  # directly, or through other levels' contexts
-    if any(mentions(g, n) for g in gates for n in fast):
+    uses = memory_uses(level, program, s, write.loss, gates, leaves)
+    if uses is None:
         return None
-    applications = [c for c in calls_in(write.loss) if c.func == s]
-    if not applications or len({a.args[0] for a in applications}) != 1 or \
-            any(len(a.args) != 1 or a.kwargs for a in applications) or \
-            any(n.id == s for n in names_in(write.loss)) or \
-            any(mentions(applications[0].args[0], n) for n in fast) or \
-            any(mentions(write.loss, n) for n in fast - {s}):
-        return None
-    try:
-        queries, reads = read_queries(level, s)
-    except NoForm:
-        return None
+    queries, reads = uses
     if any(before for _, before in queries.values()):
         return None                  # a read of the chunk's snapshot: the reference's
-    if mentions(program.output, s) or any(
-            mentions(e, s) for lv in program.levels if lv is not level
-            for e in list(lv.contexts.values()) + [r for r, _ in lv.reads.values()]):
-        return None
     return PeriodicForm(s, write.loss, write.lr, write.decay,
                         write.beta if write.kind == "momentum" else None,
                         {name: u for name, (u, _) in queries.items()}, reads)

@@ -41,7 +41,7 @@ from nldsl.language import ast
 
 from nldsl.lower.chain_forms import ChainForm
 from nldsl.lower.program import MLPLayout, TokenLevel
-from nldsl.module.deep_chunk import _forward, _products, _segments
+from nldsl.module.deep_chunk import batched_forward, chunk_segments, gate_products
 from nldsl.runtime import mlp
 from nldsl.runtime.chain import newton_schulz_state
 from nldsl.runtime.evaluate import FrameEvaluator
@@ -89,7 +89,7 @@ def run_chain_level(values, level: TokenLevel, form: ChainForm, per_head) -> Non
     if checkpointed and form.width is None:
         values.prepare(level, deep.loss)
     parts = []
-    for t0, t1 in _segments(start, values.x.shape[1], level.chunk):
+    for t0, t1 in chunk_segments(start, values.x.shape[1], level.chunk):
         if (start + t0) % level.chunk == 0:
             snapshot = m if keep or t0 else incoming_m
         chunk = functools.partial(_chunk, values, level, form, layout, queries, gates, schulz,
@@ -151,12 +151,12 @@ def _chunk(values, level, form: ChainForm, layout: MLPLayout, queries: dict, gat
     j = torch.arange(w0, e1, device=lr.device)
     band = ((t[:, None] - j[None, :] >= 0) & (t[:, None] - j[None, :] < width)).to(lr.dtype)
     if beta is not None:
-        pb = _products(beta)                                                   # [B, H, L+1, L+1]
+        pb = gate_products(beta)                                         # [B, H, L+1, L+1]
         q = (pb[..., 1:, 1:] * c.unsqueeze(-2)) @ band                         # [B, H, L, J]
         e = pb[..., 1:, 0]                                                     # [B, H, L]
     else:
         q, e = band.expand(lr.shape[:2] + band.shape), None
-    pd = _products(decay)
+    pd = gate_products(decay)
     k = pd[..., 1:, 1:] * -lr.unsqueeze(-2)                                    # [B, H, L, L]
     a = pd[..., 1:, 0]                                                         # [B, H, L]
     states, new_s = [], []          # per layer: M_t as [B, H, L, o, i], or M_t^T when o > i
@@ -201,7 +201,7 @@ def _read(layout: MLPLayout, states, snapshot, u, before: bool):
     """M_t(u_t) for u [B, H, L, d_0] with the per-token states (by layer, [B, H, L, o, i], or
     [B, H, L, i, o] when `tall`); a `before write` read sees the snapshot for the whole chunk."""
     if before:
-        return _forward(layout, snapshot, u)
+        return batched_forward(layout, snapshot, u)
     h = u
     for i, (w, tall) in enumerate(states):
         z = (h.unsqueeze(-2) @ w).squeeze(-2) if tall else \
@@ -225,7 +225,7 @@ def _factors(values, level, form: ChainForm, layout: MLPLayout, snapshot, ext: d
         if not outputs:             # the loss may name M(u) again, for the same u (deep_forms.py)
             h = to_heads(u)                                                    # [B, H|1, J, d_0]
             h = h.expand(snapshot[0].shape[:2] + h.shape[2:])                 # [B, H, J, d_0]
-            outputs.append(to_frame(_forward(layout, snapshot, h, inputs, pre)))
+            outputs.append(to_frame(batched_forward(layout, snapshot, h, inputs, pre)))
         return outputs[0]
 
     with torch.enable_grad():

@@ -10,7 +10,7 @@ delta_{i,t} first, module/guard.py). The rule is linear in the G's:
 
     M_t = A_t M_0 + B_t S_0 + sum_{s<=t} K_ts G_s,    S_t = E_t S_0 + sum_{s<=t} F_ts G_s
 
-with P^g_tr = prod_{r<i<=t} g_i (`_products`) for a gate g:
+with P^g_tr = prod_{r<i<=t} g_i (`gate_products`) for a gate g:
     gradient rule  M_t = d_t M_{t-1} - lr_t G_t:   A_t = P^d_t0, K_ts = -lr_s P^d_ts
     momentum rule  S_t = b_t S_{t-1} - lr_t G_t, M_t = d_t M_{t-1} + S_t (Titans eqs. 13-14):
                    F_ts = -lr_s P^b_ts, E_t = P^b_t0, K = P^d F, B_t = sum_r P^d_tr E_r
@@ -66,10 +66,10 @@ def run_deep_level(values, level: TokenLevel, form: DeepForm, per_head) -> None:
         incoming_m, m = m, tuple(w.detach() for w in m)
         s = tuple(w.detach() for w in s) if s is not None else None
     start = values.new_state["_stream"]["t"]
-    segments = _segments(start, steps, level.chunk)
+    segments = chunk_segments(start, steps, level.chunk)
     width = max(t1 - t0 for t0, t1 in segments)   # the padded chunk: never more than the call
-    by_chunk = lambda g, fill: _by_chunk(g, segments, width, fill) if g is not None else None
-    coefficients = _coefficients(by_chunk(lr, 0.0), by_chunk(decay, 1.0), by_chunk(beta, 1.0))
+    by_chunk = lambda g, fill: gates_by_chunk(g, segments, width, fill) if g is not None else None
+    coefficients = chunk_coefficients(by_chunk(lr, 0.0), by_chunk(decay, 1.0), by_chunk(beta, 1.0))
     kept, parts = [], []            # per chunk: start state, snapshot and factors; or reads
     checkpointed = keep and values.checkpoint
     if checkpointed:
@@ -83,9 +83,9 @@ def run_deep_level(values, level: TokenLevel, form: DeepForm, per_head) -> None:
             (m, s), part = checkpoint(chunk, m, s, snapshot, use_reentrant=False)
             parts.append(part)
             continue
-        deltas, inputs = _factors(values, level, form, layout, snapshot, t0, t1, keep, clip)
+        deltas, inputs = gradient_factors(values, level, form, layout, snapshot, t0, t1, keep, clip)
         kept.append((m, s, snapshot, deltas, inputs))
-        m, s = _end(m, s, _last_row(coefficients, n, t1 - t0), deltas, inputs)
+        m, s = chunk_end(m, s, last_row(coefficients, n, t1 - t0), deltas, inputs)
     reads = {name: torch.cat([part[name] for part in parts], dim=2) for name in queries} \
         if checkpointed else _reads(layout, queries, segments, width, kept, coefficients)
     flat = (lambda ws: mlp.flatten(layout, ws)) if heads is not None else \
@@ -107,14 +107,14 @@ def _checkpointed_chunk(values, level, form: DeepForm, layout: MLPLayout, querie
     """One chunk as a function of its start state, momentum and snapshot (by layer): the end
     state and momentum, and the chunk's reads {name: [B, H, L, d_L]}. Under `checkpoint` the
     backward pass keeps only these arguments and calls it again."""
-    deltas, inputs = _factors(values, level, form, layout, snapshot, t0, t1, True, clip)
+    deltas, inputs = gradient_factors(values, level, form, layout, snapshot, t0, t1, True, clip)
     own = tuple(c[:, :, n:n + 1] if c is not None else None for c in coefficients)  # N = 1
     reads = _reads(layout, queries, [(t0, t1)], width, [(m, s, snapshot, deltas, inputs)], own)
-    return _end(m, s, _last_row(coefficients, n, t1 - t0), deltas, inputs), reads
+    return chunk_end(m, s, last_row(coefficients, n, t1 - t0), deltas, inputs), reads
 
 
-def _factors(values, level, form: DeepForm, layout: MLPLayout, snapshot, t0: int, t1: int,
-             keep: bool, clip=None):
+def gradient_factors(values, level, form: DeepForm, layout: MLPLayout, snapshot, t0: int,
+                     t1: int, keep: bool, clip=None):
     """delta_i [B, H, L, d_i] and a_{i-1} [B, H, L, d_{i-1}] per layer, from one forward of the
     loss over tokens [t0, t1) at `snapshot` ([B, H, o, i] per layer) and one backward to the
     pre-activations.
@@ -130,7 +130,7 @@ def _factors(values, level, form: DeepForm, layout: MLPLayout, snapshot, t0: int
         if not outputs:             # the loss may name M(u) again, for the same u (deep_forms.py)
             h = to_heads(u)                                                # [B, H|1, L, d_0]
             h = h.expand(snapshot[0].shape[:2] + h.shape[2:])             # [B, H, L, d_0]
-            outputs.append(to_frame(_forward(layout, snapshot, h, inputs, pre)))
+            outputs.append(to_frame(batched_forward(layout, snapshot, h, inputs, pre)))
         return outputs[0]
 
     with torch.enable_grad():
@@ -143,7 +143,7 @@ def _factors(values, level, form: DeepForm, layout: MLPLayout, snapshot, t0: int
     return deltas, inputs
 
 
-def _forward(layout: MLPLayout, weights, h, inputs=None, pre=None):
+def batched_forward(layout: MLPLayout, weights, h, inputs=None, pre=None):
     """M(h) for h [B, H, L, d_0] and weights [B, H, d_out, d_in] per layer: one batched matmul
     per layer and head (never the weights broadcast over the tokens). With `inputs` and `pre`,
     each layer's input and pre-activation are recorded, the latter as a node autograd can
@@ -161,7 +161,7 @@ def _forward(layout: MLPLayout, weights, h, inputs=None, pre=None):
     return h + u if layout.residual else h
 
 
-def _products(g: torch.Tensor) -> torch.Tensor:
+def gate_products(g: torch.Tensor) -> torch.Tensor:
     """g [..., L] -> P [..., L+1, L+1], P[t, r] = prod_{r < i <= t} g_i for t >= r (index 0:
     the chunk's start), 0 above the diagonal. A cumulative product of a masked matrix: exact
     for gates that are 0, unlike differences of cumulative log sums."""
@@ -173,13 +173,13 @@ def _products(g: torch.Tensor) -> torch.Tensor:
     return q.transpose(-1, -2).tril()                                      # [B, H, t, r]
 
 
-def _coefficients(lr, decay, beta):
+def chunk_coefficients(lr, decay, beta):
     """(A, B, K, E, F) of the module docstring for every chunk at once; B, E, F are None for
     the gradient rule. Gates [B, H, N, L] -> A, B, E [B, H, N, L]; K, F [B, H, N, L, L]."""
-    pd = _products(decay)                                                  # [B, H, L+1, L+1]
+    pd = gate_products(decay)                                                  # [B, H, L+1, L+1]
     if beta is None:
         return pd[..., 1:, 0], None, pd[..., 1:, 1:] * -lr.unsqueeze(-2), None, None
-    pb = _products(beta)
+    pb = gate_products(beta)
     f = pb[..., 1:, 1:] * -lr.unsqueeze(-2)                                # [B, H, L, L]
     e = pb[..., 1:, 0]                                                     # [B, H, L]
     k = pd[..., 1:, 1:] @ f
@@ -201,9 +201,9 @@ def _read(layout: MLPLayout, m, s, coefficients, deltas, inputs, u):
     return h + u if layout.residual else h
 
 
-def _end(m, s, rows, deltas, inputs):
+def chunk_end(m, s, rows, deltas, inputs):
     """The state and momentum after the chunk's last token (by layer): the sums at t = L, from
-    the coefficients' last rows (`_last_row`)."""
+    the coefficients' last rows (`last_row`)."""
     a, b, k, e, f = rows
     new_m, new_s = [], []
     for i, (delta, x) in enumerate(zip(deltas, inputs)):
@@ -216,7 +216,7 @@ def _end(m, s, rows, deltas, inputs):
     return tuple(new_m), tuple(new_s) if s is not None else None
 
 
-def _segments(start: int, steps: int, chunk: int) -> list[tuple[int, int]]:
+def chunk_segments(start: int, steps: int, chunk: int) -> list[tuple[int, int]]:
     """The call's tokens [0, steps) cut at the stream's chunk boundaries (t counts from 1, so
     a chunk starts where (start + t0) % chunk == 0): the first may continue a chunk, the last
     may end early."""
@@ -235,13 +235,13 @@ def _pad(a: torch.Tensor, dim: int, size: int, fill: float = 0.0) -> torch.Tenso
         if missing else a
 
 
-def _by_chunk(g: torch.Tensor, segments, chunk: int, fill: float) -> torch.Tensor:
+def gates_by_chunk(g: torch.Tensor, segments, chunk: int, fill: float) -> torch.Tensor:
     """A gate [B, H, T] as [B, H, N, C], each chunk padded at its end with `fill` (lr 0, decay
     and beta 1: padded tokens never reach a real token, the causal masks see to it)."""
     return torch.stack([_pad(g[..., t0:t1], -1, chunk, fill) for t0, t1 in segments], dim=2)
 
 
-def _last_row(coefficients, n: int, length: int):
+def last_row(coefficients, n: int, length: int):
     """Chunk n's coefficients at its last real token: A, B, E [B, H]; K, F [B, H, L]."""
     a, b, k, e, f = coefficients
     row = lambda c: c[:, :, n, length - 1] if c is not None else None
@@ -265,7 +265,7 @@ def _reads(layout: MLPLayout, queries: dict, segments, chunk: int, kept, coeffic
     reads = {}
     for name, (u, before) in queries.items():
         u = stack([_pad(u[:, :, t0:t1], -2, chunk) for t0, t1 in segments])  # [B, H, N, C, d_0]
-        y = _forward(layout, snapshot, u) if before else \
+        y = batched_forward(layout, snapshot, u) if before else \
             _read(layout, m, s, coefficients, deltas, inputs, u)
         reads[name] = torch.cat([y[:, :, n, :t1 - t0] for n, (t0, t1) in enumerate(segments)],
                                 dim=2)                                     # [B, H, T, d_L]

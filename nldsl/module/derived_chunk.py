@@ -5,7 +5,7 @@ The state A is written as the deep form's M (module/deep_chunk.py): every token'
 the chunk start from one batched forward and backward of the loss at D(A_{t'}) (D the
 straight-through memory, so G_t = grad_D l_t = sum_i delta_{i,t} a_{i-1,t}^T), and
 
-    A_t = P_t A_0 + B_t S_0 + sum_{s<=t} K_ts G_s          (deep_chunk._coefficients)
+    A_t = P_t A_0 + B_t S_0 + sum_{s<=t} K_ts G_s          (deep_chunk.chunk_coefficients)
 
 is linear in them. A read R(A_t)(u_t) of a derived memory R = f(A) is not: f needs A_t itself.
 Per chunk and layer the tokens' states are materialised (`_states`: one GEMM per sequence and
@@ -39,8 +39,8 @@ from torch.utils.checkpoint import checkpoint
 from nldsl.language import ast
 from nldsl.lower.derived_forms import DerivedForm
 from nldsl.lower.program import MLPLayout, TokenLevel
-from nldsl.module.deep_chunk import _by_chunk, _coefficients, _end, _factors, _forward, \
-    _last_row, _segments
+from nldsl.module.deep_chunk import (batched_forward, chunk_coefficients, chunk_end,
+                                     chunk_segments, gates_by_chunk, gradient_factors, last_row)
 from nldsl.runtime import mlp
 from nldsl.runtime.evaluate import FrameEvaluator
 from nldsl.runtime.frame import Frame
@@ -69,10 +69,10 @@ def run_derived_level(values, level: TokenLevel, form: DerivedForm, per_head) ->
         incoming_m, m = m, tuple(w.detach() for w in m)
         s = tuple(w.detach() for w in s) if s is not None else None
     start = values.new_state["_stream"]["t"]
-    segments = _segments(start, values.x.shape[1], level.chunk)
+    segments = chunk_segments(start, values.x.shape[1], level.chunk)
     width = max(t1 - t0 for t0, t1 in segments)
-    by_chunk = lambda g, fill: _by_chunk(g, segments, width, fill) if g is not None else None
-    coefficients = _coefficients(by_chunk(lr, 0.0), by_chunk(decay, 1.0), by_chunk(beta, 1.0))
+    by_chunk = lambda g, fill: gates_by_chunk(g, segments, width, fill) if g is not None else None
+    coefficients = chunk_coefficients(by_chunk(lr, 0.0), by_chunk(decay, 1.0), by_chunk(beta, 1.0))
     checkpointed = keep and values.checkpoint
     if checkpointed:
         values.prepare(level, form.loss)
@@ -104,7 +104,7 @@ def _chunk(values, level: TokenLevel, form: DerivedForm, layout: MLPLayout, quer
     [B, H, o, i]): the end state and momentum, and its reads {name: [B, H, L, d_L]}."""
     weights = _Weights(values.program.hparams, form)
     trained = weights.derived(form.trained, snapshot)
-    deltas, inputs = _factors(values, level, form, layout, trained, t0, t1, keep, clip)
+    deltas, inputs = gradient_factors(values, level, form, layout, trained, t0, t1, keep, clip)
     length = t1 - t0
     own = tuple(c[:, :, n, :length] if c is not None and c.ndim == 4 else
                 c[:, :, n, :length, :length] if c is not None else None for c in coefficients)
@@ -114,7 +114,7 @@ def _chunk(values, level: TokenLevel, form: DerivedForm, layout: MLPLayout, quer
     for name, (memory, u, before) in queries.items():
         u = u[:, :, t0:t1]                                                 # [B, H, L, d_0]
         if before:
-            reads[name] = _forward(layout, weights.derived(memory, snapshot), u)
+            reads[name] = batched_forward(layout, weights.derived(memory, snapshot), u)
         elif memory == form.state or weights.scaled(memory, m):
             scales = [weights.scale(memory, w) for w in states()] \
                 if memory != form.state else [None] * len(m)
@@ -122,7 +122,7 @@ def _chunk(values, level: TokenLevel, form: DerivedForm, layout: MLPLayout, quer
                                        form.scales.get(memory, ("*",))[0])
         else:
             reads[name] = _forward_per_token(layout, weights.derived(memory, states()), u)
-    return _end(m, s, _last_row(coefficients, n, length), deltas, inputs), reads
+    return chunk_end(m, s, last_row(coefficients, n, length), deltas, inputs), reads
 
 
 def _states(factors, i: int) -> torch.Tensor:

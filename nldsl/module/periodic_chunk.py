@@ -37,7 +37,7 @@ from nldsl.language import ast
 from nldsl.language.consteval import calls_in
 from nldsl.lower.periodic_forms import PeriodicForm
 from nldsl.lower.program import MLPLayout, TokenLevel
-from nldsl.module.deep_chunk import _segments
+from nldsl.module.deep_chunk import chunk_segments
 from nldsl.runtime import mlp
 from nldsl.runtime.evaluate import FrameEvaluator
 
@@ -76,7 +76,7 @@ def run_periodic_level(values, level: TokenLevel, form: PeriodicForm, per_head) 
         for b, w in zip(buffers, m):
             b[:, :, 0] = w
         momentum = tuple(v.clone() for v in momentum) if momentum is not None else None
-    for t0, t1 in _segments(start, steps, level.chunk):
+    for t0, t1 in chunk_segments(start, steps, level.chunk):
         if (start + t0) % level.chunk == 0:
             snapshot = m
         sums = _period_gradients(values, level, form, layout, snapshot, t0, t1,

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from nldsl.lower.program import TokenLevel
 from nldsl.lower.snapshot_forms import SnapshotForm
-from nldsl.module.deep_chunk import _forward, _segments
+from nldsl.module.deep_chunk import batched_forward, chunk_segments
 from nldsl.module.delta_chunk import decay_products, unit_lower_solve
 from nldsl.module.snapshot_chain import chain_end
 from nldsl.runtime import mlp
@@ -52,7 +52,7 @@ def run_snapshot_level(values, level: TokenLevel, form: SnapshotForm) -> None:
     contexts, reads = {n: [] for n in form.contexts}, {n: [] for n in level.reads}
     done = (lambda v: v) if torch.is_grad_enabled() else \
         (lambda v: v.detach() if isinstance(v, torch.Tensor) else v)
-    for t0, t1 in _segments(start, steps, level.chunk):
+    for t0, t1 in chunk_segments(start, steps, level.chunk):
         if (start + t0) % level.chunk == 0:
             snapshot = states
         chunk = _Chunk(values, level, form, snapshot, t0, t1)
@@ -115,9 +115,9 @@ class _Chunk:
         a stop-gradient: _Memoised evaluates those without autograd)."""
         layout = self.level.states[name].mlp
         if not torch.is_grad_enabled():
-            return _forward(layout, self.weights[name], u)
+            return batched_forward(layout, self.weights[name], u)
         inputs, pre = [], []
-        y = _forward(layout, self.weights[name], u, inputs, pre)
+        y = batched_forward(layout, self.weights[name], u, inputs, pre)
         self.records[name].append((inputs, pre))
         return y
 

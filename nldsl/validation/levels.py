@@ -7,7 +7,7 @@ import re
 import networkx as nx
 
 from nldsl.language import ast
-from nldsl.build import PARAMETER, _references
+from nldsl.build import PARAMETER, name_references
 from nldsl.language.builtins import TASK
 from nldsl.validation.common import Checker
 from nldsl.validation.names import rotate_to_first
@@ -144,14 +144,14 @@ def check_learned_inits(c: Checker) -> None:
 def _transitive_names(expr: ast.Expr, level: LevelInfo) -> set[str]:
     """Names `expr` uses, following the level's own definitions (`let w = f(A)` uses A)."""
     used: set[str] = set()
-    pending = [name for name, _ in _references(expr)]
+    pending = [name for name, _ in name_references(expr)]
     while pending:
         name = pending.pop()
         if name in used:
             continue
         used.add(name)
         if name in level.contexts:
-            pending += [n for n, _ in _references(level.contexts[name].value)]
+            pending += [n for n, _ in name_references(level.contexts[name].value)]
     return used
 
 
@@ -196,7 +196,7 @@ def _check_own_reads(c: Checker, level: LevelInfo) -> None:
     writes = [(o, [o.loss, *(a for r in o.rules for a in [*r.args, *(k.value for k in r.kwargs)])])
               for o in level.objectives] + [(u, [u.value]) for u in level.updates]
     for node, parts in writes:
-        used = {name for p in parts for name, _ in _references(p)} & after
+        used = {name for p in parts for name, _ in name_references(p)} & after
         for name in sorted(used):
             c.report(node, f"this write uses {name!r}, a read of its own level {level.name!r}, "
                      "which is computed after the level's writes", expected=f"`read {name} = ... "

@@ -4,7 +4,7 @@ from __future__ import annotations
 import networkx as nx
 
 from nldsl.language import ast
-from nldsl.build import _references
+from nldsl.build import name_references
 from nldsl.language.builtins import EXPRESSION, FUNCTIONS, INIT, OBJECTIVE, TASK
 from nldsl.validation.common import Checker
 from nldsl.language.memories import memory_layouts
@@ -249,7 +249,7 @@ def check_definition_cycles(c: Checker) -> None:
         nodes.update(level.reads)
     graph = nx.DiGraph()
     for name, node in nodes.items():
-        for used, _ in _references(node.value):
+        for used, _ in name_references(node.value):
             if used in nodes:
                 graph.add_edge(name, used)
     reported: set[frozenset] = set()
