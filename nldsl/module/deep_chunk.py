@@ -46,7 +46,6 @@ def run_deep_level(values, level: TokenLevel, form: DeepForm, per_head) -> None:
     own = values.new_state[level.name]
     steps = values.x.shape[1]
     heads = level.heads
-    head_first = (lambda a: a) if heads is not None else (lambda a: a.unsqueeze(1))
     keep = level.backprop and torch.is_grad_enabled()
     lr = per_head(values.evaluate(level, form.lr), None)                   # [B, H, T]
     decay = per_head(values.evaluate(level, form.decay), None)             # [B, H, T]
@@ -58,18 +57,12 @@ def run_deep_level(values, level: TokenLevel, form: DeepForm, per_head) -> None:
         lr, decay = lr.detach(), decay.detach()
         beta = beta.detach() if beta is not None else None
         clip = clip.detach() if clip is not None else None
-    by_layer = lambda flat: mlp.layers(layout, head_first(flat))           # [B, H, o, i] each
-    m = by_layer(own[form.state])
-    s = by_layer(own[f"{form.state}_momentum"]) if beta is not None else None
-    snapshot = by_layer(own.get(f"{form.state}.chunk_start", own[form.state]))
-    if not keep:            # written states are constants; `before write` reads see the start
-        incoming_m, m = m, tuple(w.detach() for w in m)
-        s = tuple(w.detach() for w in s) if s is not None else None
+    m, s, snapshot, incoming_m = start_states(own, form.state, layout, heads, beta is not None,
+                                              keep)
     start = values.new_state["_stream"]["t"]
     segments = chunk_segments(start, steps, level.chunk)
     width = max(t1 - t0 for t0, t1 in segments)   # the padded chunk: never more than the call
-    by_chunk = lambda g, fill: gates_by_chunk(g, segments, width, fill) if g is not None else None
-    coefficients = chunk_coefficients(by_chunk(lr, 0.0), by_chunk(decay, 1.0), by_chunk(beta, 1.0))
+    coefficients = chunked_coefficients(lr, decay, beta, segments, width)
     kept, parts = [], []            # per chunk: start state, snapshot and factors; or reads
     checkpointed = keep and values.checkpoint
     if checkpointed:
@@ -88,12 +81,7 @@ def run_deep_level(values, level: TokenLevel, form: DeepForm, per_head) -> None:
         m, s = chunk_end(m, s, last_row(coefficients, n, t1 - t0), deltas, inputs)
     reads = {name: torch.cat([part[name] for part in parts], dim=2) for name in queries} \
         if checkpointed else _reads(layout, queries, segments, width, kept, coefficients)
-    flat = (lambda ws: mlp.flatten(layout, ws)) if heads is not None else \
-        (lambda ws: mlp.flatten(layout, ws).squeeze(1))
-    own[form.state] = flat(m)
-    if s is not None:
-        own[f"{form.state}_momentum"] = flat(s)
-    own[f"{form.state}.chunk_start"] = flat(snapshot)
+    store_states(own, form.state, layout, heads, m, s, snapshot)
     for name, y in reads.items():
         y = y.transpose(1, 2)                                              # [B, T, H, d_L]
         values.bound[name] = y if heads is not None else y[:, :, 0]
@@ -214,6 +202,39 @@ def chunk_end(m, s, rows, deltas, inputs):
             new_s.append(torch.addcmul((delta * f.unsqueeze(-1)).mT @ x, e[..., None, None], s[i]))
         new_m.append(w)
     return tuple(new_m), tuple(new_s) if s is not None else None
+
+
+def start_states(own: dict, name: str, layout: MLPLayout, heads, momentum: bool, keep: bool):
+    """The level's state, momentum (None without) and chunk-start snapshot by layer
+    [B, H, o, i], and the state as it came in. Without outer gradients the written states are
+    constants (detached), while a `before write` read of the call's first chunk sees the state
+    that came in."""
+    head_first = (lambda a: a) if heads is not None else (lambda a: a.unsqueeze(1))
+    by_layer = lambda flat: mlp.layers(layout, head_first(flat))           # [B, H, o, i] each
+    m = by_layer(own[name])
+    s = by_layer(own[f"{name}_momentum"]) if momentum else None
+    snapshot = by_layer(own.get(f"{name}.chunk_start", own[name]))
+    incoming = m
+    if not keep:
+        m = tuple(w.detach() for w in m)
+        s = tuple(w.detach() for w in s) if s is not None else None
+    return m, s, snapshot, incoming
+
+
+def store_states(own: dict, name: str, layout: MLPLayout, heads, m, s, snapshot) -> None:
+    """The end state, momentum and snapshot (by layer) back into the level's state, flat."""
+    flat = (lambda ws: mlp.flatten(layout, ws)) if heads is not None else \
+        (lambda ws: mlp.flatten(layout, ws).squeeze(1))
+    own[name] = flat(m)
+    if s is not None:
+        own[f"{name}_momentum"] = flat(s)
+    own[f"{name}.chunk_start"] = flat(snapshot)
+
+
+def chunked_coefficients(lr, decay, beta, segments, width: int):
+    """`chunk_coefficients` of the gates [B, H, T] cut into the call's chunks of `width`."""
+    by_chunk = lambda g, fill: gates_by_chunk(g, segments, width, fill) if g is not None else None
+    return chunk_coefficients(by_chunk(lr, 0.0), by_chunk(decay, 1.0), by_chunk(beta, 1.0))
 
 
 def chunk_segments(start: int, steps: int, chunk: int) -> list[tuple[int, int]]:

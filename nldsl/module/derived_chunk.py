@@ -39,8 +39,9 @@ from torch.utils.checkpoint import checkpoint
 from nldsl.language import ast
 from nldsl.lower.derived_forms import DerivedForm
 from nldsl.lower.program import MLPLayout, TokenLevel
-from nldsl.module.deep_chunk import (batched_forward, chunk_coefficients, chunk_end,
-                                     chunk_segments, gates_by_chunk, gradient_factors, last_row)
+from nldsl.module.deep_chunk import (batched_forward, chunk_end, chunk_segments,
+                                     chunked_coefficients, gradient_factors, last_row,
+                                     start_states, store_states)
 from nldsl.runtime import mlp
 from nldsl.runtime.evaluate import FrameEvaluator
 from nldsl.runtime.frame import Frame
@@ -52,7 +53,6 @@ def run_derived_level(values, level: TokenLevel, form: DerivedForm, per_head) ->
     layout = level.states[form.state].mlp
     own = values.new_state[level.name]
     heads = level.heads
-    head_first = (lambda a: a) if heads is not None else (lambda a: a.unsqueeze(1))
     keep = level.backprop and torch.is_grad_enabled()
     gate = lambda e: per_head(values.evaluate(level, e), None) if e is not None else None
     lr, decay, beta, clip = (gate(e) for e in (form.lr, form.decay, form.beta, form.clip))
@@ -61,18 +61,12 @@ def run_derived_level(values, level: TokenLevel, form: DerivedForm, per_head) ->
     if not keep:
         lr, decay, beta, clip = (g.detach() if g is not None else None
                                  for g in (lr, decay, beta, clip))
-    by_layer = lambda flat: mlp.layers(layout, head_first(flat))           # [B, H, o, i] each
-    m = by_layer(own[form.state])
-    s = by_layer(own[f"{form.state}_momentum"]) if beta is not None else None
-    snapshot = by_layer(own.get(f"{form.state}.chunk_start", own[form.state]))
-    if not keep:            # written states are constants; `before write` reads see the start
-        incoming_m, m = m, tuple(w.detach() for w in m)
-        s = tuple(w.detach() for w in s) if s is not None else None
+    m, s, snapshot, incoming_m = start_states(own, form.state, layout, heads, beta is not None,
+                                              keep)
     start = values.new_state["_stream"]["t"]
     segments = chunk_segments(start, values.x.shape[1], level.chunk)
     width = max(t1 - t0 for t0, t1 in segments)
-    by_chunk = lambda g, fill: gates_by_chunk(g, segments, width, fill) if g is not None else None
-    coefficients = chunk_coefficients(by_chunk(lr, 0.0), by_chunk(decay, 1.0), by_chunk(beta, 1.0))
+    coefficients = chunked_coefficients(lr, decay, beta, segments, width)
     checkpointed = keep and values.checkpoint
     if checkpointed:
         values.prepare(level, form.loss)
@@ -85,12 +79,7 @@ def run_derived_level(values, level: TokenLevel, form: DerivedForm, per_head) ->
         (m, s), part = checkpoint(chunk, m, s, snapshot, use_reentrant=False) \
             if checkpointed else chunk(m, s, snapshot)
         parts.append(part)
-    flat = (lambda ws: mlp.flatten(layout, ws)) if heads is not None else \
-        (lambda ws: mlp.flatten(layout, ws).squeeze(1))
-    own[form.state] = flat(m)
-    if s is not None:
-        own[f"{form.state}_momentum"] = flat(s)
-    own[f"{form.state}.chunk_start"] = flat(snapshot)
+    store_states(own, form.state, layout, heads, m, s, snapshot)
     for name in queries:
         y = torch.cat([part[name] for part in parts], dim=2).transpose(1, 2)  # [B, T, H, d_L]
         values.bound[name] = y if heads is not None else y[:, :, 0]
