@@ -207,6 +207,9 @@ FAST_USER_SPECS = {
                           gate_width="1", gate="sigmoid(dot(x, x) / dim - 1)"),
     "no-heads-indexed-gate": user_spec(_DELTA, level="fast every 1 token backprop",
                                        proj="width", gate_width="2", gate="sigmoid(x @ G)[1]"),
+    # a gate of width 1 (x @ G, G [dim, 1]) is one number per token, like a scalar
+    "no-heads-width-1-gate": user_spec(_DELTA, level="fast every 1 token backprop", proj="width",
+                                       gate_width="1"),
     "no-backprop": user_spec(_DELTA, level="fast every 1 token heads nh"),
     "read-before-write": user_spec(_DELTA, read="read r = S(qq) before write"),
     "two-reads": user_spec(_DELTA, read="read r = S(qq)\n    read r2 = rmsnorm(S(kk)) before write",

@@ -346,6 +346,8 @@ def _heads_first(frame: Frame, value, x: torch.Tensor, heads: int, width: int | 
         return x.new_full((bsz, heads, steps), float(value))
     value = frame.split_as(value, heads, width)   # width 1 vs one scalar per head: by use
     rank = frame.rank(value)
+    if width is None and rank == 1 and value.shape[-1] == 1:
+        value, rank = value.squeeze(-1), 0         # a gate of width 1 is one number per token
     if (width is None) != (rank == 0) or rank > 1:
         raise _NotThisForm(value.shape)
     if frame.heads is None:
