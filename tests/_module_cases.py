@@ -137,6 +137,18 @@ def stream_in_parts(m, x: torch.Tensor, cuts: tuple[int, ...]):
     return torch.cat(parts, 1), state
 
 
+def assert_cut_stream_is_one_call(m, x: torch.Tensor, cuts: tuple[int, ...], bound: float):
+    """m on x in one call and cut at `cuts` (the state carried): the same outputs and final
+    states, to `bound`."""
+    with torch.no_grad():
+        y, whole = m(x)
+        streamed, state = stream_in_parts(m, x, cuts)
+    assert_close(streamed, y, bound, "y")
+    for key, value in flat_layers(whole).items():
+        if isinstance(value, torch.Tensor):
+            assert_close(flat_layers(state)[key], value, bound, key)
+
+
 def flat_layers(state: dict) -> dict[str, object]:
     """state[level][name] -> {"level.name.i": tensor}, an MLP memory's layers (a tuple) each
     under its own index, any other entry as index 0."""

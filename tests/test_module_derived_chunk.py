@@ -17,8 +17,8 @@ import torch
 
 import nldsl.stdlib
 
-from _module_cases import assert_close, assert_states_close, build, flat_layers, \
-    forbid_fallback, inputs, randomize, stream_in_parts
+from _module_cases import assert_close, assert_cut_stream_is_one_call, assert_states_close, \
+    build, flat_layers, forbid_fallback, inputs, randomize
 from nldsl.lower.derived_forms import DerivedForm
 from nldsl.module import compile as compile_module, derived_chunk
 from test_module_deep_memories import deep_bound
@@ -81,14 +81,7 @@ def test_a_cut_stream_equals_one_call(spec, cuts, monkeypatch):
     _, m = both(spec, 3, 2)
     forbid_fallback(monkeypatch)
     x = inputs(2, 9, 8, 2)
-    with torch.no_grad():
-        y, whole = m(x)
-        streamed, state = stream_in_parts(m, x, cuts)
-    bound = deep_bound(9, 16)
-    assert_close(streamed, y, bound, "y")
-    for key, value in flat_layers(whole).items():
-        if isinstance(value, torch.Tensor):
-            assert_close(flat_layers(state)[key], value, bound, key)
+    assert_cut_stream_is_one_call(m, x, cuts, deep_bound(9, 16))
 
 
 USER_SPEC = '''module mirror(dim: int >= 1, width = 3 >= 1, p = 3 >= 1) {
