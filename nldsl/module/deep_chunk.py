@@ -175,16 +175,20 @@ def chunk_coefficients(lr, decay, beta):
     return pd[..., 1:, 0], b, k, e, f
 
 
-def _read(layout: MLPLayout, m, s, coefficients, deltas, inputs, u):
-    """M_t(u_t) for the chunks' tokens: u [B, H, N, L, d_0] -> [B, H, N, L, d_L], with m, s (by
-    layer), the coefficients and the factors of each chunk on the same leading dims."""
+def masked_read(layout: MLPLayout, m, s, coefficients, deltas, inputs, u, scale=None):
+    """M_t(u_t) for the chunks' tokens: u [..., L, d_0] -> [..., L, d_L], with m, s (by layer),
+    the coefficients and the factors of each chunk on the same leading dims:
+    W_{i,t} h = A_t W_{i,0} h + B_t S_{i,0} h + sum_s K_ts (a_{i-1,s} . h) delta_{i,s}.
+    `scale(i, z)` maps layer i's W_{i,t} h before its activation (a derived memory's per-token
+    normaliser, derived_chunk.py)."""
     a, b, k, _, _ = coefficients
     h = u
     for i, (w, delta, x) in enumerate(zip(m, deltas, inputs)):
-        z = a.unsqueeze(-1) * (h @ w.mT)                                   # [B, H, L, o]
+        z = a.unsqueeze(-1) * (h @ w.mT)                                   # [..., L, o]
         if b is not None:
             z = z + b.unsqueeze(-1) * (h @ s[i].mT)
         z = z + ((h @ x.mT) * k) @ delta                                   # [L, L] @ [L, o]
+        z = scale(i, z) if scale is not None else z
         h = mlp.ACTIVATIONS[layout.activation](z) if i < len(layout.layers) - 1 else z
     return h + u if layout.residual else h
 
@@ -287,7 +291,7 @@ def _reads(layout: MLPLayout, queries: dict, segments, chunk: int, kept, coeffic
     for name, (u, before) in queries.items():
         u = stack([_pad(u[:, :, t0:t1], -2, chunk) for t0, t1 in segments])  # [B, H, N, C, d_0]
         y = batched_forward(layout, snapshot, u) if before else \
-            _read(layout, m, s, coefficients, deltas, inputs, u)
+            masked_read(layout, m, s, coefficients, deltas, inputs, u)
         reads[name] = torch.cat([y[:, :, n, :t1 - t0] for n, (t0, t1) in enumerate(segments)],
                                 dim=2)                                     # [B, H, T, d_L]
     return reads

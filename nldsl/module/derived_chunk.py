@@ -41,7 +41,7 @@ from nldsl.lower.derived_forms import DerivedForm
 from nldsl.lower.program import MLPLayout, TokenLevel
 from nldsl.module.deep_chunk import (batched_forward, chunk_end, chunk_segments,
                                      chunked_coefficients, gradient_factors, last_row,
-                                     start_states, store_states)
+                                     masked_read, start_states, store_states)
 from nldsl.runtime import mlp
 from nldsl.runtime.evaluate import FrameEvaluator
 from nldsl.runtime.frame import Frame
@@ -133,19 +133,16 @@ def _states(factors, i: int) -> torch.Tensor:
 
 def _read_scaled(layout: MLPLayout, factors, u, scales, op: str):
     """R_t(u_t) for R = A op g, g_t a number per weight matrix and token (`scales`, [B, H, L]
-    per layer; None: 1), without forming A_t: deep_chunk._read's causally masked sums,
-    W_{i,t} h = (P_t A_{i,0} h + B_t S_{i,0} h + sum_s K_ts (a_{i-1,s} . h) delta_{i,s}) op g_t."""
-    m, s, (a, b, k, _, _), deltas, inputs = factors
-    h = u
-    for i, (w, delta, x) in enumerate(zip(m, deltas, inputs)):
-        z = a.unsqueeze(-1) * (h @ w.mT)                                   # [B, H, L, o]
-        if b is not None:
-            z = z + b.unsqueeze(-1) * (h @ s[i].mT)
-        z = z + ((h @ x.mT) * k) @ delta                                   # [L, L] @ [L, o]
-        if scales[i] is not None:
-            z = z / scales[i].unsqueeze(-1) if op == "/" else z * scales[i].unsqueeze(-1)
-        h = mlp.ACTIVATIONS[layout.activation](z) if i < len(layout.layers) - 1 else z
-    return h + u if layout.residual else h
+    per layer; None: 1), without forming A_t: deep_chunk's masked read, each layer's
+    W_{i,t} h op g_t."""
+    m, s, coefficients, deltas, inputs = factors
+
+    def scale(i, z):
+        if scales[i] is None:
+            return z
+        return z / scales[i].unsqueeze(-1) if op == "/" else z * scales[i].unsqueeze(-1)
+
+    return masked_read(layout, m, s, coefficients, deltas, inputs, u, scale)
 
 
 def _forward_per_token(layout: MLPLayout, weights, u):
