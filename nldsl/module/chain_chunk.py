@@ -41,7 +41,8 @@ from nldsl.language import ast
 
 from nldsl.lower.chain_forms import ChainForm
 from nldsl.lower.program import MLPLayout, TokenLevel
-from nldsl.module.deep_chunk import batched_forward, chunk_segments, gate_products
+from nldsl.module.deep_chunk import batched_forward, chunk_segments, gate_products, \
+    loss_factors
 from nldsl.runtime import mlp
 from nldsl.runtime.chain import newton_schulz_state
 from nldsl.runtime.evaluate import FrameEvaluator
@@ -216,27 +217,15 @@ def _factors(values, level, form: ChainForm, layout: MLPLayout, snapshot, ext: d
     forward of gamma_j loss_j over the window tokens [w0, e1) of the extended sequence (the
     chunk's own tokens [t0, t1) of the call without a window) at `snapshot`, and one backward
     to the pre-activations (each term depends on its own pre-activations only)."""
-    deep, heads = form.deep, level.heads
-    to_heads = (lambda a: a.movedim(1, 2)) if heads is not None else (lambda a: a.unsqueeze(1))
-    to_frame = (lambda a: a.movedim(2, 1)) if heads is not None else (lambda a: a.squeeze(1))
-    inputs, pre, outputs = [], [], []
-
-    def apply(name, u):
-        if not outputs:             # the loss may name M(u) again, for the same u (deep_forms.py)
-            h = to_heads(u)                                                    # [B, H|1, J, d_0]
-            h = h.expand(snapshot[0].shape[:2] + h.shape[2:])                 # [B, H, J, d_0]
-            outputs.append(to_frame(batched_forward(layout, snapshot, h, inputs, pre)))
-        return outputs[0]
-
-    with torch.enable_grad():
+    def loss_of(apply):
         if form.width is None:
-            loss = values.evaluate_window(level, deep.loss, t0, t1, apply)     # [B, L, (H)]
-        else:
-            loss = _window_terms(values, level, form, ext, w0, e1, apply)      # [B, J, (H)]
-        grads = torch.autograd.grad(loss.sum(), pre, create_graph=keep)
+            return values.evaluate_window(level, form.deep.loss, t0, t1, apply)  # [B, L, (H)]
+        return _window_terms(values, level, form, ext, w0, e1, apply)           # [B, J, (H)]
+
+    deltas, inputs = loss_factors(layout, snapshot, level.heads, keep, loss_of)
     if not keep:
-        return [d.detach() for d in grads], [a.detach() for a in inputs]
-    return list(grads), inputs
+        return [d.detach() for d in deltas], [a.detach() for a in inputs]
+    return deltas, inputs
 
 
 def _window_terms(values, level, form: ChainForm, ext: dict, w0: int, e1: int, apply):

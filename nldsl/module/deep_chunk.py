@@ -109,25 +109,34 @@ def gradient_factors(values, level, form: DeepForm, layout: MLPLayout, snapshot,
     Each token's loss depends on its own pre-activations only, so the gradient of the summed
     loss is every token's own. With the guard (`clip` [B, H, T]) the deltas come out clipped
     (module/guard.py)."""
-    heads = level.heads
+    deltas, inputs = loss_factors(
+        layout, snapshot, level.heads, keep,
+        lambda apply: values.evaluate_window(level, form.loss, t0, t1, apply))    # [B, L, (H)]
+    if clip is not None:
+        deltas = clip_factors(deltas, inputs, clip[:, :, t0:t1])
+    if not keep:
+        deltas, inputs = [d.detach() for d in deltas], [a.detach() for a in inputs]
+    return deltas, inputs
+
+
+def loss_factors(layout: MLPLayout, snapshot, heads, keep: bool, loss_of):
+    """delta_i [B, H, L, d_i] and a_{i-1} [B, H, L, d_{i-1}] per layer: `loss_of(apply)`, the
+    per-token loss with `apply(name, u)` the memory at `snapshot` (one batched forward, made
+    once: the loss may name M(u) again, for the same u, deep_forms.py), and one backward of
+    its sum to the pre-activations (create_graph when `keep`)."""
     to_heads = (lambda a: a.movedim(1, 2)) if heads is not None else (lambda a: a.unsqueeze(1))
     to_frame = (lambda a: a.movedim(2, 1)) if heads is not None else (lambda a: a.squeeze(1))
     inputs, pre, outputs = [], [], []
 
     def apply(name, u):
-        if not outputs:             # the loss may name M(u) again, for the same u (deep_forms.py)
+        if not outputs:
             h = to_heads(u)                                                # [B, H|1, L, d_0]
             h = h.expand(snapshot[0].shape[:2] + h.shape[2:])             # [B, H, L, d_0]
             outputs.append(to_frame(batched_forward(layout, snapshot, h, inputs, pre)))
         return outputs[0]
 
     with torch.enable_grad():
-        loss = values.evaluate_window(level, form.loss, t0, t1, apply)    # [B, L, (H)]
-        deltas = list(torch.autograd.grad(loss.sum(), pre, create_graph=keep))
-    if clip is not None:
-        deltas = clip_factors(deltas, inputs, clip[:, :, t0:t1])
-    if not keep:
-        deltas, inputs = [d.detach() for d in deltas], [a.detach() for a in inputs]
+        deltas = list(torch.autograd.grad(loss_of(apply).sum(), pre, create_graph=keep))
     return deltas, inputs
 
 
