@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 
 import torch
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from nldsl.lower.deep_forms import DeepForm
@@ -120,8 +121,8 @@ def gradient_factors(values, level, form: DeepForm, layout: MLPLayout, snapshot,
 
 
 def loss_factors(layout: MLPLayout, snapshot, heads, keep: bool, loss_of):
-    """delta_i [B, H, L, d_i] and a_{i-1} [B, H, L, d_{i-1}] per layer: `loss_of(apply)`, the
-    per-token loss with `apply(name, u)` the memory at `snapshot` (one batched forward, made
+    """delta_i [B, H, L, d_i] and a_{i-1} [B, H, L, d_{i-1}] per layer (with `layernorm`, then
+    the gradient at the scaled output and the normed output): `loss_of(apply)`, the per-token loss with `apply(name, u)` the memory at `snapshot` (one batched forward, made
     once: the loss may name M(u) again, for the same u, deep_forms.py), and one backward of
     its sum to the pre-activations (create_graph when `keep`)."""
     to_heads = (lambda a: a.movedim(1, 2)) if heads is not None else (lambda a: a.unsqueeze(1))
@@ -141,20 +142,28 @@ def loss_factors(layout: MLPLayout, snapshot, heads, keep: bool, loss_of):
 
 
 def batched_forward(layout: MLPLayout, weights, h, inputs=None, pre=None):
-    """M(h) for h [B, H, L, d_0] and weights [B, H, d_out, d_in] per layer: one batched matmul
-    per layer and head (never the weights broadcast over the tokens). With `inputs` and `pre`,
-    each layer's input and pre-activation are recorded, the latter as a node autograd can
-    differentiate to."""
-    u = h
-    for i, w in enumerate(weights):
+    """M(h) for h [..., L, d_0] and weights [..., d_out, d_in] per layer (then `layernorm`'s
+    gamma [..., d_L]) on the same leading dims: one batched matmul per layer and head (never
+    the weights broadcast over the tokens). With `inputs` and `pre`, each layer's input and
+    pre-activation are recorded, the latter as a node autograd can differentiate to; with
+    `layernorm`, then its normed output and the scaled output, gamma's (input, node) pair."""
+    u, depth = h, len(layout.layers)
+    for i, w in enumerate(weights[:depth]):
         if inputs is not None:
             inputs.append(h)
-        z = h @ w.mT                                                       # [B, H, L, d_out]
+        z = h @ w.mT                                                       # [..., L, d_out]
         if pre is not None:
             if not z.requires_grad:
                 z.requires_grad_()
             pre.append(z)
-        h = mlp.ACTIVATIONS[layout.activation](z) if i < len(weights) - 1 else z
+        h = mlp.ACTIVATIONS[layout.activation](z) if i < depth - 1 else z
+    if layout.norm:
+        normed = F.layer_norm(h, h.shape[-1:], eps=mlp.LAYERNORM_EPS)
+        h = normed * (weights[-1].unsqueeze(-2) + 1)                       # [..., L, d_L]
+        if inputs is not None:
+            inputs.append(normed)
+        if pre is not None:
+            pre.append(h)
     return h + u if layout.residual else h
 
 

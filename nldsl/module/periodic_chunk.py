@@ -37,7 +37,7 @@ from nldsl.language import ast
 from nldsl.language.consteval import calls_in
 from nldsl.lower.periodic_forms import PeriodicForm
 from nldsl.lower.program import MLPLayout, TokenLevel
-from nldsl.module.deep_chunk import chunk_segments
+from nldsl.module.deep_chunk import batched_forward, chunk_segments, loss_factors
 from nldsl.runtime import mlp
 from nldsl.runtime.evaluate import FrameEvaluator
 
@@ -153,54 +153,18 @@ def _period_gradients(values, level: TokenLevel, form: PeriodicForm, layout: MLP
     forward of the loss, one backward to the pre-activations (and to `layernorm`'s scaled
     output): each token's loss depends on its own nodes only, so the gradient of the summed
     loss is every token's own."""
-    heads = level.heads
-    to_heads = (lambda a: a.movedim(1, 2)) if heads is not None else (lambda a: a.unsqueeze(1))
-    to_frame = (lambda a: a.movedim(2, 1)) if heads is not None else (lambda a: a.squeeze(1))
-    record: dict[str, list] = {"inputs": [], "nodes": [], "normed": []}
-    outputs = []
-
-    def apply(name, u):
-        if not outputs:             # the loss may name M(u) again, for the same u
-            h = to_heads(u)                                                 # [B, H|1, L, d_0]
-            h = h.expand(snapshot[0].shape[:2] + h.shape[2:])               # [B, H, L, d_0]
-            outputs.append(to_frame(_forward(layout, snapshot, h, record)))
-        return outputs[0]
-
-    with torch.enable_grad():
-        loss = values.evaluate_window(level, form.loss, t0, t1, apply)     # [B, L, (H)]
-        grads = torch.autograd.grad(loss.sum(), record["nodes"], create_graph=keep)
-    inputs, normed = record["inputs"], record["normed"]
+    deltas, inputs = loss_factors(
+        layout, snapshot, level.heads, keep,
+        lambda apply: values.evaluate_window(level, form.loss, t0, t1, apply))    # [B, L, (H)]
     if not keep:
-        grads, inputs = [g.detach() for g in grads], [a.detach() for a in inputs]
-        normed = [a.detach() for a in normed]
+        deltas, inputs = [d.detach() for d in deltas], [a.detach() for a in inputs]
+    depth = len(layout.layers)
     group = lambda a: _group(a, offset, level.period)                       # [B, H, g, N, d]
-    parts = [group(d).mT @ group(a) for d, a in zip(grads, inputs)]         # [B, H, g, o, i]
+    parts = [group(d).mT @ group(a)                                         # [B, H, g, o, i]
+             for d, a in zip(deltas[:depth], inputs[:depth])]
     if layout.norm:
-        parts.append(group(grads[-1] * normed[0]).sum(-2))                  # [B, H, g, d_L]
+        parts.append(group(deltas[-1] * inputs[-1]).sum(-2))                # [B, H, g, d_L]
     return parts
-
-
-def _forward(layout: MLPLayout, weights, h: torch.Tensor, record: dict | None = None):
-    """M(h) for h [..., L, d_0] and weights [..., d_out, d_in] per layer (then gamma [..., d_L])
-    on the same leading dims: one batched matmul per layer (runtime/mlp.py's `apply`, tokens
-    as rows). With `record`, each layer's input, its pre-activation as a node autograd can
-    differentiate to, and with `layernorm` the normed output and its scaled node."""
-    u, depth = h, len(layout.layers)
-    for i, w in enumerate(weights[:depth]):
-        z = h @ w.mT                                                        # [..., L, d_out]
-        if record is not None:
-            if not z.requires_grad:
-                z.requires_grad_()
-            record["inputs"].append(h)
-            record["nodes"].append(z)
-        h = mlp.ACTIVATIONS[layout.activation](z) if i < depth - 1 else z
-    if layout.norm:
-        normed = F.layer_norm(h, h.shape[-1:], eps=mlp.LAYERNORM_EPS)
-        h = normed * (weights[-1].unsqueeze(-2) + 1)                        # [..., L, d_L]
-        if record is not None:
-            record["normed"].append(normed)
-            record["nodes"].append(h)
-    return h + u if layout.residual else h
 
 
 def _group(a: torch.Tensor, offset: int, period: int) -> torch.Tensor:
@@ -220,7 +184,7 @@ def _reads(layout: MLPLayout, weights: list, queries: dict, offset: int, period:
     for name, u in queries.items():
         steps = u.shape[-2]
         h = _group(u, offset, period)                                       # [B, H, J, N, d_0]
-        y = _forward(layout, weights, h).flatten(-3, -2)                    # [B, H, J N, d_L]
+        y = batched_forward(layout, weights, h).flatten(-3, -2)             # [B, H, J N, d_L]
         reads[name] = y[..., offset:offset + steps, :]                      # [B, H, T, d_L]
     return reads
 
