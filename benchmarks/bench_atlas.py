@@ -20,33 +20,20 @@ T = --tokens therefore runs with `checkpoint=True` (per-chunk recomputation: ~7 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
-from bench_modules import keep_freed_memory
+from bench_modules import cpu_times, keep_freed_memory
 
 import nldsl
 
 
 def timed(group: dict, reps: int, backward: bool) -> dict[str, float]:
-    """Median CPU seconds per call of each contender, round-robin after one untimed call."""
-    def call(fn):
-        if backward:
-            fn().sum().backward()
-        else:
-            with torch.no_grad():
-                fn()
-    times = {name: [] for name in group}
-    for fn in group.values():
-        call(fn)
-    for _ in range(reps):
-        for name, fn in group.items():
-            start = time.process_time()
-            call(fn)
-            times[name].append(time.process_time() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    """Median CPU seconds per call of each contender (with `backward`, of its output's sum's
+    backward too), round-robin after one untimed call (bench_modules.cpu_times)."""
+    if backward:
+        group = {name: (lambda fn=fn: fn().sum().backward()) for name, fn in group.items()}
+    return cpu_times(group, reps, grad=backward)
 
 
 def main() -> None:

@@ -42,11 +42,12 @@ import argparse
 import json
 import platform
 import sys
+import time
 import warnings
 
 import torch
 
-from bench_modules import count_flops, forward, keep_freed_memory, peak_gemm, time_group
+from bench_modules import forward, keep_freed_memory, peak_gemm, time_group
 
 import nldsl
 
@@ -61,19 +62,7 @@ def backward(fn):
 def cpu_group(contenders: dict, reps: int, warmup: int) -> dict[str, dict]:
     """time_group's rounds in CPU seconds (time.process_time), best of `reps`: what a loaded
     host's other jobs change least. "median_s" holds the best, for the report's columns."""
-    import time
-    result = {name: {"flops": count_flops(fn), "times": []} for name, fn in contenders.items()}
-    for fn in contenders.values():
-        for _ in range(warmup - 1):
-            fn()
-    for _ in range(reps):
-        for name, fn in contenders.items():
-            start = time.process_time()
-            fn()
-            result[name]["times"].append(time.process_time() - start)
-    for r in result.values():
-        r["median_s"] = min(r["times"])
-    return result
+    return time_group(contenders, reps, warmup, clock=time.process_time, summary=min)
 
 
 def cpu_peak_gemm(n: int = 1024, samples: int = 5) -> float:

@@ -96,10 +96,11 @@ def keep_freed_memory() -> bool:
         return False
 
 
-def cpu_times(group: dict, reps: int) -> dict[str, float]:
-    """Median CPU seconds per call, round-robin after one untimed call each."""
+def cpu_times(group: dict, reps: int, grad: bool = False) -> dict[str, float]:
+    """Median CPU seconds per call, round-robin after one untimed call each; without autograd
+    unless `grad`."""
     times = {name: [] for name in group}
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad):
         for fn in group.values():
             fn()
         for _ in range(reps):
@@ -125,9 +126,11 @@ def peak_gemm(n: int = 1024, samples: int = 5) -> tuple[float, float]:
     return max(rates), statistics.median(rates)
 
 
-def time_group(contenders: dict, reps: int, warmup: int) -> dict[str, dict]:
+def time_group(contenders: dict, reps: int, warmup: int, clock=time.perf_counter,
+               summary=statistics.median) -> dict[str, dict]:
     """Round-robin timing: `warmup` untimed calls each (the first also counts FLOPs), then `reps`
-    rounds of one call each."""
+    rounds of one call each, by `clock`; "median_s" holds `summary` of the times (by default
+    wall time and the median)."""
     result = {}
     for name, fn in contenders.items():
         result[name] = {"flops": count_flops(fn), "times": []}
@@ -135,11 +138,11 @@ def time_group(contenders: dict, reps: int, warmup: int) -> dict[str, dict]:
             fn()
     for _ in range(reps):
         for name, fn in contenders.items():
-            start = time.perf_counter()
+            start = clock()
             fn()
-            result[name]["times"].append(time.perf_counter() - start)
+            result[name]["times"].append(clock() - start)
     for r in result.values():
-        r["median_s"] = statistics.median(r["times"])
+        r["median_s"] = summary(r["times"])
     return result
 
 
