@@ -28,7 +28,8 @@ from nldsl.module.chain_chunk import run_chain_level
 from nldsl.module.deep_chunk import run_deep_level
 from nldsl.module.derived_chunk import run_derived_level
 from nldsl.module.delta_chunk import linear_delta_blocks
-from nldsl.module.periodic_chunk import bind_period_means, run_periodic_level
+from nldsl.module.period_means import bind_period_means
+from nldsl.module.periodic_chunk import run_periodic_level
 from nldsl.module.reference import STREAM, finish, run_reference
 from nldsl.runtime import mlp
 from nldsl.runtime.attention import attend_sequence, run_site
