@@ -379,6 +379,10 @@ UNSUPPORTED = {
                                "window_attention(k, k, k, 2)", "`window_attention` in an explicit"),
     "momentum-every-2": ("minimize l2(M(k), k) by momentum(lr = 0.1, beta = 0.9)", "2",
                          "y @ Wo", "momentum(lr = 0.1, beta = 0.9)", "momentum on a level"),
+    "conv-in-a-loss": ("minimize l2(conv(M(k), 2), k) by gd(lr = 0.1)", "1", "y @ Wo",
+                       "conv(M(k), 2)", "a conv inside an objective"),
+    "conv-in-a-rule": ("minimize l2(M(k), k) by gd(lr = sigmoid(conv(k, 2)))", "1", "y @ Wo",
+                       "conv(k, 2)", "a conv inside an objective"),
 }
 
 

@@ -101,6 +101,54 @@ def test_no_grad_values_equal_the_graph_values(monkeypatch):
     assert_close(y0, y.detach(), deep_bound(7, 2 * DIM), "y")
 
 
+# -- Hope: the snapshot form with convs on state applications, beside frozen CMS levels -----
+HOPE = dict(dim=DIM, eta_scale=0.5, expansion=2, chunk_projections=3, chunk_memory=5,
+            period_fast=2, period_mid=4, period_slow=8)
+
+
+def hope_pair(conv_width: int, seed: int = 3):
+    made = []
+    for schedule in ("reference", "chunked"):
+        torch.manual_seed(seed)
+        made.append(randomize(compile_module("hope", schedule=schedule, conv_width=conv_width,
+                                             **HOPE).to(torch.float64), seed))
+    return made
+
+
+@pytest.mark.parametrize("steps, conv_width, batch", [
+    pytest.param(13, 4, 2, id="T13-conv4-B2"),
+    pytest.param(6, 3, 1, id="T6-conv3-B1"),
+    pytest.param(1, 4, 1, id="T1"),
+])
+def test_hope_chunked_equals_reference(steps, conv_width, batch, monkeypatch):
+    """Both self-modifying levels in the snapshot form (k = l2norm(conv(M_k(x), w)),
+    v = conv(M_v(x), w), q = l2norm(conv(x W_q, w))), the CMS levels frozen in the call: the
+    periods (2, 4, 8) and chunks (3, 5) do not divide 13."""
+    reference, chunked = hope_pair(conv_width)
+    assert {name for name, f in chunked.fast_paths.items() if isinstance(f, SnapshotForm)} == \
+        {"projections", "memory"}
+    forbid_fallback(monkeypatch)
+    x = inputs(batch, steps, DIM, 5).requires_grad_()
+    assert_schedules_agree(reference, chunked, x, deep_bound(steps, 4 * DIM))
+
+
+def test_hope_cut_stream_equals_one_call(monkeypatch):
+    """Cut at 7, inside a chunk of each level: the conv caches and snapshots travel in the
+    state."""
+    _, m = hope_pair(4)
+    forbid_fallback(monkeypatch)
+    x = inputs(2, 12, DIM, 6)
+    with torch.no_grad():
+        y, whole = m(x)
+        y1, state = m(x[:, :7], end=False)
+        y2, cut = m(x[:, 7:], state)
+    bound = deep_bound(12, 4 * DIM)
+    assert_close(torch.cat([y1, y2], dim=1), y, bound, "y")
+    for key, value in flat_layers(whole).items():
+        if isinstance(value, torch.Tensor):
+            assert_close(flat_layers(cut)[key], value, bound, key)
+
+
 # -- the paper's token loop --------------------------------------------------------------
 MEMORIES = ("M_k", "M_v", "M_eta", "M_alpha")
 
@@ -195,24 +243,54 @@ def build_smt(schedule="chunked"):
                                     chunk_projections=3, **SMT).to(torch.float64), 2)
 
 
-def test_a_conv_on_a_state_application_is_not_the_snapshot_form(tmp_path):
-    """k = l2norm(conv(M_k(x), 4)): the conv's cache runs token by token, so the level is left
-    to the reference (it used to reach the form and fail inside it); the chunked module then
-    equals the reference."""
+def smt_with_conv(tmp_path, schedule: str, width: int = 4):
+    """self_modifying_titans with k = l2norm(conv(M_k(x), width)), as Hope writes its key."""
     from nldsl.library import stdlib_text
 
     text = stdlib_text("self_modifying_titans").replace(
-        "key   k = l2norm(M_k(x))", "key   k = l2norm(conv(M_k(x), 4))")
-    assert "conv(M_k(x), 4)" in text
+        "key   k = l2norm(M_k(x))", f"key   k = l2norm(conv(M_k(x), {width}))")
+    assert f"conv(M_k(x), {width})" in text
     spec = tmp_path / "smt_conv.nl"
+    spec.write_text(text)
+    torch.manual_seed(1)
+    return randomize(compile_module(str(spec), schedule=schedule, chunk_memory=4,
+                                    chunk_projections=2, **SMT).to(torch.float64), 1)
+
+
+@pytest.mark.parametrize("steps, width", [
+    pytest.param(9, 4, id="T9-width4"),
+    pytest.param(7, 3, id="T7-width3-wider-than-a-chunk"),
+])
+def test_a_conv_on_a_state_application_takes_the_form(tmp_path, steps, width, monkeypatch):
+    """k = l2norm(conv(M_k(x), w)): the form runs the conv once per chunk from the site's
+    cache (the inputs of earlier chunks, computed at their own snapshots); the inner gradient
+    takes its output as data, as the reference's once-per-token conv does. Width 3 over chunks
+    of 2: a token's window reaches two chunks back."""
+    reference = smt_with_conv(tmp_path, "reference", width)
+    chunked = smt_with_conv(tmp_path, "chunked", width)
+    assert all(isinstance(f, SnapshotForm) for f in chunked.fast_paths.values())
+    assert set(chunked.fast_paths) == {"projections", "memory"}
+    forbid_fallback(monkeypatch)
+    x = inputs(2, steps, DIM, 1).requires_grad_()
+    assert_schedules_agree(reference, chunked, x, deep_bound(steps, 2 * DIM))
+
+
+def test_a_conv_in_a_before_write_read_takes_the_form(tmp_path, monkeypatch):
+    """read y = conv(M_memory(q), 2) before write: the read's conv over each chunk at the
+    chunk-start state, from the site's cache."""
+    from nldsl.library import stdlib_text
+
+    text = stdlib_text("self_modifying_titans").replace(
+        "read y = M_memory(q) before write", "read y = conv(M_memory(q), 2) before write")
+    assert "conv(M_memory(q), 2)" in text
+    spec = tmp_path / "smt_read_conv.nl"
     spec.write_text(text)
     made = []
     for schedule in ("reference", "chunked"):
         torch.manual_seed(1)
         made.append(randomize(compile_module(str(spec), schedule=schedule, chunk_memory=4,
                                              chunk_projections=2, **SMT).to(torch.float64), 1))
-    reference, chunked = made
-    assert "projections" not in chunked.fast_paths
-    x = inputs(1, 9, DIM, 1)
-    with torch.no_grad():
-        torch.testing.assert_close(chunked(x)[0], reference(x)[0], rtol=1e-12, atol=1e-12)
+    assert set(made[1].fast_paths) == {"projections", "memory"}
+    forbid_fallback(monkeypatch)
+    x = inputs(1, 9, DIM, 1).requires_grad_()
+    assert_schedules_agree(*made, x, deep_bound(9, 2 * DIM))

@@ -22,6 +22,8 @@ import pytest
 import torch
 
 import nldsl
+from _module_cases import assert_close
+from test_module_deep_memories import deep_bound
 from nldsl.train.continual import Setting, build, meta_train, trial
 
 SETTING = Setting("cms", (("period_slow", 16), ("period_mid", 8), ("period_fast", 4),
@@ -81,8 +83,9 @@ def test_frozen_hope_freezes_its_cms_levels_only():
     """What "frozen" means for Hope (docs/training.md, "Hope"): learn=False freezes the levels
     that learn from the task loss, Hope's three CMS blocks; its self-modifying memories learn
     from their own l2 objective on the inputs in both conditions, never from a label, so the
-    online and the frozen network read and write them alike (equal states, to the bit), and
-    differ in the CMS blocks alone."""
+    online and the frozen network read and write them alike, and differ in the CMS blocks
+    alone. Alike to rounding, not to the bit: the online stream cuts the call at the CMS
+    periods, and the snapshot form sums a chunk that a cut splits in two parts."""
     torch.manual_seed(0)
     model = nldsl.lm("hope", vocab_size=8, dim=8, depth=1, period_slow=8, period_mid=4,
                      period_fast=2, chunk_memory=4, chunk_projections=4, lr_slow=0.1,
@@ -94,7 +97,8 @@ def test_frozen_hope_freezes_its_cms_levels_only():
     for level in ("projections", "memory"):
         for name, online in states[True][level].items():
             frozen = states[False][level][name]
-            assert all(torch.equal(a, b) for a, b in zip(online, frozen)), (level, name)
+            for a, b in zip(online, frozen):
+                assert_close(a, b, deep_bound(12, 4 * 8), f"{level}.{name}")
     for level, name in (("cms_slow", "theta_slow"), ("cms_mid", "theta_mid"),
                         ("cms_fast", "theta_fast")):
         online, frozen = states[True][level][name], states[False][level][name]
@@ -105,8 +109,9 @@ def test_hope_cms_first_write_is_the_task_gradient_step():
     """Hope's task levels get their inner loss through nldsl.stream as `cms`'s do (eq. 71): after
     one period of `cms_fast` (2 tokens) its state is theta_0 - lr dL/dtheta, L the summed
     next-label cross-entropy of those tokens, the gradient taken here by plain autograd on the
-    network called directly; the slower blocks have not written. The same operations in the
-    same order, so equal to the bit."""
+    network called directly; the slower blocks have not written. To rounding: the stream sums
+    the tokens' gradient factors in one GEMM per layer (module/taskgrad.py), autograd here per
+    product."""
     torch.manual_seed(0)
     lr = 0.2
     model = nldsl.lm("hope", vocab_size=8, dim=8, depth=1, period_slow=4, period_mid=4,
@@ -123,7 +128,7 @@ def test_hope_cms_first_write_is_the_task_gradient_step():
                                              reduction="sum")
     grads = torch.autograd.grad(loss, leaves)
     for written, theta, grad in zip(streamed["cms_fast"]["theta_fast"], leaves, grads):
-        assert torch.equal(written, theta - lr * grad)
+        assert_close(written, (theta - lr * grad).detach(), deep_bound(2, 4 * 8), "theta_fast")
     for level, name in (("cms_slow", "theta_slow"), ("cms_mid", "theta_mid")):
         assert all(torch.equal(a, b) for a, b in zip(streamed[level][name],
                                                      state[0][level][name]))
@@ -137,8 +142,7 @@ def test_hope_cms_first_write_is_the_task_gradient_step():
 #   seed        0     1     2     3
 #   retained  0.33  0.92  0.30  0.47
 #   faster    0.27  0.48  0.52  0.14
-# The assertions take about half the smallest value seen. About 70 s of CPU (the reference
-# schedule: hope's projections have no fast form).
+# The assertions take about half the smallest value seen.
 HOPE = Setting("hope", SETTING.hparams + (("conv_width", 1), ("chunk_memory", 16)))
 
 

@@ -138,7 +138,9 @@ def _derive(objective: ast.Objective, target: str, own: dict, spec,
     place 1, when two rules of the chain keep a buffer of one name)."""
     loss = _inline(objective.loss, own)
     steps, last = chain_steps(objective, _buffer_names(target, objective.rules), spec.source)
-    lr, decay = rate(last, rule_arguments(last), loss, target)
+    # DGD's rate eta / (1 + eta ||k||^2) names the key as the spec does (the context k_t, eqs.
+    # 56-57), not inlined: a gate then sees the key the context computed, not the state again
+    lr, decay = rate(last, rule_arguments(last), objective.loss, target)
     deep = isinstance(spec.graph.levels[_level_of(spec, target)].states[target].decl.shape,
                       ast.MLPShape)
     kind = "momentum" if last.name == "momentum" else "gradient"

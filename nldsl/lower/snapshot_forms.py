@@ -15,7 +15,8 @@ start: contexts and gradients do by definition (docs/language.md, "Chunks"), rea
 (k, v, eta, alpha, self-generated values: NL eq. 90) are batched forwards at M_{t'}, every
 token's gradient comes from one backward to the pre-activations of the loss's applications
 M(u) (any number of them: a context inlined into the loss applies M again), and only the end
-state needs the recurrence. Self-modifying Titans (NL sec. 8) and any spec of this structure
+state needs the recurrence. A conv in a context or a read is computed once per chunk from its
+cache, its output data to the inner gradients (as the reference's once-per-token conv). Self-modifying Titans (NL sec. 8) and any spec of this structure
 take it. Other levels' contexts and reads are sequences by then (levels run in update order);
 other levels' states, or this level's states seen from outside, are not the form (they would
 be read per token).
@@ -64,8 +65,6 @@ def snapshot_form(level: TokenLevel, program: Program) -> SnapshotForm | None:
     if any(c.func in states and (len(c.args) != 1 or c.kwargs) for e in expressions
            for c in calls_in(e)):
         return None
-    if any(c.func == "conv" for e in expressions for c in calls_in(e)):
-        return None                       # its cache runs token by token: the reference's
     if any(mentions(e, s) for e in [g for w in level.writes for g in (w.lr, w.decay)] + chained
            for s in states):
         return None                       # gates see the current state; contexts the snapshot
@@ -81,3 +80,4 @@ def snapshot_form(level: TokenLevel, program: Program) -> SnapshotForm | None:
         return None
     per_chunk = tuple(n for n in level.contexts if level.placements[n].stage == SNAPSHOT)
     return SnapshotForm(tuple(level.writes), per_chunk)
+

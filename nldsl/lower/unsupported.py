@@ -62,6 +62,7 @@ def check_supported(spec) -> None:
                        "learned` for any other memory")
         _check_task_level(spec, level, report)
         for objective in level.objectives:
+            _check_objective_convs(objective, report)
             if not is_task(objective):
                 _check_rules(level, objective, graph, spec.source, problems, report)
                 if objective.rules[-1].name == "dgd":
@@ -188,6 +189,18 @@ def _check_precondition(objective, level, report) -> None:
                f"l2({target}(k), v) term", f"l2({target}(k), v) or l2({target} @ k, v) in the "
                "objective", "eq. 88's (decay I - lr k k^T) multiplies the weight that takes k; "
                "without a key use plain dgd")
+
+
+def _check_objective_convs(objective, report) -> None:
+    """A conv's kernel and cache belong to a definition (docs/language.md, `conv`), and it runs
+    once per token at that definition; one written in an objective or its rule has neither."""
+    parts = [objective.loss] + [a for rule in objective.rules for a in rule.args] + \
+        [k.value for rule in objective.rules for k in rule.kwargs]
+    for call in (c for part in parts if part is not None for c in calls_in(part)):
+        if call.func == "conv":
+            report(call, "a conv inside an objective has no definition to own its kernel",
+                   "conv in a context, a read, an update or `out`", "name it: `let c = "
+                   "conv(...)` in the level, then use c in the objective")
 
 
 def _report_calls(expressions, report) -> None:

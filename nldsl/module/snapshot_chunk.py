@@ -20,8 +20,10 @@ delta_chunk.linear_delta_blocks: (k_t, decay d_t, erase lr_t, write 0), then per
 (a_0, decay 1, erase 0, write -lr_t delta_1): the same S_t, in the WY/UT form. The first
 layers of all states of one shape and step count are one call, one state per head, and stay
 stacked from chunk to chunk (no copy of the weights per chunk). The other layers' ends are one
-matmul over all applications' factors, accumulated in place into the gated start. Memory for the backward pass: the chunk's activations and factors,
-the chunk-start weights once per chunk.
+matmul over all applications' factors, accumulated in place into the gated start. A `conv` in a
+context or read (Hope's k = l2norm(conv(M_k(x), 4))) runs once per chunk over its tokens from
+the call site's cache; the inner gradients take its output as data (`_Chunk.conv`). Memory for
+the backward pass: the chunk's activations and factors, the chunk-start weights once per chunk.
 """
 from __future__ import annotations
 
@@ -33,8 +35,10 @@ from nldsl.lower.snapshot_forms import SnapshotForm
 from nldsl.module.deep_chunk import batched_forward, chunk_segments
 from nldsl.module.delta_chunk import decay_products, unit_lower_solve
 from nldsl.module.snapshot_chain import chain_end
+from nldsl.module.unit import STREAM
 from nldsl.runtime import mlp
 from nldsl.runtime.evaluate import FrameEvaluator
+from nldsl.runtime.functions import causal_conv
 
 
 def run_snapshot_level(values, level: TokenLevel, form: SnapshotForm) -> None:
@@ -91,9 +95,32 @@ class _Chunk:
         self.names: dict[str, object] = {}
         self.calls: dict[str, object] = {}
         self.records: dict[str, list[tuple[list, list]]] = {name: [] for name in snapshot}
+        self.recording, self.outer_grad = True, torch.is_grad_enabled()
+        self.convs: dict[str, torch.Tensor] = {}
 
-    def evaluate(self, expr):
-        return _Memoised(self.frame, self.lookup, self.apply, _no_conv, self.calls)(expr)
+    def evaluate(self, expr, calls: dict | None = None):
+        calls = self.calls if calls is None else calls
+        return _Memoised(self.frame, self.lookup, self.apply, self.conv, calls)(expr)
+
+    def conv(self, call):
+        """The call site's causal conv over the chunk [B, L, C], once per chunk, from the site's
+        cache (the inputs of the tokens before t0, as they were computed then). Its input is
+        evaluated with its own memo and no application recorded: a conv's output is its
+        token's value, which the inner gradients take as data (the reference computes it once
+        per token, at its context, before any gradient)."""
+        site = self.values.program.convs[(call.span.line, call.span.col)]
+        if site.param not in self.convs:
+            self.recording = False
+            try:
+                with torch.enable_grad():       # its graph is the outer one, even under stopgrad
+                    a = self.evaluate(call.args[0], {})                   # [B, L, C]
+            finally:
+                self.recording = True
+            stream = self.values.new_state[STREAM]
+            y, cache = causal_conv(a, self.values.params[site.param], stream[site.param])
+            stream[site.param] = cache if self.outer_grad else cache.detach()
+            self.convs[site.param] = y
+        return self.convs[site.param]
 
     def context(self, name: str):
         if name not in self.names:
@@ -114,7 +141,7 @@ class _Chunk:
         """M(u) at the chunk start, its factors recorded where a gradient may flow (not under
         a stop-gradient: _Memoised evaluates those without autograd)."""
         layout = self.level.states[name].mlp
-        if not torch.is_grad_enabled():
+        if not (torch.is_grad_enabled() and self.recording):
             return batched_forward(layout, self.weights[name], u)
         inputs, pre = [], []
         y = batched_forward(layout, self.weights[name], u, inputs, pre)
@@ -182,6 +209,8 @@ class _Memoised(FrameEvaluator):
         self.calls = calls
 
     def _call(self, e):
+        if e.func == "conv":
+            return self.conv(e)
         args = [self(a) for a in e.args] + [self(k.value) for k in e.kwargs]
         key = (e.func, tuple(k.name for k in e.kwargs)) + tuple(map(_identity, args))
         if key in self.calls:
@@ -354,7 +383,3 @@ class NotPerToken(Exception):
 
 def _cat(parts: list):
     return torch.cat(parts, dim=1) if isinstance(parts[0], torch.Tensor) else parts[0]
-
-
-def _no_conv(call, a, width):
-    raise KeyError("a conv inside a chunk of the snapshot form (its cache follows the whole call)")
