@@ -15,8 +15,9 @@ def compile(spec, schedule: str = "chunked", block_size: int = 64,  # noqa: A001
     `schedule` says how, never what: "reference" (token by token) or "chunked" (the fast
     paths of docs/modules.md, block_size tokens at a time; a level without one runs token by
     token). `checkpoint` (chunked schedule, deep memories): keep only each chunk's start state
-    for the backward pass and recompute the chunk there (docs/modules.md, "Memory for the
-    backward pass"). Changing any of them never changes a value beyond rounding."""
+    for the backward pass and recompute the chunk there (a `once` level's periodic form: each
+    region of block_size tokens, in whole periods; docs/modules.md, "Memory for the backward
+    pass"). Changing any of them never changes a value beyond rounding."""
     from nldsl.lower.module import lower_module
     from nldsl.module.checks import resolve_hparams
     from nldsl.module.module import SCHEDULES, CompiledModule

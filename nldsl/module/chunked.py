@@ -182,7 +182,7 @@ class _SequenceValues:
             run_chain_level(self, level, form, per_head)
             return
         if isinstance(form, PeriodicForm):
-            run_periodic_level(self, level, form, per_head)
+            run_periodic_level(self, level, form, per_head, block)
             return
         if isinstance(form, SnapshotForm):
             try:
