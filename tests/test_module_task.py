@@ -295,16 +295,25 @@ def test_a_cut_stream_is_one_stream(cuts, spec):
     assert_states_close(state, whole_state, atol=TOL)
 
 
-def test_schedules_agree_under_the_driver():
+@pytest.mark.parametrize("spec, hparams", [
+    pytest.param("cms", {}, id="cms"),
+    pytest.param("hope", dict(period_slow=8, period_mid=4, period_fast=2, chunk_memory=4,
+                              chunk_projections=3), id="hope"),
+])
+def test_schedules_agree_under_the_driver(spec, hparams):
     """Inside the module a task level is frozen: the chunked schedule (FrozenForm, all tokens
-    of a segment at once) equals the reference, outputs, states and outer gradients."""
+    of a segment at once; Hope's self-modifying levels in the snapshot form, their chunks cut
+    by the driver's segments) equals the reference, outputs, states and outer gradients."""
     inputs, targets = tokens(steps=11)
     results = []
     for schedule in ("reference", "chunked"):
-        model = network(schedule=schedule)
+        model = network(spec, schedule=schedule, **hparams)
         y, state = nldsl.stream(model, inputs, targets)
-        grads = torch.autograd.grad(y.square().sum(), list(model.parameters()))
-        results.append((y, state, grads))
+        params = list(model.parameters())
+        # Hope's M_v initial weights reach y only through stop-gradient targets: no gradient
+        grads = torch.autograd.grad(y.square().sum(), params, allow_unused=True)
+        results.append((y, state, [torch.zeros_like(p) if g is None else g
+                                   for p, g in zip(params, grads)]))
     (y_r, s_r, g_r), (y_c, s_c, g_c) = results
     torch.testing.assert_close(y_c, y_r, atol=1e-10, rtol=0)
     assert_states_close(s_c, s_r, atol=1e-10)
