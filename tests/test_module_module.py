@@ -417,3 +417,21 @@ def test_sequences_of_a_batch_are_independent(spec, schedule):
             bound = rounding_bound(12, 5, 8)
             assert_close(alone, y[b:b + 1], bound, f"y of sequence {b}")
             assert_close(own["memory"]["M"], state["memory"]["M"][b:b + 1], bound, f"M of {b}")
+
+
+@pytest.mark.parametrize("spec, hparams", [
+    pytest.param("titans", dict(heads=2, head_dim=4, chunk_size=3), id="titans-deep-form"),
+])
+def test_torch_compile_keeps_the_inner_gradients(spec, hparams):
+    """torch.compile(m) traces the module around its inner gradients, which run eagerly
+    (torch.compiler.disable): a traced torch.autograd.grad would lose the tensors it
+    differentiates. aot_eager traces as inductor does, without generating code: the same
+    operations, so equal to rounding of a few reassociated sums."""
+    from _module_cases import assert_close
+    from test_module_deep_memories import deep_bound
+    torch.manual_seed(0)
+    m = compile_module(spec, dim=8, **hparams).double()
+    x = torch.randn(2, 7, 8, dtype=torch.float64)
+    with torch.no_grad():
+        compiled = torch.compile(m, backend="aot_eager")(x)[0]
+        assert_close(compiled, m(x)[0], deep_bound(7, 2 * 8), "y")

@@ -120,6 +120,9 @@ def gradient_factors(values, level, form: DeepForm, layout: MLPLayout, snapshot,
     return deltas, inputs
 
 
+# torch.compile: an inner torch.autograd.grad in a traced graph loses the tensors it
+# differentiates (they come out of another graph), so the inner gradients run eagerly
+@torch.compiler.disable
 def loss_factors(layout: MLPLayout, snapshot, heads, keep: bool, loss_of):
     """delta_i [B, H, L, d_i] and a_{i-1} [B, H, L, d_{i-1}] per layer (with `layernorm`, then
     the gradient at the scaled output and the normed output): `loss_of(apply)`, the per-token loss with `apply(name, u)` the memory at `snapshot` (one batched forward, made

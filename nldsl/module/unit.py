@@ -112,6 +112,7 @@ class UnitValues:
             self.memo[key] = (value, self.frames[level.name])
         return self.memo[key][0]
 
+    @torch.compiler.disable              # eager under torch.compile (deep_chunk.loss_factors)
     def gradient(self, level: TokenLevel, write: ModuleWrite):
         """G = grad_S L at the chunk-start state: the closed form, or autograd on the loss
         (per sequence and head: the states are separate tensors, so the gradient of the summed
