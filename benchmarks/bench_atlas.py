@@ -36,6 +36,15 @@ def timed(group: dict, reps: int, backward: bool) -> dict[str, float]:
     return cpu_times(group, reps, grad=backward)
 
 
+def rates_line(group: dict, reps: int, backward: bool, batch: int) -> tuple[list[float], str]:
+    """Each contender's tokens/s (its name ends with its T) and a printed line of its median
+    seconds and rate, in the group's order (`timed`)."""
+    medians = timed(group, reps, backward)
+    rates = {name: batch * int(name.split()[-1]) / seconds for name, seconds in medians.items()}
+    line = "  ".join(f"{name}: {medians[name]:7.2f} s {rates[name]:7,.0f} tok/s" for name in group)
+    return list(rates.values()), f"{'fwd+bwd' if backward else 'fwd':8} {line}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     for name, default in (("batch", 2), ("tokens", 1024), ("ref-tokens", 256),
@@ -66,14 +75,8 @@ def main() -> None:
                  lambda: long(x)[0],
                  f"chunked T {short}": lambda: chunked(x[:, :short])[0],
                  f"reference T {short}": lambda: reference(x[:, :short])[0]}
-        medians = timed(group, args.reps, backward)
-        rates = {name: args.batch * int(name.split()[-1]) / seconds
-                 for name, seconds in medians.items()}
-        mode = "fwd+bwd" if backward else "fwd"
-        line = "  ".join(f"{name}: {medians[name]:7.2f} s {rates[name]:7,.0f} tok/s"
-                         for name in group)
-        first, _, last = rates.values()
-        print(f"{mode:8} {line}  chunked / reference {first / last:.2f}x", flush=True)
+        (first, _, last), line = rates_line(group, args.reps, backward, args.batch)
+        print(f"{line}  chunked / reference {first / last:.2f}x", flush=True)
 
 
 if __name__ == "__main__":

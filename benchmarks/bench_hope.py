@@ -20,7 +20,7 @@ import argparse
 
 import torch
 
-from bench_atlas import timed
+from bench_atlas import rates_line
 from bench_modules import keep_freed_memory
 
 import nldsl
@@ -51,15 +51,8 @@ def main() -> None:
         group = {f"chunked T {args.tokens}": lambda: chunked(x)[0],
                  f"chunked T {short}": lambda short=short: chunked(x[:, :short])[0],
                  f"reference T {short}": lambda short=short: reference(x[:, :short])[0]}
-        medians = timed(group, args.reps, backward)
-        rates = {name: args.batch * int(name.split()[-1]) / seconds
-                 for name, seconds in medians.items()}
-        mode = "fwd+bwd" if backward else "fwd"
-        line = "  ".join(f"{name}: {medians[name]:7.2f} s {rates[name]:7,.0f} tok/s"
-                         for name in group)
-        _, same, last = rates.values()
-        print(f"{mode:8} {line}  chunked / reference at T {short}: {same / last:.2f}x",
-              flush=True)
+        (_, same, last), line = rates_line(group, args.reps, backward, args.batch)
+        print(f"{line}  chunked / reference at T {short}: {same / last:.2f}x", flush=True)
 
 
 if __name__ == "__main__":
