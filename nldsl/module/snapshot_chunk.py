@@ -28,7 +28,7 @@ import torch
 from nldsl.lower.program import TokenLevel
 from nldsl.lower.snapshot_forms import SnapshotForm
 from nldsl.module.deep_chunk import batched_forward, chunk_segments
-from nldsl.module.snapshot_end import end_states
+from nldsl.module.snapshot_end import Application, end_states
 from nldsl.module.unit import STREAM
 from nldsl.runtime import mlp
 from nldsl.runtime.evaluate import FrameEvaluator
@@ -61,7 +61,7 @@ def run_snapshot_level(values, level: TokenLevel, form: SnapshotForm) -> None:
                 reads[name].append(done(chunk.fit(chunk.evaluate(expr))))
             gates, factors, transforms = _gradients(form, chunk, keep)
         states, buffers = end_states(level, form, gates, factors, transforms, states, buffers,
-                                     stacks)
+                                     stacks, snapshot is states)
         if not keep:        # (tensors without a graph stay themselves: `stacks` knows them)
             states, buffers = _detached(states), _detached(buffers)
     frame = values.frames[level.name]
@@ -150,8 +150,8 @@ class _Chunk:
         return value
 
     def factors(self, name: str, loss, keep: bool):
-        """[(a_{i-1} [B, L, d_{i-1}], delta_i [B, L, d_i]) per layer] per application of `name`
-        that the loss depends on."""
+        """([(a_{i-1} [B, L, d_{i-1}], delta_i [B, L, d_i]) per layer], the first layer's
+        pre-activation [B, L, d_1]) per application of `name` that the loss depends on."""
         records = [r for r in self.records[name] if r[1]]
         pre = [z for _, zs in records for z in zs]
         grads = torch.autograd.grad(loss.sum(), pre, retain_graph=True, create_graph=keep,
@@ -161,15 +161,14 @@ class _Chunk:
             deltas = grads[i:i + len(zs)]
             i += len(zs)
             if all(d is not None for d in deltas):
-                pairs = list(zip(inputs, deltas))
-                found.append(pairs)
+                found.append((list(zip(inputs, deltas)), zs[0]))
         return found
 
 
 def _gradients(form: SnapshotForm, chunk: "_Chunk", keep: bool):
-    """Per write: (lr [B, L], decay [B, L], key [B, L, d_0] or None), the loss's factors,
-    each application's as (pairs, whether its input is the key itself), and its chain's
-    transforms as (step, c [B, L], beta [B, L]) (module/snapshot_chain.py)."""
+    """Per write: (lr [B, L], decay [B, L], key [B, L, d_0] or None), the loss's
+    applications (snapshot_end.Application), and its chain's transforms as
+    (step, c [B, L], beta [B, L]) (module/snapshot_chain.py)."""
     gates, factors, transforms = {}, {}, {}
     detach = (lambda v: v) if keep else (lambda v: v.detach() if v is not None else None)
     for write in form.writes:
@@ -177,8 +176,9 @@ def _gradients(form: SnapshotForm, chunk: "_Chunk", keep: bool):
         decay = detach(chunk.fit(_per_token(chunk, chunk.evaluate(write.decay))))
         key = chunk.evaluate(write.precondition) if write.precondition is not None else None
         apps = chunk.factors(write.target, chunk.evaluate(write.loss), keep)
-        factors[write.target] = [([(detach(a), detach(d)) for a, d in pairs],
-                                  key is not None and pairs[0][0] is key) for pairs in apps]
+        factors[write.target] = [Application([(detach(a), detach(d)) for a, d in pairs],
+                                             key is not None and pairs[0][0] is key, detach(pre))
+                                 for pairs, pre in apps]
         gates[write.target] = (lr, decay, detach(key))
         transforms[write.target] = [_transform_gates(chunk, step, detach) for step in write.chain]
     return gates, factors, transforms

@@ -14,6 +14,8 @@ module/snapshot_chain.py.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
@@ -23,16 +25,26 @@ from nldsl.module.delta_chunk import decay_products, unit_lower_solve
 from nldsl.module.snapshot_chain import chain_end
 
 
+class Application(NamedTuple):
+    """One application M(u) that a state's loss reaches: its layers' factors, whether u is
+    the write's key, and its first layer's pre-activation u W_1^T at the chunk-start weights."""
+    pairs: list            # [(a_{i-1} [B, L, d_{i-1}], delta_i [B, L, d_i]) per layer]
+    on_key: bool
+    pre: torch.Tensor      # [B, L, d_1]
+
+
 def end_states(level: TokenLevel, form: SnapshotForm, gates: dict, factors: dict,
-                transforms: dict, states: dict, buffers: dict, stacks: dict):
-    """Every state and chain buffer after the chunk's last token (module docstring); `stacks`
-    holds the delta-rule groups' stacked first layers between chunks (_first_layers)."""
+               transforms: dict, states: dict, buffers: dict, stacks: dict, at_start: bool):
+    """Every state and chain buffer after the chunk's last token (module docstring): factors
+    are the Applications of each state; `stacks` holds the delta-rule groups' stacked first
+    layers between chunks (_first_layers); `at_start`: `states` are the chunk-start states the
+    applications were made at (the chunk is not the rest of one cut by the previous call)."""
     new, new_buffers = {}, {}
     for write in form.writes:
         if write.chain:
             new[write.target], ends = chain_end(
                 gates[write.target], transforms[write.target],
-                [pairs for pairs, _ in factors[write.target]], states[write.target], buffers)
+                [app.pairs for app in factors[write.target]], states[write.target], buffers)
             new_buffers.update(ends)
             continue
         lr, decay, key = gates[write.target]
@@ -45,14 +57,15 @@ def end_states(level: TokenLevel, form: SnapshotForm, gates: dict, factors: dict
             if i == 0 and key is not None:
                 ends.append(None)                                             # the delta rule
                 continue
-            apps = [pairs[i] for pairs, _ in factors[write.target]]          # one matmul for all
+            apps = [app.pairs[i] for app in factors[write.target]]           # one matmul for all
             a = torch.cat([a for a, _ in apps], dim=1)                        # [B, A L, d_in]
             scaled = torch.cat([d * -coefficient.unsqueeze(-1) for _, d in apps], dim=1)
             ends.append(_accumulate(w * total[:, None, None], scaled.mT, a))  # [B, o, i]
         new[write.target] = ends
     preconditioned = [w for w in form.writes if w.precondition is not None and not w.chain]
     for group in _groups(level, preconditioned, factors):
-        for write, end in zip(group, _first_layers(group, gates, factors, states, stacks)):
+        ends = _first_layers(group, gates, factors, states, stacks, at_start)
+        for write, end in zip(group, ends):
             new[write.target][0] = end
     return {name: tuple(ws) for name, ws in new.items()}, new_buffers
 
@@ -62,61 +75,70 @@ def _groups(level: TokenLevel, writes, factors) -> list[list]:
     applications whose input is not the key): one delta-rule call each, none padded."""
     groups: dict[tuple, list] = {}
     for write in writes:
-        steps = 1 + sum(not on_key for _, on_key in factors[write.target])
+        steps = 1 + sum(not app.on_key for app in factors[write.target])
         groups.setdefault((level.states[write.target].mlp.layers[0], steps), []).append(write)
     return list(groups.values())
 
 
-def _first_layers(group, gates, factors, states, stacks: dict) -> list[torch.Tensor]:
+def _first_layers(group, gates, factors, states, stacks: dict, at_start: bool) -> list:
     """eq. 88 on the first layers of a group of states (one head each): W_L [B, d_1, d_0].
     An application whose input is the key writes in the key's own step (k_t w_t^T, DeltaNet's
-    single step); every other one takes a step of its own. The group's end weights are views
-    of one [B G, d_1, d_0] tensor, kept in `stacks` so that the next chunk starts from it
-    without copying the weights again."""
-    others = {w.target: [pairs[0] for pairs, on_key in factors[w.target] if not on_key]
+    single step); every other one takes a step of its own. K W_0^T is the pre-activation of
+    each state's application on the key when every state has one at these weights (else
+    delta_end computes it). The group's end weights are views of one [B G, d_1, d_0] tensor,
+    kept in `stacks` so that the next chunk starts from it without copying the weights again."""
+    others = {w.target: [app.pairs[0] for app in factors[w.target] if not app.on_key]
               for w in group}
     count = 1 + len(others[group[0].target])                                 # steps per token
-    keys, decays, erases, writes, starts = [], [], [], [], []
+    keys, decays, erases, writes, starts, pres = [], [], [], [], [], []
     for write in group:
         lr, decay, key = gates[write.target]
-        one, zero = torch.ones_like(lr), torch.zeros_like(lr)
+        rate = -lr.unsqueeze(-1)                                              # [B, L, 1]
         first = states[write.target][0]
-        on_key = [pairs[0][1] for pairs, is_key in factors[write.target] if is_key]
-        own = -lr.unsqueeze(-1) * sum(on_key) if on_key else \
+        on_key = [app for app in factors[write.target] if app.on_key]
+        own = rate * sum(app.pairs[0][1] for app in on_key) if on_key else \
             key.new_zeros(key.shape[:-1] + first.shape[-2:-1])                # [B, L, d_1]
-        steps_k = [key] + [a for a, _ in others[write.target]]                # [B, L, d_0]
-        steps_w = [own] + [-lr.unsqueeze(-1) * d for _, d in others[write.target]]
-        keys.append(_interleave(steps_k))
-        writes.append(_interleave(steps_w))
-        decays.append(_interleave([decay] + [one] * (count - 1)))
-        erases.append(_interleave([lr] + [zero] * (count - 1)))
+        keys.append(_interleave([key] + [a for a, _ in others[write.target]]))   # [B, L n, d_0]
+        writes.append(_interleave([own] + [rate * d for _, d in others[write.target]]))
+        if count > 1:                  # the other applications' steps: decay 1, erase 0
+            one = torch.ones_like(lr)
+            decay = _interleave([decay] + [one] * (count - 1))
+            lr = _interleave([lr] + [one.new_zeros(()).expand_as(lr)] * (count - 1))
+        decays.append(decay)
+        erases.append(lr)
         starts.append(first)                                                  # [B, d_1, d_0]
+        if at_start and on_key:        # K W_0^T; other steps' rows meet erase 0
+            pre = on_key[0].pre                                               # [B, L, d_1]
+            pres.append(_interleave([pre] + [pre.new_zeros(()).expand_as(pre)] * (count - 1)))
     stack = lambda parts: torch.stack(parts, dim=1).flatten(0, 1)            # [B G, ..]
     bsz, names = starts[0].shape[0], tuple(w.target for w in group)
     views, stacked = stacks.get(names, ((), None))
     w0 = stacked if len(views) == len(starts) and all(a is b for a, b in zip(views, starts)) \
         else stack(starts)
-    end = delta_end(w0, stack(decays), stack(erases), stack(keys), stack(writes))
+    pre = stack(pres) if len(pres) == len(group) else None
+    end = delta_end(w0, stack(decays), stack(erases), stack(keys), stack(writes), pre)
     ends = end.view(bsz, len(group), *end.shape[1:]).unbind(1)               # [B, d_1, d_0] each
     stacks[names] = (ends, end)
     return list(ends)
 
 
-def delta_end(w0, a, c, k, w):
+def delta_end(w0, a, c, k, w, pre=None):
     """W_L of W_t = W_{t-1} (a_t I - c_t k_t k_t^T) + w_t k_t^T over one block, in the WY/UT
     form of delta_chunk.py transposed (S = W^T there): w0 [G, d_1, d_0], a, c [G, L],
-    k [G, L, d_0], w [G, L, d_1]. With U, V = (I + N)^{-1} [W, c gamma' K],
-    W_L = gamma_L W_0 + (U - V W_0^T)^T E, E = D[L-1, :] o K: products of L d^2 multiply-adds,
-    the weights never transposed or copied."""
+    k [G, L, d_0], w [G, L, d_1]. There U, V = (I + N)^{-1} [W, c gamma' K] and
+    W_L = gamma_L W_0 + (U - V W_0^T)^T E, E = D[L-1, :] o K; by linearity
+    U - V W_0^T = (I + N)^{-1} (W - c gamma' o K W_0^T): one solve of d_1 columns, and
+    K W_0^T [G, L, d_1] is `pre` when the caller has it (the forward's pre-activations of the
+    application on the key), else one product. The weights are never transposed or copied."""
     d, gamma = decay_products(a)                                              # [G, L, L], [G, L]
     gamma_prev = F.pad(gamma[:, :-1], (1, 0), value=1.0)
     d_prev = F.pad(d[:, :-1], (0, 0, 1, 0))                                   # D[t-1, i]
     n = torch.bmm(k, k.mT) * (c.unsqueeze(-1) * d_prev)                      # [G, L, L]
-    rhs = torch.cat((w, (c * gamma_prev).unsqueeze(-1) * k), dim=-1)         # [G, L, d_1 + d_0]
-    u, v = _unit_lower_solve(n, rhs).split((w.shape[-1], k.shape[-1]), dim=-1)
-    delta = u.mT - torch.bmm(w0, v.mT)                                        # [G, d_1, L]
+    pre = torch.bmm(k, w0.mT) if pre is None else pre                         # K W_0^T
+    rhs = w - (c * gamma_prev).unsqueeze(-1) * pre                            # [G, L, d_1]
+    delta = _unit_lower_solve(n, rhs)                                         # [G, L, d_1]
     edge = d[:, -1, :].unsqueeze(-1) * k                                      # E [G, L, d_0]
-    return _accumulate(w0 * gamma[:, -1, None, None], delta, edge)           # [G, d_1, d_0]
+    return _accumulate(w0 * gamma[:, -1, None, None], delta.mT, edge)        # [G, d_1, d_0]
 
 
 def _accumulate(start: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
