@@ -149,19 +149,25 @@ class _Chunk:
             return value.expand(value.shape[:1] + (self.t1 - self.t0,) + value.shape[2:])
         return value
 
-    def factors(self, name: str, loss, keep: bool):
-        """([(a_{i-1} [B, L, d_{i-1}], delta_i [B, L, d_i]) per layer], the first layer's
-        pre-activation [B, L, d_1]) per application of `name` that the loss depends on."""
-        records = [r for r in self.records[name] if r[1]]
-        pre = [z for _, zs in records for z in zs]
-        grads = torch.autograd.grad(loss.sum(), pre, retain_graph=True, create_graph=keep,
+    def factors(self, losses: dict, keep: bool) -> dict:
+        """Per state of `losses` (name -> its loss [B, L]), ([(a_{i-1} [B, L, d_{i-1}],
+        delta_i [B, L, d_i]) per layer], the first layer's pre-activation [B, L, d_1]) per
+        application of it that its loss depends on: one backward of the losses' sum, which
+        at a state's applications is its own loss's gradient (no loss of a pass reaches
+        another state of it: SnapshotForm.passes)."""
+        records = {name: [r for r in self.records[name] if r[1]] for name in losses}
+        pre = [z for rs in records.values() for _, zs in rs for z in zs]
+        total = sum(loss.sum() for loss in losses.values())
+        grads = torch.autograd.grad(total, pre, retain_graph=True, create_graph=keep,
                                     allow_unused=True)
-        found, i = [], 0
-        for inputs, zs in records:
-            deltas = grads[i:i + len(zs)]
-            i += len(zs)
-            if all(d is not None for d in deltas):
-                found.append((list(zip(inputs, deltas)), zs[0]))
+        found, i = {}, 0
+        for name, rs in records.items():
+            found[name] = []
+            for inputs, zs in rs:
+                deltas = grads[i:i + len(zs)]
+                i += len(zs)
+                if all(d is not None for d in deltas):
+                    found[name].append((list(zip(inputs, deltas)), zs[0]))
         return found
 
 
@@ -169,18 +175,22 @@ def _gradients(form: SnapshotForm, chunk: "_Chunk", keep: bool):
     """Per write: (lr [B, L], decay [B, L], key [B, L, d_0] or None), the loss's
     applications (snapshot_end.Application), and its chain's transforms as
     (step, c [B, L], beta [B, L]) (module/snapshot_chain.py)."""
-    gates, factors, transforms = {}, {}, {}
+    gates, factors, transforms, losses = {}, {}, {}, {}
     detach = (lambda v: v) if keep else (lambda v: v.detach() if v is not None else None)
     for write in form.writes:
         lr = detach(chunk.fit(_per_token(chunk, chunk.evaluate(write.lr))))       # [B, L]
         decay = detach(chunk.fit(_per_token(chunk, chunk.evaluate(write.decay))))
         key = chunk.evaluate(write.precondition) if write.precondition is not None else None
-        apps = chunk.factors(write.target, chunk.evaluate(write.loss), keep)
-        factors[write.target] = [Application([(detach(a), detach(d)) for a, d in pairs],
-                                             key is not None and pairs[0][0] is key, detach(pre))
-                                 for pairs, pre in apps]
-        gates[write.target] = (lr, decay, detach(key))
+        losses[write.target] = chunk.evaluate(write.loss)                         # [B, L]
+        gates[write.target] = (lr, decay, key)
         transforms[write.target] = [_transform_gates(chunk, step, detach) for step in write.chain]
+    for names in form.passes:
+        for name, apps in chunk.factors({n: losses[n] for n in names}, keep).items():
+            key = gates[name][2]
+            factors[name] = [Application([(detach(a), detach(d)) for a, d in pairs],
+                                         key is not None and pairs[0][0] is key, detach(pre))
+                             for pairs, pre in apps]
+            gates[name] = gates[name][:2] + (detach(key),)
     return gates, factors, transforms
 
 
