@@ -48,8 +48,7 @@ def run_snapshot_level(values, level: TokenLevel, form: SnapshotForm) -> None:
     buffers = {name: by_layer(level.buffer_state(name), own[name]) for name in level.hidden}
     start, stacks = values.new_state["_stream"]["t"], {}
     contexts, reads = {n: [] for n in form.contexts}, {n: [] for n in level.reads}
-    done = (lambda v: v) if torch.is_grad_enabled() else \
-        (lambda v: v.detach() if isinstance(v, torch.Tensor) else v)
+    done = (lambda v: v) if torch.is_grad_enabled() else _without_graph
     for t0, t1 in chunk_segments(start, steps, level.chunk):
         if (start + t0) % level.chunk == 0:
             snapshot = states
@@ -175,15 +174,20 @@ def _gradients(form: SnapshotForm, chunk: "_Chunk", keep: bool):
     """Per write: (lr [B, L], decay [B, L], key [B, L, d_0] or None), the loss's
     applications (snapshot_end.Application), and its chain's transforms as
     (step, c [B, L], beta [B, L]) (module/snapshot_chain.py)."""
-    gates, factors, transforms, losses = {}, {}, {}, {}
-    detach = (lambda v: v) if keep else (lambda v: v.detach() if v is not None else None)
+    gates, factors, transforms, losses, seen = {}, {}, {}, {}, {}
+    detach = (lambda v: v) if keep else _without_graph
+
+    def gate(expr):                    # [B, L]; one tensor for the writes that share a gate
+        raw = chunk.evaluate(expr)
+        if _identity(raw) not in seen:
+            seen[_identity(raw)] = (raw, detach(chunk.fit(_per_token(chunk, raw))))
+        return seen[_identity(raw)][1]
+
     for write in form.writes:
-        lr = detach(chunk.fit(_per_token(chunk, chunk.evaluate(write.lr))))       # [B, L]
-        decay = detach(chunk.fit(_per_token(chunk, chunk.evaluate(write.decay))))
         key = chunk.evaluate(write.precondition) if write.precondition is not None else None
         losses[write.target] = chunk.evaluate(write.loss)                         # [B, L]
-        gates[write.target] = (lr, decay, key)
-        transforms[write.target] = [_transform_gates(chunk, step, detach) for step in write.chain]
+        gates[write.target] = (gate(write.lr), gate(write.decay), key)
+        transforms[write.target] = [_transform_gates(gate, step) for step in write.chain]
     for names in form.passes:
         for name, apps in chunk.factors({n: losses[n] for n in names}, keep).items():
             key = gates[name][2]
@@ -194,9 +198,14 @@ def _gradients(form: SnapshotForm, chunk: "_Chunk", keep: bool):
     return gates, factors, transforms
 
 
-def _transform_gates(chunk: "_Chunk", step, detach):
+def _without_graph(value):
+    """value cut from the autograd graph (the inner gradients' factors when no outer gradient
+    flows through the writes); a tensor without one stays itself."""
+    return value.detach() if isinstance(value, torch.Tensor) and value.requires_grad else value
+
+
+def _transform_gates(gate, step):
     """A transform m <- beta m + c u as (step, c [B, L], beta [B, L])."""
-    gate = lambda expr: detach(chunk.fit(_per_token(chunk, chunk.evaluate(expr))))
     beta = gate(step.args["beta"])
     return step, (1 - beta if step.rule == "ema" else gate(step.args["lr"])), beta
 

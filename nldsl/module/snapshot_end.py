@@ -39,7 +39,7 @@ def end_states(level: TokenLevel, form: SnapshotForm, gates: dict, factors: dict
     are the Applications of each state; `stacks` holds the delta-rule groups' stacked first
     layers between chunks (_first_layers); `at_start`: `states` are the chunk-start states the
     applications were made at (the chunk is not the rest of one cut by the previous call)."""
-    new, new_buffers = {}, {}
+    new, new_buffers, shared = {}, {}, {}
     for write in form.writes:
         if write.chain:
             new[write.target], ends = chain_end(
@@ -49,18 +49,18 @@ def end_states(level: TokenLevel, form: SnapshotForm, gates: dict, factors: dict
             continue
         lr, decay, key = gates[write.target]
         weights = states[write.target]
-        suffix = _suffix_products(decay)                                      # [B, L]
-        coefficient = lr * suffix                                             # lr_s P_Ls
-        total = suffix[:, 0] * decay[:, 0]                                    # P_L0 [B]
+        if (id(lr), id(decay)) not in shared:          # writes sharing their gates share these
+            shared[id(lr), id(decay)] = _gate_sums(lr, decay)
+        scale, total = shared[id(lr), id(decay)]
         ends = []
         for i, w in enumerate(weights):
             if i == 0 and key is not None:
                 ends.append(None)                                             # the delta rule
                 continue
             apps = [app.pairs[i] for app in factors[write.target]]           # one matmul for all
-            a = torch.cat([a for a, _ in apps], dim=1)                        # [B, A L, d_in]
-            scaled = torch.cat([d * -coefficient.unsqueeze(-1) for _, d in apps], dim=1)
-            ends.append(_accumulate(w * total[:, None, None], scaled.mT, a))  # [B, o, i]
+            a = _joined([a for a, _ in apps])                                 # [B, A L, d_in]
+            scaled = _joined([d * scale for _, d in apps])                    # [B, A L, d_out]
+            ends.append(_accumulate(w * total, scaled.mT, a))                 # [B, o, i]
         new[write.target] = ends
     preconditioned = [w for w in form.writes if w.precondition is not None and not w.chain]
     for group in _groups(level, preconditioned, factors):
@@ -161,6 +161,18 @@ def _unit_lower_solve(n: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
 def _interleave(parts: list[torch.Tensor]) -> torch.Tensor:
     """Per-token steps [B, L, ..] each -> [B, L * len(parts), ..], token-major."""
     return parts[0] if len(parts) == 1 else torch.stack(parts, dim=2).flatten(1, 2)
+
+
+def _gate_sums(lr: torch.Tensor, decay: torch.Tensor):
+    """(-lr_s P_Ls [B, L, 1], P_L0 [B, 1, 1]): the gated sum's factors."""
+    suffix = _suffix_products(decay)                                          # [B, L]
+    total = suffix[:, 0] * decay[:, 0]                                        # [B]
+    return (lr * suffix).neg_().unsqueeze(-1), total[:, None, None]
+
+
+def _joined(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The applications' factors [B, L, ..] each -> [B, A L, ..] (one is itself, no copy)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
 def _suffix_products(decay: torch.Tensor) -> torch.Tensor:
