@@ -110,7 +110,8 @@ def _first_layers(group, gates, factors, states, stacks: dict, at_start: bool) -
         if at_start and on_key:        # K W_0^T; other steps' rows meet erase 0
             pre = on_key[0].pre                                               # [B, L, d_1]
             pres.append(_interleave([pre] + [pre.new_zeros(()).expand_as(pre)] * (count - 1)))
-    stack = lambda parts: torch.stack(parts, dim=1).flatten(0, 1)            # [B G, ..]
+    stack = lambda parts: parts[0] if len(parts) == 1 else \
+        torch.stack(parts, dim=1).flatten(0, 1)                               # [B G, ..]
     bsz, names = starts[0].shape[0], tuple(w.target for w in group)
     views, stacked = stacks.get(names, ((), None))
     w0 = stacked if len(views) == len(starts) and all(a is b for a, b in zip(views, starts)) \
