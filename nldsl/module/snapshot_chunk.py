@@ -224,20 +224,19 @@ class _Memoised(FrameEvaluator):
     def _call(self, e):
         if e.func == "conv":
             return self.conv(e)
+        if e.func == "stopgrad" and torch.is_grad_enabled():
+            with torch.no_grad():               # its value has no graph: compute it without one
+                return self._call(e)
         args = [self(a) for a in e.args] + [self(k.value) for k in e.kwargs]
         key = (e.func, tuple(k.name for k in e.kwargs)) + tuple(map(_identity, args))
         if key in self.calls:
             return self.calls[key][1]
-        if not torch.is_grad_enabled():         # inside a stop-gradient: kept apart, no graph
+        if not torch.is_grad_enabled():         # under a stop-gradient: kept apart, unrecorded
             inner = self.calls.setdefault(_DETACHED, {})
             if key not in inner:
                 inner[key] = (args, super()._call(e))
             return inner[key][1]
-        if e.func == "stopgrad":                # its value has no graph: compute it without one
-            with torch.no_grad():
-                self.calls[key] = (args, super()._call(e))
-        else:
-            self.calls[key] = (args, super()._call(e))
+        self.calls[key] = (args, super()._call(e))
         return self.calls[key][1]
 
 
