@@ -117,6 +117,16 @@ def test_backward_passes_keep_apart_the_losses_that_reach_each_other(spec, optio
     assert compile_module(spec, **options).fast_paths["memory"].passes == (("M_memory",),)
 
 
+@pytest.mark.parametrize("spec", ["self_modifying_titans", "hope"])
+def test_only_the_key_context_is_reached_by_the_inner_gradients(spec):
+    """k is inlined into every loss (M(k)); v, the gates and the stop-gradient targets are
+    not, so without an outer gradient they are computed without autograd
+    (test_no_grad_values_equal_the_graph_values checks their values)."""
+    forms = compile_module(spec, dim=DIM).fast_paths
+    assert forms["projections"].reached == {"k"}
+    assert forms["memory"].reached == frozenset()
+
+
 # -- Hope: the snapshot form with convs on state applications, beside frozen CMS levels -----
 HOPE = dict(dim=DIM, eta_scale=0.5, expansion=2, chunk_projections=3, chunk_memory=5,
             period_fast=2, period_mid=4, period_slow=8)

@@ -40,6 +40,7 @@ class SnapshotForm:
     writes: tuple[ModuleWrite, ...]      # one gradient write per state, autograd loss
     contexts: tuple[str, ...]            # the level's contexts computed per chunk (at M_{t'})
     passes: tuple[tuple[str, ...], ...]  # states whose losses share one backward (_passes)
+    reached: frozenset[str]              # contexts an inner gradient can reach (_reached_contexts)
 
 
 def snapshot_form(level: TokenLevel, program: Program) -> SnapshotForm | None:
@@ -81,7 +82,7 @@ def snapshot_form(level: TokenLevel, program: Program) -> SnapshotForm | None:
     if any(mentions(e, s) for e in outside for s in states):
         return None
     per_chunk = tuple(n for n in level.contexts if level.placements[n].stage == SNAPSHOT)
-    return SnapshotForm(tuple(level.writes), per_chunk, _passes(level))
+    return SnapshotForm(tuple(level.writes), per_chunk, _passes(level), _reached_contexts(level))
 
 
 def _passes(level: TokenLevel) -> tuple[tuple[str, ...], ...]:
@@ -119,3 +120,37 @@ def _reached(expr: ast.Node, level: TokenLevel, seen: tuple, fresh: bool = False
         found |= _reached(child, level, seen, inside)
     return found
 
+
+
+def _reached_contexts(level: TokenLevel) -> frozenset[str]:
+    """The level's contexts an inner gradient can reach: named by a loss or key, or sharing a
+    call with one (a context inlined into a loss: k = l2norm(M_k(x)) in M_k(k)), not under
+    stopgrad, and the contexts these name. The chunk memoises a call once, so these are
+    computed with autograd and their applications recorded; the others (v = M_v(x), seen only
+    through stop-gradient targets; the gates eta, alpha) need neither without an outer
+    gradient."""
+    seen = set()
+    for w in level.writes:
+        for e in (w.loss, w.precondition):
+            if e is not None:
+                seen |= _graded(e)
+    found = {n for n, e in level.contexts.items()
+             if ast.Name(id=n) in seen or any(isinstance(c, ast.Call) and c in seen
+                                              for c in _graded(e))}
+    todo = list(found)
+    while todo:
+        for node in _graded(level.contexts[todo.pop()]):
+            if isinstance(node, ast.Name) and node.id in level.contexts and node.id not in found:
+                found.add(node.id)
+                todo.append(node.id)
+    return frozenset(found)
+
+
+def _graded(expr: ast.Node) -> set:
+    """Every subexpression of expr not under a stopgrad (the nodes a gradient can pass)."""
+    if isinstance(expr, ast.Call) and expr.func == "stopgrad":
+        return set()
+    found = {expr}
+    for child in children(expr):
+        found |= _graded(child)
+    return found

@@ -54,7 +54,7 @@ def run_snapshot_level(values, level: TokenLevel, form: SnapshotForm) -> None:
             snapshot = states
         chunk = _Chunk(values, level, form, snapshot, t0, t1)
         with torch.enable_grad():      # the gradients' backward; the outer graph only if keep
-            for name in form.contexts:
+            for name in sorted(form.contexts, key=lambda n: n not in form.reached):
                 contexts[name].append(done(chunk.fit(chunk.context(name))))
             for name, (expr, _) in level.reads.items():
                 reads[name].append(done(chunk.fit(chunk.evaluate(expr))))
@@ -82,7 +82,7 @@ class _Chunk:
     def __init__(self, values, level: TokenLevel, form: SnapshotForm, snapshot: dict, t0: int,
                  t1: int):
         self.values, self.level, self.t0, self.t1 = values, level, t0, t1
-        self.per_chunk = set(form.contexts)
+        self.per_chunk, self.reached = set(form.contexts), form.reached
         self.frame = values.frames[level.name]
         self.weights = snapshot
         self.names: dict[str, object] = {}
@@ -116,8 +116,12 @@ class _Chunk:
         return self.convs[site.param]
 
     def context(self, name: str):
+        """A context's value. Without an outer gradient one that no inner gradient reaches
+        (SnapshotForm.reached) is computed without autograd, its applications unrecorded (the
+        chunk computes the reached ones first, so that none is computed in this mode)."""
         if name not in self.names:
-            self.names[name] = self.evaluate(self.level.contexts[name])
+            with torch.set_grad_enabled(self.outer_grad or name in self.reached):
+                self.names[name] = self.evaluate(self.level.contexts[name])
         return self.names[name]
 
     def lookup(self, name: str):
