@@ -2,8 +2,11 @@
 
 Inside a chunk of L tokens every context, gate, gradient and read of the level is taken at the
 chunk-start states M_g (NL eq. 90), so a chunk is: the contexts as batched forwards at M_g
-[B, L, d]; per state one backward of its summed loss to the pre-activations of every
-application M(u) the loss makes (a bias-free layer's gradient is delta a^T whatever the loss):
+[B, L, d]; per state a backward of its summed loss to the pre-activations of every
+application M(u) the loss makes, one for the states of a pass (SnapshotForm.passes: no loss of
+it reaches another's applications), only the applications a gradient can reach recorded (none
+under a stopgrad; without an outer gradient, none in a context no loss reaches); a bias-free
+layer's gradient is delta a^T whatever the loss:
 
     G_t = sum_apps sum_i delta_{i,t} a_{i-1,t}^T          layer i: z_i = W_i a_{i-1}
 
