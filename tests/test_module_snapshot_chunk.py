@@ -101,6 +101,32 @@ def test_no_grad_values_equal_the_graph_values(monkeypatch):
     assert_close(y0, y.detach(), deep_bound(7, 2 * DIM), "y")
 
 
+@pytest.mark.parametrize("spec, options, passes", [
+    pytest.param("self_modifying_titans", SMT, (("M_k",), ("M_v", "M_eta", "M_alpha")),
+                 id="smt-k-through-its-key"),
+    pytest.param("hope", dict(dim=DIM), (("M_k", "M_v", "M_eta", "M_alpha"),),
+                 id="hope-conv-keys-are-data"),
+])
+def test_backward_passes_keep_apart_the_losses_that_reach_each_other(spec, options, passes):
+    """One backward per pass: M_v's, M_eta's and M_alpha's losses reach M_k through
+    k = l2norm(M_k(x)) (and their targets only under stopgrad), so M_k has its own; Hope's key
+    is a conv's output, data to the inner gradients, so all four share one. (That a wrong
+    grouping changes the values is test_chunked_equals_reference's to see.)"""
+    form = compile_module(spec, **options).fast_paths["projections"]
+    assert form.passes == passes
+    assert compile_module(spec, **options).fast_paths["memory"].passes == (("M_memory",),)
+
+
+@pytest.mark.parametrize("spec", ["self_modifying_titans", "hope"])
+def test_only_the_key_context_is_reached_by_the_inner_gradients(spec):
+    """k is inlined into every loss (M(k)); v, the gates and the stop-gradient targets are
+    not, so without an outer gradient they are computed without autograd
+    (test_no_grad_values_equal_the_graph_values checks their values)."""
+    forms = compile_module(spec, dim=DIM).fast_paths
+    assert forms["projections"].reached == {"k"}
+    assert forms["memory"].reached == frozenset()
+
+
 # -- Hope: the snapshot form with convs on state applications, beside frozen CMS levels -----
 HOPE = dict(dim=DIM, eta_scale=0.5, expansion=2, chunk_projections=3, chunk_memory=5,
             period_fast=2, period_mid=4, period_slow=8)

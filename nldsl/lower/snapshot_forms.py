@@ -25,7 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nldsl.language.consteval import calls_in, names_in
+from nldsl.language import ast
+from nldsl.language.consteval import calls_in, children, names_in
 from nldsl.lower.derive import mentions
 from nldsl.lower.program import BEFORE_WRITE, INPUT, SNAPSHOT, ModuleWrite, Program, TokenLevel
 
@@ -38,6 +39,8 @@ LINEAR_TRANSFORMS = ("momentum", "ema")
 class SnapshotForm:
     writes: tuple[ModuleWrite, ...]      # one gradient write per state, autograd loss
     contexts: tuple[str, ...]            # the level's contexts computed per chunk (at M_{t'})
+    passes: tuple[tuple[str, ...], ...]  # states whose losses share one backward (_passes)
+    reached: frozenset[str]              # contexts an inner gradient can reach (_reached_contexts)
 
 
 def snapshot_form(level: TokenLevel, program: Program) -> SnapshotForm | None:
@@ -79,5 +82,75 @@ def snapshot_form(level: TokenLevel, program: Program) -> SnapshotForm | None:
     if any(mentions(e, s) for e in outside for s in states):
         return None
     per_chunk = tuple(n for n in level.contexts if level.placements[n].stage == SNAPSHOT)
-    return SnapshotForm(tuple(level.writes), per_chunk)
+    return SnapshotForm(tuple(level.writes), per_chunk, _passes(level), _reached_contexts(level))
 
+
+def _passes(level: TokenLevel) -> tuple[tuple[str, ...], ...]:
+    """The written states in groups whose losses can share one backward: no loss of a group
+    reaches another state of the group, so the gradient of their sum at a state's
+    applications is its own loss's (M_v's loss reaches M_k through k = l2norm(M_k(x)): apart;
+    M_v's and M_eta's reach neither each other: together). Groups in write order."""
+    groups: list[list[tuple[str, set]]] = []
+    for write in level.writes:
+        reach = _reached(write.loss, level, ())
+        group = next((g for g in groups if all(write.target not in r and other not in reach
+                                               for other, r in g)), None)
+        if group is None:
+            groups.append(group := [])
+        group.append((write.target, reach))
+    return tuple(tuple(name for name, _ in group) for group in groups)
+
+
+def _reached(expr: ast.Node, level: TokenLevel, seen: tuple, fresh: bool = False) -> set:
+    """The level's states a gradient of expr can reach at their applications: their calls,
+    through the level's contexts and reads by name; nothing under stopgrad (no gradient), and
+    under a conv only through names (module/snapshot_chunk.py applies the memories in a conv's
+    argument afresh, unrecorded: its output is data to the inner gradients)."""
+    if isinstance(expr, ast.Call) and expr.func == "stopgrad":
+        return set()
+    inside = fresh or (isinstance(expr, ast.Call) and expr.func == "conv")
+    found = {expr.func} if isinstance(expr, ast.Call) and expr.func in level.states and \
+        not fresh else set()
+    if isinstance(expr, ast.Name) and expr.id not in seen:
+        named = level.contexts[expr.id] if expr.id in level.contexts else \
+            level.reads[expr.id][0] if expr.id in level.reads else None
+        if named is not None:
+            found |= _reached(named, level, seen + (expr.id,))
+    for child in children(expr):
+        found |= _reached(child, level, seen, inside)
+    return found
+
+
+
+def _reached_contexts(level: TokenLevel) -> frozenset[str]:
+    """The level's contexts an inner gradient can reach: named by a loss or key, or sharing a
+    call with one (a context inlined into a loss: k = l2norm(M_k(x)) in M_k(k)), not under
+    stopgrad, and the contexts these name. The chunk memoises a call once, so these are
+    computed with autograd and their applications recorded; the others (v = M_v(x), seen only
+    through stop-gradient targets; the gates eta, alpha) need neither without an outer
+    gradient."""
+    seen = set()
+    for w in level.writes:
+        for e in (w.loss, w.precondition):
+            if e is not None:
+                seen |= _graded(e)
+    found = {n for n, e in level.contexts.items()
+             if ast.Name(id=n) in seen or any(isinstance(c, ast.Call) and c in seen
+                                              for c in _graded(e))}
+    todo = list(found)
+    while todo:
+        for node in _graded(level.contexts[todo.pop()]):
+            if isinstance(node, ast.Name) and node.id in level.contexts and node.id not in found:
+                found.add(node.id)
+                todo.append(node.id)
+    return frozenset(found)
+
+
+def _graded(expr: ast.Node) -> set:
+    """Every subexpression of expr not under a stopgrad (the nodes a gradient can pass)."""
+    if isinstance(expr, ast.Call) and expr.func == "stopgrad":
+        return set()
+    found = {expr}
+    for child in children(expr):
+        found |= _graded(child)
+    return found

@@ -154,7 +154,7 @@ def batched_forward(layout: MLPLayout, weights, h, inputs=None, pre=None):
     for i, w in enumerate(weights[:depth]):
         if inputs is not None:
             inputs.append(h)
-        z = h @ w.mT                                                       # [..., L, d_out]
+        z = _linear(h, w)                                                  # [..., L, d_out]
         if pre is not None:
             if not z.requires_grad:
                 z.requires_grad_()
@@ -168,6 +168,15 @@ def batched_forward(layout: MLPLayout, weights, h, inputs=None, pre=None):
         if pre is not None:
             pre.append(h)
     return h + u if layout.residual else h
+
+
+def _linear(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """h w^T on the same leading dims: bmm itself for one leading dim (what matmul calls, without
+    its expand and reshape around it: three autograd nodes fewer per layer, in the forward and
+    in every backward through it)."""
+    if h.ndim == 3 and w.ndim == 3 and h.shape[0] == w.shape[0]:
+        return torch.bmm(h, w.mT)
+    return h @ w.mT
 
 
 def gate_products(g: torch.Tensor) -> torch.Tensor:

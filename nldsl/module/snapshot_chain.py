@@ -15,7 +15,7 @@ transform: no per-token recurrence. The applying rule W_t = d_t W_{t-1} - lr_t u
 and `dgd(precondition = true)` on the first layer follows eq. 88 on the previous token's weight,
 W_t = W_{t-1} (d_t I - lr_t k_t k_t^T) - lr_t u_t = d_t W_{t-1} - lr_t (W_{t-1} k_t) k_t^T
 - lr_t u_t: a token loop over the chunk (u_t is a full matrix, not a write along k_t, so the
-WY form of snapshot_chunk.delta_end does not hold). With momentum on the gradient only, this is
+WY form of snapshot_end.delta_end does not hold). With momentum on the gradient only, this is
 nested_learning's `SelfModifyingTitans._apply_param_update` (buf <- beta buf + g;
 W <- W (alpha I - eta k k^T) - eta buf).
 """

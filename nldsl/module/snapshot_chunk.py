@@ -2,8 +2,11 @@
 
 Inside a chunk of L tokens every context, gate, gradient and read of the level is taken at the
 chunk-start states M_g (NL eq. 90), so a chunk is: the contexts as batched forwards at M_g
-[B, L, d]; per state one backward of its summed loss to the pre-activations of every
-application M(u) the loss makes (a bias-free layer's gradient is delta a^T whatever the loss):
+[B, L, d]; per state a backward of its summed loss to the pre-activations of every
+application M(u) the loss makes, one for the states of a pass (SnapshotForm.passes: no loss of
+it reaches another's applications), only the applications a gradient can reach recorded (none
+under a stopgrad; without an outer gradient, none in a context no loss reaches); a bias-free
+layer's gradient is delta a^T whatever the loss:
 
     G_t = sum_apps sum_i delta_{i,t} a_{i-1,t}^T          layer i: z_i = W_i a_{i-1}
 
@@ -15,26 +18,20 @@ the key) follows eq. 88 on the previous token's weight,
     W_t = W_{t-1} (d_t I - lr_t k_t k_t^T) - lr_t sum_apps delta_{1,t} a_{0,t}^T,
 
 transposed S = W^T: S_t = d_t S_{t-1} - lr_t k_t (k_t^T S_{t-1}) + sum_apps a_0 (-lr_t delta_1)^T,
-the gated delta rule with extra rank-one writes. Each token becomes 1 + A steps of
-delta_chunk.linear_delta_blocks: (k_t, decay d_t, erase lr_t, write 0), then per application
-(a_0, decay 1, erase 0, write -lr_t delta_1): the same S_t, in the WY/UT form. The first
-layers of all states of one shape and step count are one call, one state per head, and stay
-stacked from chunk to chunk (no copy of the weights per chunk). The other layers' ends are one
-matmul over all applications' factors, accumulated in place into the gated start. A `conv` in a
-context or read (Hope's k = l2norm(conv(M_k(x), 4))) runs once per chunk over its tokens from
-the call site's cache; the inner gradients take its output as data (`_Chunk.conv`). Memory for
+the gated delta rule with extra rank-one writes, in the WY/UT form: module/snapshot_end.py
+computes every end state. A `conv` in a context or read (Hope's k = l2norm(conv(M_k(x), 4)))
+runs once per chunk over its tokens from the call site's cache; the inner gradients take its
+output as data (`_Chunk.conv`). Memory for
 the backward pass: the chunk's activations and factors, the chunk-start weights once per chunk.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from nldsl.lower.program import TokenLevel
 from nldsl.lower.snapshot_forms import SnapshotForm
 from nldsl.module.deep_chunk import batched_forward, chunk_segments
-from nldsl.module.delta_chunk import decay_products, unit_lower_solve
-from nldsl.module.snapshot_chain import chain_end
+from nldsl.module.snapshot_end import Application, end_states
 from nldsl.module.unit import STREAM
 from nldsl.runtime import mlp
 from nldsl.runtime.evaluate import FrameEvaluator
@@ -54,20 +51,19 @@ def run_snapshot_level(values, level: TokenLevel, form: SnapshotForm) -> None:
     buffers = {name: by_layer(level.buffer_state(name), own[name]) for name in level.hidden}
     start, stacks = values.new_state["_stream"]["t"], {}
     contexts, reads = {n: [] for n in form.contexts}, {n: [] for n in level.reads}
-    done = (lambda v: v) if torch.is_grad_enabled() else \
-        (lambda v: v.detach() if isinstance(v, torch.Tensor) else v)
+    done = (lambda v: v) if torch.is_grad_enabled() else _without_graph
     for t0, t1 in chunk_segments(start, steps, level.chunk):
         if (start + t0) % level.chunk == 0:
             snapshot = states
         chunk = _Chunk(values, level, form, snapshot, t0, t1)
         with torch.enable_grad():      # the gradients' backward; the outer graph only if keep
-            for name in form.contexts:
+            for name in sorted(form.contexts, key=lambda n: n not in form.reached):
                 contexts[name].append(done(chunk.fit(chunk.context(name))))
             for name, (expr, _) in level.reads.items():
                 reads[name].append(done(chunk.fit(chunk.evaluate(expr))))
             gates, factors, transforms = _gradients(form, chunk, keep)
-        states, buffers = _end_states(level, form, gates, factors, transforms, states, buffers,
-                                      stacks)
+        states, buffers = end_states(level, form, gates, factors, transforms, states, buffers,
+                                     stacks, snapshot is states)
         if not keep:        # (tensors without a graph stay themselves: `stacks` knows them)
             states, buffers = _detached(states), _detached(buffers)
     frame = values.frames[level.name]
@@ -89,7 +85,7 @@ class _Chunk:
     def __init__(self, values, level: TokenLevel, form: SnapshotForm, snapshot: dict, t0: int,
                  t1: int):
         self.values, self.level, self.t0, self.t1 = values, level, t0, t1
-        self.per_chunk = set(form.contexts)
+        self.per_chunk, self.reached = set(form.contexts), form.reached
         self.frame = values.frames[level.name]
         self.weights = snapshot
         self.names: dict[str, object] = {}
@@ -123,8 +119,12 @@ class _Chunk:
         return self.convs[site.param]
 
     def context(self, name: str):
+        """A context's value. Without an outer gradient one that no inner gradient reaches
+        (SnapshotForm.reached) is computed without autograd, its applications unrecorded (the
+        chunk computes the reached ones first, so that none is computed in this mode)."""
         if name not in self.names:
-            self.names[name] = self.evaluate(self.level.contexts[name])
+            with torch.set_grad_enabled(self.outer_grad or name in self.reached):
+                self.names[name] = self.evaluate(self.level.contexts[name])
         return self.names[name]
 
     def lookup(self, name: str):
@@ -155,44 +155,64 @@ class _Chunk:
             return value.expand(value.shape[:1] + (self.t1 - self.t0,) + value.shape[2:])
         return value
 
-    def factors(self, name: str, loss, keep: bool):
-        """[(a_{i-1} [B, L, d_{i-1}], delta_i [B, L, d_i]) per layer] per application of `name`
-        that the loss depends on."""
-        records = [r for r in self.records[name] if r[1]]
-        pre = [z for _, zs in records for z in zs]
-        grads = torch.autograd.grad(loss.sum(), pre, retain_graph=True, create_graph=keep,
+    def factors(self, losses: dict, keep: bool) -> dict:
+        """Per state of `losses` (name -> its loss [B, L]), ([(a_{i-1} [B, L, d_{i-1}],
+        delta_i [B, L, d_i]) per layer], the first layer's pre-activation [B, L, d_1]) per
+        application of it that its loss depends on: one backward of the losses' sum, which
+        at a state's applications is its own loss's gradient (no loss of a pass reaches
+        another state of it: SnapshotForm.passes)."""
+        records = {name: [r for r in self.records[name] if r[1]] for name in losses}
+        pre = [z for rs in records.values() for _, zs in rs for z in zs]
+        total = sum(loss.sum() for loss in losses.values())
+        grads = torch.autograd.grad(total, pre, retain_graph=True, create_graph=keep,
                                     allow_unused=True)
-        found, i = [], 0
-        for inputs, zs in records:
-            deltas = grads[i:i + len(zs)]
-            i += len(zs)
-            if all(d is not None for d in deltas):
-                pairs = list(zip(inputs, deltas))
-                found.append(pairs)
+        found, i = {}, 0
+        for name, rs in records.items():
+            found[name] = []
+            for inputs, zs in rs:
+                deltas = grads[i:i + len(zs)]
+                i += len(zs)
+                if all(d is not None for d in deltas):
+                    found[name].append((list(zip(inputs, deltas)), zs[0]))
         return found
 
 
 def _gradients(form: SnapshotForm, chunk: "_Chunk", keep: bool):
-    """Per write: (lr [B, L], decay [B, L], key [B, L, d_0] or None), the loss's factors,
-    each application's as (pairs, whether its input is the key itself), and its chain's
-    transforms as (step, c [B, L], beta [B, L]) (module/snapshot_chain.py)."""
-    gates, factors, transforms = {}, {}, {}
-    detach = (lambda v: v) if keep else (lambda v: v.detach() if v is not None else None)
+    """Per write: (lr [B, L], decay [B, L], key [B, L, d_0] or None), the loss's
+    applications (snapshot_end.Application), and its chain's transforms as
+    (step, c [B, L], beta [B, L]) (module/snapshot_chain.py)."""
+    gates, factors, transforms, losses, seen = {}, {}, {}, {}, {}
+    detach = (lambda v: v) if keep else _without_graph
+
+    def gate(expr):                    # [B, L]; one tensor for the writes that share a gate
+        raw = chunk.evaluate(expr)
+        if _identity(raw) not in seen:
+            seen[_identity(raw)] = (raw, detach(chunk.fit(_per_token(chunk, raw))))
+        return seen[_identity(raw)][1]
+
     for write in form.writes:
-        lr = detach(chunk.fit(_per_token(chunk, chunk.evaluate(write.lr))))       # [B, L]
-        decay = detach(chunk.fit(_per_token(chunk, chunk.evaluate(write.decay))))
         key = chunk.evaluate(write.precondition) if write.precondition is not None else None
-        apps = chunk.factors(write.target, chunk.evaluate(write.loss), keep)
-        factors[write.target] = [([(detach(a), detach(d)) for a, d in pairs],
-                                  key is not None and pairs[0][0] is key) for pairs in apps]
-        gates[write.target] = (lr, decay, detach(key))
-        transforms[write.target] = [_transform_gates(chunk, step, detach) for step in write.chain]
+        losses[write.target] = chunk.evaluate(write.loss)                         # [B, L]
+        gates[write.target] = (gate(write.lr), gate(write.decay), key)
+        transforms[write.target] = [_transform_gates(gate, step) for step in write.chain]
+    for names in form.passes:
+        for name, apps in chunk.factors({n: losses[n] for n in names}, keep).items():
+            key = gates[name][2]
+            factors[name] = [Application([(detach(a), detach(d)) for a, d in pairs],
+                                         key is not None and pairs[0][0] is key, detach(pre))
+                             for pairs, pre in apps]
+            gates[name] = gates[name][:2] + (detach(key),)
     return gates, factors, transforms
 
 
-def _transform_gates(chunk: "_Chunk", step, detach):
+def _without_graph(value):
+    """value cut from the autograd graph (the inner gradients' factors when no outer gradient
+    flows through the writes); a tensor without one stays itself."""
+    return value.detach() if isinstance(value, torch.Tensor) and value.requires_grad else value
+
+
+def _transform_gates(gate, step):
     """A transform m <- beta m + c u as (step, c [B, L], beta [B, L])."""
-    gate = lambda expr: detach(chunk.fit(_per_token(chunk, chunk.evaluate(expr))))
     beta = gate(step.args["beta"])
     return step, (1 - beta if step.rule == "ema" else gate(step.args["lr"])), beta
 
@@ -211,20 +231,19 @@ class _Memoised(FrameEvaluator):
     def _call(self, e):
         if e.func == "conv":
             return self.conv(e)
+        if e.func == "stopgrad" and torch.is_grad_enabled():
+            with torch.no_grad():               # its value has no graph: compute it without one
+                return self._call(e)
         args = [self(a) for a in e.args] + [self(k.value) for k in e.kwargs]
         key = (e.func, tuple(k.name for k in e.kwargs)) + tuple(map(_identity, args))
         if key in self.calls:
             return self.calls[key][1]
-        if not torch.is_grad_enabled():         # inside a stop-gradient: kept apart, no graph
+        if not torch.is_grad_enabled():         # under a stop-gradient: kept apart, unrecorded
             inner = self.calls.setdefault(_DETACHED, {})
             if key not in inner:
                 inner[key] = (args, super()._call(e))
             return inner[key][1]
-        if e.func == "stopgrad":                # its value has no graph: compute it without one
-            with torch.no_grad():
-                self.calls[key] = (args, super()._call(e))
-        else:
-            self.calls[key] = (args, super()._call(e))
+        self.calls[key] = (args, super()._call(e))
         return self.calls[key][1]
 
 
@@ -235,134 +254,9 @@ def _identity(value):
     return ("tensor", id(value)) if isinstance(value, torch.Tensor) else ("value", repr(value))
 
 
-def _end_states(level: TokenLevel, form: SnapshotForm, gates: dict, factors: dict,
-                transforms: dict, states: dict, buffers: dict, stacks: dict):
-    """Every state and chain buffer after the chunk's last token (module docstring); `stacks`
-    holds the delta-rule groups' stacked first layers between chunks (_first_layers)."""
-    new, new_buffers = {}, {}
-    for write in form.writes:
-        if write.chain:
-            new[write.target], ends = chain_end(
-                gates[write.target], transforms[write.target],
-                [pairs for pairs, _ in factors[write.target]], states[write.target], buffers)
-            new_buffers.update(ends)
-            continue
-        lr, decay, key = gates[write.target]
-        weights = states[write.target]
-        suffix = _suffix_products(decay)                                      # [B, L]
-        coefficient = lr * suffix                                             # lr_s P_Ls
-        total = suffix[:, 0] * decay[:, 0]                                    # P_L0 [B]
-        ends = []
-        for i, w in enumerate(weights):
-            if i == 0 and key is not None:
-                ends.append(None)                                             # the delta rule
-                continue
-            apps = [pairs[i] for pairs, _ in factors[write.target]]          # one matmul for all
-            a = torch.cat([a for a, _ in apps], dim=1)                        # [B, A L, d_in]
-            scaled = torch.cat([d * -coefficient.unsqueeze(-1) for _, d in apps], dim=1)
-            ends.append(_accumulate(w * total[:, None, None], scaled.mT, a))  # [B, o, i]
-        new[write.target] = ends
-    preconditioned = [w for w in form.writes if w.precondition is not None and not w.chain]
-    for group in _groups(level, preconditioned, factors):
-        for write, end in zip(group, _first_layers(group, gates, factors, states, stacks)):
-            new[write.target][0] = end
-    return {name: tuple(ws) for name, ws in new.items()}, new_buffers
-
-
-def _groups(level: TokenLevel, writes, factors) -> list[list]:
-    """The preconditioned writes by their first layer's shape and steps per token (1 + the
-    applications whose input is not the key): one delta-rule call each, none padded."""
-    groups: dict[tuple, list] = {}
-    for write in writes:
-        steps = 1 + sum(not on_key for _, on_key in factors[write.target])
-        groups.setdefault((level.states[write.target].mlp.layers[0], steps), []).append(write)
-    return list(groups.values())
-
-
-def _first_layers(group, gates, factors, states, stacks: dict) -> list[torch.Tensor]:
-    """eq. 88 on the first layers of a group of states (one head each): W_L [B, d_1, d_0].
-    An application whose input is the key writes in the key's own step (k_t w_t^T, DeltaNet's
-    single step); every other one takes a step of its own. The group's end weights are views
-    of one [B G, d_1, d_0] tensor, kept in `stacks` so that the next chunk starts from it
-    without copying the weights again."""
-    others = {w.target: [pairs[0] for pairs, on_key in factors[w.target] if not on_key]
-              for w in group}
-    count = 1 + len(others[group[0].target])                                 # steps per token
-    keys, decays, erases, writes, starts = [], [], [], [], []
-    for write in group:
-        lr, decay, key = gates[write.target]
-        one, zero = torch.ones_like(lr), torch.zeros_like(lr)
-        first = states[write.target][0]
-        on_key = [pairs[0][1] for pairs, is_key in factors[write.target] if is_key]
-        own = -lr.unsqueeze(-1) * sum(on_key) if on_key else \
-            key.new_zeros(key.shape[:-1] + first.shape[-2:-1])                # [B, L, d_1]
-        steps_k = [key] + [a for a, _ in others[write.target]]                # [B, L, d_0]
-        steps_w = [own] + [-lr.unsqueeze(-1) * d for _, d in others[write.target]]
-        keys.append(_interleave(steps_k))
-        writes.append(_interleave(steps_w))
-        decays.append(_interleave([decay] + [one] * (count - 1)))
-        erases.append(_interleave([lr] + [zero] * (count - 1)))
-        starts.append(first)                                                  # [B, d_1, d_0]
-    stack = lambda parts: torch.stack(parts, dim=1).flatten(0, 1)            # [B G, ..]
-    bsz, names = starts[0].shape[0], tuple(w.target for w in group)
-    views, stacked = stacks.get(names, ((), None))
-    w0 = stacked if len(views) == len(starts) and all(a is b for a, b in zip(views, starts)) \
-        else stack(starts)
-    end = delta_end(w0, stack(decays), stack(erases), stack(keys), stack(writes))
-    ends = end.view(bsz, len(group), *end.shape[1:]).unbind(1)               # [B, d_1, d_0] each
-    stacks[names] = (ends, end)
-    return list(ends)
-
-
-def delta_end(w0, a, c, k, w):
-    """W_L of W_t = W_{t-1} (a_t I - c_t k_t k_t^T) + w_t k_t^T over one block, in the WY/UT
-    form of delta_chunk.py transposed (S = W^T there): w0 [G, d_1, d_0], a, c [G, L],
-    k [G, L, d_0], w [G, L, d_1]. With U, V = (I + N)^{-1} [W, c gamma' K],
-    W_L = gamma_L W_0 + (U - V W_0^T)^T E, E = D[L-1, :] o K: products of L d^2 multiply-adds,
-    the weights never transposed or copied."""
-    d, gamma = decay_products(a)                                              # [G, L, L], [G, L]
-    gamma_prev = F.pad(gamma[:, :-1], (1, 0), value=1.0)
-    d_prev = F.pad(d[:, :-1], (0, 0, 1, 0))                                   # D[t-1, i]
-    n = torch.bmm(k, k.mT) * (c.unsqueeze(-1) * d_prev)                      # [G, L, L]
-    rhs = torch.cat((w, (c * gamma_prev).unsqueeze(-1) * k), dim=-1)         # [G, L, d_1 + d_0]
-    u, v = _unit_lower_solve(n, rhs).split((w.shape[-1], k.shape[-1]), dim=-1)
-    delta = u.mT - torch.bmm(w0, v.mT)                                        # [G, d_1, L]
-    edge = d[:, -1, :].unsqueeze(-1) * k                                      # E [G, L, d_0]
-    return _accumulate(w0 * gamma[:, -1, None, None], delta, edge)           # [G, d_1, d_0]
-
-
 def _detached(states: dict) -> dict:
     return {name: tuple(w.detach() if w.requires_grad else w for w in ws)
             for name, ws in states.items()}
-
-
-def _accumulate(start: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """start + a @ b, in place into `start` (a fresh tensor: one pass over the weights fewer);
-    under autocast (a, b in a lower precision) out of place, in start's dtype."""
-    if start.dtype == a.dtype == b.dtype:
-        return start.baddbmm_(a, b)
-    return start + torch.bmm(a, b)
-
-
-def _unit_lower_solve(n: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    """(I + N)^{-1} R for strictly lower N [G, L, L]: one triangular solve (LAPACK's trsm,
-    half the time of delta_chunk's inversion at these sizes) where torch has it, float32 and
-    float64; delta_chunk.unit_lower_solve otherwise (bfloat16 under autocast)."""
-    if n.dtype in (torch.float32, torch.float64):
-        return torch.linalg.solve_triangular(n, rhs, upper=False, unitriangular=True)
-    return unit_lower_solve(n, rhs)
-
-
-def _interleave(parts: list[torch.Tensor]) -> torch.Tensor:
-    """Per-token steps [B, L, ..] each -> [B, L * len(parts), ..], token-major."""
-    return parts[0] if len(parts) == 1 else torch.stack(parts, dim=2).flatten(1, 2)
-
-
-def _suffix_products(decay: torch.Tensor) -> torch.Tensor:
-    """decay [B, L] -> P [B, L], P[s] = prod_{s<j<L} decay_j (1 at the last token): a reversed
-    cumulative product, exact for gates that are 0."""
-    shifted = torch.cat([decay[:, 1:], torch.ones_like(decay[:, :1])], dim=1)
-    return shifted.flip(1).cumprod(1).flip(1)
 
 
 def _per_token(chunk: _Chunk, gate):
