@@ -421,6 +421,8 @@ def test_sequences_of_a_batch_are_independent(spec, schedule):
 
 @pytest.mark.parametrize("spec, hparams", [
     pytest.param("titans", dict(heads=2, head_dim=4, chunk_size=3), id="titans-deep-form"),
+    pytest.param("self_modifying_titans", dict(chunk_projections=2, chunk_memory=3),
+                 id="self-modifying-titans-snapshot-form"),
 ])
 def test_torch_compile_keeps_the_inner_gradients(spec, hparams):
     """torch.compile(m) traces the module around its inner gradients, which run eagerly

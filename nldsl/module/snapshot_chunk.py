@@ -38,6 +38,7 @@ from nldsl.runtime.evaluate import FrameEvaluator
 from nldsl.runtime.functions import causal_conv
 
 
+@torch.compiler.disable       # its inner gradients run eagerly (deep_chunk.loss_factors)
 def run_snapshot_level(values, level: TokenLevel, form: SnapshotForm) -> None:
     """Write the level's states and bind its contexts and reads over the whole call."""
     own = values.new_state[level.name]
