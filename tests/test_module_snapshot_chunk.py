@@ -77,16 +77,20 @@ def test_a_cut_stream_equals_one_call(monkeypatch):
     """The chunk-start snapshots travel in the state: a cut mid-chunk continues both chunks."""
     _, m = both(3, 4)
     forbid_fallback(monkeypatch)
-    x = inputs(2, 10, DIM, 2)
+    assert_cut_is_one_call(m, inputs(2, 10, DIM, 2), 5, deep_bound(10, 2 * DIM))
+
+
+def assert_cut_is_one_call(m, x, cut: int, bound: float) -> None:
+    """m on x[:, :cut] then on the rest, from the returned state, equals one call: outputs and
+    every tensor of the final state."""
     with torch.no_grad():
         y, whole = m(x)
-        y1, state = m(x[:, :5], end=False)
-        y2, cut = m(x[:, 5:], state)
-    bound = deep_bound(10, 2 * DIM)
+        y1, state = m(x[:, :cut], end=False)
+        y2, parts = m(x[:, cut:], state)
     assert_close(torch.cat([y1, y2], dim=1), y, bound, "y")
     for key, value in flat_layers(whole).items():
         if isinstance(value, torch.Tensor):
-            assert_close(flat_layers(cut)[key], value, bound, key)
+            assert_close(flat_layers(parts)[key], value, bound, key)
 
 
 def test_no_grad_values_equal_the_graph_values(monkeypatch):
@@ -163,16 +167,7 @@ def test_hope_cut_stream_equals_one_call(monkeypatch):
     state."""
     _, m = hope_pair(4)
     forbid_fallback(monkeypatch)
-    x = inputs(2, 12, DIM, 6)
-    with torch.no_grad():
-        y, whole = m(x)
-        y1, state = m(x[:, :7], end=False)
-        y2, cut = m(x[:, 7:], state)
-    bound = deep_bound(12, 4 * DIM)
-    assert_close(torch.cat([y1, y2], dim=1), y, bound, "y")
-    for key, value in flat_layers(whole).items():
-        if isinstance(value, torch.Tensor):
-            assert_close(flat_layers(cut)[key], value, bound, key)
+    assert_cut_is_one_call(m, inputs(2, 12, DIM, 6), 7, deep_bound(12, 4 * DIM))
 
 
 # -- the paper's token loop --------------------------------------------------------------
