@@ -16,7 +16,8 @@ start: contexts and gradients do by definition (docs/language.md, "Chunks"), rea
 token's gradient comes from one backward to the pre-activations of the loss's applications
 M(u) (any number of them: a context inlined into the loss applies M again), and only the end
 state needs the recurrence. A conv in a context or a read is computed once per chunk from its
-cache, its output data to the inner gradients (as the reference's once-per-token conv). Self-modifying Titans (NL sec. 8) and any spec of this structure
+cache, its output data to the inner gradients (as the reference's once-per-token conv).
+Self-modifying Titans (NL sec. 8), Hope's self-modifying levels and any spec of this structure
 take it. Other levels' contexts and reads are sequences by then (levels run in update order);
 other levels' states, or this level's states seen from outside, are not the form (they would
 be read per token).
@@ -119,7 +120,6 @@ def _reached(expr: ast.Node, level: TokenLevel, seen: tuple, fresh: bool = False
     for child in children(expr):
         found |= _reached(child, level, seen, inside)
     return found
-
 
 
 def _reached_contexts(level: TokenLevel) -> frozenset[str]:
