@@ -125,9 +125,10 @@ def gradient_factors(values, level, form: DeepForm, layout: MLPLayout, snapshot,
 @torch.compiler.disable
 def loss_factors(layout: MLPLayout, snapshot, heads, keep: bool, loss_of):
     """delta_i [B, H, L, d_i] and a_{i-1} [B, H, L, d_{i-1}] per layer (with `layernorm`, then
-    the gradient at the scaled output and the normed output): `loss_of(apply)`, the per-token loss with `apply(name, u)` the memory at `snapshot` (one batched forward, made
-    once: the loss may name M(u) again, for the same u, deep_forms.py), and one backward of
-    its sum to the pre-activations (create_graph when `keep`)."""
+    the gradient at the scaled output and the normed output): `loss_of(apply)`, the per-token
+    loss with `apply(name, u)` the memory at `snapshot` (one batched forward, made once: the
+    loss may name M(u) again, for the same u, deep_forms.py), and one backward of its sum to
+    the pre-activations (create_graph when `keep`)."""
     to_heads = (lambda a: a.movedim(1, 2)) if heads is not None else (lambda a: a.unsqueeze(1))
     to_frame = (lambda a: a.movedim(2, 1)) if heads is not None else (lambda a: a.squeeze(1))
     inputs, pre, outputs = [], [], []
