@@ -9,7 +9,9 @@ import torch
 import nldsl
 from _module_cases import SPECS, build, flat_state, inputs
 from nldsl.errors import NLDSLCompileError, NLDSLError
-from nldsl.module import compile as compile_module
+from nldsl.lower.schedule import run_order, segment_chunks
+from nldsl.lower.timing import snapshot_reads
+from nldsl.module import compile as compile_module, taskgrad
 
 SCHEDULES = ["reference", "chunked"]
 
@@ -437,3 +439,35 @@ def test_torch_compile_keeps_the_inner_gradients(spec, hparams):
     with torch.no_grad():
         compiled = torch.compile(m, backend="aot_eager")(x)[0]
         assert_close(compiled, m(x)[0], deep_bound(7, 2 * 8), "y")
+
+
+def test_the_program_walks_are_computed_once_and_change_no_value():
+    """m.call_plan and m.recordable are what the program gives (schedule.run_order,
+    segment_chunks, timing.snapshot_reads; taskgrad.recordable), and a call with the plan computes
+    exactly what a call that walks the program again does (call_plan None): the same ops."""
+    torch.manual_seed(0)
+    block = nldsl.lm("hope", vocab_size=8, dim=16, depth=1, period_fast=2, period_mid=4,
+                     period_slow=8).blocks[0]
+    program = block.program
+    assert block.call_plan.order == tuple(run_order(program))
+    assert block.call_plan.chunks == segment_chunks(program)
+    assert block.call_plan.leaves == snapshot_reads(program.levels) == {"o"}
+    assert block.recordable == {level.name: taskgrad.recordable(program, level, block.fast_paths)
+                                for level in program.levels if level.task}
+    assert block.recordable["cms_fast"] == ("theta_fast",)
+    x = torch.randn(2, 11, 16)                                             # [B, T, dim]
+    y, state = block(x)
+    plan, block.call_plan = block.call_plan, None
+    try:
+        y_walked, state_walked = block(x)
+    finally:
+        block.call_plan = plan
+    assert torch.equal(y, y_walked)
+    walked = flat_state(state_walked)
+    for name, value in flat_state(state).items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, walked[name]), name
+        elif isinstance(value, tuple):
+            assert all(torch.equal(a, b) for a, b in zip(value, walked[name])), name
+        else:
+            assert value == walked[name], name

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from typing import NamedTuple
+
 from nldsl.language import ast
 from nldsl.language.consteval import children
 from nldsl.lower.chain_forms import ChainForm
@@ -42,14 +44,31 @@ from nldsl.runtime.functions import causal_conv
 SEQUENCE = Frame(2)
 
 
+class CallPlan(NamedTuple):
+    """What every call needs of the program alone: the levels' run order
+    (`schedule.run_order`), the chunks a call is cut at (`schedule.segment_chunks`) and the
+    before-write reads known at a chunk's start (`timing.snapshot_reads`). They walk the
+    expressions' trees, so the module computes them once, at construction (a stream of
+    one-token segments calls the module per token)."""
+    order: tuple[TokenLevel, ...]
+    chunks: frozenset[int]
+    leaves: frozenset[str]
+
+
+def call_plan(program: Program) -> CallPlan:
+    return CallPlan(tuple(run_order(program)), frozenset(segment_chunks(program)),
+                    frozenset(snapshot_reads(program.levels)))
+
+
 def fits(program: Program, params: dict, x: torch.Tensor, state: dict,
          forms: dict[str, LinearForm]) -> bool:
     """Do the forms' gates turn out one scalar per head on these tensors? (A channel-wise
     gate has the form's structure but not its shapes.) The module asks once, at construction."""
-    values = _SequenceValues(program, params, x, state)
+    plan = call_plan(program)
+    values = _SequenceValues(program, params, x, state, leaves=plan.leaves)
     try:
         with torch.no_grad():
-            for level in run_order(program):
+            for level in plan.order:
                 values.run_level(level, forms[level.name], 1)
     except _NotThisForm:
         return False
@@ -57,27 +76,30 @@ def fits(program: Program, params: dict, x: torch.Tensor, state: dict,
 
 
 def run_chunked(program: Program, params: dict, x: torch.Tensor, state: dict, end: bool,
-                forms: dict[str, LinearForm], block: int, checkpoint: bool = False):
+                forms: dict[str, LinearForm], block: int, checkpoint: bool = False,
+                plan: CallPlan | None = None):
+    """`plan`: the program's `call_plan` (computed here when not given)."""
     if not forms or x.shape[1] == 0:
         return run_reference(program, params, x, state, end)
-    chunks, start, steps = segment_chunks(program), state[STREAM]["t"], x.shape[1]
+    plan = plan if plan is not None else call_plan(program)
+    chunks, start, steps = plan.chunks, state[STREAM]["t"], x.shape[1]
     if not chunks:
-        return _run_call(program, params, x, state, end, forms, block, checkpoint)
+        return _run_call(program, params, x, state, end, forms, block, checkpoint, plan)
     cuts = [0] + [i for i in range(1, steps) if any((start + i) % c == 0 for c in chunks)] + \
         [steps]
     ys = []
     for a, b in zip(cuts[:-1], cuts[1:]):                 # one chunk at a time (Titans MAC)
         y, state = _run_call(program, params, x[:, a:b], state, end and b == steps, forms, block,
-                             checkpoint)
+                             checkpoint, plan)
         ys.append(y)
     return torch.cat(ys, dim=1), state
 
 
 def _run_call(program: Program, params: dict, x: torch.Tensor, state: dict, end: bool,
-              forms: dict[str, LinearForm], block: int, checkpoint: bool):
-    values = _SequenceValues(program, params, x, state, checkpoint)
+              forms: dict[str, LinearForm], block: int, checkpoint: bool, plan: CallPlan):
+    values = _SequenceValues(program, params, x, state, checkpoint, plan.leaves)
     try:
-        for level in run_order(program):
+        for level in plan.order:
             values.run_level(level, forms[level.name], block)
     except _NotThisForm:
         return run_reference(program, params, x, state, end)
@@ -94,10 +116,11 @@ class _SequenceValues:
     levels already run."""
 
     def __init__(self, program: Program, params: dict, x: torch.Tensor, state: dict,
-                 checkpoint: bool = False):
+                 checkpoint: bool = False, leaves: frozenset[str] | None = None):
         self.program, self.params, self.x, self.checkpoint = program, params, x, checkpoint
         self.new_state = {key: dict(value) for key, value in state.items()}
-        self.start, self.leaves = state, snapshot_reads(program.levels)
+        self.start = state
+        self.leaves = leaves if leaves is not None else snapshot_reads(program.levels)
         start = state[STREAM]["t"]
         # in x's dtype, as the reference's Python int t meets a tensor (exact below 2^24 in float32)
         self.t = torch.arange(start + 1, start + 1 + x.shape[1], dtype=x.dtype,

@@ -21,8 +21,9 @@ from nldsl.graph import OUTER
 from nldsl.lower.program import Program
 from nldsl.lower.schedule import plan_schedule
 from nldsl.lower.unsupported import compile_error
+from nldsl.module import taskgrad
 from nldsl.module.checks import check_input, check_state
-from nldsl.module.chunked import fits, run_chunked
+from nldsl.module.chunked import call_plan, fits, run_chunked
 from nldsl.module.init import conv_kernel, draw
 from nldsl.module.reference import STREAM, run_reference
 from nldsl.module.state import to_internal, to_public
@@ -60,6 +61,11 @@ class CompiledModule(nn.Module):
                                         torch.zeros(1, 1, program.dim), self.initial_state(1),
                                         self.fast_paths):
             self.fast_paths = {}
+        # what each call needs of the program alone (run order, chunk cuts), computed once
+        self.call_plan = call_plan(program) if self.fast_paths else None
+        # a task level's states whose gradient its frozen products record (nldsl.stream's)
+        self.recordable = {level.name: taskgrad.recordable(program, level, self.fast_paths)
+                           for level in program.levels if level.task}
 
     def _probe(self) -> None:
         """One token through the reference, no gradient, nothing kept. It finds the channel
@@ -128,7 +134,7 @@ class CompiledModule(nn.Module):
             y, state = run_reference(self.program, params, x, state, end)
         else:
             y, state = run_chunked(self.program, params, x, state, end, self.fast_paths,
-                                   self.block_size, self.checkpoint)
+                                   self.block_size, self.checkpoint, self.call_plan)
         return y, to_public(self.program, state)
 
     def extra_repr(self) -> str:
@@ -141,7 +147,8 @@ def _check_names(spec, program: Program) -> None:
     states = spec.graph.levels[OUTER].states
     for name in program.params:
         if hasattr(nn.Module, name) or name in ("training", "spec", "program", "schedule",
-                                                "block_size", "checkpoint", "fast_paths"):
+                                                "block_size", "checkpoint", "fast_paths",
+                                                "call_plan", "recordable"):
             where = states[name].decl if name in states else spec.decl
             raise compile_error(where, f"the parameter name {name!r} is taken by the module "
                                 "itself", "a name that is not an attribute of torch.nn.Module",

@@ -53,11 +53,11 @@ def to_internal(program: Program, state: dict) -> dict:
 
 
 def _flat(layout: MLPLayout, weights, where: str) -> torch.Tensor:
-    expected = [f"[..., {', '.join(map(str, shape))}]" for shape in layout.parts]
-    what = "weights" + (" and layernorm's gamma" if layout.norm else "")
+    expected = lambda: [f"[..., {', '.join(map(str, shape))}]" for shape in layout.parts]
     if not isinstance(weights, (tuple, list)) or len(weights) != len(layout.parts):
+        what = "weights" + (" and layernorm's gamma" if layout.norm else "")
         raise ValueError(f"{where} is an MLP memory: a tuple of {len(layout.parts)} {what} "
-                         f"({', '.join(expected)}), got " + (f"{len(weights)}" if isinstance(
+                         f"({', '.join(expected())}), got " + (f"{len(weights)}" if isinstance(
                              weights, (tuple, list)) else type(weights).__name__))
     lead = None
     for i, (weight, shape) in enumerate(zip(weights, layout.parts)):
@@ -68,6 +68,6 @@ def _flat(layout: MLPLayout, weights, where: str) -> torch.Tensor:
             found = list(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
             part = f"layer {i + 1}" if rank == 2 else "layernorm's gamma"
             raise ValueError(f"{where}: {part} has shape {found}, expected "
-                             f"{expected[i]} with the same leading dims as layer 1")
+                             f"{expected()[i]} with the same leading dims as layer 1")
         lead = weight.shape[:-rank]
     return mlp.flatten(layout, weights)

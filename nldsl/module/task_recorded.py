@@ -33,13 +33,10 @@ def sinks(levels: list[TaskLevel], state,
 
 def recordable(blocks: dict, levels: list[TaskLevel]) -> dict[int, dict]:
     """id of a task level -> {state: its MLP layout or None} for the states whose gradient the
-    frozen form's products give whole; `blocks` maps a block's key to its compiled module."""
-    found = {}
-    for tl in levels:
-        block = blocks[tl.block]
-        names = taskgrad.recordable(block.program, tl.level, block.fast_paths)
-        found[id(tl)] = {name: tl.level.states[name].mlp for name in names}
-    return found
+    frozen form's products give whole (`taskgrad.recordable`, which each module computes at
+    construction); `blocks` maps a block's key to its compiled module."""
+    return {id(tl): {name: tl.level.states[name].mlp
+                     for name in blocks[tl.block].recordable[tl.level.name]} for tl in levels}
 
 
 def settle(state, tl: TaskLevel, recorded: dict, folded: dict, write: bool = False) -> None:

@@ -27,7 +27,8 @@ LAYERNORM_EPS = 1e-5
 
 def layers(layout: MLPLayout, flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """[..., P] -> one view per part: [..., d_out, d_in] per layer, then gamma [..., d_L]."""
-    return tuple(flat[..., a:b].unflatten(-1, shape) for (a, b), shape in
+    lead = flat.shape[:-1]            # a slice of the last axis (stride 1) always views
+    return tuple(flat[..., a:b].view(lead + shape) for (a, b), shape in
                  zip(zip(layout.offsets, layout.offsets[1:]), layout.parts))
 
 
