@@ -109,7 +109,9 @@ class _Chunk:
         if site.param not in self.convs:
             self.recording = False
             try:
-                with torch.enable_grad():       # its graph is the outer one, even under stopgrad
+                # only the outer gradient passes a conv (even a call under stopgrad: the site
+                # is memoised for every use), the inner ones take its output as data
+                with torch.set_grad_enabled(self.outer_grad):
                     a = self.evaluate(call.args[0], {})                   # [B, L, C]
             finally:
                 self.recording = True
