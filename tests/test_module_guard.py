@@ -174,3 +174,76 @@ def test_moneta_from_a_zero_dual_state_has_finite_gradients():
     not all zero (the matrix memory's plain ||A||_q^{q-2} gave NaN at A = 0)."""
     _, _, grads = run_stressed("moneta", False, max_lr=0.1)
     assert torch.isfinite(grads["A_init_w1"]).all() and grads["A_init_w1"].abs().max() > 0
+
+
+def test_applications_clip_as_the_explicit_gradient():
+    """clip_applications on three applications' factors equals clip_gradient on their summed
+    G = sum_p delta_p a_p^T per layer (float64), with a token whose gradient is 0 (scale 1, and
+    a finite outer gradient through the Gram norm's floor)."""
+    g = torch.Generator().manual_seed(1)
+    layout = MLPLayout((4, 6, 4), "gelu", True)
+    apps = [[(torch.randn(2, 5, i, generator=g, dtype=torch.float64),
+              torch.randn(2, 5, o, generator=g, dtype=torch.float64, requires_grad=True))
+             for o, i in layout.layers] for _ in range(3)]
+    with torch.no_grad():
+        for pairs in apps:
+            pairs[0][1][0, 0] = 0                   # token 0 of sequence 0: G^1 = 0
+    c = torch.full((2, 5), 2.0, dtype=torch.float64)
+    ours = guard.clip_applications(apps, c)
+    summed = lambda pairs_of: torch.cat([sum(d.unsqueeze(-1) * a.unsqueeze(-2) for a, d in layer)
+                                         .flatten(-2) for layer in zip(*pairs_of)], dim=-1)
+    theirs = guard.clip_gradient(Frame(2), layout, summed(apps), c)       # [B, L, P]
+    mine = summed(ours)
+    assert_close(mine, theirs.detach(), 64 * torch.finfo(torch.float64).eps, "clipped factors")
+    (grad,) = torch.autograd.grad(mine.sum(), apps[0][0][1])
+    assert torch.isfinite(grad).all()
+
+
+def test_snapshot_form_equals_reference_with_the_clip_taken(tmp_path, monkeypatch):
+    """self_modifying_titans with `clip = max_grad_norm` on its four preconditioned writes and
+    the memory's (the snapshot form: a token's gradient sums several applications of M, so the
+    norm comes from the factors' Gram matrices). At max_grad_norm 5 some tokens clip and some do
+    not (asserted); without the guard these O(1) parameters blow the memories up (norms to
+    1e17 within 11 tokens)."""
+    from nldsl.library import stdlib_text
+    from _module_cases import randomize
+    from nldsl.lower.snapshot_forms import SnapshotForm
+    from nldsl.module import compile as compile_module
+
+    text = stdlib_text("self_modifying_titans").replace(
+        "precondition = true)", "precondition = true, clip = max_grad_norm)").replace(
+        "eta_scale = 1e-3 > 0) {", "eta_scale = 1e-3 > 0, max_grad_norm = 1 > 0) {")
+    code = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    assert sum("clip = max_grad_norm" in line for line in code) == 5
+    spec = tmp_path / "smt_clip.nl"
+    spec.write_text(text)
+    steps = 11
+    x = inputs(2, steps, 8, 1).requires_grad_()
+    results = {}
+    for schedule in ("reference", "chunked"):
+        torch.manual_seed(1)
+        m = randomize(compile_module(str(spec), schedule=schedule, chunk_memory=4,
+                                     chunk_projections=3, dim=8, eta_scale=0.5,
+                                     max_grad_norm=5.0).to(torch.float64), 1)
+        counts = clip_counts(monkeypatch)
+        if schedule == "chunked":
+            assert all(isinstance(f, SnapshotForm) for f in m.fast_paths.values())
+            assert set(m.fast_paths) == {"projections", "memory"}
+            forbid_fallback(monkeypatch)
+        y, state = m(x)
+        loss = (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum()
+        params = [x] + list(m.parameters())
+        grads = [torch.zeros_like(p) if gr is None else gr for p, gr in
+                 zip(params, torch.autograd.grad(loss, params, allow_unused=True))]
+        clipped, kept = map(sum, zip(*counts))
+        assert clipped > 0 and kept > 0, f"{schedule}: clipped {clipped}, kept {kept}"
+        results[schedule] = (y, flat_layers(state), grads, [n for n, _ in m.named_parameters()])
+        monkeypatch.undo()
+    (y_r, s_r, g_r, names), (y_c, s_c, g_c, _) = results["reference"], results["chunked"]
+    bound = deep_bound(steps, 16)
+    assert_close(y_c, y_r, bound, "y")
+    for key, value in s_r.items():
+        if isinstance(value, torch.Tensor):
+            assert_close(s_c[key], value, bound, f"state {key}")
+    for name, a, b in zip(["x"] + names, g_c, g_r):
+        assert_close(a, b, 2 * bound, f"grad {name}")

@@ -51,16 +51,17 @@ def snapshot_form(level: TokenLevel, program: Program) -> SnapshotForm | None:
     states = set(level.states)
     if any(s.mlp is None for s in level.states.values()) or \
             sorted(w.target for w in level.writes) != sorted(states) or \
-            any(w.kind != "gradient" or w.loss is None or w.clip is not None or
+            any(w.kind != "gradient" or w.loss is None or
                 any(step.rule not in LINEAR_TRANSFORMS for step in w.chain)
                 for w in level.writes) or level.once or level.window > 1 or level.memories:
-        return None                       # a guard, Newton-Schulz, a window: the reference's
+        return None                       # Newton-Schulz, a window: the reference's
     if set(level.hidden) != {step.buffer for w in level.writes for step in w.chain}:
         return None
     chained = [e for w in level.writes for step in w.chain for e in step.args.values()]
     others = {n for lv in program.levels if lv is not level for n in list(lv.states) + list(lv.hidden)}
     expressions = list(level.contexts.values()) + [r for r, _ in level.reads.values()] + \
-        [e for w in level.writes for e in (w.loss, w.lr, w.decay, w.precondition) if e is not None] + \
+        [e for w in level.writes for e in (w.loss, w.lr, w.decay, w.precondition, w.clip)
+         if e is not None] + \
         chained
     if any(mentions(e, n) for e in expressions for n in others):
         return None
@@ -69,7 +70,8 @@ def snapshot_form(level: TokenLevel, program: Program) -> SnapshotForm | None:
     if any(c.func in states and (len(c.args) != 1 or c.kwargs) for e in expressions
            for c in calls_in(e)):
         return None
-    if any(mentions(e, s) for e in [g for w in level.writes for g in (w.lr, w.decay)] + chained
+    if any(mentions(e, s) for e in [g for w in level.writes for g in (w.lr, w.decay, w.clip)
+                                   if g is not None] + chained
            for s in states):
         return None                       # gates see the current state; contexts the snapshot
     if any(level.placements[n].stage not in (INPUT, SNAPSHOT) for n in level.contexts) or \

@@ -14,7 +14,9 @@ of s is 0, so an unclipped write is exactly the unguarded rule.
 
 In the deep chunk form the gradient of layer i is an outer product, G^i_t = delta^i_t
 a^{i-1,T}_t, whose norm is ||delta^i_t|| ||a^{i-1}_t||: the scale is one number per token and
-layer, folded into delta (`clip_factors`), never forming G.
+layer, folded into delta (`clip_factors`), never forming G. In the snapshot chunk form a
+token's gradient sums several applications, and its norm comes from the factors' Gram matrices
+(`clip_applications`).
 """
 from __future__ import annotations
 
@@ -53,3 +55,27 @@ def clip_factors(deltas: list, inputs: list, c: torch.Tensor) -> list:
     layer, c [B, H, L] -> the deltas scaled by s^i_t with ||G^i_t||_F = ||delta|| ||a||."""
     return [d * scale(torch.linalg.vector_norm(d, dim=-1) * torch.linalg.vector_norm(a, dim=-1),
                       c).unsqueeze(-1) for d, a in zip(deltas, inputs)]        # [B, H, L, d_i]
+
+
+def clip_applications(applications: list, c: torch.Tensor) -> list:
+    """The snapshot chunk form's guard: a token's gradient of layer i is a sum over the loss's
+    applications p of M, G^i_t = sum_p delta_p a_p^T, so
+    ||G^i_t||_F^2 = sum_{p,q} (delta_p . delta_q)(a_p . a_q) (Gram matrices of the factors,
+    never G). applications: per application, [(a_{i-1} [B, L, d_{i-1}], delta_i [B, L, d_i])
+    per layer]; c [B, L]. Returns them with every delta of layer i scaled by s^i_t."""
+    clipped = [list(pairs) for pairs in applications]
+    for i in range(len(clipped[0]) if clipped else 0):
+        a = torch.stack([pairs[i][0] for pairs in clipped])                 # [A, B, L, d_{i-1}]
+        d = torch.stack([pairs[i][1] for pairs in clipped])                 # [A, B, L, d_i]
+        if len(clipped) == 1:
+            norm = torch.linalg.vector_norm(d[0], dim=-1) * torch.linalg.vector_norm(a[0], dim=-1)
+        else:
+            squared = (torch.einsum("pbld,qbld->blpq", d, d) *
+                       torch.einsum("pbld,qbld->blpq", a, a)).sum((-2, -1))  # [B, L]
+            # the floor keeps sqrt's gradient finite at 0, where the scale is 1 anyway
+            norm = squared.clamp(min=torch.finfo(squared.dtype).tiny).sqrt()
+        s = scale(norm, c).unsqueeze(-1)                                    # [B, L, 1]
+        for pairs in clipped:
+            pairs[i] = (pairs[i][0], pairs[i][1] * s)
+    return clipped
+

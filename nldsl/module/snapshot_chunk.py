@@ -31,6 +31,7 @@ import torch
 from nldsl.lower.program import TokenLevel
 from nldsl.lower.snapshot_forms import SnapshotForm
 from nldsl.module.deep_chunk import batched_forward, chunk_segments
+from nldsl.module.guard import clip_applications
 from nldsl.module.snapshot_end import Application, end_states
 from nldsl.module.unit import STREAM
 from nldsl.runtime import mlp
@@ -198,8 +199,12 @@ def _gradients(form: SnapshotForm, chunk: "_Chunk", keep: bool):
         losses[write.target] = chunk.evaluate(write.loss)                         # [B, L]
         gates[write.target] = (gate(write.lr), gate(write.decay), key)
         transforms[write.target] = [_transform_gates(gate, step) for step in write.chain]
+    clips = {w.target: gate(w.clip) for w in form.writes if w.clip is not None}    # [B, L]
     for names in form.passes:
         for name, apps in chunk.factors({n: losses[n] for n in names}, keep).items():
+            if name in clips:                          # the guard, before any transform
+                clipped = clip_applications([pairs for pairs, _ in apps], clips[name])
+                apps = [(pairs, pre) for pairs, (_, pre) in zip(clipped, apps)]
             key = gates[name][2]
             factors[name] = [Application([(detach(a), detach(d)) for a, d in pairs],
                                          key is not None and pairs[0][0] is key, detach(pre))
