@@ -34,6 +34,34 @@ def clip_counts(monkeypatch) -> list:
     return seen
 
 
+def clipped_run(m, x, schedule: str, monkeypatch) -> tuple:
+    """y, the final state by layer, the gradients of x and every parameter (0 where one does
+    not reach y) and the parameter names of one schedule's run, the clip asserted taken on some
+    tokens and not on others."""
+    counts = clip_counts(monkeypatch)
+    if schedule == "chunked":
+        forbid_fallback(monkeypatch)
+    y, state = m(x)
+    loss = (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum()
+    params = [x] + list(m.parameters())
+    grads = [torch.zeros_like(p) if g is None else g
+             for p, g in zip(params, torch.autograd.grad(loss, params, allow_unused=True))]
+    clipped, kept = map(sum, zip(*counts))
+    assert clipped > 0 and kept > 0, f"{schedule}: clipped {clipped}, kept {kept}"
+    monkeypatch.undo()
+    return y, flat_layers(state), grads, [n for n, _ in m.named_parameters()]
+
+
+def assert_schedules_agree(results: dict, bound: float, what: str) -> None:
+    (y_r, s_r, g_r, names), (y_c, s_c, g_c, _) = results["reference"], results["chunked"]
+    assert_close(y_c, y_r, bound, f"{what} y")
+    for key, value in s_r.items():
+        if isinstance(value, torch.Tensor):
+            assert_close(s_c[key], value, bound, f"{what} state {key}")
+    for name, a, b in zip(["x"] + names, g_c, g_r):
+        assert_close(a, b, 2 * bound, f"{what} grad {name}")
+
+
 @pytest.mark.parametrize("spec, checkpoint", [
     pytest.param("titans", False, id="titans-momentum"),
     pytest.param("yaad", False, id="yaad-gd"),
@@ -46,24 +74,8 @@ def test_chunked_equals_reference_with_the_clip_taken(spec, checkpoint, monkeypa
     for schedule in ("reference", "chunked"):
         m = build(spec, schedule, heads=2, chunk_size=chunk, seed=4, max_grad_norm=1.5,
                   checkpoint=checkpoint and schedule == "chunked")
-        counts = clip_counts(monkeypatch)
-        if schedule == "chunked":
-            forbid_fallback(monkeypatch)
-        y, state = m(x)
-        loss = (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum()
-        grads = torch.autograd.grad(loss, [x] + list(m.parameters()))
-        clipped, kept = map(sum, zip(*counts))
-        assert clipped > 0 and kept > 0, f"{schedule}: clipped {clipped}, kept {kept}"
-        results[schedule] = (y, flat_layers(state), grads, [n for n, _ in m.named_parameters()])
-        monkeypatch.undo()
-    (y_r, s_r, g_r, names), (y_c, s_c, g_c, _) = results["reference"], results["chunked"]
-    bound = deep_bound(steps, 16)
-    assert_close(y_c, y_r, bound, f"{spec} y")
-    for key, value in s_r.items():
-        if isinstance(value, torch.Tensor):
-            assert_close(s_c[key], value, bound, f"{spec} state {key}")
-    for name, a, b in zip(["x"] + names, g_c, g_r):
-        assert_close(a, b, 2 * bound, f"{spec} grad {name}")
+        results[schedule] = clipped_run(m, x, schedule, monkeypatch)
+    assert_schedules_agree(results, deep_bound(steps, 16), spec)
 
 
 def test_the_clip_changes_what_it_takes_and_nothing_else():
@@ -225,25 +237,8 @@ def test_snapshot_form_equals_reference_with_the_clip_taken(tmp_path, monkeypatc
         m = randomize(compile_module(str(spec), schedule=schedule, chunk_memory=4,
                                      chunk_projections=3, dim=8, eta_scale=0.5,
                                      max_grad_norm=5.0).to(torch.float64), 1)
-        counts = clip_counts(monkeypatch)
         if schedule == "chunked":
             assert all(isinstance(f, SnapshotForm) for f in m.fast_paths.values())
             assert set(m.fast_paths) == {"projections", "memory"}
-            forbid_fallback(monkeypatch)
-        y, state = m(x)
-        loss = (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum()
-        params = [x] + list(m.parameters())
-        grads = [torch.zeros_like(p) if gr is None else gr for p, gr in
-                 zip(params, torch.autograd.grad(loss, params, allow_unused=True))]
-        clipped, kept = map(sum, zip(*counts))
-        assert clipped > 0 and kept > 0, f"{schedule}: clipped {clipped}, kept {kept}"
-        results[schedule] = (y, flat_layers(state), grads, [n for n, _ in m.named_parameters()])
-        monkeypatch.undo()
-    (y_r, s_r, g_r, names), (y_c, s_c, g_c, _) = results["reference"], results["chunked"]
-    bound = deep_bound(steps, 16)
-    assert_close(y_c, y_r, bound, "y")
-    for key, value in s_r.items():
-        if isinstance(value, torch.Tensor):
-            assert_close(s_c[key], value, bound, f"state {key}")
-    for name, a, b in zip(["x"] + names, g_c, g_r):
-        assert_close(a, b, 2 * bound, f"grad {name}")
+        results[schedule] = clipped_run(m, x, schedule, monkeypatch)
+    assert_schedules_agree(results, deep_bound(steps, 16), "self_modifying_titans")
