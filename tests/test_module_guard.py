@@ -211,20 +211,33 @@ def test_applications_clip_as_the_explicit_gradient():
     assert torch.isfinite(grad).all()
 
 
-def test_snapshot_form_equals_reference_with_the_clip_taken(tmp_path, monkeypatch):
+SMT_MOMENTUM = "examples/self_modifying_titans_momentum.nl"
+
+
+@pytest.mark.parametrize("source, last_hparam", [
+    pytest.param("self_modifying_titans", "eta_scale = 1e-3 > 0", id="dgd"),
+    pytest.param(SMT_MOMENTUM, "beta = 0.9 >= 0", id="momentum-then-dgd"),
+])
+def test_snapshot_form_equals_reference_with_the_clip_taken(source, last_hparam, tmp_path,
+                                                            monkeypatch):
     """self_modifying_titans with `clip = max_grad_norm` on its four preconditioned writes and
     the memory's (the snapshot form: a token's gradient sums several applications of M, so the
-    norm comes from the factors' Gram matrices). At max_grad_norm 5 some tokens clip and some do
-    not (asserted); without the guard these O(1) parameters blow the memories up (norms to
-    1e17 within 11 tokens)."""
+    norm comes from the factors' Gram matrices), and its momentum variant (the clip comes before
+    the chain's momentum, module/snapshot_chain.py). At max_grad_norm 5 some tokens clip and
+    some do not (asserted); without the guard these O(1) parameters blow the memories up (norms
+    to 1e17 within 11 tokens)."""
+    from pathlib import Path
+
     from nldsl.library import stdlib_text
     from _module_cases import randomize
     from nldsl.lower.snapshot_forms import SnapshotForm
     from nldsl.module import compile as compile_module
 
-    text = stdlib_text("self_modifying_titans").replace(
+    root = Path(__file__).resolve().parent.parent
+    original = (root / source).read_text() if source.endswith(".nl") else stdlib_text(source)
+    text = original.replace(
         "precondition = true)", "precondition = true, clip = max_grad_norm)").replace(
-        "eta_scale = 1e-3 > 0) {", "eta_scale = 1e-3 > 0, max_grad_norm = 1 > 0) {")
+        f"{last_hparam}) {{", f"{last_hparam}, max_grad_norm = 1 > 0) {{")
     code = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
     assert sum("clip = max_grad_norm" in line for line in code) == 5
     spec = tmp_path / "smt_clip.nl"
@@ -241,4 +254,4 @@ def test_snapshot_form_equals_reference_with_the_clip_taken(tmp_path, monkeypatc
             assert all(isinstance(f, SnapshotForm) for f in m.fast_paths.values())
             assert set(m.fast_paths) == {"projections", "memory"}
         results[schedule] = clipped_run(m, x, schedule, monkeypatch)
-    assert_schedules_agree(results, deep_bound(steps, 16), "self_modifying_titans")
+    assert_schedules_agree(results, deep_bound(steps, 16), source)
