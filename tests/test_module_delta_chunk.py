@@ -263,7 +263,7 @@ def test_chunked_projects_the_input_in_one_gemm():
     m = nldsl.compile("deltanet", dim=8, heads=2, head_dim=3).double()
     x = torch.randn(2, 5, 8, dtype=torch.float64)
     params = dict(m.named_parameters())
-    values = _SequenceValues(m.program, params, x, m.initial_state(2))
+    values = _SequenceValues(m.program, params, x, m.initial_state(2), m.call_plan.leaves)
     level = m.program.levels[0]
     values.project(level)
     assert values.products == {}

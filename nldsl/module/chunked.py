@@ -61,11 +61,10 @@ def call_plan(program: Program) -> CallPlan:
 
 
 def fits(program: Program, params: dict, x: torch.Tensor, state: dict,
-         forms: dict[str, LinearForm]) -> bool:
+         forms: dict[str, LinearForm], plan: CallPlan) -> bool:
     """Do the forms' gates turn out one scalar per head on these tensors? (A channel-wise
     gate has the form's structure but not its shapes.) The module asks once, at construction."""
-    plan = call_plan(program)
-    values = _SequenceValues(program, params, x, state, leaves=plan.leaves)
+    values = _SequenceValues(program, params, x, state, plan.leaves)
     try:
         with torch.no_grad():
             for level in plan.order:
@@ -76,12 +75,10 @@ def fits(program: Program, params: dict, x: torch.Tensor, state: dict,
 
 
 def run_chunked(program: Program, params: dict, x: torch.Tensor, state: dict, end: bool,
-                forms: dict[str, LinearForm], block: int, checkpoint: bool = False,
-                plan: CallPlan | None = None):
-    """`plan`: the program's `call_plan` (computed here when not given)."""
+                forms: dict[str, LinearForm], block: int, checkpoint: bool, plan: CallPlan):
+    """`plan`: the program's `call_plan`, which the module computes once."""
     if not forms or x.shape[1] == 0:
         return run_reference(program, params, x, state, end)
-    plan = plan if plan is not None else call_plan(program)
     chunks, start, steps = plan.chunks, state[STREAM]["t"], x.shape[1]
     if not chunks:
         return _run_call(program, params, x, state, end, forms, block, checkpoint, plan)
@@ -97,7 +94,7 @@ def run_chunked(program: Program, params: dict, x: torch.Tensor, state: dict, en
 
 def _run_call(program: Program, params: dict, x: torch.Tensor, state: dict, end: bool,
               forms: dict[str, LinearForm], block: int, checkpoint: bool, plan: CallPlan):
-    values = _SequenceValues(program, params, x, state, checkpoint, plan.leaves)
+    values = _SequenceValues(program, params, x, state, plan.leaves, checkpoint)
     try:
         for level in plan.order:
             values.run_level(level, forms[level.name], block)
@@ -116,11 +113,10 @@ class _SequenceValues:
     levels already run."""
 
     def __init__(self, program: Program, params: dict, x: torch.Tensor, state: dict,
-                 checkpoint: bool = False, leaves: frozenset[str] | None = None):
+                 leaves: frozenset[str], checkpoint: bool = False):
         self.program, self.params, self.x, self.checkpoint = program, params, x, checkpoint
         self.new_state = {key: dict(value) for key, value in state.items()}
-        self.start = state
-        self.leaves = leaves if leaves is not None else snapshot_reads(program.levels)
+        self.start, self.leaves = state, leaves
         start = state[STREAM]["t"]
         # in x's dtype, as the reference's Python int t meets a tensor (exact below 2^24 in float32)
         self.t = torch.arange(start + 1, start + 1 + x.shape[1], dtype=x.dtype,

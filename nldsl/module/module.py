@@ -57,12 +57,12 @@ class CompiledModule(nn.Module):
                                                                      program.hparams))
         self._probe()
         self.fast_paths = plan_schedule(program) if schedule == "chunked" else {}
+        # what each call needs of the program alone (run order, chunk cuts), computed once
+        self.call_plan = call_plan(program)
         if self.fast_paths and not fits(program, dict(self.named_parameters()),
                                         torch.zeros(1, 1, program.dim), self.initial_state(1),
-                                        self.fast_paths):
+                                        self.fast_paths, self.call_plan):
             self.fast_paths = {}
-        # what each call needs of the program alone (run order, chunk cuts), computed once
-        self.call_plan = call_plan(program) if self.fast_paths else None
         # a task level's states whose gradient its frozen products record (nldsl.stream's)
         self.recordable = {level.name: taskgrad.recordable(program, level, self.fast_paths)
                            for level in program.levels if level.task}
