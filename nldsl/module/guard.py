@@ -52,29 +52,31 @@ def clip_gradient(frame, layout: MLPLayout | None, grad: torch.Tensor, c) -> tor
 
 def clip_factors(deltas: list, inputs: list, c: torch.Tensor) -> list:
     """The deep chunk form's guard: deltas [B, H, L, d_i] and inputs [B, H, L, d_{i-1}] per
-    layer, c [B, H, L] -> the deltas scaled by s^i_t with ||G^i_t||_F = ||delta|| ||a||."""
-    return [d * scale(torch.linalg.vector_norm(d, dim=-1) * torch.linalg.vector_norm(a, dim=-1),
-                      c).unsqueeze(-1) for d, a in zip(deltas, inputs)]        # [B, H, L, d_i]
+    layer, c [B, H, L] -> the deltas scaled by s^i_t with ||G^i_t||_F = ||delta|| ||a|| (one
+    application)."""
+    return [d for _, d in clip_applications([list(zip(inputs, deltas))], c)[0]]
 
 
 def clip_applications(applications: list, c: torch.Tensor) -> list:
     """The snapshot chunk form's guard: a token's gradient of layer i is a sum over the loss's
     applications p of M, G^i_t = sum_p delta_p a_p^T, so
     ||G^i_t||_F^2 = sum_{p,q} (delta_p . delta_q)(a_p . a_q) (Gram matrices of the factors,
-    never G). applications: per application, [(a_{i-1} [B, L, d_{i-1}], delta_i [B, L, d_i])
-    per layer]; c [B, L]. Returns them with every delta of layer i scaled by s^i_t."""
+    never G; for one application ||delta|| ||a||). applications: per application,
+    [(a_{i-1} [..., L, d_{i-1}], delta_i [..., L, d_i]) per layer]; c [..., L]. Returns them
+    with every delta of layer i scaled by s^i_t."""
     clipped = [list(pairs) for pairs in applications]
     for i in range(len(clipped[0]) if clipped else 0):
-        a = torch.stack([pairs[i][0] for pairs in clipped])                 # [A, B, L, d_{i-1}]
-        d = torch.stack([pairs[i][1] for pairs in clipped])                 # [A, B, L, d_i]
         if len(clipped) == 1:
-            norm = torch.linalg.vector_norm(d[0], dim=-1) * torch.linalg.vector_norm(a[0], dim=-1)
+            a, d = clipped[0][i]
+            norm = torch.linalg.vector_norm(d, dim=-1) * torch.linalg.vector_norm(a, dim=-1)
         else:
-            squared = (torch.einsum("pbld,qbld->blpq", d, d) *
-                       torch.einsum("pbld,qbld->blpq", a, a)).sum((-2, -1))  # [B, L]
+            a = torch.stack([pairs[i][0] for pairs in clipped])             # [A, ..., L, d_{i-1}]
+            d = torch.stack([pairs[i][1] for pairs in clipped])             # [A, ..., L, d_i]
+            squared = (torch.einsum("p...d,q...d->...pq", d, d) *
+                       torch.einsum("p...d,q...d->...pq", a, a)).sum((-2, -1))  # [..., L]
             # the floor keeps sqrt's gradient finite at 0, where the scale is 1 anyway
             norm = squared.clamp(min=torch.finfo(squared.dtype).tiny).sqrt()
-        s = scale(norm, c).unsqueeze(-1)                                    # [B, L, 1]
+        s = scale(norm, c).unsqueeze(-1)                                    # [..., L, 1]
         for pairs in clipped:
             pairs[i] = (pairs[i][0], pairs[i][1] * s)
     return clipped
