@@ -96,22 +96,8 @@ def test_chunked_equals_reference(make, args, steps, batch, monkeypatch):
     assert isinstance(chunked.fast_paths["memory"], PeriodicForm)
     forbid_fallback(monkeypatch)
     x = inputs(batch, steps, 8, 1).requires_grad_()
-    (y_r, s_r, g_r), (y_c, s_c, g_c) = run(reference, x), run(chunked, x)
     bound = deep_bound(steps, 12)
-    assert_close(y_c, y_r, bound, "y")
-    assert_states_close(s_c, s_r, bound, "periodic")
-    # a gradient is a sum over tokens and heads that can cancel (b_lr's: the gate's effects
-    # on the loss nearly balance), so its rounding is relative to the terms, each at most the
-    # largest gradient entry of the module, not to the sum
-    scale = max(g.abs().max().item() for g in g_r if g is not None)
-    names = ["x"] + [n for n, _ in reference.named_parameters()]
-    for name, a, b in zip(names, g_c, g_r):
-        assert (a is None) == (b is None), name
-        if b is not None:
-            assert a.shape == b.shape and torch.isfinite(a).all(), name
-            error = (a - b).abs().max().item()
-            assert error <= 2 * bound * scale, \
-                f"grad {name}: {error:.3e} > {2 * bound:.3e} x {scale:.3e}"
+    assert_runs_close(run(chunked, x), run(reference, x), reference, bound, 2 * bound, "periodic")
 
 
 @pytest.mark.parametrize("make, args, steps, batch", CASES[:3] + CASES[6:7])
@@ -174,13 +160,26 @@ def checkpoint_bound(steps: int, width: int, passes: int = 1) -> float:
     return 2 * 4 * passes * steps * (width + 3) * U64
 
 
+def assert_runs_close(actual, expected, module, bound: float, grad_bound: float, what: str):
+    """Two runs' (y, flat state, gradients of x and of `module`'s parameters) agree: y and
+    the states to `bound`, the gradients to `grad_bound` (assert_gradients_close)."""
+    (y_a, s_a, g_a), (y_e, s_e, g_e) = actual, expected
+    assert_close(y_a, y_e, bound, "y")
+    assert_states_close(s_a, s_e, bound, what)
+    names = ["x"] + [n for n, _ in module.named_parameters()]
+    assert_gradients_close(g_a, g_e, names, grad_bound)
+
+
 def assert_gradients_close(actual, expected, names, bound: float) -> None:
-    """Each gradient within `bound` of the module's largest gradient entry (a gradient is a
-    sum over tokens and heads that can cancel: test_chunked_equals_reference)."""
+    """Each gradient finite, shaped as expected and within `bound` of the module's largest
+    gradient entry: a gradient is a sum over tokens and heads that can cancel (b_lr's: the
+    gate's effects on the loss nearly balance), so its rounding is relative to the terms, each
+    at most that entry, not to the sum."""
     scale = max(g.abs().max().item() for g in expected if g is not None)
     for name, a, b in zip(names, actual, expected):
         assert (a is None) == (b is None), name
         if b is not None:
+            assert a.shape == b.shape and torch.isfinite(a).all(), name
             error = (a - b).abs().max().item()
             assert error <= bound * scale, f"grad {name}: {error:.3e} > {bound:.3e} x {scale:.3e}"
 
@@ -221,12 +220,8 @@ def test_checkpoint_gives_the_same_values_and_gradients(make, args, steps, batch
     assert isinstance(checkpointed.fast_paths["memory"], PeriodicForm)
     forbid_fallback(monkeypatch)
     x = inputs(batch, steps, 8, 1).requires_grad_()
-    (y_k, s_k, g_k), (y_c, s_c, g_c) = run(kept, x), run(checkpointed, x)
-    bound = checkpoint_bound(steps, 12)
-    assert_close(y_c, y_k, bound, "y")
-    assert_states_close(s_c, s_k, bound, "checkpoint")
-    names = ["x"] + [n for n, _ in kept.named_parameters()]
-    assert_gradients_close(g_c, g_k, names, checkpoint_bound(steps, 12, passes=2))
+    assert_runs_close(run(checkpointed, x), run(kept, x), kept, checkpoint_bound(steps, 12),
+                      checkpoint_bound(steps, 12, passes=2), "checkpoint")
 
 
 def test_checkpoint_continues_a_cut_stream(monkeypatch):
@@ -245,12 +240,8 @@ def test_checkpoint_continues_a_cut_stream(monkeypatch):
         loss = (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum()
         results.append((y, flat_layers(state),
                         torch.autograd.grad(loss, [x] + list(m.parameters()), allow_unused=True)))
-    (y_k, s_k, g_k), (y_c, s_c, g_c) = results
-    bound = checkpoint_bound(13, 12)
-    assert_close(y_c, y_k, bound, "y")
-    assert_states_close(s_c, s_k, bound, "cut checkpoint")
-    names = ["x"] + [n for n, _ in kept.named_parameters()]
-    assert_gradients_close(g_c, g_k, names, checkpoint_bound(13, 12, passes=2))
+    assert_runs_close(results[1], results[0], kept, checkpoint_bound(13, 12),
+                      checkpoint_bound(13, 12, passes=2), "cut checkpoint")
 
 
 @pytest.mark.parametrize("block_size", [pytest.param(16, id="block16"),
