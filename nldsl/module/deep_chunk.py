@@ -68,6 +68,8 @@ def run_deep_level(values, level: TokenLevel, form: DeepForm, per_head) -> None:
     checkpointed = keep and values.checkpoint
     if checkpointed:
         values.prepare(level, form.loss)
+    per_token = any(not before for _, before in queries.values())
+    stacked = start_stacks(m, s, len(segments)) if per_token and not keep else None
     for n, (t0, t1) in enumerate(segments):
         if (start + t0) % level.chunk == 0:
             snapshot = m if keep or t0 else incoming_m
@@ -79,9 +81,10 @@ def run_deep_level(values, level: TokenLevel, form: DeepForm, per_head) -> None:
             continue
         deltas, inputs = gradient_factors(values, level, form, layout, snapshot, t0, t1, keep, clip)
         kept.append((m, s, snapshot, deltas, inputs))
-        m, s = chunk_end(m, s, last_row(coefficients, n, t1 - t0), deltas, inputs)
+        slots = chunk_slots(stacked, n + 1) if stacked and n + 1 < len(segments) else None
+        m, s = chunk_end(m, s, last_row(coefficients, n, t1 - t0), deltas, inputs, slots)
     reads = {name: torch.cat([part[name] for part in parts], dim=2) for name in queries} \
-        if checkpointed else _reads(layout, queries, segments, width, kept, coefficients)
+        if checkpointed else _reads(layout, queries, segments, width, kept, coefficients, stacked)
     store_states(own, form.state, layout, heads, m, s, snapshot)
     for name, y in reads.items():
         y = y.transpose(1, 2)                                              # [B, T, H, d_L]
@@ -224,19 +227,40 @@ def masked_read(layout: MLPLayout, m, s, coefficients, deltas, inputs, u, scale=
     return h + u if layout.residual else h
 
 
-def chunk_end(m, s, rows, deltas, inputs):
+def chunk_end(m, s, rows, deltas, inputs, slots=None):
     """The state and momentum after the chunk's last token (by layer): the sums at t = L, from
-    the coefficients' last rows (`last_row`)."""
+    the coefficients' last rows (`last_row`); written into `slots` (`chunk_slots`, without
+    autograd) when given."""
     a, b, k, e, f = rows
     new_m, new_s = [], []
+    out_m, out_s = slots if slots is not None else ([None] * len(m), [None] * len(m))
     for i, (delta, x) in enumerate(zip(deltas, inputs)):
-        # addcmul: one pass over the weights per term (each a fresh [B, H, o, i] tensor)
-        w = torch.addcmul((delta * k.unsqueeze(-1)).mT @ x, a[..., None, None], m[i])
+        # addcmul: one pass over the weights per term (the first into a fresh [B, H, o, i])
+        w = torch.addcmul((delta * k.unsqueeze(-1)).mT @ x, a[..., None, None], m[i], out=out_m[i])
         if s is not None:
-            w = torch.addcmul(w, b[..., None, None], s[i])                # [B, H, o, i]
-            new_s.append(torch.addcmul((delta * f.unsqueeze(-1)).mT @ x, e[..., None, None], s[i]))
+            w.addcmul_(b[..., None, None], s[i])                           # [B, H, o, i]
+            new_s.append(torch.addcmul((delta * f.unsqueeze(-1)).mT @ x, e[..., None, None], s[i],
+                                       out=out_s[i]))
         new_m.append(w)
     return tuple(new_m), tuple(new_s) if s is not None else None
+
+
+def start_stacks(m, s, chunks: int):
+    """Without autograd: each layer's state (and momentum) at every chunk start, on a chunk
+    axis [B, H, N, o, i], the first filled with `m` (`s`); `chunk_end` writes the others in
+    place, so the batched reads (`_reads`) need no stack of N states per layer."""
+    def stack(ws):
+        out = [w.new_empty(w.shape[:2] + (chunks,) + w.shape[2:]) for w in ws]
+        for o, w in zip(out, ws):
+            o[:, :, 0].copy_(w)
+        return out
+    return stack(m), stack(s) if s is not None else None
+
+
+def chunk_slots(stacked, n: int):
+    """Chunk n's start states (and momenta) in `start_stacks`' tensors: views [B, H, o, i]."""
+    m, s = stacked
+    return [w[:, :, n] for w in m], [w[:, :, n] for w in s] if s is not None else [None] * len(m)
 
 
 def start_states(own: dict, name: str, layout: MLPLayout, heads, momentum: bool, keep: bool):
@@ -305,15 +329,17 @@ def last_row(coefficients, n: int, length: int):
     return row(a), row(b), cols(k), row(e), cols(f)
 
 
-def _reads(layout: MLPLayout, queries: dict, segments, chunk: int, kept, coefficients) -> dict:
+def _reads(layout: MLPLayout, queries: dict, segments, chunk: int, kept, coefficients,
+           stacked=None) -> dict:
     """Every read M_t(u_t) of the call, all chunks at once: the per-chunk start states, factors
     and inputs stacked on a chunk axis [B, H, N, C, ...] (padded tokens have zero factors), so
-    each layer is one batched matmul over the call instead of one per chunk."""
+    each layer is one batched matmul over the call instead of one per chunk. `stacked`: the
+    start states and momenta already written on that axis (`start_stacks`)."""
     stack = lambda parts: torch.stack(parts, dim=2)
     per_layer = lambda j: [stack([c[j][i] for c in kept]) for i in range(len(layout.layers))] \
         if kept[0][j] is not None else None
     befores = {before for _, before in queries.values()}
-    m, s = (per_layer(0), per_layer(1)) if False in befores else (None, None)  # [B, H, N, o, i]
+    m, s = (stacked or (per_layer(0), per_layer(1))) if False in befores else (None, None)
     snapshot = per_layer(2) if True in befores else None
     factors = lambda j: [stack([_pad(c[j][i], -2, chunk) for c in kept])
                          for i in range(len(layout.layers))] if False in befores else None
