@@ -70,6 +70,7 @@ def run_deep_level(values, level: TokenLevel, form: DeepForm, per_head) -> None:
         values.prepare(level, form.loss)
     per_token = any(not before for _, before in queries.values())
     stacked = start_stacks(m, s, len(segments)) if per_token and not keep else None
+    rows = last_rows(coefficients, segments) if not checkpointed else None
     for n, (t0, t1) in enumerate(segments):
         if (start + t0) % level.chunk == 0:
             snapshot = m if keep or t0 else incoming_m
@@ -82,7 +83,7 @@ def run_deep_level(values, level: TokenLevel, form: DeepForm, per_head) -> None:
         deltas, inputs = gradient_factors(values, level, form, layout, snapshot, t0, t1, keep, clip)
         kept.append((m, s, snapshot, deltas, inputs))
         slots = chunk_slots(stacked, n + 1) if stacked and n + 1 < len(segments) else None
-        m, s = chunk_end(m, s, last_row(coefficients, n, t1 - t0), deltas, inputs, slots)
+        m, s = chunk_end(m, s, rows[n], deltas, inputs, slots)
     reads = {name: torch.cat([part[name] for part in parts], dim=2) for name in queries} \
         if checkpointed else _reads(layout, queries, segments, width, kept, coefficients, stacked)
     store_states(own, form.state, layout, heads, m, s, snapshot)
@@ -175,11 +176,13 @@ def batched_forward(layout: MLPLayout, weights, h, inputs=None, pre=None):
 
 
 def _linear(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """h w^T on the same leading dims: bmm itself for one leading dim (what matmul calls, without
-    its expand and reshape around it: three autograd nodes fewer per layer, in the forward and
-    in every backward through it)."""
-    if h.ndim == 3 and w.ndim == 3 and h.shape[0] == w.shape[0]:
-        return torch.bmm(h, w.mT)
+    """h w^T on the same leading dims: one bmm over them (what matmul calls, without its expand,
+    reshape and, for a transposed operand, copy around it: fewer ops and autograd nodes per
+    layer, in the forward and in every backward through it)."""
+    lead = h.shape[:-2]
+    if h.ndim >= 3 and lead == w.shape[:-2]:
+        z = torch.bmm(h.reshape(-1, *h.shape[-2:]), w.reshape(-1, *w.shape[-2:]).mT)
+        return z.view(*lead, *z.shape[-2:]) if h.ndim > 3 else z
     return h @ w.mT
 
 
@@ -231,16 +234,15 @@ def chunk_end(m, s, rows, deltas, inputs, slots=None):
     """The state and momentum after the chunk's last token (by layer): the sums at t = L, from
     the coefficients' last rows (`last_row`); written into `slots` (`chunk_slots`, without
     autograd) when given."""
-    a, b, k, e, f = rows
+    a, b, k, e, f = rows                        # A, B, E [B, H, 1, 1]; K, F [B, H, L, 1]
     new_m, new_s = [], []
     out_m, out_s = slots if slots is not None else ([None] * len(m), [None] * len(m))
     for i, (delta, x) in enumerate(zip(deltas, inputs)):
         # addcmul: one pass over the weights per term (the first into a fresh [B, H, o, i])
-        w = torch.addcmul((delta * k.unsqueeze(-1)).mT @ x, a[..., None, None], m[i], out=out_m[i])
+        w = torch.addcmul(_linear((delta * k).mT, x.mT), a, m[i], out=out_m[i])
         if s is not None:
-            w.addcmul_(b[..., None, None], s[i])                           # [B, H, o, i]
-            new_s.append(torch.addcmul((delta * f.unsqueeze(-1)).mT @ x, e[..., None, None], s[i],
-                                       out=out_s[i]))
+            w.addcmul_(b, s[i])                                            # [B, H, o, i]
+            new_s.append(torch.addcmul(_linear((delta * f).mT, x.mT), e, s[i], out=out_s[i]))
         new_m.append(w)
     return tuple(new_m), tuple(new_s) if s is not None else None
 
@@ -322,11 +324,32 @@ def gates_by_chunk(g: torch.Tensor, segments, chunk: int, fill: float) -> torch.
 
 
 def last_row(coefficients, n: int, length: int):
-    """Chunk n's coefficients at its last real token: A, B, E [B, H]; K, F [B, H, L]."""
+    """Chunk n's coefficients at its last real token, as `chunk_end` takes them: A, B, E
+    [B, H, 1, 1]; K, F [B, H, L, 1]."""
     a, b, k, e, f = coefficients
-    row = lambda c: c[:, :, n, length - 1] if c is not None else None
-    cols = lambda c: c[:, :, n, length - 1, :length] if c is not None else None
+    row = lambda c: c[:, :, n, length - 1, None, None] if c is not None else None
+    cols = lambda c: c[:, :, n, length - 1, :length, None] if c is not None else None
     return row(a), row(b), cols(k), row(e), cols(f)
+
+
+def last_rows(coefficients, segments) -> list:
+    """`last_row` of every chunk of `segments`, gathered for all chunks at once (a handful of
+    ops per call instead of per chunk)."""
+    chunks, lengths = len(segments), [t1 - t0 for t0, t1 in segments]
+    some = next(c for c in coefficients if c is not None)
+    index = (torch.arange(chunks, device=some.device),
+             torch.tensor(lengths, device=some.device) - 1)
+
+    def rows(c, matrix: bool):
+        if c is None:
+            return [None] * chunks
+        r = c[:, :, index[0], index[1]]                                     # [B, H, N(, L)]
+        r = r.unsqueeze(-1) if matrix else r[..., None, None]
+        return [row[:, :, :length] if matrix and length < row.shape[2] else row
+                for row, length in zip(r.unbind(2), lengths)]
+    a, b, k, e, f = coefficients
+    return list(zip(rows(a, False), rows(b, False), rows(k, True), rows(e, False),
+                    rows(f, True)))
 
 
 def _reads(layout: MLPLayout, queries: dict, segments, chunk: int, kept, coefficients,
