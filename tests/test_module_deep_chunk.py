@@ -16,7 +16,7 @@ from _module_cases import U64, assert_close, assert_cut_stream_is_one_call, asse
     build, flat_layers, forbid_fallback, inputs
 from nldsl.lower.deep_forms import DeepForm
 from nldsl.lower.program import MLPLayout
-from nldsl.module.deep_chunk import batched_forward
+from nldsl.module.deep_sums import batched_forward
 from nldsl.module import compile as compile_module
 from nldsl.runtime import mlp
 from test_module_deep_memories import deep_bound

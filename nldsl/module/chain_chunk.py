@@ -41,8 +41,8 @@ from nldsl.language import ast
 
 from nldsl.lower.chain_forms import ChainForm
 from nldsl.lower.program import MLPLayout, TokenLevel
-from nldsl.module.deep_chunk import batched_forward, chunk_segments, gate_products, \
-    loss_factors
+from nldsl.module.deep_chunk import chunk_segments, loss_factors
+from nldsl.module.deep_sums import batched_forward, gate_products
 from nldsl.runtime import mlp
 from nldsl.runtime.chain import newton_schulz_state
 from nldsl.runtime.evaluate import FrameEvaluator

@@ -5,7 +5,7 @@ The state A is written as the deep form's M (module/deep_chunk.py): every token'
 the chunk start from one batched forward and backward of the loss at D(A_{t'}) (D the
 straight-through memory, so G_t = grad_D l_t = sum_i delta_{i,t} a_{i-1,t}^T), and
 
-    A_t = P_t A_0 + B_t S_0 + sum_{s<=t} K_ts G_s          (deep_chunk.chunk_coefficients)
+    A_t = P_t A_0 + B_t S_0 + sum_{s<=t} K_ts G_s          (deep_sums.chunk_coefficients)
 
 is linear in them. A read R(A_t)(u_t) of a derived memory R = f(A) is not: f needs A_t itself.
 Per chunk and layer the tokens' states are materialised (`_states`: one GEMM per sequence and
@@ -39,9 +39,9 @@ from torch.utils.checkpoint import checkpoint
 from nldsl.language import ast
 from nldsl.lower.derived_forms import DerivedForm
 from nldsl.lower.program import MLPLayout, TokenLevel
-from nldsl.module.deep_chunk import (batched_forward, chunk_end, chunk_segments,
-                                     chunked_coefficients, gradient_factors, last_row,
-                                     masked_read, start_states, store_states)
+from nldsl.module.deep_chunk import chunk_segments, gradient_factors, start_states, store_states
+from nldsl.module.deep_sums import (batched_forward, chunk_end, chunked_coefficients, last_row,
+                                    masked_read)
 from nldsl.runtime import mlp
 from nldsl.runtime.evaluate import FrameEvaluator
 from nldsl.runtime.frame import Frame

@@ -49,7 +49,8 @@ from torch.utils.checkpoint import checkpoint
 
 from nldsl.lower.periodic_forms import PeriodicForm
 from nldsl.lower.program import MLPLayout, TokenLevel
-from nldsl.module.deep_chunk import batched_forward, chunk_segments
+from nldsl.module.deep_chunk import chunk_segments
+from nldsl.module.deep_sums import batched_forward
 from nldsl.module.period_means import bind_period_means, group_by_period
 from nldsl.module.period_writes import PeriodCall, write_periods
 from nldsl.runtime import mlp

@@ -30,7 +30,8 @@ import torch
 
 from nldsl.lower.program import TokenLevel
 from nldsl.lower.snapshot_forms import SnapshotForm
-from nldsl.module.deep_chunk import batched_forward, chunk_segments
+from nldsl.module.deep_chunk import chunk_segments
+from nldsl.module.deep_sums import batched_forward
 from nldsl.module.guard import clip_applications
 from nldsl.module.snapshot_end import Application, end_states
 from nldsl.module.unit import STREAM
