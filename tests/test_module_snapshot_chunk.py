@@ -315,3 +315,37 @@ def test_a_conv_in_a_before_write_read_takes_the_form(tmp_path, monkeypatch):
     forbid_fallback(monkeypatch)
     x = inputs(1, 9, DIM, 1).requires_grad_()
     assert_schedules_agree(*made, x, deep_bound(9, 2 * DIM))
+
+
+#: Found by tests/test_fuzz_task.py: the target `v` of a stateless context, first asked for by
+#: a stopgrad (`own`, a snapshot context computed before the losses), was memoised for the
+#: whole call without a graph, so the outer gradient lost the path through `target = v`
+#: (grad Wv off by 100%).
+STOPGRAD_FIRST = """module m(dim: int = 3 >= 1) {
+  state Wv : [dim, dim] = normal(0.5)
+  level memory every 1 token chunk 2 backprop {
+    state M : mlp(dim -> dim)
+    key k = l2norm(M(x))
+    value v = x @ Wv
+    value target = v
+    value own = stopgrad(M(v))
+    M: minimize l2(M(k), target) + l2(M(k), own) by gd(lr = 0.1)
+    read y = M(x) before write
+  }
+  out = y
+}
+"""
+
+
+def test_a_value_a_stopgrad_asks_for_first_keeps_its_outer_graph(monkeypatch):
+    """A stateless context is computed once per call, with the outer graph whichever use asks
+    first: here a stopgrad's (no_grad) evaluation of `own`."""
+    made = []
+    for schedule in ("reference", "chunked"):
+        torch.manual_seed(1)
+        made.append(randomize(compile_module(STOPGRAD_FIRST, schedule=schedule).to(torch.float64), 2))
+    assert set(made[1].fast_paths) == {"memory"}
+    assert isinstance(made[1].fast_paths["memory"], SnapshotForm)
+    forbid_fallback(monkeypatch)
+    x = inputs(2, 8, 3, 1).requires_grad_()
+    assert_schedules_agree(*made, x, deep_bound(8, 6))
