@@ -576,6 +576,31 @@ def test_a_cut_nested_stream_is_one_stream(cuts, grad):
             torch.testing.assert_close(g, e, atol=1e-10, rtol=0)
 
 
+@pytest.mark.parametrize("cuts", [[1, 1], [2, 2, 4]], ids=["1-1", "2-2-4"])
+def test_an_empty_call_passes_a_nested_stream_on(cuts):
+    """An empty call (x[:, t:t]) inside the teacher's period: the states pass as they are. The
+    FOUND case of tests/test_fuzz_task.py: with mlp states the module's copies replaced the
+    nodes the block's graph starts from, so Phi lost its total derivative (and later writes
+    their values)."""
+    text = NESTED.replace("PARTIAL", "flush").replace("[dim, dim] init", "mlp(dim -> dim, tanh) init")
+    torch.manual_seed(0)
+    m = nldsl.compile(text, dim=DIM, p_a=6, p_b=1, lr_a=0.05, lr_b=0.08).double()
+    H = head()
+    x, z = data(2, 5)
+    with torch.no_grad():
+        whole, whole_state = nldsl.stream(m, x, z, loss=squared(H))
+        parts, state, start = [], None, 0
+        for stop in cuts + [x.shape[1]]:
+            y, state = nldsl.stream(m, x[:, start:stop], z[:, start:stop], state,
+                                    loss=squared(H), end=stop == x.shape[1])
+            parts.append(y)
+            start = stop
+    torch.testing.assert_close(torch.cat(parts, 1), whole, atol=TOL, rtol=0)
+    for level, name in (("a", "A"), ("a", "B.init"), ("b", "B")):
+        for got, want in zip(state[level][name], whole_state[level][name]):
+            torch.testing.assert_close(got, want, atol=TOL, rtol=0, msg=name)
+
+
 NESTED_SPEC = dict(dim=4, expansion=2, lr_slow=0.005, lr_mid=0.005, lr_fast=0.005)
 
 
