@@ -95,7 +95,10 @@ def build(decl: ast.SpecDecl) -> LevelGraph:
         for state_name, state in list(infos[name]["states"].items()):
             init = state.decl.init
             if isinstance(init, ast.InitLearned):
-                teacher = init.by or (names[index - 1] if index > 0 else None)
+                # a module's plain `init learned` is the outer level's (docs/language.md, as
+                # lower/module.py compiles it); an optimizer's, the next slower level's
+                default = OUTER if decl.kind == "module" else names[index - 1] if index else None
+                teacher = init.by or default
                 infos[name]["states"][state_name] = state.model_copy(update={"learned_by": teacher})
     levels = {name: LevelInfo(**fields) for name, fields in infos.items()}
     edges, depends = _edges(decl, levels)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import nldsl
-from _module_cases import SPECS, build, flat_state, inputs
+from _module_cases import SPECS, assert_close, build, flat_state, inputs, rounding_bound
 from nldsl.errors import NLDSLCompileError, NLDSLError
 from nldsl.lower.schedule import run_order, segment_chunks
 from nldsl.lower.timing import snapshot_reads
@@ -153,6 +153,34 @@ def test_to_moves_a_module_with_a_random_initial_state():
     m = compile_module(text, dim=6).to(torch.float64)
     y, state = m(torch.randn(1, 3, 6, dtype=torch.float64))
     assert state["memory"]["M"].dtype == torch.float64
+
+
+#: No parameter and no buffer: nothing for to() to convert (found by tests/test_fuzz_task.py:
+#: float64 input met float32 initial states, a RuntimeError from a matmul).
+NO_TENSORS = """module m(dim: int = 3 >= 1) {
+  level mem every 2 tokens {
+    state A : [dim, dim] = eye()
+    minimize l2(A(x), x) by gd(lr = 0.1)
+    read y = A(x)
+  }
+  out = y
+}
+"""
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_a_module_without_tensors_runs_in_the_inputs_dtype(schedule, dtype):
+    """Its states take the input's dtype (check_input accepts any), also when a cut stream
+    passes them back."""
+    m = compile_module(NO_TENSORS, schedule=schedule)
+    assert not list(m.parameters()) and not list(m.buffers())
+    x = torch.randn(2, 5, 3, dtype=dtype)
+    y, state = m(x)
+    assert y.dtype == dtype and state["mem"]["A"].dtype == dtype
+    first, carried = m(x[:, :3], end=False)
+    second, _ = m(x[:, 3:], carried)
+    assert_close(torch.cat([first, second], 1), y, rounding_bound(5, 3), "y cut at 3")
 
 
 def test_repr_names_spec_schedule_and_hyperparameters():

@@ -315,3 +315,58 @@ def test_a_conv_in_a_before_write_read_takes_the_form(tmp_path, monkeypatch):
     forbid_fallback(monkeypatch)
     x = inputs(1, 9, DIM, 1).requires_grad_()
     assert_schedules_agree(*made, x, deep_bound(9, 2 * DIM))
+
+
+#: Found by tests/test_fuzz_task.py, each a value first asked for by a stopgrad (its no_grad):
+#: memoised for the whole call without the outer graph, so every later use lost it.
+STOPGRAD_FIRST = {
+    # `own`, a snapshot context computed before the losses, looked up the stateless `v`
+    # (call-wide memo): grad Wv lost the path through `target = v`
+    "stateless-value": """module m(dim: int = 3 >= 1) {
+  state Wv : [dim, dim] = normal(0.5)
+  level memory every 1 token chunk 2 backprop {
+    state M : mlp(dim -> dim)
+    key k = l2norm(M(x))
+    value v = x @ Wv
+    value target = v
+    value own = stopgrad(M(v))
+    M: minimize l2(M(k), target) + l2(M(k), own) by gd(lr = 0.1)
+    read y = M(x) before write
+  }
+  out = y
+}
+""",
+    # another level's sequence `v`, sliced to the chunk under the stopgrad (chunk memo): the
+    # later M(v) of the loss lost the path to x (grad x off by 28%)
+    "another-levels-value": """module m(dim: int = 3 >= 1) {
+  state Wk : [dim, dim] = normal(0.5)
+  level projections every 1 token chunk 2 {
+    state M_v : mlp(dim -> dim)
+    M_v: minimize l2(M_v(k), stopgrad(M_v(v))) by gd(lr = 0.1)
+    key k = l2norm(x @ Wk)
+    value v = M_v(x)
+  }
+  level memory every 1 token chunk 2 backprop {
+    state M : mlp(dim -> dim)
+    M: minimize l2(M(k), stopgrad(M(v))) + l2(M(v), x) by gd(lr = 0.1)
+    read y = M(x) before write
+  }
+  out = y
+}
+""",
+}
+
+
+@pytest.mark.parametrize("text", [pytest.param(t, id=n) for n, t in STOPGRAD_FIRST.items()])
+def test_a_value_a_stopgrad_asks_for_first_keeps_its_outer_graph(text, monkeypatch):
+    """A name the chunk looks up is computed with the outer graph whichever use asks first."""
+    made = []
+    for schedule in ("reference", "chunked"):
+        torch.manual_seed(1)
+        made.append(randomize(compile_module(text, schedule=schedule).to(torch.float64), 2))
+    assert made[1].fast_paths and \
+        all(isinstance(f, SnapshotForm) for f in made[1].fast_paths.values())
+    assert set(made[1].fast_paths) == {lv.name for lv in made[1].program.levels}
+    forbid_fallback(monkeypatch)
+    x = inputs(2, 8, 3, 1).requires_grad_()
+    assert_schedules_agree(*made, x, deep_bound(8, 6))

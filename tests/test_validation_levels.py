@@ -115,8 +115,11 @@ def test_no_conflict(text):
                      " level b every 1 token { }"),
                  ["state 'M' is learned by 'b', which is not a slower level"], id="faster-teacher"),
     pytest.param(mod("level a every 4 tokens { }\n level b every 4 tokens {"
-                     " state M : [dim, dim] init learned }"),
+                     " state M : [dim, dim] init learned by a }"),
                  ["state 'M' is learned by 'a', which is not a slower level"], id="same-frequency"),
+    # a module's plain `init learned` is the outer level's, whatever the levels before it
+    pytest.param(mod("level a every 4 tokens { }\n level b every 4 tokens {"
+                     " state M : [dim, dim] init learned }"), [], id="plain-is-outer"),
     pytest.param(mod("level a every 1 token { state M : [dim, dim] init learned by nope }"),
                  ["unknown level 'nope'"], id="unknown-teacher"),
 ])

@@ -195,7 +195,8 @@ class InitValue(Node):
 
 class InitLearned(Node):
     """`init learned [by L]`: the initial state is meta-learned by a slower level (default: the
-    next slower one) and the state restarts from it at the start of each of that level's periods."""
+    outer level in a module, the next slower level in an optimizer) and the state restarts from
+    it at the start of each of that level's periods."""
 
     kind: Literal["learned"] = "learned"
     by: str | None = None

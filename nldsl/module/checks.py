@@ -28,6 +28,17 @@ def resolve_hparams(spec, given: dict) -> dict:
     return values
 
 
+def reference_tensor(module, x: torch.Tensor | None = None) -> torch.Tensor:
+    """The tensor whose dtype and device a module's states take: its first parameter, else its
+    first buffer, else the input x (a module with neither runs in x's dtype, as check_input
+    lets it), else a float32 zero."""
+    for tensors in (module.parameters(), module.buffers()):
+        found = next(iter(tensors), None)
+        if found is not None:
+            return found
+    return x if x is not None else torch.zeros(())
+
+
 def check_input(module, x) -> None:
     dim = module.program.dim
     if not isinstance(x, torch.Tensor):
@@ -47,7 +58,7 @@ def check_state(module, state, x) -> dict:
         raise TypeError(f"state must be the dict a previous call returned, got {type(state).__name__}")
     stream = state.get(STREAM)
     t = stream.get("t", 0) if isinstance(stream, dict) else 0
-    expected = _template(module, x.shape[0], t if isinstance(t, int) and t >= 0 else 0)
+    expected = _template(module, x.shape[0], t if isinstance(t, int) and t >= 0 else 0, x)
     if set(state) != set(expected):
         raise ValueError(f"this state is not {module.program.name}'s: it has entries "
                          f"{sorted(state)}, expected {sorted(expected)}")
@@ -81,17 +92,17 @@ class _Meta(NamedTuple):
     device: torch.device
 
 
-def _template(module, batch: int, t: int) -> dict:
+def _template(module, batch: int, t: int, x: torch.Tensor) -> dict:
     """The entries of `module.initial_state(batch, t=t)`, a tensor's as its shape, dtype and
     device: what a state must match. Built once per batch, position (a full attention's cache
     grows with t), dtype and device, not per call (the initial state concatenates every MLP
     memory's learned weights)."""
-    ref = next(iter(module.parameters()), torch.zeros(()))
+    ref = reference_tensor(module, x)
     key = (batch, t if module.program.attention else 0, ref.dtype, ref.device)
     cache = module.__dict__.setdefault("_state_templates", {})
     if key not in cache:
         with torch.no_grad():
-            state = module.initial_state(batch, t=t)
+            state = module.initial_state(batch, t=t, like=x)
         cache[key] = {k: {n: _Meta(v.shape, v.dtype, v.device) if isinstance(v, torch.Tensor)
                           else v for n, v in own.items()} for k, own in state.items()}
     return cache[key]

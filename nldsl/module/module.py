@@ -22,7 +22,7 @@ from nldsl.lower.program import Program
 from nldsl.lower.schedule import plan_schedule
 from nldsl.lower.unsupported import compile_error
 from nldsl.module import taskgrad
-from nldsl.module.checks import check_input, check_state
+from nldsl.module.checks import check_input, check_state, reference_tensor
 from nldsl.module.chunked import call_plan, fits, run_chunked
 from nldsl.module.init import conv_kernel, draw
 from nldsl.module.reference import STREAM, run_reference
@@ -89,11 +89,14 @@ class CompiledModule(nn.Module):
             self.register_parameter(site.param, nn.Parameter(conv_kernel(channels, site.width)))
 
     # -- state -------------------------------------------------------------------------
-    def initial_state(self, batch: int, probing: bool = False, t: int = 0) -> dict:
+    def initial_state(self, batch: int, probing: bool = False, t: int = 0,
+                      like: torch.Tensor | None = None) -> dict:
         """The state at the start of a stream: every fast state at its initial value, expanded
         to the batch (and heads); conv and attention caches zero; t = 0. (With `t`, the shapes
-        of a state at that position: a full attention's cache holds t positions.)"""
-        ref = next(iter(self.parameters()), torch.zeros(()))
+        of a state at that position: a full attention's cache holds t positions.) Its dtype
+        and device are the parameters' (checks.reference_tensor); a module without parameters
+        or buffers takes those of `like`, the input."""
+        ref = reference_tensor(self, like)
         state: dict = {STREAM: {"t": 0}}
         for site in self.program.convs.values():
             if not probing:
@@ -127,7 +130,7 @@ class CompiledModule(nn.Module):
 
     def forward(self, x: torch.Tensor, state: dict | None = None, end: bool = True):
         check_input(self, x)
-        state = self.initial_state(x.shape[0]) if state is None else \
+        state = self.initial_state(x.shape[0], like=x) if state is None else \
             check_state(self, to_internal(self.program, state), x)
         params = dict(self.named_parameters())
         if self.schedule == "reference":

@@ -136,10 +136,15 @@ class _Chunk:
         if name in self.per_chunk:
             return self.context(name)
         if name not in self.names:
-            value = self.values._lookup(name, self.frame)
-            steps = self.values.x.shape[1]
-            self.names[name] = value[:, self.t0:self.t1] if isinstance(value, torch.Tensor) and \
-                value.ndim >= 2 and value.shape[1] == steps else value
+            # memoised (for the call, and its chunk's slice for the chunk) by whichever use
+            # asks first: with the outer graph when there is one, also when a stopgrad asks
+            # (its no_grad would leave the value without a graph for every later use, as for
+            # a conv site)
+            with torch.set_grad_enabled(self.outer_grad):
+                value = self.values._lookup(name, self.frame)
+                steps = self.values.x.shape[1]
+                self.names[name] = value[:, self.t0:self.t1] if isinstance(value, torch.Tensor) \
+                    and value.ndim >= 2 and value.shape[1] == steps else value
         return self.names[name]
 
     def apply(self, name: str, u):

@@ -134,7 +134,7 @@ def check_learned_inits(c: Checker) -> None:
         elif teacher is None:
             c.report(init, f"unknown level {init.by!r}", expected="the name of a slower level",
                      hint=c.suggest(init.by, c.graph.levels) or "write `init learned` to have the "
-                     "next slower level learn it")
+                     "outer level learn it (in an optimizer: the next slower level)")
         elif teacher.period and student.period and teacher.rank <= student.rank:
             c.report(init, MSG_BAD_TEACHER.format(name=state.name, teacher=teacher.name),
                      expected="a level that writes less often than " + repr(student.name),
