@@ -161,8 +161,9 @@ def _write_once(level: TokenLevel, unit: UnitValues, own: dict, t: int) -> None:
         key = f"{write.target}.pending"
         own[key] = grad if key not in own else own[key] + grad
         arguments = (write.lr, write.decay) + ((write.beta,) if write.kind == "momentum" else ())
-        own[f"{write.target}.rule.pending"] = tuple(unit.evaluate(level, "current", a)
-                                                    for a in arguments)
+        own[f"{write.target}.rule.pending"] = tuple(   # channel-wise gates as factors, as _write's
+            _gate(level, write.target, unit.frames[level.name], unit.evaluate(level, "current", a))
+            for a in arguments)
     if t % level.period == 0:
         _step_once(level, own)
 
