@@ -205,7 +205,9 @@ def check_channel_gates(c: Checker) -> None:
             one = {(1,) * len(shapes.trials)} | ({heads.values} if heads is not None else set())
             for rule in objective.rules:
                 for arg in list(rule.args) + [k.value for k in rule.kwargs]:
+                    shapes.in_level(level)        # a rule's argument is one head's value
                     found = shapes.infer(arg)
+                    shapes.leave()
                     if not found or found[-1] is None or (len(found) == 1 and
                                                           found[-1].values in one):
                         continue
