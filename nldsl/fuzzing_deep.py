@@ -22,11 +22,13 @@ LOSSES = {
     "dot": "-dot({m}, v{i}) + 0.5 * l2({m}, 0)",
     "two-inputs": "l2({m}, v{i}) + 0.5 * l2({n}, v{i})",
 }
-#: Rules (or chains) on an MLP memory: name -> text with {lr} the step's gate, {decay} the decay.
+#: Rules (or chains) on an MLP memory: name -> text with {lr} the step's gate, {decay} the decay,
+#: {clip} the guard (docs/modules.md, "Stability") or nothing.
 RULES = {
-    "gd": "gd(lr = {lr}, decay = {decay})",
-    "momentum": "momentum(lr = {lr}, beta = beta{i}, decay = {decay})",
+    "gd": "gd(lr = {lr}, decay = {decay}{clip})",
+    "momentum": "momentum(lr = {lr}, beta = beta{i}, decay = {decay}{clip})",
     "dgd": "dgd(lr = {lr}, decay = {decay})",
+    "dgd-precondition": "dgd(lr = {lr}, decay = {decay}, precondition = true)",
     "ema": "ema(beta{i})",
     "momentum-ns-gd": "momentum(lr = 1, beta = beta{i}) then newton_schulz({ns}) then "
                       "gd(lr = {lr}, decay = {decay})",
@@ -137,10 +139,13 @@ def deep_module_specs(draw, max_levels: int = 2) -> DeepDraw:
         rule_kind = draw(st.sampled_from(simple + chains + others))
         ns = draw(st.integers(1, 2))
         ns_total += ns if "ns" in rule_kind else 0
-        decay = f"alpha{i}"
-        body.append(f"minimize {loss} by "
-                    + RULES[rule_kind].format(lr=f"eta{i}", decay=decay, i=i, ns=ns))
-        read = draw(st.sampled_from(["{a}", "rmsnorm({a})", "{a} * g{i}"]))
+        clip = rule_kind in ("gd", "momentum") and draw(st.integers(0, 4)) == 0
+        lr = draw(st.sampled_from([f"eta{i}", f"eta{i}", f"eta{i} * alpha{i}"])) if channel \
+            else f"eta{i}"                                  # a channel-wise lr
+        body.append(f"minimize {loss} by " + RULES[rule_kind].format(
+            lr=lr, decay=f"alpha{i}", i=i, ns=ns, clip=", clip = 1.0" if clip else ""))
+        read = draw(st.sampled_from(["{a}", "rmsnorm({a})", "{a} * g{i}"]
+                                    + ([f"{{a}} + 0.5 * {s}(q{i})"] if derived else [])))
         rmsnorm = rmsnorm or read.startswith("rmsnorm")
         before = not once and draw(st.integers(0, 3)) == 0
         body.append(f"read y{i} = {read.format(a=f'{reader}(q{i})', i=i)}"
@@ -155,7 +160,8 @@ def deep_module_specs(draw, max_levels: int = 2) -> DeepDraw:
         outs.append(f"y{i} @ Wo{i}")
         form = _expected_form(once=once, every=every, chunk=chunk, norm=norm, channel=channel,
                               derived=derived, trained=trained, reader=reader, loss=loss_kind,
-                              window=window, rule=rule_kind, before=before, heads=per_head)
+                              window=window, rule=rule_kind, before=before, heads=per_head,
+                              clip=clip)
         fast_all = fast_all and form is not None
         if form:
             expect[f"mem{i}"] = form
@@ -167,10 +173,10 @@ def deep_module_specs(draw, max_levels: int = 2) -> DeepDraw:
 
 
 def _expected_form(*, once, every, chunk, norm, channel, derived, trained, reader, loss, window,
-                   rule, before, heads) -> tuple[str, ...] | None:
+                   rule, before, heads, clip) -> tuple[str, ...] | None:
     """The fast forms docs/modules.md ("Schedules") says a level of this draw may take (their
     class names), or None where it says the level runs the reference (or says nothing)."""
-    if channel or loss == "two-inputs":
+    if channel or loss == "two-inputs" or (clip and (once or window)):
         return None
     if once:
         plain = rule in ("gd", "momentum") and not derived and not before

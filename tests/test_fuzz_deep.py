@@ -38,7 +38,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import nldsl
 import nldsl.module.module  # noqa: F401  imported here, not inside the first example's hang guard
 import nldsl.module.chunked as chunked_schedule
-from _module_cases import U64, assert_close, flat_layers
+from _module_cases import U64, assert_close, flat_layers, stream_in_parts
 from nldsl.fuzzing_deep import DeepDraw, deep_module_specs
 from nldsl.testing import assert_located, hang_guard
 
@@ -57,25 +57,27 @@ def tolerance(steps: int, ns_steps: int, rmsnorm: bool, passes: int) -> float:
     return 2 * passes * 4 * 2 ** steps * (MAX_WIDTH + 3) * 4 ** ns_steps * gain * U64
 
 
-def compiled(spec, schedule: str, block: int):
+def compiled(spec, schedule: str, block: int, checkpoint: bool = False):
     """A float64 module, or the located error that refuses the spec."""
     torch.manual_seed(0)
     try:
-        return nldsl.compile(spec, schedule=schedule, block_size=block).to(torch.float64)
+        return nldsl.compile(spec, schedule=schedule, block_size=block,
+                             checkpoint=checkpoint).to(torch.float64)
     except nldsl.NLDSLError as err:
         assert_located(err)
         return None
 
 
-def run(m, x: torch.Tensor, grads: bool):
+def run(m, x: torch.Tensor, grads: bool, cut: int | None):
     """(y, flat final state, gradients of a fixed linear functional of y w.r.t. x and every
-    parameter, or None)."""
+    parameter, or None), the stream in one call or cut in two at `cut` (the state carried)."""
+    call = lambda x: m(x) if cut is None else stream_in_parts(m, x, (cut,))
     if not grads:
         with torch.no_grad():
-            y, state = m(x)
+            y, state = call(x)
         return y, flat_layers(state), None
     x = x.clone().requires_grad_()
-    y, state = m(x)
+    y, state = call(x)
     weights = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
     inputs = [x] + list(m.parameters())
     found = torch.autograd.grad((y * weights).sum(), inputs, allow_unused=True)
@@ -83,34 +85,39 @@ def run(m, x: torch.Tensor, grads: bool):
                                             for i, g in zip(inputs, found)]
 
 
-def check(draw: DeepDraw, batch: int, steps: int, block: int, grads: bool) -> None:
+def check(draw: DeepDraw, batch: int, steps: int, block: int, grads: bool,
+          cut: int | None = None, checkpoint: bool = False) -> bool:
     """The property: located error at load or compile (both schedules alike), or the same
-    outputs, final states (and gradients), with the expected fast path taken."""
+    outputs, final states (and gradients), with the expected fast path taken; the chunked
+    module with `checkpoint` (recomputing its chunks in the backward pass) or not. Returns
+    whether the schedules ran (False: refused)."""
     with hang_guard(HANG_LIMIT_S):
         try:
             spec = nldsl.load(draw.text)
         except nldsl.NLDSLError as err:
             assert_located(err)
-            return
-        reference, chunked = compiled(spec, "reference", block), compiled(spec, "chunked", block)
+            return False
+        reference = compiled(spec, "reference", block)
+        chunked = compiled(spec, "chunked", block, checkpoint)
         assert (reference is None) == (chunked is None), "refused by one schedule only"
         if reference is None:
-            return
+            return False
         for level, forms in draw.expect.items():
             taken = type(chunked.fast_paths.get(level)).__name__
             assert taken in forms, f"{level}: expected the {' or '.join(forms)}, took {taken}"
         chunked.load_state_dict(reference.state_dict())
         generator = torch.Generator().manual_seed(steps)
         x = torch.randn(batch, steps, reference.program.dim, generator=generator, dtype=torch.float64)
-        expected = run(reference, x, grads)
+        cut = cut if cut is not None and 0 < cut < steps else None
+        expected = run(reference, x, grads, cut)
         fallback = mock.patch.object(chunked_schedule, "run_reference",
                                      side_effect=AssertionError("the chunked schedule fell back "
                                                                 "to the reference"))
         if draw.expect:
             with fallback:
-                actual = run(chunked, x, grads)
+                actual = run(chunked, x, grads, cut)
         else:
-            actual = run(chunked, x, grads)
+            actual = run(chunked, x, grads, cut)
     bound = tolerance(steps, draw.ns_steps, draw.rmsnorm, 1)
     assert_close(actual[0], expected[0], bound, "y")
     assert actual[1].keys() == expected[1].keys(), (sorted(actual[1]), sorted(expected[1]))
@@ -126,14 +133,17 @@ def check(draw: DeepDraw, batch: int, steps: int, block: int, grads: bool) -> No
         for name, a, b in zip(names, actual[2], expected[2]):
             error = (a - b).abs().max().item() if b.numel() else 0.0
             assert error <= bound, f"grad {name}: max error {error:.3e} > {bound:.3e}"
+    return True
 
 
 @FUZZ
 @given(draw=deep_module_specs(), batch=st.integers(1, 2), steps=st.integers(1, MAX_STEPS),
-       block=st.sampled_from([1, 3, 64]), grads=st.integers(0, 3).map(lambda n: n == 0))
+       block=st.sampled_from([1, 3, 64]), grads=st.integers(0, 3).map(lambda n: n == 0),
+       cut=st.one_of(st.none(), st.integers(1, MAX_STEPS - 1)), checkpoint=st.booleans())
 def test_drawn_deep_module_runs_alike_in_both_schedules_or_fails_located(draw, batch, steps,
-                                                                           block, grads):
-    check(draw, batch, steps, block, grads)
+                                                                           block, grads, cut,
+                                                                           checkpoint):
+    check(draw, batch, steps, block, grads, cut, checkpoint)
 
 
 def deep(level: str, memory: str, *body: str, read: str = "read y = M(k)") -> str:
@@ -150,6 +160,23 @@ def deep(level: str, memory: str, *body: str, read: str = "read y = M(k)") -> st
 
 NORMED = "state M : mlp(head_dim -> head_dim, layernorm)"
 DERIVED = ("let W = A / norm(A)", "let S = A + stopgrad(W - A)")
+
+PER_HEAD = """module m(dim: int = 3 >= 1, heads: int = 2 >= 1, head_dim: int = 3 >= 1) {
+  state Wk : [dim, heads * head_dim] = normal(0.5)
+  state Wa : [dim, heads * head_dim] = normal(0.5)
+  state We : [dim, heads] = normal(0.5)
+  state Wo : [heads * head_dim, dim] = normal(0.5)
+  level mem every 1 token chunk 2 heads heads {
+    state M : mlp(head_dim -> head_dim)
+    key k = l2norm(x @ Wk)
+    gate alpha = sigmoid(x @ Wa)
+    gate eta = sigmoid(x @ We)
+    minimize l2(M(k), k) by gd(lr = eta * alpha, decay = 0.9)
+    read y = M(k)
+  }
+  out = y @ Wo
+}
+"""
 
 #: Minimal specs the fuzzer found failing, each fixed: name -> (spec, the forms its levels may
 #: take, what went wrong).
@@ -185,6 +212,10 @@ FOUND: dict[str, tuple[str, dict, str]] = {
         {"mem": ("ChainForm",)},
         "a window of width 1 passed the snapshot form's no-window check (level.window > 1), "
         "whose evaluator has no window (a TypeError; lower/snapshot_forms.py)"),
+    "per-head-rate-times-channel-gate": (
+        PER_HEAD, {}, "refused: the channel-gate check inferred a rule's argument outside its "
+                      "level, where eta * alpha is [heads] times [heads * head_dim], not one "
+                      "head's number times its [head_dim] (validation/memories.py)"),
 }
 
 
@@ -192,4 +223,4 @@ FOUND: dict[str, tuple[str, dict, str]] = {
                                           for name, (text, expect, _) in FOUND.items()])
 @pytest.mark.parametrize("block", [1, 3])
 def test_known_cases(text, expect, block):
-    check(DeepDraw(text, expect=expect), 2, 7, block, grads=True)
+    assert check(DeepDraw(text, expect=expect), 2, 7, block, grads=True), "refused"
