@@ -46,7 +46,9 @@ from nldsl.testing import assert_located, hang_guard
 
 HANG_LIMIT_S = 30
 RMSNORM_GAIN = 1e-5 ** -0.5
-MAX_WIDTH = 12                       # 3 * head_dim (a hidden layer) or a chunk of 5 plus heads
+#: >= the longest inner product: a hidden layer (2 * head_dim = 8), the merged heads (8), a
+#: deep chunk (5) plus a window (3)
+MAX_WIDTH = 12
 MAX_STEPS = 10
 
 FUZZ = settings(max_examples=40, deadline=None, derandomize=True, database=None,
@@ -193,6 +195,21 @@ PER_HEAD = """module m(dim: int = 3 >= 1, heads: int = 2 >= 1, head_dim: int = 3
 }
 """
 
+DGD_HEAD_DIM_1 = """module m(dim: int = 3 >= 1, heads: int = 1 >= 1, head_dim: int = 1 >= 1) {
+  state Wk : [dim, heads * head_dim] = normal(0.5)
+  state Wv : [dim, heads * head_dim] = normal(0.5)
+  state Wo : [heads * head_dim, dim] = normal(0.5)
+  level mem every 1 token heads heads {
+    state M : mlp(head_dim -> head_dim -> head_dim, silu)
+    key k = l2norm(x @ Wk)
+    value v = x @ Wv
+    minimize l2(M(k), v) by dgd(lr = 0.1, precondition = true)
+    read y = M(k)
+  }
+  out = y @ Wo
+}
+"""
+
 #: Minimal specs the fuzzer found failing, each fixed: name -> (spec, the forms its levels may
 #: take, what went wrong).
 FOUND: dict[str, tuple[str, dict, str]] = {
@@ -233,6 +250,16 @@ FOUND: dict[str, tuple[str, dict, str]] = {
         {"mem": ("PeriodicForm",)},
         "a stream cut mid-period: the periodic form kept the rule's pending width-1 gates as "
         "[B], the reference as [B, 1] (module/periodic_chunk.py)"),
+    "mlp-state-like-mlp": (
+        deep("every 1 token", "state M : mlp(head_dim -> 2 * head_dim -> head_dim)",
+             "state N like M", "M: minimize l2(M(k), v) by gd(lr = 0.1)",
+             "N: minimize l2(N(v), k) by gd(lr = 0.1)", read="read y = M(k) + N(k)"),
+        {}, "`state N like M` of an mlp M: N's objective took a matrix's closed-form gradient "
+            "(the lowering looked for an mlp(...) shape without following `like`; "
+            "lower/module.py)"),
+    "dgd-precondition-head-dim-1": (
+        DGD_HEAD_DIM_1, {}, "head_dim 1, one head: the preconditioner's key was a number per "
+                            "head, not [1] (a shape error; module/reference.py)"),
     "per-head-rate-times-channel-gate": (
         PER_HEAD, {}, "refused: the channel-gate check inferred a rule's argument outside its "
                       "level, where eta * alpha is [heads] times [heads * head_dim], not one "
