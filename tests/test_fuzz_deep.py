@@ -51,7 +51,7 @@ RMSNORM_GAIN = 1e-5 ** -0.5
 MAX_WIDTH = 12
 MAX_STEPS = 10
 
-FUZZ = settings(max_examples=40, deadline=None, derandomize=True, database=None,
+FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
