@@ -160,3 +160,25 @@ def test_precondition_acts_on_the_previous_tokens_state():
         ys.append((s @ k.unsqueeze(-1)).squeeze(-1))
     assert torch.allclose(y, torch.stack(ys, dim=1), atol=1e-12)
     assert torch.allclose(state["fast"]["M"], s, atol=1e-12)
+
+
+LIKE_MLP = """module pair(dim: int >= 1) {
+  level memory every 1 token {
+    state M : mlp(dim -> 2 * dim -> dim)
+    state N like M
+    M: minimize l2(M(x), x) by gd(lr = 0.1)
+    N: minimize l2(N(x), x) by gd(lr = 0.1)
+    read y = M(x) + N(x)
+  }
+  out = y
+}"""
+
+
+def test_a_state_like_an_mlp_is_written_as_an_mlp():
+    """`state N like M`: N has M's layout and its objective the same autograd write as M's, not
+    a matrix's closed-form gradient (tests/test_fuzz_deep.py FOUND "mlp-state-like-mlp")."""
+    level = lowered(LIKE_MLP).level("memory")
+    assert level.states["N"].mlp == level.states["M"].mlp is not None
+    writes = {w.target: w for w in level.writes}
+    assert writes["N"].grad is None and writes["N"].loss is not None
+    assert (writes["M"].grad is None) == (writes["N"].grad is None)

@@ -293,3 +293,20 @@ def test_checkpoint_keeps_a_fraction_of_the_memory(batch_size, block_size, monke
         totals.append(sum(saved.values()) + sum(held.values()))
     kept, checkpointed = totals
     assert 4 * checkpointed < kept, (kept, checkpointed)
+
+
+def test_a_width_one_gate_pending_at_a_cut_is_kept_as_the_reference_keeps_it(monkeypatch):
+    """Without heads, gates of width 1 (x @ W, W [dim, 1]): a call ending mid-period leaves
+    the rule's arguments [B, 1] in the state, as the reference keeps them (tests/test_fuzz_deep.py
+    found them kept as [B], which a later call broadcasts differently)."""
+    text = USER.format(heads=1, head_clause="", chunk="", gate=", 1", backprop="backprop",
+                       partial="flush")
+    reference, chunked = [randomize(nldsl.compile(text, schedule=s, dim=8).double(), 3)
+                          for s in ("reference", "chunked")]
+    assert isinstance(chunked.fast_paths["memory"], PeriodicForm)
+    forbid_fallback(monkeypatch)
+    x = inputs(2, 10, 8, 3)
+    with torch.no_grad():
+        (y_r, s_r), (y_c, s_c) = (stream_in_parts(m, x, (2, 5)) for m in (reference, chunked))
+    assert_close(y_c, y_r, deep_bound(10, 12), "y")
+    assert_states_close(flat_layers(s_c), flat_layers(s_r), deep_bound(10, 12), "periodic")

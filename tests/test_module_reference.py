@@ -64,3 +64,58 @@ def test_once_takes_one_rule_step_per_period(partial, schedule):
     torch.testing.assert_close(y, y_loop, rtol=1e-12, atol=1e-13)
     torch.testing.assert_close(state["memory"]["M"], m, rtol=1e-12, atol=1e-13)
     torch.testing.assert_close(state["memory"]["M_momentum"], s, rtol=1e-12, atol=1e-13)
+
+
+CHANNEL_GATED = """module gated(dim: int >= 1) {{
+  state W_a : [dim, dim] = normal(0.5)
+  level memory every 1 token backprop{once} {{
+    state M : mlp(dim -> 2 * dim -> dim, tanh)
+    gate alpha = sigmoid(x @ W_a)
+    minimize l2(M(x), x) by momentum(lr = 0.3 * alpha, beta = alpha, decay = alpha)
+    read y = M(x)
+  }}
+  out = y
+}}"""
+
+
+def test_once_gates_channel_wise_as_every_token_writes_do():
+    """A channel-wise lr, beta and decay (width dim on dim -> 2 dim -> dim: the first layer's
+    columns, the last layer's rows) on a `once` level of period 1 take the same steps as on the
+    plain level (tests/test_fuzz_deep.py FOUND "once-channel-gate": the once step applied the
+    gate as it is, a shape error)."""
+    torch.manual_seed(0)
+    plain = nldsl.compile(CHANNEL_GATED.format(once=""), dim=3, schedule="reference").double()
+    once = nldsl.compile(CHANNEL_GATED.format(once=" once"), dim=3, schedule="reference").double()
+    once.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(1), dtype=DT)
+    (y_plain, s_plain), (y_once, s_once) = plain(x), once(x)
+    torch.testing.assert_close(y_once, y_plain, rtol=1e-12, atol=1e-13)
+    for a, b in zip(s_once["memory"]["M"], s_plain["memory"]["M"]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+
+
+PRECONDITIONED = """module dgd1(dim: int >= 1, heads: int = 1 >= 1, head_dim: int = 1 >= 1) {{
+  state Wk : [dim, {width}] = normal(0.5)
+  state Wo : [{width}, dim] = normal(0.5)
+  level memory every 1 token{heads} {{
+    state M : mlp(head_dim -> head_dim -> head_dim, silu)
+    key k = l2norm(x @ Wk)
+    minimize l2(M(k), k) by dgd(lr = 0.1, precondition = true)
+    read y = M(k)
+  }}
+  out = y @ Wo
+}}"""
+
+
+def test_a_preconditioned_write_with_head_dim_one_is_the_one_head_write():
+    """dgd(precondition = true) with `heads 1` and head_dim 1 (the key a number per head) is the
+    write without `heads` (tests/test_fuzz_deep.py FOUND "dgd-precondition-head-dim-1": the
+    key lacked its width 1, a shape error)."""
+    torch.manual_seed(0)
+    plain = nldsl.compile(PRECONDITIONED.format(heads="", width="head_dim"), dim=3,
+                          schedule="reference").double()
+    headed = nldsl.compile(PRECONDITIONED.format(heads=" heads heads", width="heads * head_dim"),
+                           dim=3, schedule="reference").double()
+    headed.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(1), dtype=DT)
+    torch.testing.assert_close(headed(x)[0], plain(x)[0], rtol=1e-12, atol=1e-13)

@@ -370,3 +370,24 @@ def test_a_value_a_stopgrad_asks_for_first_keeps_its_outer_graph(text, monkeypat
     forbid_fallback(monkeypatch)
     x = inputs(2, 8, 3, 1).requires_grad_()
     assert_schedules_agree(*made, x, deep_bound(8, 6))
+
+
+WINDOW_OF_ONE = '''module windowed(dim: int >= 1) {
+  state Wg : [dim, 1] = normal(1.0)
+  level memory every 1 token chunk 2 {
+    state M : mlp(dim -> dim)
+    key k = x
+    gate h = sigmoid(x @ Wg)
+    minimize window(1, l2(M(k), k), h) by ema(h) then gd(lr = 0.1, decay = 0.9)
+    read y = M(k) before write
+  }
+  out = y
+}'''
+
+
+def test_a_window_of_width_one_is_not_the_form():
+    """A window, even of width 1 (level.window is 1 there), is the chain form's: the snapshot
+    form's evaluator has no window (tests/test_fuzz_deep.py FOUND "window-1-before-write")."""
+    from nldsl.lower.chain_forms import ChainForm
+    m = compile_module(WINDOW_OF_ONE, schedule="chunked", dim=3)
+    assert isinstance(m.fast_paths["memory"], ChainForm)

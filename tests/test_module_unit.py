@@ -51,3 +51,36 @@ def test_a_split_context_is_stored_per_head():
     unit = UnitValues(module.program, dict(module.named_parameters()), state,
                       torch.randn(5, 4), 1)
     assert unit.context(level, "k").shape == (5, 2, 3)             # [B, H, d], not [B, 1, H d]
+
+
+
+#: a window whose loss applies the straight-through derived memory S (moneta's form), here of
+#: W = 1 * A: S = A + stopgrad(A - A) has A's value and derivative.
+WINDOW_OF_DERIVED = """module windowed(dim: int >= 1) {
+  state Wk : [dim, dim] = normal(0.5)
+  level memory every 1 token chunk 2 {
+    state A : mlp(dim -> dim)
+    let W = 1 * A
+    let S = A + stopgrad(W - A)
+    key k = x @ Wk
+    minimize window(2, l2(S(k), k)) by gd(lr = 0.5)
+    read y = W(k)
+  }
+  out = y
+}"""
+
+
+def test_a_window_sees_derived_memories_as_it_sees_states():
+    """window(2, l2(S(k), k)) with S equal to A (value and derivative) computes what
+    window(2, l2(A(k), k)) does (tests/test_fuzz_deep.py FOUND "window-of-a-derived-memory":
+    the window's evaluation did not know derived memories, a RuntimeError)."""
+    torch.manual_seed(0)
+    derived = compile_module(WINDOW_OF_DERIVED, schedule="reference", dim=3).double()
+    plain = compile_module(WINDOW_OF_DERIVED.replace("l2(S(k), k)", "l2(A(k), k)"),
+                           schedule="reference", dim=3).double()
+    plain.load_state_dict(derived.state_dict())
+    x = torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    (y_d, s_d), (y_p, s_p) = derived(x), plain(x)
+    torch.testing.assert_close(y_d, y_p, rtol=0, atol=0)
+    for a, b in zip(s_d["memory"]["A"], s_p["memory"]["A"]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

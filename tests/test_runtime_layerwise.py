@@ -84,3 +84,30 @@ def test_a_matrix_gate_scales_columns_or_rows(width, scaled):
     factor = layerwise.matrix_gate(g, (6, 4), HEADS)
     expected = m * g[..., None, :] if scaled == "columns" else m * g[..., :, None]
     torch.testing.assert_close(HEADS.align(factor, m)[0] * m, expected, rtol=0, atol=0)
+
+
+NORMED = MLPLayout((3, 12, 3), "gelu", True, norm=True)   # `layernorm`: gamma [3] after the layers
+
+
+def test_a_channel_gate_scales_layernorm_gamma_by_its_channels():
+    """gamma [d_L] is a weight of output channels: g * gamma (tests/test_fuzz_deep.py FOUND
+    "layernorm-channel-gate": the gate once lacked gamma's part, a shape error)."""
+    weights = mlp.initial(NORMED, (2, 2), torch.float64)
+    weights = weights[:-1] + (torch.rand(2, 2, 3, dtype=torch.float64),)    # a nonzero gamma
+    g = torch.rand(2, 2, 3, dtype=torch.float64)                        # [B, H, head_dim]
+    flat = layerwise.channel_gate(NORMED, g, HEADS) * mlp.flatten(NORMED, weights)
+    *_, got = mlp.layers(NORMED, flat)
+    torch.testing.assert_close(got, g * weights[-1], rtol=0, atol=0)
+
+
+def test_a_per_weight_expression_acts_on_layernorm_gamma_too():
+    """`0.9 * A + B` on a layernorm memory: every weight, gamma included (FOUND
+    "layernorm-explicit-update": gamma's part was left out, a shape error)."""
+    a = mlp.initial(NORMED, (2, 2), torch.float64)
+    b = tuple(torch.rand_like(w) for w in a)
+    flat = {"A": mlp.flatten(NORMED, a), "B": mlp.flatten(NORMED, b)}
+    got = mlp.layers(NORMED, layerwise.evaluate(NORMED, parse_expr("0.9 * A + B"), HEADS,
+                                                flat.__getitem__, None, None, {"A", "B"}))
+    assert len(got) == 3
+    for w, wa, wb in zip(got, a, b):
+        torch.testing.assert_close(w, 0.9 * wa + wb, rtol=0, atol=1e-15)

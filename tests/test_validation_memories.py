@@ -178,3 +178,17 @@ def test_a_channel_gate_on_an_mlp_scales_first_layer_inputs_and_last_layer_outpu
         w = [w[0] * g[..., None, :] - 0.5 * grads[0], g[..., :, None] * w[1] - 0.5 * grads[1]]
     for got, expected in zip(state["memory"]["M"], w):
         torch.testing.assert_close(got, expected.detach(), rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("rate", [pytest.param("0.5 * e * g", id="per-head-times-channel"),
+                                  pytest.param("g * g", id="channel-times-channel")])
+def test_a_channel_gate_is_one_heads_value_inside_a_rule(tmp_path, rate):
+    """Inside `heads 2`, a rule's argument is one head's value: the gate e = sigmoid(x @ We) [2]
+    a number per head, g [2 * d] a [d] vector per head, so e * g is a channel-wise gate of width d
+    (tests/test_fuzz_deep.py FOUND "per-head-rate-times-channel-gate": the check inferred the
+    argument outside the level, [2] vs [2 * d], and refused it)."""
+    path = tmp_path / "gated.nl"
+    path.write_text(CHANNEL_MLP.replace("lr = 0.5", f"lr = {rate}").replace(
+        "  state Wg", "  state We : [dim, 2] = normal(0.3)\n  state Wg").replace(
+        "    gate g =", "    gate e = sigmoid(x @ We)\n    gate g ="))
+    nldsl.load(str(path))

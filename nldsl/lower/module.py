@@ -21,7 +21,7 @@ from nldsl.lower.derive import NoClosedForm, chain_steps, closed_grad, loss_key,
     rule_arguments
 from nldsl.lower.windows import own_contexts, window_calls, windowed_contexts
 from nldsl.graph import OUTER
-from nldsl.language.memories import memory_layouts
+from nldsl.language.memories import memory_layouts, state_layouts
 
 
 def lower_module(spec, values: dict) -> Program:
@@ -141,8 +141,7 @@ def _derive(objective: ast.Objective, target: str, own: dict, spec,
     # DGD's rate eta / (1 + eta ||k||^2) names the key as the spec does (the context k_t, eqs.
     # 56-57), not inlined: a gate then sees the key the context computed, not the state again
     lr, decay = rate(last, rule_arguments(last), objective.loss, target)
-    deep = isinstance(spec.graph.levels[_level_of(spec, target)].states[target].decl.shape,
-                      ast.MLPShape)
+    deep = target in state_layouts(spec.graph)        # an `mlp(...)` state, also through `like`
     kind = "momentum" if last.name == "momentum" else "gradient"
     beta = rule_arguments(last).get("beta") if kind == "momentum" else None
     name = " then ".join(r.name for r in objective.rules)
@@ -193,10 +192,6 @@ def _precondition_key(args: dict, loss: ast.Expr, target: str):
     and a loss without the term."""
     flag = args["precondition"]
     return loss_key(loss, target) if isinstance(flag, ast.Bool) and flag.value else None
-
-
-def _level_of(spec, state: str) -> str:
-    return next(n for n, lv in spec.graph.levels.items() if state in lv.states)
 
 
 def _own_contexts(info) -> dict[str, ast.Expr]:

@@ -53,8 +53,9 @@ def snapshot_form(level: TokenLevel, program: Program) -> SnapshotForm | None:
             sorted(w.target for w in level.writes) != sorted(states) or \
             any(w.kind != "gradient" or w.loss is None or
                 any(step.rule not in LINEAR_TRANSFORMS for step in w.chain)
-                for w in level.writes) or level.once or level.window > 1 or level.memories:
-        return None                       # Newton-Schulz, a window: the reference's
+                for w in level.writes) or level.once or level.memories or \
+            any(c.func == "window" for w in level.writes for c in calls_in(w.loss)):
+        return None                       # Newton-Schulz, a window (even of width 1): not this form
     if set(level.hidden) != {step.buffer for w in level.writes for step in w.chain}:
         return None
     chained = [e for w in level.writes for step in w.chain for e in step.args.values()]

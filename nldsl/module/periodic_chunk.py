@@ -170,7 +170,8 @@ def _reads(layout: MLPLayout, weights: list, queries: dict, offset: int, period:
 
 def _last(value, gate: torch.Tensor, level: TokenLevel):
     """A rule argument at the call's last token as the reference keeps it: a number as is, a
-    tensor one scalar per head [B, H] ([B] without heads)."""
+    tensor one scalar per head [B, H], or without heads the last token's value as it was
+    computed ([B, 1] for a gate of width 1, [B] for a number per token)."""
     if not isinstance(value, torch.Tensor):
         return value
-    return gate[:, :, -1] if level.heads is not None else gate[:, 0, -1]
+    return gate[:, :, -1] if level.heads is not None else value[:, -1]

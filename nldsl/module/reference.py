@@ -110,6 +110,8 @@ def _write(level: TokenLevel, unit: UnitValues, state: dict, t: int) -> None:
                 value = _sub(frame, _mul(frame, decay, current), _mul(frame, lr, grad))
             if write.precondition is not None:      # eq. 88: on S_{t-1}, not the snapshot
                 key = unit.evaluate(level, "snapshot", write.precondition)
+                if frame.rank(key) == 0:             # head_dim 1: a number per head, k [1]
+                    key = key.unsqueeze(-1)
                 term = mlp.precondition(level.states[write.target].mlp, current, key)
                 value = _sub(frame, value, _mul(frame, lr, term))
         new[write.target] = value
@@ -161,8 +163,9 @@ def _write_once(level: TokenLevel, unit: UnitValues, own: dict, t: int) -> None:
         key = f"{write.target}.pending"
         own[key] = grad if key not in own else own[key] + grad
         arguments = (write.lr, write.decay) + ((write.beta,) if write.kind == "momentum" else ())
-        own[f"{write.target}.rule.pending"] = tuple(unit.evaluate(level, "current", a)
-                                                    for a in arguments)
+        own[f"{write.target}.rule.pending"] = tuple(   # channel-wise gates as factors, as _write's
+            _gate(level, write.target, unit.frames[level.name], unit.evaluate(level, "current", a))
+            for a in arguments)
     if t % level.period == 0:
         _step_once(level, own)
 

@@ -155,6 +155,8 @@ class UnitValues:
                 return past[name]
             if name in states:
                 return states[name].unsqueeze(1)
+            if name in level.memories:                # a derived memory, as the states are seen
+                return self._memory(level, name, view, overrides).unsqueeze(1)
             if name in self.program.hparams:
                 return self.program.hparams[name]
             if name in self.params:

@@ -6,7 +6,8 @@ expression means, layer by layer, the same expression on the weight matrices:
     E(A, B, ...)_i = E(A_i, B_i, ...),     A_i [..., d_i, d_{i-1}] the i-th weight of A
 
 evaluated with the spec's ordinary matrix semantics (`norm` of the rows, `softmax` over the
-last dim, `sum(transpose(sum(.)))` a number per matrix), then laid end to end again. Values
+last dim, `sum(transpose(sum(.)))` a number per matrix), then laid end to end again; with
+`layernorm`, gamma [d_L] is the last weight, the expression evaluated on it as on any vector. Values
 in it (gates, numbers) are the same for every layer. A forward pass `M(u)` inside it uses the
 whole memory.
 
@@ -14,7 +15,8 @@ A channel-wise gate g of width w on an MLP (a rule's lr, decay or beta) scales, 
 W_i [d_i, d_{i-1}], the input channels (columns, W_i diag(g)) when d_{i-1} = w, else the output
 channels (rows, diag(g) W_i) when d_i = w: for a d -> 4d -> d memory, the memory's input
 channels in the first layer and its output channels in the last (validation/memories.py rejects
-any other width).
+any other width). With `layernorm` the norm's gamma [d_L] scales the output channels, so it
+takes the gate as it is, of width d_L.
 """
 from __future__ import annotations
 
@@ -35,12 +37,12 @@ def evaluate(layout: MLPLayout, expr: ast.Expr, frame: Frame, lookup: Callable[[
     its usual value (a memory in `memories`: its flat weights); `apply(name, u)` a forward
     pass of a whole memory."""
     parts = []
-    for i, (d_out, d_in) in enumerate(layout.layers):
+    for i, shape in enumerate(layout.parts):         # the layers, then `layernorm`'s gamma
         def layer(name, i=i):
             value = lookup(name)
             return mlp.layers(layout, value)[i] if name in memories else value  # [.., o, i]
         weight = FrameEvaluator(frame, layer, apply, conv)(expr)
-        parts.append(weight.expand(*weight.shape[:-2], d_out, d_in).flatten(-2))
+        parts.append(weight.expand(*weight.shape[:-len(shape)], *shape).flatten(-len(shape)))
     return torch.cat(parts, dim=-1)                                     # [.., P]
 
 
@@ -59,6 +61,10 @@ def channel_gate(layout: MLPLayout, gate, frame: Frame):
         else:
             raise ValueError(f"a gate of width {width} on an mlp layer [{d_out}, {d_in}]")
         parts.append(scale.flatten(-2))
+    if layout.norm:
+        if width != layout.widths[-1]:
+            raise ValueError(f"a gate of width {width} on a layernorm gamma [{layout.widths[-1]}]")
+        parts.append(gate)                                                     # gamma [.., d_L]
     return torch.cat(parts, dim=-1)                                            # [.., P]
 
 

@@ -186,7 +186,8 @@ def check_channel_gates(c: Checker) -> None:
     on a weight matrix W [d_out, d_in] (a matrix memory [d_v, d_k], or each layer of an MLP) a
     width d_in scales the columns, W diag(g) (Gated Linear Attention's per-key-channel gate),
     else a width d_out the rows, diag(g) W. On an MLP every layer must take it one way or the
-    other; any other width has no defined broadcast."""
+    other; any other width has no defined broadcast. A `layernorm` memory's gamma [d_L] is a
+    weight of output channels only: the gate's width must be d_L there."""
     shapes = None
     layouts = state_layouts(c.graph)
     for level in c.graph.levels.values():
@@ -196,28 +197,37 @@ def check_channel_gates(c: Checker) -> None:
             if state is None:
                 continue
             shapes = shapes or shape_checker(c)
-            layers = _weights(state.decl.shape, layouts.get(target), shapes)
+            layout = layouts.get(target)
+            layers = _weights(state.decl.shape, layout, shapes)
             if layers is None:
                 continue
             heads = shapes.dim(level.heads) if getattr(level, "heads", None) is not None else None
             one = {(1,) * len(shapes.trials)} | ({heads.values} if heads is not None else set())
             for rule in objective.rules:
                 for arg in list(rule.args) + [k.value for k in rule.kwargs]:
+                    shapes.in_level(level)        # a rule's argument is one head's value
                     found = shapes.infer(arg)
+                    shapes.leave()
                     if not found or found[-1] is None or (len(found) == 1 and
                                                           found[-1].values in one):
                         continue
                     width = found[-1]
                     ok = len(found) == 1 and all(_scales(width, d_out, d_in, heads)
                                                  for d_out, d_in in layers)
+                    if ok and layout is not None and "layernorm" in layout.options:
+                        ok = _scales(width, layers[-1][0], layers[-1][0], heads)
                     if ok:
                         continue
                     shown = ", ".join(f"[{o.text}, {i.text}]" for o, i in layers)
+                    normed = layout is not None and "layernorm" in layout.options
+                    if normed:
+                        shown += f", gamma [{layers[-1][0].text}]"
                     c.report(arg, f"`{format_expr(arg)}` gates {target} (weights {shown}) with "
                              f"width [{', '.join(d.text for d in found)}]: a channel-wise gate "
                              "scales each weight's input (d_in) or output (d_out) channels",
                              expected="one number per head, or a vector whose width is, in "
-                                      "every weight, its d_in or its d_out",
+                                      "every weight, its d_in or its d_out"
+                                      + (" (gamma's: d_L)" if normed else ""),
                              hint="project the gate to a width every weight has (x @ W of width "
                                   "d_k for a matrix memory, head_dim for a head_dim -> .. -> "
                                   "head_dim MLP), or to one number per head")

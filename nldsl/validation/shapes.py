@@ -219,11 +219,19 @@ class ShapeChecker:
         names = {n.id for n in names_in(expr)} | {c.func for c in _calls(expr)}
         return shape if names & self.per_head else self._split_heads(shape)
 
+    def in_level(self, level) -> None:
+        """Infer as inside `level`: one head of a `heads H` level, its contexts, reads and
+        states per head (`run`; check_channel_gates for a rule's arguments). `leave` ends it."""
+        self.heads_dim = self.dim(level.heads) if level.heads is not None else None
+        self.per_head = frozenset(level.contexts) | frozenset(level.reads) | \
+            frozenset(level.states)
+
+    def leave(self) -> None:
+        self.heads_dim, self.per_head = None, frozenset()
+
     def run(self) -> None:
         for level in self.c.graph.levels.values():
-            self.heads_dim = self.dim(level.heads) if level.heads is not None else None
-            self.per_head = frozenset(level.contexts) | frozenset(level.reads) | \
-                frozenset(level.states)
+            self.in_level(level)
             for name, context in level.contexts.items():
                 self.shapes[name] = self._split_heads(self.infer(context.value))
                 if self.heads_dim is not None:
@@ -234,7 +242,7 @@ class ShapeChecker:
                 self.infer(update.value)
             for name, read in level.reads.items():
                 self.shapes[name] = self._merge_heads(self.infer(read.value))
-        self.heads_dim, self.per_head = None, frozenset()
+        self.leave()
         if self.c.graph.output is not None:
             self.infer(self.c.graph.output)
 
