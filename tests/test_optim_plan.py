@@ -111,3 +111,40 @@ def test_a_rule_with_clip_is_a_located_error():
         lower(load(source))
     text = str(error.value)
     assert ":8:" in text and "module memories only" in text
+
+
+RESTARTED = """optimizer o(lr = 0.01 > 0) {{
+  level orthogonal every 1 steps {{
+    {context}
+    state r like W = 0
+    r: minimize dot(r, W) by newton_schulz(polynomial = "cubic")
+    {after}
+  }}
+  level weights every 1 step {{
+    {weights}
+  }}
+}}
+"""
+
+
+@pytest.mark.parametrize("context, after, weights, line", [
+    pytest.param("key k = r", "read y = k", "W <- W - lr * y", 3, id="a-key"),
+    pytest.param("read y = r before write", "", "W <- W - lr * y", 3, id="a-before-write-read"),
+])
+def test_a_restarted_state_read_before_its_write_is_a_located_error(context, after, weights,
+                                                                    line):
+    """Found by tests/test_fuzz_optim.py: the reference had no value for it (a KeyError) and the
+    fused code an unbound local. newton_schulz restarts the state every step and does not keep
+    it, so nothing computed before its write (contexts, before-write reads) can read it."""
+    with pytest.raises(NLDSLError) as error:
+        lower(load(RESTARTED.format(context=context, after=after, weights=weights)))
+    text = str(error.value)
+    assert f"<string>:{line}:" in text and "has no value before its write" in text
+
+
+@pytest.mark.parametrize("after", [
+    pytest.param("state x like W = 0\n    x <- W + r\n    read y = x", id="an-update-after"),
+    pytest.param("read y = r", id="a-read-after")])
+def test_a_restarted_state_read_after_its_write_compiles(after):
+    p = lower(load(RESTARTED.format(context="", after=after, weights="W <- W - lr * y")))
+    assert p.states["r"].persistent is False

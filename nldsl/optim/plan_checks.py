@@ -1,11 +1,12 @@
 """Refusals of a lowered optimizer `Plan` that do not depend on a parameter's shape, made once
 for both schedules (a located `NLDSLCompileError`): a number, or a truth value, where `@`,
-`outer`, `trace`, `size`, `ndim` or `newton_schulz` needs a tensor. Pure data; no torch.
+`outer`, `trace`, `size`, `ndim` or `newton_schulz` needs a tensor; a state that a
+`newton_schulz` rule restarts every step, read before its write. Pure data; no torch.
 """
 from __future__ import annotations
 
 from nldsl.language import ast
-from nldsl.language.consteval import calls_in, children
+from nldsl.language.consteval import calls_in, children, names_in
 from nldsl.lower.derive import located
 from nldsl.optim.ir import Plan, Write
 
@@ -23,6 +24,41 @@ def check_plan(plan: Plan) -> None:
     for level in plan.levels:
         for part in _level_parts(level):
             _check_tensor_arguments(part, kinds, plan.source)
+    _check_restarted_reads(plan)
+
+
+def _check_restarted_reads(plan: Plan) -> None:
+    """A state a `newton_schulz` rule restarts every step is not kept between steps (its
+    StatePlan is not persistent: the rule starts again from the initial value), so nothing
+    evaluated before its write has a value of it: no context or `before write` read (every one
+    is computed before the step's first write, docs/language.md), and nothing of a level that
+    writes before its own."""
+    restarted = {name for name, s in plan.states.items() if not s.persistent}
+    written: set[str] = set()
+    early = [p for lv in plan.levels for p in lv.contexts.values()]
+    early += [v for lv in plan.levels for v, before in lv.reads.values() if before]
+    for level in plan.levels:
+        for part in early:
+            _refuse_restarted(part, restarted - written, plan.source)
+        for write in level.writes:          # in order: the restart's own steps read it
+            if write.restart is None:
+                for part in _write_parts(write):
+                    _refuse_restarted(part, restarted - written, plan.source)
+            written |= {write.target} & restarted
+        early = [v for v, before in level.reads.values() if not before]
+    for part in early:
+        _refuse_restarted(part, restarted - written, plan.source)
+
+
+def _refuse_restarted(expr: ast.Expr, unwritten: set[str], source) -> None:
+    for name in names_in(expr):
+        if name.id in unwritten:
+            raise located(name, f"{name.id} is restarted from its initial value every step by "
+                          "its newton_schulz rule and not kept between steps, so it has no value "
+                          "before its write, where this reads it", f"a value of this step: "
+                          f"{name.id} read after its write (by an update or a read of its level)",
+                          f"read what {name.id} orthogonalises instead, or keep {name.id} with an "
+                          f"explicit update ({name.id} <- newton_schulz(...))", source)
 
 
 def _write_parts(write: Write) -> list:
