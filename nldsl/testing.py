@@ -77,6 +77,18 @@ def assert_located(err) -> None:
     assert f"<string>:{err.line}:{err.column}: error:" in str(err), str(err)
 
 
+def loaded_or_refused(text: str):
+    """`nldsl.load(text)`, or None where it is refused: then with a located NLDSLError (the
+    differential fuzzers' first step)."""
+    import nldsl
+
+    try:
+        return nldsl.load(text)
+    except nldsl.NLDSLError as err:
+        assert_located(err)
+        return None
+
+
 @lru_cache(maxsize=1)
 def keywords() -> frozenset[str]:
     """Every word the grammar spells literally (`level`, `minimize`, `if`, ...): never a name."""

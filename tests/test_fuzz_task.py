@@ -35,9 +35,10 @@ import nldsl
 import nldsl.module.module  # noqa: F401  imported here, not inside the first example's hang guard
 from _module_cases import U64, assert_close, flat_layers, randomize
 from nldsl.fuzzing_task import snapshot_specs, task_specs
-from nldsl.testing import assert_located, hang_guard
+from nldsl.testing import assert_located, hang_guard, loaded_or_refused
 
 from test_module_deep_memories import deep_bound
+from test_module_snapshot_chunk import STOPGRAD_FIRST
 
 HANG_LIMIT_S = 30
 DIM, OUT = 3, 2
@@ -123,10 +124,8 @@ def check(text: str, batch: int, steps: int, cuts: tuple[int, ...], outer: bool,
     alike), or the same stream in both schedules, a cut stream equal to one call, and
     learn=False equal to the plain forward."""
     with hang_guard(HANG_LIMIT_S):
-        try:
-            spec = nldsl.load(text)
-        except nldsl.NLDSLError as err:
-            assert_located(err)
+        spec = loaded_or_refused(text)
+        if spec is None:
             return
         reference, chunked = compiled(spec, "reference"), compiled(spec, "chunked")
         assert (reference is None) == (chunked is None), "refused by one schedule only"
@@ -216,10 +215,8 @@ def run_with_gradients(m, x, grads: bool):
 def check_snapshot(text: str, batch: int, steps: int, cuts: tuple[int, ...], grads: bool) -> None:
     """The property of this section's comment."""
     with hang_guard(HANG_LIMIT_S):
-        try:
-            spec = nldsl.load(text)
-        except nldsl.NLDSLError as err:
-            assert_located(err)
+        spec = loaded_or_refused(text)
+        if spec is None:
             return
         pair = snapshot_pair(spec)
         if pair is None:
@@ -297,36 +294,12 @@ def test_found_task_cases(name):
 
 #: name -> (spec, what went wrong); run as check_snapshot(text, 2, 8, (3,), grads=True)
 FOUND_SNAPSHOT: dict[str, tuple[str, str]] = {
-    "named-target-after-a-stopgrad": ("""module m(dim: int = 3 >= 1) {
-  state Wv : [dim, dim] = normal(0.5)
-  level memory every 1 token chunk 2 backprop {
-    state M : mlp(dim -> dim)
-    key k = l2norm(M(x))
-    value v = x @ Wv
-    value target = v
-    value own = stopgrad(M(v))
-    M: minimize l2(M(k), target) + l2(M(k), own) by gd(lr = 0.1)
-    read y = M(x) before write
-  }
-  out = y
-}
-""", "v memoised graph-less by the stopgrad that asked first: grad Wv lost `target = v`"),
-    "another-levels-value-under-a-stopgrad": ("""module m(dim: int = 3 >= 1) {
-  state Wk : [dim, dim] = normal(0.5)
-  level projections every 1 token chunk 2 {
-    state M_v : mlp(dim -> dim)
-    M_v: minimize l2(M_v(k), stopgrad(M_v(v))) by gd(lr = 0.1)
-    key k = l2norm(x @ Wk)
-    value v = M_v(x)
-  }
-  level memory every 1 token chunk 2 backprop {
-    state M : mlp(dim -> dim)
-    M: minimize l2(M(k), stopgrad(M(v))) + l2(M(v), x) by gd(lr = 0.1)
-    read y = M(x) before write
-  }
-  out = y
-}
-""", "another level's v sliced to the chunk under a stopgrad: M(v) in the loss lost grad x"),
+    "named-target-after-a-stopgrad": (
+        STOPGRAD_FIRST["stateless-value"],
+        "v memoised graph-less by the stopgrad that asked first: grad Wv lost `target = v`"),
+    "another-levels-value-under-a-stopgrad": (
+        STOPGRAD_FIRST["another-levels-value"],
+        "another level's v sliced to the chunk under a stopgrad: M(v) in the loss lost grad x"),
 }
 
 
