@@ -548,6 +548,17 @@ def test_the_initial_state_learns_through_the_writes():
     assert (y[:, 4:] - y_plain[:, 4:]).abs().max() > 1e-4
 
 
+def in_calls(m, x, z, cuts, loss):
+    """nldsl.stream over x cut into calls at `cuts`, the state carried: (outputs, state)."""
+    parts, state, start = [], None, 0
+    for stop in cuts + [x.shape[1]]:
+        y, state = nldsl.stream(m, x[:, start:stop], z[:, start:stop], state, loss=loss,
+                                end=stop == x.shape[1])
+        parts.append(y)
+        start = stop
+    return torch.cat(parts, 1), state
+
+
 @pytest.mark.parametrize("grad", [False, True], ids=["inference", "outer"])
 @pytest.mark.parametrize("cuts", [[5], [1, 3, 8], [6, 12]], ids=["5", "1-3-8", "on-writes"])
 def test_a_cut_nested_stream_is_one_stream(cuts, grad):
@@ -558,13 +569,7 @@ def test_a_cut_nested_stream_is_one_stream(cuts, grad):
     x, z = data(2, 13)
     with torch.set_grad_enabled(grad):
         whole, whole_state = nldsl.stream(m, x, z, loss=squared(H))
-        parts, state, start = [], None, 0
-        for stop in cuts + [x.shape[1]]:
-            y, state = nldsl.stream(m, x[:, start:stop], z[:, start:stop], state,
-                                    loss=squared(H), end=stop == x.shape[1])
-            parts.append(y)
-            start = stop
-    cut = torch.cat(parts, 1)
+        cut, state = in_calls(m, x, z, cuts, squared(H))
     torch.testing.assert_close(cut, whole, atol=TOL, rtol=0)
     for level, name in (("a", "A"), ("a", "B.init"), ("b", "B")):
         torch.testing.assert_close(state[level][name], whole_state[level][name], atol=TOL,
@@ -589,13 +594,8 @@ def test_an_empty_call_passes_a_nested_stream_on(cuts):
     x, z = data(2, 5)
     with torch.no_grad():
         whole, whole_state = nldsl.stream(m, x, z, loss=squared(H))
-        parts, state, start = [], None, 0
-        for stop in cuts + [x.shape[1]]:
-            y, state = nldsl.stream(m, x[:, start:stop], z[:, start:stop], state,
-                                    loss=squared(H), end=stop == x.shape[1])
-            parts.append(y)
-            start = stop
-    torch.testing.assert_close(torch.cat(parts, 1), whole, atol=TOL, rtol=0)
+        cut, state = in_calls(m, x, z, cuts, squared(H))
+    torch.testing.assert_close(cut, whole, atol=TOL, rtol=0)
     for level, name in (("a", "A"), ("a", "B.init"), ("b", "B")):
         for got, want in zip(state[level][name], whole_state[level][name]):
             torch.testing.assert_close(got, want, atol=TOL, rtol=0, msg=name)
