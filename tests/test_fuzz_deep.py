@@ -42,7 +42,7 @@ import nldsl.module.module  # noqa: F401  imported here, not inside the first ex
 import nldsl.module.chunked as chunked_schedule
 from _module_cases import U64, assert_close, flat_layers, stream_in_parts
 from nldsl.fuzzing_deep import DeepDraw, deep_module_specs
-from nldsl.testing import assert_located, hang_guard
+from nldsl.testing import assert_located, hang_guard, loaded_or_refused
 
 HANG_LIMIT_S = 30
 RMSNORM_GAIN = 1e-5 ** -0.5
@@ -96,10 +96,8 @@ def check(draw: DeepDraw, batch: int, steps: int, block: int, grads: bool,
     module with `checkpoint` (recomputing its chunks in the backward pass) or not. Returns
     whether the schedules ran (False: refused)."""
     with hang_guard(HANG_LIMIT_S):
-        try:
-            spec = nldsl.load(draw.text)
-        except nldsl.NLDSLError as err:
-            assert_located(err)
+        spec = loaded_or_refused(draw.text)
+        if spec is None:
             return False
         reference = compiled(spec, "reference", block)
         chunked = compiled(spec, "chunked", block, checkpoint)
