@@ -4,6 +4,8 @@ state whose only use is its level's reads; the stream must be the one the bound 
 (the same eq. 71 sums in another order: float64, rounding only)."""
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 
@@ -150,3 +152,15 @@ def test_a_decayed_write_is_the_bound_stream(cuts, monkeypatch):
                 start = stop
             runs.append((torch.cat(ys, 1), [state]))
     assert_same_stream(*runs)
+
+
+def test_no_record_outlives_the_stream():
+    """A record keeps u and g without their graph: with u's graph it held its product's
+    autograd node, which holds the sink, a cycle through C++ nodes that Python's collector
+    cannot free (the memory of a stream grew with its length)."""
+    model = network()
+    inputs, targets = tokens(12)
+    with torch.no_grad():
+        nldsl.stream(model, inputs, targets)
+    gc.collect()
+    assert not [o for o in gc.get_objects() if type(o) is taskgrad.Sink]

@@ -26,6 +26,13 @@ write (module/task_recorded.py).
 At the end of a sequence (`end=True`) a pending sum is written or dropped as the level's
 `partial flush|drop` says. The pending sums live in the state (`state[level][name + ".pending"]`,
 like any `every N` level's), so a stream cut into calls anywhere computes what one call does.
+A segment a call's end cuts goes on in the next call: G of its later tokens runs through
+everything since the segment began, and a written level, a conv or an attention that read a
+task level before the cut (the second block of `nldsl.lm("hope", depth=2)` reading the first
+block's CMS) holds part of that path. So the cut segment keeps its graph and its bound nodes in
+the returned state (`task_state.carries_graph`: only where such a path exists) and the next
+call binds no new ones until the segment ends. Without outer gradients no other graph outlives
+its segment (`task_state.detach_all`): memory is bounded by a segment, however long the stream.
 A level of period 1 makes every segment one token long: one forward and one backward of the
 network per token (docs/modules.md measures it).
 
@@ -57,8 +64,8 @@ from nldsl.module.module import CompiledModule
 from nldsl.module.reference import STREAM
 from nldsl.module.task_nested import restart
 from nldsl.module.task_recorded import recordable, settle, sinks as recorded_sinks
-from nldsl.module.task_state import (TaskLevel, accumulate, copy_state, detach_all, map_state,
-                                     node, own, tensors)
+from nldsl.module.task_state import (TaskLevel, accumulate, bind, carries_graph, copy_state,
+                                     detach_all, gradients, map_state, own)
 
 
 def task_levels(model) -> list[TaskLevel]:
@@ -103,12 +110,22 @@ def stream(model, inputs: torch.Tensor, targets: torch.Tensor, state=None, *, lo
     nested = any(tl.inits for tl in levels)
     graph = outer or nested            # the states keep their graph from segment to segment
     create = graph and through_writes and any(tl.level.backprop for tl in levels)
-    recorded = {} if graph else recordable(dict(_blocks(model)), levels)
-    restart(levels, state, [tl for tl in levels if start % tl.level.period == 0], graph, outer)
+    plan = {} if graph else recordable(dict(_blocks(model)), levels)
+    recorded = plan
+    writes = lambda t: [tl for tl in levels if t % tl.level.period == 0]
+    carried = start > 0 and not writes(start)         # the last call ended inside a segment
+    restart(levels, state, writes(start), graph, outer)
     outputs, a, folded = [], 0, {}
     for b in _cuts(levels, start, steps):
+        # a segment cut by a call's end goes on in the next call: its nodes and graph carry over
+        carry = b == steps and not end and not writes(start + b)
+        whole = (carried and a == 0) or carry   # bound states only: no record outlives a call
+        if recorded and whole:
+            for tl in levels:
+                settle(state, tl, recorded, folded)
+        recorded = {} if whole else plan
         with torch.enable_grad():
-            thetas = _bind(levels, state, graph, recorded)
+            thetas = bind(levels, state, graph, recorded, carried and a == 0)
             sinks = recorded_sinks(levels, state, recorded)
             with taskgrad.recording({id(value): sink for _, _, value, sink in sinks}):
                 y, after = model(inputs[:, a:b], state, end=end and b == steps)
@@ -117,27 +134,29 @@ def stream(model, inputs: torch.Tensor, targets: torch.Tensor, state=None, *, lo
                 # back to the token loop): the segment again, every state a bound leaf
                 for tl in levels:
                     settle(state, tl, recorded, folded)
-                recorded = {}
-                thetas = _bind(levels, state, graph, recorded)
+                recorded = plan = {}
+                thetas = bind(levels, state, graph, recorded, carried and a == 0)
                 sinks, (y, after) = [], model(inputs[:, a:b], state, end=end and b == steps)
             state = after
             total = loss(y, targets[:, a:b])
-            grads = _grads(total, thetas, create, graph, [sink.anchor for *_, sink in sinks])
+            grads = gradients(total, thetas, create, graph or carry,
+                           [sink.anchor for *_, sink in sinks])
         for tl, name, _, sink in sinks:
             tokens, records = folded.get((id(tl), name), (0, []))
             folded[(id(tl), name)] = (tokens + b - a, records + sink.records)
         for (tl, name, theta), grad in zip(thetas, grads):
             levelstate = own(state, tl.block)[tl.level.name]
-            # the state the network read (the same values); without a graph, no leaf escapes
-            levelstate[name] = theta if graph else map_state(torch.Tensor.detach, theta)
+            levelstate[name] = theta       # the state the network read (the same values)
             if not (create and tl.level.backprop):
                 grad = map_state(torch.Tensor.detach, grad)
             accumulate(levelstate, name, theta, grad, b - a, tl)
-        due = [tl for tl in levels if (start + b) % tl.level.period == 0]
+        due = writes(start + b)
         for tl in due:
             settle(state, tl, recorded, folded, write=True)
             _write(own(state, tl.block)[tl.level.name], tl, graph, through_writes)
         restart(levels, state, due, graph, outer)
+        if not (graph or carry and carries_graph(levels, state)):
+            detach_all(state)       # without a graph to keep, no segment's graph outlives it
         outputs.append(y if outer else y.detach())
         a = b
     for tl in levels:
@@ -160,7 +179,7 @@ def stream(model, inputs: torch.Tensor, targets: torch.Tensor, state=None, *, lo
             for name in tl.level.states:
                 own(state, tl.block)[tl.level.name].pop(f"{name}.pending", None)
         if nested and not outer:
-            detach_all(levels, state)
+            detach_all(state)
     return torch.cat(outputs, dim=1), state
 
 
@@ -193,39 +212,6 @@ def _cuts(levels: list[TaskLevel], start: int, steps: int) -> list[int]:
         first = (start // period + 1) * period - start            # tokens to the next write
         cuts.update(range(first, steps, period))
     return sorted(cuts)
-
-
-def _bind(levels, state, graph: bool, recorded: dict) -> list[tuple[TaskLevel, str, object]]:
-    """Every task state as a fresh node the loss is differentiated by (`task_state.node`). The fresh
-    node makes G the partial derivative at this segment's states: with gradients through the
-    writes, a state written earlier (B_1 = B_0 - lr G_B(A)) depends on another level's state,
-    and the derivative by A itself would add the path through B_1. A nested block's initial
-    state keeps the node its block restarted from (`task_nested.restart`): its G is the total derivative,
-    through the block's writes since then (eq. 72). A recorded state is no node: its gradient
-    comes from its products' records (`task_recorded.sinks`)."""
-    bound = []
-    for tl in levels:
-        levelstate = own(state, tl.block)[tl.level.name]
-        for name in (n for n in tl.level.states if n not in recorded.get(id(tl), {})):
-            if name not in tl.inits or not tensors(levelstate[name])[0].requires_grad:
-                levelstate[name] = map_state(lambda v: node(v, graph), levelstate[name])
-            bound.append((tl, name, levelstate[name]))
-    return bound
-
-
-def _grads(total: torch.Tensor, thetas, create: bool, graph: bool, anchors=()) -> list:
-    """d total / d theta for every bound state (zero for a state the loss does not use); the
-    anchors run the recorded products' backward (their own gradients are not used)."""
-    flat = [t for _, _, theta in thetas for t in tensors(theta)]
-    grads = torch.autograd.grad(total, flat + list(anchors), allow_unused=True,
-                                create_graph=create, retain_graph=graph or create)[:len(flat)]
-    grads = [torch.zeros_like(t) if g is None else g for t, g in zip(flat, grads)]
-    found, i = [], 0
-    for _, _, theta in thetas:
-        n = len(tensors(theta))
-        found.append(tuple(grads[i:i + n]) if isinstance(theta, tuple) else grads[i])
-        i += n
-    return found
 
 
 @torch.enable_grad()                # a nested CMS keeps its graph under no_grad too

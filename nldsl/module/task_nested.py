@@ -37,7 +37,7 @@ def restart(levels: list[TaskLevel], state, due: list[TaskLevel], graph: bool,
     if not starting:
         return
     if not outer and len(starting) == sum(1 for tl in levels if tl.inits):
-        detach_all(levels, state)
+        detach_all(state)
     for tl in starting:
         levelstate = own(state, tl.block)[tl.level.name]
         for name in tl.inits:

@@ -45,12 +45,70 @@ def accumulate(levelstate: dict, name: str, theta, grad, tokens: int, tl: TaskLe
         map_state(torch.add, levelstate[key], step)
 
 
-def detach_all(levels: list[TaskLevel], state) -> None:
-    """Every task level's states (and pending sums) without their graph."""
+def detach_all(state) -> None:
+    """Every tensor of the network's state (each block's levels, pending sums, conv and
+    attention caches) without its graph, in place: nothing will differentiate through the
+    past any more, and the graph of every segment since would otherwise stay referenced by
+    the states (memory growing with the stream)."""
+    for block in state if isinstance(state, list) else [state]:
+        for entries in block.values():
+            for name, value in entries.items():
+                if isinstance(value, (torch.Tensor, tuple)):
+                    entries[name] = map_state(_detached, value)
+
+
+def carries_graph(levels: list[TaskLevel], state) -> bool:
+    """Does a state outside the task levels (a written level's, a conv's or an attention's
+    cache) depend on a bound task state? Only then can a later call's loss reach one."""
+    tasks = {(id(own(state, tl.block)), tl.level.name) for tl in levels}
+    return any(t.requires_grad
+               for block in (state if isinstance(state, list) else [state])
+               for key, entries in block.items() if (id(block), key) not in tasks
+               for value in entries.values() if isinstance(value, (torch.Tensor, tuple))
+               for t in (value if isinstance(value, tuple) else (value,)))
+
+
+def _detached(value: torch.Tensor) -> torch.Tensor:
+    return value.detach() if value.requires_grad else value
+
+
+def bind(levels, state, graph: bool, recorded: dict,
+          carried: bool) -> list[tuple[TaskLevel, str, object]]:
+    """Every task state as a fresh node the loss is differentiated by (`task_state.node`). The fresh
+    node makes G the partial derivative at this segment's states: with gradients through the
+    writes, a state written earlier (B_1 = B_0 - lr G_B(A)) depends on another level's state,
+    and the derivative by A itself would add the path through B_1. A nested block's initial
+    state keeps the node its block restarted from (`task_nested.restart`): its G is the total derivative,
+    through the block's writes since then (eq. 72). So does every state of a segment the last
+    call's end cut (`carried`): the next part's G goes on through the graph since the segment
+    began, so a stream cut into calls is one stream. A recorded state is no node: its
+    gradient comes from its products' records (`task_recorded.sinks`)."""
+    bound = []
     for tl in levels:
         levelstate = own(state, tl.block)[tl.level.name]
-        for name, value in levelstate.items():
-            levelstate[name] = map_state(torch.Tensor.detach, value)
+        for name in (n for n in tl.level.states if n not in recorded.get(id(tl), {})):
+            kept = (carried or name in tl.inits) and tensors(levelstate[name])[0].requires_grad
+            if not kept:
+                levelstate[name] = map_state(lambda v: node(v, graph), levelstate[name])
+            bound.append((tl, name, levelstate[name]))
+    return bound
+
+
+def gradients(total: torch.Tensor, thetas, create: bool, retain: bool, anchors=()) -> list:
+    """d total / d theta for every bound state (zero for a state the loss does not use); the
+    anchors run the recorded products' backward (their own gradients are not used). `retain`
+    keeps the graph for a later backward (the outer one, a nested block's, or the next call's
+    part of a segment)."""
+    flat = [t for _, _, theta in thetas for t in tensors(theta)]
+    grads = torch.autograd.grad(total, flat + list(anchors), allow_unused=True,
+                                create_graph=create, retain_graph=retain or create)[:len(flat)]
+    grads = [torch.zeros_like(t) if g is None else g for t, g in zip(flat, grads)]
+    found, i = [], 0
+    for _, _, theta in thetas:
+        n = len(tensors(theta))
+        found.append(tuple(grads[i:i + n]) if isinstance(theta, tuple) else grads[i])
+        i += n
+    return found
 
 
 def copy_state(state):

@@ -103,7 +103,9 @@ class _Recorded(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         u, weight = ctx.saved_tensors
-        ctx.sink.records.append((ctx.layer, u, g))
+        # detached: a record holding u's graph, which holds this node, which holds the sink,
+        # would be a cycle through autograd's C++ nodes that Python's collector cannot free
+        ctx.sink.records.append((ctx.layer, u.detach(), g.detach()))
         grad_u = g @ weight if ctx.needs_input_grad[0] else None  # [B, n, d_in]
         return grad_u, None, None, None, None
 
