@@ -285,3 +285,21 @@ def test_bad_uses_are_located(name):
     col = text.splitlines()[line - 1].index(where) + 1
     assert f":{line}:{col}: error:" in str(info.value)
     assert message in str(info.value)
+
+
+def test_attention_differentiated_twice_has_a_second_derivative():
+    """Under `differentiated_twice` (the task driver's second-order inner gradients) the chunked
+    schedule's attention has a differentiable backward, and it is the same function: CPU's
+    fused kernel has none ("derivative for ..._backward is not implemented")."""
+    from nldsl.runtime.attention import differentiated_twice
+
+    m = build("softmax_attention", "chunked").double()
+    x = torch.randn(2, 5, m.program.hparams["dim"], dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    y_fused, _ = m(x)
+    with differentiated_twice():
+        y, _ = m(x)
+    assert_close(y, y_fused, 1e-12, "y")
+    (g,) = torch.autograd.grad((y ** 2).sum(), x, create_graph=True)
+    (gg,) = torch.autograd.grad(g.sum(), x)
+    assert torch.isfinite(gg).all() and gg.abs().max() > 0

@@ -336,12 +336,15 @@ def test_hope_learns_online_in_a_network():
 
 
 @pytest.mark.parametrize("grad", [False, True], ids=["inference", "outer"])
-def test_a_cut_hope_network_is_one_stream(grad):
-    """nldsl.lm("hope", depth=2): the second block's memories and convs read the first
-    block's CMS output, so its task gradient runs through them; a call's end inside a period
-    (tokens 3 and 6, periods 2/4/8) changes no output, state or outer gradient."""
-    model = network("hope", period_slow=8, period_mid=4, period_fast=2, chunk_memory=2,
-                    chunk_projections=2)
+@pytest.mark.parametrize("spec, hparams", [
+    pytest.param("hope", dict(chunk_memory=2, chunk_projections=2), id="hope"),
+    pytest.param("hope_attention", {}, id="hope_attention")])
+def test_a_cut_hope_network_is_one_stream(spec, hparams, grad):
+    """nldsl.lm(spec, depth=2): the second block's memories and convs (Hope) or its attention
+    (Hope-Attention) read the first block's CMS output, so the task gradient runs through them;
+    a call's end inside a period (tokens 3 and 6, periods 2/4/8) changes no output, state or
+    outer gradient."""
+    model = network(spec, period_slow=8, period_mid=4, period_fast=2, **hparams)
     inputs, targets = tokens(batch=1, steps=9)
     with torch.set_grad_enabled(grad):
         whole, whole_state = nldsl.stream(model, inputs, targets)

@@ -55,6 +55,8 @@ network, and no pending sum changes.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 
@@ -66,6 +68,7 @@ from nldsl.module.task_nested import restart
 from nldsl.module.task_recorded import recordable, settle, sinks as recorded_sinks
 from nldsl.module.task_state import (TaskLevel, accumulate, bind, carries_graph, copy_state,
                                      detach_all, gradients, map_state, own)
+from nldsl.runtime.attention import differentiated_twice
 
 
 def task_levels(model) -> list[TaskLevel]:
@@ -127,7 +130,8 @@ def stream(model, inputs: torch.Tensor, targets: torch.Tensor, state=None, *, lo
         with torch.enable_grad():
             thetas = bind(levels, state, graph, recorded, carried and a == 0)
             sinks = recorded_sinks(levels, state, recorded)
-            with taskgrad.recording({id(value): sink for _, _, value, sink in sinks}):
+            with taskgrad.recording({id(value): sink for _, _, value, sink in sinks}), \
+                    differentiated_twice() if create else nullcontext():
                 y, after = model(inputs[:, a:b], state, end=end and b == steps)
             if not all(sink.applied for *_, sink in sinks):
                 # the module did not read a recorded state through its frozen form (it fell
@@ -136,7 +140,8 @@ def stream(model, inputs: torch.Tensor, targets: torch.Tensor, state=None, *, lo
                     settle(state, tl, recorded, folded)
                 recorded = plan = {}
                 thetas = bind(levels, state, graph, recorded, carried and a == 0)
-                sinks, (y, after) = [], model(inputs[:, a:b], state, end=end and b == steps)
+                with differentiated_twice() if create else nullcontext():
+                    sinks, (y, after) = [], model(inputs[:, a:b], state, end=end and b == steps)
             state = after
             total = loss(y, targets[:, a:b])
             grads = gradients(total, thetas, create, graph or carry,

@@ -22,9 +22,12 @@ q [B, H, T, d_k], keys [B, H, T, n, d_k], values [B, H, T, n, d_v], caches [B, H
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from nldsl.lower.program import AttentionSite
 from nldsl.runtime.functions import SpecUseError
@@ -119,8 +122,29 @@ def attend_sequence(site, q, keys, values, cache_k, cache_v, start, prefix):
         p_k, p_v = (p.expand(bsz, heads, -1, -1) for p in prefix)
         k_all, v_all = torch.cat([p_k, k_all], dim=2), torch.cat([p_v, v_all], dim=2)
         mask = torch.cat([mask.new_ones(steps, p_k.shape[2]), mask], dim=1)
-    o = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)        # [B, H, T, d_v]
+    if _TWICE.get():
+        with sdpa_kernel(SDPBackend.MATH):
+            o = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)  # [B, H, T, d_v]
+    else:
+        o = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)    # [B, H, T, d_v]
     return o, k_keep, v_keep
+
+
+#: is the graph of this forward differentiated twice? (set by `differentiated_twice`)
+_TWICE: ContextVar[bool] = ContextVar("nldsl_attention_twice", default=False)
+
+
+@contextmanager
+def differentiated_twice():
+    """Within: attention by the math backend, whose backward is differentiable (CPU's fused
+    flash kernel has no derivative of its backward). The task driver's second-order inner
+    gradients (`backprop` task levels under outer training) need it when a task level's read
+    reaches an attention (the second block of nldsl.lm("hope_attention", depth=2))."""
+    token = _TWICE.set(True)
+    try:
+        yield
+    finally:
+        _TWICE.reset(token)
 
 
 def heads_first(frame, value) -> torch.Tensor:
