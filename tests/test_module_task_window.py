@@ -66,9 +66,12 @@ def test_a_window_as_long_as_the_stream_is_the_exact_gradient():
     assert_close(g, g_full, TOL)
 
 
-@pytest.mark.parametrize("window", [4, 5, 8], ids=["window-4", "window-5-cuts-periods",
-                                                   "window-8"])
-def test_windows_are_the_stream_cut_into_calls_with_the_states_taken_as_constants(window):
+@pytest.mark.parametrize("window, ends", [(4, [4, 8, 12, 16, 19]), (5, [6, 12, 18, 19]),
+                                          (8, [8, 16, 19])],
+                         ids=["window-4", "window-5-ends-on-writes", "window-8"])
+def test_windows_are_the_stream_cut_into_calls_with_the_states_taken_as_constants(window, ends):
+    """Each window ends at the first task write (periods 2/4/8: every other token) at least
+    `window` tokens on."""
     m = cms()
     x, target = data(19)
     y_full, _ = full_gradient(m, x, target)
@@ -76,8 +79,7 @@ def test_windows_are_the_stream_cut_into_calls_with_the_states_taken_as_constant
     torch.testing.assert_close(y, y_full, rtol=TOL, atol=TOL)        # forward values unchanged
     m.zero_grad()
     carried, parts = None, []
-    for a in range(0, 19, window):
-        b = min(a + window, 19)
+    for a, b in zip([0] + ends[:-1], ends):
         part, carried = nldsl.stream(m, x[:, a:b], target[:, a:b], carried, loss=squared,
                                      end=b == 19)
         squared(part, target[:, a:b]).backward()
@@ -169,3 +171,32 @@ def test_bad_windows_are_refused():
         nldsl.stream_windows(m, x, target, window=0, loss=squared)
     with torch.no_grad(), pytest.raises(RuntimeError, match="with gradients on"):
         nldsl.stream_windows(m, x, target, window=2, loss=squared)
+
+
+DOWNSTREAM = """module m(dim: int = 3 >= 1) {
+  level c every 4 tokens {
+    state A : [dim, dim] init learned
+    minimize task by gd(lr = 0.05)
+    read h = A(x)
+  }
+  level memory every 1 token backprop {
+    state M : [dim, dim] = 0
+    minimize -dot(M(x), h) by gd(lr = 0.5)
+    read y = M(x)
+  }
+  out = y + h
+}
+"""
+
+
+def test_a_window_never_ends_inside_a_segment():
+    """A memory that reads the task level's read carries the segment's path to A across a
+    call's end (task.py); a window ending at token 2 of A's period would detach it and change
+    the forward values. Windows of 2 end on A's writes (4, 8) instead: the one stream's values."""
+    torch.manual_seed(0)
+    m = nldsl.compile(DOWNSTREAM).double()
+    x, target = (torch.randn(2, 10, 3, dtype=torch.float64,
+                             generator=torch.Generator().manual_seed(s)) for s in (2, 3))
+    y_full, _ = full_gradient(m, x, target)
+    y, state, *_ = windowed(m, x, target, window=2)
+    torch.testing.assert_close(y, y_full, rtol=TOL, atol=TOL)

@@ -6,11 +6,12 @@ the window instead of the sequence (issue 11 §1).
 `nldsl.stream` with gradients on keeps the graph of the whole call until the caller's backward,
 so the memory of the outer backward pass grows with T (every segment's activations, and with
 `backprop` task levels every inner write's second-order graph). This driver cuts the stream
-into windows of W tokens, [0, W), [W, 2W), ...: per window it runs `nldsl.stream` from the
-state the previous window left (the same forward values as one call: a stream cut into calls
-computes what one call does), takes the window's loss L_w = loss(y_w, targets_w), calls
-`(scale * L_w).backward()`, which adds its gradient to every parameter's `.grad`, and detaches
-the state before the next window. So
+into windows of about W tokens, [0, W), [W, 2W), ..., each window's end moved on to the next
+segment end (a task write of the network) where it falls inside one: per window it runs
+`nldsl.stream` from the state the previous window left (the same forward values as one call: a
+stream cut into calls computes what one call does, and no segment straddles two windows), takes
+the window's loss L_w = loss(y_w, targets_w), calls `(scale * L_w).backward()`, which adds its
+gradient to every parameter's `.grad`, and detaches the state before the next window. So
 
     grad = sum_w d L_w / d params,  with the states entering window w taken as constants:
 
@@ -28,7 +29,9 @@ from __future__ import annotations
 
 import torch
 
-from nldsl.module.task import default_loss, stream
+from nldsl.module.reference import STREAM
+from nldsl.module.task import default_loss, stream, task_levels
+from nldsl.module.task_state import own
 
 
 def stream_windows(model, inputs: torch.Tensor, targets: torch.Tensor, state=None, *,
@@ -48,8 +51,7 @@ def stream_windows(model, inputs: torch.Tensor, targets: torch.Tensor, state=Non
     loss = loss if loss is not None else default_loss(model)
     steps = inputs.shape[1]
     outputs, total = [], inputs.new_zeros((), dtype=torch.float64)
-    for a in range(0, max(steps, 1), window):
-        b = min(a + window, steps)
+    for a, b in _windows(model, state, steps, window):
         y, state = stream(model, inputs[:, a:b], targets[:, a:b], state, loss=loss,
                           end=end and b == steps, through_writes=through_writes)
         part = loss(y, targets[:, a:b])
@@ -59,6 +61,24 @@ def stream_windows(model, inputs: torch.Tensor, targets: torch.Tensor, state=Non
         outputs.append(y.detach())
         total = total + part.detach().double()
     return torch.cat(outputs, dim=1), state, total
+
+
+def _windows(model, state, steps: int, window: int) -> list[tuple[int, int]]:
+    """[a, b) per window: b the first segment end (a task write of the network, or the end)
+    at least `window` tokens after a. A window's end inside a segment would detach what the
+    next call's part of the segment differentiates through (a written level, conv or attention
+    that read a task level before it: task.py), and change the forward values."""
+    periods = {tl.level.period for tl in task_levels(model)}
+    start = own(state, task_levels(model)[0].block)[STREAM]["t"] if state is not None and \
+        periods else 0
+    bounds, a = [], 0
+    while a < steps or not bounds:
+        b = min(a + window, steps)
+        while b < steps and periods and all((start + b) % p for p in periods):
+            b += 1
+        bounds.append((a, b))
+        a = b
+    return bounds
 
 
 def detach_state(state):
