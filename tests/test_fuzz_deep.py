@@ -258,6 +258,26 @@ FOUND: dict[str, tuple[str, dict, str]] = {
     "dgd-precondition-head-dim-1": (
         DGD_HEAD_DIM_1, {}, "head_dim 1, one head: the preconditioner's key was a number per "
                             "head, not [1] (a shape error; module/reference.py)"),
+    "layernorm-snapshot-gd": (
+        deep("every 1 token chunk 2", NORMED, "minimize l2(M(k), v) by gd(lr = 0.1, decay = 0.9)",
+             read="read y = M(k) before write"),
+        {"mem": ("SnapshotForm",)},
+        "a layernorm memory in the snapshot form: gamma's end state summed outer products "
+        "delta a^T, not the elementwise delta o LN(z) (a shape error; module/snapshot_end.py)"),
+    "layernorm-snapshot-chain": (
+        deep("every 1 token chunk 2", NORMED,
+             "minimize l2(M(k), v) by ema(h) then gd(lr = 0.1, decay = 0.9)",
+             read="read y = M(k) before write"),
+        {"mem": ("SnapshotForm",)},
+        "the same in a chain: gamma's buffer took [d_L, d_L] per token (a shape error; "
+        "module/snapshot_chain.py)"),
+    "layernorm-snapshot-chain-width-1": (
+        deep("every 1 token chunk 2", NORMED,
+             "minimize l2(tanh(M(k)), v) by ema(h) then gd(lr = 0.1, decay = 0.9)",
+             read="read y = M(k) before write").replace("head_dim: int = 3", "head_dim: int = 1"),
+        {"mem": ("SnapshotForm",)},
+        "the same at d_L = 1: the [1, 1] buffer passed, the end state's flatten refused it "
+        "(module/snapshot_chain.py)"),
     "per-head-rate-times-channel-gate": (
         PER_HEAD, {}, "refused: the channel-gate check inferred a rule's argument outside its "
                       "level, where eta * alpha is [heads] times [heads * head_dim], not one "
