@@ -278,6 +278,13 @@ FOUND: dict[str, tuple[str, dict, str]] = {
         {"mem": ("SnapshotForm",)},
         "the same at d_L = 1: the [1, 1] buffer passed, the end state's flatten refused it "
         "(module/snapshot_chain.py)"),
+    "layernorm-snapshot-clip": (
+        deep("every 1 token chunk 2", NORMED,
+             "minimize l2(M(M(k)), v) by gd(lr = 0.1, decay = h, clip = 0.05)",
+             read="read y = M(k) before write"),
+        {"mem": ("SnapshotForm",)},
+        "with `clip`: the reference clipped gamma by its norm over the whole batch, the "
+        "snapshot form's guard took gamma's pair for a layer's (module/guard.py)"),
     "per-head-rate-times-channel-gate": (
         PER_HEAD, {}, "refused: the channel-gate check inferred a rule's argument outside its "
                       "level, where eta * alpha is [heads] times [heads * head_dim], not one "
