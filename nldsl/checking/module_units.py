@@ -132,8 +132,13 @@ def _expected(level, write, rules: list[ast.Rule], loss: ast.Expr, unit_at, stat
         names = {s.position: s.buffer for s in write.chain}
         transforms = [(r.name, evaluated(r), names.get(i)) for i, r in enumerate(rules[:-1], 1)]
         layout = level.states[target].mlp
-        matrices = (lambda u, f: f(u)) if layout is None else \
-            (lambda u, f: mlp.flatten(layout, [f(w) for w in mlp.layers(layout, u)]))
+
+        def matrices(u, f):                  # f on each weight matrix, gamma as one row
+            if layout is None:
+                return f(u)
+            pieces, join = _matrices(frame, layout, u)
+            return join([f(w) for w in pieces])
+
         direction, chain = chain_direction(transforms, grad_at(current), state[level.name],
                                            matrices, frame.align)
         grad_at = lambda value: direction
