@@ -148,7 +148,8 @@ def test_a_clipped_layernorm_memory_clips_gamma_per_unit():
 
     spec = normed("minimize l2(M(M(k)), v) by gd(lr = 0.1, decay = h, clip = 0.05)")
     report = check_derivations(spec, examples=10)
-    assert report.status == "pass" and report.checked == ["M: gd autograd (rule only: no closed form)"]
+    assert report.status == "pass"
+    assert report.checked == ["M: gd autograd (rule only: no closed form)"]
 
 
 def test_newton_schulz_on_a_layernorm_memory_takes_gamma_per_unit():
@@ -160,5 +161,6 @@ def test_newton_schulz_on_a_layernorm_memory_takes_gamma_per_unit():
     spec = normed("minimize l2(M(k), v) by momentum(lr = 1, beta = h) then newton_schulz(2) "
                   "then gd(lr = 0.1)")
     report = check_derivations(spec, examples=10)
-    assert report.status == "pass" and \
-        report.checked == ["M: momentum then newton_schulz then gd autograd (rule only: no closed form)"]
+    assert report.status == "pass"
+    assert report.checked == [
+        "M: momentum then newton_schulz then gd autograd (rule only: no closed form)"]

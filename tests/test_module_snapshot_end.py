@@ -54,7 +54,8 @@ def normed(*body: str, memory: str = "mlp(head_dim -> head_dim, layernorm)", hea
     """A snapshot-form level (chunk 3, every value at the chunk start, the read before write)
     whose memory M is a `layernorm` mlp, written by `body`."""
     return (f"module normed(dim: int = 3 >= 1, head_dim: int = {head_dim} >= 1) {{\n"
-            "  state Wk : [dim, head_dim] = normal(0.5)\n  state Wv : [dim, head_dim] = normal(0.5)\n"
+            "  state Wk : [dim, head_dim] = normal(0.5)\n"
+            "  state Wv : [dim, head_dim] = normal(0.5)\n"
             "  state Wh : [dim, 1] = normal(1.0)\n  state Wo : [head_dim, dim] = normal(0.5)\n"
             f"  level mem every 1 token chunk 3 {{\n    state M : {memory}\n"
             "    key k = l2norm(x @ Wk)\n    value v = x @ Wv\n    gate h = sigmoid(x @ Wh)\n"

@@ -159,7 +159,8 @@ def _matrices(frame, layout, grad):
     them back."""
     if layout is not None:
         depth = len(layout.layers)               # the parts after the layers: gamma [*units, d_L]
-        pieces = [w if i < depth else w.unsqueeze(-2) for i, w in enumerate(mlp.layers(layout, grad))]
+        pieces = [w if i < depth else w.unsqueeze(-2)
+                  for i, w in enumerate(mlp.layers(layout, grad))]
         join = lambda ps: mlp.flatten(layout, [p if i < depth else p.squeeze(-2)
                                                for i, p in enumerate(ps)])
         return pieces, join

@@ -40,7 +40,7 @@ def chain_end(gates: tuple, transforms: list, factors: list, weights: tuple,
     for i, w in enumerate(weights):
         outer = (lambda a, delta: delta.unsqueeze(-1) * a.unsqueeze(-2)) if i < depth else \
             (lambda a, delta: delta * a)                                   # gamma's: elementwise
-        u = sum(outer(a, delta) for a, delta in                            # [B, L, o, i] / [B, L, d_L]
+        u = sum(outer(a, delta) for a, delta in          # [B, L, o, i] (gamma's [B, L, d_L])
                 (pairs[i] for pairs in factors))
         if not isinstance(u, torch.Tensor):             # no application reaches this layer
             u = w.new_zeros(w.shape[:1] + lr.shape[1:] + w.shape[1:])
