@@ -138,3 +138,29 @@ def test_a_missing_half_in_l2_is_found(monkeypatch):
         op="*", left=ast.Number(value=2), right=original(loss, state, deep)))
     with pytest.raises(CheckFailure, match=r"G = 2 \* outer\(M @ k - v, k\)"):
         check_derivations("deltanet", examples=10)
+
+
+def test_a_clipped_layernorm_memory_clips_gamma_per_unit():
+    """`clip` on a layernorm memory: the rule's definition clips gamma's gradient by its own
+    unit's norm, as module/guard.py does (both took the norm over the whole batch; with the
+    guard fixed alone the definition differed at a batch of 2)."""
+    from test_module_snapshot_end import normed
+
+    spec = normed("minimize l2(M(M(k)), v) by gd(lr = 0.1, decay = h, clip = 0.05)")
+    report = check_derivations(spec, examples=10)
+    assert report.status == "pass"
+    assert report.checked == ["M: gd autograd (rule only: no closed form)"]
+
+
+def test_newton_schulz_on_a_layernorm_memory_takes_gamma_per_unit():
+    """`... then newton_schulz(2) then gd` on a layernorm memory: the rule's definition
+    orthogonalises gamma as one row of its own unit, as runtime/chain.py does (both took a
+    batch's gammas for one matrix)."""
+    from test_module_snapshot_end import normed
+
+    spec = normed("minimize l2(M(k), v) by momentum(lr = 1, beta = h) then newton_schulz(2) "
+                  "then gd(lr = 0.1)")
+    report = check_derivations(spec, examples=10)
+    assert report.status == "pass"
+    assert report.checked == [
+        "M: momentum then newton_schulz then gd autograd (rule only: no closed form)"]

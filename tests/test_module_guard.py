@@ -6,7 +6,8 @@ not on the others, asserted), the chunked schedule equals the reference in float
 final states, gradients of x and of every parameter, odd T and a chunk that does not divide it
 (tolerance: tests/test_module_deep_memories.py's `deep_bound`; the clipped step G c / ||G|| is
 Lipschitz in G, so the bound's argument holds). The guard is also checked to bound each write
-and to leave an unclipped write exactly as without it.
+and to leave an unclipped write exactly as without it. A `layernorm` memory's gamma is clipped
+as its own weight, per unit (it was clipped by its norm over the whole batch).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from _module_cases import assert_close, build, flat_layers, forbid_fallback, inp
 from nldsl.errors import NLDSLError
 from nldsl.lower.program import MLPLayout
 from nldsl.runtime.frame import Frame
+from nldsl.runtime.mlp import layers as mlp_layers
 
 from test_module_deep_memories import deep_bound
 
@@ -255,3 +257,65 @@ def test_snapshot_form_equals_reference_with_the_clip_taken(source, last_hparam,
             assert set(m.fast_paths) == {"projections", "memory"}
         results[schedule] = clipped_run(m, x, schedule, monkeypatch)
     assert_schedules_agree(results, deep_bound(steps, 16), source)
+
+
+NORMED = MLPLayout((3, 5, 3), "silu", False, norm=True)
+
+
+def test_a_layernorm_gamma_is_clipped_per_unit():
+    """clip_gradient on a batch of two units equals it on each alone (gamma's norm is its own
+    unit's: it was the batch's), and every part ends at norm <= c, gamma's included."""
+    g = torch.Generator().manual_seed(2)
+    grad = torch.randn(2, NORMED.size, generator=g, dtype=torch.float64)
+    grad[1] *= 10                                     # the second unit clips, the first not
+    c = torch.full((2,), 4.0, dtype=torch.float64)
+    both = guard.clip_gradient(Frame(1), NORMED, grad, c)
+    alone = torch.cat([guard.clip_gradient(Frame(1), NORMED, grad[i:i + 1], c[i:i + 1])
+                       for i in range(2)])
+    assert torch.equal(both, alone)
+    gamma = lambda flat: mlp_layers(NORMED, flat)[-1]                        # [B, d_L]
+    assert torch.equal(gamma(both)[0], gamma(grad)[0])
+    for part, shape in zip(mlp_layers(NORMED, both), NORMED.parts):
+        norms = torch.linalg.vector_norm(part, dim=tuple(range(-len(shape), 0)))
+        assert (norms <= 4.0 * (1 + 1e-12)).all(), shape
+
+
+def test_applications_clip_a_layernorm_gamma_as_the_explicit_gradient():
+    """clip_applications with gamma's pairs (LN(z_L), delta) past the layers: G_gamma =
+    sum_p delta_p o LN(z_L)_p, clipped by its own norm, equals clip_gradient on the summed
+    gradient (float64)."""
+    g = torch.Generator().manual_seed(3)
+    parts = NORMED.layers + ((NORMED.widths[-1], NORMED.widths[-1]),)
+    apps = [[(torch.randn(2, 5, i, generator=g, dtype=torch.float64),
+              torch.randn(2, 5, o, generator=g, dtype=torch.float64)) for o, i in parts]
+            for _ in range(2)]
+    c = torch.full((2, 5), 1.5, dtype=torch.float64)
+    depth = len(NORMED.layers)
+    ours = guard.clip_applications(apps, c, depth)
+
+    def summed(pairs_of):                                                 # [B, L, P]
+        layers = [sum(d.unsqueeze(-1) * a.unsqueeze(-2) for a, d in layer).flatten(-2)
+                  for layer in list(zip(*pairs_of))[:depth]]
+        return torch.cat(layers + [sum(d * a for a, d in list(zip(*pairs_of))[depth])], dim=-1)
+    theirs = guard.clip_gradient(Frame(2), NORMED, summed(apps), c)
+    assert not torch.equal(theirs, summed(apps))                          # some token clips
+    assert_close(summed(ours), theirs, 64 * torch.finfo(torch.float64).eps, "clipped factors")
+
+
+def test_snapshot_form_clips_a_layernorm_memory_as_the_reference(monkeypatch):
+    """A layernorm memory's clipped write in the snapshot form (tests/test_fuzz_deep.py FOUND
+    "layernorm-snapshot-clip"), two applications (the Gram norms) and a chain: the clip taken
+    on some tokens and not on others (asserted) in both schedules."""
+    from nldsl.module import compile as compile_module
+    from test_module_snapshot_end import normed
+
+    steps = 7
+    x = inputs(2, steps, 3, 3).requires_grad_()
+    for body in ("minimize l2(M(M(k)), v) by gd(lr = 0.3, decay = h, clip = 2.5)",
+                 "minimize l2(M(k), v) by ema(h) then gd(lr = 0.3, clip = 2.5)"):
+        results = {}
+        for schedule in ("reference", "chunked"):
+            torch.manual_seed(1)
+            m = compile_module(normed(body), schedule=schedule).to(torch.float64)
+            results[schedule] = clipped_run(m, x, schedule, monkeypatch)
+        assert_schedules_agree(results, deep_bound(steps, 6), body)

@@ -5,7 +5,8 @@ loop written from NL eqs. 83-93 with a momentum buffer.
 
 Outputs, final states (weights and momentum buffers by layer, chunk-start snapshots) and the
 gradients of x and of every parameter, float64, lengths that neither chunk size divides, a
-stream cut mid-chunk. Tolerance: `deep_bound`, as for the form without a chain.
+stream cut mid-chunk. Tolerance: `deep_bound`, as for the form without a chain. Chains on a
+`layernorm` memory (gamma's buffer is elementwise in the gradient factors) equal the reference.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from nldsl.module import compile as compile_module
 
 from test_module_deep_memories import deep_bound
 from test_module_snapshot_chunk import DIM, MEMORIES, assert_schedules_agree, paper_loop
+from test_module_snapshot_end import assert_normed_schedules_agree, normed
 
 SPEC = "examples/self_modifying_titans_momentum.nl"
 #: eta_scale 0.3, beta 0.8: the writes move every memory by far more than rounding, and the
@@ -110,3 +112,24 @@ def test_beta_zero_is_the_stdlib_spec(monkeypatch):
             if isinstance(s1[level][name], tuple):
                 for i, (a, b) in enumerate(zip(s0[level][name], s1[level][name])):
                     assert_close(a, b, bound, f"{level}.{name}.{i}")
+
+
+#: Chained writes of `layernorm` memories (tests/test_fuzz_deep.py FOUND
+#: "layernorm-snapshot-chain"): gamma's token gradient was an outer product, [d_L, d_L] per
+#: token against its buffer's [d_L] (a shape error; at d_L = 1 a buffer [B, 1, 1] that the end
+#: state's flatten refused).
+NORMED_CHAINS = {
+    "ema-then-gd": normed("minimize l2(M(k), v) by ema(h) then gd(lr = 0.3, decay = h)"),
+    "ema-then-gd-head-dim-1": normed("minimize l2(tanh(M(k)), v) by ema(h) then "
+                                     "gd(lr = 0.3, decay = h)", head_dim=1),
+    "momentum-then-dgd-precondition": normed(
+        "minimize l2(M(k), v) by momentum(lr = 1, beta = h) then "
+        "dgd(lr = 0.3, decay = h, precondition = true)",
+        memory="mlp(head_dim -> 2 * head_dim -> head_dim, silu, layernorm)"),
+}
+
+
+@pytest.mark.parametrize("text", [pytest.param(t, id=n) for n, t in NORMED_CHAINS.items()])
+def test_a_layernorm_memorys_chain_equals_the_reference(text, monkeypatch):
+    state = assert_normed_schedules_agree(text, monkeypatch)
+    assert any("_momentum" in key or "_ema" in key for key in state), sorted(state)

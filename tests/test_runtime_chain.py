@@ -38,6 +38,25 @@ def test_newton_schulz_of_an_mlp_state_is_per_layer():
         assert_close(out, pl.newton_schulz(w), 4 ** 5 * 8 * U64, f"layer {i + 1} vs the loop")
 
 
+def test_newton_schulz_of_a_layernorm_gamma_is_one_row_per_sequence_and_head():
+    """gamma [B, H, d_L] is NS'd as a [1, d_L] matrix of its own unit (it was taken for one
+    [H, d_L] matrix per sequence, coupling the heads, or [B, d_L] across the batch); the
+    layers stay per layer."""
+    layout = MLPLayout((3, 5, 3), "gelu", True, norm=True)
+    g = torch.Generator().manual_seed(3)
+    flat = torch.randn(2, 4, layout.size, generator=g, dtype=torch.float64)   # [B, H, P]
+    got = mlp.layers(layout, newton_schulz_state(flat, layout, 5))
+    gamma = mlp.layers(layout, flat)[-1]                                      # [B, H, d_L]
+    for b in range(2):
+        for h in range(4):
+            one = newton_schulz(gamma[b, h].unsqueeze(0), 5, precision="float64")[0]
+            assert_close(got[-1][b, h], one, 4 ** 5 * 8 * U64, f"gamma {b}, head {h}")
+    unnormed = MLPLayout((3, 5, 3), "gelu", True)
+    layers = mlp.layers(unnormed, newton_schulz_state(flat[..., :unnormed.size], unnormed, 5))
+    for i, (a, b) in enumerate(zip(got, layers)):
+        assert torch.equal(a, b), f"layer {i + 1}"
+
+
 def test_newton_schulz_of_a_matrix_state_is_per_sequence_and_head():
     g = torch.Generator().manual_seed(1)
     state = torch.randn(3, 2, 4, 6, generator=g, dtype=torch.float64)        # [B, H, m, n]

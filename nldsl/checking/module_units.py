@@ -132,8 +132,13 @@ def _expected(level, write, rules: list[ast.Rule], loss: ast.Expr, unit_at, stat
         names = {s.position: s.buffer for s in write.chain}
         transforms = [(r.name, evaluated(r), names.get(i)) for i, r in enumerate(rules[:-1], 1)]
         layout = level.states[target].mlp
-        matrices = (lambda u, f: f(u)) if layout is None else \
-            (lambda u, f: mlp.flatten(layout, [f(w) for w in mlp.layers(layout, u)]))
+
+        def matrices(u, f):                  # f on each weight matrix, gamma as one row
+            if layout is None:
+                return f(u)
+            pieces, join = _matrices(frame, layout, u)
+            return join([f(w) for w in pieces])
+
         direction, chain = chain_direction(transforms, grad_at(current), state[level.name],
                                            matrices, frame.align)
         grad_at = lambda value: direction
@@ -149,10 +154,16 @@ def _expected(level, write, rules: list[ast.Rule], loss: ast.Expr, unit_at, stat
 
 
 def _matrices(frame, layout, grad):
-    """A gradient's weight matrices [*units, o, i] (an mlp state's layers; a tensor state as
-    one [*units, 1, n]) and the function that puts them back."""
+    """A gradient's weight matrices [*units, o, i] (an mlp state's layers, `layernorm`'s gamma
+    as one [*units, 1, d_L]; a tensor state as one [*units, 1, n]) and the function that puts
+    them back."""
     if layout is not None:
-        return mlp.layers(layout, grad), lambda pieces: mlp.flatten(layout, pieces)
+        depth = len(layout.layers)               # the parts after the layers: gamma [*units, d_L]
+        pieces = [w if i < depth else w.unsqueeze(-2)
+                  for i, w in enumerate(mlp.layers(layout, grad))]
+        join = lambda ps: mlp.flatten(layout, [p if i < depth else p.squeeze(-2)
+                                               for i, p in enumerate(ps)])
+        return pieces, join
     units = grad.shape[:frame.nb]
     return [grad.reshape(units + (1, -1))], lambda pieces: pieces[0].reshape(grad.shape)
 

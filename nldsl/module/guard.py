@@ -2,7 +2,8 @@
 momentum; docs/modules.md, "Stability").
 
 Each weight matrix of the state (the matrix itself for a tensor state, every layer W_i of an
-`mlp` state) has its gradient clipped to Frobenius norm at most c, per token, sequence and head:
+`mlp` state, and `layernorm`'s gamma as a matrix of one row) has its gradient clipped to
+Frobenius norm at most c, per token, sequence and head:
 
     G^i_t <- s^i_t G^i_t,    s^i_t = c / max(||G^i_t||_F, c) = min(1, c / ||G^i_t||_F)
 
@@ -44,9 +45,10 @@ def clip_gradient(frame, layout: MLPLayout | None, grad: torch.Tensor, c) -> tor
         norm = torch.linalg.vector_norm(grad, dim=dims)                    # [*units]
         return grad * scale(norm, c).reshape(norm.shape + (1,) * len(dims))
     clipped = []
-    for g in mlp.layers(layout, grad):                                     # [*units, o, i]
-        norm = torch.linalg.vector_norm(g, dim=(-2, -1))                   # [*units]
-        clipped.append(g * scale(norm, c)[..., None, None])
+    for g, shape in zip(mlp.layers(layout, grad), layout.parts):          # [*units, o, i]..
+        dims = tuple(range(-len(shape), 0))          # gamma [*units, d_L]: its own vector
+        norm = torch.linalg.vector_norm(g, dim=dims)                       # [*units]
+        clipped.append(g * scale(norm, c).reshape(norm.shape + (1,) * len(dims)))
     return mlp.flatten(layout, clipped)
 
 
@@ -57,16 +59,21 @@ def clip_factors(deltas: list, inputs: list, c: torch.Tensor) -> list:
     return [d for _, d in clip_applications([list(zip(inputs, deltas))], c)[0]]
 
 
-def clip_applications(applications: list, c: torch.Tensor) -> list:
+def clip_applications(applications: list, c: torch.Tensor, depth: int | None = None) -> list:
     """The snapshot chunk form's guard: a token's gradient of layer i is a sum over the loss's
     applications p of M, G^i_t = sum_p delta_p a_p^T, so
     ||G^i_t||_F^2 = sum_{p,q} (delta_p . delta_q)(a_p . a_q) (Gram matrices of the factors,
     never G; for one application ||delta|| ||a||). applications: per application,
-    [(a_{i-1} [..., L, d_{i-1}], delta_i [..., L, d_i]) per layer]; c [..., L]. Returns them
-    with every delta of layer i scaled by s^i_t."""
+    [(a_{i-1} [..., L, d_{i-1}], delta_i [..., L, d_i]) per layer], then past `depth` layers
+    `layernorm`'s gamma's (LN(z_L), delta), whose gradient is elementwise, G_t = sum_p
+    delta_p o LN(z_L)_p, its norm that vector's; c [..., L]. Returns them with every delta of
+    layer i scaled by s^i_t."""
     clipped = [list(pairs) for pairs in applications]
     for i in range(len(clipped[0]) if clipped else 0):
-        if len(clipped) == 1:
+        if depth is not None and i >= depth:
+            g = sum(d * a for a, d in (pairs[i] for pairs in clipped))     # [..., L, d_L]
+            norm = torch.linalg.vector_norm(g, dim=-1)
+        elif len(clipped) == 1:
             a, d = clipped[0][i]
             norm = torch.linalg.vector_norm(d, dim=-1) * torch.linalg.vector_norm(a, dim=-1)
         else:

@@ -27,16 +27,20 @@ from nldsl.module.delta_chunk import decay_products
 
 
 def chain_end(gates: tuple, transforms: list, factors: list, weights: tuple,
-              buffers: dict) -> tuple[tuple, dict]:
+              buffers: dict, depth: int) -> tuple[tuple, dict]:
     """(the end weights, the end buffers by name) of one chained write over a chunk.
     gates: (lr [B, L], decay [B, L], key [B, L, d_0] or None); transforms: (step, c [B, L],
     beta [B, L]) in chain order; factors: per application, [(a_{i-1} [B, L, d_{i-1}],
-    delta_i [B, L, d_i]) per layer] (G_{i,t} = sum_apps delta_{i,t} a_{i-1,t}^T);
-    weights: W_{i,0} [B, d_i, d_{i-1}] per layer; buffers: name -> per-layer m_0."""
+    delta_i [B, L, d_i]) per layer] (G_{i,t} = sum_apps delta_{i,t} a_{i-1,t}^T), then with
+    `layernorm` gamma's (LN(z_L) [B, L, d_L], delta [B, L, d_L]) (G_t = sum_apps delta_t o
+    LN(z_L,t), elementwise); weights: W_{i,0} [B, d_i, d_{i-1}] per layer, then gamma
+    [B, d_L]; depth: the number of layers; buffers: name -> per-part m_0."""
     lr, decay, key = gates
     ends, new = [], {step.buffer: [] for step, _, _ in transforms}
     for i, w in enumerate(weights):
-        u = sum(delta.unsqueeze(-1) * a.unsqueeze(-2) for a, delta in              # [B, L, o, i]
+        outer = (lambda a, delta: delta.unsqueeze(-1) * a.unsqueeze(-2)) if i < depth else \
+            (lambda a, delta: delta * a)                                   # gamma's: elementwise
+        u = sum(outer(a, delta) for a, delta in          # [B, L, o, i] (gamma's [B, L, d_L])
                 (pairs[i] for pairs in factors))
         if not isinstance(u, torch.Tensor):             # no application reaches this layer
             u = w.new_zeros(w.shape[:1] + lr.shape[1:] + w.shape[1:])
@@ -52,7 +56,7 @@ def chain_end(gates: tuple, transforms: list, factors: list, weights: tuple,
 
 def _buffered(m0: torch.Tensor, c: torch.Tensor, beta: torch.Tensor, u: torch.Tensor):
     """Every token's buffer m_t = B_t0 m_0 + sum_{s<=t} B_ts c_s u_s: m0 [B, o, i], c and
-    beta [B, L], u [B, L, o, i] -> [B, L, o, i]."""
+    beta [B, L], u [B, L, o, i] -> [B, L, o, i] (gamma's: m0 [B, d_L], u [B, L, d_L])."""
     products, gamma = decay_products(beta)                                    # [B, L, L], [B, L]
     flat = (c.unsqueeze(-1) * u.flatten(2))                                   # [B, L, o i]
     m = torch.baddbmm(gamma.unsqueeze(-1) * m0.flatten(1).unsqueeze(1), products, flat)
@@ -60,12 +64,13 @@ def _buffered(m0: torch.Tensor, c: torch.Tensor, beta: torch.Tensor, u: torch.Te
 
 
 def _gated_end(w0: torch.Tensor, lr: torch.Tensor, decay: torch.Tensor, u: torch.Tensor):
-    """W_L = P_L0 W_0 - sum_t lr_t P_Lt u_t: w0 [B, o, i], u [B, L, o, i]."""
+    """W_L = P_L0 W_0 - sum_t lr_t P_Lt u_t: w0 [B, o, i], u [B, L, o, i] (or gamma's
+    [B, d_L], [B, L, d_L])."""
     shifted = torch.cat([decay[:, 1:], torch.ones_like(decay[:, :1])], dim=1)
     suffix = shifted.flip(1).cumprod(1).flip(1)                               # P_Lt [B, L]
     total = suffix[:, 0] * decay[:, 0]                                        # P_L0 [B]
     step = torch.bmm((lr * suffix).unsqueeze(1), u.flatten(2)).view_as(w0)     # [B, o, i]
-    return w0 * total[:, None, None] - step
+    return w0 * total.view((-1,) + (1,) * (w0.ndim - 1)) - step
 
 
 def _preconditioned_end(w: torch.Tensor, lr: torch.Tensor, decay: torch.Tensor,

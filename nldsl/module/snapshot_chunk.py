@@ -209,7 +209,8 @@ def _gradients(form: SnapshotForm, chunk: "_Chunk", keep: bool):
     for names in form.passes:
         for name, apps in chunk.factors({n: losses[n] for n in names}, keep).items():
             if name in clips:                          # the guard, before any transform
-                clipped = clip_applications([pairs for pairs, _ in apps], clips[name])
+                clipped = clip_applications([pairs for pairs, _ in apps], clips[name],
+                                            len(chunk.level.states[name].mlp.layers))
                 apps = [(pairs, pre) for pairs, (_, pre) in zip(clipped, apps)]
             key = gates[name][2]
             factors[name] = [Application([(detach(a), detach(d)) for a, d in pairs],

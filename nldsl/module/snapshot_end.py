@@ -3,7 +3,9 @@ last token from the chunk's gates and gradient factors.
 
 A gradient write M_t = d_t M_{t-1} - lr_t G_t ends at a scalar-gated sum per weight,
 W_L = P_L0 W_0 - sum_s lr_s P_Ls G_s (P_ts = prod_{s<j<=t} d_j), G_s = sum_apps delta_s a_s^T:
-one matmul over all applications' factors, accumulated in place into the gated start. With
+one matmul over all applications' factors, accumulated in place into the gated start
+(`layernorm`'s gamma, whose token gradient is elementwise, G_s = sum_apps delta_s o LN(z_L,s)
+from the pair batched_forward records, one weighted sum over the tokens). With
 `dgd(precondition = true)` the first layer follows NL eq. 88 on the previous token's weight,
 W_t = W_{t-1} (d_t I - lr_t k_t k_t^T) - lr_t sum_apps delta_{1,t} a_{0,t}^T: per token 1 + A
 steps of the gated delta rule (k_t, decay d_t, erase lr_t, write 0), then per application not
@@ -44,11 +46,12 @@ def end_states(level: TokenLevel, form: SnapshotForm, gates: dict, factors: dict
         if write.chain:
             new[write.target], ends = chain_end(
                 gates[write.target], transforms[write.target],
-                [app.pairs for app in factors[write.target]], states[write.target], buffers)
+                [app.pairs for app in factors[write.target]], states[write.target], buffers,
+                len(level.states[write.target].mlp.layers))
             new_buffers.update(ends)
             continue
         lr, decay, key = gates[write.target]
-        weights = states[write.target]
+        weights, depth = states[write.target], len(level.states[write.target].mlp.layers)
         if (id(lr), id(decay)) not in shared:          # writes sharing their gates share these
             shared[id(lr), id(decay)] = _gate_sums(lr, decay)
         scale, total = shared[id(lr), id(decay)]
@@ -60,7 +63,10 @@ def end_states(level: TokenLevel, form: SnapshotForm, gates: dict, factors: dict
             apps = [app.pairs[i] for app in factors[write.target]]           # one matmul for all
             a = _joined([a for a, _ in apps])                                 # [B, A L, d_in]
             scaled = _joined([d * scale for _, d in apps])                    # [B, A L, d_out]
-            ends.append(_accumulate(w * total, scaled.mT, a))                 # [B, o, i]
+            if i == depth:                       # layernorm's gamma: G_s = delta_s o LN(z_L,s)
+                ends.append(w * total[:, 0] + (scaled * a).sum(1))            # [B, d_L]
+            else:
+                ends.append(_accumulate(w * total, scaled.mT, a))             # [B, o, i]
         new[write.target] = ends
     preconditioned = [w for w in form.writes if w.precondition is not None and not w.chain]
     for group in _groups(level, preconditioned, factors):

@@ -9,7 +9,9 @@ the last turns it into
 The last rule then applies u in place of G. Newton-Schulz is Muon's iteration, op for op as the
 optimizer compiler computes it (optim/kernels.py), on each matrix of the state separately: a
 matrix state [B, (H,) m, n] per sequence and head, an `mlp` memory layer by layer (each W_i of
-M(u) = W_L act(... W_1 u) orthogonalised on its own, as Muon treats each parameter). It is
+M(u) = W_L act(... W_1 u) orthogonalised on its own, as Muon treats each parameter;
+`layernorm`'s gamma as a matrix of one row per sequence and head, NS of which is about
+g / ||g||). It is
 computed in `precision` or the state's dtype, whichever is wider, so a float64 module stays
 float64.
 """
@@ -28,8 +30,10 @@ def newton_schulz_state(u: torch.Tensor, layout: MLPLayout | None, steps, polyno
     precision = _wider(precision, u.dtype)
     if layout is None:
         return newton_schulz_batch(u, int(steps), polynomial, eps, precision)
-    return mlp.flatten(layout, [newton_schulz_batch(w, int(steps), polynomial, eps, precision)
-                                for w in mlp.layers(layout, u)])
+    depth = len(layout.layers)                   # then gamma [..., d_L]: one row [..., 1, d_L]
+    ns = lambda w: newton_schulz_batch(w, int(steps), polynomial, eps, precision)
+    return mlp.flatten(layout, [ns(w) if i < depth else ns(w.unsqueeze(-2)).squeeze(-2)
+                                for i, w in enumerate(mlp.layers(layout, u))])
 
 
 def _wider(precision: str, dtype: torch.dtype) -> str:
