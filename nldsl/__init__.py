@@ -8,10 +8,10 @@
 """
 from nldsl.errors import NLDSLError
 from nldsl.lm import lm
-from nldsl.module import compile, stream, stream_windows
+from nldsl.module import compile, freeze, stream, stream_windows
 from nldsl.optim import optimizer
 from nldsl.render import render
 from nldsl.spec import Spec, load
 
-__all__ = ["NLDSLError", "Spec", "compile", "lm", "load", "optimizer", "render", "stream",
-           "stream_windows"]
+__all__ = ["NLDSLError", "Spec", "compile", "freeze", "lm", "load", "optimizer", "render",
+           "stream", "stream_windows"]

@@ -57,11 +57,15 @@ class FrozenForm:
 
 
 def frozen_form(level: TokenLevel) -> FrozenForm | None:
-    """The level's frozen form, or None: it must have no writes here, no heads, and no context
-    of its own states (the chunked schedule evaluates contexts without memory applications)."""
-    if not level.task or level.writes or level.heads is not None:
+    """The level's frozen form, or None: it must have states but no writes here (a task level,
+    or a level of a frozen program: lower/freeze.py). A task level must have no heads and no
+    context of its own states (the task driver's recorded products and bound states assume
+    neither). A level that reads through a derived memory (`let W = A / norm(A)`) runs the
+    reference: the frozen form applies states only."""
+    if not level.states or level.writes or level.once or level.memories:
         return None
-    if any(mentions(value, s) for value in level.contexts.values() for s in level.states):
+    if level.task and (level.heads is not None or any(
+            mentions(value, s) for value in level.contexts.values() for s in level.states)):
         return None
     return FrozenForm({name: value for name, (value, _) in level.reads.items()})
 

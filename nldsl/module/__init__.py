@@ -62,3 +62,13 @@ def stream_windows(model, inputs, targets, state=None, *, window: int, loss=None
 
     return run(model, inputs, targets, state, window=window, loss=loss, scale=scale,
                through_writes=through_writes, end=end)
+
+
+def freeze(model):
+    """The compiled module or nldsl.lm network with every level frozen: no level writes, not
+    even a module's own in-context memories (`stream(..., learn=False)` freezes only the
+    levels that learn from the task loss), so it is an ordinary network of its parameters and
+    the states it is given; it shares the model's parameters (docs/modules.md, "Freezing")."""
+    from nldsl.module.freeze import freeze as run
+
+    return run(model)

@@ -134,7 +134,9 @@ class _SequenceValues:
         lookup = lambda name: self._lookup(name, frame)
         conv = lambda call, a, width: self._conv(call, a, frame)
         attend = lambda call, q, keys, values: self._attend(call, q, keys, values, frame)
-        return _Evaluator(frame, lookup, _no_memory, conv, self.products, attend)(expr)
+        apply = (lambda name, u: self._apply_frozen(level, name, u)) \
+            if level is not None and level.name in self.frozen else _no_memory
+        return _Evaluator(frame, lookup, apply, conv, self.products, attend)(expr)
 
     def project(self, level: TokenLevel) -> None:
         """The level's contexts' `x @ W` products (W a 2-D parameter) as one GEMM, when there
@@ -278,8 +280,12 @@ class _SequenceValues:
     def _apply_frozen(self, level: TokenLevel, name: str, u):
         """M(u) for a state M of a frozen level, every token at once: one batched GEMM per
         layer, u [B, T, d_in] @ W^T [B, d_in, d_out] (not one product per token)."""
-        memory = self.new_state[level.name][name]                    # [B, P] or [B, dv, dk]
+        memory = self.new_state[level.name][name]            # [B, (H,) P] or [B, (H,) dv, dk]
         layout, recorded = level.states[name].mlp, taskgrad.product(memory)
+        if level.heads is not None:        # u [B, T, H, d_0]: one memory per head, broadcast
+            if layout is None:
+                return (memory.unsqueeze(1) @ u.unsqueeze(-1)).squeeze(-1)     # [B, T, H, dv]
+            return mlp.apply(layout, memory.unsqueeze(1), u)                 # [B, T, H, d_L]
         if layout is None:
             return u @ memory.mT if recorded is None else recorded(0, u, memory)  # [B, T, dv]
         return mlp.apply_to_sequence(layout, memory, u, recorded)     # [B, T, d_L]

@@ -76,8 +76,9 @@ def _before_write(level: TokenLevel, state: dict) -> dict:
 
 
 def _write(level: TokenLevel, unit: UnitValues, state: dict, t: int) -> None:
-    if level.task:
-        return                   # frozen here: the task driver writes it (module/task.py)
+    if not (level.writes or level.once):
+        return                   # frozen here: the task driver writes it (module/task.py), or
+    #                              the program is frozen (lower/freeze.py), or it has no state
     if level.once:
         _write_once(level, unit, state[level.name], t)
         return
