@@ -231,6 +231,12 @@ FOUND: dict[str, tuple[str, str]] = {
              "  p: minimize orthogonality(p) by newton_schulz(steps = 1) }",
              "level w every 1 step { W <- W - lr * p }"),
         "KeyError: the restarted state had no value between the level's writes"),
+    "held-read-after-its-write": (
+        "optimizer x(int = 0.01 > 0, float = true, zip: int = 1 >= 1) {\n"
+        "  level any every zip steps {\n    read len = W\n  }\n"
+        "  level range every 1 step {\n    W <- W - int * tanh(len)\n  }\n}\n",
+        "fused bound a slower level's held read before the level's write refreshed it: the "
+        "later level read the previous write's value (W lagged a step; optim/codegen.py)"),
     "plain-sgd": (spec(SGD), "the property's simplest case"),
 }
 

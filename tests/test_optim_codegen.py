@@ -89,3 +89,19 @@ def test_hoisted_temporaries_sit_in_the_block_of_their_statement(generate):
     guard = lines.index("    if writing:")
     assert lines[guard + 1].startswith("        _t1 = ")
     assert all((len(line) - len(line.lstrip(" "))) % 4 == 0 for line in lines)
+
+
+HELD = ("optimizer o(lr = 0.01 > 0, k: int = 1 >= 1) {\n  level a every k steps {\n"
+        "    read r = W\n  }\n  level w every 1 step { W <- W - lr * tanh(r) }\n}\n")
+
+
+@pytest.mark.parametrize("generate", [generate_foreach, generate_loop], ids=["foreach", "loop"])
+def test_a_held_read_is_the_new_value_after_its_levels_write(generate):
+    """A slower level's read is stored at its writes; a later level of the same step reads the
+    stored value (the reference looks it up when used), so the generated code binds it again
+    inside the write's block. It read the value of the level's previous write (found by
+    tests/test_fuzz_optim.py at k = 1: W lagged a step)."""
+    lines = [line.strip() for line in generate(lower(nldsl.load(HELD))).splitlines()]
+    block = lines[lines.index("if writing:"):lines.index("# level w, every 1 step(s)")]
+    assert any("'read.r'] = " in line for line in block)
+    assert any(line.startswith("u_r = ") for line in block)

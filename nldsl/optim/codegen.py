@@ -96,6 +96,8 @@ def generate_foreach(plan: Plan) -> str:
             p.emit(out, f"for st, x in zip(states, {copied(plan, value, p.expr(value)[0], True)}):")
             with out.block():
                 out.line(f"st[{literal('read.' + name)}] = x")
+            # the later levels of this step read the new value, as the reference's lookup does
+            out.line(f"{user(name)} = [st[{literal('read.' + name)}] for st in states]")
 
         _levels(out, plan, p, _foreach_write, hold)
     return out.text()
@@ -200,7 +202,8 @@ def generate_loop(plan: Plan) -> str:
                 out.line(f"{user(s)} = state[{literal(s)}]")
         snapshot(out, plan, p, foreach=False)
         _levels(out, plan, p, _loop_write, lambda name, value: p.emit(
-            out, f"state[{literal('read.' + name)}] = {copied(plan, value, p.expr(value)[0], False)}"))
+            out, f"{user(name)} = state[{literal('read.' + name)}] = "
+                 f"{copied(plan, value, p.expr(value)[0], False)}"))
     return out.text()
 
 
