@@ -42,7 +42,8 @@ def stream(model, inputs, targets, state=None, *, loss=None, learn: bool = True,
     """Run a compiled module or an nldsl.lm network on `inputs` while its levels that
     `minimize task` learn from the task loss on `targets` (NL eq. 71; docs/modules.md,
     "Levels that learn from the task loss"). `learn=False` freezes them: the call is then
-    `model(inputs, state, end=end)`. With gradients on, the outer gradient goes through the
+    `model(inputs, state, end=end)`, whose in-context memories still write (`freeze(model)`
+    freezes every level). With gradients on, the outer gradient goes through the
     inner writes (second order); `through_writes=False` truncates it there (first order).
     Returns (outputs, state); pass the state back to go on."""
     from nldsl.module.task import stream as run
