@@ -237,6 +237,10 @@ FOUND: dict[str, tuple[str, str]] = {
         "  level range every 1 step {\n    W <- W - int * tanh(len)\n  }\n}\n",
         "fused bound a slower level's held read before the level's write refreshed it: the "
         "later level read the previous write's value (W lagged a step; optim/codegen.py)"),
+    "max-of-a-number": (
+        spec("level w every 1 step { W <- max(W, lr) + (W + W) }"),
+        "the reference took max(W, 0.01)'s number as a float32 0-d tensor (2.2e-10 off beside "
+        "the float64 W; optim/kernels.py)"),
     "plain-sgd": (spec(SGD), "the property's simplest case"),
 }
 

@@ -115,3 +115,17 @@ def test_large_cpu_matrices_are_orthogonalised_one_by_one():
 def test_misuse_raises_value_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@pytest.mark.parametrize("op, pick", [(kernels.maximum, max), (kernels.minimum, min)],
+                         ids=["max", "min"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_a_number_beside_a_tensor_takes_the_tensors_dtype(op, pick, dtype):
+    """max(W, 0.01) with a float64 W is float64's 0.01 where it wins: torch.as_tensor made the
+    number a float32 0-d tensor, 2.2e-10 off (the reference schedule's value beside the fused
+    code's, found by tests/test_fuzz_optim.py)."""
+    w = torch.tensor([0.001, 0.5, -1.0], dtype=dtype)
+    got = op(w, 0.01)
+    want = torch.tensor([pick(float(v), 0.01) for v in w.tolist()], dtype=dtype)
+    assert got.dtype == dtype and torch.equal(got, want)
+    assert torch.equal(op(0.01, w), want)

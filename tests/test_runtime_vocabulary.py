@@ -64,3 +64,16 @@ def test_flatten_and_concat_in_a_per_head_frame():
     assert torch.equal(flat, (k[..., :, None] * k[..., None, :]).reshape(2, 3, 16))
     joined = evaluate(call("concat", name("k"), call("flatten", call("outer", name("k"), name("k")))))
     assert torch.equal(joined, torch.cat([k, flat], -1))
+
+
+def test_a_number_beside_a_float64_value_is_float64():
+    """max(x, 0.01) in a float64 module: the number is float64's 0.01 (it was the default
+    dtype's, float32's, 2.2e-10 off)."""
+    from nldsl.language import ast
+    from nldsl.runtime.evaluate import FrameEvaluator
+    from nldsl.runtime.frame import Frame
+
+    x = torch.tensor([[0.001, 0.5]], dtype=torch.float64)                  # [B, d]
+    evaluate = FrameEvaluator(Frame(1), {"x": x}.__getitem__, None, None)
+    got = evaluate(ast.Call(func="max", args=[ast.Name(id="x"), ast.Number(value=0.01)]))
+    assert got.dtype == torch.float64 and got[0, 0].item() == 0.01 and got[0, 1].item() == 0.5

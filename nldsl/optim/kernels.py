@@ -255,16 +255,29 @@ def unary(name: str, a):
 
 
 def maximum(a, b):
-    """max(a, b) elementwise; numbers become 0-d tensors when the other side is a tensor."""
+    """max(a, b) elementwise; a number becomes a 0-d tensor of the other side's dtype and device
+    when that side is a tensor (`scalars_like`)."""
     if not torch.is_tensor(a) and not torch.is_tensor(b):
         return max(a, b)
-    return torch.maximum(torch.as_tensor(a), torch.as_tensor(b))
+    return torch.maximum(*scalars_like(a, b))
 
 
 def minimum(a, b):
     if not torch.is_tensor(a) and not torch.is_tensor(b):
         return min(a, b)
-    return torch.minimum(torch.as_tensor(a), torch.as_tensor(b))
+    return torch.minimum(*scalars_like(a, b))
+
+
+def scalars_like(a, b) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both sides as tensors: a number as a 0-d tensor of the tensor side's dtype (a float in a
+    floating dtype, so 0.01 beside a float64 W is float64's 0.01, not float32's) and device."""
+    like = a if torch.is_tensor(a) else b
+    def tensor(v):
+        if torch.is_tensor(v):
+            return v
+        floating = isinstance(v, float) and like.is_floating_point()
+        return torch.tensor(v, dtype=like.dtype if floating else None, device=like.device)
+    return tensor(a), tensor(b)
 
 
 def clamp(a, low, high):
@@ -278,7 +291,7 @@ def stopgrad(a):
 
 def logical(op: str, a, b):
     """`a and b` / `a or b` where a side is a tensor: elementwise, on bools."""
-    a, b = torch.as_tensor(a), torch.as_tensor(b)
+    a, b = scalars_like(a, b)
     return torch.logical_and(a, b) if op == "and" else torch.logical_or(a, b)
 
 

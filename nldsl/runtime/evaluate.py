@@ -134,9 +134,12 @@ class Evaluator:
 # -- the module runtime's built-ins: one unit per head, batch dims never reduced ----------------
 
 def _as_tensors(a, b, like):
-    """Numbers as tensors of the default dtype on `like`'s device, so torch can take them."""
+    """Numbers as 0-d tensors on `like`'s device, so torch can take them: a float in `like`'s
+    dtype when that is floating (0.01 in a float64 module is float64's 0.01, not float32's),
+    else in the default one."""
+    dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()
     as_tensor = lambda v: v if _tensor(v) else torch.tensor(
-        v, dtype=torch.get_default_dtype() if isinstance(v, float) else None, device=like.device)
+        v, dtype=dtype if isinstance(v, float) else None, device=like.device)
     return as_tensor(a), as_tensor(b)
 
 
