@@ -29,12 +29,12 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 import nldsl
 import nldsl.module.module  # noqa: F401  imported here, not inside the first example's hang guard
 from _module_cases import U64, assert_close, flat_layers, randomize
-from nldsl.fuzzing_task import snapshot_specs, task_specs
+from nldsl.fuzzing_task import downstream_task_specs, snapshot_specs, task_specs
 from nldsl.testing import assert_located, hang_guard, loaded_or_refused
 
 from test_module_deep_memories import deep_bound
@@ -49,6 +49,7 @@ WIDTH = 2 * DIM + 3                  # the widest inner product: an mlp's hidden
 FUZZ_TASK = settings(max_examples=80, deadline=None, derandomize=True, database=None,
                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 FUZZ_SNAPSHOT = settings(FUZZ_TASK, max_examples=30)
+FUZZ_DOWNSTREAM = settings(FUZZ_TASK, max_examples=40)
 
 
 def tolerance(steps: int, passes: int = 1) -> float:
@@ -119,21 +120,22 @@ def outer_gradients(m, y, state) -> list[torch.Tensor]:
 
 
 def check(text: str, batch: int, steps: int, cuts: tuple[int, ...], outer: bool,
-          through: bool = True, seed: int = 0) -> None:
+          through: bool = True, seed: int = 0, fast: bool = True) -> bool:
     """The property (the module docstring): located error at load or compile (both schedules
     alike), or the same stream in both schedules, a cut stream equal to one call, and
-    learn=False equal to the plain forward."""
+    learn=False equal to the plain forward. Whether it ran (not refused). `fast`: the chunked
+    module must run every level in a fast form."""
     with hang_guard(HANG_LIMIT_S):
         spec = loaded_or_refused(text)
         if spec is None:
-            return
+            return False
         reference, chunked = compiled(spec, "reference"), compiled(spec, "chunked")
         assert (reference is None) == (chunked is None), "refused by one schedule only"
         if reference is None:
-            return
+            return False
         chunked.load_state_dict(reference.state_dict())
         levels = {lv.name for lv in chunked.program.levels}
-        assert set(chunked.fast_paths) == levels, \
+        assert set(chunked.fast_paths) == (levels if fast else set(chunked.fast_paths)), \
             f"levels {sorted(levels)} not all in a fast form: {sorted(chunked.fast_paths)}"
         x, z, loss = data(batch, steps, seed)
         bound = tolerance(steps)
@@ -161,6 +163,7 @@ def check(text: str, batch: int, steps: int, cuts: tuple[int, ...], outer: bool,
             off, off_state = nldsl.stream(chunked, x, z, loss=loss, learn=False)
         assert torch.equal(off, frozen), "learn=False is not the plain forward"
         assert_states_close(off_state, frozen_state, 0.0, "learn=False")
+    return True
 
 
 @st.composite
@@ -175,6 +178,30 @@ def streams(draw):
 @given(text=task_specs(), stream=streams())
 def test_drawn_task_spec_streams_alike_in_both_schedules_or_fails_located(text, stream):
     check(text, **stream)
+
+
+@st.composite
+def downstream_cases(draw):
+    """A spec whose task read is mixed across tokens downstream (`downstream_task_specs`) and
+    a stream with a call's end inside a period (at a token not a multiple of the fastest
+    period: the segment it cuts must travel with its graph), outer gradients for half."""
+    spec = draw(downstream_task_specs())
+    period = spec["period"]
+    steps = draw(st.integers(period + 1, 12))
+    inside = draw(st.sampled_from([c for c in range(1, steps) if c % period]))
+    cuts = tuple(sorted([inside] + draw(st.lists(st.integers(0, steps), max_size=1))))
+    return spec, dict(batch=draw(st.integers(1, 3)), steps=steps, cuts=cuts,
+                      outer=draw(st.booleans()), through=draw(st.integers(0, 3)) > 0)
+
+
+@FUZZ_DOWNSTREAM
+@given(case=downstream_cases())
+def test_drawn_downstream_mixing_streams_alike_cut_or_not_or_fails_located(case):
+    """A backprop level, conv or attention reading a task read: the property of `check`; where
+    a context or write uses the task read the chunked schedule has no fast form (`fast`)."""
+    spec, stream = case
+    ran = check(spec["text"], fast=spec["fast"], **stream)
+    event(f"{spec['kind']}{'' if spec['fast'] else ' (no fast form)'}{'' if ran else ' refused'}")
 
 
 # -- the snapshot chunk form: self-modifying levels (nldsl.fuzzing_task.snapshot_specs) ---------
@@ -281,6 +308,14 @@ FOUND_TASK: dict[str, tuple[str, dict, str]] = {
                                  " backprop"), "y"),
         dict(batch=2, steps=4, cuts=(1, 1), outer=False),
         "an empty call replaced the nodes of the nested block's graph by the module's copies"),
+    "empty-call-inside-a-carried-segment": (
+        task_module(task_level("a", 2, "A : [dim, dim] init learned", "h = A(x)")
+                    + "  level down every 1 token backprop {\n    state D : mlp(dim -> dim, tanh)"
+                      "\n    minimize l2(D(x), h) by gd(lr = 0.5)\n    read y = D(x)\n  }\n",
+                    "y + h"),
+        dict(batch=1, steps=3, cuts=(1, 1), outer=False, fast=False),
+        "an empty call under no_grad converted the MLP memory's state without its graph: the "
+        "carried segment's path from D's writes to A was lost (tests/test_module_task.py)"),
 }
 
 

@@ -697,6 +697,26 @@ def test_a_cut_without_the_carried_graph_differs():
     assert (restarted["c"]["A"] - whole["c"]["A"]).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "outer"])
+@pytest.mark.parametrize("memory", ["[dim, dim] = 0", "mlp(dim -> dim, tanh)"],
+                         ids=["matrix", "mlp"])
+def test_an_empty_call_inside_a_carried_segment_keeps_its_graph(memory, grad):
+    """Calls [0, 1), [1, 1), [1, 7): the empty call runs the module on no token, which still
+    converts an MLP memory's state (its layers flattened and back); under the caller's no_grad
+    that conversion dropped the graph the carried segment holds, and the memory's writes then
+    lost their path to A (found by tests/test_fuzz_task.py: the cut stream differed by 5e-3)."""
+    torch.manual_seed(0)
+    m = nldsl.compile(DOWNSTREAM_BACKPROP.replace("[dim, dim] = 0", memory)).double()
+    x, z = (torch.randn(2, 7, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(s))
+            for s in (2, 3))
+    loss = lambda y, t: 0.5 * ((y - t) ** 2).sum()
+    with torch.set_grad_enabled(grad):
+        whole, whole_state = nldsl.stream(m, x, z, loss=loss)
+        cut, state = in_calls(m, x, z, [1, 1], loss)
+    torch.testing.assert_close(cut, whole, atol=TOL, rtol=0)
+    assert_states_close([state], [whole_state], atol=TOL)
+
+
 NESTED_SPEC = dict(dim=4, expansion=2, lr_slow=0.005, lr_mid=0.005, lr_fast=0.005)
 
 
