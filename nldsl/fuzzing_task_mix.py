@@ -71,27 +71,37 @@ def _conv(draw, src: str, task_out: str) -> Mix:
 def _attention(draw, src: str, task_out: str) -> Mix:
     func = draw(st.sampled_from(["attention({})", "window_attention({}, {w})",
                                  "segment_attention({}, {w})"]))
-    args = draw(st.lists(st.sampled_from([src, "x @ Wd", "x"]), min_size=3, max_size=3))
-    args[draw(st.integers(0, 2))] = src                                 # h reaches q, k or v
     where = draw(st.sampled_from(["out", "read", "context"]))
-    heads = 1 if where == "out" else draw(st.sampled_from([1, 3]))      # dim 3: head_dim 3 or 1
+    # 2 heads: an argument of width 2 * dim (`@ Wh`) splits into heads of width dim, one of
+    # width dim broadcasts over them; one must split (validation/shapes.py refuses a read the
+    # same for every head), and the merged read [2 * dim] is projected back by Wo
+    heads = 1 if where == "out" else draw(st.sampled_from([1, 2]))
+    pool = [src, "x @ Wd", "x"] + ([f"{src} @ Wh", "x @ Wh"] if heads == 2 else [])
+    args = draw(st.lists(st.sampled_from(pool), min_size=3, max_size=3))
+    reach = draw(st.integers(0, 2))
+    args[reach] = src                                                   # h reaches q, k or v
+    if heads == 2 and not any("Wh" in a for a in args):
+        args[(reach + draw(st.integers(1, 2))) % 3] = draw(st.sampled_from([f"{src} @ Wh",
+                                                                            "x @ Wh"]))
     call = lambda a: func.format(", ".join(a), w=draw(st.integers(1, 4)))
     if where == "out":
         return Mix([], _out(draw, call(args), task_out, src))
     head = f"level down every 1 token heads {heads}{draw(st.sampled_from(['', ' backprop']))} {{"
+    od = "od" if heads == 1 else "od @ Wo"
     if where == "read":
-        return Mix([head, f"  read od = {call(args)}", "}"],
-                   _out(draw, "od", task_out, src))
+        return Mix([head, f"  read od = {call(args)}", "}"], _out(draw, od, task_out, src))
     contexts = [f"  {role} {name} = {a}" for role, name, a in
                 zip(("query", "key", "value"), ("qd", "kd", "vd"), args)]
     return Mix([head] + contexts + [f"  read od = {call(['qd', 'kd', 'vd'])}", "}"],
-               _out(draw, "od", task_out, src), {src}, fast=False)
+               _out(draw, od, task_out, src), {src}, fast=False)
 
 
 def downstream(draw, kind: str, reads: list[str], task_out: str) -> Mix:
     """A construct of `kind` over one of the task levels' `reads` (drawn), reaching `out`."""
     src = draw(st.sampled_from(reads))
     mix = {"backprop": _backprop, "conv": _conv, "attention": _attention}[kind](draw, src, task_out)
-    if "Wd" in " ".join(mix.lines + [mix.out]):
-        mix.lines.insert(0, "state Wd : [dim, dim] = normal(0.5)")
+    used = " ".join(mix.lines + [mix.out])
+    for name, shape in (("Wd", "[dim, dim]"), ("Wh", "[dim, 2 * dim]"), ("Wo", "[2 * dim, dim]")):
+        if name in used:
+            mix.lines.insert(0, f"state {name} : {shape} = normal(0.5)")
     return mix

@@ -26,6 +26,7 @@ gradient taken at the wrong state, a dropped decay) changes values by lr * |G|, 
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -325,6 +326,28 @@ def test_found_task_cases(name):
     text, stream, _ = FOUND_TASK[name]
     nldsl.compile(text)
     check(text, **stream)
+
+
+#: name -> (spec, the located error's message, what went wrong): constructs now refused
+FOUND_REFUSED: dict[str, tuple[str, str, str]] = {
+    "attention-read-the-same-for-every-head": (
+        task_module(task_level("a", 2, "A : [dim, dim] init learned", "h = A(x)")
+                    + "  state Wo : [2 * dim, dim] = normal(0.5)\n  level down every 1 token "
+                      "heads 2 {\n    read od = attention(h, h, h)\n  }\n", "od @ Wo + h"),
+        "read 'od' of level 'down' (heads 2) is the same for every head",
+        "nothing split the read (dim 3, heads 2): the checker took it as width 2 * dim, the "
+        "runtime as dim, and compiling raised torch's RuntimeError at `od @ Wo` "
+        "(tests/test_validation_shapes.py)"),
+}
+
+
+@pytest.mark.parametrize("name", list(FOUND_REFUSED))
+def test_found_refused_cases(name):
+    text, message, _ = FOUND_REFUSED[name]
+    with pytest.raises(nldsl.NLDSLError, match=re.escape(message)) as err:
+        nldsl.compile(text)
+    assert_located(err.value)
+    assert not check(text, batch=1, steps=3, cuts=(1,), outer=False)
 
 
 #: name -> (spec, what went wrong); run as check_snapshot(text, 2, 8, (3,), grads=True)
