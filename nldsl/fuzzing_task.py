@@ -60,7 +60,8 @@ def _task_spec(draw, max_levels: int, kind: str | None):
     self-modifying level whose `before write` read the first block reads (hope.nl), or a
     non-task Hebbian level beside them, whose read is added to `out`. With a `kind`, the
     fastest period is 2..5 and a construct of that kind mixes a task read downstream
-    (nldsl.fuzzing_task_mix.downstream). The text, the fastest period and the construct.
+    (nldsl.fuzzing_task_mix.downstream), read into `out` or by one more task level (of the
+    fastest period). The text, the fastest period and the construct.
 
     The rates are small (0.01 to 0.05, and the decays in [0.9, 1]) so that a write moves the
     memories by a step of norm below 1 for unit-norm inputs: a stream's rounding is amplified
@@ -105,6 +106,7 @@ def _task_spec(draw, max_levels: int, kind: str | None):
         partial = draw(st.sampled_from([None, "flush", "drop"]))
         options += f" partial {partial}" if partial else ""
         lines += [f"level c{i} {options} {{"] + [f"  {b}" for b in body] + ["}"]
+    slow = len(lines)                           # the task levels end: listed slow to fast
     out = reads[-1] if composition != "independent" else f"wsum(mix, {', '.join(reads)})"
     if count == 1 and composition == "independent":
         out = f"mix * {reads[0]}"
@@ -125,6 +127,11 @@ def _task_spec(draw, max_levels: int, kind: str | None):
         lines = [f"{line} before write" if line.strip().split(" = ")[0] in
                  {f"read {r}" for r in mix.before} else line for line in lines] + mix.lines
         out = mix.out
+        if draw(st.integers(0, 3)) == 0:        # a task level learns from the mixed value too
+            lines[slow:slow] = [f"level cpost every {periods[-1]} tokens {{",
+                                "  state Tp : [dim, dim] init learned",
+                                "  minimize task by gd(lr = 0.03)", f"  read hp = Tp({out})", "}"]
+            out = "hp"
     lines.append(f"out = {out}")
     return (f"module fuzzed({', '.join(hparams)}) {{\n" + "".join(f"  {line}\n" for line in lines)
             + "}\n"), periods[-1], mix

@@ -317,6 +317,13 @@ FOUND_TASK: dict[str, tuple[str, dict, str]] = {
         dict(batch=1, steps=3, cuts=(1, 1), outer=False, fast=False),
         "an empty call under no_grad converted the MLP memory's state without its graph: the "
         "carried segment's path from D's writes to A was lost (tests/test_module_task.py)"),
+    "attention-inside-a-frozen-task-read": (
+        task_module(task_level("a", 2, "A : [dim, dim] init learned", "h = A(x)")
+                    + task_level("post", 2, "P : [dim, dim] init learned",
+                                 "g = P(attention(h, h, h) + h)"), "g"),
+        dict(batch=1, steps=3, cuts=(1,), outer=False),
+        "the chunked schedule's frozen form gave a task level's read evaluator no attention: "
+        "a KeyError (tests/test_module_task.py)"),
 }
 
 
