@@ -324,6 +324,15 @@ FOUND_TASK: dict[str, tuple[str, dict, str]] = {
         dict(batch=1, steps=3, cuts=(1,), outer=False),
         "the chunked schedule's frozen form gave a task level's read evaluator no attention: "
         "a KeyError (tests/test_module_task.py)"),
+    "attention-in-a-self-modifying-read": (
+        task_module(task_level("a", 2, "A : [dim, dim] init learned", "h = A(o)")
+                    + "  level memory every 1 token chunk 2 backprop {\n    state M : mlp(dim ->"
+                      " dim, tanh)\n    key k = l2norm(M(x))\n    minimize l2(M(k), x) by "
+                      "gd(lr = 0.1)\n    read o = M(attention(x, x, x)) before write\n  }\n", "h"),
+        dict(batch=1, steps=3, cuts=(1,), outer=False, fast=False),
+        "the snapshot chunk form took a level whose before-write read attends, and evaluates "
+        "the read per chunk: a KeyError (found by a probe beside the campaign; "
+        "tests/test_module_snapshot_chunk.py)"),
 }
 
 
