@@ -38,12 +38,12 @@ def task_specs(draw, max_levels: int = 3) -> str:
 
 
 @st.composite
-def downstream_task_specs(draw, max_levels: int = 3) -> dict:
+def downstream_task_specs(draw, kind: str | None = None, max_levels: int = 3) -> dict:
     """A `_task_spec` whose `out` reads, downstream of a task level's read, a token-mixing
-    construct of a kind drawn from nldsl.fuzzing_task_mix.KINDS, with every period above 1 (so
-    that a call's end can cut a segment): dict(text, kind, period (the fastest), fast (whether
-    the chunked schedule runs every level in a fast form))."""
-    kind = draw(st.sampled_from(KINDS))
+    construct of `kind` (one of nldsl.fuzzing_task_mix.KINDS; None: drawn), with every period
+    above 1 (so that a call's end can cut a segment): dict(text, kind, period (the fastest),
+    fast (whether the chunked schedule runs every level in a fast form))."""
+    kind = kind or draw(st.sampled_from(KINDS))
     text, period, mix = _task_spec(draw, max_levels, kind)
     return dict(text=text, kind=kind, period=period, fast=mix.fast)
 

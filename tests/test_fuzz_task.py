@@ -36,6 +36,7 @@ import nldsl
 import nldsl.module.module  # noqa: F401  imported here, not inside the first example's hang guard
 from _module_cases import U64, assert_close, flat_layers, randomize
 from nldsl.fuzzing_task import downstream_task_specs, snapshot_specs, task_specs
+from nldsl.fuzzing_task_mix import KINDS
 from nldsl.testing import assert_located, hang_guard, loaded_or_refused
 
 from test_module_deep_memories import deep_bound
@@ -50,7 +51,7 @@ WIDTH = 2 * DIM + 3                  # the widest inner product: an mlp's hidden
 FUZZ_TASK = settings(max_examples=80, deadline=None, derandomize=True, database=None,
                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 FUZZ_SNAPSHOT = settings(FUZZ_TASK, max_examples=30)
-FUZZ_DOWNSTREAM = settings(FUZZ_TASK, max_examples=40)
+FUZZ_DOWNSTREAM = settings(FUZZ_TASK, max_examples=15)             # per kind
 
 
 def tolerance(steps: int, passes: int = 1) -> float:
@@ -182,11 +183,12 @@ def test_drawn_task_spec_streams_alike_in_both_schedules_or_fails_located(text, 
 
 
 @st.composite
-def downstream_cases(draw):
-    """A spec whose task read is mixed across tokens downstream (`downstream_task_specs`) and
-    a stream with a call's end inside a period (at a token not a multiple of the fastest
-    period: the segment it cuts must travel with its graph), outer gradients for half."""
-    spec = draw(downstream_task_specs())
+def downstream_cases(draw, kind: str):
+    """A spec whose task read is mixed across tokens downstream by a construct of `kind`
+    (`downstream_task_specs`) and a stream with a call's end inside a period (at a token not a
+    multiple of the fastest period: the segment it cuts must travel with its graph), outer
+    gradients for half."""
+    spec = draw(downstream_task_specs(kind))
     period = spec["period"]
     steps = draw(st.integers(period + 1, 12))
     inside = draw(st.sampled_from([c for c in range(1, steps) if c % period]))
@@ -195,12 +197,13 @@ def downstream_cases(draw):
                       outer=draw(st.booleans()), through=draw(st.integers(0, 3)) > 0)
 
 
+@pytest.mark.parametrize("kind", KINDS)
 @FUZZ_DOWNSTREAM
-@given(case=downstream_cases())
-def test_drawn_downstream_mixing_streams_alike_cut_or_not_or_fails_located(case):
+@given(data=st.data())
+def test_drawn_downstream_mixing_streams_alike_cut_or_not_or_fails_located(kind, data):
     """A backprop level, conv or attention reading a task read: the property of `check`; where
     a context or write uses the task read the chunked schedule has no fast form (`fast`)."""
-    spec, stream = case
+    spec, stream = data.draw(downstream_cases(kind))
     ran = check(spec["text"], fast=spec["fast"], **stream)
     event(f"{spec['kind']}{'' if spec['fast'] else ' (no fast form)'}{'' if ran else ' refused'}")
 
