@@ -1,7 +1,9 @@
 """Valid-looking module specs of two families for differential fuzzing (hypothesis strategies):
 levels that learn from the task loss (`minimize task by gd`, the CMS family) and self-modifying
-levels in the snapshot chunk form. tests/test_fuzz_task.py requires of each that it runs alike
-in both schedules or is refused with a located error. Needs `hypothesis` (the `test` extra).
+levels in the snapshot chunk form; the first also with a token-mixing construct downstream of a
+task read (`downstream_task_specs`, nldsl/fuzzing_task_mix.py). tests/test_fuzz_task.py
+requires of each that it runs alike in both schedules or is refused with a located error.
+Needs `hypothesis` (the `test` extra).
 """
 from __future__ import annotations
 
@@ -68,7 +70,8 @@ def _task_spec(draw, max_levels: int, kind: str | None):
     by at most a factor 2 per write (tests/test_fuzz_task.py derives its bound from it)."""
     composition = draw(st.sampled_from(COMPOSITIONS))
     count = draw(st.integers(1, max_levels))
-    periods = [draw(st.integers(2 if kind else 1, 5))]          # fastest first; periods nest (docs/language.md)
+    # fastest first; periods nest (docs/language.md); above 1 where a cut must split a period
+    periods = [draw(st.integers(2 if kind else 1, 5))]
     for _ in range(count - 1):
         periods.append(periods[-1] * draw(st.sampled_from([2, 3] if composition == "nested"
                                                            else [1, 1, 2, 3])))

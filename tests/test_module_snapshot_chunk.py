@@ -405,9 +405,9 @@ ATTENDED = '''module m(dim: int = 3 >= 1) {
 }'''
 
 
-@pytest.mark.parametrize("read, form", [("M(attention(x, x, x))", None),
-                                        ("M(window_attention(x, x, x, 2))", None),
-                                        ("M(x)", SnapshotForm)], ids=["attention", "window", "plain"])
+@pytest.mark.parametrize("read, form", [
+    ("M(attention(x, x, x))", None), ("M(window_attention(x, x, x, 2))", None),
+    ("M(x)", SnapshotForm)], ids=["attention", "window", "plain"])
 def test_an_attention_in_a_read_is_not_the_form(read, form):
     """The form evaluates a before-write read per chunk, and an attention's key-value cache
     follows the whole call: the chunked schedule raised a KeyError (`attention` inside a
