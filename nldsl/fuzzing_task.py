@@ -1,11 +1,15 @@
 """Valid-looking module specs of two families for differential fuzzing (hypothesis strategies):
 levels that learn from the task loss (`minimize task by gd`, the CMS family) and self-modifying
-levels in the snapshot chunk form. tests/test_fuzz_task.py requires of each that it runs alike
-in both schedules or is refused with a located error. Needs `hypothesis` (the `test` extra).
+levels in the snapshot chunk form; the first also with a token-mixing construct downstream of a
+task read (`downstream_task_specs`, nldsl/fuzzing_task_mix.py). tests/test_fuzz_task.py
+requires of each that it runs alike in both schedules or is refused with a located error.
+Needs `hypothesis` (the `test` extra).
 """
 from __future__ import annotations
 
 from hypothesis import strategies as st
+
+from nldsl.fuzzing_task_mix import KINDS, downstream
 
 #: How a drawn CMS composes its task levels, as the stdlib writes them: a chain (cms.nl), the
 #: blocks' initial states learned by the next slower block (cms_nested.nl), parallel blocks
@@ -31,6 +35,22 @@ def _memory(draw, name: str, init: str) -> tuple[str, str]:
 
 @st.composite
 def task_specs(draw, max_levels: int = 3) -> str:
+    """The text of a module of levels that learn from the task loss (`_task_spec`)."""
+    return _task_spec(draw, max_levels, None)[0]
+
+
+@st.composite
+def downstream_task_specs(draw, kind: str | None = None, max_levels: int = 3) -> dict:
+    """A `_task_spec` whose `out` reads, downstream of a task level's read, a token-mixing
+    construct of `kind` (one of nldsl.fuzzing_task_mix.KINDS; None: drawn), with every period
+    above 1 (so that a call's end can cut a segment): dict(text, kind, period (the fastest),
+    fast (whether the chunked schedule runs every level in a fast form))."""
+    kind = kind or draw(st.sampled_from(KINDS))
+    text, period, mix = _task_spec(draw, max_levels, kind)
+    return dict(text=text, kind=kind, period=period, fast=mix.fast)
+
+
+def _task_spec(draw, max_levels: int, kind: str | None):
     """The text of a module `dim -> dim` with 1 to `max_levels` levels `every N tokens` that
     `minimize task by gd(lr = lr_i[, decay = ...])` (the fastest period N in 1..5, the others
     multiples: periods nest), each a matrix or mlp memory (depth 1 or 2) with `init learned`
@@ -40,14 +60,18 @@ def task_specs(draw, max_levels: int = 3) -> str:
     rates 0 too; composed sequentially, nested or independently (COMPOSITIONS); optionally a
     key context `x @ Wg` (or its `period_mean`) read by the first block, a Hope-style
     self-modifying level whose `before write` read the first block reads (hope.nl), or a
-    non-task Hebbian level beside them, whose read is added to `out`.
+    non-task Hebbian level beside them, whose read is added to `out`. With a `kind`, the
+    fastest period is 2..5 and a construct of that kind mixes a task read downstream
+    (nldsl.fuzzing_task_mix.downstream), read into `out` or by one more task level (of the
+    fastest period). The text, the fastest period and the construct.
 
     The rates are small (0.01 to 0.05, and the decays in [0.9, 1]) so that a write moves the
     memories by a step of norm below 1 for unit-norm inputs: a stream's rounding is amplified
     by at most a factor 2 per write (tests/test_fuzz_task.py derives its bound from it)."""
     composition = draw(st.sampled_from(COMPOSITIONS))
     count = draw(st.integers(1, max_levels))
-    periods = [draw(st.integers(1, 5))]          # fastest first; periods nest (docs/language.md)
+    # fastest first; periods nest (docs/language.md); above 1 where a cut must split a period
+    periods = [draw(st.integers(2 if kind else 1, 5))]
     for _ in range(count - 1):
         periods.append(periods[-1] * draw(st.sampled_from([2, 3] if composition == "nested"
                                                            else [1, 1, 2, 3])))
@@ -85,6 +109,7 @@ def task_specs(draw, max_levels: int = 3) -> str:
         partial = draw(st.sampled_from([None, "flush", "drop"]))
         options += f" partial {partial}" if partial else ""
         lines += [f"level c{i} {options} {{"] + [f"  {b}" for b in body] + ["}"]
+    slow = len(lines)                           # the task levels end: listed slow to fast
     out = reads[-1] if composition != "independent" else f"wsum(mix, {', '.join(reads)})"
     if count == 1 and composition == "independent":
         out = f"mix * {reads[0]}"
@@ -100,9 +125,19 @@ def task_specs(draw, max_levels: int = 3) -> str:
                   "  key k = l2norm(x @ Wk)", "  minimize -dot(M(k), x) by gd(lr = 0.1, decay = 0.9)",
                   "  read r = M(k)", "}"]
         out = f"{out} + r"
+    mix = downstream(draw, kind, reads, out) if kind else None
+    if mix:
+        lines = [f"{line} before write" if line.strip().split(" = ")[0] in
+                 {f"read {r}" for r in mix.before} else line for line in lines] + mix.lines
+        out = mix.out
+        if draw(st.integers(0, 3)) == 0:        # a task level learns from the mixed value too
+            lines[slow:slow] = [f"level cpost every {periods[-1]} tokens {{",
+                                "  state Tp : [dim, dim] init learned",
+                                "  minimize task by gd(lr = 0.03)", f"  read hp = Tp({out})", "}"]
+            out = "hp"
     lines.append(f"out = {out}")
     return (f"module fuzzed({', '.join(hparams)}) {{\n" + "".join(f"  {line}\n" for line in lines)
-            + "}\n")
+            + "}\n"), periods[-1], mix
 
 
 # ---------------------------------------------------------------- self-modifying (snapshot) specs

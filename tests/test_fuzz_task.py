@@ -26,15 +26,17 @@ gradient taken at the wrong state, a dropped decay) changes values by lr * |G|, 
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 import nldsl
 import nldsl.module.module  # noqa: F401  imported here, not inside the first example's hang guard
 from _module_cases import U64, assert_close, flat_layers, randomize
-from nldsl.fuzzing_task import snapshot_specs, task_specs
+from nldsl.fuzzing_task import downstream_task_specs, snapshot_specs, task_specs
+from nldsl.fuzzing_task_mix import KINDS
 from nldsl.testing import assert_located, hang_guard, loaded_or_refused
 
 from test_module_deep_memories import deep_bound
@@ -49,6 +51,7 @@ WIDTH = 2 * DIM + 3                  # the widest inner product: an mlp's hidden
 FUZZ_TASK = settings(max_examples=80, deadline=None, derandomize=True, database=None,
                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 FUZZ_SNAPSHOT = settings(FUZZ_TASK, max_examples=30)
+FUZZ_DOWNSTREAM = settings(FUZZ_TASK, max_examples=15)             # per kind
 
 
 def tolerance(steps: int, passes: int = 1) -> float:
@@ -119,21 +122,22 @@ def outer_gradients(m, y, state) -> list[torch.Tensor]:
 
 
 def check(text: str, batch: int, steps: int, cuts: tuple[int, ...], outer: bool,
-          through: bool = True, seed: int = 0) -> None:
+          through: bool = True, seed: int = 0, fast: bool = True) -> bool:
     """The property (the module docstring): located error at load or compile (both schedules
     alike), or the same stream in both schedules, a cut stream equal to one call, and
-    learn=False equal to the plain forward."""
+    learn=False equal to the plain forward. Whether it ran (not refused). `fast`: the chunked
+    module must run every level in a fast form."""
     with hang_guard(HANG_LIMIT_S):
         spec = loaded_or_refused(text)
         if spec is None:
-            return
+            return False
         reference, chunked = compiled(spec, "reference"), compiled(spec, "chunked")
         assert (reference is None) == (chunked is None), "refused by one schedule only"
         if reference is None:
-            return
+            return False
         chunked.load_state_dict(reference.state_dict())
         levels = {lv.name for lv in chunked.program.levels}
-        assert set(chunked.fast_paths) == levels, \
+        assert set(chunked.fast_paths) == (levels if fast else set(chunked.fast_paths)), \
             f"levels {sorted(levels)} not all in a fast form: {sorted(chunked.fast_paths)}"
         x, z, loss = data(batch, steps, seed)
         bound = tolerance(steps)
@@ -161,6 +165,7 @@ def check(text: str, batch: int, steps: int, cuts: tuple[int, ...], outer: bool,
             off, off_state = nldsl.stream(chunked, x, z, loss=loss, learn=False)
         assert torch.equal(off, frozen), "learn=False is not the plain forward"
         assert_states_close(off_state, frozen_state, 0.0, "learn=False")
+    return True
 
 
 @st.composite
@@ -175,6 +180,32 @@ def streams(draw):
 @given(text=task_specs(), stream=streams())
 def test_drawn_task_spec_streams_alike_in_both_schedules_or_fails_located(text, stream):
     check(text, **stream)
+
+
+@st.composite
+def downstream_cases(draw, kind: str):
+    """A spec whose task read is mixed across tokens downstream by a construct of `kind`
+    (`downstream_task_specs`) and a stream with a call's end inside a period (at a token not a
+    multiple of the fastest period: the segment it cuts must travel with its graph), outer
+    gradients for half."""
+    spec = draw(downstream_task_specs(kind))
+    period = spec["period"]
+    steps = draw(st.integers(period + 1, 12))
+    inside = draw(st.sampled_from([c for c in range(1, steps) if c % period]))
+    cuts = tuple(sorted([inside] + draw(st.lists(st.integers(0, steps), max_size=1))))
+    return spec, dict(batch=draw(st.integers(1, 3)), steps=steps, cuts=cuts,
+                      outer=draw(st.booleans()), through=draw(st.integers(0, 3)) > 0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@FUZZ_DOWNSTREAM
+@given(data=st.data())
+def test_drawn_downstream_mixing_streams_alike_cut_or_not_or_fails_located(kind, data):
+    """A backprop level, conv or attention reading a task read: the property of `check`; where
+    a context or write uses the task read the chunked schedule has no fast form (`fast`)."""
+    spec, stream = data.draw(downstream_cases(kind))
+    ran = check(spec["text"], fast=spec["fast"], **stream)
+    event(f"{spec['kind']}{'' if spec['fast'] else ' (no fast form)'}{'' if ran else ' refused'}")
 
 
 # -- the snapshot chunk form: self-modifying levels (nldsl.fuzzing_task.snapshot_specs) ---------
@@ -281,6 +312,30 @@ FOUND_TASK: dict[str, tuple[str, dict, str]] = {
                                  " backprop"), "y"),
         dict(batch=2, steps=4, cuts=(1, 1), outer=False),
         "an empty call replaced the nodes of the nested block's graph by the module's copies"),
+    "empty-call-inside-a-carried-segment": (
+        task_module(task_level("a", 2, "A : [dim, dim] init learned", "h = A(x)")
+                    + "  level down every 1 token backprop {\n    state D : mlp(dim -> dim, tanh)"
+                      "\n    minimize l2(D(x), h) by gd(lr = 0.5)\n    read y = D(x)\n  }\n",
+                    "y + h"),
+        dict(batch=1, steps=3, cuts=(1, 1), outer=False, fast=False),
+        "an empty call under no_grad converted the MLP memory's state without its graph: the "
+        "carried segment's path from D's writes to A was lost (tests/test_module_task.py)"),
+    "attention-inside-a-frozen-task-read": (
+        task_module(task_level("a", 2, "A : [dim, dim] init learned", "h = A(x)")
+                    + task_level("post", 2, "P : [dim, dim] init learned",
+                                 "g = P(attention(h, h, h) + h)"), "g"),
+        dict(batch=1, steps=3, cuts=(1,), outer=False),
+        "the chunked schedule's frozen form gave a task level's read evaluator no attention: "
+        "a KeyError (tests/test_module_task.py)"),
+    "attention-in-a-self-modifying-read": (
+        task_module(task_level("a", 2, "A : [dim, dim] init learned", "h = A(o)")
+                    + "  level memory every 1 token chunk 2 backprop {\n    state M : mlp(dim ->"
+                      " dim, tanh)\n    key k = l2norm(M(x))\n    minimize l2(M(k), x) by "
+                      "gd(lr = 0.1)\n    read o = M(attention(x, x, x)) before write\n  }\n", "h"),
+        dict(batch=1, steps=3, cuts=(1,), outer=False, fast=False),
+        "the snapshot chunk form took a level whose before-write read attends, and evaluates "
+        "the read per chunk: a KeyError (found by a probe beside the campaign; "
+        "tests/test_module_snapshot_chunk.py)"),
 }
 
 
@@ -290,6 +345,28 @@ def test_found_task_cases(name):
     text, stream, _ = FOUND_TASK[name]
     nldsl.compile(text)
     check(text, **stream)
+
+
+#: name -> (spec, the located error's message, what went wrong): constructs now refused
+FOUND_REFUSED: dict[str, tuple[str, str, str]] = {
+    "attention-read-the-same-for-every-head": (
+        task_module(task_level("a", 2, "A : [dim, dim] init learned", "h = A(x)")
+                    + "  state Wo : [2 * dim, dim] = normal(0.5)\n  level down every 1 token "
+                      "heads 2 {\n    read od = attention(h, h, h)\n  }\n", "od @ Wo + h"),
+        "read 'od' of level 'down' (heads 2) is the same for every head",
+        "nothing split the read (dim 3, heads 2): the checker took it as width 2 * dim, the "
+        "runtime as dim, and compiling raised torch's RuntimeError at `od @ Wo` "
+        "(tests/test_validation_shapes.py)"),
+}
+
+
+@pytest.mark.parametrize("name", list(FOUND_REFUSED))
+def test_found_refused_cases(name):
+    text, message, _ = FOUND_REFUSED[name]
+    with pytest.raises(nldsl.NLDSLError, match=re.escape(message)) as err:
+        nldsl.compile(text)
+    assert_located(err.value)
+    assert not check(text, batch=1, steps=3, cuts=(1,), outer=False)
 
 
 #: name -> (spec, what went wrong); run as check_snapshot(text, 2, 8, (3,), grads=True)

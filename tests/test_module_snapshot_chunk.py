@@ -391,3 +391,31 @@ def test_a_window_of_width_one_is_not_the_form():
     from nldsl.lower.chain_forms import ChainForm
     m = compile_module(WINDOW_OF_ONE, schedule="chunked", dim=3)
     assert isinstance(m.fast_paths["memory"], ChainForm)
+
+
+ATTENDED = '''module m(dim: int = 3 >= 1) {
+  level memory every 1 token chunk 2 backprop {
+    state M : mlp(dim -> dim -> dim, gelu, residual) init learned by outer
+    key k = l2norm(M(x))
+    value v = stopgrad(M(x))
+    minimize l2(M(k), v) by dgd(lr = 0.1, decay = 0.9)
+    read y = READ before write
+  }
+  out = y
+}'''
+
+
+@pytest.mark.parametrize("read, form", [
+    ("M(attention(x, x, x))", None), ("M(window_attention(x, x, x, 2))", None),
+    ("M(x)", SnapshotForm)], ids=["attention", "window", "plain"])
+def test_an_attention_in_a_read_is_not_the_form(read, form):
+    """The form evaluates a before-write read per chunk, and an attention's key-value cache
+    follows the whole call: the chunked schedule raised a KeyError (`attention` inside a
+    windowed expression) at the first call; the level now runs by the reference, alike."""
+    text = ATTENDED.replace("READ", read)
+    chunked = compile_module(text, schedule="chunked").double()
+    assert type(chunked.fast_paths.get("memory")) is form if form else chunked.fast_paths == {}
+    reference = compile_module(text, schedule="reference").double()
+    reference.load_state_dict(chunked.state_dict())
+    x = torch.randn(2, 5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert_close(chunked(x)[0], reference(x)[0], deep_bound(5, 9), "y")

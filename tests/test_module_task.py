@@ -697,6 +697,52 @@ def test_a_cut_without_the_carried_graph_differs():
     assert (restarted["c"]["A"] - whole["c"]["A"]).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "outer"])
+@pytest.mark.parametrize("memory", ["[dim, dim] = 0", "mlp(dim -> dim, tanh)"],
+                         ids=["matrix", "mlp"])
+def test_an_empty_call_inside_a_carried_segment_keeps_its_graph(memory, grad):
+    """Calls [0, 1), [1, 1), [1, 7): the empty call runs the module on no token, which still
+    converts an MLP memory's state (its layers flattened and back); under the caller's no_grad
+    that conversion dropped the graph the carried segment holds, and the memory's writes then
+    lost their path to A (found by tests/test_fuzz_task.py: the cut stream differed by 5e-3)."""
+    torch.manual_seed(0)
+    m = nldsl.compile(DOWNSTREAM_BACKPROP.replace("[dim, dim] = 0", memory)).double()
+    x, z = (torch.randn(2, 7, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(s))
+            for s in (2, 3))
+    loss = lambda y, t: 0.5 * ((y - t) ** 2).sum()
+    with torch.set_grad_enabled(grad):
+        whole, whole_state = nldsl.stream(m, x, z, loss=loss)
+        cut, state = in_calls(m, x, z, [1, 1], loss)
+    torch.testing.assert_close(cut, whole, atol=TOL, rtol=0)
+    assert_states_close([state], [whole_state], atol=TOL)
+
+
+@pytest.mark.parametrize("read", ["A(attention(x, x, x))", "A(window_attention(x, x, x, 2)) + x"],
+                         ids=["attention", "window-attention"])
+def test_a_frozen_task_level_reads_through_attention(read):
+    """A task level whose read applies an attention inline: the chunked schedule's frozen form
+    evaluates it over the call (module/chunked.py gave its read evaluator no attention, a
+    KeyError `attention inside a windowed expression`; found by tests/test_fuzz_task.py), and
+    the stream equals the reference's, in one call and cut at 3 (inside a period)."""
+    text = ("module m(dim: int = 3 >= 1) {\n  level a every 2 tokens {\n"
+            "    state A : [dim, dim] init learned\n    minimize task by gd(lr = 0.05)\n"
+            f"    read h = {read}\n  }}\n  out = h\n}}\n")
+    x, z = (torch.randn(2, 5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(s))
+            for s in (2, 3))
+    loss = lambda y, t: 0.5 * ((y - t) ** 2).sum()
+    runs = []
+    for schedule in ("reference", "chunked"):
+        torch.manual_seed(0)
+        m = nldsl.compile(text, schedule=schedule).double()
+        assert schedule == "reference" or set(m.fast_paths) == {"a"}
+        with torch.no_grad():
+            runs.append((nldsl.stream(m, x, z, loss=loss), in_calls(m, x, z, [3], loss)))
+    ((y_r, s_r), _), ((y_c, s_c), (cut, s_cut)) = runs
+    for y, state in ((y_c, s_c), (cut, s_cut)):
+        torch.testing.assert_close(y, y_r, atol=TOL, rtol=0)
+        assert_states_close([state], [s_r], atol=TOL)
+
+
 NESTED_SPEC = dict(dim=4, expansion=2, lr_slow=0.005, lr_mid=0.005, lr_fast=0.005)
 
 

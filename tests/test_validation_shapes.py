@@ -3,6 +3,7 @@ including levels split into heads."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 import nldsl
 
@@ -146,3 +147,46 @@ def test_a_bad_head_count_leaves_widths_unsplit_instead_of_dividing_by_it(heads)
     assert messages(body, hparams="dim: int >= 1") == []
     with pytest.raises(nldsl.NLDSLError, match=f"heads must be a positive integer, got {heads}"):
         nldsl.load(f"module m(dim: int >= 1) {{\n{body}\n}}")
+
+
+#: A `heads 2` level whose read nothing splits (`dim` is no multiple of 2): found by
+#: tests/test_fuzz_task.py, an attention over another level's read projected by [2 * dim, dim].
+UNSPLIT = """state Wo : [2 * dim, dim] = normal(0.5)
+level a every 1 token { read h = tanh(x) }
+level down every 1 token heads 2 {
+  state M : [dim, dim] = 0
+  key k = x
+  value v = x @ Wv
+  minimize -dot(M(k), v) by gd(lr = 0.1)
+  read od = READ
+}
+out = od @ Wo"""
+
+
+@pytest.mark.parametrize("read", [
+    "attention(h, h, h)", "attention(x, k, k)", "tanh(x)", "k", "window_attention(h, x, x, 2)"])
+def test_a_read_the_same_for_every_head_is_refused(read):
+    """The checker sees every read of a `heads H` level merged, width H * d, and the runtime
+    merges only a per-head value: `od @ Wo` passed here and raised torch's RuntimeError (mat1
+    and mat2 shapes cannot be multiplied) when the module was compiled."""
+    body = UNSPLIT.replace("READ", read)
+    assert messages(body, hparams="dim: int = 3 >= 1") == [
+        f"read 'od' of level 'down' (heads 2) is the same for every head: nothing in `{read}` is "
+        "split by the heads"]
+    with pytest.raises(nldsl.NLDSLError, match="is the same for every head"):
+        nldsl.compile(f"module m(dim: int = 3 >= 1) {{\nstate Wv : [dim, dim] = normal(0.5)\n"
+                      f"{body}\n}}")
+
+
+@pytest.mark.parametrize("read", [
+    "M(k)", "M(k) + x", "attention(x @ Wq, x @ Wq, x @ Wq)", "attention(h, h, q)", "q"])
+def test_a_read_with_a_per_head_part_is_merged(read):
+    """A state of the level, a context or an attention argument whose width splits (here
+    heads * d = 2 * dim) make the read one per head, seen outside as width 2 * dim, as the
+    runtime merges it."""
+    body = "state Wq : [dim, 2 * dim]\n" + UNSPLIT.replace("READ", read).replace(
+        "  key k = x\n", "  key k = x\n  query q = x @ Wq\n")
+    assert messages(body, hparams="dim: int = 3 >= 1") == []
+    m = nldsl.compile(f"module m(dim: int = 3 >= 1) {{\nstate Wv : [dim, dim] = normal(0.5)\n"
+                      f"{body.replace('[dim, 2 * dim]', '[dim, 2 * dim] = normal(0.5)')}\n}}")
+    assert m(torch.randn(1, 2, 3))[0].shape == (1, 2, 3)

@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nldsl.language import ast
+from nldsl.language.builtins import shaped
 from nldsl.language.consteval import calls_in, children, names_in
 from nldsl.lower.derive import mentions
 from nldsl.lower.program import BEFORE_WRITE, INPUT, SNAPSHOT, ModuleWrite, Program, TokenLevel
@@ -42,6 +43,10 @@ class SnapshotForm:
     contexts: tuple[str, ...]            # the level's contexts computed per chunk (at M_{t'})
     passes: tuple[tuple[str, ...], ...]  # states whose losses share one backward (_passes)
     reached: frozenset[str]              # contexts an inner gradient can reach (_reached_contexts)
+
+
+#: The attention built-ins (language/builtins.py): their key-value cache follows the whole call.
+ATTENTION = frozenset(shaped("attention"))
 
 
 def snapshot_form(level: TokenLevel, program: Program) -> SnapshotForm | None:
@@ -78,6 +83,8 @@ def snapshot_form(level: TokenLevel, program: Program) -> SnapshotForm | None:
     if any(level.placements[n].stage not in (INPUT, SNAPSHOT) for n in level.contexts) or \
             any(level.placements[n].stage != BEFORE_WRITE for n in level.reads):
         return None
+    if any(c.func in ATTENTION for r, _ in level.reads.values() for c in calls_in(r)):
+        return None                       # a read runs per chunk: an attention's cache, per call
     outside = [program.output] + list(program.outer_contexts.values()) + [
         e for lv in program.levels if lv is not level
         for e in list(lv.contexts.values()) + [r for r, _ in lv.reads.values()] +

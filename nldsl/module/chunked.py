@@ -273,7 +273,9 @@ class _SequenceValues:
             lookup = lambda n: self._lookup(n, own)
             apply = lambda n, u: self._apply_frozen(level, n, u)
             conv = lambda call, a, width: self._conv(call, a, own)
-            value = _Evaluator(own, lookup, apply, conv, self.products)(level.reads[name][0])
+            attend = lambda call, q, keys, values: self._attend(call, q, keys, values, own)
+            value = _Evaluator(own, lookup, apply, conv, self.products,
+                               attend)(level.reads[name][0])
             self.memo[name] = (value, own)
         return self._seen(name, frame)
 

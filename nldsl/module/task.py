@@ -168,12 +168,15 @@ def stream(model, inputs: torch.Tensor, targets: torch.Tensor, state=None, *, lo
         settle(state, tl, recorded, folded)
     if not outputs:
         # an empty call: the module never writes a task level, so their entries pass as they
-        # are (the module's copies would not be the nodes a nested block's graph starts from)
-        y, after = model(inputs, state, end=end)
+        # are (the module's copies would not be the nodes a nested block's graph starts from);
+        # under autograd like every segment: the module's state conversions (an MLP memory's
+        # layers flattened and back) keep a carried segment's graph, which no_grad would drop
+        with torch.enable_grad():
+            y, after = model(inputs, state, end=end)
         for tl in levels:
             own(after, tl.block)[tl.level.name] = own(state, tl.block)[tl.level.name]
         state = after
-        outputs.append(y)
+        outputs.append(y if outer else y.detach())
     if end:
         flushed = [tl for tl in levels if tl.level.partial == "flush" and any(
             f"{name}.pending" in own(state, tl.block)[tl.level.name] for name in tl.level.states)]

@@ -232,17 +232,56 @@ class ShapeChecker:
     def run(self) -> None:
         for level in self.c.graph.levels.values():
             self.in_level(level)
+            per_head = set(level.states)
             for name, context in level.contexts.items():
-                self.shapes[name] = self._split_heads(self.infer(context.value))
+                inferred = self.infer(context.value)
+                self.shapes[name] = self._split_heads(inferred)
                 if self.heads_dim is not None:
                     self.context_heads = {**self.context_heads, name: self.heads_dim}
+                    if self.shapes[name] != inferred or self._per_head(context.value, per_head):
+                        per_head.add(name)
             for objective in level.objectives:
                 self.infer(objective.loss)
             for update in level.updates:
                 self.infer(update.value)
             for name, read in level.reads.items():
                 self.shapes[name] = self._merge_heads(self.infer(read.value))
+                if self.heads_dim is None or self._per_head(read.value, per_head):
+                    per_head.add(name)
+                elif any(h != 1 for h in self.heads_dim.values):
+                    self._unsplit_read(name, read, level)
         self.leave()
+        if self.c.graph.output is not None:
+            self.infer(self.c.graph.output)
+
+    def _per_head(self, expr, per_head: set) -> bool:
+        """Whether a value of a `heads H` level is one per head in this checker's model (which
+        sees every read merged, width H * d): it names one of the level's states or of its
+        contexts and reads built from them (`per_head`), or a context or attention argument
+        whose width splits (heads.py's Frame rules, at the symbolic widths)."""
+        if ({n.id for n in names_in(expr)} | {c.func for c in _calls(expr)}) & per_head:
+            return True
+        for call in _calls(expr):
+            if FUNCTIONS.get(call.func) is None or FUNCTIONS[call.func].shape != "attention":
+                continue
+            for arg in call.args[:3]:
+                for item in arg.items if isinstance(arg, ast.Tuple) else [arg]:
+                    shape = self.infer(item)
+                    if shape and self._split_inline(item, shape) != shape:
+                        return True
+        return False
+
+    def _unsplit_read(self, name: str, read, level) -> None:
+        """A read the same for every head leaves its level unmerged, width d at run time, while
+        every other use of the level's reads takes width H * d (a raw shape error, or a
+        silent difference, where the two met)."""
+        self.c.report(read.value, f"read {name!r} of level {level.name!r} (heads "
+                      f"{self.heads_dim.text}) is the same for every head: nothing in "
+                      f"`{format_expr(read.value)}` is split by the heads",
+                      expected="a read of the level's states, or of contexts or attention "
+                      "arguments of width heads * d",
+                      hint=f"project to heads * d (x @ W with W : [dim, heads * d]) or drop "
+                      f"`heads {self.heads_dim.text}`")
         if self.c.graph.output is not None:
             self.infer(self.c.graph.output)
 
