@@ -9,6 +9,7 @@ import torch
 
 import nldsl
 from nldsl.module.task_window import detach_state
+from test_module_task import DOWNSTREAM_BACKPROP
 
 DIM = 6
 
@@ -173,28 +174,12 @@ def test_bad_windows_are_refused():
         nldsl.stream_windows(m, x, target, window=2, loss=squared)
 
 
-DOWNSTREAM = """module m(dim: int = 3 >= 1) {
-  level c every 4 tokens {
-    state A : [dim, dim] init learned
-    minimize task by gd(lr = 0.05)
-    read h = A(x)
-  }
-  level memory every 1 token backprop {
-    state M : [dim, dim] = 0
-    minimize -dot(M(x), h) by gd(lr = 0.5)
-    read y = M(x)
-  }
-  out = y + h
-}
-"""
-
-
 def test_a_window_never_ends_inside_a_segment():
     """A memory that reads the task level's read carries the segment's path to A across a
     call's end (task.py); a window ending at token 2 of A's period would detach it and change
     the forward values. Windows of 2 end on A's writes (4, 8) instead: the one stream's values."""
     torch.manual_seed(0)
-    m = nldsl.compile(DOWNSTREAM).double()
+    m = nldsl.compile(DOWNSTREAM_BACKPROP).double()
     x, target = (torch.randn(2, 10, 3, dtype=torch.float64,
                              generator=torch.Generator().manual_seed(s)) for s in (2, 3))
     y_full, _ = full_gradient(m, x, target)
