@@ -241,6 +241,12 @@ FOUND: dict[str, tuple[str, str]] = {
         spec("level w every 1 step { W <- max(W, lr) + (W + W) }"),
         "the reference took max(W, 0.01)'s number as a float32 0-d tensor (2.2e-10 off beside "
         "the float64 W; optim/kernels.py)"),
+    "newton-schulz-of-a-stored-result": (
+        spec("level s every 1 step {", "  state S like W = 0", "  S <- newton_schulz(W, 1)", "}",
+             "level w every 1 step { W <- W - lr * (W + newton_schulz(S)) }"),
+        "a tall matrix's newton_schulz is a transposed view; the reference kept it as S, fused "
+        "copied it into a contiguous state, and the float32 products of newton_schulz(S) rounded "
+        "differently by layout (1e-8 apart; optim/kernels.py)"),
     "plain-sgd": (spec(SGD), "the property's simplest case"),
 }
 

@@ -21,7 +21,8 @@ def newton_schulz(x: torch.Tensor, steps: int = 5, polynomial="quintic", eps: fl
     X <- a X + (b A + c A^2) X, A = X X^T, on the wide orientation (rows <= cols), in `precision`.
 
     `quintic` (or a tuple (a, b, c)) is Muon's iteration, written op for op as PyTorch's Muon
-    writes it so the two agree bit for bit; `cubic` is (3/2, -1/2, 0), eq. 44 with zeta = 1/4 on
+    writes it so the two agree bit for bit (on a contiguous x; any other layout is taken as its
+    contiguous copy, so the result depends on x's values only); `cubic` is (3/2, -1/2, 0), eq. 44 with zeta = 1/4 on
     the orthogonality objective alone. The result has x's dtype.
     """
     if x.ndim != 2:
@@ -64,7 +65,9 @@ def newton_schulz_batch(x: torch.Tensor, steps: int = 5, polynomial="quintic", e
 def _iterate(x, steps, polynomial, eps, precision, multiply_add) -> torch.Tensor:
     """The iteration on [rows, cols] (multiply_add = addmm) or [G, rows, cols] (baddbmm)."""
     a, b, c = _coefficients(polynomial)
-    out = x.to(PRECISIONS[precision])                       # [(G,) rows, cols]
+    # contiguous: the products' rounding depends on the operands' strides, so a transposed view
+    # (a tall matrix's own result) would orthogonalise differently from its contiguous copy
+    out = x.to(PRECISIONS[precision]).contiguous()          # [(G,) rows, cols]
     wide = x.size(-2) <= x.size(-1)
     if not wide:
         out = out.mT                                        # [(G,) cols, rows]
