@@ -270,13 +270,8 @@ class _SequenceValues:
             value = self.new_state[level.name][name].unsqueeze(1)    # [B, 1, *shape]
             return value if own == frame else own.merge(value, frame)
         if name in level.reads and name not in self.memo:
-            lookup = lambda n: self._lookup(n, own)
-            apply = lambda n, u: self._apply_frozen(level, n, u)
-            conv = lambda call, a, width: self._conv(call, a, own)
-            attend = lambda call, q, keys, values: self._attend(call, q, keys, values, own)
-            value = _Evaluator(own, lookup, apply, conv, self.products,
-                               attend)(level.reads[name][0])
-            self.memo[name] = (value, own)
+            # in the level's frame, its states applied by `_apply_frozen` (`evaluate`)
+            self.memo[name] = (self.evaluate(level, level.reads[name][0]), own)
         return self._seen(name, frame)
 
     def _apply_frozen(self, level: TokenLevel, name: str, u):

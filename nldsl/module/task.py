@@ -119,7 +119,7 @@ def stream(model, inputs: torch.Tensor, targets: torch.Tensor, state=None, *, lo
     carried = start > 0 and not writes(start)         # the last call ended inside a segment
     restart(levels, state, writes(start), graph, outer)
     outputs, a, folded = [], 0, {}
-    for b in _cuts(levels, start, steps):
+    for b in segment_ends(levels, start, steps):
         # a segment cut by a call's end goes on in the next call: its nodes and graph carry over
         carry = b == steps and not end and not writes(start + b)
         whole = (carried and a == 0) or carry   # bound states only: no record outlives a call
@@ -145,7 +145,7 @@ def stream(model, inputs: torch.Tensor, targets: torch.Tensor, state=None, *, lo
             state = after
             total = loss(y, targets[:, a:b])
             grads = gradients(total, thetas, create, graph or carry,
-                           [sink.anchor for *_, sink in sinks])
+                              [sink.anchor for *_, sink in sinks])
         for tl, name, _, sink in sinks:
             tokens, records = folded.get((id(tl), name), (0, []))
             folded[(id(tl), name)] = (tokens + b - a, records + sink.records)
@@ -212,7 +212,7 @@ def default_loss(model):
                                                   reduction="sum")
 
 
-def _cuts(levels: list[TaskLevel], start: int, steps: int) -> list[int]:
+def segment_ends(levels: list[TaskLevel], start: int, steps: int) -> list[int]:
     """The ends of the call's segments: every token count at which a task level writes (t a
     multiple of its period), and the call's end."""
     cuts = {steps} if steps else set()

@@ -50,22 +50,27 @@ def detach_all(state) -> None:
     attention caches) without its graph, in place: nothing will differentiate through the
     past any more, and the graph of every segment since would otherwise stay referenced by
     the states (memory growing with the stream)."""
-    for block in state if isinstance(state, list) else [state]:
-        for entries in block.values():
-            for name, value in entries.items():
-                if isinstance(value, (torch.Tensor, tuple)):
-                    entries[name] = map_state(_detached, value)
+    for _, _, entries in _entries(state):
+        for name, value in entries.items():
+            if isinstance(value, (torch.Tensor, tuple)):
+                entries[name] = map_state(_detached, value)
 
 
 def carries_graph(levels: list[TaskLevel], state) -> bool:
     """Does a state outside the task levels (a written level's, a conv's or an attention's
     cache) depend on a bound task state? Only then can a later call's loss reach one."""
     tasks = {(id(own(state, tl.block)), tl.level.name) for tl in levels}
-    return any(t.requires_grad
-               for block in (state if isinstance(state, list) else [state])
-               for key, entries in block.items() if (id(block), key) not in tasks
+    return any(t.requires_grad for block, key, entries in _entries(state)
+               if (id(block), key) not in tasks
                for value in entries.values() if isinstance(value, (torch.Tensor, tuple))
-               for t in (value if isinstance(value, tuple) else (value,)))
+               for t in tensors(value))
+
+
+def _entries(state):
+    """(block, key, entries) for each dict of the network's state: a level's, or the stream's."""
+    for block in state if isinstance(state, list) else [state]:
+        for key, entries in block.items():
+            yield block, key, entries
 
 
 def _detached(value: torch.Tensor) -> torch.Tensor:
@@ -73,7 +78,7 @@ def _detached(value: torch.Tensor) -> torch.Tensor:
 
 
 def bind(levels, state, graph: bool, recorded: dict,
-          carried: bool) -> list[tuple[TaskLevel, str, object]]:
+         carried: bool) -> list[tuple[TaskLevel, str, object]]:
     """Every task state as a fresh node the loss is differentiated by (`task_state.node`). The fresh
     node makes G the partial derivative at this segment's states: with gradients through the
     writes, a state written earlier (B_1 = B_0 - lr G_B(A)) depends on another level's state,

@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 
 from nldsl.module.reference import STREAM
-from nldsl.module.task import default_loss, stream, task_levels
+from nldsl.module.task import default_loss, segment_ends, stream, task_levels
 from nldsl.module.task_state import own
 
 
@@ -64,21 +64,20 @@ def stream_windows(model, inputs: torch.Tensor, targets: torch.Tensor, state=Non
 
 
 def _windows(model, state, steps: int, window: int) -> list[tuple[int, int]]:
-    """[a, b) per window: b the first segment end (a task write of the network, or the end)
-    at least `window` tokens after a. A window's end inside a segment would detach what the
-    next call's part of the segment differentiates through (a written level, conv or attention
-    that read a task level before it: task.py), and change the forward values."""
-    periods = {tl.level.period for tl in task_levels(model)}
-    start = own(state, task_levels(model)[0].block)[STREAM]["t"] if state is not None and \
-        periods else 0
+    """[a, b) per window: b the first segment end (`task.segment_ends`: a task write of the
+    network, or the end) at least `window` tokens after a. A window's end inside a segment
+    would detach what the next call's part of the segment differentiates through (a written
+    level, conv or attention that read a task level before it: task.py), and change the
+    forward values."""
+    levels = task_levels(model)
+    start = own(state, levels[0].block)[STREAM]["t"] if state is not None and levels else 0
+    ends = segment_ends(levels, start, steps) if levels else range(1, steps + 1)
     bounds, a = [], 0
-    while a < steps or not bounds:
-        b = min(a + window, steps)
-        while b < steps and periods and all((start + b) % p for p in periods):
-            b += 1
-        bounds.append((a, b))
-        a = b
-    return bounds
+    for b in ends:
+        if b - a >= window or b == steps:
+            bounds.append((a, b))
+            a = b
+    return bounds or [(0, 0)]
 
 
 def detach_state(state):

@@ -272,15 +272,9 @@ def minimum(a, b):
 
 
 def scalars_like(a, b) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both sides as tensors: a number as a 0-d tensor of the tensor side's dtype (a float in a
-    floating dtype, so 0.01 beside a float64 W is float64's 0.01, not float32's) and device."""
-    like = a if torch.is_tensor(a) else b
-    def tensor(v):
-        if torch.is_tensor(v):
-            return v
-        floating = isinstance(v, float) and like.is_floating_point()
-        return torch.tensor(v, dtype=like.dtype if floating else None, device=like.device)
-    return tensor(a), tensor(b)
+    """Both sides as tensors, a number in the tensor side's dtype and device (the module
+    runtime's `as_tensors`)."""
+    return vocabulary.as_tensors(a, b, a if torch.is_tensor(a) else b)
 
 
 def clamp(a, low, high):

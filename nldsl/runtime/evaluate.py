@@ -133,16 +133,6 @@ class Evaluator:
 
 # -- the module runtime's built-ins: one unit per head, batch dims never reduced ----------------
 
-def _as_tensors(a, b, like):
-    """Numbers as 0-d tensors on `like`'s device, so torch can take them: a float in `like`'s
-    dtype when that is floating (0.01 in a float64 module is float64's 0.01, not float32's),
-    else in the default one."""
-    dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()
-    as_tensor = lambda v: v if _tensor(v) else torch.tensor(
-        v, dtype=dtype if isinstance(v, float) else None, device=like.device)
-    return as_tensor(a), as_tensor(b)
-
-
 def _first_tensor(*values) -> torch.Tensor:
     return next(v for v in values if _tensor(v))
 
@@ -157,7 +147,7 @@ def _extremum(pick, on_numbers):
     def extremum(f, a, b):
         if not (_tensor(a) or _tensor(b)):
             return on_numbers(a, b)
-        return pick(*f.align(*_as_tensors(a, b, _first_tensor(a, b))))
+        return pick(*f.align(*fn.as_tensors(a, b, _first_tensor(a, b))))
     return extremum
 
 
@@ -166,8 +156,8 @@ def _clamp(f, a, low, high):
         return min(max(a, low), high)
     if not (_tensor(low) or _tensor(high)):
         return torch.clamp(f.split(a), low, high)
-    a, lo = f.align(*_as_tensors(a, low, _first_tensor(a, low, high)))
-    a, hi = f.align(a, _as_tensors(high, high, a)[0])
+    a, lo = f.align(*fn.as_tensors(a, low, _first_tensor(a, low, high)))
+    a, hi = f.align(a, fn.as_tensors(high, high, a)[0])
     return torch.minimum(torch.maximum(a, lo), hi)
 
 

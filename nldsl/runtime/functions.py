@@ -39,6 +39,16 @@ ELEMENTWISE = {
 }
 
 
+def as_tensors(a, b, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both sides as tensors, a number as a 0-d tensor on `like`'s device: a float in `like`'s
+    dtype when that is floating (0.01 beside a float64 W is float64's 0.01, not float32's),
+    else in the default one; an int or bool as torch makes it."""
+    dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()
+    as_tensor = lambda v: v if isinstance(v, torch.Tensor) else torch.tensor(
+        v, dtype=dtype if isinstance(v, float) else None, device=like.device)
+    return as_tensor(a), as_tensor(b)
+
+
 def l2norm(a: torch.Tensor) -> torch.Tensor:
     """a / max(||a||_2, eps) over the last dim, as a * rsqrt(max(||a||^2, eps^2)): products
     instead of divisions, whose backward costs three more passes over `a`."""
